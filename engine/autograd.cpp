@@ -1,0 +1,127 @@
+#include "engine/autograd.h"
+
+#include <unordered_map>
+#include <unordered_set>
+
+#include "engine/ops.h"
+
+namespace tessera {
+
+static thread_local bool g_grad_enabled = true;
+
+bool grad_enabled() { return g_grad_enabled; }
+NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
+
+bool needs_grad(std::initializer_list<const Tensor*> inputs) {
+  if (!g_grad_enabled) return false;
+  for (const Tensor* t : inputs)
+    if (t && t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+bool needs_grad(const std::vector<Tensor>& inputs) {
+  if (!g_grad_enabled) return false;
+  for (const Tensor& t : inputs)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+Tensor record(const char* name, std::vector<Tensor> inputs, Tensor output,
+              std::function<std::vector<Tensor>(const Tensor&)> rule) {
+  if (!needs_grad(inputs)) return output;
+  auto node = std::make_shared<LambdaNode>();
+  node->name = name;
+  node->inputs = std::move(inputs);
+  node->rule = std::move(rule);
+  output.impl()->grad_fn = std::move(node);
+  output.impl()->requires_grad = true;
+  return output;
+}
+
+Tensor sum_to(const Tensor& grad, const Shape& shape) {
+  if (grad.shape() == shape) return grad;
+  int64_t lead = grad.dim() - int64_t(shape.size());
+  TS_CHECK(lead >= 0, "sum_to: cannot reduce " + grad.str() + " to " + shape_str(shape));
+  std::vector<int64_t> dims;
+  for (int64_t i = 0; i < grad.dim(); ++i)
+    if (i < lead || (shape[size_t(i - lead)] == 1 && grad.shape()[size_t(i)] != 1)) dims.push_back(i);
+  Tensor r = dims.empty() ? grad : sum(grad, dims, true);
+  return r.reshape(shape);
+}
+
+void Tensor::backward(const Tensor& grad) const {
+  TS_CHECK(requires_grad(), "backward: " + str() + " does not require grad");
+  Tensor seed = grad;
+  if (!seed.defined()) {
+    TS_CHECK(numel() == 1, "backward: " + str() + " is not a scalar; pass its gradient");
+    seed = Tensor::ones(shape(), dtype(), device());
+  }
+  TS_CHECK(seed.shape() == shape(), "backward: gradient " + seed.str() + " for " + str());
+  NoGradGuard no_grad;
+
+  auto accumulate_leaf = [](const Tensor& leaf, const Tensor& g) {
+    TS_CHECK(g.shape() == leaf.shape(), "backward: gradient " + g.str() + " for leaf " + leaf.str());
+    Tensor gg = g.dtype() == leaf.dtype() ? g : g.to(leaf.dtype());
+    if (!leaf.grad().defined()) {
+      // Own the memory: the gradient may alias a view of something the graph still uses.
+      Tensor owned = Tensor::empty(leaf.shape(), leaf.dtype(), leaf.device());
+      owned.copy_(gg);
+      const_cast<Tensor&>(leaf).set_grad(owned);
+    } else {
+      Tensor acc = leaf.grad();
+      acc.copy_(add(acc, gg));
+    }
+  };
+  if (is_leaf()) { accumulate_leaf(*this, seed); return; }
+
+  // Topological order of the nodes reachable from this output (iterative DFS, post-order).
+  // Holding shared_ptrs keeps every node alive while parents release their inputs.
+  std::vector<std::shared_ptr<Node>> order;
+  std::unordered_set<Node*> seen;
+  std::vector<std::pair<std::shared_ptr<Node>, size_t>> stack{{grad_fn(), 0}};
+  seen.insert(grad_fn().get());
+  while (!stack.empty()) {
+    auto& [node, next] = stack.back();
+    TS_CHECK(!node->released, std::string("backward: the graph through '") + node->name +
+                                  "' was already freed by an earlier backward");
+    if (next < node->inputs.size()) {
+      const Tensor& in = node->inputs[next++];
+      std::shared_ptr<Node> child = in.defined() ? in.grad_fn() : nullptr;
+      if (child && seen.insert(child.get()).second) stack.push_back({child, 0});
+    } else {
+      order.push_back(node);
+      stack.pop_back();
+    }
+  }
+
+  std::unordered_map<Node*, Tensor> grads;
+  grads[grad_fn().get()] = seed;
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    Node* node = it->get();
+    auto found = grads.find(node);
+    if (found != grads.end()) {
+      Tensor g = std::move(found->second);
+      grads.erase(found);
+      std::vector<Tensor> in_grads = node->backward(g);
+      TS_CHECK(in_grads.size() == node->inputs.size(),
+               std::string("backward rule of '") + node->name + "' returned the wrong number of gradients");
+      for (size_t i = 0; i < in_grads.size(); ++i) {
+        const Tensor& in = node->inputs[i];
+        const Tensor& gi = in_grads[i];
+        if (!gi.defined() || !in.defined() || !in.requires_grad()) continue;
+        TS_CHECK(gi.shape() == in.shape(), std::string("backward rule of '") + node->name + "' gave " +
+                                               gi.str() + " for input " + in.str());
+        if (in.is_leaf()) {
+          accumulate_leaf(in, gi);
+        } else {
+          Tensor& slot = grads[in.grad_fn().get()];
+          slot = slot.defined() ? add(slot, gi) : gi;
+        }
+      }
+    }
+    node->release();
+  }
+}
+
+}  // namespace tessera

@@ -1,0 +1,357 @@
+// The differentiable neural-network ops of engine/ops.h: validation, layout, the backend call, and the
+// backward rule. Kernels receive detached, contiguous tensors (history-free: the op records its own node
+// against the caller's tensors, whatever their strides), and rules capture only such detached tensors.
+#include <cmath>
+#include <string>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/random.h"
+#include "kernels/backend.h"
+
+namespace tessera {
+
+namespace {
+
+// The kernels' view of an input: contiguous and without history. Undefined stays undefined.
+Tensor plain(const Tensor& t) { return t.defined() ? t.detach().contiguous() : t; }
+
+// Per-row / per-channel statistics: f64 for f64 data, f32 for everything else (bf16/f16 on CUDA too).
+DType stat_dtype(DType dt) { return dt == DType::f64 ? DType::f64 : DType::f32; }
+
+void check_float(const char* op, const char* what, const Tensor& t) {
+  TS_CHECK(is_floating(t.dtype()), std::string(op) + ": " + what + " must be floating point, got " + t.str());
+}
+
+// `t` (if defined) must share `ref`'s dtype and device.
+void check_like(const char* op, const char* what, const Tensor& t, const char* ref_name, const Tensor& ref) {
+  if (!t.defined()) return;
+  TS_CHECK(t.dtype() == ref.dtype() && t.device() == ref.device(),
+           std::string(op) + ": " + what + " " + t.str() + " must have the dtype and device of " + ref_name +
+               " " + ref.str());
+}
+
+// `t` (if defined) must be a vector of n elements.
+void check_vec(const char* op, const char* what, const Tensor& t, int64_t n, const std::string& why) {
+  if (!t.defined()) return;
+  TS_CHECK(t.dim() == 1 && t.size(0) == n,
+           std::string(op) + ": " + what + " must have shape [" + std::to_string(n) + "] (" + why + "), got " +
+               t.str());
+}
+
+bool wants_grad(const Tensor& t) { return t.defined() && t.requires_grad() && grad_enabled(); }
+
+}  // namespace
+
+// ================================================================ conv2d
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding,
+              int64_t groups) {
+  Conv2dArgs a;
+  a.stride_h = a.stride_w = stride;
+  a.pad_h = a.pad_w = padding;
+  a.groups = groups;
+  return conv2d(x, weight, bias, a);
+}
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a) {
+  const char* op = "conv2d";
+  TS_CHECK(x.defined() && weight.defined(), "conv2d: x and weight must be defined");
+  TS_CHECK(x.dim() == 4, "conv2d: x must be [N, Cin, H, W], got " + x.str());
+  TS_CHECK(weight.dim() == 4, "conv2d: weight must be [Cout, Cin/groups, kh, kw], got " + weight.str());
+  check_float(op, "x", x);
+  check_like(op, "weight", weight, "x", x);
+  check_like(op, "bias", bias, "x", x);
+  TS_CHECK(a.stride_h >= 1 && a.stride_w >= 1 && a.pad_h >= 0 && a.pad_w >= 0 && a.groups >= 1,
+           "conv2d: need stride >= 1, padding >= 0, groups >= 1; got stride (" + std::to_string(a.stride_h) +
+               ", " + std::to_string(a.stride_w) + "), padding (" + std::to_string(a.pad_h) + ", " +
+               std::to_string(a.pad_w) + "), groups " + std::to_string(a.groups));
+  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Cout = weight.size(0), kh = weight.size(2), kw = weight.size(3), G = a.groups;
+  const std::string shapes = " (x " + x.str() + ", weight " + weight.str() + ", groups " + std::to_string(G) + ")";
+  TS_CHECK(Cin % G == 0 && Cout % G == 0,
+           "conv2d: input channels " + std::to_string(Cin) + " and output channels " + std::to_string(Cout) +
+               " must both be divisible by groups" + shapes);
+  TS_CHECK(weight.size(1) == Cin / G, "conv2d: weight expects " + std::to_string(weight.size(1) * G) +
+                                          " input channels, x has " + std::to_string(Cin) + shapes);
+  TS_CHECK(kh >= 1 && kw >= 1, "conv2d: empty kernel" + shapes);
+  check_vec(op, "bias", bias, Cout, "one per output channel");
+  TS_CHECK(H + 2 * a.pad_h >= kh && W + 2 * a.pad_w >= kw,
+           "conv2d: the " + std::to_string(kh) + "x" + std::to_string(kw) + " kernel is larger than the padded " +
+               std::to_string(H + 2 * a.pad_h) + "x" + std::to_string(W + 2 * a.pad_w) + " input" + shapes);
+  const int64_t Ho = (H + 2 * a.pad_h - kh) / a.stride_h + 1, Wo = (W + 2 * a.pad_w - kw) / a.stride_w + 1;
+
+  Tensor xc = plain(x), wc = plain(weight), bc = plain(bias);
+  Tensor y = Tensor::empty({N, Cout, Ho, Wo}, x.dtype(), x.device());
+  if (y.numel() > 0) backend(x.device()).conv2d(xc, wc, bc, a, y);
+  const bool gx = wants_grad(x), gw = wants_grad(weight), gb = wants_grad(bias);
+  return record("conv2d", {x, weight, bias}, y, [xc, wc, a, gx, gw, gb](const Tensor& g) {
+    Tensor dy = plain(g), dx, dw, db;
+    if (gx) dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+    if (gw) dw = Tensor::empty(wc.shape(), wc.dtype(), wc.device());
+    if (gb) db = Tensor::empty({wc.size(0)}, wc.dtype(), wc.device());
+    if (dy.numel() > 0) {
+      backend(xc.device()).conv2d_backward(dy, xc, wc, a, dx, dw, db);
+    } else {  // no output pixels: nothing flows back
+      for (Tensor* t : {&dx, &dw, &db})
+        if (t->defined()) t->fill_(0);
+    }
+    return std::vector<Tensor>{dx, dw, db};
+  });
+}
+
+// ================================================================ batch norm
+Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor running_mean,
+                    Tensor running_var, Tensor num_batches_tracked, bool training, double momentum,
+                    double eps) {
+  const char* op = "batch_norm2d";
+  TS_CHECK(x.defined() && x.dim() == 4, "batch_norm2d: x must be [N, C, H, W], got " + x.str());
+  check_float(op, "x", x);
+  const int64_t N = x.size(0), C = x.size(1), n = N * x.size(2) * x.size(3);
+  check_like(op, "weight", weight, "x", x);
+  check_like(op, "bias", bias, "x", x);
+  check_vec(op, "weight", weight, C, "one per channel of x " + x.str());
+  check_vec(op, "bias", bias, C, "one per channel of x " + x.str());
+  check_vec(op, "running_mean", running_mean, C, "one per channel of x " + x.str());
+  check_vec(op, "running_var", running_var, C, "one per channel of x " + x.str());
+  TS_CHECK(eps >= 0, "batch_norm2d: eps must be >= 0, got " + std::to_string(eps));
+  if (num_batches_tracked.defined())
+    TS_CHECK(num_batches_tracked.numel() == 1,
+             "batch_norm2d: num_batches_tracked must be a scalar, got " + num_batches_tracked.str());
+  const DType sdt = stat_dtype(x.dtype());
+  Tensor mean, invstd;
+  if (training) {
+    // As torch: one value per channel has no variance to normalise by.
+    TS_CHECK(n > 1, "batch_norm2d: training needs more than 1 value per channel, x is " + x.str());
+    mean = Tensor::empty({C}, sdt, x.device());
+    invstd = Tensor::empty({C}, sdt, x.device());
+  } else {
+    TS_CHECK(running_mean.defined() && running_var.defined(),
+             "batch_norm2d: eval mode needs running_mean and running_var");
+    NoGradGuard ng;
+    // Copies (never aliases of the buffers): the backward must see the statistics of this call.
+    mean = running_mean.detach().to(x.device()).to(sdt).clone();
+    invstd = pow(add(running_var.detach().to(x.device()).to(sdt), eps), -0.5).contiguous();
+  }
+
+  Tensor xc = plain(x), wc = plain(weight), bc = plain(bias);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (x.numel() > 0) backend(x.device()).batch_norm(xc, wc, bc, mean, invstd, eps, training, y);
+
+  if (training) {
+    NoGradGuard ng;
+    // running = (1 − m)·running + m·batch, with the UNBIASED variance n/(n−1)·var (MODELS.md). The kernel
+    // hands back invstd = 1/√(var + eps), so var = invstd⁻² − eps: exact up to a few ulp of (var + eps) in
+    // the statistics' dtype (f32 for f32 data), the order of the rounding of an fp32 buffer itself.
+    if (running_mean.defined()) {
+      Tensor bm = mean.to(running_mean.device()).to(running_mean.dtype());
+      running_mean.copy_(add(mul(running_mean, 1.0 - momentum), mul(bm, momentum)));
+    }
+    if (running_var.defined()) {
+      const double f = double(n) / double(n - 1);
+      Tensor unbiased = affine(pow(invstd, -2.0), f, -eps * f);  // f·(invstd⁻² − eps)
+      unbiased = unbiased.to(running_var.device()).to(running_var.dtype());
+      running_var.copy_(add(mul(running_var, 1.0 - momentum), mul(unbiased, momentum)));
+    }
+    // A host round trip (one scalar) keeps the count exact in i64 whatever elementwise dtypes a backend has.
+    if (num_batches_tracked.defined()) num_batches_tracked.fill_(num_batches_tracked.item() + 1);
+  }
+
+  const bool gx = wants_grad(x), gw = wants_grad(weight), gb = wants_grad(bias);
+  return record("batch_norm2d", {x, weight, bias}, y,
+                [xc, wc, mean, invstd, training, gx, gw, gb](const Tensor& g) {
+                  Tensor dy = plain(g), dx, dw, db;
+                  if (gx) dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+                  if (gw) dw = Tensor::empty({xc.size(1)}, xc.dtype(), xc.device());
+                  if (gb) db = Tensor::empty({xc.size(1)}, xc.dtype(), xc.device());
+                  if (xc.numel() > 0) {
+                    backend(xc.device()).batch_norm_backward(dy, xc, wc, mean, invstd, training, dx, dw, db);
+                  } else {
+                    for (Tensor* t : {&dw, &db})
+                      if (t->defined()) t->fill_(0);
+                  }
+                  return std::vector<Tensor>{dx, dw, db};
+                });
+}
+
+// ================================================================ layer norm
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps) {
+  const char* op = "layer_norm";
+  TS_CHECK(x.defined() && x.dim() >= 1, "layer_norm: x must have at least one dim, got " + x.str());
+  check_float(op, "x", x);
+  const int64_t C = x.size(-1), rows = C ? x.numel() / C : 0;
+  check_like(op, "weight", weight, "x", x);
+  check_like(op, "bias", bias, "x", x);
+  check_vec(op, "weight", weight, C, "the last dim of x " + x.str());
+  check_vec(op, "bias", bias, C, "the last dim of x " + x.str());
+  TS_CHECK(eps >= 0, "layer_norm: eps must be >= 0, got " + std::to_string(eps));
+  Tensor xc = plain(x), wc = plain(weight), bc = plain(bias);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  const DType sdt = stat_dtype(x.dtype());
+  Tensor mean = Tensor::empty({rows}, sdt, x.device()), rstd = Tensor::empty({rows}, sdt, x.device());
+  if (x.numel() > 0) backend(x.device()).layer_norm(xc, wc, bc, eps, y, mean, rstd);
+  const bool gx = wants_grad(x), gw = wants_grad(weight), gb = wants_grad(bias);
+  return record("layer_norm", {x, weight, bias}, y, [xc, wc, mean, rstd, gx, gw, gb, C](const Tensor& g) {
+    Tensor dy = plain(g), dx, dw, db;
+    if (gx) dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+    if (gw) dw = Tensor::empty({C}, xc.dtype(), xc.device());
+    if (gb) db = Tensor::empty({C}, xc.dtype(), xc.device());
+    if (xc.numel() > 0) {
+      backend(xc.device()).layer_norm_backward(dy, xc, wc, mean, rstd, dx, dw, db);
+    } else {
+      for (Tensor* t : {&dw, &db})
+        if (t->defined()) t->fill_(0);
+    }
+    return std::vector<Tensor>{dx, dw, db};
+  });
+}
+
+// ================================================================ softmax
+namespace {
+
+// Softmax over `dim`: that dim is moved last (transpose of the detached input, made contiguous) so the
+// kernel sees [rows, C]; the result is moved back. The node is recorded against the caller's x.
+Tensor softmax_impl(const Tensor& x, int64_t dim, bool log) {
+  const char* op = log ? "log_softmax" : "softmax";
+  TS_CHECK(x.defined(), std::string(op) + ": x is undefined");
+  check_float(op, "x", x);
+  const int64_t d = wrap_dim(dim, x.dim(), op);
+  const int64_t last = std::max<int64_t>(x.dim() - 1, 0);
+  auto to_last = [d, last](const Tensor& t) { return (d == last ? t : t.transpose(d, last)).contiguous(); };
+  auto from_last = [d, last](const Tensor& t) { return d == last ? t : t.transpose(d, last).contiguous(); };
+
+  Tensor xt = to_last(x.detach());
+  Tensor yt = Tensor::empty(xt.shape(), xt.dtype(), xt.device());
+  if (xt.numel() > 0) backend(x.device()).softmax(xt, yt, log);
+  Tensor y = from_last(yt);
+  Tensor saved = yt.detach();  // never the returned tensor itself (it will hold this node)
+  return record(op, {x}, y, [saved, log, to_last, from_last](const Tensor& g) {
+    Tensor gt = to_last(g.detach()), dx = Tensor::empty(saved.shape(), saved.dtype(), saved.device());
+    if (gt.numel() > 0) backend(saved.device()).softmax_backward(saved, gt, dx, log);
+    return std::vector<Tensor>{from_last(dx)};
+  });
+}
+
+}  // namespace
+
+Tensor softmax(const Tensor& x, int64_t dim) { return softmax_impl(x, dim, false); }
+Tensor log_softmax(const Tensor& x, int64_t dim) { return softmax_impl(x, dim, true); }
+
+// ================================================================ attention
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
+  const char* op = "scaled_dot_product_attention";
+  TS_CHECK(q.defined() && k.defined() && v.defined(), std::string(op) + ": q, k and v must be defined");
+  const std::string shapes = " (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ")";
+  check_float(op, "q", q);
+  check_like(op, "k", k, "q", q);
+  check_like(op, "v", v, "q", q);
+  TS_CHECK(q.dim() >= 2 && k.dim() == q.dim() && v.dim() == q.dim(),
+           std::string(op) + ": q, k, v must be (..., T, D) of one rank >= 2" + shapes);
+  const int64_t r = q.dim(), Tq = q.size(-2), Tk = k.size(-2), D = q.size(-1);
+  for (int64_t i = 0; i < r - 2; ++i)
+    TS_CHECK(k.size(i) == q.size(i) && v.size(i) == q.size(i),
+             std::string(op) + ": leading dims of q, k, v must match" + shapes);
+  TS_CHECK(k.size(-1) == D && v.size(-1) == D,
+           std::string(op) + ": q, k and v must share the last (head) dim" + shapes);
+  TS_CHECK(v.size(-2) == Tk, std::string(op) + ": k and v must have the same number of keys" + shapes);
+  TS_CHECK(Tk >= 1, std::string(op) + ": no keys to attend to" + shapes);
+  // Leading dims become [B, H]: kept when there are exactly two, else flattened to [prod, 1].
+  int64_t B = 1, H = 1;
+  if (r == 4) { B = q.size(0); H = q.size(1); }
+  else for (int64_t i = 0; i < r - 2; ++i) B *= q.size(i);
+  Tensor qc = plain(q).reshape({B, H, Tq, D}), kc = plain(k).reshape({B, H, Tk, D}),
+         vc = plain(v).reshape({B, H, Tk, D});
+  Tensor out = Tensor::empty({B, H, Tq, D}, q.dtype(), q.device());
+  Tensor lse = Tensor::empty({B, H, Tq}, stat_dtype(q.dtype()), q.device());
+  if (out.numel() > 0) {
+    backend(q.device()).attention(qc, kc, vc, scale, out, lse);
+  } else if (lse.numel() > 0) {
+    lse.fill_(0);
+  }
+  Tensor y = out.view(q.shape());
+  Tensor saved_out = out.detach();
+  const bool gq = wants_grad(q), gk = wants_grad(k), gv = wants_grad(v);
+  const Shape qs = q.shape(), ks = k.shape(), vs = v.shape();
+  return record(op, {q, k, v}, y,
+                [qc, kc, vc, saved_out, lse, scale, gq, gk, gv, qs, ks, vs](const Tensor& g) {
+                  Tensor dout = plain(g).reshape(qc.shape()), dq, dk, dv;
+                  if (gq) dq = Tensor::empty(qc.shape(), qc.dtype(), qc.device());
+                  if (gk) dk = Tensor::empty(kc.shape(), kc.dtype(), kc.device());
+                  if (gv) dv = Tensor::empty(vc.shape(), vc.dtype(), vc.device());
+                  if (qc.numel() > 0 || kc.numel() > 0) {
+                    backend(qc.device()).attention_backward(dout, qc, kc, vc, saved_out, lse, scale, dq, dk, dv);
+                  }
+                  return std::vector<Tensor>{dq.defined() ? dq.view(qs) : dq, dk.defined() ? dk.view(ks) : dk,
+                                             dv.defined() ? dv.view(vs) : dv};
+                });
+}
+
+// ================================================================ dropout, drop path
+namespace {
+
+Tensor masked_scale(const Tensor& x, double p, bool training, Generator& gen, const Shape& mask_shape,
+                    const char* op) {
+  TS_CHECK(x.defined(), std::string(op) + ": x is undefined");
+  TS_CHECK(p >= 0 && p <= 1, std::string(op) + ": p must be in [0, 1], got " + std::to_string(p));
+  if (!training || p == 0) return x;
+  check_float(op, "x", x);
+  if (p == 1) return mul(x, 0.0);  // everything dropped; the gradient is zero too
+  const double keep = 1 - p;
+  Tensor mask;
+  {
+    NoGradGuard ng;
+    // 1 with probability keep, scaled so E[y] = x; x's dtype so the product is one same-dtype mul.
+    mask = mul(gen.bernoulli(mask_shape, keep, x.dtype(), x.device()), 1.0 / keep);
+  }
+  return mul(x, mask);  // mul's backward multiplies the gradient by the same mask
+}
+
+}  // namespace
+
+Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
+  return masked_scale(x, p, training, gen, x.defined() ? x.shape() : Shape{}, "dropout");
+}
+
+Tensor drop_path(const Tensor& x, double p, bool training, Generator& gen) {
+  TS_CHECK(!x.defined() || x.dim() >= 1, "drop_path: x needs a batch dim, got " + x.str());
+  Shape ms;
+  if (x.defined()) {
+    ms.assign(size_t(x.dim()), 1);
+    ms[0] = x.size(0);  // one draw per sample, broadcast over the rest
+  }
+  return masked_scale(x, p, training, gen, ms, "drop_path");
+}
+
+// ================================================================ cross-entropy
+Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntropyOptions& opt) {
+  const char* op = "cross_entropy";
+  TS_CHECK(logits.defined() && target.defined(), "cross_entropy: logits and target must be defined");
+  TS_CHECK(logits.dim() == 2, "cross_entropy: logits must be [N, C], got " + logits.str());
+  check_float(op, "logits", logits);
+  const int64_t N = logits.size(0), C = logits.size(1);
+  TS_CHECK(target.dtype() == DType::i64 && target.dim() == 1 && target.size(0) == N,
+           "cross_entropy: target must be i64 [" + std::to_string(N) + "] for logits " + logits.str() + ", got " +
+               target.str());
+  TS_CHECK(target.device() == logits.device(),
+           "cross_entropy: target " + target.str() + " and logits " + logits.str() + " are on different devices");
+  TS_CHECK(C >= 1, "cross_entropy: logits " + logits.str() + " have no classes");
+  check_like(op, "weight", opt.weight, "logits", logits);
+  check_vec(op, "weight", opt.weight, C, "one per class of logits " + logits.str());
+  TS_CHECK(opt.label_smoothing >= 0 && opt.label_smoothing <= 1,
+           "cross_entropy: label_smoothing must be in [0, 1], got " + std::to_string(opt.label_smoothing));
+  // Gradients for the class weights are not implemented; refuse rather than silently drop them.
+  TS_CHECK(!wants_grad(opt.weight), "cross_entropy: gradients with respect to the class weights are not "
+                                    "supported; detach the weight");
+
+  Tensor xc = plain(logits), tc = plain(target), wc = plain(opt.weight);
+  Tensor loss = Tensor::empty({}, logits.dtype(), logits.device());
+  const double eps = opt.label_smoothing;
+  const int64_t ignore = opt.ignore_index;
+  backend(logits.device()).cross_entropy(xc, tc, wc, eps, ignore, loss);
+  return record(op, {logits}, loss, [xc, tc, wc, eps, ignore](const Tensor& g) {
+    Tensor dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+    backend(xc.device()).cross_entropy_backward(xc, tc, wc, eps, ignore, g.item(), dx);
+    return std::vector<Tensor>{dx};
+  });
+}
+
+}  // namespace tessera

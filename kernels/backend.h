@@ -1,0 +1,132 @@
+// The one dispatch point between the differentiable ops (engine/ops*.cpp) and the kernels.
+//
+// A Backend implements the same narrow op set for one device: the CPU reference (kernels/cpu/, every op,
+// fp32 and fp64, the oracle every other backend is tested against) and CUDA (kernels/cuda/). Ops receive
+// tensors that already live on the backend's device, with outputs allocated by the caller. A method a
+// backend does not implement throws, naming the op and the device: never a silent fallback.
+//
+// Layout conventions (the op layer arranges them): "rows" ops take a contiguous [rows, C] view and work
+// along the last dim; `binary` takes inputs already expanded (stride-0 views) to the output's shape.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "engine/tensor.h"
+
+namespace tessera {
+
+enum class UnaryOp {
+  Neg, Exp, Log, Sqrt, Tanh, Erf, Abs,
+  Gelu,      // exact: x·Φ(x) = 0.5·x·(1 + erf(x/√2))
+  Affine,    // alpha·x + beta
+  PowScalar, // x^alpha
+  Clamp,     // min(max(x, alpha), beta)
+};
+enum class BinaryOp {
+  Add, Sub, Mul, Div, Maximum, Minimum, Pow,
+  GeluBackward,  // a = x, b = dy  ->  dy · GELU'(x)
+  Eq, Gt, Ge,    // 1 or 0 in the output dtype
+};
+enum class ReduceOp { Sum, Max };  // Max also writes the index of the first maximum when asked
+enum class RandomKind { Uniform, Normal, TruncatedNormal, Bernoulli };
+
+// C[b] = alpha · op(A[b]) · op(B[b]) + beta · C[b], row-major; op(X) = Xᵀ when trans_x.
+// A is [M,K] (or [K,M] when trans_a), B is [K,N] (or [N,K]), C is [M,N]; each matrix is contiguous and
+// matrix b of X starts at X.data + b·stride_x (stride 0 broadcasts one matrix over the batch).
+struct GemmArgs {
+  bool trans_a = false, trans_b = false;
+  int64_t batch = 1, M = 0, N = 0, K = 0;
+  double alpha = 1.0, beta = 0.0;
+  Tensor A, B, C;
+  int64_t stride_a = 0, stride_b = 0, stride_c = 0;
+};
+
+// How CUDA GEMMs on fp32 data may compute. bf16 tensors always use bf16 inputs with fp32 accumulation.
+enum class MatmulPrecision { Highest /* fp32 */, High /* tf32 */ };
+void set_matmul_precision(MatmulPrecision p);
+MatmulPrecision matmul_precision();
+
+struct Conv2dArgs {
+  int64_t stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, groups = 1;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+
+  virtual void fill(Tensor& out, double value);
+  // Same device; any dtypes and strides; out's shape equals src's.
+  virtual void copy(const Tensor& src, Tensor& out);
+  // Counter-based (Philox4x32-10): element i of `out` depends only on (seed, offset, i), so CPU and CUDA
+  // draw identical streams. Uniform in [a, b); Normal(mean a, std b); TruncatedNormal(0,1) cut to [a, b];
+  // Bernoulli: 1 with probability a.
+  virtual void random(RandomKind kind, Tensor& out, double a, double b, uint64_t seed, uint64_t offset);
+
+  virtual void unary(UnaryOp op, const Tensor& x, Tensor& out, double alpha = 0, double beta = 0);
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out);
+  // x contiguous [outer, R] -> out [outer]; indices (i64 [outer]) for Max when defined.
+  virtual void reduce(ReduceOp op, const Tensor& x, Tensor& out, Tensor* indices);
+  virtual void gemm(GemmArgs& args);
+
+  // Rows ops: x, y contiguous [rows, C].
+  virtual void softmax(const Tensor& x, Tensor& y, bool log);
+  virtual void softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool log);
+  // mean, rstd: f32/f64 [rows]; weight/bias [C] may be undefined (no affine).
+  virtual void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
+                          Tensor& mean, Tensor& rstd);
+  // dx, dweight, dbias: any may be undefined (not needed). dweight/dbias are overwritten, not added to.
+  virtual void layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                   const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
+                                   Tensor& dbias);
+
+  // x [N,Cin,H,W], weight [Cout,Cin/groups,kh,kw], bias [Cout] or undefined, y [N,Cout,Ho,Wo]; contiguous.
+  virtual void conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
+                      Tensor& y);
+  virtual void conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Conv2dArgs& a,
+                               Tensor& dx, Tensor& dweight, Tensor& dbias);
+
+  // x [N,C,H,W] contiguous. Training: normalises with batch statistics and writes them to mean/invstd [C]
+  // (the op layer updates the running statistics). Eval (training=false): mean/invstd are inputs computed
+  // from the running statistics.
+  virtual void batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& mean,
+                          Tensor& invstd, double eps, bool training, Tensor& y);
+  virtual void batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                   const Tensor& mean, const Tensor& invstd, bool training, Tensor& dx,
+                                   Tensor& dweight, Tensor& dbias);
+
+  // q [B,H,Tq,D], k/v [B,H,Tk,D], out [B,H,Tq,D], lse [B,H,Tq] (f32/f64: log-sum-exp of the scaled scores).
+  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& out,
+                         Tensor& lse);
+  virtual void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const Tensor& lse, double scale, Tensor& dq,
+                                  Tensor& dk, Tensor& dv);
+
+  // logits [N,C], target i64 [N], weight [C] or undefined. loss: one element, mean over the non-ignored
+  // targets weighted as torch.nn.functional.cross_entropy does. dlogits = d(loss)/d(logits) · dloss.
+  virtual void cross_entropy(const Tensor& logits, const Tensor& target, const Tensor& weight,
+                             double label_smoothing, int64_t ignore_index, Tensor& loss);
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& weight,
+                                      double label_smoothing, int64_t ignore_index, double dloss,
+                                      Tensor& dlogits);
+
+  // src [outer, n, inner], index i64 [m] -> out [outer, m, inner]; index_add adds src [outer, m, inner]
+  // into out [outer, n, inner] at the indexed rows (repeated indices accumulate).
+  virtual void index_select(const Tensor& src, const Tensor& index, Tensor& out);
+  virtual void index_add(const Tensor& src, const Tensor& index, Tensor& out);
+
+  // One AdamW step, exactly torch.optim.AdamW's: param ← param·(1 − lr·wd); m ← β1·m + (1−β1)·g;
+  // v ← β2·v + (1−β2)·g²; param ← param − (lr / bc1) · m / (√v / √bc2 + eps), bc_i = 1 − β_i^step.
+  // param, grad, m, v: contiguous, same shape; param/m/v f32 (or f64), grad f32/f64/bf16.
+  struct AdamWStep { double lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2; };
+  virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s);
+
+ protected:
+  [[noreturn]] void unsupported(const char* op) const;
+};
+
+Backend& cpu_backend();
+Backend& cuda_backend();  // throws, saying why, when tessera was built without CUDA
+inline Backend& backend(Device d) { return d == Device::CPU ? cpu_backend() : cuda_backend(); }
+
+}  // namespace tessera

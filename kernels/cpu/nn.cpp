@@ -1,0 +1,742 @@
+// CPU reference kernels for the neural-network ops: softmax, layer norm, conv2d, batch norm, attention,
+// cross-entropy. fp32 and fp64; statistics and sums accumulate in double so the fp32 path is as accurate as
+// its storage allows. The op layer (engine/ops_nn.cpp) validates shapes and hands over contiguous tensors.
+//
+// Parallelism: rows / channels / samples that own disjoint outputs run through parallel_for. Reductions
+// that cross those units (layer-norm dweight, attention dK/dV, ...) are either re-partitioned by the
+// output they write (column blocks) or done by the GEMM, so no two threads ever write one element.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/parallel.h"
+
+namespace tessera {
+
+namespace {
+
+// A per-row / per-channel statistic (mean, rstd, invstd, lse) stored as f32 or f64: the op layer keeps
+// them in f64 for f64 data and in f32 otherwise, independently of the data's own type.
+struct Stat {
+  void* p;
+  bool f64;
+  Stat(const Tensor& t, const char* op) : p(t.raw_data()), f64(t.dtype() == DType::f64) {
+    TS_CHECK(t.dtype() == DType::f32 || t.dtype() == DType::f64,
+             std::string(op) + ": statistics must be f32 or f64, got " + t.str());
+  }
+  double get(int64_t i) const { return f64 ? static_cast<double*>(p)[i] : double(static_cast<float*>(p)[i]); }
+  void set(int64_t i, double v) const {
+    if (f64) static_cast<double*>(p)[i] = v;
+    else static_cast<float*>(p)[i] = float(v);
+  }
+};
+
+template <typename T> const T* data_or_null(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
+template <typename T> T* mut_or_null(const Tensor& t) { return t.defined() ? t.data<T>() : nullptr; }
+
+// A contiguous window of `t`'s storage starting `offset` elements after t's first element. Used to hand
+// one sample / one head-chunk to the GEMM without copying; never recorded by autograd.
+Tensor window(const Tensor& t, int64_t offset, const Shape& shape) {
+  return Tensor::from_storage(t.storage(), shape, t.dtype(), t.offset() + offset);
+}
+
+// Rows per parallel chunk so each chunk does at least ~16k element-operations (amortises the dispatch).
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)); }
+
+void run_gemm(bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K, double alpha, double beta,
+              const Tensor& A, int64_t sa, const Tensor& B, int64_t sb, const Tensor& C, int64_t sc) {
+  GemmArgs g;
+  g.trans_a = ta; g.trans_b = tb;
+  g.batch = batch; g.M = M; g.N = N; g.K = K;
+  g.alpha = alpha; g.beta = beta;
+  g.A = A; g.B = B; g.C = C;
+  g.stride_a = sa; g.stride_b = sb; g.stride_c = sc;
+  cpu_backend().gemm(g);
+}
+
+}  // namespace
+
+// ================================================================ softmax
+void CpuBackend::softmax(const Tensor& x, Tensor& y, bool log) {
+  visit_float(x.dtype(), "softmax", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t C = x.dim() ? x.size(-1) : 1, rows = C ? x.numel() / C : 0;
+    const T* px = x.data<T>();
+    T* py = y.data<T>();
+    parallel_for(rows, row_grain(C), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* xr = px + r * C;
+        T* yr = py + r * C;
+        // Subtracting the row max keeps exp() <= 1: no overflow for large logits.
+        T m = -std::numeric_limits<T>::infinity();
+        for (int64_t c = 0; c < C; ++c) m = std::max(m, xr[c]);
+        double s = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          T e = std::exp(xr[c] - m);
+          if (!log) yr[c] = e;
+          s += double(e);
+        }
+        if (log) {
+          // (x − m) − log s, not x − (m + log s): rounding m + log s to T would cost an ulp of |m|.
+          const double ls = std::log(s);
+          for (int64_t c = 0; c < C; ++c) yr[c] = T(double(xr[c] - m) - ls);
+        } else {
+          const T inv = T(1.0 / s);
+          for (int64_t c = 0; c < C; ++c) yr[c] *= inv;
+        }
+      }
+    });
+  });
+}
+
+void CpuBackend::softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool log) {
+  visit_float(y.dtype(), "softmax_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t C = y.dim() ? y.size(-1) : 1, rows = C ? y.numel() / C : 0;
+    const T *py = y.data<T>(), *pdy = dy.data<T>();
+    T* pdx = dx.data<T>();
+    parallel_for(rows, row_grain(C), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T *yr = py + r * C, *gr = pdy + r * C;
+        T* dr = pdx + r * C;
+        double s = 0;
+        if (log) {  // y = log p: dx = dy − p·Σdy
+          for (int64_t c = 0; c < C; ++c) s += double(gr[c]);
+          for (int64_t c = 0; c < C; ++c) dr[c] = T(double(gr[c]) - std::exp(double(yr[c])) * s);
+        } else {    // y = p: dx = p ⊙ (dy − Σ dy⊙p)
+          for (int64_t c = 0; c < C; ++c) s += double(gr[c]) * double(yr[c]);
+          for (int64_t c = 0; c < C; ++c) dr[c] = T(double(yr[c]) * (double(gr[c]) - s));
+        }
+      }
+    });
+  });
+}
+
+// ================================================================ layer norm
+void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
+                            Tensor& mean, Tensor& rstd) {
+  visit_float(x.dtype(), "layer_norm", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t C = x.size(-1), rows = C ? x.numel() / C : 0;
+    const T *px = x.data<T>(), *pw = data_or_null<T>(weight), *pb = data_or_null<T>(bias);
+    T* py = y.data<T>();
+    Stat sm(mean, "layer_norm"), sr(rstd, "layer_norm");
+    parallel_for(rows, row_grain(C), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* xr = px + r * C;
+        T* yr = py + r * C;
+        // Two passes (mean, then squared deviations): no cancellation when |mean| >> std.
+        double mu = 0, var = 0;
+        for (int64_t c = 0; c < C; ++c) mu += double(xr[c]);
+        mu /= double(C);
+        for (int64_t c = 0; c < C; ++c) { double d = double(xr[c]) - mu; var += d * d; }
+        var /= double(C);  // biased, as torch.nn.LayerNorm
+        const double rs = 1.0 / std::sqrt(var + eps);
+        sm.set(r, mu);
+        sr.set(r, rs);
+        for (int64_t c = 0; c < C; ++c) {
+          double v = (double(xr[c]) - mu) * rs;
+          if (pw) v *= double(pw[c]);
+          if (pb) v += double(pb[c]);
+          yr[c] = T(v);
+        }
+      }
+    });
+  });
+}
+
+void CpuBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                     const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
+                                     Tensor& dbias) {
+  visit_float(x.dtype(), "layer_norm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t C = x.size(-1), rows = C ? x.numel() / C : 0;
+    const T *px = x.data<T>(), *pg = dy.data<T>(), *pw = data_or_null<T>(weight);
+    Stat sm(mean, "layer_norm_backward"), sr(rstd, "layer_norm_backward");
+    if (dx.defined()) {
+      T* pdx = dx.data<T>();
+      // With g = dy⊙w and x̂ = (x−μ)·rstd: dx = rstd·(g − mean(g) − x̂·mean(g⊙x̂)).
+      parallel_for(rows, row_grain(C), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const T *xr = px + r * C, *gr = pg + r * C;
+          T* dr = pdx + r * C;
+          const double mu = sm.get(r), rs = sr.get(r);
+          double sg = 0, sgx = 0;
+          for (int64_t c = 0; c < C; ++c) {
+            double g = double(gr[c]) * (pw ? double(pw[c]) : 1.0);
+            sg += g;
+            sgx += g * (double(xr[c]) - mu) * rs;
+          }
+          sg /= double(C);
+          sgx /= double(C);
+          for (int64_t c = 0; c < C; ++c) {
+            double g = double(gr[c]) * (pw ? double(pw[c]) : 1.0);
+            dr[c] = T(rs * (g - sg - (double(xr[c]) - mu) * rs * sgx));
+          }
+        }
+      });
+    }
+    if (dweight.defined() || dbias.defined()) {
+      // Sums over rows, partitioned by column blocks so each thread owns its outputs; within a block the
+      // row loop reads contiguous runs of x and dy.
+      T *pdw = mut_or_null<T>(dweight), *pdb = mut_or_null<T>(dbias);
+      constexpr int64_t kBlock = 64;
+      parallel_for((C + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+        std::vector<double> aw(kBlock), ab(kBlock);
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t c0 = b * kBlock, c1 = std::min(C, c0 + kBlock);
+          std::fill(aw.begin(), aw.end(), 0.0);
+          std::fill(ab.begin(), ab.end(), 0.0);
+          for (int64_t r = 0; r < rows; ++r) {
+            const double mu = sm.get(r), rs = sr.get(r);
+            const T *xr = px + r * C, *gr = pg + r * C;
+            for (int64_t c = c0; c < c1; ++c) {
+              aw[size_t(c - c0)] += double(gr[c]) * (double(xr[c]) - mu) * rs;
+              ab[size_t(c - c0)] += double(gr[c]);
+            }
+          }
+          for (int64_t c = c0; c < c1; ++c) {
+            if (pdw) pdw[c] = T(aw[size_t(c - c0)]);
+            if (pdb) pdb[c] = T(ab[size_t(c - c0)]);
+          }
+        }
+      });
+    }
+  });
+}
+
+// ================================================================ conv2d
+namespace {
+
+struct ConvGeom {
+  int64_t N, Cin, H, W, Cout, kh, kw, Ho, Wo, groups, Cg, Coutg;
+  int64_t sh, sw, ph, pw;
+  int64_t K() const { return Cg * kh * kw; }  // GEMM inner size per group
+  int64_t P() const { return Ho * Wo; }       // output pixels
+  // 1×1, stride 1, no padding: the im2col matrix IS the input sample.
+  bool pointwise() const { return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+};
+
+ConvGeom conv_geom(const Tensor& x, const Tensor& w, const Tensor& y, const Conv2dArgs& a) {
+  ConvGeom g;
+  g.N = x.size(0); g.Cin = x.size(1); g.H = x.size(2); g.W = x.size(3);
+  g.Cout = w.size(0); g.kh = w.size(2); g.kw = w.size(3);
+  g.Ho = y.size(2); g.Wo = y.size(3);
+  g.groups = a.groups; g.Cg = g.Cin / a.groups; g.Coutg = g.Cout / a.groups;
+  g.sh = a.stride_h; g.sw = a.stride_w; g.ph = a.pad_h; g.pw = a.pad_w;
+  return g;
+}
+
+// Output columns ow in [lo, hi) read input column ow·sw − pw + j of kernel tap j; the rest is padding.
+struct TapRange { int64_t lo, hi; };
+inline TapRange tap_range(const ConvGeom& g, int64_t j) {
+  // need 0 <= ow·sw − pw + j <= W − 1
+  const int64_t a = g.pw - j, b = g.W - 1 + g.pw - j;
+  int64_t lo = a <= 0 ? 0 : (a + g.sw - 1) / g.sw;
+  int64_t hi = b < 0 ? 0 : b / g.sw + 1;
+  lo = std::min(lo, g.Wo);
+  return {lo, std::max(lo, std::min(hi, g.Wo))};
+}
+std::vector<TapRange> tap_ranges(const ConvGeom& g) {
+  std::vector<TapRange> t(size_t(g.kw));
+  for (int64_t j = 0; j < g.kw; ++j) t[size_t(j)] = tap_range(g, j);
+  return t;
+}
+
+// col [Cin·kh·kw, Ho·Wo] for one sample: row (c, i, j) holds x[c, oh·sh − ph + i, ow·sw − pw + j] (0 outside).
+// Group g's block [K, P] starts at row g·K because rows are ordered by input channel.
+template <typename T> void im2col(const ConvGeom& g, const T* x, T* col) {
+  const int64_t P = g.P();
+  const std::vector<TapRange> taps = tap_ranges(g);
+  parallel_for(g.Cin, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) {
+          T* row = col + ((c * g.kh + i) * g.kw + j) * P;
+          const T* xc = x + c * g.H * g.W;
+          const TapRange t = taps[size_t(j)];
+          const int64_t off = j - g.pw;
+          for (int64_t oh = 0; oh < g.Ho; ++oh) {
+            const int64_t ih = oh * g.sh - g.ph + i;
+            T* out = row + oh * g.Wo;
+            if (ih < 0 || ih >= g.H) { std::fill(out, out + g.Wo, T(0)); continue; }
+            const T* xr = xc + ih * g.W;
+            std::fill(out, out + t.lo, T(0));
+            for (int64_t ow = t.lo; ow < t.hi; ++ow) out[ow] = xr[ow * g.sw + off];
+            std::fill(out + t.hi, out + g.Wo, T(0));
+          }
+        }
+  });
+}
+
+// The adjoint of im2col: dx[c, ih, iw] += col[(c,i,j), (oh,ow)]. Channels own disjoint parts of dx, so they
+// run in parallel. dx must be zeroed by the caller.
+template <typename T> void col2im(const ConvGeom& g, const T* col, T* dx) {
+  const int64_t P = g.P();
+  const std::vector<TapRange> taps = tap_ranges(g);
+  parallel_for(g.Cin, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const T* row = col + ((c * g.kh + i) * g.kw + j) * P;
+          T* xc = dx + c * g.H * g.W;
+          const TapRange t = taps[size_t(j)];
+          const int64_t off = j - g.pw;
+          for (int64_t oh = 0; oh < g.Ho; ++oh) {
+            const int64_t ih = oh * g.sh - g.ph + i;
+            if (ih < 0 || ih >= g.H) continue;
+            T* xr = xc + ih * g.W;
+            const T* in = row + oh * g.Wo;
+            for (int64_t ow = t.lo; ow < t.hi; ++ow) xr[ow * g.sw + off] += in[ow];
+          }
+        }
+  });
+}
+
+// Depthwise (one input channel per group, Cout = groups·mult): a direct loop beats im2col + a GEMM with
+// an inner size of only kh·kw. Output channel co reads input channel co / mult. The loops run over output
+// rows and kernel taps; for each tap the valid output columns form one range (no per-pixel bounds test),
+// so the innermost loop is a strided axpy or dot product that the compiler vectorises for stride 1.
+template <typename T>
+void depthwise_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
+  const int64_t mult = g.Coutg;
+  const std::vector<TapRange> taps = tap_ranges(g);
+  parallel_for(g.N * g.Cout, 1, [&](int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t n = u / g.Cout, co = u % g.Cout, ci = co / mult;
+      const T* xc = x + (n * g.Cin + ci) * g.H * g.W;
+      const T* wc = w + co * g.kh * g.kw;
+      T* yc = y + u * g.P();
+      const T bias = b ? b[co] : T(0);
+      for (int64_t oh = 0; oh < g.Ho; ++oh) {
+        T* yr = yc + oh * g.Wo;
+        std::fill(yr, yr + g.Wo, bias);
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t ih = oh * g.sh - g.ph + i;
+          if (ih < 0 || ih >= g.H) continue;
+          const T* xr = xc + ih * g.W;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const T wt = wc[i * g.kw + j];
+            const int64_t off = j - g.pw;  // xr[ow·sw + off] is the tap's input for output column ow
+            for (int64_t ow = taps[size_t(j)].lo; ow < taps[size_t(j)].hi; ++ow) yr[ow] += wt * xr[ow * g.sw + off];
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void depthwise_backward(const ConvGeom& g, const T* dy, const T* x, const T* w, T* dx, T* dw) {
+  const int64_t mult = g.Coutg, P = g.P();
+  const std::vector<TapRange> taps = tap_ranges(g);
+  if (dx) {  // (n, ci) owns dx[n, ci]; it gathers from its `mult` output channels
+    parallel_for(g.N * g.Cin, 1, [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1; ++u) {
+        const int64_t n = u / g.Cin, ci = u % g.Cin;
+        T* dxc = dx + u * g.H * g.W;
+        std::fill(dxc, dxc + g.H * g.W, T(0));
+        for (int64_t co = ci * mult; co < (ci + 1) * mult; ++co) {
+          const T* gc = dy + (n * g.Cout + co) * P;
+          const T* wc = w + co * g.kh * g.kw;
+          for (int64_t oh = 0; oh < g.Ho; ++oh) {
+            const T* gr = gc + oh * g.Wo;
+            for (int64_t i = 0; i < g.kh; ++i) {
+              const int64_t ih = oh * g.sh - g.ph + i;
+              if (ih < 0 || ih >= g.H) continue;
+              T* dr = dxc + ih * g.W;
+              for (int64_t j = 0; j < g.kw; ++j) {
+                const T wt = wc[i * g.kw + j];
+                const int64_t off = j - g.pw;
+                for (int64_t ow = taps[size_t(j)].lo; ow < taps[size_t(j)].hi; ++ow) dr[ow * g.sw + off] += wt * gr[ow];
+              }
+            }
+          }
+        }
+      }
+    });
+  }
+  if (dw) {  // output channel co owns dw[co]; per-row dot products in T, summed in double
+    parallel_for(g.Cout, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<double> acc(size_t(g.kh * g.kw));
+      for (int64_t co = c0; co < c1; ++co) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        const int64_t ci = co / mult;
+        for (int64_t n = 0; n < g.N; ++n) {
+          const T* gc = dy + (n * g.Cout + co) * P;
+          const T* xc = x + (n * g.Cin + ci) * g.H * g.W;
+          for (int64_t oh = 0; oh < g.Ho; ++oh) {
+            const T* gr = gc + oh * g.Wo;
+            for (int64_t i = 0; i < g.kh; ++i) {
+              const int64_t ih = oh * g.sh - g.ph + i;
+              if (ih < 0 || ih >= g.H) continue;
+              const T* xr = xc + ih * g.W;
+              for (int64_t j = 0; j < g.kw; ++j) {
+                const int64_t off = j - g.pw;
+                T s = 0;
+                for (int64_t ow = taps[size_t(j)].lo; ow < taps[size_t(j)].hi; ++ow) s += gr[ow] * xr[ow * g.sw + off];
+                acc[size_t(i * g.kw + j)] += double(s);
+              }
+            }
+          }
+        }
+        for (int64_t k = 0; k < g.kh * g.kw; ++k) dw[co * g.kh * g.kw + k] = T(acc[size_t(k)]);
+      }
+    });
+  }
+}
+
+}  // namespace
+
+void CpuBackend::conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
+                        Tensor& y) {
+  visit_float(x.dtype(), "conv2d", [&](auto tag) {
+    using T = decltype(tag);
+    const ConvGeom g = conv_geom(x, weight, y, a);
+    const T *px = x.data<T>(), *pw = weight.data<T>(), *pb = data_or_null<T>(bias);
+    T* py = y.data<T>();
+    if (g.Cg == 1) { depthwise_forward(g, px, pw, pb, py); return; }
+    const int64_t K = g.K(), P = g.P();
+    // Samples run one after another; the GEMM parallelises inside (it has the most work to split).
+    Tensor col = g.pointwise() ? Tensor() : Tensor::empty({g.Cin * g.kh * g.kw, P}, x.dtype());
+    for (int64_t n = 0; n < g.N; ++n) {
+      Tensor xn = window(x, n * g.Cin * g.H * g.W, {g.Cin * g.H * g.W});
+      if (!g.pointwise()) im2col(g, px + n * g.Cin * g.H * g.W, col.data<T>());
+      const Tensor& B = g.pointwise() ? xn : col;
+      // y[n, group] [Cout_g, P] = W[group] [Cout_g, K] · col[group] [K, P]
+      run_gemm(false, false, g.groups, g.Coutg, P, K, 1.0, 0.0, weight, g.Coutg * K, B, K * P,
+               window(y, n * g.Cout * P, {g.Cout * P}), g.Coutg * P);
+    }
+    if (pb) {
+      parallel_for(g.N * g.Cout, 1, [&](int64_t u0, int64_t u1) {
+        for (int64_t u = u0; u < u1; ++u) {
+          T* yc = py + u * P;
+          const T b = pb[u % g.Cout];
+          for (int64_t p = 0; p < P; ++p) yc[p] += b;
+        }
+      });
+    }
+  });
+}
+
+void CpuBackend::conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Conv2dArgs& a,
+                                 Tensor& dx, Tensor& dweight, Tensor& dbias) {
+  visit_float(x.dtype(), "conv2d_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const ConvGeom g = conv_geom(x, weight, dy, a);
+    const int64_t K = g.K(), P = g.P();
+    const T *pdy = dy.data<T>(), *px = x.data<T>(), *pw = weight.data<T>();
+    if (dbias.defined()) {
+      T* pdb = dbias.data<T>();
+      parallel_for(g.Cout, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t co = c0; co < c1; ++co) {
+          double s = 0;
+          for (int64_t n = 0; n < g.N; ++n) {
+            const T* gc = pdy + (n * g.Cout + co) * P;
+            for (int64_t p = 0; p < P; ++p) s += double(gc[p]);
+          }
+          pdb[co] = T(s);
+        }
+      });
+    }
+    if (g.Cg == 1) {
+      depthwise_backward(g, pdy, px, pw, mut_or_null<T>(dx), mut_or_null<T>(dweight));
+      return;
+    }
+    if (!dx.defined() && !dweight.defined()) return;
+    const bool direct = g.pointwise();
+    Tensor col = direct ? Tensor() : Tensor::empty({g.Cin * g.kh * g.kw, P}, x.dtype());
+    for (int64_t n = 0; n < g.N; ++n) {
+      const int64_t xoff = n * g.Cin * g.H * g.W;
+      Tensor dyn = window(dy, n * g.Cout * P, {g.Cout * P});
+      if (dweight.defined()) {
+        // dW[group] [Cout_g, K] (+)= dy[n, group] [Cout_g, P] · col[group]ᵀ [P, K]; beta accumulates samples.
+        Tensor B = direct ? window(x, xoff, {g.Cin * P}) : col;
+        if (!direct) im2col(g, px + xoff, col.data<T>());
+        run_gemm(false, true, g.groups, g.Coutg, K, P, 1.0, n == 0 ? 0.0 : 1.0, dyn, g.Coutg * P, B, K * P,
+                 dweight, g.Coutg * K);
+      }
+      if (dx.defined()) {
+        // dcol[group] [K, P] = W[group]ᵀ [K, Cout_g] · dy[n, group] [Cout_g, P], then scattered back.
+        Tensor dxn = window(dx, xoff, {g.Cin * g.H * g.W});
+        const Tensor& C = direct ? dxn : col;  // col is free again: dW for this sample is done
+        run_gemm(true, false, g.groups, K, P, g.Coutg, 1.0, 0.0, weight, g.Coutg * K, dyn, g.Coutg * P, C, K * P);
+        if (!direct) {
+          T* pdx = dxn.data<T>();
+          std::fill(pdx, pdx + g.Cin * g.H * g.W, T(0));
+          col2im(g, col.data<T>(), pdx);
+        }
+      }
+    }
+  });
+}
+
+// ================================================================ batch norm
+void CpuBackend::batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& mean,
+                            Tensor& invstd, double eps, bool training, Tensor& y) {
+  visit_float(x.dtype(), "batch_norm", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t N = x.size(0), C = x.size(1), HW = x.numel() / std::max<int64_t>(N * C, 1);
+    const double M = double(N * HW);
+    const T *px = x.data<T>(), *pw = data_or_null<T>(weight), *pb = data_or_null<T>(bias);
+    T* py = y.data<T>();
+    Stat sm(mean, "batch_norm"), si(invstd, "batch_norm");
+    parallel_for(C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        double mu, is;
+        if (training) {  // batch mean and biased variance over (N, H, W), two passes
+          double s = 0, v = 0;
+          for (int64_t n = 0; n < N; ++n) {
+            const T* xc = px + (n * C + c) * HW;
+            for (int64_t p = 0; p < HW; ++p) s += double(xc[p]);
+          }
+          mu = s / M;
+          for (int64_t n = 0; n < N; ++n) {
+            const T* xc = px + (n * C + c) * HW;
+            for (int64_t p = 0; p < HW; ++p) { double d = double(xc[p]) - mu; v += d * d; }
+          }
+          is = 1.0 / std::sqrt(v / M + eps);
+          sm.set(c, mu);
+          si.set(c, is);
+        } else {
+          mu = sm.get(c);
+          is = si.get(c);
+        }
+        // y = x·scale + shift with scale = w·invstd, shift = b − μ·scale
+        const double scale = (pw ? double(pw[c]) : 1.0) * is;
+        const double shift = (pb ? double(pb[c]) : 0.0) - mu * scale;
+        for (int64_t n = 0; n < N; ++n) {
+          const T* xc = px + (n * C + c) * HW;
+          T* yc = py + (n * C + c) * HW;
+          for (int64_t p = 0; p < HW; ++p) yc[p] = T(double(xc[p]) * scale + shift);
+        }
+      }
+    });
+  });
+}
+
+void CpuBackend::batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                     const Tensor& mean, const Tensor& invstd, bool training, Tensor& dx,
+                                     Tensor& dweight, Tensor& dbias) {
+  visit_float(x.dtype(), "batch_norm_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t N = x.size(0), C = x.size(1), HW = x.numel() / std::max<int64_t>(N * C, 1);
+    const double M = double(N * HW);
+    const T *px = x.data<T>(), *pg = dy.data<T>(), *pw = data_or_null<T>(weight);
+    T *pdx = mut_or_null<T>(dx), *pdw = mut_or_null<T>(dweight), *pdb = mut_or_null<T>(dbias);
+    Stat sm(mean, "batch_norm_backward"), si(invstd, "batch_norm_backward");
+    parallel_for(C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const double mu = sm.get(c), is = si.get(c), w = pw ? double(pw[c]) : 1.0;
+        double sg = 0, sgx = 0;  // Σ dy and Σ dy·x̂ over (N, H, W)
+        for (int64_t n = 0; n < N; ++n) {
+          const T *xc = px + (n * C + c) * HW, *gc = pg + (n * C + c) * HW;
+          for (int64_t p = 0; p < HW; ++p) {
+            sg += double(gc[p]);
+            sgx += double(gc[p]) * (double(xc[p]) - mu) * is;
+          }
+        }
+        if (pdw) pdw[c] = T(sgx);
+        if (pdb) pdb[c] = T(sg);
+        if (!pdx) continue;
+        // Train: μ and σ depend on x, giving dx = w·invstd·(dy − mean(dy) − x̂·mean(dy⊙x̂)).
+        // Eval: the statistics are constants, dx = w·invstd·dy.
+        const double a = training ? sg / M : 0.0, b = training ? sgx / M : 0.0;
+        for (int64_t n = 0; n < N; ++n) {
+          const T *xc = px + (n * C + c) * HW, *gc = pg + (n * C + c) * HW;
+          T* dc = pdx + (n * C + c) * HW;
+          for (int64_t p = 0; p < HW; ++p)
+            dc[p] = T(w * is * (double(gc[p]) - a - (double(xc[p]) - mu) * is * b));
+        }
+      }
+    });
+  });
+}
+
+// ================================================================ attention
+namespace {
+
+// Heads are processed in chunks whose score matrices [chunk, Tq, Tk] stay within ~4M elements; each chunk
+// is one batched GEMM per product, so many small heads and few large ones both keep the GEMM busy.
+int64_t attention_chunk(int64_t BH, int64_t Tq, int64_t Tk) {
+  return std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(Tq * Tk, 1), 1, std::max<int64_t>(BH, 1));
+}
+
+}  // namespace
+
+void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& out,
+                           Tensor& lse) {
+  visit_float(q.dtype(), "attention", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t BH = q.size(0) * q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
+    const int64_t chunk = attention_chunk(BH, Tq, Tk);
+    Stat sl(lse, "attention");
+    Tensor S = Tensor::empty({chunk, Tq, Tk}, q.dtype());
+    for (int64_t h0 = 0; h0 < BH; h0 += chunk) {
+      const int64_t nb = std::min(chunk, BH - h0);
+      // S = scale · Q Kᵀ
+      run_gemm(false, true, nb, Tq, Tk, D, scale, 0.0, window(q, h0 * Tq * D, {nb * Tq * D}), Tq * D,
+               window(k, h0 * Tk * D, {nb * Tk * D}), Tk * D, S, Tq * Tk);
+      // P = exp(S − lse) row by row, lse = max + log Σ exp(S − max)
+      T* ps = S.data<T>();
+      parallel_for(nb * Tq, row_grain(Tk), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          T* row = ps + r * Tk;
+          T m = -std::numeric_limits<T>::infinity();
+          for (int64_t j = 0; j < Tk; ++j) m = std::max(m, row[j]);
+          double s = 0;
+          for (int64_t j = 0; j < Tk; ++j) { row[j] = std::exp(row[j] - m); s += double(row[j]); }
+          const T inv = T(1.0 / s);
+          for (int64_t j = 0; j < Tk; ++j) row[j] *= inv;
+          sl.set(h0 * Tq + r, double(m) + std::log(s));
+        }
+      });
+      // out = P V
+      run_gemm(false, false, nb, Tq, D, Tk, 1.0, 0.0, S, Tq * Tk, window(v, h0 * Tk * D, {nb * Tk * D}), Tk * D,
+               window(out, h0 * Tq * D, {nb * Tq * D}), Tq * D);
+    }
+  });
+}
+
+void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& out, const Tensor& lse, double scale, Tensor& dq,
+                                    Tensor& dk, Tensor& dv) {
+  visit_float(q.dtype(), "attention_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t BH = q.size(0) * q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
+    const int64_t chunk = attention_chunk(BH, Tq, Tk);
+    Stat sl(lse, "attention_backward");
+    Tensor P = Tensor::empty({chunk, Tq, Tk}, q.dtype()), dS = Tensor::empty({chunk, Tq, Tk}, q.dtype());
+    for (int64_t h0 = 0; h0 < BH; h0 += chunk) {
+      const int64_t nb = std::min(chunk, BH - h0);
+      auto qw = [&](const Tensor& t) { return window(t, h0 * Tq * D, {nb * Tq * D}); };
+      auto kw = [&](const Tensor& t) { return window(t, h0 * Tk * D, {nb * Tk * D}); };
+      // Recompute P = exp(scale · Q Kᵀ − lse) instead of having saved it (Tq·Tk per head).
+      run_gemm(false, true, nb, Tq, Tk, D, scale, 0.0, qw(q), Tq * D, kw(k), Tk * D, P, Tq * Tk);
+      // dP = dO Vᵀ
+      run_gemm(false, true, nb, Tq, Tk, D, 1.0, 0.0, qw(dout), Tq * D, kw(v), Tk * D, dS, Tq * Tk);
+      const T *pdo = dout.data<T>() + h0 * Tq * D, *po = out.data<T>() + h0 * Tq * D;
+      T *pp = P.data<T>(), *pds = dS.data<T>();
+      parallel_for(nb * Tq, row_grain(Tk + D), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const double l = sl.get(h0 * Tq + r);
+          double di = 0;  // rowsum(dO ⊙ O) = Σ_j P_ij dP_ij
+          for (int64_t d = 0; d < D; ++d) di += double(pdo[r * D + d]) * double(po[r * D + d]);
+          T *prow = pp + r * Tk, *drow = pds + r * Tk;
+          for (int64_t j = 0; j < Tk; ++j) {
+            prow[j] = T(std::exp(double(prow[j]) - l));
+            drow[j] = T(double(prow[j]) * (double(drow[j]) - di));  // dS = P ⊙ (dP − D_i)
+          }
+        }
+      });
+      if (dv.defined())  // dV = Pᵀ dO
+        run_gemm(true, false, nb, Tk, D, Tq, 1.0, 0.0, P, Tq * Tk, qw(dout), Tq * D, kw(dv), Tk * D);
+      if (dq.defined())  // dQ = scale · dS K
+        run_gemm(false, false, nb, Tq, D, Tk, scale, 0.0, dS, Tq * Tk, kw(k), Tk * D, qw(dq), Tq * D);
+      if (dk.defined())  // dK = scale · dSᵀ Q
+        run_gemm(true, false, nb, Tk, D, Tq, scale, 0.0, dS, Tq * Tk, qw(q), Tq * D, kw(dk), Tk * D);
+    }
+  });
+}
+
+// ================================================================ cross-entropy
+// torch.nn.functional.cross_entropy with reduction "mean" (aten/src/ATen/native/LossNLL.cpp,
+// cross_entropy_loss_label_smoothing + nll_loss): with logp = log_softmax(logits), over non-ignored rows i,
+//   W = Σ_i w[y_i],  nll = Σ_i −w[y_i]·logp[i, y_i],  smooth = Σ_i Σ_c −w[c]·logp[i, c]   (w ≡ 1 if none)
+//   loss = (1 − ε)·nll / W + (ε / C)·smooth / W.
+// When every target is ignored W = 0 and the loss is 0/0 = NaN, as in torch; the gradient is then zero.
+namespace {
+
+// Checks every target and returns W = Σ w[y_i] over the non-ignored rows.
+template <typename T>
+double check_targets(const int64_t* tg, int64_t N, int64_t C, const T* w, int64_t ignore_index) {
+  double W = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    const int64_t t = tg[i];
+    if (t == ignore_index) continue;
+    if (t < 0 || t >= C)
+      fail("cross_entropy: target " + std::to_string(t) + " at index " + std::to_string(i) +
+           " is out of range for " + std::to_string(C) + " classes (ignore_index is " +
+           std::to_string(ignore_index) + ")");
+    W += w ? double(w[t]) : 1.0;
+  }
+  return W;
+}
+
+}  // namespace
+
+void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& target, const Tensor& weight,
+                               double label_smoothing, int64_t ignore_index, Tensor& loss) {
+  visit_float(logits.dtype(), "cross_entropy", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t N = logits.size(0), C = logits.size(1);
+    const T *px = logits.data<T>(), *pw = data_or_null<T>(weight);
+    const int64_t* tg = target.data<int64_t>();
+    const double W = check_targets(tg, N, C, pw, ignore_index);
+    const double eps = label_smoothing;
+    std::vector<double> nll(size_t(N), 0.0), smooth(size_t(N), 0.0);
+    parallel_for(N, row_grain(C), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        const int64_t t = tg[i];
+        if (t == ignore_index) continue;
+        const T* xr = px + i * C;
+        double m = -std::numeric_limits<double>::infinity(), s = 0;
+        for (int64_t c = 0; c < C; ++c) m = std::max(m, double(xr[c]));
+        for (int64_t c = 0; c < C; ++c) s += std::exp(double(xr[c]) - m);
+        const double lse = m + std::log(s);
+        nll[size_t(i)] = -(pw ? double(pw[t]) : 1.0) * (double(xr[t]) - lse);
+        if (eps > 0) {
+          double sm = 0;
+          for (int64_t c = 0; c < C; ++c) sm -= (pw ? double(pw[c]) : 1.0) * (double(xr[c]) - lse);
+          smooth[size_t(i)] = sm;
+        }
+      }
+    });
+    // Serial sums in row order: the loss does not depend on the thread count.
+    double a = 0, b = 0;
+    for (int64_t i = 0; i < N; ++i) { a += nll[size_t(i)]; b += smooth[size_t(i)]; }
+    double value = (1 - eps) * a / W;
+    if (eps > 0) value += eps / double(C) * b / W;
+    loss.data<T>()[0] = T(value);
+  });
+}
+
+void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& weight,
+                                        double label_smoothing, int64_t ignore_index, double dloss,
+                                        Tensor& dlogits) {
+  visit_float(logits.dtype(), "cross_entropy_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t N = logits.size(0), C = logits.size(1);
+    const T *px = logits.data<T>(), *pw = data_or_null<T>(weight);
+    const int64_t* tg = target.data<int64_t>();
+    T* pd = dlogits.data<T>();
+    const double W = check_targets(tg, N, C, pw, ignore_index);
+    const double eps = label_smoothing, coef = dloss / W;
+    double sw = double(C);  // Σ_c w_c
+    if (pw) { sw = 0; for (int64_t c = 0; c < C; ++c) sw += double(pw[c]); }
+    // With d(−logp[i,k])/dz[i,j] = p_j − δ_jk:
+    //   dz[i,j] = dloss/W · ((1−ε)·w[y_i]·(p_j − δ_{j,y_i}) + (ε/C)·(Σ_c w_c · p_j − w_j)).
+    parallel_for(N, row_grain(C), [&](int64_t r0, int64_t r1) {
+      for (int64_t i = r0; i < r1; ++i) {
+        T* dr = pd + i * C;
+        const int64_t t = tg[i];
+        if (t == ignore_index) { std::fill(dr, dr + C, T(0)); continue; }
+        const T* xr = px + i * C;
+        double m = -std::numeric_limits<double>::infinity(), s = 0;
+        for (int64_t c = 0; c < C; ++c) m = std::max(m, double(xr[c]));
+        for (int64_t c = 0; c < C; ++c) s += std::exp(double(xr[c]) - m);
+        const double lse = m + std::log(s), wy = pw ? double(pw[t]) : 1.0;
+        for (int64_t c = 0; c < C; ++c) {
+          const double p = std::exp(double(xr[c]) - lse);
+          double g = (1 - eps) * wy * (p - (c == t ? 1.0 : 0.0));
+          if (eps > 0) g += eps / double(C) * (sw * p - (pw ? double(pw[c]) : 1.0));
+          dr[c] = T(coef * g);
+        }
+      }
+    });
+  });
+}
+
+}  // namespace tessera

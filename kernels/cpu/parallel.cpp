@@ -1,0 +1,127 @@
+#include "kernels/cpu/parallel.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdlib>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace tessera {
+
+namespace {
+
+// Workers sleep on a condition variable; a job is a function over chunk indices [0, chunks) that every
+// participant (workers and the caller) pulls from a shared counter until none are left.
+class Pool {
+ public:
+  explicit Pool(int n) {
+    for (int i = 0; i < n - 1; ++i) workers_.emplace_back([this] { work(); });
+  }
+  ~Pool() {
+    { std::lock_guard lk(mu_); stop_ = true; }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  int size() const { return int(workers_.size()) + 1; }
+
+  void run(int64_t chunks, const std::function<void(int64_t)>& job) {
+    std::unique_lock caller(run_mu_);  // one parallel region at a time
+    {
+      std::lock_guard lk(mu_);
+      job_ = &job; chunks_ = chunks; next_ = 0; done_ = 0; error_ = nullptr; ++generation_;
+    }
+    cv_.notify_all();
+    drain();
+    std::unique_lock lk(mu_);
+    done_cv_.wait(lk, [&] { return done_ == chunks_; });
+    job_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void drain() {
+    for (;;) {
+      int64_t c;
+      {
+        std::lock_guard lk(mu_);
+        if (!job_ || next_ >= chunks_) return;
+        c = next_++;
+      }
+      try {
+        (*job_)(c);
+      } catch (...) {
+        std::lock_guard lk(mu_);
+        if (!error_) error_ = std::current_exception();
+      }
+      std::lock_guard lk(mu_);
+      if (++done_ == chunks_) done_cv_.notify_all();
+    }
+  }
+  void work() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock lk(mu_);
+        cv_.wait(lk, [&] { return stop_ || (generation_ != seen && job_ && next_ < chunks_); });
+        if (stop_) return;
+        seen = generation_;
+      }
+      inside_ = true;
+      drain();
+      inside_ = false;
+    }
+  }
+
+ public:
+  static thread_local bool inside_;
+
+ private:
+  std::vector<std::thread> workers_;
+  std::mutex mu_, run_mu_;
+  std::condition_variable cv_, done_cv_;
+  const std::function<void(int64_t)>* job_ = nullptr;
+  int64_t chunks_ = 0, next_ = 0, done_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+};
+thread_local bool Pool::inside_ = false;
+
+int configured_threads() {
+  if (const char* env = std::getenv("TESSERA_NUM_THREADS")) {
+    int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+Pool& pool() {
+  static Pool p(configured_threads());
+  return p;
+}
+
+}  // namespace
+
+int num_threads() { return pool().size(); }
+
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(grain, 1);
+  // Four chunks per thread balance uneven work; inside a parallel region everything runs serially.
+  int64_t chunks = Pool::inside_ ? 1 : std::min<int64_t>(num_threads() * 4, (n + grain - 1) / grain);
+  if (chunks <= 1) { fn(0, n); return; }
+  int64_t per = (n + chunks - 1) / chunks;
+  chunks = (n + per - 1) / per;
+  Pool::inside_ = true;  // the caller participates; nested parallel_for inside fn runs serially
+  try {
+    pool().run(chunks, [&](int64_t c) { fn(c * per, std::min(n, (c + 1) * per)); });
+  } catch (...) {
+    Pool::inside_ = false;
+    throw;
+  }
+  Pool::inside_ = false;
+}
+
+}  // namespace tessera

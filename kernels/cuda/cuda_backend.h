@@ -1,0 +1,109 @@
+// The CUDA backend: the Backend ops implemented on the GPU, one .cu file per op family
+// (elementwise.cu: fill/copy/random/unary/binary; reduce.cu: reduce/softmax; gemm.cu; index.cu; optim.cu).
+// Every kernel runs on tessera's one stream (engine/cuda.h current_stream()), so the caching allocator's
+// reuse of freed blocks is ordered after every kernel that used them. Ops not declared here fall back to the
+// Backend base class (kernels/backend.cpp), which throws "<op> is not implemented on the cuda backend".
+//
+// Below the class: helpers shared by the .cu files (device-only parts are compiled by nvcc alone).
+#pragma once
+#include <string>
+
+#include "engine/cuda.h"
+#include "kernels/backend.h"
+
+namespace tessera {
+
+class CudaBackend final : public Backend {
+ public:
+  Device device() const override { return Device::CUDA; }
+  void fill(Tensor& out, double value) override;
+  void copy(const Tensor& src, Tensor& out) override;
+  void random(RandomKind kind, Tensor& out, double a, double b, uint64_t seed, uint64_t offset) override;
+  void unary(UnaryOp op, const Tensor& x, Tensor& out, double alpha, double beta) override;
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) override;
+  void reduce(ReduceOp op, const Tensor& x, Tensor& out, Tensor* indices) override;
+  void gemm(GemmArgs& args) override;
+  void softmax(const Tensor& x, Tensor& y, bool log) override;
+  void softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool log) override;
+  void index_select(const Tensor& src, const Tensor& index, Tensor& out) override;
+  void index_add(const Tensor& src, const Tensor& index, Tensor& out) override;
+  void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s) override;
+};
+
+namespace cuda {
+
+int sm_count();  // streaming multiprocessors of the device in use (runtime.cu)
+
+// Throws unless t is defined and lives on the GPU; names the op and the argument.
+inline void check_on_cuda(const Tensor& t, const char* op, const char* arg) {
+  if (!t.defined()) fail(std::string(op) + " (cuda): " + arg + " is undefined");
+  if (t.device() != Device::CUDA)
+    fail(std::string(op) + " (cuda): " + arg + " is " + t.str() + ", expected a CUDA tensor");
+}
+inline void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
+  if (a.dtype() != b.dtype())
+    fail(std::string(op) + " (cuda): dtype mismatch, " + a.str() + " vs " + b.str());
+}
+inline void check_contiguous(const Tensor& t, const char* op, const char* arg) {
+  if (!t.is_contiguous()) fail(std::string(op) + " (cuda): " + arg + " " + t.str() + " must be contiguous");
+}
+
+}  // namespace cuda
+}  // namespace tessera
+
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/check.h"
+
+namespace tessera::cuda {
+
+inline cudaStream_t stream() { return static_cast<cudaStream_t>(current_stream()); }
+
+// The type a kernel computes in for a storage type: 16-bit floats compute in fp32.
+template <typename T> struct ComputeOf { using type = T; };
+template <> struct ComputeOf<bf16_t> { using type = float; };
+template <> struct ComputeOf<f16_t> { using type = float; };
+template <typename T> using compute_t = typename ComputeOf<T>::type;
+
+// Loads and stores between a storage type and its compute type. The 16-bit stores use the hardware
+// round-to-nearest-even conversion, which rounds exactly as engine/dtype.h's software one (only NaN
+// payloads may differ).
+template <typename T> __device__ __forceinline__ compute_t<T> load(T v) { return v; }
+template <> __device__ __forceinline__ float load<bf16_t>(bf16_t v) { return __uint_as_float(uint32_t(v.bits) << 16); }
+template <> __device__ __forceinline__ float load<f16_t>(f16_t v) { return __half2float(__ushort_as_half(v.bits)); }
+
+template <typename T> __device__ __forceinline__ T store(compute_t<T> v) { return v; }
+template <> __device__ __forceinline__ bf16_t store<bf16_t>(float v) {
+  return bf16_t{__bfloat16_as_ushort(__float2bfloat16_rn(v))};
+}
+template <> __device__ __forceinline__ f16_t store<f16_t>(float v) {
+  return f16_t{__half_as_ushort(__float2half_rn(v))};
+}
+
+// Calls f(T{}) for the four floating dtypes; fails naming `op` for any other.
+template <typename F> decltype(auto) visit_floating(DType dt, const char* op, F&& f) {
+  switch (dt) {
+    case DType::f32: return f(float{});
+    case DType::f64: return f(double{});
+    case DType::bf16: return f(bf16_t{});
+    case DType::f16: return f(f16_t{});
+    default: break;
+  }
+  fail(std::string(op) + " on cuda supports f32, f64, bf16 and f16, not " + dtype_name(dt));
+}
+
+// Launch shapes. Grid-stride loops let a capped grid cover any element count; the cap (enough blocks to
+// fill every SM several times over) keeps launch cost flat for huge tensors.
+constexpr int kThreads = 256;
+inline unsigned grid_for(int64_t work_items, int threads = kThreads) {
+  int64_t blocks = (work_items + threads - 1) / threads;
+  return unsigned(std::clamp<int64_t>(blocks, 1, int64_t(sm_count()) * 32));
+}
+
+}  // namespace tessera::cuda
+#endif  // __CUDACC__

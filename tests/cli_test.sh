@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# End-to-end checks of the `tessera` command-line program: exit codes, output, and error lines.
+# Usage: tests/cli_test.sh PATH/TO/tessera SCRATCH_DIR
+# Needs only bash and coreutils (test files are written with printf). Exits 1 if any check fails.
+set -u
+BIN=${1:?usage: cli_test.sh PATH/TO/tessera SCRATCH_DIR}
+DIR=${2:?usage: cli_test.sh PATH/TO/tessera SCRATCH_DIR}
+mkdir -p "$DIR" || exit 1
+OUT="$DIR/stdout" ERR="$DIR/stderr"
+failures=0
+
+fail() { echo "FAIL: $*"; echo "  --- stdout:"; sed 's/^/  /' "$OUT"; echo "  --- stderr:"; sed 's/^/  /' "$ERR"; failures=$((failures + 1)); }
+pass() { echo "ok:   $*"; }
+run() { "$BIN" "$@" >"$OUT" 2>"$ERR"; rc=$?; }
+# expect_out NAME PATTERN...: every extended regex must match some line of stdout.
+expect_out() {
+  local name=$1; shift
+  for pat in "$@"; do grep -Eq -- "$pat" "$OUT" || { fail "$name: stdout lacks /$pat/"; return; }; done
+  pass "$name"
+}
+# expect_error NAME FILE_OR_WORD: exit 1, nothing on stdout, exactly one stderr line
+# "tessera: error: ..." that mentions FILE_OR_WORD.
+expect_error() {
+  local name=$1 word=$2
+  if [ "$rc" -ne 1 ]; then fail "$name: exit code $rc, expected 1"; return; fi
+  if [ -s "$OUT" ]; then fail "$name: unexpected stdout"; return; fi
+  if [ "$(wc -l <"$ERR")" -ne 1 ]; then fail "$name: stderr is not exactly one line"; return; fi
+  if ! grep -q '^tessera: error: ' "$ERR"; then fail "$name: stderr does not start with 'tessera: error: '"; return; fi
+  if ! grep -qF -- "$word" "$ERR"; then fail "$name: stderr does not mention $word"; return; fi
+  pass "$name"
+}
+
+# ---- a valid file, written byte by byte: 8-byte little-endian header length | JSON header | data
+header='{"__metadata__":{"format":"pt"},"bias":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"weight":{"dtype":"BF16","shape":[2,2],"data_offsets":[8,16]}}'
+while [ $(( ${#header} % 8 )) -ne 0 ]; do header="$header "; done  # writers pad the header with spaces
+n=${#header}
+le64() { local v=$1 i; for i in 0 1 2 3 4 5 6 7; do printf "\\x$(printf %02x $(( (v >> (8 * i)) & 255 )))"; done; }
+VALID="$DIR/valid.safetensors"
+{
+  le64 "$n"
+  printf '%s' "$header"
+  printf '\x00\x00\x80\x3f\x00\x00\x00\xc0'  # bias: 1.0, -2.0 (f32)
+  printf '\x80\x3f\x00\x40\x40\x40\x80\x40'  # weight: 1, 2, 3, 4 (bf16)
+} >"$VALID"
+
+# ---- --version, --help
+run --version
+if [ "$rc" -eq 0 ]; then expect_out "--version" '^tessera [0-9]+\.[0-9]+\.[0-9]+$' '^CUDA: '; else fail "--version: exit code $rc"; fi
+run --help
+if [ "$rc" -eq 0 ]; then expect_out "--help" 'inspect' 'selfcheck'; else fail "--help: exit code $rc"; fi
+run inspect --help
+if [ "$rc" -eq 0 ]; then expect_out "inspect --help" '--json'; else fail "inspect --help: exit code $rc"; fi
+
+# ---- inspect: table and JSON
+run inspect "$VALID"
+if [ "$rc" -eq 0 ]; then
+  expect_out "inspect table" '^name +dtype +shape +elements +bytes$' '^bias +F32 +\[2\] +2 +8$' \
+    '^weight +BF16 +\[2, 2\] +4 +8$' '^tensors: +2$' '^parameters: +6$' '^bytes: +16 ' 'format: pt'
+else fail "inspect: exit code $rc"; fi
+run inspect "$VALID" --json
+if [ "$rc" -eq 0 ]; then
+  expect_out "inspect --json" '^\{' '^\}$' '"name": "bias"' '"name": "weight"' '"dtype": "BF16"' \
+    '"parameters": 6' '"bytes": 16' '"tensors": 2' '"format": "pt"'
+  [ -s "$ERR" ] && fail "inspect --json: unexpected stderr"
+else fail "inspect --json: exit code $rc"; fi
+
+# ---- inspect: malformed and missing files exit 1 with one error line naming the file
+TRUNC="$DIR/truncated.safetensors"; head -c 20 "$VALID" >"$TRUNC"
+run inspect "$TRUNC"; expect_error "inspect truncated file" "$TRUNC"
+SHORT="$DIR/short.safetensors"; head -c 5 "$VALID" >"$SHORT"
+run inspect "$SHORT"; expect_error "inspect 5-byte file" "$SHORT"
+CUT="$DIR/cut-data.safetensors"; head -c $(( 8 + n + 10 )) "$VALID" >"$CUT"
+run inspect "$CUT"; expect_error "inspect file with its data cut short" "$CUT"
+GARBAGE="$DIR/garbage.safetensors"; printf 'this is not a safetensors file at all\n' >"$GARBAGE"
+run inspect "$GARBAGE"; expect_error "inspect garbage" "$GARBAGE"
+BADJSON="$DIR/badjson.safetensors"; { le64 9; printf '{"a":\n[1,'; } >"$BADJSON"
+run inspect "$BADJSON"; expect_error "inspect header that is not JSON" "$BADJSON"
+MISSING="$DIR/does-not-exist.safetensors"; rm -f "$MISSING"
+run inspect "$MISSING"; expect_error "inspect missing file" "$MISSING"
+run inspect "$MISSING" --json; expect_error "inspect --json missing file" "$MISSING"
+run inspect "$DIR"; expect_error "inspect a folder" "$DIR"
+
+# ---- usage errors
+run frobnicate; expect_error "unknown subcommand" "frobnicate"
+run inspect "$VALID" --bogus; expect_error "unknown option" "--bogus"
+run; expect_error "no subcommand" "subcommand"
+
+# ---- selfcheck: the sanity checks all pass
+run selfcheck
+if [ "$rc" -eq 0 ]; then expect_out "selfcheck" '^tessera ' 'PASS +matmul' 'PASS +autograd' 'PASS +safetensors'
+else fail "selfcheck: exit code $rc"; fi
+if grep -q FAIL "$OUT"; then fail "selfcheck printed FAIL"; fi
+
+if [ "$failures" -ne 0 ]; then echo "$failures check(s) failed"; exit 1; fi
+echo "all CLI checks passed"

@@ -1,0 +1,228 @@
+// Elementwise ops, reductions, matmul/linear, joining and indexing: forward values on small cases computed
+// independently, and float64 finite-difference gradients on odd sizes and non-contiguous views.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cmath>
+
+#include "engine/ops.h"
+#include "engine/random.h"
+#include "kernels/cpu/parallel.h"
+#include "tests/gradcheck.h"
+
+using namespace tessera;
+using namespace tessera::testing;
+
+static Tensor vec(std::vector<double> v, Shape s) { return Tensor::from(v, s, DType::f64); }
+
+TEST_CASE("elementwise forward values and broadcasting") {
+  Tensor a = vec({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor b = vec({10, 20, 30}, {3});
+  CHECK(add(a, b).to_vector<double>() == std::vector<double>{11, 22, 33, 14, 25, 36});
+  CHECK(sub(a, vec({1, 2}, {2, 1})).to_vector<double>() == std::vector<double>{0, 1, 2, 2, 3, 4});
+  CHECK(mul(a, a).to_vector<double>() == std::vector<double>{1, 4, 9, 16, 25, 36});
+  CHECK(div(b, vec({10}, {1})).to_vector<double>() == std::vector<double>{1, 2, 3});
+  CHECK(maximum(a, vec({3}, {})).to_vector<double>() == std::vector<double>{3, 3, 3, 4, 5, 6});
+  CHECK(pow(vec({2, 3}, {2}), vec({3, 2}, {2})).to_vector<double>() == std::vector<double>{8, 9});
+  CHECK(affine(a, 2, 1).to_vector<double>()[5] == 13);
+  CHECK(clamp(a, 2, 4).to_vector<double>() == std::vector<double>{2, 2, 3, 4, 4, 4});
+  CHECK(abs(vec({-2, 0, 3}, {3})).to_vector<double>() == std::vector<double>{2, 0, 3});
+  CHECK(add(vec({1, 2}, {2, 1}), vec({10, 20, 30}, {1, 3})).shape() == Shape{2, 3});
+  // Transcendentals against the C library, including GELU's exact erf form: GELU(1) = Φ(1) = 0.8413447460685429.
+  CHECK(gelu(vec({1}, {1})).item() == doctest::Approx(0.8413447460685429).epsilon(1e-15));
+  CHECK(gelu(vec({-3}, {1})).item() == doctest::Approx(-3 * 0.5 * std::erfc(3 / std::sqrt(2.0))).epsilon(1e-14));
+  CHECK(exp(vec({1}, {1})).item() == doctest::Approx(M_E).epsilon(1e-15));
+  CHECK(tanh(vec({0.5}, {1})).item() == doctest::Approx(std::tanh(0.5)).epsilon(1e-15));
+  CHECK(erf(vec({0.5}, {1})).item() == doctest::Approx(std::erf(0.5)).epsilon(1e-15));
+  CHECK(std::isnan(log(vec({-1}, {1})).item()));
+  // f32 path agrees with f64 to float rounding.
+  Generator g(1);
+  Tensor x = g.uniform({257}, -3, 3, DType::f64);
+  CHECK_CLOSE(gelu(x.to(DType::f32)).to(DType::f64), gelu(x), 1e-6, 1e-6);
+  CHECK_CLOSE(tanh(x.to(DType::f32)).to(DType::f64), tanh(x), 1e-6, 1e-6);
+}
+
+TEST_CASE("elementwise errors") {
+  CHECK_THROWS_WITH_AS(add(Tensor::zeros({2, 3}), Tensor::zeros({4})), doctest::Contains("do not broadcast"),
+                       TensorError);
+  CHECK_THROWS_WITH_AS(add(Tensor::zeros({2}), Tensor::zeros({2}, DType::f64)), doctest::Contains("dtypes differ"),
+                       TensorError);
+  CHECK_THROWS_WITH_AS(exp(Tensor::zeros({2}, DType::i64)), doctest::Contains("supports f32 and f64"),
+                       TensorError);
+}
+
+TEST_CASE("elementwise gradients") {
+  Generator gen(11);
+  auto unary = [&](auto f, double lo = -1, double hi = 1) {
+    gradcheck([f](const std::vector<Tensor>& in) { return f(in[0].transpose(0, 1)); }, {leaf(gen, {3, 5}, lo, hi)});
+  };
+  unary([](const Tensor& x) { return exp(x); });
+  unary([](const Tensor& x) { return log(x); }, 0.5, 2);
+  unary([](const Tensor& x) { return sqrt(x); }, 0.5, 2);
+  unary([](const Tensor& x) { return tanh(x); });
+  unary([](const Tensor& x) { return erf(x); });
+  unary([](const Tensor& x) { return gelu(x); }, -3, 3);
+  unary([](const Tensor& x) { return neg(x); });
+  unary([](const Tensor& x) { return affine(x, -2.5, 1); });
+  unary([](const Tensor& x) { return pow(x, 3.0); });
+  unary([](const Tensor& x) { return pow(x, -1.5); }, 0.5, 2);
+  unary([](const Tensor& x) { return abs(x); }, 0.1, 1);  // away from the kink at 0
+  unary([](const Tensor& x) { return abs(x); }, -1, -0.1);
+  unary([](const Tensor& x) { return clamp(x, -0.5, 0.5); });  // kinks hit with probability ~0
+  auto binary = [&](auto f, Shape sa, Shape sb, double lo = -1, double hi = 1) {
+    gradcheck([f](const std::vector<Tensor>& in) { return f(in[0], in[1]); },
+              {leaf(gen, sa), leaf(gen, sb, lo, hi)});
+  };
+  for (auto [sa, sb] : std::vector<std::pair<Shape, Shape>>{{{3, 5}, {3, 5}}, {{3, 5}, {5}}, {{3, 1}, {1, 5}},
+                                                             {{2, 3, 5}, {3, 1}}, {{}, {4}}}) {
+    binary([](const Tensor& a, const Tensor& b) { return add(a, b); }, sa, sb);
+    binary([](const Tensor& a, const Tensor& b) { return sub(a, b); }, sa, sb);
+    binary([](const Tensor& a, const Tensor& b) { return mul(a, b); }, sa, sb);
+    binary([](const Tensor& a, const Tensor& b) { return div(a, b); }, sa, sb, 0.5, 2);
+    binary([](const Tensor& a, const Tensor& b) { return maximum(a, b); }, sa, sb);
+  }
+  gradcheck([](const std::vector<Tensor>& in) { return pow(in[0], in[1]); }, {leaf(gen, {7}, 0.5, 2), leaf(gen, {7})});
+  // Non-contiguous operands of a binary op.
+  gradcheck([](const std::vector<Tensor>& in) { return mul(in[0].transpose(0, 1), in[1].slice(0, 0, 6, 2)); },
+            {leaf(gen, {5, 3}), leaf(gen, {6, 5})});
+}
+
+TEST_CASE("reductions: values") {
+  Tensor t = vec({1, 5, 3, 4, 2, 6}, {2, 3});
+  CHECK(sum(t).item() == 21);
+  CHECK(sum(t, {0}).to_vector<double>() == std::vector<double>{5, 7, 9});
+  CHECK(sum(t, {-1}, true).shape() == Shape{2, 1});
+  CHECK(mean(t, {1}).to_vector<double>() == std::vector<double>{3, 4});
+  CHECK(max(t, {1}).to_vector<double>() == std::vector<double>{5, 6});
+  CHECK(max(t).item() == 6);
+  CHECK(argmax(t, 1).to_vector<int64_t>() == std::vector<int64_t>{1, 2});
+  CHECK(argmax(t, 0).to_vector<int64_t>() == std::vector<int64_t>{1, 0, 1});
+  CHECK(argmax(t).item() == 5);
+  CHECK(argmax(vec({2, 7, 7, 1}, {4})).item() == 1);  // first maximum
+  CHECK(sum(Tensor::zeros({0, 3}, DType::f64), {0}).to_vector<double>() == std::vector<double>{0, 0, 0});
+  CHECK_THROWS_WITH_AS(max(Tensor::zeros({0, 3}, DType::f64), {0}), doctest::Contains("empty"), TensorError);
+  CHECK_THROWS_WITH_AS(sum(t, {0, 0}), doctest::Contains("repeated"), TensorError);
+}
+
+TEST_CASE("reductions: gradients") {
+  Generator gen(5);
+  Tensor x = leaf(gen, {3, 4, 5});
+  for (std::vector<int64_t> dims : std::vector<std::vector<int64_t>>{{}, {0}, {1}, {2}, {0, 2}, {-1, 0}}) {
+    for (bool keep : {false, true}) {
+      gradcheck([&](const std::vector<Tensor>& in) { return sum(in[0].permute({1, 0, 2}), dims, keep); }, {x});
+      gradcheck([&](const std::vector<Tensor>& in) { return mean(in[0], dims, keep); }, {x});
+      // Distinct random values: the maximum is unique, so max is differentiable there.
+      gradcheck([&](const std::vector<Tensor>& in) { return max(in[0].transpose(0, 2), dims, keep); }, {x});
+    }
+  }
+}
+
+// Naive triple loop in double: the independent reference for GEMM.
+static std::vector<double> naive_matmul(const std::vector<double>& a, const std::vector<double>& b, int64_t M,
+                                        int64_t K, int64_t N) {
+  std::vector<double> c(size_t(M * N), 0.0);
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j)
+      for (int64_t k = 0; k < K; ++k) c[size_t(i * N + j)] += a[size_t(i * K + k)] * b[size_t(k * N + j)];
+  return c;
+}
+
+TEST_CASE("matmul f32 matches a naive loop at edge and blocked sizes, any transposition") {
+  Generator gen(9);
+  // Sizes straddle the kernel's register tile (6×16), its depth block (256) and its task tiles (96×256).
+  for (auto [M, K, N] : std::vector<std::array<int64_t, 3>>{
+           {1, 1, 1}, {1, 7, 1}, {5, 3, 17}, {6, 16, 16}, {7, 257, 33}, {97, 300, 257}, {200, 64, 3}, {3, 513, 2}}) {
+    Tensor a = gen.uniform({M, K}, -1, 1, DType::f32), b = gen.uniform({K, N}, -1, 1, DType::f32);
+    auto ref = naive_matmul(a.to_vector<double>(), b.to_vector<double>(), M, K, N);
+    Tensor expect = Tensor::from(ref, {M, N}, DType::f64);
+    // fp32 accumulation of K products of magnitude ≤ 1: error ≤ K·2^-24·Σ|a||b| ≲ K²·6e-8 worst case; the
+    // typical error grows like √K·2^-24·√K... we bound by 2K·2^-24 absolute (products average 1/9 in size).
+    double atol = 2.0 * double(K) * 0x1.0p-24 + 1e-6;
+    INFO("M=" << M << " K=" << K << " N=" << N);
+    CHECK_CLOSE(matmul(a, b).to(DType::f64), expect, atol, 0);
+    // Same product through transposed views (no copy: GEMM's transpose flags).
+    Tensor at = a.transpose(0, 1).contiguous().transpose(0, 1), bt = b.transpose(0, 1).contiguous().transpose(0, 1);
+    if (M > 1 && K > 1) CHECK_FALSE(at.is_contiguous());
+    CHECK_CLOSE(matmul(at, bt).to(DType::f64), expect, atol, 0);
+    CHECK_CLOSE(matmul(a, bt).to(DType::f64), expect, atol, 0);
+  }
+}
+
+TEST_CASE("matmul: batches, broadcasting, vectors") {
+  Generator gen(2);
+  Tensor a = gen.uniform({2, 3, 4, 5}, -1, 1, DType::f64), b = gen.uniform({3, 5, 6}, -1, 1, DType::f64);
+  Tensor c = matmul(a, b);
+  CHECK(c.shape() == Shape{2, 3, 4, 6});
+  for (int64_t i = 0; i < 2; ++i)
+    for (int64_t j = 0; j < 3; ++j) {
+      auto ref = naive_matmul(a.select(0, i).select(0, j).contiguous().to_vector<double>(),
+                              b.select(0, j).contiguous().to_vector<double>(), 4, 5, 6);
+      CHECK_CLOSE(c.select(0, i).select(0, j), Tensor::from(ref, {4, 6}, DType::f64), 1e-13, 1e-13);
+    }
+  CHECK(matmul(vec({1, 2}, {2}), vec({1, 2, 3, 4}, {2, 2})).to_vector<double>() == std::vector<double>{7, 10});
+  CHECK(matmul(vec({1, 2, 3, 4}, {2, 2}), vec({1, 2}, {2})).to_vector<double>() == std::vector<double>{5, 11});
+  CHECK(matmul(vec({1, 2}, {2}), vec({3, 4}, {2})).item() == 11);
+  CHECK_THROWS_WITH_AS(matmul(Tensor::zeros({2, 3}), Tensor::zeros({2, 3})), doctest::Contains("inner dims"),
+                       TensorError);
+  // Batched f32 (the many-small-matrices path) agrees with f64.
+  Tensor q = gen.uniform({16, 9, 8}, -1, 1, DType::f32), k = gen.uniform({16, 8, 9}, -1, 1, DType::f32);
+  CHECK_CLOSE(matmul(q, k).to(DType::f64), matmul(q.to(DType::f64), k.to(DType::f64)), 1e-5, 0);
+}
+
+TEST_CASE("matmul and linear gradients") {
+  Generator gen(4);
+  gradcheck([](const std::vector<Tensor>& in) { return matmul(in[0], in[1]); }, {leaf(gen, {3, 4}), leaf(gen, {4, 5})});
+  gradcheck([](const std::vector<Tensor>& in) { return matmul(in[0], in[1]); },
+            {leaf(gen, {2, 3, 3, 4}), leaf(gen, {3, 4, 2})});  // batch broadcast
+  gradcheck([](const std::vector<Tensor>& in) { return matmul(in[0].transpose(-1, -2), in[1]); },
+            {leaf(gen, {2, 4, 3}), leaf(gen, {4, 5})});
+  gradcheck([](const std::vector<Tensor>& in) { return matmul(in[0], in[1]); }, {leaf(gen, {4}), leaf(gen, {4, 3})});
+  gradcheck([](const std::vector<Tensor>& in) { return linear(in[0], in[1], in[2]); },
+            {leaf(gen, {2, 3, 5}), leaf(gen, {7, 5}), leaf(gen, {7})});
+  gradcheck([](const std::vector<Tensor>& in) { return linear(in[0].transpose(0, 1), in[1]); },
+            {leaf(gen, {5, 3}), leaf(gen, {2, 5})});
+  CHECK_THROWS_WITH_AS(linear(Tensor::zeros({2, 3}), Tensor::zeros({4, 5})), doctest::Contains("in_features"),
+                       TensorError);
+}
+
+TEST_CASE("concat, split, slice, index_select") {
+  Tensor a = vec({1, 2, 3, 4}, {2, 2}), b = vec({5, 6}, {2, 1});
+  CHECK(concat({a, b}, 1).to_vector<double>() == std::vector<double>{1, 2, 5, 3, 4, 6});
+  CHECK(concat({a, a}, 0).shape() == Shape{4, 2});
+  CHECK_THROWS_WITH_AS(concat({a, b}, 0), doctest::Contains("differ outside dim"), TensorError);
+  auto parts = split(Tensor::arange(7, DType::f64), 3, 0);
+  REQUIRE(parts.size() == 3);
+  CHECK(parts[2].to_vector<double>() == std::vector<double>{6});
+  CHECK_THROWS_WITH_AS(split(a, std::vector<int64_t>{1, 2}, 0), doctest::Contains("add up to 3"), TensorError);
+  Tensor idx = Tensor::from(std::vector<int64_t>{2, 0, 2}, {3});
+  CHECK(index_select(vec({10, 11, 12, 13, 14, 15}, {3, 2}), 0, idx).to_vector<double>() ==
+        std::vector<double>{14, 15, 10, 11, 14, 15});
+  CHECK(index_select(vec({10, 11, 12, 13, 14, 15}, {2, 3}), 1, idx).to_vector<double>() ==
+        std::vector<double>{12, 10, 12, 15, 13, 15});
+  CHECK_THROWS_WITH_AS(index_select(a, 0, Tensor::from(std::vector<int64_t>{2}, {1})),
+                       doctest::Contains("index 2 out of range"), TensorError);
+
+  Generator gen(8);
+  gradcheck([](const std::vector<Tensor>& in) { return concat({in[0], in[1].transpose(0, 1), in[0]}, 1); },
+            {leaf(gen, {3, 2}), leaf(gen, {4, 3})});
+  gradcheck([](const std::vector<Tensor>& in) {
+    auto p = split(in[0], std::vector<int64_t>{1, 3, 1}, 1);
+    return add(mul(p[1], p[1]), concat({p[0], p[2], p[0]}, 1));
+  }, {leaf(gen, {2, 5})});
+  gradcheck([idx](const std::vector<Tensor>& in) { return index_select(in[0].transpose(0, 1), 1, idx); },
+            {leaf(gen, {3, 4})});  // repeated index 2 accumulates
+}
+
+TEST_CASE("parallel_for covers every index exactly once and propagates exceptions") {
+  std::vector<int> hits(10007, 0);
+  parallel_for(10007, 3, [&](int64_t b, int64_t e) { for (int64_t i = b; i < e; ++i) ++hits[size_t(i)]; });
+  for (int h : hits) CHECK(h == 1);
+  CHECK_THROWS_AS(parallel_for(100, 1, [](int64_t b, int64_t) { if (b > 50) throw std::runtime_error("x"); }),
+                  std::runtime_error);
+  // Nested regions run serially inside the outer one and still cover their range.
+  std::atomic<int> inner{0};
+  parallel_for(4, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) parallel_for(3, 1, [&](int64_t b2, int64_t e2) { inner += int(e2 - b2); });
+  });
+  CHECK(inner == 12);
+}

@@ -1,0 +1,609 @@
+// Tests of the neural-network ops (engine/ops_nn.cpp over kernels/cpu/nn.cpp): forward values against
+// independent direct formulas or hand-computed numbers, float64 finite-difference gradients on odd sizes
+// with non-contiguous inputs, batch-norm running statistics, cross-entropy options, dropout statistics,
+// and the error messages for bad shapes.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "engine/ops.h"
+#include "engine/random.h"
+#include "kernels/backend.h"
+#include "tests/gradcheck.h"
+
+using namespace tessera;
+using namespace tessera::testing;
+
+namespace {
+
+Tensor f64(const std::vector<double>& v, const Shape& s) { return Tensor::from(v, s, DType::f64); }
+std::vector<double> vals(const Tensor& t) { return t.to_vector<double>(); }
+Tensor i64(const std::vector<int64_t>& v) { return Tensor::from(v, {int64_t(v.size())}, DType::i64); }
+
+// ---------------------------------------------------------------- direct reference formulas
+// Softmax along `dim` of a contiguous tensor of shape `s`, straight from the definition.
+std::vector<double> ref_softmax(const std::vector<double>& x, const Shape& s, int64_t dim, bool log) {
+  int64_t n = s[size_t(dim)], inner = 1;
+  for (size_t i = size_t(dim) + 1; i < s.size(); ++i) inner *= s[i];
+  int64_t outer = int64_t(x.size()) / (n * inner);
+  std::vector<double> y(x.size());
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t in = 0; in < inner; ++in) {
+      auto at = [&](int64_t j) { return size_t((o * n + j) * inner + in); };
+      double m = -INFINITY, z = 0;
+      for (int64_t j = 0; j < n; ++j) m = std::max(m, x[at(j)]);
+      for (int64_t j = 0; j < n; ++j) z += std::exp(x[at(j)] - m);
+      for (int64_t j = 0; j < n; ++j) y[at(j)] = log ? x[at(j)] - m - std::log(z) : std::exp(x[at(j)] - m) / z;
+    }
+  return y;
+}
+
+// The direct 7-loop convolution (n, co, oh, ow, ci, i, j) with zero padding and groups.
+struct ConvCase {
+  int64_t N, Cin, H, W, Cout, kh, kw, sh, sw, ph, pw, groups;
+  int64_t Ho() const { return (H + 2 * ph - kh) / sh + 1; }
+  int64_t Wo() const { return (W + 2 * pw - kw) / sw + 1; }
+  Conv2dArgs args() const {
+    Conv2dArgs a;
+    a.stride_h = sh; a.stride_w = sw; a.pad_h = ph; a.pad_w = pw; a.groups = groups;
+    return a;
+  }
+};
+std::vector<double> ref_conv(const ConvCase& c, const std::vector<double>& x, const std::vector<double>& w,
+                             const std::vector<double>* b) {
+  const int64_t Cg = c.Cin / c.groups, Coutg = c.Cout / c.groups, Ho = c.Ho(), Wo = c.Wo();
+  std::vector<double> y(size_t(c.N * c.Cout * Ho * Wo));
+  for (int64_t n = 0; n < c.N; ++n)
+    for (int64_t co = 0; co < c.Cout; ++co)
+      for (int64_t oh = 0; oh < Ho; ++oh)
+        for (int64_t ow = 0; ow < Wo; ++ow) {
+          double acc = b ? (*b)[size_t(co)] : 0.0;
+          const int64_t g = co / Coutg;
+          for (int64_t cl = 0; cl < Cg; ++cl)
+            for (int64_t i = 0; i < c.kh; ++i)
+              for (int64_t j = 0; j < c.kw; ++j) {
+                const int64_t ih = oh * c.sh - c.ph + i, iw = ow * c.sw - c.pw + j, ci = g * Cg + cl;
+                if (ih < 0 || ih >= c.H || iw < 0 || iw >= c.W) continue;
+                acc += w[size_t(((co * Cg + cl) * c.kh + i) * c.kw + j)] *
+                       x[size_t(((n * c.Cin + ci) * c.H + ih) * c.W + iw)];
+              }
+          y[size_t(((n * c.Cout + co) * Ho + oh) * Wo + ow)] = acc;
+        }
+  return y;
+}
+
+// Attention as the composite softmax(q·kᵀ·scale)·v of engine ops (matmul is the lead's, softmax is tested
+// against the definition above).
+Tensor ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
+  return matmul(softmax(mul(matmul(q, k.transpose(-2, -1)), scale), -1), v);
+}
+
+}  // namespace
+
+// ================================================================ softmax
+TEST_CASE("softmax: hand-computed values, and stability for large logits") {
+  // softmax([1,2,3]) = e^(x−3) / Σ e^(x−3), computed in plain double (python float).
+  const std::vector<double> p = {0.09003057317038046, 0.24472847105479764, 0.6652409557748218};
+  const std::vector<double> lp = {-2.4076059644443806, -1.4076059644443804, -0.4076059644443804};
+  CHECK_CLOSE(softmax(f64({1, 2, 3}, {3})), f64(p, {3}), 1e-15, 1e-14);
+  CHECK_CLOSE(log_softmax(f64({1, 2, 3}, {3})), f64(lp, {3}), 1e-15, 1e-14);
+  // Shifting by 1000 changes nothing mathematically; without the max subtraction exp(1000) overflows.
+  // f32: |error| <= a few ulp of values <= 1, so 1e-6 is a generous bound.
+  Tensor big = Tensor::from(std::vector<double>{1001, 1002, 1003}, {1, 3}, DType::f32);
+  CHECK_CLOSE(softmax(big), f64(p, {1, 3}), 1e-6, 0);
+  CHECK_CLOSE(log_softmax(big), f64(lp, {1, 3}), 1e-6, 0);
+}
+
+TEST_CASE("softmax / log_softmax over every dim match the definition") {
+  Generator gen(1);
+  Tensor x = gen.uniform({3, 7, 5}, -3, 3, DType::f64);
+  for (int64_t d = 0; d < 3; ++d)
+    for (bool log : {false, true}) {
+      INFO("dim " << d << " log " << log);
+      Tensor y = log ? log_softmax(x, d) : softmax(x, d);
+      CHECK(y.shape() == x.shape());
+      // f64 with C <= 7 terms: rounding ~1e-16 per op; 1e-14 leaves a 100× margin.
+      CHECK_CLOSE(y, f64(ref_softmax(vals(x), x.shape(), d, log), x.shape()), 1e-14, 1e-13);
+      // The same in f32: ~1e-7 relative rounding; 1e-6 absolute for values of size <= ~7.
+      Tensor y32 = log ? log_softmax(x.to(DType::f32), d - 3) : softmax(x.to(DType::f32), d - 3);
+      CHECK_CLOSE(y32, y, 2e-6, 1e-6);
+    }
+  // A non-contiguous input gives the same result as its contiguous copy.
+  Tensor xt = x.transpose(0, 2);
+  CHECK_CLOSE(softmax(xt, 1), softmax(xt.contiguous(), 1), 1e-15, 0);
+}
+
+TEST_CASE("softmax / log_softmax gradients (float64 finite differences, non-contiguous input)") {
+  Generator gen(2);
+  for (bool log : {false, true})
+    for (int64_t d : {1, -1, 0}) {
+      INFO("log " << log << " dim " << d);
+      gradcheck([&](const std::vector<Tensor>& in) {
+        Tensor x = in[0].transpose(0, 2);  // [3,7,5] view of a [5,7,3] leaf
+        return log ? log_softmax(x, d) : softmax(x, d);
+      }, {leaf(gen, {5, 7, 3}, -2, 2)});
+    }
+}
+
+// ================================================================ layer norm
+TEST_CASE("layer_norm: forward matches the definition (biased variance), with and without affine") {
+  Generator gen(3);
+  const int64_t rows = 6, C = 7;
+  Tensor x = gen.uniform({2, 3, C}, -2, 2, DType::f64);
+  // One row far from zero: a one-pass E[x²]−E[x]² would cancel catastrophically here.
+  {
+    auto v = vals(x);
+    for (int64_t c = 0; c < C; ++c) v[size_t(c)] += 1e4;
+    x = f64(v, {2, 3, C});
+  }
+  Tensor w = gen.uniform({C}, 0.5, 1.5, DType::f64), b = gen.uniform({C}, -1, 1, DType::f64);
+  const double eps = 1e-5;
+  auto xv = vals(x), wv = vals(w), bv = vals(b);
+  std::vector<double> ref(xv.size()), ref_plain(xv.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    double mu = 0, var = 0;
+    for (int64_t c = 0; c < C; ++c) mu += xv[size_t(r * C + c)] / C;
+    for (int64_t c = 0; c < C; ++c) var += (xv[size_t(r * C + c)] - mu) * (xv[size_t(r * C + c)] - mu) / C;
+    for (int64_t c = 0; c < C; ++c) {
+      double h = (xv[size_t(r * C + c)] - mu) / std::sqrt(var + eps);
+      ref_plain[size_t(r * C + c)] = h;
+      ref[size_t(r * C + c)] = h * wv[size_t(c)] + bv[size_t(c)];
+    }
+  }
+  // Normalised values are O(1); f64 rounding of the row with mean 1e4 costs ~1e4·1e-16 / std ≈ 1e-12.
+  CHECK_CLOSE(layer_norm(x, w, b, eps), f64(ref, x.shape()), 1e-11, 0);
+  CHECK_CLOSE(layer_norm(x, Tensor(), Tensor(), eps), f64(ref_plain, x.shape()), 1e-11, 0);
+  // f32 on the rows near zero (the 1e4 row loses ~1e4·6e-8 = 6e-4 to input rounding alone in f32).
+  Tensor xs = x.slice(0, 1, 2);
+  CHECK_CLOSE(layer_norm(xs.to(DType::f32), w.to(DType::f32), b.to(DType::f32), eps),
+              layer_norm(xs, w, b, eps), 1e-5, 0);
+}
+
+TEST_CASE("layer_norm gradients (x non-contiguous, weight, bias, and without affine)") {
+  Generator gen(4);
+  gradcheck([](const std::vector<Tensor>& in) {
+    return layer_norm(in[0].transpose(0, 1), in[1], in[2], 1e-5);  // x: [5,3,7] view of [3,5,7]
+  }, {leaf(gen, {3, 5, 7}), leaf(gen, {7}, 0.5, 1.5), leaf(gen, {7})});
+  gradcheck([](const std::vector<Tensor>& in) { return layer_norm(in[0], Tensor(), Tensor(), 1e-5); },
+            {leaf(gen, {4, 5})});
+  // Only the weight requires grad: dx is not needed and must not be required.
+  Tensor x = gen.uniform({4, 5}, -1, 1, DType::f64);
+  gradcheck([&](const std::vector<Tensor>& in) { return layer_norm(x, in[0], in[1], 1e-5); },
+            {leaf(gen, {5}), leaf(gen, {5})});
+}
+
+// ================================================================ conv2d
+namespace {
+const std::vector<ConvCase> kConvCases = {
+    // N Cin H W  Cout kh kw sh sw ph pw groups
+    {2, 3, 9, 7, 4, 3, 3, 2, 2, 1, 1, 1},  // plain, kernel 3 stride 2 padding 1 on 9×7
+    {2, 4, 9, 7, 6, 3, 3, 2, 2, 1, 1, 2},  // two groups
+    {2, 3, 9, 7, 3, 3, 3, 2, 2, 1, 1, 3},  // depthwise (CvT's q/k/v projections)
+    {2, 2, 9, 7, 4, 3, 2, 1, 2, 0, 1, 2},  // depthwise with 2 outputs per channel, per-axis stride/padding
+    {2, 4, 5, 3, 5, 1, 1, 1, 1, 0, 0, 1},  // 1×1 (pointwise fast path)
+    {1, 3, 8, 6, 4, 2, 2, 2, 2, 0, 0, 1},  // non-overlapping patches (ViT's patch embedding, small)
+    {1, 4, 6, 5, 4, 3, 3, 1, 1, 1, 1, 2},  // grouped, stride 1, "same" padding
+    {1, 2, 4, 2, 2, 3, 3, 1, 3, 2, 2, 1},  // padding 2 > the 2-wide image, stride 3: some taps see only padding
+    {1, 2, 4, 2, 2, 3, 3, 1, 3, 2, 2, 2},  // the same, depthwise
+};
+}  // namespace
+
+TEST_CASE("conv2d: forward matches the direct 7-loop convolution (groups 1 / 2 / depthwise / 1x1)") {
+  Generator gen(5);
+  for (const ConvCase& c : kConvCases) {
+    INFO("Cin " << c.Cin << " Cout " << c.Cout << " k " << c.kh << "x" << c.kw << " groups " << c.groups);
+    Tensor x = gen.uniform({c.N, c.Cin, c.H, c.W}, -1, 1, DType::f64);
+    Tensor w = gen.uniform({c.Cout, c.Cin / c.groups, c.kh, c.kw}, -1, 1, DType::f64);
+    Tensor b = gen.uniform({c.Cout}, -1, 1, DType::f64);
+    auto bv = vals(b);
+    Tensor y = conv2d(x, w, b, c.args());
+    REQUIRE(y.shape() == Shape{c.N, c.Cout, c.Ho(), c.Wo()});
+    // <= 37 products of terms in [-1, 1]: f64 error <= 37·1.1e-16 ≈ 4e-15.
+    CHECK_CLOSE(y, f64(ref_conv(c, vals(x), vals(w), &bv), y.shape()), 1e-13, 0);
+    CHECK_CLOSE(conv2d(x, w, Tensor(), c.args()), f64(ref_conv(c, vals(x), vals(w), nullptr), y.shape()), 1e-13, 0);
+    // f32 (the blocked GEMM path): error <= 37 terms · 6e-8 ≈ 2.2e-6, plus input rounding of the same order.
+    Tensor y32 = conv2d(x.to(DType::f32), w.to(DType::f32), b.to(DType::f32), c.args());
+    CHECK_CLOSE(y32, y, 1e-5, 0);
+  }
+  // The int overload is the square-args form.
+  Generator g2(6);
+  Tensor x = g2.uniform({1, 2, 5, 5}, -1, 1, DType::f64), w = g2.uniform({3, 2, 3, 3}, -1, 1, DType::f64);
+  Conv2dArgs a;
+  a.stride_h = a.stride_w = 2;
+  a.pad_h = a.pad_w = 1;
+  CHECK(vals(conv2d(x, w, Tensor(), 2, 1, 1)) == vals(conv2d(x, w, Tensor(), a)));
+}
+
+TEST_CASE("conv2d gradients: groups 1 / 2 / depthwise / 1x1, non-contiguous x") {
+  Generator gen(7);
+  for (const ConvCase& c : kConvCases) {
+    INFO("Cin " << c.Cin << " Cout " << c.Cout << " k " << c.kh << "x" << c.kw << " groups " << c.groups);
+    const Conv2dArgs a = c.args();
+    gradcheck([&](const std::vector<Tensor>& in) {
+      return conv2d(in[0].permute({0, 3, 1, 2}), in[1], in[2], a);  // x: NCHW view of an NHWC leaf
+    }, {leaf(gen, {c.N, c.H, c.W, c.Cin}), leaf(gen, {c.Cout, c.Cin / c.groups, c.kh, c.kw}), leaf(gen, {c.Cout})});
+  }
+  // Only x, then only the weight: the kernels skip the gradients nobody asked for.
+  const ConvCase& c = kConvCases[1];
+  Tensor x = gen.uniform({c.N, c.Cin, c.H, c.W}, -1, 1, DType::f64);
+  Tensor w = gen.uniform({c.Cout, c.Cin / c.groups, c.kh, c.kw}, -1, 1, DType::f64);
+  gradcheck([&](const std::vector<Tensor>& in) { return conv2d(in[0], w, Tensor(), c.args()); },
+            {leaf(gen, x.shape())});
+  gradcheck([&](const std::vector<Tensor>& in) { return conv2d(x, in[0], Tensor(), c.args()); },
+            {leaf(gen, w.shape())});
+  const ConvCase& d = kConvCases[2];
+  Tensor xd = gen.uniform({d.N, d.Cin, d.H, d.W}, -1, 1, DType::f64);
+  gradcheck([&](const std::vector<Tensor>& in) { return conv2d(xd, in[0], Tensor(), d.args()); },
+            {leaf(gen, {d.Cout, 1, d.kh, d.kw})});
+}
+
+TEST_CASE("conv2d: bad shapes are reported with the shapes") {
+  Tensor x = Tensor::zeros({2, 3, 9, 7}), w = Tensor::zeros({4, 3, 3, 3});
+  CHECK_THROWS_WITH_AS(conv2d(x, Tensor::zeros({4, 2, 3, 3})), doctest::Contains("weight expects 2 input channels, x has 3"),
+                       TensorError);
+  CHECK_THROWS_WITH_AS(conv2d(x, Tensor::zeros({4, 1, 3, 3}), Tensor(), 1, 0, 2),
+                       doctest::Contains("divisible by groups"), TensorError);
+  CHECK_THROWS_WITH_AS(conv2d(Tensor::zeros({3, 9, 7}), w), doctest::Contains("[N, Cin, H, W]"), TensorError);
+  CHECK_THROWS_WITH_AS(conv2d(x, w, Tensor::zeros({3})), doctest::Contains("bias must have shape [4]"), TensorError);
+  CHECK_THROWS_WITH_AS(conv2d(x, Tensor::zeros({4, 3, 11, 3})), doctest::Contains("larger than the padded"),
+                       TensorError);
+  CHECK_THROWS_WITH_AS(conv2d(x, w, Tensor(), 0, 0, 1), doctest::Contains("stride >= 1"), TensorError);
+  CHECK_THROWS_WITH_AS(conv2d(x, w.to(DType::f64)), doctest::Contains("dtype and device"), TensorError);
+}
+
+// ================================================================ batch norm
+TEST_CASE("batch_norm2d: hand-computed train step, running statistics and num_batches_tracked") {
+  for (DType dt : {DType::f64, DType::f32}) {
+    INFO(dtype_name(dt));
+    // One channel, values 1,2,3,4 over (N=2, H=1, W=2): mean 2.5, biased var 1.25, unbiased var 5/3.
+    Tensor x = Tensor::from(std::vector<double>{1, 2, 3, 4}, {2, 1, 1, 2}, dt);
+    Tensor w = Tensor::full({1}, 2.0, dt), b = Tensor::full({1}, 0.5, dt);
+    Tensor rm = Tensor::zeros({1}, dt), rv = Tensor::ones({1}, dt), nbt = Tensor::zeros({}, DType::i64);
+    Tensor y = batch_norm2d(x, w, b, rm, rv, nbt, true);
+    const double s = std::sqrt(1.25 + 1e-5);
+    // f32 tolerance: a few ulp of values <= 3.
+    const double tol = dt == DType::f64 ? 1e-14 : 1e-6;
+    CHECK_CLOSE(y, f64({2 * -1.5 / s + 0.5, 2 * -0.5 / s + 0.5, 2 * 0.5 / s + 0.5, 2 * 1.5 / s + 0.5}, {2, 1, 1, 2}),
+                tol, 0);
+    // running_mean = 0.9·0 + 0.1·2.5; running_var = 0.9·1 + 0.1·(5/3) (the UNBIASED variance).
+    CHECK(rm.item() == doctest::Approx(0.25).epsilon(tol));
+    CHECK(rv.item() == doctest::Approx(0.9 + 0.1 * 5.0 / 3.0).epsilon(tol));
+    CHECK(nbt.to_vector<int64_t>()[0] == 1);
+    // A second step with momentum 0.5 on shifted data (mean 12.5, same variance).
+    Tensor x2 = Tensor::from(std::vector<double>{11, 12, 13, 14}, {2, 1, 1, 2}, dt);
+    batch_norm2d(x2, w, b, rm, rv, nbt, true, 0.5);
+    CHECK(rm.item() == doctest::Approx(0.5 * 0.25 + 0.5 * 12.5).epsilon(tol));
+    CHECK(rv.item() == doctest::Approx(0.5 * (0.9 + 0.1 * 5.0 / 3.0) + 0.5 * 5.0 / 3.0).epsilon(tol * 10));
+    CHECK(nbt.to_vector<int64_t>()[0] == 2);
+    // Eval mode normalises with the running statistics and leaves them alone.
+    const double m = rm.item(), v = rv.item();
+    Tensor ye = batch_norm2d(x, w, b, rm, rv, nbt, false);
+    std::vector<double> expect;
+    for (double xi : {1.0, 2.0, 3.0, 4.0}) expect.push_back(2 * (xi - m) / std::sqrt(v + 1e-5) + 0.5);
+    CHECK_CLOSE(ye, f64(expect, {2, 1, 1, 2}), tol, 0);
+    CHECK(rm.item() == m);
+    CHECK(rv.item() == v);
+    CHECK(nbt.to_vector<int64_t>()[0] == 2);
+  }
+  // Undefined running statistics and counter are simply not updated in training.
+  Tensor x = Tensor::from(std::vector<double>{1, 2, 3, 4}, {2, 1, 1, 2}, DType::f64);
+  CHECK(batch_norm2d(x, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), true).shape() == x.shape());
+}
+
+TEST_CASE("batch_norm2d: train and eval forward match the definition on random data") {
+  Generator gen(8);
+  const int64_t N = 3, C = 4, H = 5, W = 2, HW = H * W;
+  Tensor x = gen.uniform({N, C, H, W}, -2, 3, DType::f64);
+  Tensor w = gen.uniform({C}, 0.5, 1.5, DType::f64), b = gen.uniform({C}, -1, 1, DType::f64);
+  Tensor rm0 = gen.uniform({C}, -1, 1, DType::f64), rv0 = gen.uniform({C}, 0.5, 2, DType::f64);
+  Tensor rm = rm0.clone(), rv = rv0.clone();
+  const double eps = 1e-3;
+  Tensor y = batch_norm2d(x, w, b, rm, rv, Tensor(), true, 0.1, eps);
+  auto xv = vals(x), wv = vals(w), bv = vals(b), rmv = vals(rm0), rvv = vals(rv0);
+  std::vector<double> ref(xv.size()), ref_eval(xv.size()), rm_ref(C), rv_ref(C);
+  for (int64_t c = 0; c < C; ++c) {
+    double mu = 0, var = 0;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t p = 0; p < HW; ++p) mu += xv[size_t((n * C + c) * HW + p)] / double(N * HW);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t p = 0; p < HW; ++p) {
+        double d = xv[size_t((n * C + c) * HW + p)] - mu;
+        var += d * d / double(N * HW);
+      }
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t p = 0; p < HW; ++p) {
+        size_t i = size_t((n * C + c) * HW + p);
+        ref[i] = (xv[i] - mu) / std::sqrt(var + eps) * wv[size_t(c)] + bv[size_t(c)];
+        ref_eval[i] = (xv[i] - rmv[size_t(c)]) / std::sqrt(rvv[size_t(c)] + eps) * wv[size_t(c)] + bv[size_t(c)];
+      }
+    rm_ref[size_t(c)] = 0.9 * rmv[size_t(c)] + 0.1 * mu;
+    rv_ref[size_t(c)] = 0.9 * rvv[size_t(c)] + 0.1 * var * double(N * HW) / double(N * HW - 1);
+  }
+  // Values O(1) in f64; the recovered variance 1/invstd² − eps loses a few ulp of (var + eps).
+  CHECK_CLOSE(y, f64(ref, x.shape()), 1e-13, 0);
+  CHECK_CLOSE(rm, f64(rm_ref, {C}), 1e-14, 0);
+  CHECK_CLOSE(rv, f64(rv_ref, {C}), 1e-13, 0);
+  CHECK_CLOSE(batch_norm2d(x, w, b, rm0, rv0, Tensor(), false, 0.1, eps), f64(ref_eval, x.shape()), 1e-13, 0);
+  // f32 against f64: a few ulp of O(1) values; the sums run in double.
+  Tensor rm32 = rm0.to(DType::f32), rv32 = rv0.to(DType::f32);
+  Tensor y32 = batch_norm2d(x.to(DType::f32), w.to(DType::f32), b.to(DType::f32), rm32, rv32, Tensor(), true, 0.1, eps);
+  CHECK_CLOSE(y32, y, 2e-6, 0);
+  CHECK_CLOSE(rv32, rv, 2e-6, 0);
+}
+
+TEST_CASE("batch_norm2d gradients: train (through the batch statistics) and eval, non-contiguous x") {
+  Generator gen(9);
+  for (bool training : {true, false}) {
+    INFO("training " << training);
+    Tensor rm = gen.uniform({4}, -0.5, 0.5, DType::f64), rv = gen.uniform({4}, 0.5, 2, DType::f64);
+    gradcheck([&](const std::vector<Tensor>& in) {
+      // Copies of the running statistics: every finite-difference evaluation starts from the same state.
+      return batch_norm2d(in[0].permute({0, 3, 1, 2}), in[1], in[2], rm.clone(), rv.clone(), Tensor(), training);
+    }, {leaf(gen, {3, 3, 2, 4}), leaf(gen, {4}, 0.5, 1.5), leaf(gen, {4})});
+  }
+  // No affine parameters.
+  gradcheck([&](const std::vector<Tensor>& in) {
+    return batch_norm2d(in[0], Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), true);
+  }, {leaf(gen, {2, 3, 3, 1})});
+}
+
+TEST_CASE("batch_norm2d: bad shapes and modes are reported") {
+  Tensor x = Tensor::zeros({2, 3, 4, 4});
+  CHECK_THROWS_WITH_AS(batch_norm2d(Tensor::zeros({2, 3, 4}), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), true),
+                       doctest::Contains("[N, C, H, W]"), TensorError);
+  CHECK_THROWS_WITH_AS(batch_norm2d(x, Tensor::ones({4}), Tensor(), Tensor(), Tensor(), Tensor(), true),
+                       doctest::Contains("weight must have shape [3]"), TensorError);
+  CHECK_THROWS_WITH_AS(batch_norm2d(x, Tensor(), Tensor(), Tensor::zeros({2}), Tensor(), Tensor(), true),
+                       doctest::Contains("running_mean must have shape [3]"), TensorError);
+  CHECK_THROWS_WITH_AS(batch_norm2d(x, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), false),
+                       doctest::Contains("eval mode needs running_mean"), TensorError);
+  CHECK_THROWS_WITH_AS(batch_norm2d(Tensor::zeros({1, 3, 1, 1}), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), true),
+                       doctest::Contains("more than 1 value per channel"), TensorError);
+}
+
+// ================================================================ attention
+TEST_CASE("scaled_dot_product_attention: forward matches matmul + softmax, Tq != Tk, any leading dims") {
+  Generator gen(10);
+  const double scale = 0.37;
+  const std::vector<std::pair<Shape, Shape>> cases = {
+      {{2, 3, 5, 4}, {2, 3, 7, 4}},     // [B, H, T, D]
+      {{2, 5, 4}, {2, 7, 4}},           // one leading dim
+      {{2, 2, 2, 5, 4}, {2, 2, 2, 7, 4}},  // three leading dims
+      {{5, 4}, {7, 4}},                 // none
+      {{1, 1, 6, 3}, {1, 1, 1, 3}},     // a single key: output = v
+  };
+  for (const auto& [qs, ks] : cases) {
+    INFO("q " << shape_str(qs) << " k " << shape_str(ks));
+    Tensor q = gen.uniform(qs, -1, 1, DType::f64), k = gen.uniform(ks, -1, 1, DType::f64),
+           v = gen.uniform(ks, -1, 1, DType::f64);
+    Tensor y = scaled_dot_product_attention(q, k, v, scale);
+    CHECK(y.shape() == qs);
+    // f64, sums of <= 7 terms of size <= 1: ~1e-15.
+    CHECK_CLOSE(y, ref_attention(q, k, v, scale), 1e-13, 0);
+    // f32: scores rounding ~1e-7 relative, outputs are convex combinations of v (|v| <= 1).
+    Tensor y32 = scaled_dot_product_attention(q.to(DType::f32), k.to(DType::f32), v.to(DType::f32), scale);
+    CHECK_CLOSE(y32, y, 2e-6, 0);
+  }
+}
+
+TEST_CASE("attention kernel: lse is the log-sum-exp of the scaled scores") {
+  Generator gen(11);
+  const int64_t B = 2, H = 2, Tq = 3, Tk = 5, D = 4;
+  const double scale = 0.8;
+  Tensor q = gen.uniform({B, H, Tq, D}, -1, 1, DType::f64), k = gen.uniform({B, H, Tk, D}, -1, 1, DType::f64),
+         v = gen.uniform({B, H, Tk, D}, -1, 1, DType::f64);
+  Tensor out = Tensor::empty({B, H, Tq, D}, DType::f64), lse = Tensor::empty({B, H, Tq}, DType::f64);
+  cpu_backend().attention(q, k, v, scale, out, lse);
+  auto qv = vals(q), kv = vals(k);
+  std::vector<double> ref;
+  for (int64_t bh = 0; bh < B * H; ++bh)
+    for (int64_t i = 0; i < Tq; ++i) {
+      double z = 0;
+      for (int64_t j = 0; j < Tk; ++j) {
+        double s = 0;
+        for (int64_t d = 0; d < D; ++d) s += qv[size_t((bh * Tq + i) * D + d)] * kv[size_t((bh * Tk + j) * D + d)];
+        z += std::exp(scale * s);
+      }
+      ref.push_back(std::log(z));
+    }
+  CHECK_CLOSE(lse, f64(ref, {B, H, Tq}), 1e-14, 1e-14);
+}
+
+TEST_CASE("scaled_dot_product_attention gradients (q, k, v as non-contiguous head views, Tq != Tk)") {
+  Generator gen(12);
+  const double scale = 0.37;
+  gradcheck([&](const std::vector<Tensor>& in) {
+    // Leaves are (B, T, H, D) like a projected sequence; the head view (B, H, T, D) is non-contiguous.
+    return scaled_dot_product_attention(in[0].transpose(1, 2), in[1].transpose(1, 2), in[2].transpose(1, 2), scale);
+  }, {leaf(gen, {2, 5, 2, 3}), leaf(gen, {2, 7, 2, 3}), leaf(gen, {2, 7, 2, 3})});
+  // Three leading dims (flattened internally); only q requires grad.
+  Tensor k = gen.uniform({2, 1, 2, 4, 3}, -1, 1, DType::f64), v = gen.uniform({2, 1, 2, 4, 3}, -1, 1, DType::f64);
+  gradcheck([&](const std::vector<Tensor>& in) { return scaled_dot_product_attention(in[0], k, v, 1.5); },
+            {leaf(gen, {2, 1, 2, 3, 3})});
+}
+
+TEST_CASE("scaled_dot_product_attention: bad shapes are reported") {
+  Tensor q = Tensor::zeros({2, 3, 5, 4}), k = Tensor::zeros({2, 3, 7, 4});
+  CHECK_THROWS_WITH_AS(scaled_dot_product_attention(q, Tensor::zeros({2, 3, 7, 5}), k, 1.0),
+                       doctest::Contains("share the last (head) dim"), TensorError);
+  CHECK_THROWS_WITH_AS(scaled_dot_product_attention(q, k, Tensor::zeros({2, 3, 6, 4}), 1.0),
+                       doctest::Contains("same number of keys"), TensorError);
+  CHECK_THROWS_WITH_AS(scaled_dot_product_attention(q, Tensor::zeros({2, 2, 7, 4}), Tensor::zeros({2, 2, 7, 4}), 1.0),
+                       doctest::Contains("leading dims"), TensorError);
+  CHECK_THROWS_WITH_AS(scaled_dot_product_attention(q, Tensor::zeros({3, 7, 4}), k, 1.0),
+                       doctest::Contains("one rank"), TensorError);
+}
+
+// ================================================================ cross-entropy
+namespace {
+// Logits and targets shared by the cross-entropy cases; the expected losses were computed with a plain-python
+// transcription of torch's formula (LossNLL.cpp: nll_loss + cross_entropy_loss_label_smoothing):
+// logp = x − logsumexp(x); W = Σ w[y_i]; loss = (1−ε)·Σ −w[y_i]·logp[i,y_i] / W + (ε/C)·Σ_i Σ_c −w_c·logp[i,c] / W.
+const std::vector<double> kLogits = {1.0, 2.0, 0.5, -1.0, 0.0, 0.0, 0.0, 0.0, 3.0, -2.0, 1.0, 0.5, -0.5, 1.5, 2.5, 0.0};
+const std::vector<double> kClassWeights = {1.0, 2.0, 0.5, 1.5};
+}  // namespace
+
+TEST_CASE("cross_entropy: values as torch computes them (plain, smoothing, weights, ignore_index, combined)") {
+  for (DType dt : {DType::f64, DType::f32}) {
+    INFO(dtype_name(dt));
+    // f32: the logits are exact; log/exp rounding on O(1) values gives ~1e-7 relative.
+    const double tol = dt == DType::f64 ? 1e-14 : 1e-6;
+    Tensor x = Tensor::from(kLogits, {4, 4}, dt);
+    Tensor w = Tensor::from(kClassWeights, {4}, dt);
+    Tensor t = i64({1, 3, 0, 2});
+    CrossEntropyOptions o;
+    CHECK(cross_entropy(x, t).item() == doctest::Approx(0.622257285011349).epsilon(tol));
+    o.label_smoothing = 0.1;
+    CHECK(cross_entropy(x, t, o).item() == doctest::Approx(0.7566322850113492).epsilon(tol));
+    o = {};
+    o.weight = w;
+    CHECK(cross_entropy(x, t, o).item() == doctest::Approx(0.6949417004222097).epsilon(tol));
+    o = {};
+    CHECK(cross_entropy(x, i64({1, 3, -100, 2}), o).item() == doctest::Approx(0.762258564122015).epsilon(tol));
+    // All combined, with an ignore_index inside [0, C): targets equal to 0 drop out of both sums and W.
+    o.weight = w;
+    o.label_smoothing = 0.1;
+    o.ignore_index = 0;
+    CHECK(cross_entropy(x, t, o).item() == doctest::Approx(0.9015141276335707).epsilon(tol));
+    // ε = 1: only the smoothing term remains.
+    o.ignore_index = -100;
+    o.label_smoothing = 1.0;
+    CHECK(cross_entropy(x, t, o).item() == doctest::Approx(2.109757285011349).epsilon(tol));
+  }
+  // Two classes by hand: logits (0, ln 3) → p = (1/4, 3/4); target 1 → −ln(3/4).
+  Tensor x2 = f64({0.0, std::log(3.0)}, {1, 2});
+  CHECK(cross_entropy(x2, i64({1})).item() == doctest::Approx(-std::log(0.75)).epsilon(1e-15));
+}
+
+TEST_CASE("cross_entropy gradients for every option combination (non-contiguous logits)") {
+  Generator gen(13);
+  Tensor t = i64({1, 6, 0, 6, 3});
+  Tensor w = gen.uniform({7}, 0.2, 2.0, DType::f64);
+  struct Opt { double eps; bool weighted; int64_t ignore; };
+  for (Opt c : {Opt{0, false, -100}, Opt{0.2, false, -100}, Opt{0, true, -100}, Opt{0, false, 6},
+                Opt{0.2, true, 6}, Opt{1.0, true, -100}}) {
+    INFO("eps " << c.eps << " weighted " << c.weighted << " ignore " << c.ignore);
+    CrossEntropyOptions o;
+    o.label_smoothing = c.eps;
+    if (c.weighted) o.weight = w;
+    o.ignore_index = c.ignore;
+    gradcheck([&](const std::vector<Tensor>& in) { return cross_entropy(in[0].transpose(0, 1), t, o); },
+              {leaf(gen, {7, 5}, -2, 2)});
+  }
+}
+
+TEST_CASE("cross_entropy: all targets ignored gives NaN (as torch) and a zero gradient") {
+  Tensor x = f64(kLogits, {4, 4});
+  x.set_requires_grad(true);
+  Tensor loss = cross_entropy(x, i64({-100, -100, -100, -100}));
+  CHECK(std::isnan(loss.item()));
+  loss.backward();
+  for (double g : vals(x.grad())) CHECK(g == 0.0);
+  CrossEntropyOptions o;
+  o.label_smoothing = 0.1;
+  CHECK(std::isnan(cross_entropy(x, i64({-100, -100, -100, -100}), o).item()));
+}
+
+TEST_CASE("cross_entropy: bad targets and shapes are reported") {
+  Tensor x = f64(kLogits, {4, 4});
+  CHECK_THROWS_WITH_AS(cross_entropy(x, i64({1, 4, 0, 2})),
+                       doctest::Contains("target 4 at index 1 is out of range for 4 classes"), TensorError);
+  CHECK_THROWS_WITH_AS(cross_entropy(x, i64({1, 2, -1, 2})),
+                       doctest::Contains("target -1 at index 2 is out of range for 4 classes"), TensorError);
+  CHECK_THROWS_WITH_AS(cross_entropy(x, i64({1, 2, 3})), doctest::Contains("target must be i64 [4]"), TensorError);
+  CHECK_THROWS_WITH_AS(cross_entropy(x, Tensor::zeros({4}, DType::f64)), doctest::Contains("target must be i64"),
+                       TensorError);
+  CHECK_THROWS_WITH_AS(cross_entropy(f64(kLogits, {16}), i64({1})), doctest::Contains("[N, C]"), TensorError);
+  CrossEntropyOptions o;
+  o.weight = f64({1, 2, 3}, {3});
+  CHECK_THROWS_WITH_AS(cross_entropy(x, i64({1, 2, 3, 0}), o), doctest::Contains("weight must have shape [4]"),
+                       TensorError);
+  o = {};
+  o.label_smoothing = 1.5;
+  CHECK_THROWS_WITH_AS(cross_entropy(x, i64({1, 2, 3, 0}), o), doctest::Contains("label_smoothing"), TensorError);
+}
+
+// ================================================================ dropout and drop path
+TEST_CASE("dropout: fraction dropped, scaling by 1/keep, reproducibility, backward through the mask") {
+  const int64_t n = 200000;
+  const double p = 0.3, keep = 1 - p;
+  Generator xg(14);
+  Tensor x = xg.uniform({n}, 0.5, 1.5);  // f32, never 0: a zero output means "dropped"
+  x.set_requires_grad(true);
+  Generator gen(15);
+  Tensor y = dropout(x, p, true, gen);
+  auto xv = vals(x), yv = vals(y);
+  int64_t zeros = 0;
+  bool scaled = true;
+  for (int64_t i = 0; i < n; ++i) {
+    if (yv[size_t(i)] == 0) { ++zeros; continue; }
+    // y = x · float(1/keep): within 2 f32 roundings (~1.2e-7 relative) of x/keep.
+    if (std::abs(yv[size_t(i)] - xv[size_t(i)] / keep) > 3e-7 * xv[size_t(i)] / keep) scaled = false;
+  }
+  CHECK(scaled);
+  // The dropped count is Binomial(n, p): σ of the fraction = √(p(1−p)/n) ≈ 1.0e-3; 6σ fails by chance
+  // with probability ~2e-9, while a wrong p (e.g. keep instead of p) is off by 0.4.
+  const double frac = double(zeros) / double(n), sigma = std::sqrt(p * (1 - p) / double(n));
+  CHECK(std::abs(frac - p) < 6 * sigma);
+  // Same seed, same mask; another seed, another mask.
+  Generator same(15), other(16);
+  CHECK(vals(dropout(x.detach(), p, true, same)) == yv);
+  CHECK(vals(dropout(x.detach(), p, true, other)) != yv);
+  // d(sum y)/dx = mask / keep: 1/keep exactly where y was kept, 0 where it was dropped.
+  sum(y).backward();
+  auto gv = vals(x.grad());
+  bool grad_ok = true;
+  for (int64_t i = 0; i < n; ++i) {
+    double expect = yv[size_t(i)] == 0 ? 0.0 : 1.0 / keep;
+    if (std::abs(gv[size_t(i)] - expect) > 1e-6) grad_ok = false;
+  }
+  CHECK(grad_ok);
+}
+
+TEST_CASE("dropout / drop_path: eval, p = 0, p = 1, bad p") {
+  Generator gen(17);
+  Tensor x = gen.uniform({4, 3}, 0.5, 1.5, DType::f64);
+  CHECK(dropout(x, 0.5, false, gen).impl() == x.impl());
+  CHECK(dropout(x, 0.0, true, gen).impl() == x.impl());
+  CHECK(drop_path(x, 0.5, false, gen).impl() == x.impl());
+  CHECK(drop_path(x, 0.0, true, gen).impl() == x.impl());
+  for (double v : vals(dropout(x, 1.0, true, gen))) CHECK(v == 0.0);
+  for (double v : vals(drop_path(x, 1.0, true, gen))) CHECK(v == 0.0);
+  CHECK_THROWS_WITH_AS(dropout(x, 1.5, true, gen), doctest::Contains("dropout: p must be in [0, 1]"), TensorError);
+  CHECK_THROWS_WITH_AS(drop_path(x, -0.1, true, gen), doctest::Contains("drop_path: p must be in [0, 1]"),
+                       TensorError);
+}
+
+TEST_CASE("drop_path: whole samples dropped with probability p, the rest scaled by 1/keep") {
+  const int64_t B = 20000;
+  const double p = 0.25, keep = 1 - p;
+  Generator gen(18);
+  Tensor x = Tensor::ones({B, 2, 3}, DType::f64);
+  auto yv = vals(drop_path(x, p, true, gen));
+  int64_t dropped = 0;
+  bool per_sample = true;
+  for (int64_t b = 0; b < B; ++b) {
+    const double first = yv[size_t(b * 6)];
+    if (first != 0.0 && std::abs(first - 1.0 / keep) > 1e-15) per_sample = false;
+    for (int64_t i = 1; i < 6; ++i)
+      if (yv[size_t(b * 6 + i)] != first) per_sample = false;  // one decision per sample
+    if (first == 0.0) ++dropped;
+  }
+  CHECK(per_sample);
+  // Binomial(B, p) dropped samples: σ = √(p(1−p)/B) ≈ 3.1e-3; 6σ as for dropout.
+  CHECK(std::abs(double(dropped) / double(B) - p) < 6 * std::sqrt(p * (1 - p) / double(B)));
+}
+
+TEST_CASE("dropout / drop_path gradients (float64, the same mask on every evaluation)") {
+  Generator gen(19);
+  gradcheck([](const std::vector<Tensor>& in) {
+    Generator g(20);  // a fresh generator per evaluation: finite differences see one fixed mask
+    return dropout(in[0].transpose(0, 1), 0.4, true, g);
+  }, {leaf(gen, {5, 7})});
+  gradcheck([](const std::vector<Tensor>& in) {
+    Generator g(21);
+    return drop_path(in[0], 0.4, true, g);
+  }, {leaf(gen, {6, 3, 2})});
+}

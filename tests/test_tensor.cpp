@@ -1,0 +1,195 @@
+// Tensors: dtypes and conversions, views without copies, contiguous(), random streams, autograd mechanics.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/philox.h"
+#include "engine/random.h"
+#include "tests/gradcheck.h"
+
+using namespace tessera;
+
+TEST_CASE("bf16 and f16 conversions round to nearest even and keep specials") {
+  CHECK(bf16_to_float(float_to_bf16(1.0f)) == 1.0f);
+  // 1 + 2^-8 lies exactly between two bf16 values (1 and 1 + 2^-7): ties to even gives 1.
+  CHECK(bf16_to_float(float_to_bf16(1.0f + 0x1.0p-8f)) == 1.0f);
+  CHECK(bf16_to_float(float_to_bf16(1.0f + 0x1.8p-8f)) == 1.0f + 0x1.0p-7f);
+  CHECK(std::isnan(bf16_to_float(float_to_bf16(std::numeric_limits<float>::quiet_NaN()))));
+  CHECK(std::isinf(bf16_to_float(float_to_bf16(std::numeric_limits<float>::infinity()))));
+  // f16: every one of the 63,488 finite half values survives half → float → half unchanged.
+  for (uint32_t b = 0; b < 0x10000; ++b) {
+    f16_t h{uint16_t(b)};
+    if (((b >> 10) & 0x1f) == 0x1f) continue;  // inf/NaN checked below
+    CHECK_MESSAGE(float_to_f16(f16_to_float(h)).bits == h.bits, "half bits " << b);
+  }
+  CHECK(f16_to_float(f16_t{0x3c00}) == 1.0f);
+  CHECK(f16_to_float(f16_t{0x0001}) == 0x1.0p-24f);         // smallest subnormal
+  CHECK(float_to_f16(65504.0f).bits == 0x7bff);              // largest finite
+  CHECK(float_to_f16(65520.0f).bits == 0x7c00);              // halfway to 2^16 rounds to inf (even)
+  CHECK(float_to_f16(1.0f + 0x1.0p-11f).bits == 0x3c00);     // tie → even
+  CHECK(float_to_f16(1.0f + 0x1.8p-11f).bits == 0x3c01);
+  CHECK(float_to_f16(0x1.0p-25f).bits == 0x0000);            // tie between 0 and 2^-24 → 0 (even)
+  CHECK(float_to_f16(0x1.8p-25f).bits == 0x0001);
+  CHECK(std::isnan(f16_to_float(float_to_f16(std::nanf("")))));
+}
+
+TEST_CASE("dtype round trips through copies") {
+  std::vector<double> v{-3, -1.5, 0, 0.25, 2, 7};
+  Tensor t = Tensor::from(v, {2, 3}, DType::f64);
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) CHECK(t.to(dt).to(DType::f64).to_vector<double>() == v);
+  CHECK(t.to(DType::i64).to_vector<int64_t>() == std::vector<int64_t>{-3, -1, 0, 0, 2, 7});
+  CHECK(t.to(DType::boolean).to_vector<int64_t>() == std::vector<int64_t>{1, 1, 0, 1, 1, 1});
+  CHECK(Tensor::from(std::vector<int64_t>{250, 3}, {2}).to(DType::u8).to_vector<int64_t>() ==
+        std::vector<int64_t>{250, 3});
+  CHECK(Tensor::scalar(2.5).item() == 2.5);
+  CHECK_THROWS_WITH_AS(Tensor::zeros({2}).item(), doctest::Contains("exactly one element"), TensorError);
+}
+
+TEST_CASE("views share storage and never copy") {
+  Tensor t = Tensor::arange(24).reshape({2, 3, 4});
+  CHECK(t.is_contiguous());
+  Tensor p = t.permute({2, 0, 1});
+  CHECK(p.shape() == Shape{4, 2, 3});
+  CHECK(p.storage() == t.storage());
+  CHECK_FALSE(p.is_contiguous());
+  CHECK(p.strides() == Shape{1, 12, 4});
+  // element (k, i, j) of p is t[i, j, k] = 12 i + 4 j + k
+  auto pv = p.contiguous().to_vector<int64_t>();
+  CHECK(pv[size_t(3 * 6 + 1 * 3 + 2)] == 12 * 1 + 4 * 2 + 3);
+
+  Tensor s = t.slice(2, 1, 4, 2);  // columns 1 and 3
+  CHECK(s.shape() == Shape{2, 3, 2});
+  CHECK(s.storage() == t.storage());
+  CHECK(s.contiguous().to_vector<int64_t>() == std::vector<int64_t>{1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23});
+  CHECK(t.slice(0, -1, 2).to_vector<int64_t>()[0] == 12);  // negative start
+
+  Tensor e = Tensor::arange(3).reshape({3, 1}).expand({3, 4});
+  CHECK(e.strides()[1] == 0);
+  CHECK(e.contiguous().to_vector<int64_t>() == std::vector<int64_t>{0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2});
+  CHECK(Tensor::arange(3).expand({2, 3}).shape() == Shape{2, 3});
+
+  CHECK(t.unsqueeze(1).shape() == Shape{2, 1, 3, 4});
+  CHECK(t.unsqueeze(-1).shape() == Shape{2, 3, 4, 1});
+  CHECK(t.unsqueeze(1).squeeze(1).shape() == t.shape());
+  CHECK(t.transpose(0, 2).shape() == Shape{4, 3, 2});
+  CHECK(t.select(1, -1).to_vector<int64_t>() == std::vector<int64_t>{8, 9, 10, 11, 20, 21, 22, 23});
+  CHECK(t.flatten(1).shape() == Shape{2, 12});
+
+  // reshape views when it can, copies when it must.
+  CHECK(t.reshape({6, 4}).storage() == t.storage());
+  CHECK(t.reshape({4, -1}).shape() == Shape{4, 6});
+  Tensor tp = t.transpose(1, 2);
+  CHECK(tp.reshape({2, 12}).storage() != t.storage());
+  CHECK_THROWS_AS(tp.view({2, 12}), TensorError);
+  CHECK(t.slice(1, 0, 2).view({2, 2, 4}).storage() == t.storage());  // split of an outer dim still views
+
+  // Writing through a view writes the base.
+  Tensor base = Tensor::zeros({3, 3});
+  base.slice(1, 1, 2).fill_(5);
+  CHECK(base.to_vector<double>() == std::vector<double>{0, 5, 0, 0, 5, 0, 0, 5, 0});
+  base.transpose(0, 1).select(0, 0).copy_(Tensor::from(std::vector<double>{1, 2, 3}, {3}));
+  CHECK(base.to_vector<double>() == std::vector<double>{1, 5, 0, 2, 5, 0, 3, 5, 0});
+}
+
+TEST_CASE("bad shapes give clear errors") {
+  Tensor t = Tensor::zeros({2, 3});
+  CHECK_THROWS_WITH_AS(t.reshape({4, 2}), doctest::Contains("does not hold 6 elements"), TensorError);
+  CHECK_THROWS_WITH_AS(t.reshape({-1, -1}), doctest::Contains("more than one -1"), TensorError);
+  CHECK_THROWS_WITH_AS(t.permute({0, 0}), doctest::Contains("repeated dim"), TensorError);
+  CHECK_THROWS_WITH_AS(t.expand({4, 3, 2}), doctest::Contains("cannot expand"), TensorError);
+  CHECK_THROWS_WITH_AS(t.transpose(0, 2), doctest::Contains("out of range"), TensorError);
+  CHECK_THROWS_WITH_AS(t.data<double>(), doctest::Contains("tensor is f32"), std::runtime_error);
+  CHECK_THROWS_AS(Tensor::empty({-1}), TensorError);
+}
+
+TEST_CASE("random streams are reproducible for a seed and well distributed") {
+  Generator a(7), b(7), c(8);
+  Tensor x = a.normal({1000}, 0, 1, DType::f64);
+  CHECK(x.to_vector<double>() == b.normal({1000}, 0, 1, DType::f64).to_vector<double>());
+  CHECK(x.to_vector<double>() != c.normal({1000}, 0, 1, DType::f64).to_vector<double>());
+  // The stream continues: two draws of 500 equal one draw of 1000.
+  Generator d(7);
+  auto first = d.normal({500}, 0, 1, DType::f64).to_vector<double>();
+  auto second = d.normal({500}, 0, 1, DType::f64).to_vector<double>();
+  first.insert(first.end(), second.begin(), second.end());
+  CHECK(first == x.to_vector<double>());
+
+  // Moments of 10^5 draws: the standard error of a mean is σ/√n ≈ 0.0032 for N(0,1); 5 SE bounds.
+  Generator g(123);
+  const int n = 100000;
+  auto stats = [&](const Tensor& t) {
+    auto v = t.to_vector<double>();
+    double m = 0, s = 0, lo = 1e9, hi = -1e9;
+    for (double e : v) { m += e; lo = std::min(lo, e); hi = std::max(hi, e); }
+    m /= double(v.size());
+    for (double e : v) s += (e - m) * (e - m);
+    return std::array<double, 4>{m, std::sqrt(s / double(v.size())), lo, hi};
+  };
+  auto u = stats(g.uniform({n}, -1, 3, DType::f64));
+  CHECK(std::abs(u[0] - 1) < 5 * 4 / std::sqrt(12.0 * n));
+  CHECK(u[2] >= -1);
+  CHECK(u[3] < 3);
+  auto z = stats(g.normal({n}, 2, 0.5, DType::f64));
+  CHECK(std::abs(z[0] - 2) < 5 * 0.5 / std::sqrt(double(n)));
+  CHECK(std::abs(z[1] - 0.5) < 0.01);
+  // N(0,1) truncated to [-1, 2]: mean = (φ(-1) − φ(2)) / (Φ(2) − Φ(-1)) = (0.241971 − 0.053991) / 0.818595 = 0.229637.
+  auto tn = stats(g.truncated_normal({n}, 0, 1, -1, 2, DType::f64));
+  CHECK(tn[2] >= -1);
+  CHECK(tn[3] <= 2);
+  CHECK(std::abs(tn[0] - 0.229637) < 0.01);
+  // Bernoulli(0.3): SE of the fraction = √(0.21/n) ≈ 0.00145.
+  auto bern = stats(g.bernoulli({n}, 0.3, DType::f64));
+  CHECK(std::abs(bern[0] - 0.3) < 5 * std::sqrt(0.21 / n));
+  // The quantile function inverts the CDF.
+  for (double p : {1e-10, 0.001, 0.3, 0.5, 0.9, 0.999999}) {
+    double x = philox::normal_quantile(p);
+    CHECK(std::abs(0.5 * std::erfc(-x / std::sqrt(2.0)) - p) < 1e-12 + 1e-9 * p);
+  }
+}
+
+TEST_CASE("autograd: accumulation, no-grad, detach, freed graph") {
+  Tensor x = Tensor::from(std::vector<double>{1, 2, 3}, {3}).set_requires_grad();
+  Tensor y = sum(mul(x, x));
+  y.backward();
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{2, 4, 6});
+  // Leaves accumulate across backward calls until zero_grad.
+  sum(mul(x, 3.0)).backward();
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{5, 7, 9});
+  x.zero_grad();
+  CHECK_FALSE(x.grad().defined());
+  // A second backward through a freed graph is an error.
+  CHECK_THROWS_WITH_AS(y.backward(), doctest::Contains("already freed"), TensorError);
+  {
+    NoGradGuard ng;
+    CHECK_FALSE(mul(x, x).requires_grad());
+  }
+  CHECK_FALSE(x.detach().requires_grad());
+  CHECK(x.detach().storage() == x.storage());
+  // A tensor used twice gets both contributions; backward with an explicit gradient.
+  Tensor z = add(mul(x, 2.0), mul(x, x));  // dz/dx = 2 + 2x
+  z.backward(Tensor::from(std::vector<double>{1, 0, 2}, {3}));
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{4, 0, 16});
+  CHECK_THROWS_WITH_AS(z.backward(Tensor::ones({3}, DType::f64)), doctest::Contains("already freed"), TensorError);
+  Tensor w = mul(x, x);
+  CHECK_THROWS_WITH_AS(w.backward(), doctest::Contains("not a scalar"), TensorError);
+  CHECK_THROWS_AS(Tensor::zeros({2}, DType::i64).set_requires_grad(), TensorError);
+}
+
+TEST_CASE("gradients flow through every view") {
+  using namespace tessera::testing;
+  Generator gen(3);
+  gradcheck([](const std::vector<Tensor>& in) {
+    Tensor x = in[0];  // [4, 6]
+    Tensor a = x.transpose(0, 1).slice(0, 1, 6, 2);          // [3, 4] strided
+    Tensor b = x.reshape({2, 12}).select(0, 1).reshape({3, 4});
+    Tensor c = x.slice(1, 0, 1).expand({4, 4}).transpose(0, 1).slice(0, 0, 3);  // stride-0
+    Tensor d = x.unsqueeze(0).permute({2, 0, 1}).squeeze(1).slice(0, 2, 5).slice(1, 0, 4);
+    return mul(add(mul(a, b), c), d);
+  }, {leaf(gen, {4, 6})});
+  gradcheck([](const std::vector<Tensor>& in) { return in[0].contiguous().flatten().clone(); }, {leaf(gen, {3, 2})});
+  gradcheck([](const std::vector<Tensor>& in) { return in[0].to(DType::f32).to(DType::f64); }, {leaf(gen, {3})}, 1e-4,
+            0, 1e-2);  // through f32: rounding of x±h (≤ 2^-24·|x| each) over 2h = 0.02 is ≤ 6e-6 < 1e-4
+}
