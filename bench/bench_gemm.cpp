@@ -1,0 +1,59 @@
+// CPU GEMM playground: tessera's packed, multithreaded fp32 GEMM against a naive triple loop (the floor),
+// on shapes the models use. Reports GFLOP/s (2·M·N·K per product). The CUDA GEMMs are cuBLAS itself and
+// are measured with the CUDA kernels.
+//   build/bin/bench_gemm [--benchmark_filter=...]
+#include <benchmark/benchmark.h>
+
+#include <vector>
+
+#include "engine/ops.h"
+#include "engine/random.h"
+#include "kernels/cpu/parallel.h"
+
+using namespace tessera;
+
+namespace {
+
+void set_flops(benchmark::State& state, int64_t M, int64_t N, int64_t K) {
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(double(2 * M * N * K) * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["threads"] = num_threads();
+}
+
+void BM_tessera_gemm(benchmark::State& state) {
+  int64_t M = state.range(0), K = state.range(1), N = state.range(2);
+  Generator gen(1);
+  Tensor a = gen.uniform({M, K}), b = gen.uniform({N, K});
+  Tensor bt = b.transpose(0, 1);  // linear's layout: weight [out, in] used transposed, no copy
+  for (auto _ : state) benchmark::DoNotOptimize(matmul(a, bt).raw_data());
+  set_flops(state, M, N, K);
+}
+
+// The floor: i-k-j loop order (unit-stride inner loop, which the compiler vectorises), one thread.
+void BM_naive_gemm(benchmark::State& state) {
+  int64_t M = state.range(0), K = state.range(1), N = state.range(2);
+  std::vector<float> a(size_t(M * K), 0.5f), b(size_t(K * N), 0.25f), c(size_t(M * N));
+  for (auto _ : state) {
+    std::fill(c.begin(), c.end(), 0.f);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t k = 0; k < K; ++k) {
+        float aik = a[size_t(i * K + k)];
+        for (int64_t j = 0; j < N; ++j) c[size_t(i * N + j)] += aik * b[size_t(k * N + j)];
+      }
+    benchmark::DoNotOptimize(c.data());
+  }
+  set_flops(state, M, N, K);
+}
+
+// {M, K, N}: one ViT-B/16 image's qkv-sized projection (197 tokens, 768→768), its MLP (768→3072),
+// CvT-13 stage 1 over one image (3136 tokens, 64→256), and a square 512³.
+void shapes(benchmark::internal::Benchmark* b) {
+  b->Args({197, 768, 768})->Args({197, 768, 3072})->Args({3136, 64, 256})->Args({512, 512, 512});
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+}  // namespace
+
+BENCHMARK(BM_tessera_gemm)->Apply(shapes);
+BENCHMARK(BM_naive_gemm)->Apply(shapes);
+BENCHMARK_MAIN();
