@@ -923,7 +923,7 @@ TEST_CASE("cuda adamw matches the CPU over several steps (f32 and bf16 grads, f6
 }
 
 // ================================================================ bad input
-TEST_CASE("cuda backend: bad input gets a clear exception; unimplemented ops say so") {
+TEST_CASE("cuda backend: bad input gets a clear exception, unimplemented ops say so") {
   SKIP_WITHOUT_GPU();
   Backend& be = cuda_backend();
   Tensor a = Tensor::zeros({4, 5}, DType::f32, Device::CUDA), b = Tensor::zeros({5}, DType::f32, Device::CUDA);

@@ -191,7 +191,7 @@ TEST_CASE("multi-indexer: shared divisions give every operand's offset") {
   CHECK_THROWS_AS(cuda::make_multi_indexer<2>({&mat, &out}), TensorError);  // shapes differ
 }
 
-TEST_CASE("indexer: more than 8 dims that cannot merge is an error; empty tensors index nothing") {
+TEST_CASE("indexer: more than 8 dims that cannot merge is an error, empty tensors index nothing") {
   Shape shape(9, 2);
   Tensor t = iota(shape);
   std::vector<int64_t> rev(9);

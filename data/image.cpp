@@ -1,0 +1,274 @@
+// Image decoding (stb_image) and Pillow-exact resampling. See image.h for the contract.
+//
+// The resampler follows the algorithm of Pillow 13.0's libImaging/Resample.c (ImagingResampleInner and the 8bpc
+// passes); it is written from the description, step for step, because "identical pixels" means identical
+// arithmetic: the same double-precision weight formulas in the same order, the same rounding to 22-bit
+// fixed point, the same integer accumulation and clipping.
+#include "data/image.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+// The one definition of stb_image in the engine. HDR/PIC are left out: stbi_load would tone-map HDR to
+// 8 bits with a gamma curve no image processor uses, and PIC (Softimage) is not a format anyone feeds a
+// classifier. stbi_load's own file I/O is not used (we read the bytes ourselves for clear errors).
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_NO_HDR
+#define STBI_NO_PIC
+#define STBI_NO_STDIO
+#define STBI_FAILURE_USERMSG
+#include <stb_image.h>
+
+// Pillow is compiled without FMA contraction (x86-64 baseline), and the weights must round exactly like
+// its doubles do: a fused multiply-add in the filter polynomials or the center computation could move a
+// weight by one ulp and, rarely, a fixed-point coefficient by one. -march=native plus GNU mode would allow
+// contraction, so switch it off for this file.
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+namespace tessera {
+
+Image::Image(int w, int h) : width(w), height(h) {
+  if (w <= 0 || h <= 0)
+    throw ImageError("Image: size must be positive, got " + std::to_string(w) + "x" + std::to_string(h));
+  rgb.assign(size_t(w) * size_t(h) * 3, 0);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// decoding
+
+Image decode_image_memory(const uint8_t* data, size_t size, const std::string& name) {
+  if (size == 0) throw ImageError(name + ": cannot decode image: file is empty");
+  if (size > size_t(std::numeric_limits<int>::max()))
+    throw ImageError(name + ": cannot decode image: file larger than 2 GiB");
+  int w = 0, h = 0, channels = 0;
+  // Dimensions first: a header claiming 0 pixels, or more than we are willing to allocate, is an error
+  // before any decoding work (stb itself caps each side at 2^24).
+  if (!stbi_info_from_memory(data, int(size), &w, &h, &channels))
+    throw ImageError(name + ": cannot decode image: " + std::string(stbi_failure_reason()));
+  if (w <= 0 || h <= 0)
+    throw ImageError(name + ": cannot decode image: zero size (" + std::to_string(w) + "x" + std::to_string(h) +
+                     ")");
+  constexpr int64_t kMaxPixels = int64_t(1) << 28;  // 268 Mpixel, 805 MB of RGB: far above any dataset image
+  if (int64_t(w) * int64_t(h) > kMaxPixels)
+    throw ImageError(name + ": cannot decode image: " + std::to_string(w) + "x" + std::to_string(h) +
+                     " pixels is more than the limit of 2^28");
+  // req_comp = 3: stb converts gray -> RGB (replicate), gray+alpha and RGBA -> RGB (drop alpha), palette ->
+  // RGB; 16-bit samples become 8-bit by keeping the high byte (stbi__convert_16_to_8 is `v >> 8`).
+  int w2 = 0, h2 = 0, c2 = 0;
+  stbi_uc* pixels = stbi_load_from_memory(data, int(size), &w2, &h2, &c2, 3);
+  if (!pixels) throw ImageError(name + ": cannot decode image: " + std::string(stbi_failure_reason()));
+  Image out;
+  out.width = w2;
+  out.height = h2;
+  out.rgb.assign(pixels, pixels + size_t(w2) * size_t(h2) * 3);
+  stbi_image_free(pixels);
+  if (w2 != w || h2 != h)  // stb never does this; checked because everything after relies on it
+    throw ImageError(name + ": cannot decode image: header says " + std::to_string(w) + "x" + std::to_string(h) +
+                     ", decoder produced " + std::to_string(w2) + "x" + std::to_string(h2));
+  return out;
+}
+
+Image decode_image(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  auto status = fs::status(path, ec);
+  if (ec || !fs::exists(status)) throw ImageError(path + ": cannot read image: no such file");
+  if (fs::is_directory(status)) throw ImageError(path + ": cannot read image: is a directory");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw ImageError(path + ": cannot read image: " + std::strerror(errno));
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw ImageError(path + ": cannot read image: read error");
+  return decode_image_memory(bytes.data(), bytes.size(), path);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Pillow-exact resampling
+
+const char* filter_name(Filter f) { return f == Filter::Bilinear ? "bilinear" : "bicubic"; }
+
+namespace {
+
+// Pillow's filters, same expressions (and so the same rounding) as Resample.c.
+double bilinear_filter(double x) {
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return 1.0 - x;
+  return 0.0;
+}
+double bicubic_filter(double x) {
+  constexpr double a = -0.5;  // Pillow's (and Keys') choice; PyTorch/OpenCV use -0.75
+  if (x < 0.0) x = -x;
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+// 8 bits of result, 2 bits of headroom for negative lobes and sums above 1, in a 32-bit int.
+constexpr int kPrecisionBits = 32 - 8 - 2;
+
+// Per output pixel: the first input index, the number of taps, and ksize fixed-point weights.
+struct Coefficients {
+  int ksize = 0;
+  std::vector<int> first, count;
+  std::vector<int32_t> weights;  // [out_size * ksize]
+};
+
+// precompute_coeffs + normalize_coeffs_8bpc for the full box [0, in_size).
+Coefficients precompute(int in_size, int out_size, Filter filter) {
+  double (*fn)(double) = filter == Filter::Bilinear ? bilinear_filter : bicubic_filter;
+  const double filter_support = filter == Filter::Bilinear ? 1.0 : 2.0;
+  // Pillow's box is float; (in1 - in0) is exact for any size below 2^24 (stb's limit), then widened.
+  const double scale = double(float(in_size) - 0.0f) / out_size;
+  const double filterscale = scale < 1.0 ? 1.0 : scale;  // widen the kernel only when downscaling
+  const double support = filter_support * filterscale;
+  Coefficients c;
+  c.ksize = int(std::ceil(support)) * 2 + 1;
+  c.first.resize(size_t(out_size));
+  c.count.resize(size_t(out_size));
+  c.weights.assign(size_t(out_size) * size_t(c.ksize), 0);
+  std::vector<double> k(size_t(c.ksize));
+  const double inv_filterscale = 1.0 / filterscale;
+  for (int xx = 0; xx < out_size; ++xx) {
+    const double center = 0.0 + (xx + 0.5) * scale;
+    double ww = 0.0;
+    // (int) truncates toward zero, as in C: for a slightly negative argument this gives 0, not -1.
+    int xmin = int(center - support + 0.5);
+    if (xmin < 0) xmin = 0;
+    int xmax = int(center + support + 0.5);
+    if (xmax > in_size) xmax = in_size;
+    xmax -= xmin;
+    for (int x = 0; x < xmax; ++x) {
+      const double w = fn((x + xmin - center + 0.5) * inv_filterscale);
+      k[size_t(x)] = w;
+      ww += w;
+    }
+    if (ww != 0.0)
+      for (int x = 0; x < xmax; ++x) k[size_t(x)] /= ww;
+    for (int x = 0; x < xmax; ++x) {  // round half away from zero to 22 fractional bits
+      const double v = k[size_t(x)];
+      c.weights[size_t(xx) * size_t(c.ksize) + size_t(x)] =
+          v < 0 ? int32_t(-0.5 + v * (1 << kPrecisionBits)) : int32_t(0.5 + v * (1 << kPrecisionBits));
+    }
+    c.first[size_t(xx)] = xmin;
+    c.count[size_t(xx)] = xmax;
+  }
+  return c;
+}
+
+// Pillow's clip8: (sum >> 22) clipped to [0, 255]. The sum starts at 1 << 21, so this rounds half up.
+// 64-bit accumulation gives the same result as Pillow's int whenever the int does not overflow (it cannot
+// with normalised weights: |sum| <= 255 · 1.1 · 2^22 < 2^31) and keeps UBSan quiet by construction.
+inline uint8_t clip8(int64_t ss) {
+  const int64_t v = ss >> kPrecisionBits;  // arithmetic shift (C++20), as Pillow's on its targets
+  return uint8_t(v < 0 ? 0 : v > 255 ? 255 : v);
+}
+
+// Pillow's horizontal 8bpc pass: output rows yy = 0..rows-1 from input rows yy + row_offset.
+Image horizontal_pass(const Image& in, int row_offset, int rows, const Coefficients& horiz) {
+  const int out_w = int(horiz.first.size());
+  Image out(out_w, rows);
+  for (int yy = 0; yy < rows; ++yy) {
+    const uint8_t* line_in = in.pixel(0, yy + row_offset);
+    uint8_t* line_out = out.pixel(0, yy);
+    for (int xx = 0; xx < out_w; ++xx) {
+      const int xmin = horiz.first[size_t(xx)], xmax = horiz.count[size_t(xx)];
+      const int32_t* k = &horiz.weights[size_t(xx) * size_t(horiz.ksize)];
+      int64_t ss0 = 1 << (kPrecisionBits - 1), ss1 = ss0, ss2 = ss0;
+      for (int x = 0; x < xmax; ++x) {
+        const uint8_t* p = line_in + size_t(x + xmin) * 3;
+        ss0 += int64_t(p[0]) * k[x];
+        ss1 += int64_t(p[1]) * k[x];
+        ss2 += int64_t(p[2]) * k[x];
+      }
+      line_out[size_t(xx) * 3 + 0] = clip8(ss0);
+      line_out[size_t(xx) * 3 + 1] = clip8(ss1);
+      line_out[size_t(xx) * 3 + 2] = clip8(ss2);
+    }
+  }
+  return out;
+}
+
+// Pillow's vertical 8bpc pass: every column, output row yy from input rows first[yy] + 0..count[yy]-1.
+Image vertical_pass(const Image& in, int out_h, const Coefficients& vert) {
+  Image out(in.width, out_h);
+  for (int yy = 0; yy < out_h; ++yy) {
+    const int ymin = vert.first[size_t(yy)], ymax = vert.count[size_t(yy)];
+    const int32_t* k = &vert.weights[size_t(yy) * size_t(vert.ksize)];
+    uint8_t* line_out = out.pixel(0, yy);
+    for (int xx = 0; xx < in.width; ++xx) {
+      int64_t ss0 = 1 << (kPrecisionBits - 1), ss1 = ss0, ss2 = ss0;
+      for (int y = 0; y < ymax; ++y) {
+        const uint8_t* p = in.pixel(xx, y + ymin);
+        ss0 += int64_t(p[0]) * k[y];
+        ss1 += int64_t(p[1]) * k[y];
+        ss2 += int64_t(p[2]) * k[y];
+      }
+      line_out[size_t(xx) * 3 + 0] = clip8(ss0);
+      line_out[size_t(xx) * 3 + 1] = clip8(ss1);
+      line_out[size_t(xx) * 3 + 2] = clip8(ss2);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+Image resize(const Image& image, int out_w, int out_h, Filter filter, PassOrder order) {
+  if (image.width <= 0 || image.height <= 0 || image.rgb.size() != size_t(image.width) * size_t(image.height) * 3)
+    throw ImageError("resize: invalid input image " + std::to_string(image.width) + "x" +
+                     std::to_string(image.height) + " with " + std::to_string(image.rgb.size()) + " bytes");
+  if (out_w <= 0 || out_h <= 0)
+    throw ImageError("resize: output size must be positive, got " + std::to_string(out_w) + "x" +
+                     std::to_string(out_h));
+  if (out_w == image.width && out_h == image.height) return image;  // Pillow: self.copy()
+
+  const bool need_horizontal = out_w != image.width;
+  const bool need_vertical = out_h != image.height;
+  // Pass order, as Pillow >= 13 chooses it (for speed, but it changes the rounding of the intermediate
+  // image): vertical first when the height shrinks by more than twice as many pixels as the width does;
+  // otherwise horizontal first. Pillow <= 12 always went horizontal first (order == PassOrder::Pillow12).
+  const int dy = image.height - out_h, dx = image.width - out_w;
+  const bool horizontal_first = order == PassOrder::Pillow12 || !(dy > 0 && dy > dx * 2);
+
+  Coefficients vert = precompute(image.height, out_h, filter);
+  Coefficients horiz = precompute(image.width, out_w, filter);
+  if (horizontal_first) {
+    Image temp;
+    const Image* src = &image;
+    if (need_horizontal) {
+      // Only the source rows the vertical pass reads; its row indices shift by ybox_first.
+      const int ybox_first = vert.first[0];
+      const int ybox_last = vert.first[size_t(out_h - 1)] + vert.count[size_t(out_h - 1)];
+      for (int& f : vert.first) f -= ybox_first;
+      temp = horizontal_pass(image, ybox_first, ybox_last - ybox_first, horiz);
+      src = &temp;
+    }
+    return need_vertical ? vertical_pass(*src, out_h, vert) : temp;
+  }
+  // Vertical first (need_vertical is true here: dy > 0): the vertical pass reads all columns, then the
+  // horizontal pass reads every row of the intermediate.
+  Image temp = vertical_pass(image, out_h, vert);
+  return need_horizontal ? horizontal_pass(temp, 0, out_h, horiz) : temp;
+}
+
+Image crop(const Image& image, int left, int top, int w, int h) {
+  if (w <= 0 || h <= 0 || left < 0 || top < 0 || int64_t(left) + w > image.width ||
+      int64_t(top) + h > image.height)
+    throw ImageError("crop: box (left " + std::to_string(left) + ", top " + std::to_string(top) + ", " +
+                     std::to_string(w) + "x" + std::to_string(h) + ") is not inside the " +
+                     std::to_string(image.width) + "x" + std::to_string(image.height) + " image");
+  Image out(w, h);
+  for (int y = 0; y < h; ++y)
+    std::memcpy(out.pixel(0, y), image.pixel(left, top + y), size_t(w) * 3);
+  return out;
+}
+
+}  // namespace tessera

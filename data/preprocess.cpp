@@ -1,0 +1,100 @@
+// The checkpoints' image processors; see preprocess.h for the definitions reproduced.
+#include "data/preprocess.h"
+
+#include <string>
+
+namespace tessera {
+
+ProcessorConfig ProcessorConfig::vit(int size) {
+  // {"do_resize": true, "size": 224, "resample": 2 (BILINEAR), "do_normalize": true,
+  //  "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}; rescale_factor is the default 1/255.
+  ProcessorConfig c;
+  c.mode = Resize::Squash;
+  c.height = c.width = size;
+  c.filter = Filter::Bilinear;
+  c.mean = {0.5, 0.5, 0.5};
+  c.std = {0.5, 0.5, 0.5};
+  return c;
+}
+
+ProcessorConfig ProcessorConfig::cvt(int size) {
+  // {"crop_pct": 0.875, "size": 224 (-> shortest_edge), "resample": 3 (BICUBIC), "do_normalize": true,
+  //  "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]} (ImageNet); rescale 1/255.
+  ProcessorConfig c;
+  c.mode = Resize::ShortestEdgeCrop;
+  c.height = c.width = size;
+  c.filter = Filter::Bicubic;
+  c.crop_pct = 0.875;
+  c.mean = {0.485, 0.456, 0.406};
+  c.std = {0.229, 0.224, 0.225};
+  return c;
+}
+
+ProcessorConfig processor_config(Processor p, int size) {
+  return p == Processor::ViT ? ProcessorConfig::vit(size) : ProcessorConfig::cvt(size);
+}
+
+Image processor_resize(const Image& image, const ProcessorConfig& cfg) {
+  if (cfg.height <= 0 || cfg.width <= 0)
+    throw ImageError("preprocess: output size must be positive, got " + std::to_string(cfg.width) + "x" +
+                     std::to_string(cfg.height));
+  if (cfg.mode == ProcessorConfig::Resize::Squash) return resize(image, cfg.width, cfg.height, cfg.filter, cfg.pass_order);
+
+  if (cfg.height != cfg.width)
+    throw ImageError("preprocess: shortest-edge resize + crop needs a square output, got " +
+                     std::to_string(cfg.width) + "x" + std::to_string(cfg.height));
+  const int shortest_edge = cfg.height;
+  // ConvNextImageProcessor.resize: at 384 and above, no crop (the model was fine-tuned that way).
+  if (shortest_edge >= 384) return resize(image, shortest_edge, shortest_edge, cfg.filter, cfg.pass_order);
+  if (!(cfg.crop_pct > 0.0 && cfg.crop_pct <= 1.0))
+    throw ImageError("preprocess: crop_pct must be in (0, 1], got " + std::to_string(cfg.crop_pct));
+  // int(shortest_edge / crop_pct): Python float division then truncation, the same doubles here.
+  const int resize_short = int(double(shortest_edge) / cfg.crop_pct);
+  // get_resize_output_image_size(default_to_square=False): new_long = int(size * long / short), where
+  // size * long is an exact integer product and "/" a correctly rounded double division, as below.
+  const bool landscape = image.width > image.height;  // w <= h: width is the short side (ties included)
+  const int short_side = landscape ? image.height : image.width;
+  const int long_side = landscape ? image.width : image.height;
+  const int resize_long = int(double(int64_t(resize_short) * long_side) / double(short_side));
+  const int new_w = landscape ? resize_long : resize_short;
+  const int new_h = landscape ? resize_short : resize_long;
+  Image resized = resize(image, new_w, new_h, cfg.filter, cfg.pass_order);
+  // image_transforms.center_crop: top = (h - crop_h) // 2, left = (w - crop_w) // 2. The resized image
+  // is never smaller than the crop here (crop_pct <= 1), so the padding branch of center_crop never runs.
+  const int top = (new_h - shortest_edge) / 2, left = (new_w - shortest_edge) / 2;
+  return crop(resized, left, top, shortest_edge, shortest_edge);
+}
+
+void preprocess_into(const Image& image, const ProcessorConfig& cfg, float* out) {
+  const Image r = processor_resize(image, cfg);
+  const size_t plane = size_t(r.width) * size_t(r.height);
+  for (int c = 0; c < 3; ++c) {
+    // numpy: np.array(mean, dtype=float32), then float32 (x - mean) / std.
+    const float mean = float(cfg.mean[size_t(c)]), std = float(cfg.std[size_t(c)]);
+    float* dst = out + size_t(c) * plane;
+    for (size_t i = 0; i < plane; ++i) {
+      // rescale: image.astype(float64) * scale, then .astype(float32).
+      const float x = float(double(r.rgb[i * 3 + size_t(c)]) * cfg.rescale_factor);
+      dst[i] = (x - mean) / std;
+    }
+  }
+}
+
+Tensor preprocess(const Image& image, const ProcessorConfig& cfg) {
+  Tensor t = Tensor::empty({3, cfg.height, cfg.width}, DType::f32);
+  preprocess_into(image, cfg, t.data<float>());
+  return t;
+}
+
+Tensor preprocess(const Image& image, Processor p) { return preprocess(image, processor_config(p)); }
+
+Tensor preprocess_batch(const std::vector<Image>& images, const ProcessorConfig& cfg) {
+  if (images.empty()) throw ImageError("preprocess_batch: no images");
+  Tensor t = Tensor::empty({int64_t(images.size()), 3, cfg.height, cfg.width}, DType::f32);
+  const size_t per = size_t(3) * size_t(cfg.height) * size_t(cfg.width);
+  float* base = t.data<float>();
+  for (size_t i = 0; i < images.size(); ++i) preprocess_into(images[i], cfg, base + i * per);
+  return t;
+}
+
+}  // namespace tessera

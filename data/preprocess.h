@@ -1,0 +1,55 @@
+// The checkpoints' image processors, reproduced exactly (transformers' slow, PIL-based path):
+//
+//   ViT (google/vit-base-patch16-224, ViTImageProcessor): resize straight to 224×224 with PIL BILINEAR
+//     (aspect ratio ignored, no crop); ×1/255; (x − 0.5) / 0.5.
+//   CvT (microsoft/cvt-13, ConvNextImageProcessor, crop_pct 0.875): shortest side → int(224 / 0.875) = 256,
+//     long side int(256 · long / short) (truncated); PIL BICUBIC; center crop 224 (top = (h − 224) // 2,
+//     left = (w − 224) // 2); ×1/255; ImageNet mean/std.
+//
+// Arithmetic, as transformers does it (image_transforms.rescale / normalize): rescale in float64
+// (uint8 · 1/255) then cast to float32; normalise in float32 with mean and std cast to float32:
+// (x − mean) / std. The output is f32 CHW. Like the Python processors, these functions do not convert to
+// RGB: an Image is RGB already (decode_image converts).
+#pragma once
+#include <array>
+#include <vector>
+
+#include "data/image.h"
+#include "engine/tensor.h"
+
+namespace tessera {
+
+struct ProcessorConfig {
+  // How the image reaches the output size.
+  //   Squash: resize straight to height × width (ViT).
+  //   ShortestEdgeCrop (ConvNext): with S = height (= width, square output) and S < 384: resize the short
+  //     side to int(S / crop_pct), the long side proportionally (truncated), then center-crop S × S.
+  //     With S >= 384 ConvNext resizes straight to S × S (no crop); reproduced too.
+  enum class Resize { Squash, ShortestEdgeCrop };
+  Resize mode = Resize::Squash;
+  int height = 224, width = 224;  // output size
+  Filter filter = Filter::Bilinear;
+  PassOrder pass_order = PassOrder::Pillow13;  // which Pillow's pass order to reproduce (see image.h)
+  double crop_pct = 0.875;        // ShortestEdgeCrop only
+  double rescale_factor = 1.0 / 255.0;
+  std::array<double, 3> mean{0.5, 0.5, 0.5}, std{0.5, 0.5, 0.5};
+
+  static ProcessorConfig vit(int size = 224);  // google/vit-base-patch16-224's preprocessor_config.json
+  static ProcessorConfig cvt(int size = 224);  // microsoft/cvt-13's preprocessor_config.json
+};
+
+enum class Processor { ViT, CvT };
+ProcessorConfig processor_config(Processor p, int size = 224);
+
+// The resized (and cropped) 8-bit image the processor normalises: exposed for tests and inspection.
+Image processor_resize(const Image& image, const ProcessorConfig& cfg);
+
+// f32 [3, height, width], CHW, on the CPU.
+Tensor preprocess(const Image& image, const ProcessorConfig& cfg);
+Tensor preprocess(const Image& image, Processor p);
+// Writes the same values into `out` (3 · height · width floats, CHW): for filling a batch in place.
+void preprocess_into(const Image& image, const ProcessorConfig& cfg, float* out);
+// f32 [N, 3, height, width]: the images preprocessed and stacked in order.
+Tensor preprocess_batch(const std::vector<Image>& images, const ProcessorConfig& cfg);
+
+}  // namespace tessera
