@@ -91,5 +91,35 @@ if [ "$rc" -eq 0 ]; then expect_out "selfcheck" '^tessera ' 'PASS +matmul' 'PASS
 else fail "selfcheck: exit code $rc"; fi
 if grep -q FAIL "$OUT"; then fail "selfcheck printed FAIL"; fi
 
+# ---- predict and inspect on a real (tiny, random) CvT checkpoint written by transformers
+# (tools/make_cli_fixture.py); expected.json holds the logits transformers computed for the same PNG.
+FIX=$(cd "$(dirname "$0")" && pwd)/fixtures
+TINY="$FIX/models/tiny-cvt"
+PNG="$FIX/preprocess/rgb_37x23.png"
+run inspect "$TINY/model.safetensors"
+if [ "$rc" -eq 0 ]; then expect_out "inspect recognises a CvT checkpoint" '^model: +CvT, custom configuration' '4 classes'
+else fail "inspect tiny-cvt: exit code $rc"; fi
+run predict --weights "$TINY/model.safetensors" --top 2 "$PNG"
+if [ "$rc" -eq 0 ]; then expect_out "predict table" "rgb_37x23.png" '^  0\.[0-9]{4}  (glioma|meningioma|no|pituitary)_tumor$'
+else fail "predict: exit code $rc"; fi
+run predict --weights "$TINY/model.safetensors" --json "$PNG"
+if [ "$rc" -eq 0 ]; then
+  # Logits within 1e-5 of transformers': both compute in fp32 from identical pixels (PNG decoding and the
+  # Pillow-exact resize are bit-exact), so only summation order differs (~1e-7 here).
+  got=$(tr -d ' \n' <"$OUT" | sed 's/.*"logits":\[\([^]]*\)\].*/\1/')
+  want=$(tr -d ' \n' <"$TINY/expected.json" | sed 's/.*"logits":\[\([^]]*\)\].*/\1/')
+  if awk -v g="$got" -v w="$want" 'BEGIN { n = split(g, a, ","); m = split(w, b, ",");
+        if (n != 4 || m != 4) exit 1; for (i = 1; i <= n; i++) { d = a[i] - b[i]; if (d < 0) d = -d; if (d > 1e-5) exit 1 } }'; then
+    pass "predict --json logits match transformers"
+  else fail "predict --json logits [$got] vs transformers [$want]"; fi
+else fail "predict --json: exit code $rc"; fi
+run predict --weights "$DIR/none.safetensors" --model cvt-13 "$PNG"; expect_error "predict missing weights" "none.safetensors"
+run predict --weights "$VALID" --model cvt-13 "$PNG"; expect_error "predict wrong checkpoint" "$VALID"
+run predict --weights "$TINY/model.safetensors" --model vit-b16 "$PNG"; expect_error "predict CvT weights as ViT" "model.safetensors"
+head -c 50000 "$TINY/model.safetensors" >"$DIR/model-truncated.safetensors"
+run predict --weights "$DIR/model-truncated.safetensors" --model cvt-13 "$PNG"; expect_error "predict truncated checkpoint" "model-truncated.safetensors"
+run predict --weights "$TINY/model.safetensors" "$DIR/missing.png"; expect_error "predict missing image" "missing.png"
+run predict --weights "$TINY/model.safetensors" --device tpu "$PNG"; expect_error "predict bad device" "tpu"
+
 if [ "$failures" -ne 0 ]; then echo "$failures check(s) failed"; exit 1; fi
 echo "all CLI checks passed"

@@ -10,10 +10,13 @@
 #include <nlohmann/json.hpp>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "engine/safetensors.h"
+#include "models/config.h"
 #include "tools/cli.h"
 
 namespace tessera::cli {
@@ -25,12 +28,86 @@ struct TensorRow {
   uint64_t elements = 0, bytes = 0, begin = 0, end = 0;
 };
 
+// A CvT or ViT checkpoint recognised from its tensor names and shapes.
+struct ModelMatch {
+  std::string arch;    // "CvT" / "ViT"
+  std::string preset;  // the preset whose architecture it has, or "" for a custom configuration
+  int64_t classes = 0;
+  uint64_t parameters = 0, buffer_elements = 0;  // trainable elements; BatchNorm statistics and counters
+};
+
 struct InspectReport {
   std::string path;
   std::vector<TensorRow> tensors;  // in file (data offset) order
   uint64_t total_elements = 0, total_bytes = 0;
   std::map<std::string, std::string> metadata;
+  std::optional<ModelMatch> model;
 };
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+// Reads the architecture off the shapes: CvT by each stage's width and depth, ViT by width, depth, MLP
+// width, patch and image size (heads do not change any shape, and no preset pair differs only in them).
+std::optional<ModelMatch> recognise(const std::vector<TensorRow>& tensors) {
+  std::map<std::string, const TensorRow*> by_name;
+  for (const TensorRow& t : tensors) by_name[t.name] = &t;
+  auto shape = [&](const std::string& name) -> const Shape* {
+    auto it = by_name.find(name);
+    return it == by_name.end() ? nullptr : &it->second->shape;
+  };
+  auto count_layers = [&](const std::string& prefix, const std::string& suffix) {
+    int64_t n = 0;
+    while (by_name.count(prefix + std::to_string(n) + suffix)) ++n;
+    return n;
+  };
+  const Shape* cvt_embed = shape("cvt.encoder.stages.0.embedding.convolution_embeddings.projection.weight");
+  const Shape* vit_patch = shape("vit.embeddings.patch_embeddings.projection.weight");
+  if (!cvt_embed && !vit_patch) return std::nullopt;
+
+  ModelMatch m;
+  for (const TensorRow& t : tensors) {
+    bool buffer = ends_with(t.name, ".running_mean") || ends_with(t.name, ".running_var") ||
+                  ends_with(t.name, ".num_batches_tracked");
+    (buffer ? m.buffer_elements : m.parameters) += t.elements;
+  }
+  if (const Shape* head = shape("classifier.weight"); head && head->size() == 2) m.classes = (*head)[0];
+
+  if (cvt_embed) {
+    m.arch = "CvT";
+    std::vector<int64_t> width, depth;
+    for (int s = 0; s < 3; ++s) {
+      std::string stage = "cvt.encoder.stages." + std::to_string(s) + ".";
+      const Shape* w = shape(stage + "embedding.convolution_embeddings.projection.weight");
+      width.push_back(w && !w->empty() ? (*w)[0] : 0);
+      depth.push_back(count_layers(stage + "layers.", ".layernorm_before.weight"));
+    }
+    for (const std::string& name : models::preset_names()) {
+      auto cfg = models::preset_config(name);
+      if (auto* c = std::get_if<models::CvtConfig>(&cfg); c && c->embed_dim == width && c->depth == depth)
+        m.preset = name;
+    }
+    return m;
+  }
+  m.arch = "ViT";
+  const Shape* mlp = shape("vit.encoder.layer.0.intermediate.dense.weight");
+  const Shape* pos = shape("vit.embeddings.position_embeddings");
+  int64_t hidden = vit_patch->empty() ? 0 : (*vit_patch)[0], patch = vit_patch->size() == 4 ? (*vit_patch)[2] : 0;
+  int64_t layers = count_layers("vit.encoder.layer.", ".layernorm_before.weight");
+  int64_t inter = mlp && !mlp->empty() ? (*mlp)[0] : 0;
+  int64_t tokens = pos && pos->size() == 3 ? (*pos)[1] - 1 : 0;
+  for (const std::string& name : models::preset_names()) {
+    auto cfg = models::preset_config(name);
+    auto* c = std::get_if<models::VitConfig>(&cfg);
+    if (!c) continue;
+    int64_t side = c->image_size / c->patch_size;
+    if (c->hidden_size == hidden && c->patch_size == patch && c->num_hidden_layers == layers &&
+        c->intermediate_size == inter && side * side == tokens)
+      m.preset = name;
+  }
+  return m;
+}
 
 InspectReport collect(const std::string& path) {
   SafetensorsFile file(path);
@@ -44,6 +121,7 @@ InspectReport collect(const std::string& path) {
     r.tensors.push_back(std::move(row));
   }
   r.metadata = file.metadata();
+  r.model = recognise(r.tensors);
   return r;
 }
 
@@ -119,6 +197,14 @@ void print_table(const InspectReport& r, std::ostream& os) {
   os << "tensors:    " << r.tensors.size() << "\n"
      << "parameters: " << grouped(r.total_elements) << "\n"
      << "bytes:      " << grouped(r.total_bytes) << " (" << human_bytes(r.total_bytes) << ")\n";
+  if (r.model) {
+    const ModelMatch& m = *r.model;
+    os << "model:      " << m.arch << ", " << (m.preset.empty() ? "custom configuration (no preset matches)"
+                                                             : "preset " + m.preset)
+       << ", " << m.classes << " classes, " << grouped(m.parameters) << " trainable parameters";
+    if (m.buffer_elements) os << " (+ " << grouped(m.buffer_elements) << " buffer elements)";
+    os << "\n";
+  }
   if (r.metadata.empty()) {
     os << "metadata:   (none)\n";
   } else {
@@ -136,10 +222,18 @@ nlohmann::ordered_json to_json(const InspectReport& r) {
                        {"elements", t.elements},
                        {"bytes", t.bytes},
                        {"data_offsets", nlohmann::ordered_json::array({t.begin, t.end})}});
-  return {{"file", r.path},
-          {"tensors", tensors},
-          {"totals", {{"tensors", r.tensors.size()}, {"parameters", r.total_elements}, {"bytes", r.total_bytes}}},
-          {"metadata", r.metadata}};
+  nlohmann::ordered_json out = {
+      {"file", r.path},
+      {"tensors", tensors},
+      {"totals", {{"tensors", r.tensors.size()}, {"parameters", r.total_elements}, {"bytes", r.total_bytes}}},
+      {"metadata", r.metadata}};
+  if (r.model)
+    out["model"] = {{"architecture", r.model->arch},
+                    {"preset", r.model->preset.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(r.model->preset)},
+                    {"classes", r.model->classes},
+                    {"trainable_parameters", r.model->parameters},
+                    {"buffer_elements", r.model->buffer_elements}};
+  return out;
 }
 
 }  // namespace

@@ -214,11 +214,12 @@ int main(int argc, char** argv) {
   app.require_subcommand(0, 1);  // none is checked below, so that unknown words get CLI11's own message
   int exit_code = 0;
   tessera::cli::add_inspect(app);
+  tessera::cli::add_predict(app);
   tessera::cli::add_selfcheck(app, exit_code);
   try {
     app.parse(argc, argv);  // runs the chosen subcommand's callback
     if (app.get_subcommands().empty())
-      throw CLI::RequiredError("no subcommand given; one of inspect, selfcheck");
+      throw CLI::RequiredError("no subcommand given; one of inspect, predict, selfcheck");
   } catch (const CLI::Success& e) {  // --help, --version
     return app.exit(e);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,379 @@
+#include "models/config.h"
+
+#include <fstream>
+#include <sstream>
+
+namespace tessera::models {
+
+using nlohmann::json;
+
+std::vector<std::string> default_labels(int64_t n) {
+  std::vector<std::string> out;
+  for (int64_t i = 0; i < n; ++i) out.push_back("LABEL_" + std::to_string(i));
+  return out;
+}
+
+int64_t num_labels(const ModelConfig& c) {
+  return std::visit([](const auto& x) { return int64_t(x.id2label.size()); }, c);
+}
+
+void set_labels(ModelConfig& c, std::vector<std::string> id2label) {
+  std::visit([&](auto& x) { x.id2label = std::move(id2label); }, c);
+}
+
+const char* model_type(const ModelConfig& c) { return std::holds_alternative<CvtConfig>(c) ? "cvt" : "vit"; }
+
+// ---------------------------------------------------------------- presets
+// Checked against the hub configs: microsoft/cvt-13 (= CvtConfig's defaults); cvt-21 and cvt-w24 differ only
+// where transformers' convert_cvt_original_pytorch_checkpoint_to_pytorch.py sets them (depth [1,4,16]; embed
+// [192,768,1024], heads [3,12,16], depth [2,2,20]). google/vit-base-patch16-224 (768/12/12/3072) and
+// google/vit-large-patch16-224 (1024/24/16/4096); ViT-Ti/16 and ViT-S/16 are the DeiT/AugReg sizes
+// (192/3 heads/768 and 384/6 heads/1536, 12 layers). All: patch 16, image 224, layer_norm_eps 1e-12.
+ModelConfig preset_config(const std::string& name) {
+  if (name.rfind("cvt-", 0) == 0) {
+    CvtConfig c;
+    if (name == "cvt-13") {
+    } else if (name == "cvt-21") {
+      c.depth = {1, 4, 16};
+    } else if (name == "cvt-w24") {
+      c.embed_dim = {192, 768, 1024};
+      c.num_heads = {3, 12, 16};
+      c.depth = {2, 2, 20};
+    } else {
+      throw ConfigError("unknown model preset '" + name + "'");
+    }
+    c.id2label = default_labels(1000);
+    return c;
+  }
+  VitConfig v;
+  auto set = [&](int64_t hidden, int64_t heads, int64_t layers, int64_t mlp) {
+    v.hidden_size = hidden, v.num_attention_heads = heads, v.num_hidden_layers = layers, v.intermediate_size = mlp;
+  };
+  if (name == "vit-ti16") set(192, 3, 12, 768);
+  else if (name == "vit-s16") set(384, 6, 12, 1536);
+  else if (name == "vit-b16") set(768, 12, 12, 3072);
+  else if (name == "vit-l16") set(1024, 16, 24, 4096);
+  else {
+    std::string all;
+    for (const auto& n : preset_names()) all += (all.empty() ? "" : ", ") + n;
+    throw ConfigError("unknown model preset '" + name + "' (known: " + all + ")");
+  }
+  v.id2label = default_labels(1000);
+  return v;
+}
+
+std::vector<std::string> preset_names() {
+  return {"cvt-13", "cvt-21", "cvt-w24", "vit-ti16", "vit-s16", "vit-b16", "vit-l16"};
+}
+
+// ---------------------------------------------------------------- parsing
+namespace {
+
+// Reads optional fields of one JSON object, collecting every problem so one error can name them all.
+struct Reader {
+  const json& j;
+  std::string source;
+  std::vector<std::string> problems;
+
+  template <typename T>
+  bool get_scalar(const json& v, T& out) {
+    if constexpr (std::is_same_v<T, bool>) {
+      if (!v.is_boolean()) return false;
+      out = v.get<bool>();
+    } else if constexpr (std::is_same_v<T, int64_t>) {
+      if (!v.is_number_integer()) return false;
+      out = v.get<int64_t>();
+    } else if constexpr (std::is_same_v<T, double>) {
+      if (!v.is_number()) return false;
+      out = v.get<double>();
+    } else {
+      if (!v.is_string()) return false;
+      out = v.get<std::string>();
+    }
+    return true;
+  }
+  template <typename T>
+  static const char* type_name() {
+    if constexpr (std::is_same_v<T, bool>) return "a boolean";
+    else if constexpr (std::is_same_v<T, int64_t>) return "an integer";
+    else if constexpr (std::is_same_v<T, double>) return "a number";
+    else return "a string";
+  }
+  template <typename T>
+  void field(const char* name, T& out) {
+    if (!j.contains(name) || j[name].is_null()) return;
+    if (!get_scalar(j[name], out)) problems.push_back(std::string("field '") + name + "' must be " + type_name<T>());
+  }
+  // Per-stage lists: CvtConfig indexes them by stage, so a list is required (a scalar is an error).
+  template <typename T>
+  void list(const char* name, std::vector<T>& out) {
+    if (!j.contains(name) || j[name].is_null()) return;
+    const json& v = j[name];
+    if (!v.is_array()) {
+      problems.push_back(std::string("field '") + name + "' must be a list of " + type_name<T>() + " values");
+      return;
+    }
+    std::vector<T> r;
+    for (size_t i = 0; i < v.size(); ++i) {
+      T x{};
+      if (!get_scalar(v[i], x)) {
+        problems.push_back(std::string("field '") + name + "[" + std::to_string(i) + "]' must be " + type_name<T>());
+        return;
+      }
+      r.push_back(x);
+    }
+    out = r;
+  }
+  void list(const char* name, std::vector<bool>& out) {
+    std::vector<int64_t> tmp;
+    if (!j.contains(name) || j[name].is_null()) return;
+    const json& v = j[name];
+    if (!v.is_array()) {
+      problems.push_back(std::string("field '") + name + "' must be a list of booleans");
+      return;
+    }
+    std::vector<bool> r;
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (!v[i].is_boolean()) {
+        problems.push_back(std::string("field '") + name + "[" + std::to_string(i) + "]' must be a boolean");
+        return;
+      }
+      r.push_back(v[i].get<bool>());
+    }
+    out = r;
+  }
+
+  // id2label {"0": "name", ...} with keys 0..n-1; else num_labels; else transformers' default of 2.
+  std::vector<std::string> labels() {
+    int64_t n = -1;
+    field("num_labels", n);
+    if (j.contains("id2label") && !j["id2label"].is_null()) {
+      const json& m = j["id2label"];
+      if (!m.is_object()) {
+        problems.push_back("field 'id2label' must be an object {\"0\": \"name\", ...}");
+        return {};
+      }
+      std::vector<std::string> out(m.size());
+      for (auto it = m.begin(); it != m.end(); ++it) {
+        size_t pos = 0;
+        long long id = -1;
+        try {
+          id = std::stoll(it.key(), &pos);
+        } catch (...) {
+          pos = 0;
+        }
+        if (pos != it.key().size() || id < 0 || id >= int64_t(m.size())) {
+          problems.push_back("field 'id2label' has key '" + it.key() + "'; keys must be 0.." +
+                             std::to_string(m.size() - 1));
+          continue;
+        }
+        if (it.value().is_string()) out[size_t(id)] = it.value().get<std::string>();
+        else out[size_t(id)] = it.value().dump();  // some hub configs map ids to numbers
+      }
+      if (n >= 0 && n != int64_t(m.size()))
+        problems.push_back("field 'num_labels' is " + std::to_string(n) + " but 'id2label' has " +
+                           std::to_string(m.size()) + " entries");
+      return out;
+    }
+    return default_labels(n >= 0 ? n : 2);
+  }
+};
+
+}  // namespace
+
+ModelConfig parse_config(const json& j, const std::string& source) {
+  if (!j.is_object()) throw ConfigError(source + ": config must be a JSON object");
+  if (!j.contains("model_type") || !j["model_type"].is_string())
+    throw ConfigError(source + ": field 'model_type' is missing (expected \"cvt\" or \"vit\")");
+  const std::string type = j["model_type"].get<std::string>();
+  Reader r{j, source, {}};
+  ModelConfig result;
+  if (type == "cvt") {
+    CvtConfig c;
+    r.list("patch_sizes", c.patch_sizes);
+    r.list("patch_stride", c.patch_stride);
+    r.list("patch_padding", c.patch_padding);
+    r.list("embed_dim", c.embed_dim);
+    r.list("num_heads", c.num_heads);
+    r.list("depth", c.depth);
+    r.list("mlp_ratio", c.mlp_ratio);
+    r.list("attention_drop_rate", c.attention_drop_rate);
+    r.list("drop_rate", c.drop_rate);
+    r.list("drop_path_rate", c.drop_path_rate);
+    r.list("qkv_bias", c.qkv_bias);
+    r.list("cls_token", c.cls_token);
+    r.list("qkv_projection_method", c.qkv_projection_method);
+    r.list("kernel_qkv", c.kernel_qkv);
+    r.list("padding_kv", c.padding_kv);
+    r.list("stride_kv", c.stride_kv);
+    r.list("padding_q", c.padding_q);
+    r.list("stride_q", c.stride_q);
+    r.field("num_channels", c.num_channels);
+    r.field("initializer_range", c.initializer_range);
+    r.field("layer_norm_eps", c.layer_norm_eps);
+    c.id2label = r.labels();
+    result = c;
+  } else if (type == "vit") {
+    VitConfig c;
+    r.field("hidden_size", c.hidden_size);
+    r.field("num_hidden_layers", c.num_hidden_layers);
+    r.field("num_attention_heads", c.num_attention_heads);
+    r.field("intermediate_size", c.intermediate_size);
+    r.field("hidden_act", c.hidden_act);
+    r.field("hidden_dropout_prob", c.hidden_dropout_prob);
+    r.field("attention_probs_dropout_prob", c.attention_probs_dropout_prob);
+    r.field("initializer_range", c.initializer_range);
+    r.field("layer_norm_eps", c.layer_norm_eps);
+    r.field("image_size", c.image_size);
+    r.field("patch_size", c.patch_size);
+    r.field("num_channels", c.num_channels);
+    r.field("qkv_bias", c.qkv_bias);
+    c.id2label = r.labels();
+    result = c;
+  } else {
+    throw ConfigError(source + ": field 'model_type' is \"" + type + "\"; only \"cvt\" and \"vit\" are supported");
+  }
+  if (!r.problems.empty()) {
+    std::string msg = source + ": bad config";
+    for (const auto& p : r.problems) msg += "; " + p;
+    throw ConfigError(msg);
+  }
+  validate(result, source);
+  return result;
+}
+
+void validate(const ModelConfig& mc, const std::string& source) {
+  std::vector<std::string> p;
+  auto positive = [&](const char* name, int64_t v) {
+    if (v <= 0) p.push_back(std::string("field '") + name + "' must be positive, got " + std::to_string(v));
+  };
+  if (const auto* c = std::get_if<CvtConfig>(&mc)) {
+    auto stages = [&](const char* name, size_t n) {
+      if (n != 3) p.push_back(std::string("field '") + name + "' must have 3 entries (one per stage), has " +
+                              std::to_string(n));
+    };
+    stages("patch_sizes", c->patch_sizes.size());
+    stages("patch_stride", c->patch_stride.size());
+    stages("patch_padding", c->patch_padding.size());
+    stages("embed_dim", c->embed_dim.size());
+    stages("num_heads", c->num_heads.size());
+    stages("depth", c->depth.size());
+    stages("mlp_ratio", c->mlp_ratio.size());
+    stages("attention_drop_rate", c->attention_drop_rate.size());
+    stages("drop_rate", c->drop_rate.size());
+    stages("drop_path_rate", c->drop_path_rate.size());
+    stages("qkv_bias", c->qkv_bias.size());
+    stages("cls_token", c->cls_token.size());
+    stages("qkv_projection_method", c->qkv_projection_method.size());
+    stages("kernel_qkv", c->kernel_qkv.size());
+    stages("padding_kv", c->padding_kv.size());
+    stages("stride_kv", c->stride_kv.size());
+    stages("padding_q", c->padding_q.size());
+    stages("stride_q", c->stride_q.size());
+    positive("num_channels", c->num_channels);
+    if (p.empty()) {
+      for (size_t s = 0; s < 3; ++s) {
+        std::string at = "[";  // built in steps: GCC 12 warns (-Wrestrict, a false positive) on "[" + s + "]"
+        at += std::to_string(s);
+        at += "]";
+        if (c->embed_dim[s] <= 0 || c->num_heads[s] <= 0 || c->embed_dim[s] % c->num_heads[s] != 0)
+          p.push_back("embed_dim" + at + " = " + std::to_string(c->embed_dim[s]) + " must be a positive multiple of num_heads" +
+                      at + " = " + std::to_string(c->num_heads[s]));
+        if (c->depth[s] < 1) p.push_back("depth" + at + " must be >= 1");
+        // transformers' CvtStage indexes linspace(0, drop_path_rate[s], depth[s]) by the stage number.
+        else if (c->depth[s] <= int64_t(s))
+          p.push_back("depth" + at + " = " + std::to_string(c->depth[s]) + " must be > " + std::to_string(s) +
+                      ": transformers picks the stage's drop path rate as linspace(0, rate, depth)[stage]");
+        if (c->qkv_projection_method[s] != "dw_bn")
+          p.push_back("qkv_projection_method" + at + " = \"" + c->qkv_projection_method[s] +
+                      "\" is not supported (only \"dw_bn\")");
+        if (c->attention_drop_rate[s] != 0)
+          p.push_back("attention_drop_rate" + at + " must be 0 (dropout on attention probabilities is not supported)");
+        if (c->mlp_ratio[s] <= 0) p.push_back("mlp_ratio" + at + " must be positive");
+        if (c->cls_token[s] && s != 2) p.push_back("cls_token" + at + " must be false: only the last stage may have one");
+        if (c->drop_path_rate[s] < 0 || c->drop_path_rate[s] >= 1) p.push_back("drop_path_rate" + at + " must be in [0, 1)");
+        if (c->drop_rate[s] < 0 || c->drop_rate[s] >= 1) p.push_back("drop_rate" + at + " must be in [0, 1)");
+        if (c->patch_sizes[s] <= 0 || c->patch_stride[s] <= 0 || c->patch_padding[s] < 0 || c->kernel_qkv[s] <= 0 ||
+            c->stride_kv[s] <= 0 || c->stride_q[s] <= 0 || c->padding_kv[s] < 0 || c->padding_q[s] < 0)
+          p.push_back("stage " + std::to_string(s) + " has a non-positive kernel/stride or negative padding");
+      }
+    }
+  } else {
+    const auto& v = std::get<VitConfig>(mc);
+    positive("hidden_size", v.hidden_size);
+    positive("num_hidden_layers", v.num_hidden_layers);
+    positive("num_attention_heads", v.num_attention_heads);
+    positive("intermediate_size", v.intermediate_size);
+    positive("image_size", v.image_size);
+    positive("patch_size", v.patch_size);
+    positive("num_channels", v.num_channels);
+    if (v.num_attention_heads > 0 && v.hidden_size % v.num_attention_heads != 0)
+      p.push_back("hidden_size " + std::to_string(v.hidden_size) + " is not a multiple of num_attention_heads " +
+                  std::to_string(v.num_attention_heads));
+    if (v.hidden_act != "gelu") p.push_back("field 'hidden_act' is \"" + v.hidden_act + "\"; only \"gelu\" (erf) is supported");
+    if (v.attention_probs_dropout_prob != 0)
+      p.push_back("field 'attention_probs_dropout_prob' must be 0 (dropout on attention probabilities is not supported)");
+    if (v.hidden_dropout_prob < 0 || v.hidden_dropout_prob >= 1) p.push_back("field 'hidden_dropout_prob' must be in [0, 1)");
+    if (v.patch_size > 0 && v.image_size % v.patch_size != 0)
+      p.push_back("image_size " + std::to_string(v.image_size) + " is not a multiple of patch_size " +
+                  std::to_string(v.patch_size));
+  }
+  if (num_labels(mc) < 1) p.push_back("num_labels must be >= 1");
+  if (!p.empty()) {
+    std::string msg = source + ": bad " + model_type(mc) + " config";
+    for (const auto& s : p) msg += "; " + s;
+    throw ConfigError(msg);
+  }
+}
+
+ModelConfig load_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(path + ": cannot open config");
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const std::exception& e) {
+    throw ConfigError(path + ": not valid JSON: " + e.what());
+  }
+  return parse_config(j, path);
+}
+
+json config_to_json(const ModelConfig& mc) {
+  json j;
+  json id2label = json::object(), label2id = json::object();
+  std::visit(
+      [&](const auto& c) {
+        for (size_t i = 0; i < c.id2label.size(); ++i) {
+          id2label[std::to_string(i)] = c.id2label[i];
+          label2id[c.id2label[i]] = int64_t(i);
+        }
+      },
+      mc);
+  if (const auto* c = std::get_if<CvtConfig>(&mc)) {
+    j = {{"model_type", "cvt"}, {"architectures", {"CvtForImageClassification"}},
+         {"patch_sizes", c->patch_sizes}, {"patch_stride", c->patch_stride}, {"patch_padding", c->patch_padding},
+         {"embed_dim", c->embed_dim}, {"num_heads", c->num_heads}, {"depth", c->depth}, {"mlp_ratio", c->mlp_ratio},
+         {"attention_drop_rate", c->attention_drop_rate}, {"drop_rate", c->drop_rate},
+         {"drop_path_rate", c->drop_path_rate}, {"qkv_bias", c->qkv_bias}, {"cls_token", c->cls_token},
+         {"qkv_projection_method", c->qkv_projection_method}, {"kernel_qkv", c->kernel_qkv},
+         {"padding_kv", c->padding_kv}, {"stride_kv", c->stride_kv}, {"padding_q", c->padding_q},
+         {"stride_q", c->stride_q}, {"num_channels", c->num_channels},
+         {"initializer_range", c->initializer_range}, {"layer_norm_eps", c->layer_norm_eps}};
+  } else {
+    const auto& v = std::get<VitConfig>(mc);
+    j = {{"model_type", "vit"}, {"architectures", {"ViTForImageClassification"}},
+         {"hidden_size", v.hidden_size}, {"num_hidden_layers", v.num_hidden_layers},
+         {"num_attention_heads", v.num_attention_heads}, {"intermediate_size", v.intermediate_size},
+         {"hidden_act", v.hidden_act}, {"hidden_dropout_prob", v.hidden_dropout_prob},
+         {"attention_probs_dropout_prob", v.attention_probs_dropout_prob},
+         {"initializer_range", v.initializer_range}, {"layer_norm_eps", v.layer_norm_eps},
+         {"image_size", v.image_size}, {"patch_size", v.patch_size}, {"num_channels", v.num_channels},
+         {"qkv_bias", v.qkv_bias}, {"encoder_stride", v.patch_size}};
+  }
+  j["id2label"] = id2label;
+  j["label2id"] = label2id;
+  j["torch_dtype"] = "float32";
+  return j;
+}
+
+}  // namespace tessera::models

@@ -1,0 +1,52 @@
+// The image classifiers as one interface, built from a config, and their checkpoints on disk.
+//
+// A checkpoint directory is what transformers' save_pretrained writes: config.json + model.safetensors.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "engine/random.h"
+#include "models/config.h"
+#include "models/module.h"
+
+namespace tessera::models {
+
+class Model : public Module {
+ public:
+  Model() = default;
+  Model(const Model&) = delete;  // layers hold handles into the registry: copies would alias
+  Model& operator=(const Model&) = delete;
+  // pixel_values (B, num_channels, H, W) -> logits (B, num_labels). `training` selects BatchNorm batch
+  // statistics (and their running-stat updates), drop path and dropout; `gen` draws their masks.
+  virtual Tensor forward(const Tensor& pixel_values, bool training, Generator& gen) = 0;
+  virtual const ModelConfig& config() const = 0;
+  int64_t num_labels() const { return models::num_labels(config()); }
+  // Name prefix of the classification head ("classifier.").
+  static constexpr const char* kHeadPrefix = "classifier.";
+};
+
+// A model of `config` with its tensors allocated but NOT initialised (call init_weights or load); cheap
+// even at full size, which is how parameter counts are taken.
+std::unique_ptr<Model> make_model(const ModelConfig& config, DType dtype = DType::f32);
+// A model initialised like transformers' `_init_weights` from `seed`.
+std::unique_ptr<Model> make_model(const ModelConfig& config, uint64_t seed, DType dtype = DType::f32);
+
+struct LoadOptions {
+  // Replace the classifier with a fresh one of this many classes (weight N(0, initializer_range²), bias 0,
+  // drawn from head_seed); the checkpoint's classifier is then ignored, as transformers'
+  // from_pretrained(num_labels=N, ignore_mismatched_sizes=True) does.
+  std::optional<int64_t> num_classes;
+  uint64_t head_seed = 0;
+};
+
+// Loads `path`: a checkpoint directory (config.json + model.safetensors) or a model.safetensors whose
+// folder holds config.json. Strict (see Module::load_state_dict).
+std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& options = {});
+// Loads weights of `file` into a model built from `config` (same options).
+std::unique_ptr<Model> load_model(const ModelConfig& config, const std::string& file,
+                                  const LoadOptions& options = {});
+// Writes dir/config.json and dir/model.safetensors (creating dir), both atomically replaced.
+void save_model(const Model& model, const std::string& dir);
+
+}  // namespace tessera::models

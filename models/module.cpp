@@ -1,0 +1,225 @@
+#include "models/module.h"
+
+#include <algorithm>
+#include <cctype>
+#include <sstream>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/safetensors.h"
+
+namespace tessera::models {
+
+// ---------------------------------------------------------------- layers
+Tensor Linear::operator()(const Tensor& x) const { return tessera::linear(x, weight, bias); }
+
+Tensor LayerNorm::operator()(const Tensor& x) const { return tessera::layer_norm(x, weight, bias, eps); }
+
+Tensor Conv2d::operator()(const Tensor& x) const { return tessera::conv2d(x, weight, bias, stride, padding, groups); }
+
+Tensor BatchNorm2d::operator()(const Tensor& x, bool training) const {
+  return tessera::batch_norm2d(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum,
+                               eps);
+}
+
+Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale) {
+  const int64_t B = q.size(0), Tq = q.size(1), C = q.size(2), Tk = k.size(1);
+  TS_CHECK(C % heads == 0, "multi_head_attention: " + std::to_string(C) + " channels do not split into " +
+                               std::to_string(heads) + " heads");
+  const int64_t D = C / heads;
+  auto split_heads = [&](const Tensor& x, int64_t T) {  // (B, T, C) -> (B, heads, T, D)
+    return x.reshape({B, T, heads, D}).permute({0, 2, 1, 3});
+  };
+  Tensor ctx = scaled_dot_product_attention(split_heads(q, Tq), split_heads(k, Tk), split_heads(v, Tk),
+                                            scale);  // (B, heads, Tq, D)
+  return ctx.permute({0, 2, 1, 3}).reshape({B, Tq, C});  // (B, Tq, C), head i owns channels [iD, iD + D)
+}
+
+Tensor nchw_to_tokens(const Tensor& x) { return x.flatten(2).transpose(1, 2); }  // (B, H·W, C)
+
+Tensor tokens_to_nchw(const Tensor& x, int64_t H, int64_t W) {  // (B, H·W, C) -> (B, C, H, W)
+  return x.transpose(1, 2).reshape({x.size(0), x.size(2), H, W});
+}
+
+// ---------------------------------------------------------------- registry
+Tensor Module::add_param(const std::string& name, const Shape& shape, Init init, bool in_layer_norm) {
+  if (index_.count(name)) throw std::logic_error("Module: tensor registered twice: " + name);
+  Tensor t = Tensor::empty(shape, dtype_);
+  t.set_requires_grad(true);
+  index_[name] = entries_.size();
+  entries_.push_back({name, t, false, in_layer_norm});
+  inits_.push_back(init);
+  return t;
+}
+
+Tensor Module::add_buffer(const std::string& name, const Shape& shape, Init init, bool integer) {
+  if (index_.count(name)) throw std::logic_error("Module: tensor registered twice: " + name);
+  Tensor t = Tensor::empty(shape, integer ? DType::i64 : dtype_);
+  index_[name] = entries_.size();
+  entries_.push_back({name, t, true, false});
+  inits_.push_back(init);
+  return t;
+}
+
+Linear Module::linear(const std::string& name, int64_t in, int64_t out, bool bias) {
+  Linear l;
+  l.weight = add_param(name + ".weight", {out, in}, Init::TruncNormal);
+  if (bias) l.bias = add_param(name + ".bias", {out}, Init::Zeros);
+  return l;
+}
+
+LayerNorm Module::layer_norm(const std::string& name, int64_t C, double eps) {
+  LayerNorm l;
+  l.weight = add_param(name + ".weight", {C}, Init::Ones, /*in_layer_norm=*/true);
+  l.bias = add_param(name + ".bias", {C}, Init::Zeros, /*in_layer_norm=*/true);
+  l.eps = eps;
+  return l;
+}
+
+Conv2d Module::conv2d(const std::string& name, int64_t cin, int64_t cout, int64_t k, int64_t stride,
+                      int64_t padding, int64_t groups, bool bias) {
+  Conv2d c;
+  c.weight = add_param(name + ".weight", {cout, cin / groups, k, k}, Init::TruncNormal);
+  if (bias) c.bias = add_param(name + ".bias", {cout}, Init::Zeros);
+  c.stride = stride;
+  c.padding = padding;
+  c.groups = groups;
+  return c;
+}
+
+BatchNorm2d Module::batch_norm2d(const std::string& name, int64_t C) {
+  // torch's nn.BatchNorm2d defaults; the models' _init_weights do not touch BatchNorm.
+  BatchNorm2d b;
+  b.weight = add_param(name + ".weight", {C}, Init::Ones);
+  b.bias = add_param(name + ".bias", {C}, Init::Zeros);
+  b.running_mean = add_buffer(name + ".running_mean", {C}, Init::Zeros);
+  b.running_var = add_buffer(name + ".running_var", {C}, Init::Ones);
+  b.num_batches_tracked = add_buffer(name + ".num_batches_tracked", {}, Init::Zeros, /*integer=*/true);
+  return b;
+}
+
+std::vector<NamedParameter> Module::parameters() const {
+  std::vector<NamedParameter> out;
+  for (const auto& e : entries_)
+    if (!e.is_buffer) out.push_back({e.name, e.tensor, e.in_layer_norm});
+  return out;
+}
+
+int64_t Module::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& e : entries_)
+    if (!e.is_buffer) n += e.tensor.numel();
+  return n;
+}
+
+std::map<std::string, Tensor> Module::state_dict() const {
+  std::map<std::string, Tensor> out;
+  for (const auto& e : entries_) out[e.name] = e.tensor;
+  return out;
+}
+
+const Tensor& Module::tensor(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) throw ModelError(std::string(arch_name()) + ": no tensor named '" + name + "'");
+  return entries_[it->second].tensor;
+}
+
+void Module::init_weights(Generator& gen, double std) { init_weights(gen, std, ""); }
+
+void Module::init_weights(Generator& gen, double std, const std::string& prefix) {
+  NoGradGuard ng;
+  for (size_t i = 0; i < entries_.size(); ++i) {
+    Tensor& t = entries_[i].tensor;
+    if (entries_[i].name.rfind(prefix, 0) != 0) continue;
+    switch (inits_[i]) {
+      // torch.nn.init.trunc_normal_(w, mean=0, std, a=-2, b=2): the bounds are absolute, so with std 0.02
+      // they sit at 100σ and the draw is a plain normal in practice; we keep the truncation for exactness.
+      case Init::TruncNormal: t.copy_(gen.truncated_normal(t.shape(), 0.0, std, -2.0, 2.0, t.dtype())); break;
+      case Init::Zeros: t.fill_(0); break;
+      case Init::Ones: t.fill_(1); break;
+    }
+  }
+}
+
+namespace {
+
+std::string list_names(const std::vector<std::string>& names) {
+  // Long lists (a whole foreign checkpoint) are cut so the one-line error stays readable; the count is exact.
+  constexpr size_t kShow = 12;
+  std::ostringstream os;
+  os << "[";
+  for (size_t i = 0; i < names.size() && i < kShow; ++i) os << (i ? ", " : "") << names[i];
+  if (names.size() > kShow) os << ", ... " << names.size() - kShow << " more";
+  os << "]";
+  return os.str();
+}
+
+bool starts_with_any(const std::string& name, const std::vector<std::string>& prefixes) {
+  for (const auto& p : prefixes)
+    if (name.rfind(p, 0) == 0) return true;
+  return false;
+}
+
+}  // namespace
+
+void Module::load_state_dict(const std::map<std::string, Tensor>& tensors, const std::string& source,
+                             const std::vector<std::string>& skip_prefixes) {
+  std::vector<std::string> missing, unexpected, mismatched;
+  for (const auto& e : entries_) {
+    if (starts_with_any(e.name, skip_prefixes)) continue;
+    auto it = tensors.find(e.name);
+    if (it == tensors.end()) {
+      missing.push_back(e.name);
+      continue;
+    }
+    const Tensor& src = it->second;
+    if (src.shape() != e.tensor.shape()) {
+      mismatched.push_back(e.name + " is " + shape_str(src.shape()) + " in the file, " +
+                           shape_str(e.tensor.shape()) + " in the model");
+    } else if (is_floating(e.tensor.dtype()) != is_floating(src.dtype()) || src.dtype() == DType::boolean) {
+      mismatched.push_back(e.name + " has dtype " + dtype_name(src.dtype()) + ", expected " +
+                           dtype_name(e.tensor.dtype()));
+    }
+  }
+  for (const auto& [name, t] : tensors)
+    if (!index_.count(name) && !starts_with_any(name, skip_prefixes)) unexpected.push_back(name);
+
+  if (!missing.empty() || !unexpected.empty() || !mismatched.empty()) {
+    std::ostringstream os;
+    os << source << ": not a checkpoint of this " << arch_name() << " model";
+    // A checkpoint of the other architecture: say so before the lists.
+    std::string own = arch_name();
+    std::transform(own.begin(), own.end(), own.begin(), [](unsigned char c) { return char(std::tolower(c)); });
+    for (const auto& [prefix, arch] : std::vector<std::pair<std::string, std::string>>{{"cvt.", "CvT"},
+                                                                                       {"vit.", "ViT"}}) {
+      if (prefix == own + ".") continue;
+      size_t n = size_t(std::count_if(unexpected.begin(), unexpected.end(),
+                                      [&](const std::string& s) { return s.rfind(prefix, 0) == 0; }));
+      if (n > 0 && n * 2 >= unexpected.size())
+        os << " (it looks like a " << arch << " checkpoint, expected " << arch_name() << ")";
+    }
+    if (!missing.empty()) os << "; " << missing.size() << " missing: " << list_names(missing);
+    if (!unexpected.empty()) os << "; " << unexpected.size() << " unexpected: " << list_names(unexpected);
+    if (!mismatched.empty()) os << "; " << mismatched.size() << " mismatched: " << list_names(mismatched);
+    throw ModelError(os.str());
+  }
+
+  NoGradGuard ng;
+  for (auto& e : entries_) {
+    if (starts_with_any(e.name, skip_prefixes)) continue;
+    e.tensor.copy_(tensors.at(e.name));  // converts f16/bf16/f64 -> f32 and i32 -> i64
+  }
+}
+
+void Module::load_safetensors(const std::string& path, const std::vector<std::string>& skip_prefixes) {
+  SafetensorsFile file(path);  // validates the file; errors name it
+  std::map<std::string, Tensor> tensors;
+  for (const auto& info : file.tensors()) tensors[info.name] = file.get(info.name);  // views of the mapping
+  load_state_dict(tensors, path, skip_prefixes);
+}
+
+void Module::save_safetensors(const std::string& path) const {
+  tessera::save_safetensors(path, state_dict(), {{"format", "pt"}});
+}
+
+}  // namespace tessera::models

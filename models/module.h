@@ -1,0 +1,119 @@
+// A small parameter registry shared by the models, and the layers they are built from.
+//
+// A Module owns its tensors in checkpoint order (the order torch's state_dict lists them): parameters and
+// buffers, each under the exact name it has in a Hugging Face `model.safetensors`. Layer structs (Linear,
+// LayerNorm, ...) hold handles to the same tensors, so loading copies into the registered tensors in place and
+// the layers see the new values. Each parameter says whether it belongs to a LayerNorm module, which is what
+// the Trainer's weight-decay rule needs (engine/optim.h).
+#pragma once
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/optim.h"
+#include "engine/random.h"
+#include "engine/tensor.h"
+
+namespace tessera::models {
+
+// Thrown for bad checkpoints and configs; the message names the file and every problem.
+struct ModelError : std::runtime_error { using std::runtime_error::runtime_error; };
+
+struct ModuleEntry {
+  std::string name;
+  Tensor tensor;
+  bool is_buffer = false;      // BatchNorm running statistics: saved and loaded, never trained
+  bool in_layer_norm = false;  // parameter of an nn.LayerNorm (no weight decay in the Trainer)
+};
+
+// How a freshly registered tensor is filled by init_weights (the models' `_init_weights`).
+enum class Init {
+  TruncNormal,  // trunc_normal_(mean 0, std initializer_range, a=-2, b=2): Linear/Conv weights, cls tokens
+  Zeros,        // biases, running_mean, num_batches_tracked
+  Ones,         // LayerNorm/BatchNorm weights, running_var
+};
+
+// ---- layers: handles to registered tensors ----
+struct Linear {
+  Tensor weight, bias;  // (out, in), (out) or undefined
+  Tensor operator()(const Tensor& x) const;  // (..., in) -> (..., out)
+};
+struct LayerNorm {
+  Tensor weight, bias;  // (C), (C)
+  double eps = 1e-5;
+  Tensor operator()(const Tensor& x) const;  // normalises the last dim
+};
+struct Conv2d {
+  Tensor weight, bias;  // (Cout, Cin/groups, k, k), (Cout) or undefined
+  int64_t stride = 1, padding = 0, groups = 1;
+  Tensor operator()(const Tensor& x) const;  // (B, Cin, H, W) -> (B, Cout, H', W')
+};
+struct BatchNorm2d {
+  Tensor weight, bias, running_mean, running_var, num_batches_tracked;  // (C) x4, i64 []
+  double eps = 1e-5, momentum = 0.1;
+  Tensor operator()(const Tensor& x, bool training) const;  // (B, C, H, W)
+};
+
+// Multi-head attention core shared by CvT and ViT: q (B, Tq, C), k and v (B, Tk, C), heads own consecutive
+// channel blocks of C/heads; returns softmax(q·kᵀ·scale)·v merged back to (B, Tq, C).
+Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale);
+
+// (B, C, H, W) -> (B, H·W, C), token t = h·W + w; and back.
+Tensor nchw_to_tokens(const Tensor& x);
+Tensor tokens_to_nchw(const Tensor& x, int64_t H, int64_t W);
+
+class Module {
+ public:
+  virtual ~Module() = default;
+
+  const std::vector<ModuleEntry>& entries() const { return entries_; }
+  // Trainable parameters in checkpoint order, with the LayerNorm flag (feed to trainer_param_groups).
+  std::vector<NamedParameter> parameters() const;
+  int64_t num_parameters() const;  // elements of the trainable parameters
+  // Every tensor (parameters and buffers) by checkpoint name; the model's own tensors, not copies.
+  std::map<std::string, Tensor> state_dict() const;
+  const Tensor& tensor(const std::string& name) const;  // throws naming the tensor
+
+  // Fills every tensor as the model's `_init_weights` does (weights N(0, std²) truncated at ±2, ...).
+  void init_weights(Generator& gen, double std);
+  // Re-initialises only the tensors whose names start with `prefix` (a replaced classifier head).
+  void init_weights(Generator& gen, double std, const std::string& prefix);
+
+  // Copies `tensors` into the model, strictly: every name must exist with the same shape and no name may be
+  // left over, except names starting with one of `skip_prefixes` (they are neither loaded nor missing).
+  // Float tensors of any float dtype are converted (f16/bf16 checkpoints); integer buffers need an integer
+  // dtype. On any problem throws ONE ModelError starting with `source` that lists the missing, unexpected and
+  // mismatched names together, and changes nothing.
+  void load_state_dict(const std::map<std::string, Tensor>& tensors, const std::string& source,
+                       const std::vector<std::string>& skip_prefixes = {});
+  // Loads a safetensors file (memory-mapped) the same way.
+  void load_safetensors(const std::string& path, const std::vector<std::string>& skip_prefixes = {});
+  // Writes every tensor under its checkpoint name, atomically, with metadata format=pt (transformers refuses
+  // safetensors files without it).
+  void save_safetensors(const std::string& path) const;
+
+  // Names of the architecture for messages ("CvT") and the prefix its checkpoints use ("cvt.").
+  virtual const char* arch_name() const = 0;
+  DType dtype() const { return dtype_; }
+
+ protected:
+  // Parameters and float buffers registered after this call have dtype `dt` (f32 normally; f64 for
+  // gradient checks).
+  void set_dtype(DType dt) { dtype_ = dt; }
+  Tensor add_param(const std::string& name, const Shape& shape, Init init, bool in_layer_norm = false);
+  Tensor add_buffer(const std::string& name, const Shape& shape, Init init, bool integer = false);
+  Linear linear(const std::string& name, int64_t in, int64_t out, bool bias = true);
+  LayerNorm layer_norm(const std::string& name, int64_t C, double eps);
+  Conv2d conv2d(const std::string& name, int64_t cin, int64_t cout, int64_t k, int64_t stride, int64_t padding,
+                int64_t groups, bool bias);
+  BatchNorm2d batch_norm2d(const std::string& name, int64_t C);
+
+ private:
+  std::vector<ModuleEntry> entries_;
+  std::vector<Init> inits_;
+  std::map<std::string, size_t> index_;
+  DType dtype_ = DType::f32;
+};
+
+}  // namespace tessera::models

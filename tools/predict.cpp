@@ -1,0 +1,143 @@
+// `tessera predict`: classify images (or preprocessed pixel tensors) with a CvT or ViT checkpoint.
+#include <algorithm>
+#include <cmath>
+#include <iomanip>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "data/preprocess.h"
+#include "engine/ops.h"
+#include "engine/safetensors.h"
+#include "models/model.h"
+#include "tools/cli.h"
+
+namespace tessera::cli {
+
+namespace {
+
+struct PredictOptions {
+  std::string model, weights, config, pixels, device;
+  int64_t num_classes = 0;  // 0: keep the checkpoint's head
+  int top = 5;
+  bool json = false;
+  std::vector<std::string> images;
+};
+
+std::vector<std::string> labels_of(const models::ModelConfig& c) {
+  return std::visit([](const auto& cfg) { return cfg.id2label; }, c);
+}
+
+ProcessorConfig processor_for(const models::ModelConfig& c) {
+  if (const auto* vit = std::get_if<models::VitConfig>(&c)) return ProcessorConfig::vit(int(vit->image_size));
+  return ProcessorConfig::cvt(224);
+}
+
+// The model's config: --config, else config.json beside the weights, else the --model preset.
+models::ModelConfig resolve_config(const PredictOptions& o) {
+  if (!o.config.empty()) return models::load_config(o.config);
+  std::string dir = o.weights.substr(0, o.weights.find_last_of('/') + 1);
+  std::string beside = (dir.empty() ? std::string("./") : dir) + "config.json";
+  if (o.model.empty()) {
+    if (FILE* f = std::fopen(beside.c_str(), "r")) {
+      std::fclose(f);
+      return models::load_config(beside);
+    }
+    throw std::runtime_error("predict: give --model NAME (one of the presets) or --config FILE; no " + beside);
+  }
+  return models::preset_config(o.model);
+}
+
+// The models run on the CPU backend; their CUDA kernels (convolution, layer norm, batch norm, attention)
+// are not written yet, so asking for cuda is refused rather than failing deep inside the forward pass.
+Device resolve_device(const std::string& name) {
+  if (name.empty() || name == "cpu") return Device::CPU;
+  if (name == "cuda")
+    throw std::runtime_error("predict: --device cuda is not supported yet: the CvT/ViT kernels for CUDA "
+                             "(convolution, layer norm, batch norm, attention) are still to come; use --device cpu");
+  throw std::runtime_error("predict: --device must be cuda or cpu, not '" + name + "'");
+}
+
+void run_predict(const PredictOptions& o) {
+  if (o.images.empty() == o.pixels.empty())
+    throw std::runtime_error("predict: give either image files or --pixels FILE.safetensors (exactly one)");
+  if (o.top < 1) throw std::runtime_error("predict: --top must be at least 1");
+  models::ModelConfig config = resolve_config(o);
+  models::LoadOptions load;
+  if (o.num_classes > 0) load.num_classes = o.num_classes;
+  std::unique_ptr<models::Model> model = models::load_model(config, o.weights, load);
+  Device device = resolve_device(o.device);
+
+  // The batch: images through the checkpoint's processor, or a pixel_values tensor as it is.
+  Tensor pixels;
+  std::vector<std::string> names;
+  if (!o.pixels.empty()) {
+    SafetensorsFile file(o.pixels);
+    if (!file.contains("pixel_values"))
+      throw std::runtime_error(o.pixels + ": no tensor named pixel_values");
+    pixels = file.get("pixel_values").to(DType::f32).contiguous();
+    if (pixels.dim() != 4 || pixels.size(1) != 3)
+      throw std::runtime_error(o.pixels + ": pixel_values must be [N, 3, H, W], got " + pixels.str());
+    for (int64_t i = 0; i < pixels.size(0); ++i) names.push_back(o.pixels + "[" + std::to_string(i) + "]");
+  } else {
+    ProcessorConfig proc = processor_for(model->config());
+    std::vector<Image> images;
+    for (const std::string& path : o.images) images.push_back(decode_image(path));
+    pixels = preprocess_batch(images, proc);
+    names = o.images;
+  }
+
+  Tensor logits;
+  {
+    NoGradGuard no_grad;
+    Generator unused(0);  // eval mode draws nothing
+    logits = model->forward(pixels.to(device), /*training=*/false, unused).to(Device::CPU).to(DType::f64);
+  }
+  Tensor probs = softmax(logits, -1);
+  std::vector<std::string> labels = labels_of(model->config());
+  const int64_t n = logits.size(0), classes = logits.size(1);
+  auto lv = logits.to_vector<double>(), pv = probs.to_vector<double>();
+  int k = int(std::min<int64_t>(o.top, classes));
+
+  nlohmann::json out = nlohmann::json::array();
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<int64_t> order(static_cast<size_t>(classes));
+    for (int64_t c = 0; c < classes; ++c) order[size_t(c)] = c;
+    auto p = [&](int64_t c) { return pv[size_t(i * classes + c)]; };
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p(a) > p(b); });
+    auto label = [&](int64_t c) { return c < int64_t(labels.size()) ? labels[size_t(c)] : "LABEL_" + std::to_string(c); };
+    if (o.json) {
+      nlohmann::json top = nlohmann::json::array();
+      for (int r = 0; r < k; ++r)
+        top.push_back({{"index", order[size_t(r)]}, {"label", label(order[size_t(r)])}, {"prob", p(order[size_t(r)])}});
+      out.push_back({{"file", names[size_t(i)]},
+                     {"logits", std::vector<double>(lv.begin() + i * classes, lv.begin() + (i + 1) * classes)},
+                     {"probs", std::vector<double>(pv.begin() + i * classes, pv.begin() + (i + 1) * classes)},
+                     {"top", top}});
+      continue;
+    }
+    std::cout << names[size_t(i)] << "\n";
+    for (int r = 0; r < k; ++r)
+      std::cout << "  " << std::fixed << std::setprecision(4) << p(order[size_t(r)]) << "  "
+                << label(order[size_t(r)]) << "\n";
+  }
+  if (o.json) std::cout << out.dump(2) << "\n";
+}
+
+}  // namespace
+
+void add_predict(CLI::App& app) {
+  auto o = std::make_shared<PredictOptions>();
+  CLI::App* sub = app.add_subcommand("predict", "Classify images with a CvT or ViT checkpoint (top classes and probabilities)");
+  sub->add_option("--model", o->model, "Preset (cvt-13, vit-b16, ...); default: config.json beside the weights");
+  sub->add_option("--weights", o->weights, "model.safetensors (Hugging Face layout)")->required();
+  sub->add_option("--config", o->config, "A Hugging Face config.json of a cvt or vit model");
+  sub->add_option("--num-classes", o->num_classes, "Replace the classifier with a fresh one of N classes");
+  sub->add_option("--top", o->top, "How many classes to show per image")->capture_default_str();
+  sub->add_option("--device", o->device, "cpu (cuda: once the model kernels exist)");
+  sub->add_flag("--json", o->json, "One JSON array: file, logits, probs, top per image");
+  sub->add_option("--pixels", o->pixels, "A safetensors file with preprocessed pixel_values [N,3,H,W]");
+  sub->add_option("images", o->images, "Image files");
+  sub->callback([o] { run_predict(*o); });
+}
+
+}  // namespace tessera::cli
