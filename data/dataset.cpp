@@ -1,0 +1,191 @@
+#include "data/dataset.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <filesystem>
+#include <numeric>
+#include <set>
+#include <system_error>
+
+#include "engine/philox.h"
+
+namespace tessera {
+namespace fs = std::filesystem;
+
+namespace {
+
+bool is_dir(const fs::path& p) {
+  std::error_code ec;  // error_code overloads: a permission problem must not throw from the check itself
+  return fs::is_directory(p, ec);
+}
+
+void require_dir(const fs::path& p, const std::string& what) {
+  std::error_code ec;
+  if (!fs::exists(p, ec)) throw DatasetError(p.string() + ": " + what + " folder not found");
+  if (!is_dir(p)) throw DatasetError(p.string() + ": " + what + " is not a folder");
+}
+
+// Entries of a folder; iteration errors (e.g. no permission) become DatasetErrors naming the folder.
+std::vector<fs::directory_entry> list_dir(const fs::path& dir) {
+  std::error_code ec;
+  fs::directory_iterator it(dir, ec), end;
+  if (ec) throw DatasetError(dir.string() + ": cannot list folder: " + ec.message());
+  std::vector<fs::directory_entry> out;
+  for (; it != end; it.increment(ec)) {
+    if (ec) throw DatasetError(dir.string() + ": cannot list folder: " + ec.message());
+    out.push_back(*it);
+  }
+  if (ec) throw DatasetError(dir.string() + ": cannot list folder: " + ec.message());
+  return out;
+}
+
+// Non-hidden sub-folders, sorted by name (byte order, so the order is locale- and file-system-independent).
+std::vector<std::string> sub_folders(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : list_dir(dir)) {
+    std::string name = e.path().filename().string();
+    if (!name.empty() && name[0] != '.' && is_dir(e.path())) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::vector<std::string> images_in(const fs::path& dir) {
+  std::vector<std::string> paths;
+  for (const auto& e : list_dir(dir)) {
+    std::error_code ec;
+    if (e.is_regular_file(ec) && is_image_file(e.path().string())) paths.push_back(e.path().string());
+  }
+  std::sort(paths.begin(), paths.end());
+  return paths;
+}
+
+}  // namespace
+
+std::vector<int64_t> DatasetSplit::class_counts() const {
+  std::vector<int64_t> counts(classes.size(), 0);
+  for (const auto& s : samples)
+    if (s.label >= 0 && size_t(s.label) < counts.size()) ++counts[size_t(s.label)];
+  return counts;
+}
+
+bool is_image_file(const std::string& path) {
+  std::string ext = fs::path(path).extension().string();
+  for (char& c : ext) c = char(std::tolower(static_cast<unsigned char>(c)));
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp";
+}
+
+DatasetSplit scan_folder(const std::string& root, const std::vector<std::string>& classes) {
+  fs::path r(root);
+  require_dir(r, "data set");
+  DatasetSplit out;
+  if (classes.empty()) {
+    out.classes = sub_folders(r);
+  } else {
+    std::set<std::string> seen;
+    for (const auto& c : classes) {
+      if (!seen.insert(c).second) throw DatasetError(root + ": class '" + c + "' is listed twice");
+      if (!is_dir(r / c)) throw DatasetError((r / c).string() + ": class folder not found (class '" + c + "')");
+    }
+    out.classes = classes;
+  }
+  if (out.classes.size() < 2)
+    throw DatasetError(root + ": need at least 2 class folders, found " + std::to_string(out.classes.size()));
+  for (size_t label = 0; label < out.classes.size(); ++label) {
+    fs::path dir = r / out.classes[label];
+    auto paths = images_in(dir);
+    if (paths.empty()) throw DatasetError(dir.string() + ": class folder has no images (.jpg .jpeg .png .bmp)");
+    for (auto& p : paths) out.samples.push_back(Sample{std::move(p), int64_t(label)});
+  }
+  return out;
+}
+
+Layout detect_layout(const std::string& root) {
+  fs::path r(root);
+  require_dir(r, "data set");
+  bool train = is_dir(r / "Training"), test = is_dir(r / "Testing");
+  if (train && test) return Layout::Split;
+  if (train) throw DatasetError((r / "Testing").string() + ": split folder not found (Training exists)");
+  if (test) throw DatasetError((r / "Training").string() + ": split folder not found (Testing exists)");
+  return Layout::Flat;
+}
+
+SplitLayout load_split_layout(const std::string& root, const std::vector<std::string>& classes) {
+  fs::path r(root);
+  require_dir(r, "data set");
+  require_dir(r / "Training", "split");
+  require_dir(r / "Testing", "split");
+  SplitLayout out;
+  out.train = scan_folder((r / "Training").string(), classes);
+  // A Testing class unknown to Training would get no label the model can output: refuse it.
+  for (const auto& name : sub_folders(r / "Testing"))
+    if (std::find(out.train.classes.begin(), out.train.classes.end(), name) == out.train.classes.end())
+      throw DatasetError((r / "Testing" / name).string() + ": class folder not in Training");
+  out.test = scan_folder((r / "Testing").string(), out.train.classes);
+  return out;
+}
+
+TrainVal stratified_split(const DatasetSplit& data, double f, uint64_t seed) {
+  if (!(f > 0.0 && f < 1.0))
+    throw DatasetError("stratified split: validation fraction must be in (0, 1), got " + std::to_string(f));
+  const size_t k = data.classes.size(), n = data.samples.size();
+  std::vector<std::vector<size_t>> by_class(k);
+  for (size_t i = 0; i < n; ++i) {
+    int64_t l = data.samples[i].label;
+    if (l < 0 || size_t(l) >= k)
+      throw DatasetError("stratified split: " + data.samples[i].path + " has label " + std::to_string(l) +
+                         " outside [0, " + std::to_string(k) + ")");
+    by_class[size_t(l)].push_back(i);
+  }
+
+  // Largest-remainder apportionment of round(f·N) validation places (see dataset.h).
+  const int64_t n_val = int64_t(std::nearbyint(f * double(n)));
+  std::vector<int64_t> v(k);
+  std::vector<double> frac(k);
+  int64_t assigned = 0;
+  for (size_t c = 0; c < k; ++c) {
+    double share = f * double(by_class[c].size());
+    v[c] = int64_t(std::floor(share));
+    frac[c] = share - double(v[c]);
+    assigned += v[c];
+  }
+  std::vector<size_t> order(k);
+  std::iota(order.begin(), order.end(), size_t(0));
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return frac[a] > frac[b]; });
+  for (size_t i = 0; assigned < n_val && i < k; ++i) {
+    if (v[order[i]] < int64_t(by_class[order[i]].size())) ++v[order[i]], ++assigned;
+  }
+  if (n_val == 0 || n_val >= int64_t(n))
+    throw DatasetError("stratified split: fraction " + std::to_string(f) + " of " + std::to_string(n) +
+                       " samples leaves the train or validation set empty");
+
+  std::vector<char> in_val(n, 0);
+  uint64_t counter = 0;  // one Philox counter sequence through all classes: reproducible on any machine
+  for (size_t c = 0; c < k; ++c) {
+    auto& idx = by_class[c];
+    for (size_t i = idx.size(); i > 1; --i) {  // Fisher-Yates: swap slot i-1 with a uniform j in [0, i)
+      size_t j = size_t(philox::uniform(seed, counter++) * double(i));
+      if (j >= i) j = i - 1;  // guard: u < 1 already, kept for safety against rounding
+      std::swap(idx[i - 1], idx[j]);
+    }
+    for (int64_t i = 0; i < v[c]; ++i) in_val[idx[size_t(i)]] = 1;
+  }
+
+  TrainVal out;
+  out.train.classes = out.val.classes = data.classes;
+  for (size_t i = 0; i < n; ++i) (in_val[i] ? out.val : out.train).samples.push_back(data.samples[i]);
+  return out;
+}
+
+std::optional<Image> try_decode(const Sample& sample, std::string& warning) {
+  try {
+    return decode_image(sample.path);
+  } catch (const std::exception& e) {  // ImageError names the file; anything else gets the name added
+    std::string msg = e.what();
+    warning = msg.rfind(sample.path, 0) == 0 ? msg : sample.path + ": " + msg;
+    return std::nullopt;
+  }
+}
+
+}  // namespace tessera

@@ -1,0 +1,78 @@
+// Image-folder data sets: scanning, a seeded stratified train/validation split, and decoding that skips
+// unreadable files instead of stopping a training run.
+//
+// Layouts (detect_layout tells which):
+//   Flat:  ROOT/<class>/<image>                      — one split.
+//   Split: ROOT/Training/<class>/<image> and ROOT/Testing/<class>/<image>  — the brain-tumor MRI layout.
+// Classes are the sorted folder names (byte order) unless a list is given; the label of a sample is the
+// index of its class in `classes`. Images are recognised by extension (jpg, jpeg, png, bmp, any case) and
+// sorted by path within each class, so a scan is the same on every machine and file system.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "data/image.h"
+
+namespace tessera {
+
+// Thrown for a data set that cannot be used as asked; the message names the folder and the problem.
+struct DatasetError : std::runtime_error { using std::runtime_error::runtime_error; };
+
+struct Sample {
+  std::string path;
+  int64_t label = 0;
+};
+
+struct DatasetSplit {
+  std::vector<std::string> classes;
+  std::vector<Sample> samples;  // grouped by class in class order, sorted by path within a class
+
+  size_t size() const { return samples.size(); }
+  std::vector<int64_t> class_counts() const;  // [classes.size()]: samples per label
+};
+
+// True for a file name ending in .jpg/.jpeg/.png/.bmp (case-insensitive).
+bool is_image_file(const std::string& path);
+
+// Scans ROOT/<class>/*. With `classes` empty: every non-hidden folder under root is a class, sorted.
+// With `classes` given: exactly those, in that order (other folders are ignored); each must exist.
+// Errors: root missing or not a folder, a given class missing or listed twice, a class folder without
+// images, fewer than 2 classes.
+DatasetSplit scan_folder(const std::string& root, const std::vector<std::string>& classes = {});
+
+enum class Layout { Flat, Split };
+// Split when ROOT/Training and ROOT/Testing are both folders; Flat when neither is. Only one of them
+// present is an error (naming the missing one), as is a missing root.
+Layout detect_layout(const std::string& root);
+
+struct SplitLayout {
+  DatasetSplit train, test;
+};
+// ROOT/Training and ROOT/Testing. The classes come from Training (or `classes`); Testing is read with the
+// same class list so labels agree, and a class folder in Testing that Training lacks is an error.
+SplitLayout load_split_layout(const std::string& root, const std::vector<std::string>& classes = {});
+
+struct TrainVal {
+  DatasetSplit train, val;
+};
+// Stratified train/validation split, deterministic for (data, val_fraction, seed); disjoint and covering.
+// Scheme (sklearn's train_test_split(stratify=..., test_size=f, random_state=seed) in spirit, not its
+// exact draws):
+//   1. n_val = round(f · N) in total (round half to even on the exact product, like Python's round).
+//   2. Per class the ideal share is f · n_c; every class gets floor(f · n_c), and the n_val − Σ floor
+//      leftover places go to the classes with the largest fractional parts (ties: lower class index) —
+//      the largest-remainder method, so each class gets floor or ceil of its share and the total is exact.
+//   3. Each class's samples are shuffled (Fisher-Yates, uniforms from Philox keyed by `seed`, one counter
+//      sequence through the classes in order) and the first v_c go to validation.
+// Both outputs keep the input order (class, then path); shuffling for batches is the loader's job.
+// Errors: f outside (0, 1), or a split that would leave train or validation empty.
+TrainVal stratified_split(const DatasetSplit& data, double val_fraction, uint64_t seed);
+
+// Decodes a sample's image. An unreadable or corrupt file gives nullopt and sets `warning` to a one-line
+// message naming the file (decode_image's message), so the caller can skip it, count it and go on.
+std::optional<Image> try_decode(const Sample& sample, std::string& warning);
+
+}  // namespace tessera
