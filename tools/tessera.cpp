@@ -214,6 +214,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(0, 1);  // none is checked below, so that unknown words get CLI11's own message
   int exit_code = 0;
   tessera::cli::add_inspect(app);
+  tessera::cli::add_data(app);
   tessera::cli::add_predict(app);
   tessera::cli::add_selfcheck(app, exit_code);
   try {
