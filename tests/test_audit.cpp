@@ -16,24 +16,14 @@
 
 #include "data/audit.h"
 #include "data/image.h"
+#include "tests/temp_dir.h"
 
 using namespace tessera;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("tessera-audit-" + std::to_string(::getpid()) + "-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using tessera::testing::TempDir;
 
 // A 64×64 picture with detail at every scale the audit looks at: 16×16 random levels, bicubic-upsampled.
 // Different seeds give unrelated pictures (feature correlation near 0).

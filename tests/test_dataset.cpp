@@ -18,25 +18,14 @@
 #include "data/augment.h"
 #include "data/dataset.h"
 #include "kernels/cpu/parallel.h"
+#include "tests/temp_dir.h"
 
 using namespace tessera;
 namespace fs = std::filesystem;
 
 namespace {
 
-// A fresh temporary folder per test case, removed afterwards.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("tessera_test_dataset_" + std::to_string(getpid()) + "_" + tag);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
+using tessera::testing::TempDir;
 
 // A deterministic, non-symmetric test picture: every pixel different enough that flips/rotations show.
 Image pattern(int w, int h, int salt = 0) {

@@ -17,6 +17,7 @@
 #include "models/model.h"
 #include "models/vit.h"
 #include "tests/gradcheck.h"
+#include "tests/temp_dir.h"
 
 using namespace tessera;
 using namespace tessera::models;
@@ -29,20 +30,7 @@ std::string fixture_path(const char* name) {
   return std::string(TESSERA_SOURCE_DIR) + "/tests/fixtures/models/" + name;
 }
 
-// A scratch folder per test case, removed at the end.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("tessera_models_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
+using tessera::testing::TempDir;
 
 // The small configs of the brief: CvT with three stages, a cls token in the last, several heads.
 CvtConfig tiny_cvt(int64_t labels = 5) {

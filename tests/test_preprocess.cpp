@@ -25,6 +25,7 @@
 #include "data/image.h"
 #include "data/preprocess.h"
 #include "engine/safetensors.h"
+#include "tests/temp_dir.h"
 
 using namespace tessera;
 namespace fs = std::filesystem;
@@ -63,16 +64,7 @@ std::string between(const std::string& s, size_t from, char stop) {
   return s.substr(from, end == std::string::npos ? std::string::npos : end - from);
 }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           ("tessera-test-preprocess-" + std::to_string(::getpid()) + "-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { std::error_code ec; fs::remove_all(path, ec); }
-};
+using tessera::testing::TempDir;
 std::string tmp(const std::string& name) {
   static TempDir dir;
   return (dir.path / name).string();

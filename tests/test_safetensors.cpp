@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "engine/safetensors.h"
+#include "tests/temp_dir.h"
 
 using namespace tessera;
 namespace fs = std::filesystem;
@@ -22,17 +23,7 @@ using json = nlohmann::json;
 
 namespace {
 
-// One scratch folder per test process, removed at exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() /
-           ("tessera-test-safetensors-" + std::to_string(::getpid()) + "-" + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { std::error_code ec; fs::remove_all(path, ec); }
-};
+using tessera::testing::TempDir;
 std::string tmp(const std::string& name) {
   static TempDir dir;
   return (dir.path / name).string();
