@@ -44,7 +44,15 @@ models::ModelConfig resolve_config(const PredictOptions& o) {
     }
     throw std::runtime_error("predict: give --model NAME (one of the presets) or --config FILE; no " + beside);
   }
-  return models::preset_config(o.model);
+  // A preset fixes the architecture; the class count is the checkpoint's own (its classifier's rows).
+  models::ModelConfig config = models::preset_config(o.model);
+  SafetensorsFile weights(o.weights);
+  if (weights.contains("classifier.weight")) {
+    const Shape& head = weights.info("classifier.weight").shape;
+    if (head.size() == 2 && head[0] != models::num_labels(config))
+      models::set_labels(config, models::default_labels(head[0]));
+  }
+  return config;
 }
 
 // The models run on the CPU backend; their CUDA kernels (convolution, layer norm, batch norm, attention)
