@@ -219,6 +219,7 @@ void DataLoader::fill(Slot& s, int64_t k, int64_t epoch, uint64_t gen) {
         std::cerr << "tessera: warning: skipping unreadable image: " << warning << "\n";
         continue;
       }
+      if (cfg_.prepare) cfg_.prepare(*decoded, i);
       if (cfg_.cache_decoded) {
         cache_[size_t(i)] = std::move(*decoded);
         src = &*cache_[size_t(i)];

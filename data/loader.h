@@ -55,6 +55,10 @@ struct LoaderConfig {
   int num_workers = 0;     // 0: std::thread::hardware_concurrency()
   int prefetch = 0;        // batches in flight ahead of the consumer; 0: max(2, num_workers)
   bool cache_decoded = false;
+  // Optional step right after decoding, before augmentation (sample index given): it must depend only on
+  // the image and the index, never on the epoch, because with cache_decoded its result is what the cache
+  // keeps (e.g. the study's fixed 224×224 resize, or its augmented copies made once). May throw.
+  std::function<void(Image& image, int64_t sample_index)> prepare;
   // Optional extra step after augmentation, before preprocessing (sample index given). May throw: the
   // exception reaches the consumer through next().
   std::function<void(Image& image, int64_t sample_index)> transform;

@@ -30,6 +30,61 @@ ProcessorConfig ProcessorConfig::cvt(int size) {
   return c;
 }
 
+nlohmann::json processor_to_json(const ProcessorConfig& c) {
+  nlohmann::json j = {{"do_resize", true}, {"do_rescale", true}, {"rescale_factor", c.rescale_factor},
+                      {"do_normalize", true}, {"image_mean", c.mean}, {"image_std", c.std},
+                      {"resample", c.filter == Filter::Bicubic ? 3 : 2}};
+  if (c.mode == ProcessorConfig::Resize::ShortestEdgeCrop) {
+    j["image_processor_type"] = "ConvNextImageProcessor";
+    j["size"] = {{"shortest_edge", c.height}};
+    j["crop_pct"] = c.crop_pct;
+  } else {
+    j["image_processor_type"] = "ViTImageProcessor";
+    j["size"] = {{"height", c.height}, {"width", c.width}};
+  }
+  return j;
+}
+
+ProcessorConfig processor_from_json(const nlohmann::json& j, const std::string& source) {
+  auto bad = [&](const std::string& what) -> std::runtime_error { return std::runtime_error(source + ": " + what); };
+  if (!j.is_object()) throw bad("not a JSON object");
+  const std::string type = j.value("image_processor_type", "");
+  ProcessorConfig c;
+  int size = 224;
+  try {
+    const nlohmann::json& sz = j.contains("size") ? j.at("size") : nlohmann::json(224);
+    if (sz.is_number_integer()) size = sz.get<int>();
+    else if (sz.contains("shortest_edge")) size = sz.at("shortest_edge").get<int>();
+    else if (sz.contains("height")) {
+      size = sz.at("height").get<int>();
+      if (sz.at("width").get<int>() != size) throw bad("only square sizes are supported");
+    } else throw bad("size: expected a number, {shortest_edge} or {height, width}");
+  } catch (const nlohmann::json::exception& e) {
+    throw bad(std::string("size: ") + e.what());
+  }
+  if (size < 1 || size > 4096) throw bad("size " + std::to_string(size) + " is out of range");
+  if (type == "ConvNextImageProcessor") c = ProcessorConfig::cvt(size);
+  else if (type == "ViTImageProcessor") c = ProcessorConfig::vit(size);
+  else throw bad("image_processor_type '" + type + "' is not supported (ViTImageProcessor, ConvNextImageProcessor)");
+  try {
+    if (j.contains("crop_pct")) c.crop_pct = j.at("crop_pct").get<double>();
+    if (j.contains("rescale_factor")) c.rescale_factor = j.at("rescale_factor").get<double>();
+    if (j.contains("image_mean")) c.mean = j.at("image_mean").get<std::array<double, 3>>();
+    if (j.contains("image_std")) c.std = j.at("image_std").get<std::array<double, 3>>();
+    if (j.contains("resample")) {
+      int r = j.at("resample").get<int>();
+      if (r != 2 && r != 3) throw bad("resample " + std::to_string(r) + ": only 2 (bilinear) and 3 (bicubic)");
+      c.filter = r == 3 ? Filter::Bicubic : Filter::Bilinear;
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw bad(e.what());
+  }
+  if (!(c.crop_pct > 0 && c.crop_pct <= 1)) throw bad("crop_pct must be in (0, 1]");
+  for (double s : c.std)
+    if (!(s > 0)) throw bad("image_std must be positive");
+  return c;
+}
+
 ProcessorConfig processor_config(Processor p, int size) {
   return p == Processor::ViT ? ProcessorConfig::vit(size) : ProcessorConfig::cvt(size);
 }

@@ -12,7 +12,10 @@
 // RGB: an Image is RGB already (decode_image converts).
 #pragma once
 #include <array>
+#include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "data/image.h"
 #include "engine/tensor.h"
@@ -37,6 +40,13 @@ struct ProcessorConfig {
   static ProcessorConfig vit(int size = 224);  // google/vit-base-patch16-224's preprocessor_config.json
   static ProcessorConfig cvt(int size = 224);  // microsoft/cvt-13's preprocessor_config.json
 };
+
+// preprocessor_config.json as transformers writes it (ViTImageProcessor / ConvNextImageProcessor), so a
+// checkpoint folder carries the resolution it was trained at. Reading accepts those two processor types
+// with their fields (size as {"height", "width"}, {"shortest_edge"} or a number; resample 2 or 3; mean,
+// std, rescale_factor, crop_pct) and throws naming `source` and the field for anything else.
+nlohmann::json processor_to_json(const ProcessorConfig& cfg);
+ProcessorConfig processor_from_json(const nlohmann::json& j, const std::string& source);
 
 enum class Processor { ViT, CvT };
 ProcessorConfig processor_config(Processor p, int size = 224);

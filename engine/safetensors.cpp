@@ -3,6 +3,8 @@
 // and the tensors' byte ranges, sorted by begin, must tile the data section exactly (no overlaps, no holes).
 #include "engine/safetensors.h"
 
+#include "engine/fileio.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -292,25 +294,6 @@ std::map<std::string, Tensor> load_safetensors(const std::string& path) {
 }
 
 // ---------------------------------------------------------------- writing
-namespace {
-
-// Writes all of `n` bytes, retrying short writes and EINTR.
-bool write_all(int fd, const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t(1) << 30));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    p += w;
-    n -= size_t(w);
-  }
-  return true;
-}
-
-}  // namespace
-
 void save_safetensors(const std::string& path, const std::map<std::string, Tensor>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   // Contiguous CPU copies (or the tensors themselves when already so), in name order.
@@ -341,39 +324,13 @@ void save_safetensors(const std::string& path, const std::map<std::string, Tenso
   unsigned char len[8];
   for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(text.size()) >> (8 * i));
 
-  namespace fs = std::filesystem;
-  fs::path dir = fs::path(path).parent_path();
-  if (dir.empty()) dir = ".";
-  std::random_device rd;
-  char suffix[64];
-  std::snprintf(suffix, sizeof suffix, ".tmp-%ld-%08x", long(::getpid()), unsigned(rd()));
-  const std::string tmp = path + suffix;
-
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) throw SafetensorsError(path + ": cannot create " + tmp + ": " + errno_text());
-  auto fail_with = [&](const std::string& what) {
-    std::string msg = path + ": " + what + ": " + errno_text();
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw SafetensorsError(msg);
-  };
-  if (!write_all(fd, len, 8) || !write_all(fd, text.data(), text.size())) fail_with("cannot write " + tmp);
-  for (const auto& [name, t] : items)
-    if (!write_all(fd, t.raw_data(), t.nbytes())) fail_with("cannot write " + tmp);
-  if (::fsync(fd) != 0) fail_with("cannot fsync " + tmp);
-  int rc = ::close(fd);
-  fd = -1;
-  if (rc != 0) fail_with("cannot close " + tmp);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) fail_with("cannot rename " + tmp + " to " + path);
-  // Make the rename itself durable. The data is already safe; a folder that cannot be opened or synced
-  // (some file systems refuse) is reported, since the caller asked for a durable write.
-  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) throw SafetensorsError(path + ": cannot open folder " + dir.string() + ": " + errno_text());
-  rc = ::fsync(dfd);
-  int err = errno;
-  ::close(dfd);
-  if (rc != 0 && err != EINVAL)  // EINVAL: the file system does not support syncing folders
-    throw SafetensorsError(path + ": cannot fsync folder " + dir.string() + ": " + std::strerror(err));
+  std::vector<std::string_view> pieces{{reinterpret_cast<const char*>(len), 8}, text};
+  for (const auto& [name, t] : items) pieces.emplace_back(static_cast<const char*>(t.raw_data()), t.nbytes());
+  try {
+    write_file_atomic(path, pieces);
+  } catch (const FileError& e) {
+    throw SafetensorsError(e.what());
+  }
 }
 
 }  // namespace tessera

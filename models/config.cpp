@@ -35,6 +35,12 @@ ModelConfig preset_config(const std::string& name) {
     if (name == "cvt-13") {
     } else if (name == "cvt-21") {
       c.depth = {1, 4, 16};
+    } else if (name == "cvt-tiny") {
+      // tessera's own small CvT (not a published model) for quick CPU runs: CvT-13's design at half the
+      // width and fewer blocks, ~1.5 M parameters (stage s still needs depth > s, see MODELS.md).
+      c.embed_dim = {32, 96, 192};
+      c.num_heads = {1, 2, 3};
+      c.depth = {1, 2, 4};
     } else if (name == "cvt-w24") {
       c.embed_dim = {192, 768, 1024};
       c.num_heads = {3, 12, 16};
@@ -63,7 +69,7 @@ ModelConfig preset_config(const std::string& name) {
 }
 
 std::vector<std::string> preset_names() {
-  return {"cvt-13", "cvt-21", "cvt-w24", "vit-ti16", "vit-s16", "vit-b16", "vit-l16"};
+  return {"cvt-tiny", "cvt-13", "cvt-21", "cvt-w24", "vit-ti16", "vit-s16", "vit-b16", "vit-l16"};
 }
 
 // ---------------------------------------------------------------- parsing

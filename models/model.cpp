@@ -1,5 +1,7 @@
 #include "models/model.h"
 
+#include "engine/fileio.h"
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -69,22 +71,11 @@ void save_model(const Model& model, const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw ModelError(dir + ": cannot create the checkpoint directory: " + ec.message());
-  // config.json: written to a temporary name and renamed, so a reader never sees half a file.
-  const fs::path config = fs::path(dir) / "config.json";
-  const fs::path tmp = fs::path(dir) / ("config.json.tmp-" + std::to_string(::getpid()));
-  {
-    std::ofstream out(tmp);
-    out << config_to_json(model.config()).dump(2) << "\n";
-    out.close();
-    if (!out) {
-      fs::remove(tmp, ec);
-      throw ModelError(config.string() + ": cannot write");
-    }
-  }
-  fs::rename(tmp, config, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    throw ModelError(config.string() + ": cannot rename into place: " + ec.message());
+  const std::string config = (fs::path(dir) / "config.json").string();
+  try {
+    write_file_atomic(config, config_to_json(model.config()).dump(2) + "\n");
+  } catch (const FileError& e) {
+    throw ModelError(e.what());
   }
   model.save_safetensors((fs::path(dir) / "model.safetensors").string());
 }

@@ -1,15 +1,23 @@
 // The `tessera` command-line program's subcommands. Each tools/<name>.cpp adds one subcommand to the app;
 // tools/tessera.cpp owns main(), which turns any exception into one `tessera: error: ...` line and exit 1.
 #pragma once
+#include <string>
+
 #include <CLI/CLI.hpp>
 
 namespace tessera::cli {
+
+// The command line as typed (set by main), for the run's records.
+std::string& command_line();
 
 // Each registers its subcommand and the callback that runs it. A callback signals failure by throwing
 // (any std::exception) or, for a command with its own verdict (selfcheck), by setting `exit_code`.
 void add_inspect(CLI::App& app);
 void add_data(CLI::App& app);
 void add_predict(CLI::App& app);
+void add_train(CLI::App& app);
+void add_eval(CLI::App& app);
+void add_report(CLI::App& app);
 void add_selfcheck(CLI::App& app, int& exit_code);
 
 }  // namespace tessera::cli

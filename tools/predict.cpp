@@ -10,13 +10,14 @@
 #include "engine/safetensors.h"
 #include "models/model.h"
 #include "tools/cli.h"
+#include "train/checkpoint.h"
 
 namespace tessera::cli {
 
 namespace {
 
 struct PredictOptions {
-  std::string model, weights, config, pixels, device;
+  std::string model, weights, checkpoint, config, pixels, device;
   int64_t num_classes = 0;  // 0: keep the checkpoint's head
   int top = 5;
   bool json = false;
@@ -65,7 +66,14 @@ Device resolve_device(const std::string& name) {
   throw std::runtime_error("predict: --device must be cuda or cpu, not '" + name + "'");
 }
 
-void run_predict(const PredictOptions& o) {
+void run_predict(PredictOptions o) {
+  if (o.checkpoint.empty() == o.weights.empty())
+    throw std::runtime_error("predict: give --weights FILE or --checkpoint DIR (exactly one)");
+  std::string processor_dir;
+  if (!o.checkpoint.empty()) {
+    processor_dir = train::resolve_checkpoint(o.checkpoint);
+    o.weights = processor_dir + "/model.safetensors";
+  }
   if (o.images.empty() == o.pixels.empty())
     throw std::runtime_error("predict: give either image files or --pixels FILE.safetensors (exactly one)");
   if (o.top < 1) throw std::runtime_error("predict: --top must be at least 1");
@@ -87,7 +95,8 @@ void run_predict(const PredictOptions& o) {
       throw std::runtime_error(o.pixels + ": pixel_values must be [N, 3, H, W], got " + pixels.str());
     for (int64_t i = 0; i < pixels.size(0); ++i) names.push_back(o.pixels + "[" + std::to_string(i) + "]");
   } else {
-    ProcessorConfig proc = processor_for(model->config());
+    ProcessorConfig proc = processor_dir.empty() ? processor_for(model->config())
+                                                 : train::checkpoint_processor(processor_dir, model->config());
     std::vector<Image> images;
     for (const std::string& path : o.images) images.push_back(decode_image(path));
     pixels = preprocess_batch(images, proc);
@@ -137,7 +146,9 @@ void add_predict(CLI::App& app) {
   auto o = std::make_shared<PredictOptions>();
   CLI::App* sub = app.add_subcommand("predict", "Classify images with a CvT or ViT checkpoint (top classes and probabilities)");
   sub->add_option("--model", o->model, "Preset (cvt-13, vit-b16, ...); default: config.json beside the weights");
-  sub->add_option("--weights", o->weights, "model.safetensors (Hugging Face layout)")->required();
+  sub->add_option("--weights", o->weights, "model.safetensors (Hugging Face layout)");
+  sub->add_option("--checkpoint", o->checkpoint,
+                  "A training run directory (its best checkpoint) or a checkpoint directory, instead of --weights");
   sub->add_option("--config", o->config, "A Hugging Face config.json of a cvt or vit model");
   sub->add_option("--num-classes", o->num_classes, "Replace the classifier with a fresh one of N classes");
   sub->add_option("--top", o->top, "How many classes to show per image")->capture_default_str();

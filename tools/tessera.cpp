@@ -204,9 +204,16 @@ void add_selfcheck(CLI::App& app, int& exit_code) {
   sub->callback([&exit_code] { exit_code = run_selfcheck(); });
 }
 
+std::string& command_line() {
+  static std::string line;
+  return line;
+}
+
 }  // namespace tessera::cli
 
 int main(int argc, char** argv) {
+  for (int i = 0; i < argc; ++i)
+    tessera::cli::command_line() += (i ? " " : "") + std::string(i ? argv[i] : "tessera");
   CLI::App app{"tessera: a from-scratch deep-learning engine (C++20 / CUDA)", "tessera"};
   app.set_version_flag("--version", [] {
     return std::string("tessera ") + TESSERA_VERSION + "\n" + tessera::cli::cuda_line();
@@ -216,11 +223,14 @@ int main(int argc, char** argv) {
   tessera::cli::add_inspect(app);
   tessera::cli::add_data(app);
   tessera::cli::add_predict(app);
+  tessera::cli::add_train(app);
+  tessera::cli::add_eval(app);
+  tessera::cli::add_report(app);
   tessera::cli::add_selfcheck(app, exit_code);
   try {
     app.parse(argc, argv);  // runs the chosen subcommand's callback
     if (app.get_subcommands().empty())
-      throw CLI::RequiredError("no subcommand given; one of inspect, predict, selfcheck");
+      throw CLI::RequiredError("no subcommand given; one of train, eval, predict, report, inspect, data, selfcheck");
   } catch (const CLI::Success& e) {  // --help, --version
     return app.exit(e);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,80 @@
+#include "engine/fileio.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+namespace tessera {
+
+namespace {
+
+// Writes all of `n` bytes, retrying short writes and EINTR (in pieces of at most 1 GiB: Linux caps one
+// write() a little under 2 GiB).
+bool write_all(int fd, const char* p, size_t n) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t(1) << 30));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= size_t(w);
+  }
+  return true;
+}
+
+}  // namespace
+
+void write_file_atomic(const std::string& path, const std::vector<std::string_view>& pieces) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  std::random_device rd;
+  char suffix[64];
+  std::snprintf(suffix, sizeof suffix, ".tmp-%ld-%08x", long(::getpid()), unsigned(rd()));
+  const std::string tmp = path + suffix;
+
+  auto errno_text = [] { return std::string(std::strerror(errno)); };
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) throw FileError(path + ": cannot create " + tmp + ": " + errno_text());
+  auto fail_with = [&](const std::string& what) {
+    std::string msg = path + ": " + what + ": " + errno_text();
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    throw FileError(msg);
+  };
+  for (std::string_view piece : pieces)
+    if (!write_all(fd, piece.data(), piece.size())) fail_with("cannot write " + tmp);
+  if (::fsync(fd) != 0) fail_with("cannot fsync " + tmp);
+  int rc = ::close(fd);
+  fd = -1;
+  if (rc != 0) fail_with("cannot close " + tmp);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) fail_with("cannot rename " + tmp + " to " + path);
+  // Make the rename itself durable. The data is already safe; a folder that cannot be opened or synced
+  // (some file systems refuse) is reported, since the caller asked for a durable write.
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) throw FileError(path + ": cannot open folder " + dir.string() + ": " + errno_text());
+  rc = ::fsync(dfd);
+  int err = errno;
+  ::close(dfd);
+  if (rc != 0 && err != EINVAL)  // EINVAL: the file system does not support syncing folders
+    throw FileError(path + ": cannot fsync folder " + dir.string() + ": " + std::strerror(err));
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw FileError(path + ": cannot open: " + std::strerror(errno));
+  std::ostringstream s;
+  s << in.rdbuf();
+  if (in.bad()) throw FileError(path + ": cannot read");
+  return s.str();
+}
+
+}  // namespace tessera

@@ -1,0 +1,23 @@
+// Files that are never seen half-written: checkpoints, configs, reports and run logs.
+#pragma once
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tessera {
+
+struct FileError : std::runtime_error { using std::runtime_error::runtime_error; };
+
+// Writes the pieces, in order, to PATH.tmp-<pid>-<random> in PATH's folder, fsyncs it, renames it over PATH
+// and fsyncs the folder: a reader (or a run killed at any instant) sees the old file or the new one, never
+// a mix. Throws FileError naming PATH and the failing step; the temporary file is removed on failure.
+void write_file_atomic(const std::string& path, const std::vector<std::string_view>& pieces);
+inline void write_file_atomic(const std::string& path, std::string_view text) {
+  write_file_atomic(path, std::vector<std::string_view>{text});
+}
+
+// The whole file; throws FileError naming PATH when it cannot be read.
+std::string read_file(const std::string& path);
+
+}  // namespace tessera

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# `tessera train`, `eval` and `predict --checkpoint` end to end on a tiny CvT and the synthetic data set:
+# a run killed mid-epoch and resumed ends bit-identical to one never interrupted; the run directory holds
+# what train/trainer.h promises; bad options fail with one clear line.
+# Usage: tests/train_test.sh PATH/TO/tessera SCRATCH_DIR        (bash + coreutils + cmp only)
+set -u
+BIN=${1:?usage: train_test.sh PATH/TO/tessera SCRATCH_DIR}
+DIR=${2:?usage: train_test.sh PATH/TO/tessera SCRATCH_DIR}
+rm -rf "$DIR" && mkdir -p "$DIR" || exit 1
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+pass() { echo "ok:   $*"; }
+
+# 64 training images, 16 per step: 4 steps per epoch, 3 epochs. Drop path on, so the random stream's
+# checkpointed offset matters too.
+TINY=(--recipe cpu --synthetic --image-size 32 --epochs 3 --max-train-samples 64 --batch-size 16
+      --drop-path 0.1 --log-every 1 --no-progress)
+
+"$BIN" train "${TINY[@]}" --out "$DIR/whole" >"$DIR/whole.log" 2>&1 || { fail "uninterrupted run failed"; cat "$DIR/whole.log"; }
+
+# Killed at step 6 (in epoch 2): only epoch 1's checkpoint exists.
+"$BIN" train "${TINY[@]}" --out "$DIR/killed" --halt-after-steps 6 >"$DIR/killed.log" 2>&1
+rc=$?
+[ "$rc" -eq 137 ] && pass "halted run exits 137" || fail "halted run exit code $rc, expected 137"
+[ "$(readlink "$DIR/killed/last")" = checkpoint-epoch-001 ] && pass "killed run's last checkpoint is epoch 1" \
+  || fail "killed run's last is '$(readlink "$DIR/killed/last")'"
+"$BIN" train --resume "$DIR/killed" --no-progress >"$DIR/resumed.log" 2>&1 || { fail "resume failed"; cat "$DIR/resumed.log"; }
+# The resumed run must not retrain epoch 1 (a restart from scratch would also end identical: all is seeded).
+if grep -q "resuming .* after epoch 1" "$DIR/resumed.log" && ! grep -q "^epoch 1/3 " "$DIR/resumed.log" \
+   && grep -q "^epoch 2/3 " "$DIR/resumed.log"; then pass "resume trains epochs 2 and 3 only"
+else fail "resume did not continue after epoch 1"; cat "$DIR/resumed.log"; fi
+
+for f in model.safetensors optimizer.safetensors; do
+  cmp -s "$DIR/whole/last/$f" "$DIR/killed/last/$f" && pass "resumed $f is bit-identical" \
+    || fail "resumed $f differs from the uninterrupted run's"
+done
+# metrics.jsonl: the same lines once the timing fields are dropped (the killed epoch's lines replaced).
+strip() { sed -E 's/,?"(elapsed_s|epoch_s|images_per_s)":[^,}]*//g' "$1"; }
+if diff <(strip "$DIR/whole/metrics.jsonl") <(strip "$DIR/killed/metrics.jsonl") >/dev/null; then
+  pass "resumed metrics.jsonl matches"
+else
+  fail "metrics.jsonl differs:"; diff <(strip "$DIR/whole/metrics.jsonl") <(strip "$DIR/killed/metrics.jsonl") | head
+fi
+[ "$(grep -c '"event":"epoch"' "$DIR/whole/metrics.jsonl")" -eq 3 ] && pass "three epoch lines" || fail "epoch lines"
+
+# The run directory.
+for f in run.json metrics.jsonl eval_Testing.json report.html confusion_matrix.png best/model.safetensors \
+         best/config.json best/preprocessor_config.json best/trainer_state.json last/optimizer.safetensors; do
+  [ -s "$DIR/whole/$f" ] || fail "run directory lacks $f"
+done
+[ "$(ls -d "$DIR"/whole/checkpoint-epoch-* | wc -l)" -le 2 ] && pass "only last and best kept" || fail "old checkpoints kept"
+ls -a "$DIR/whole" | grep -q '\.tmp' && fail "temporary files left behind" || pass "no temporary files left"
+
+# eval and predict take the run directory (its best checkpoint).
+"$BIN" eval --checkpoint "$DIR/whole" --data "$DIR/whole/synthetic-data" --novel "$DIR/whole/novel_testing.txt" --json \
+  >"$DIR/eval.json" 2>"$DIR/eval.err" || { fail "eval failed"; cat "$DIR/eval.err"; }
+want=$(grep -o '"accuracy": *[0-9.e-]*' "$DIR/whole/eval_Testing.json" | head -1 | grep -o '[0-9.e-]*$')
+got=$(grep -o '"accuracy": *[0-9.e-]*' "$DIR/eval.json" | head -1 | grep -o '[0-9.e-]*$')
+[ -n "$want" ] && [ "$want" = "$got" ] && pass "eval reproduces the run's Testing accuracy ($got)" \
+  || fail "eval accuracy '$got' vs the run's '$want'"
+grep -q '"confusion_matrix"' "$DIR/eval.json" && grep -q '"novel": *{' "$DIR/eval.json" && pass "eval --json has the matrix and novel subset" \
+  || fail "eval --json lacks confusion_matrix or novel"
+img=$(ls "$DIR/whole/synthetic-data/Testing/disc/"*.png | head -1)
+"$BIN" predict --checkpoint "$DIR/whole" --top 2 "$img" >"$DIR/predict.out" 2>&1 && grep -Eq '^  [0-9.]+  (disc|ring|stripes|checkerboard)$' "$DIR/predict.out" \
+  && pass "predict --checkpoint names a class" || { fail "predict --checkpoint"; cat "$DIR/predict.out"; }
+
+# Errors: one line, exit 1.
+expect_error() {  # NAME WORD -- ARGS...
+  local name=$1 word=$2; shift 3
+  "$BIN" "$@" >"$DIR/err.out" 2>"$DIR/err.err"; local rc=$?
+  if [ "$rc" -eq 1 ] && grep -q '^tessera: error: ' "$DIR/err.err" && grep -qF -- "$word" "$DIR/err.err"; then pass "$name"
+  else fail "$name (exit $rc)"; cat "$DIR/err.err"; fi
+}
+expect_error "missing data names the path and the source" "Brain-Tumor-Classification-DataSet" -- train --data "$DIR/nowhere" --out "$DIR/x"
+expect_error "zero epochs" "--epochs" -- train --synthetic --epochs 0 --out "$DIR/x"
+expect_error "bad schedule" "--schedule" -- train --synthetic --schedule steep --out "$DIR/x"
+expect_error "bad warmup" "--warmup" -- train --recipe cpu --synthetic --warmup 3weeks --out "$DIR/x" --epochs 1 --max-train-samples 8
+expect_error "resume without a checkpoint" "no checkpoint to resume" -- train --resume "$DIR/x"
+expect_error "resume cannot change options" "--lr" -- train --resume "$DIR/whole" --lr 0.1
+expect_error "eval of a missing checkpoint" "nowhere" -- eval --checkpoint "$DIR/nowhere" --data "$DIR/whole/synthetic-data"
+
+echo "$failures failure(s)"
+[ "$failures" -eq 0 ]

@@ -1,0 +1,83 @@
+// `tessera eval`: a checkpoint on a labelled split — accuracy, scikit-learn's per-class report, the
+// confusion matrix and the accuracy on the audit's novel subset.
+#include <algorithm>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+
+#include "data/dataset.h"
+#include "tools/cli.h"
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
+
+namespace tessera::cli {
+
+namespace {
+
+struct EvalCli {
+  std::string checkpoint, data, split = "Testing", novel = "audit/novel_testing.txt", device = "cpu";
+  int64_t batch_size = 64;
+  int workers = 0;
+  bool json = false;
+};
+
+void run_eval(const EvalCli& o) {
+  namespace fs = std::filesystem;
+  if (o.batch_size < 1) throw std::runtime_error("eval: --batch-size must be at least 1");
+  if (o.device != "cpu")
+    throw std::runtime_error("eval: --device " + o.device + " is not supported yet (the CvT/ViT CUDA kernels are still to come)");
+  const std::string dir = train::resolve_checkpoint(o.checkpoint);
+  auto model = models::load_model(dir);
+  const ProcessorConfig processor = train::checkpoint_processor(dir, model->config());
+
+  // The split: ROOT/<split>/<class> of a split layout, or a flat ROOT/<class> when --split is "".
+  const fs::path split_root = o.split.empty() ? fs::path(o.data) : fs::path(o.data) / o.split;
+  if (!fs::is_directory(split_root))
+    throw std::runtime_error("eval: " + split_root.string() + " is not a folder (--data ROOT --split NAME)");
+  // Labels: the model's id2label when the folders are exactly those classes (any order on disk), else the
+  // sorted folder order (a checkpoint with generic LABEL_i names, or a kept 1000-class head).
+  const std::vector<std::string> names = std::visit([](const auto& c) { return c.id2label; }, model->config());
+  DatasetSplit split = scan_folder(split_root.string());
+  if (std::is_permutation(split.classes.begin(), split.classes.end(), names.begin(), names.end())) {
+    split = scan_folder(split_root.string(), names);
+  } else if (int64_t(split.classes.size()) > model->num_labels()) {
+    throw std::runtime_error("eval: " + split_root.string() + " has " + std::to_string(split.classes.size()) +
+                             " class folders but the model " + std::to_string(model->num_labels()) + " outputs");
+  } else {
+    std::cerr << "note: the model's labels are not these folder names; label i = the i-th folder in sorted order\n";
+  }
+
+  const auto novel = train::load_novel_list(o.novel);
+  train::EvalOptions eo;
+  eo.batch_size = o.batch_size;
+  eo.workers = o.workers;
+  eo.novel = novel ? &*novel : nullptr;
+  eo.root = o.data;
+  train::EvalResult r = train::evaluate(*model, split.samples, split.classes, processor, eo);
+  if (o.json) {
+    std::cout << train::eval_to_json(r, o.split, dir, novel ? o.novel : "").dump(2) << "\n";
+    return;
+  }
+  std::cout << "checkpoint " << dir << "\n" << train::format_eval(r, o.split.empty() ? o.data : o.split);
+  if (!novel)
+    std::cout << "\n(no novel-subset accuracy: " << o.novel << " does not exist; `tessera data audit " << o.data
+              << "` writes it)\n";
+}
+
+}  // namespace
+
+void add_eval(CLI::App& app) {
+  auto o = std::make_shared<EvalCli>();
+  CLI::App* sub = app.add_subcommand("eval", "Evaluate a checkpoint on a labelled split: accuracy, per-class report, confusion matrix");
+  sub->add_option("--checkpoint", o->checkpoint, "A run directory (its best checkpoint) or a checkpoint directory")->required();
+  sub->add_option("--data", o->data, "Data root (with the split's folder inside)")->required();
+  sub->add_option("--split", o->split, "Split folder under ROOT (\"\" for a flat ROOT/<class>)")->capture_default_str();
+  sub->add_option("--novel", o->novel, "The audit's novel-subset list (paths relative to ROOT)")->capture_default_str();
+  sub->add_option("--batch-size", o->batch_size, "Images per forward pass")->capture_default_str();
+  sub->add_option("--workers", o->workers, "Loader threads (0: all cores)");
+  sub->add_option("--device", o->device, "cpu (cuda: once the model kernels exist)");
+  sub->add_flag("--json", o->json, "Print one JSON object (accuracy, per_class, confusion_matrix, novel, predictions)");
+  sub->callback([o] { run_eval(*o); });
+}
+
+}  // namespace tessera::cli

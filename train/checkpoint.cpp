@@ -1,0 +1,157 @@
+#include "train/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "engine/fileio.h"
+
+namespace tessera::train {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+nlohmann::json state_to_json(const TrainerState& s) {
+  return {{"format", "tessera.trainer_state"}, {"version", 1},
+          {"epoch", s.epoch}, {"global_step", s.global_step},
+          {"rng", {{"seed", s.rng_seed}, {"offset", s.rng_offset}}},
+          {"metrics_bytes", s.metrics_bytes},
+          {"best_epoch", s.best_epoch}, {"best_val_accuracy", s.best_val_accuracy},
+          {"epoch_metrics", s.epoch_metrics}};
+}
+
+TrainerState state_from_json(const nlohmann::json& j, const std::string& source) {
+  try {
+    if (j.at("format") != "tessera.trainer_state" || j.at("version") != 1)
+      throw std::runtime_error("not a tessera trainer state (format/version)");
+    TrainerState s;
+    s.epoch = j.at("epoch").get<int64_t>();
+    s.global_step = j.at("global_step").get<int64_t>();
+    s.rng_seed = j.at("rng").at("seed").get<uint64_t>();
+    s.rng_offset = j.at("rng").at("offset").get<uint64_t>();
+    s.metrics_bytes = j.at("metrics_bytes").get<int64_t>();
+    s.best_epoch = j.at("best_epoch").get<int64_t>();
+    s.best_val_accuracy = j.at("best_val_accuracy").get<double>();
+    s.epoch_metrics = j.at("epoch_metrics");
+    if (s.epoch < 1 || s.global_step < 0 || s.metrics_bytes < 0 || s.best_epoch < 0 || s.best_epoch > s.epoch)
+      throw std::runtime_error("inconsistent values");
+    return s;
+  } catch (const std::exception& e) {
+    throw std::runtime_error(source + ": bad trainer state: " + e.what());
+  }
+}
+
+namespace {
+
+void fsync_dir(const fs::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+// run_dir/name -> target (relative), replacing any previous link atomically.
+void point_link(const fs::path& run_dir, const std::string& name, const std::string& target) {
+  const fs::path tmp = run_dir / ("." + name + ".tmp-" + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::remove(tmp, ec);
+  fs::create_directory_symlink(target, tmp, ec);
+  if (ec) throw FileError((run_dir / name).string() + ": cannot create link: " + ec.message());
+  fs::rename(tmp, run_dir / name, ec);
+  if (ec) throw FileError((run_dir / name).string() + ": cannot replace link: " + ec.message());
+}
+
+std::string link_target(const fs::path& link) {
+  std::error_code ec;
+  if (!fs::is_symlink(link, ec)) return "";
+  return fs::read_symlink(link, ec).filename().string();
+}
+
+bool is_checkpoint_dir(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p / "model.safetensors", ec) && fs::is_regular_file(p / "config.json", ec);
+}
+
+}  // namespace
+
+std::string save_checkpoint(const std::string& run_dir, const models::Model& model, const AdamW& optimizer,
+                            const ProcessorConfig& processor, const TrainerState& state, bool is_best) {
+  char name[64];
+  std::snprintf(name, sizeof name, "checkpoint-epoch-%03lld", static_cast<long long>(state.epoch));
+  const fs::path root(run_dir), final_dir = root / name;
+  const fs::path tmp = root / (std::string(".") + name + ".tmp-" + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  models::save_model(model, tmp.string());  // config.json + model.safetensors, each fsynced
+  save_optimizer(optimizer, (tmp / "optimizer.safetensors").string());
+  write_file_atomic((tmp / "preprocessor_config.json").string(), processor_to_json(processor).dump(2) + "\n");
+  write_file_atomic((tmp / "trainer_state.json").string(), state_to_json(state).dump(2) + "\n");
+  fs::remove_all(final_dir, ec);  // a stale copy of this epoch from a run killed after writing it
+  fs::rename(tmp, final_dir, ec);
+  if (ec) throw FileError(final_dir.string() + ": cannot move the checkpoint into place: " + ec.message());
+  fsync_dir(root);
+
+  point_link(root, "last", name);
+  if (is_best) point_link(root, "best", name);
+  fsync_dir(root);
+
+  // Keep only what last and best point to (and never a folder that is not ours).
+  const std::string last = link_target(root / "last"), best = link_target(root / "best");
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string n = entry.path().filename().string();
+    if (n.rfind("checkpoint-epoch-", 0) != 0 || n == last || n == best) continue;
+    if (entry.is_symlink()) continue;
+    fs::remove_all(entry.path(), ec);
+  }
+  return final_dir.string();
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  const fs::path p(path);
+  std::error_code ec;
+  if (!fs::exists(p, ec)) throw std::runtime_error(path + ": no such checkpoint or run directory");
+  if (is_checkpoint_dir(p)) return p.string();
+  for (const char* link : {"best", "last"})
+    if (is_checkpoint_dir(p / link)) return (p / link).string();
+  throw std::runtime_error(path + ": neither a checkpoint (config.json + model.safetensors) nor a run "
+                           "directory with a best or last checkpoint");
+}
+
+std::string last_checkpoint(const std::string& run_dir) {
+  const fs::path p = fs::path(run_dir) / "last";
+  if (!is_checkpoint_dir(p))
+    throw std::runtime_error(run_dir + ": no checkpoint to resume from (" + p.string() +
+                             " is missing: the run was stopped before its first epoch ended)");
+  return p.string();
+}
+
+ProcessorConfig checkpoint_processor(const std::string& checkpoint_dir, const models::ModelConfig& config) {
+  const fs::path file = fs::path(checkpoint_dir) / "preprocessor_config.json";
+  if (fs::exists(file)) {
+    json j;
+    try {
+      j = json::parse(read_file(file.string()));
+    } catch (const json::exception& e) {
+      throw std::runtime_error(file.string() + ": not valid JSON: " + e.what());
+    }
+    return processor_from_json(j, file.string());
+  }
+  if (const auto* vit = std::get_if<models::VitConfig>(&config)) return ProcessorConfig::vit(int(vit->image_size));
+  return ProcessorConfig::cvt(224);
+}
+
+TrainerState load_trainer_state(const std::string& checkpoint_dir) {
+  const std::string file = (fs::path(checkpoint_dir) / "trainer_state.json").string();
+  json j;
+  try {
+    j = json::parse(read_file(file));
+  } catch (const json::exception& e) {
+    throw std::runtime_error(file + ": not valid JSON: " + e.what());
+  }
+  return state_from_json(j, file);
+}
+
+}  // namespace tessera::train

@@ -1,0 +1,48 @@
+// Training checkpoints on disk (the layout is described in train/trainer.h).
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "data/preprocess.h"
+#include "engine/optim.h"
+#include "models/model.h"
+
+namespace tessera::train {
+
+// Where a run stands after an epoch: everything besides the weights and the optimizer moments that a
+// resumed run needs to continue exactly.
+struct TrainerState {
+  int64_t epoch = 0;        // epochs completed (1-based count)
+  int64_t global_step = 0;  // optimizer steps taken
+  uint64_t rng_seed = 0, rng_offset = 0;  // the dropout / drop-path stream
+  int64_t metrics_bytes = 0;              // metrics.jsonl's length right after this epoch's line
+  int64_t best_epoch = 0;                 // best so far (0: none yet)
+  double best_val_accuracy = -1;
+  nlohmann::json epoch_metrics;           // this epoch's "epoch" line of metrics.jsonl
+};
+
+nlohmann::json state_to_json(const TrainerState& s);
+TrainerState state_from_json(const nlohmann::json& j, const std::string& source);
+
+// Writes run_dir/checkpoint-epoch-NNN (config.json, model.safetensors, optimizer.safetensors,
+// trainer_state.json, preprocessor_config.json) through a temporary folder renamed into place, points run_dir/last (and run_dir/best
+// when is_best) at it, then deletes checkpoints that are neither. Returns the checkpoint's path.
+// preprocessor_config.json (the evaluation processor: resolution and normalisation) is written too.
+std::string save_checkpoint(const std::string& run_dir, const models::Model& model, const AdamW& optimizer,
+                            const ProcessorConfig& processor, const TrainerState& state, bool is_best);
+
+// The processor a checkpoint folder's images need: its preprocessor_config.json, else the model's standard
+// one (CvT: ConvNext at 224; ViT: its config's image_size).
+ProcessorConfig checkpoint_processor(const std::string& checkpoint_dir, const models::ModelConfig& config);
+
+// A checkpoint folder from what a user passes: a run directory (its best checkpoint, else its last) or a
+// checkpoint directory itself (one holding model.safetensors). Throws naming the path when it is neither.
+std::string resolve_checkpoint(const std::string& path);
+// A run directory's last checkpoint (for --resume); throws naming run_dir when it has none.
+std::string last_checkpoint(const std::string& run_dir);
+
+TrainerState load_trainer_state(const std::string& checkpoint_dir);
+
+}  // namespace tessera::train

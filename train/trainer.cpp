@@ -1,0 +1,559 @@
+#include "train/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "data/audit.h"
+#include "data/augment.h"
+#include "data/dataset.h"
+#include "data/loader.h"
+#include "engine/cuda.h"
+#include "engine/fileio.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "engine/safetensors.h"
+#include "engine/schedule.h"
+#include "models/model.h"
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
+#include "train/progress.h"
+#include "train/report.h"
+#include "train/synthetic.h"
+
+namespace tessera::train {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+// ---------------------------------------------------------------- recipes
+
+TrainOptions recipe_options(const std::string& name) {
+  TrainOptions o;  // the struct's defaults are the study's protocol
+  o.recipe = name;
+  if (name == "study") {
+    o.study_pipeline = true;
+    return o;
+  }
+  if (name == "default") {
+    // From-scratch CvT-13. A transformer without pretraining on 2,296 images needs what DeiT-style
+    // recipes give it: a much larger lr than fine-tuning, warmup then a cosine decay, stronger weight decay,
+    // label smoothing, drop path, and wider crops (scale down to 0.35) so each epoch sees new views.
+    // Vertical flips are off: an upside-down brain is not a view the Testing images contain.
+    o.model = "cvt-13";
+    o.epochs = 60;
+    o.batch_size = 32;
+    o.lr = 5e-4;
+    o.weight_decay = 0.05;
+    o.schedule = "cosine";
+    o.warmup = "3ep";
+    o.label_smoothing = 0.1;
+    o.clip_grad = 1.0;
+    o.drop_path = 0.1;
+    o.crop_scale_min = 0.35;
+    o.p_vflip = 0;
+    return o;
+  }
+  if (name == "cpu") {
+    // The default recipe shrunk to fit minutes on 2 CPU cores: cvt-tiny (a 1.5 M-parameter CvT of the same
+    // design) at 64×64, 8 epochs. Same pipeline, same report.
+    o = recipe_options("default");
+    o.recipe = name;
+    o.model = "cvt-tiny";
+    o.image_size = 64;
+    o.epochs = 8;
+    o.lr = 1e-3;
+    o.warmup = "1ep";
+    o.drop_path = 0.0;
+    o.eval_batch_size = 64;
+    o.device = "cpu";
+    return o;
+  }
+  std::string all;
+  for (const auto& n : recipe_names()) all += (all.empty() ? "" : ", ") + n;
+  throw std::invalid_argument("unknown recipe '" + name + "' (known: " + all + ")");
+}
+
+std::vector<std::string> recipe_names() { return {"default", "study", "cpu"}; }
+
+// One table of every option: its JSON name and the member, so options_to_json / options_from_json cannot
+// drift apart.
+namespace {
+
+template <typename F>
+void for_each_option(TrainOptions& o, F&& f) {
+  f("recipe", o.recipe), f("model", o.model), f("config", o.config), f("weights", o.weights);
+  f("keep_imagenet_head", o.keep_imagenet_head), f("drop_path", o.drop_path), f("data", o.data);
+  f("synthetic", o.synthetic), f("val_fraction", o.val_fraction), f("image_size", o.image_size);
+  f("static_augment", o.static_augment), f("rotation", o.rotation), f("crop_scale_min", o.crop_scale_min);
+  f("brightness", o.brightness), f("contrast", o.contrast), f("p_vflip", o.p_vflip);
+  f("study_pipeline", o.study_pipeline), f("max_train_samples", o.max_train_samples), f("workers", o.workers);
+  f("epochs", o.epochs), f("batch_size", o.batch_size), f("eval_batch_size", o.eval_batch_size);
+  f("lr", o.lr), f("weight_decay", o.weight_decay), f("label_smoothing", o.label_smoothing);
+  f("clip_grad", o.clip_grad), f("schedule", o.schedule), f("warmup", o.warmup), f("seed", o.seed);
+  f("device", o.device), f("precision", o.precision), f("out", o.out), f("log_every", o.log_every);
+}
+
+}  // namespace
+
+nlohmann::json options_to_json(const TrainOptions& o) {
+  json j = json::object();
+  for_each_option(const_cast<TrainOptions&>(o), [&](const char* name, const auto& v) { j[name] = v; });
+  return j;
+}
+
+TrainOptions options_from_json(const nlohmann::json& j, const std::string& source) {
+  TrainOptions o;
+  for_each_option(o, [&](const char* name, auto& v) {
+    if (!j.contains(name)) throw std::runtime_error(source + ": options lack '" + name + "'");
+    try {
+      j.at(name).get_to(v);
+    } catch (const json::exception& e) {
+      throw std::runtime_error(source + ": option '" + std::string(name) + "': " + e.what());
+    }
+  });
+  return o;
+}
+
+void validate(const TrainOptions& o) {
+  std::vector<std::string> problems;
+  auto need = [&](bool ok, const std::string& what) {
+    if (!ok) problems.push_back(what);
+  };
+  need(o.epochs >= 1, "--epochs must be at least 1");
+  need(o.batch_size >= 1, "--batch-size must be at least 1");
+  need(o.eval_batch_size >= 1, "the evaluation batch size must be at least 1");
+  need(std::isfinite(o.lr) && o.lr > 0, "--lr must be a positive number");
+  need(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "--weight-decay must be >= 0");
+  need(o.label_smoothing >= 0 && o.label_smoothing < 1, "--label-smoothing must be in [0, 1)");
+  need(o.clip_grad >= 0, "--clip-grad must be >= 0 (0: no clipping)");
+  need(o.val_fraction > 0 && o.val_fraction < 1, "--val-fraction must be in (0, 1)");
+  need(o.image_size >= 16 && o.image_size <= 1024, "--image-size must be in [16, 1024]");
+  need(o.drop_path < 1, "--drop-path must be < 1");
+  need(o.max_train_samples >= 0, "--max-train-samples must be >= 0");
+  need(o.workers >= 0, "--workers must be >= 0");
+  need(o.log_every >= 1, "--log-every must be at least 1");
+  need(o.precision == "fp32" || o.precision == "bf16", "--precision must be fp32 or bf16, not '" + o.precision + "'");
+  need(o.device.empty() || o.device == "cpu" || o.device == "cuda", "--device must be cuda or cpu, not '" + o.device + "'");
+  need(!o.out.empty(), "--out must name a directory");
+  need(!o.data.empty() || o.synthetic, "give --data ROOT (or --synthetic)");
+  need(!(o.keep_imagenet_head && o.weights.empty()),
+       "--keep-imagenet-head needs --weights (a checkpoint whose head to keep)");
+  try {
+    parse_schedule_kind(o.schedule);
+  } catch (const std::exception& e) {
+    problems.push_back(std::string("--schedule: ") + e.what());
+  }
+  try {
+    AugmentConfig a;
+    a.rotation_degrees = o.rotation, a.crop_scale_min = o.crop_scale_min, a.brightness = o.brightness;
+    a.contrast = o.contrast, a.p_vflip = o.p_vflip;
+    tessera::validate(a);
+  } catch (const std::exception& e) {
+    problems.push_back(std::string("augmentation: ") + e.what());
+  }
+  if (!problems.empty()) {
+    std::string msg = "train: ";
+    for (size_t i = 0; i < problems.size(); ++i) msg += (i ? "; " : "") + problems[i];
+    throw std::invalid_argument(msg);
+  }
+}
+
+namespace {
+
+// "500" steps, "0.05" of all steps, "2ep" epochs.
+int64_t parse_warmup(const std::string& text, int64_t steps_per_epoch, int64_t total_steps) {
+  try {
+    size_t used = 0;
+    if (text.size() > 2 && text.compare(text.size() - 2, 2, "ep") == 0) {
+      double epochs = std::stod(text.substr(0, text.size() - 2), &used);
+      if (used == text.size() - 2 && epochs >= 0) return std::min(total_steps, int64_t(std::llround(epochs * double(steps_per_epoch))));
+    } else if (text.find('.') != std::string::npos) {
+      double f = std::stod(text, &used);
+      if (used == text.size() && f >= 0 && f <= 1) return int64_t(std::ceil(f * double(total_steps)));  // HF's warmup_ratio
+    } else {
+      long long n = std::stoll(text, &used);
+      if (used == text.size() && n >= 0) return std::min<int64_t>(total_steps, n);
+    }
+  } catch (const std::exception&) {
+  }
+  throw std::invalid_argument("--warmup '" + text + "': give steps (500), a fraction of training (0.05) or epochs (2ep)");
+}
+
+std::string utc_now() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+// The data a run uses, after the split.
+struct RunData {
+  std::string root;
+  std::vector<std::string> classes;
+  std::vector<Sample> train, val, test;  // test empty for a flat folder
+};
+
+RunData load_data(const TrainOptions& o) {
+  RunData d;
+  d.root = o.data;
+  DatasetSplit all;
+  if (detect_layout(o.data) == Layout::Split) {
+    SplitLayout s = load_split_layout(o.data);
+    all = std::move(s.train);
+    d.test = std::move(s.test.samples);
+  } else {
+    all = scan_folder(o.data);
+  }
+  d.classes = all.classes;
+  TrainVal tv = stratified_split(all, o.val_fraction, o.seed);
+  d.train = std::move(tv.train.samples);
+  d.val = std::move(tv.val.samples);
+  if (o.max_train_samples > 0 && o.max_train_samples < int64_t(d.train.size())) {
+    DatasetSplit part{d.classes, d.train};
+    d.train = stratified_split(part, double(o.max_train_samples) / double(part.size()), o.seed + 1).val.samples;
+  }
+  return d;
+}
+
+std::vector<int64_t> counts_of(const std::vector<Sample>& samples, size_t classes) {
+  std::vector<int64_t> c(classes, 0);
+  for (const auto& s : samples) ++c[size_t(s.label)];
+  return c;
+}
+
+// The processor every image passes through last: the model's own for evaluation; for training after
+// the random resized crop (which already gives image_size²) only the normalisation is left, so a squash
+// at the same size (Pillow's identity) with the model's mean and std.
+ProcessorConfig eval_processor(const models::ModelConfig& c, int size) {
+  return std::holds_alternative<models::VitConfig>(c) ? ProcessorConfig::vit(size) : ProcessorConfig::cvt(size);
+}
+
+std::unique_ptr<models::Model> build_model(const TrainOptions& o, const std::vector<std::string>& classes) {
+  models::ModelConfig config;
+  std::string weights_file = o.weights;
+  if (!o.weights.empty() && fs::is_directory(o.weights)) weights_file = (fs::path(o.weights) / "model.safetensors").string();
+  if (!o.config.empty()) config = models::load_config(o.config);
+  else if (!o.weights.empty() && fs::is_directory(o.weights)) config = models::load_config((fs::path(o.weights) / "config.json").string());
+  else config = models::preset_config(o.model);
+  if (auto* cvt = std::get_if<models::CvtConfig>(&config); cvt && o.drop_path >= 0) cvt->drop_path_rate.back() = o.drop_path;
+  if (auto* vit = std::get_if<models::VitConfig>(&config)) vit->image_size = o.image_size;
+
+  if (o.weights.empty()) {
+    models::set_labels(config, classes);
+    return models::make_model(config, o.seed);
+  }
+  models::LoadOptions load;
+  if (o.keep_imagenet_head) {
+    // The checkpoint's head as it is: its row count decides the label count; the data's classes are
+    // labels 0..C-1 inside it (the study's mistake).
+    SafetensorsFile w(weights_file);
+    if (w.contains("classifier.weight"))
+      models::set_labels(config, models::default_labels(w.info("classifier.weight").shape.at(0)));
+  } else {
+    load.num_classes = int64_t(classes.size());
+    load.head_seed = o.seed;
+  }
+  auto model = models::load_model(config, weights_file, load);
+  if (!o.keep_imagenet_head) {
+    models::ModelConfig named = model->config();
+    models::set_labels(named, classes);
+    // Rebuild with the class names in id2label (what config.json of every checkpoint then carries).
+    auto renamed = models::make_model(named);
+    renamed->load_state_dict(model->state_dict(), weights_file);
+    return renamed;
+  }
+  return model;
+}
+
+Device resolve_device(const std::string& name, std::ostream& log) {
+  const bool gpu = cuda::available();
+  if (name == "cuda" || (name.empty() && gpu)) {
+    if (!gpu) throw std::runtime_error("train: --device cuda, but " + cuda::status());
+    // The models' CUDA kernels (convolution, layer norm, batch norm, attention) are the kernels issue's
+    // work; until they exist a CUDA run would stop at the first convolution, so say so now.
+    if (name == "cuda")
+      throw std::runtime_error("train: --device cuda is not supported yet: the CvT/ViT kernels for CUDA are "
+                               "still to come; use --device cpu");
+    log << "note: a GPU is present but the CvT/ViT CUDA kernels are still to come; training on the CPU\n";
+  }
+  return Device::CPU;
+}
+
+// metrics.jsonl: one line per event, flushed as written.
+class MetricsLog {
+ public:
+  MetricsLog(const std::string& path, int64_t keep_bytes) : path_(path) {
+    std::error_code ec;
+    if (keep_bytes >= 0 && fs::exists(path_)) fs::resize_file(path_, uint64_t(keep_bytes), ec);
+    out_.open(path_, std::ios::app);
+    if (!out_) throw FileError(path_ + ": cannot open for appending");
+  }
+  void write(const json& j) {
+    out_ << j.dump() << "\n";
+    out_.flush();
+    if (!out_) throw FileError(path_ + ": cannot write");
+  }
+  int64_t bytes() { return int64_t(out_.tellp()); }
+
+ private:
+  std::string path_;
+  std::ofstream out_;
+};
+
+}  // namespace
+
+TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command_line) {
+  const auto t_start = Clock::now();
+  TrainSummary summary;
+
+  // ---- resume: the run's own options; only where to run may change
+  std::string resume_from;
+  std::optional<TrainerState> resumed;
+  if (!o.resume.empty()) {
+    resume_from = last_checkpoint(o.resume);
+    const std::string run_json = (fs::path(o.resume) / "run.json").string();
+    json run;
+    try {
+      run = json::parse(read_file(run_json));
+    } catch (const json::exception& e) {
+      throw std::runtime_error(run_json + ": not valid JSON: " + e.what());
+    }
+    TrainOptions stored = options_from_json(run.at("options"), run_json);
+    stored.device = o.device.empty() ? stored.device : o.device;
+    stored.workers = o.workers;
+    stored.progress = o.progress;
+    stored.halt_after_steps = o.halt_after_steps;
+    stored.out = o.resume;
+    stored.resume = o.resume;
+    o = stored;
+    resumed = load_trainer_state(resume_from);
+  }
+  validate(o);
+  const Device device = resolve_device(o.device, log);
+  if (o.precision == "bf16")
+    throw std::runtime_error("train: --precision bf16 needs the CUDA backend's bf16 kernels (still to come); "
+                             "the CPU backend computes in fp32");
+
+  fs::create_directories(o.out);
+  if (o.synthetic) {
+    if (o.data.empty()) o.data = (fs::path(o.out) / "synthetic-data").string();
+    make_synthetic_dataset(o.data, o.seed);
+  }
+  RunData data = load_data(o);
+  const size_t C = data.classes.size();
+  auto model = build_model(o, data.classes);
+  const models::ModelConfig& mc = model->config();
+
+  // ---- the pipelines
+  LoaderConfig train_cfg;
+  ProcessorConfig eval_proc = eval_processor(mc, o.image_size);
+  AugmentConfig aug;
+  aug.rotation_degrees = o.rotation, aug.crop_scale_min = o.crop_scale_min;
+  aug.brightness = o.brightness, aug.contrast = o.contrast, aug.p_vflip = o.p_vflip;
+  aug.out_width = aug.out_height = o.image_size;
+  std::function<void(Image&, int64_t)> study_resize;
+  if (o.study_pipeline) {
+    // The study: every image resized to image_size² first, augmented, then the model's processor on top
+    // (which for CvT resizes again to 256 and crops 224: its third mistake, kept for reproduction).
+    const int s = o.image_size;
+    study_resize = [s](Image& im, int64_t) { im = resize(im, s, s, Filter::Bilinear); };
+    train_cfg.processor = eval_proc;
+  } else {
+    train_cfg.processor = eval_proc;
+    train_cfg.processor.mode = ProcessorConfig::Resize::Squash;  // the crop already has the output size
+  }
+  std::vector<Sample> train_samples = data.train;
+  if (o.static_augment) {
+    // The study's first mistake: one augmented copy of each image, made once, plus the originals.
+    const int64_t n = int64_t(train_samples.size());
+    train_samples.insert(train_samples.end(), data.train.begin(), data.train.end());
+    const uint64_t seed = o.seed;
+    const bool pre = o.study_pipeline;
+    const int s = o.image_size;
+    train_cfg.prepare = [=](Image& im, int64_t i) {
+      if (pre) im = resize(im, s, s, Filter::Bilinear);
+      if (i >= n) im = augment(im, aug, seed, uint64_t(i - n));
+    };
+  } else {
+    train_cfg.augment = aug;
+    train_cfg.prepare = study_resize;
+  }
+  train_cfg.batch_size = o.batch_size;
+  train_cfg.shuffle = true;
+  train_cfg.seed = o.seed;
+  train_cfg.num_workers = o.workers;
+  train_cfg.cache_decoded = true;  // the set is small (≈0.6 GB decoded); decoding once saves a core-second per 400 images
+  DataLoader loader(train_samples, model->num_labels(), train_cfg);
+
+  EvalOptions eval_opts;
+  eval_opts.batch_size = o.eval_batch_size;
+  eval_opts.workers = o.workers;
+  eval_opts.device = device;
+  // Evaluation images through the same prepare step as training's (the study's 224 resize).
+  auto evaluate_split = [&](models::Model& m, const std::vector<Sample>& samples, const std::set<std::string>* novel) {
+    EvalOptions e = eval_opts;
+    e.novel = novel;
+    e.root = data.root;
+    e.prepare = study_resize;
+    return evaluate(m, samples, data.classes, eval_proc, e);
+  };
+
+  // ---- optimisation
+  AdamWOptions ao;
+  ao.lr = o.lr;
+  ao.weight_decay = o.weight_decay;
+  AdamW optimizer(trainer_param_groups(model->parameters(), o.weight_decay), ao);
+  const int64_t steps_per_epoch = loader.batches_per_epoch();
+  LrSchedule schedule;
+  schedule.kind = parse_schedule_kind(o.schedule);
+  schedule.base_lr = o.lr;
+  schedule.total_steps = steps_per_epoch * o.epochs;
+  schedule.warmup_steps = parse_warmup(o.warmup, steps_per_epoch, schedule.total_steps);
+  schedule.validate();
+  Generator gen(o.seed ^ 0x5EED0D120FULL);  // dropout / drop path, apart from the init stream
+
+  TrainerState state;
+  if (resumed) {
+    model->load_safetensors((fs::path(resume_from) / "model.safetensors").string());
+    load_optimizer(optimizer, (fs::path(resume_from) / "optimizer.safetensors").string());
+    state = *resumed;
+    gen.set_state(state.rng_seed, state.rng_offset);
+    log << "resuming " << o.out << " after epoch " << state.epoch << " (step " << state.global_step << ")\n";
+  } else {
+    json run = {{"tessera_version", TESSERA_VERSION}, {"command", command_line}, {"started", utc_now()},
+                {"model", o.config.empty() ? o.model : o.config}, {"device", device == Device::CPU ? "cpu" : "cuda"},
+                {"precision", o.precision}, {"image_size", o.image_size}, {"classes", data.classes},
+                {"parameters", model->num_parameters()},
+                {"data", {{"root", data.root}, {"synthetic", o.synthetic},
+                          {"counts", {{"train", counts_of(data.train, C)}, {"validation", counts_of(data.val, C)},
+                                      {"Testing", counts_of(data.test, C)}}}}},
+                {"options", options_to_json(o)}};
+    write_file_atomic((fs::path(o.out) / "run.json").string(), run.dump(2) + "\n");
+  }
+  MetricsLog metrics((fs::path(o.out) / "metrics.jsonl").string(), resumed ? state.metrics_bytes : 0);
+
+  log << "train: " << (o.config.empty() ? o.model : o.config) << " (" << model->num_parameters() << " parameters"
+      << (o.weights.empty() ? ", from scratch" : ", from " + o.weights) << ") on " << data.train.size() << " images ("
+      << data.val.size() << " validation, " << data.test.size() << " Testing), " << C << " classes, "
+      << o.image_size << "px, " << o.epochs << " epochs × " << steps_per_epoch << " steps of " << o.batch_size
+      << ", recipe " << o.recipe << ", device cpu, out " << o.out << "\n";
+
+  CrossEntropyOptions ce;
+  ce.label_smoothing = o.label_smoothing;
+  const auto params = optimizer.parameters();
+  for (int64_t epoch = state.epoch + 1; epoch <= o.epochs; ++epoch) {
+    const auto t_epoch = Clock::now();
+    ProgressBar bar(log, epoch, o.epochs, steps_per_epoch, o.progress);
+    loader.start_epoch(epoch - 1);
+    double loss_sum = 0;
+    int64_t seen = 0, correct = 0, step_in_epoch = 0;
+    double window_loss = 0;
+    int64_t window_steps = 0;
+    while (auto batch = loader.next()) {
+      const int64_t n = batch->size();
+      const double lr = schedule.lr_at(state.global_step);
+      optimizer.set_lr(lr);
+      Tensor images = batch->images.to(device), labels = batch->labels.to(device);
+      Tensor logits = model->forward(images, /*training=*/true, gen);
+      Tensor loss = cross_entropy(logits, labels, ce);
+      loss.backward();
+      const double grad_norm = o.clip_grad > 0 ? clip_grad_norm(params, o.clip_grad) : 0.0;
+      optimizer.step();
+      optimizer.zero_grad();
+      ++state.global_step, ++step_in_epoch;
+
+      const double l = loss.item();
+      std::vector<int64_t> pred = argmax(logits.detach(), 1).to_vector<int64_t>();
+      std::vector<int64_t> truth = batch->labels.to_vector<int64_t>();
+      for (int64_t k = 0; k < n; ++k) correct += pred[size_t(k)] == truth[size_t(k)];
+      loss_sum += l * double(n), seen += n;
+      window_loss += l, ++window_steps;
+      bar.update(step_in_epoch, seen, loss_sum / double(seen), lr);
+      if (state.global_step % o.log_every == 0) {
+        metrics.write({{"event", "step"}, {"epoch", epoch}, {"step", step_in_epoch}, {"global_step", state.global_step},
+                       {"loss", window_loss / double(window_steps)}, {"lr", lr}, {"grad_norm", grad_norm},
+                       {"images_per_s", bar.images_per_second()},
+                       {"elapsed_s", std::chrono::duration<double>(Clock::now() - t_start).count()}});
+        window_loss = 0, window_steps = 0;
+      }
+      if (o.halt_after_steps > 0 && state.global_step >= o.halt_after_steps) {
+        log.flush();
+        std::_Exit(137);  // as if killed: no checkpoint, no cleanup (the resume test's interruption)
+      }
+    }
+    bar.finish();
+
+    EvalResult val = evaluate_split(*model, data.val, nullptr);
+    const double val_acc = val.report.accuracy;
+    const bool best = val_acc > state.best_val_accuracy;  // strict: a tie keeps the earlier epoch (Trainer)
+    if (best) state.best_val_accuracy = val_acc, state.best_epoch = epoch;
+    const double epoch_s = std::chrono::duration<double>(Clock::now() - t_epoch).count();
+    json line = {{"event", "epoch"}, {"epoch", epoch}, {"global_step", state.global_step},
+                 {"lr", schedule.lr_at(state.global_step - 1)},
+                 {"train_loss", seen ? loss_sum / double(seen) : 0.0},
+                 {"train_accuracy", seen ? double(correct) / double(seen) : 0.0},
+                 {"val_loss", val.loss}, {"val_accuracy", val_acc}, {"val_f1_weighted", val.report.weighted.f1},
+                 {"val_f1_macro", val.report.macro.f1}, {"val_recall_weighted", val.report.weighted.recall},
+                 {"epoch_s", epoch_s}, {"best", best}};
+    metrics.write(line);
+    char text[256];
+    std::snprintf(text, sizeof text,
+                  "epoch %lld/%lld  train loss %.4f acc %.4f | val loss %.4f acc %.4f F1 w %.4f m %.4f recall w %.4f"
+                  " | %.0f s%s\n",
+                  static_cast<long long>(epoch), static_cast<long long>(o.epochs), line["train_loss"].get<double>(),
+                  line["train_accuracy"].get<double>(), val.loss, val_acc, val.report.weighted.f1,
+                  val.report.macro.f1, val.report.weighted.recall, epoch_s, best ? "  * best" : "");
+    log << text << std::flush;
+
+    state.epoch = epoch;
+    state.rng_seed = gen.seed(), state.rng_offset = gen.offset();
+    state.metrics_bytes = metrics.bytes();
+    state.epoch_metrics = line;
+    save_checkpoint(o.out, *model, optimizer, eval_proc, state, best);
+  }
+
+  summary.out = o.out;
+  summary.best_epoch = state.best_epoch;
+  summary.best_val_accuracy = state.best_val_accuracy;
+
+  // ---- the best checkpoint on Testing
+  if (!data.test.empty()) {
+    const std::string best_dir = (fs::path(o.out) / "best").string();
+    auto best = models::load_model(best_dir);
+    // The novel subset: the audit's list when one was written for this data, else one made now.
+    std::string novel_list = "audit/novel_testing.txt";
+    std::optional<std::set<std::string>> novel = load_novel_list(novel_list);
+    if (novel && !novel->empty() && !fs::exists(fs::path(data.root) / *novel->begin())) novel.reset();  // another data set's
+    if (!novel) {
+      novel_list = (fs::path(o.out) / "novel_testing.txt").string();
+      AuditReport audit = audit_dataset(data.root);
+      std::string text;
+      std::set<std::string> list;
+      for (int i : audit.novel) text += audit.images[size_t(i)].path + "\n", list.insert(audit.images[size_t(i)].path);
+      write_file_atomic(novel_list, text);
+      novel = std::move(list);
+    }
+    EvalResult test = evaluate_split(*best, data.test, &*novel);
+    json j = eval_to_json(test, "Testing", best_dir, novel_list);
+    write_file_atomic((fs::path(o.out) / "eval_Testing.json").string(), j.dump(1) + "\n");
+    log << "\nbest epoch " << state.best_epoch << " (validation accuracy " << state.best_val_accuracy << ")\n"
+        << format_eval(test, "Testing");
+    summary.test_accuracy = test.report.accuracy;
+    if (test.novel_total && *test.novel_total) summary.novel_accuracy = double(*test.novel_correct) / double(*test.novel_total);
+  }
+  write_report(o.out);
+  summary.seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
+  log << "report: " << (fs::path(o.out) / "report.html").string() << "  (" << std::llround(summary.seconds) << " s)\n";
+  return summary;
+}
+
+}  // namespace tessera::train
