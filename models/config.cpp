@@ -37,7 +37,7 @@ ModelConfig preset_config(const std::string& name) {
       c.depth = {1, 4, 16};
     } else if (name == "cvt-tiny") {
       // tessera's own small CvT (not a published model) for quick CPU runs: CvT-13's design at half the
-      // width and fewer blocks, ~1.5 M parameters (stage s still needs depth > s, see MODELS.md).
+      // width and fewer blocks, 2.2 M parameters with 4 classes (stage s still needs depth > s, see MODELS.md).
       c.embed_dim = {32, 96, 192};
       c.num_heads = {1, 2, 3};
       c.depth = {1, 2, 4};

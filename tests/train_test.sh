@@ -64,6 +64,18 @@ img=$(ls "$DIR/whole/synthetic-data/Testing/disc/"*.png | head -1)
 "$BIN" predict --checkpoint "$DIR/whole" --top 2 "$img" >"$DIR/predict.out" 2>&1 && grep -Eq '^  [0-9.]+  (disc|ring|stripes|checkerboard)$' "$DIR/predict.out" \
   && pass "predict --checkpoint names a class" || { fail "predict --checkpoint"; cat "$DIR/predict.out"; }
 
+# The study's protocol from a checkpoint (the transformers-written tiny CvT fixture, 4 labels): the head is
+# replaced by default; --static-augment doubles the epoch (originals + one fixed augmented copy each);
+# --keep-imagenet-head keeps the checkpoint's classifier tensor as it is.
+FIXTURE=$(dirname "$0")/fixtures/models/tiny-cvt
+STUDY=(--recipe study --weights "$FIXTURE" --synthetic --image-size 32 --epochs 1 --max-train-samples 32 --no-progress)
+"$BIN" train "${STUDY[@]}" --out "$DIR/study" >"$DIR/study.log" 2>&1 && grep -q "1 epochs × 2 steps of 16, recipe study" "$DIR/study.log" \
+  && pass "study recipe from a checkpoint" || { fail "study recipe"; cat "$DIR/study.log"; }
+"$BIN" train "${STUDY[@]}" --static-augment --out "$DIR/static" >"$DIR/static.log" 2>&1 && grep -q "× 4 steps of 16" "$DIR/static.log" \
+  && pass "--static-augment doubles the epoch" || { fail "--static-augment"; cat "$DIR/static.log"; }
+"$BIN" train "${STUDY[@]}" --keep-imagenet-head --out "$DIR/kept" >"$DIR/kept.log" 2>&1 \
+  && grep -q '"keep_imagenet_head": true' "$DIR/kept/run.json" && pass "--keep-imagenet-head runs" || { fail "--keep-imagenet-head"; cat "$DIR/kept.log"; }
+
 # Errors: one line, exit 1.
 expect_error() {  # NAME WORD -- ARGS...
   local name=$1 word=$2; shift 3

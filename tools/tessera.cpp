@@ -23,6 +23,7 @@
 #include "engine/safetensors.h"
 #include "kernels/cpu/parallel.h"
 #include "tools/cli.h"
+#include "train/trainer.h"
 
 namespace tessera::cli {
 
@@ -216,7 +217,8 @@ int main(int argc, char** argv) {
     tessera::cli::command_line() += (i ? " " : "") + std::string(i ? argv[i] : "tessera");
   CLI::App app{"tessera: a from-scratch deep-learning engine (C++20 / CUDA)", "tessera"};
   app.set_version_flag("--version", [] {
-    return std::string("tessera ") + TESSERA_VERSION + "\n" + tessera::cli::cuda_line();
+    return std::string("tessera ") + TESSERA_VERSION + "\n" + tessera::cli::cuda_line() + "\nmodels on CUDA: " +
+           (tessera::train::kModelsOnCuda ? "yes" : "not yet (the CvT/ViT CUDA kernels are still to come)");
   });
   app.require_subcommand(0, 1);  // none is checked below, so that unknown words get CLI11's own message
   int exit_code = 0;

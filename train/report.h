@@ -35,9 +35,10 @@
 
 namespace tessera::train {
 
-// Writes run_dir/report.html and run_dir/confusion_matrix.png (both replaced atomically). Throws naming
-// the file when run.json is missing or any file is malformed; a missing metrics.jsonl or eval file only
-// leaves its sections saying so.
+// Writes run_dir/report.html and, once eval_Testing.json exists, run_dir/confusion_matrix.png (both replaced
+// atomically). Throws naming the file when run.json is missing or any file is malformed; a missing
+// metrics.jsonl or eval file only leaves its sections saying so (a half-written last line of metrics.jsonl,
+// from a run being written or killed, is left out).
 void write_report(const std::string& run_dir);
 
 }  // namespace tessera::train

@@ -68,6 +68,11 @@ struct TrainOptions {
   int64_t halt_after_steps = 0;     // tests: exit abruptly (as if killed) after this many steps in total
 };
 
+// Whether models can train on the GPU in this build: false until the CvT/ViT CUDA kernels (convolution,
+// layer norm, batch norm, attention) exist; `tessera --version` prints it and tools/run.sh reads it.
+// Turning it on also needs the model moved to the device in train() (Module has no device move yet).
+constexpr bool kModelsOnCuda = false;
+
 // The named recipe's options (throws listing the known names).
 TrainOptions recipe_options(const std::string& name);
 std::vector<std::string> recipe_names();

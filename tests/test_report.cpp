@@ -1,0 +1,199 @@
+// The training report on a synthetic run folder: run.json, a metrics.jsonl with a resumed (repeated) epoch,
+// and an eval_Testing.json over small PNGs (one unreadable). Checks the page is self-contained and shows the
+// right numbers, the confusion-matrix PNG, and the errors for missing and malformed files.
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#include <stb_image_write.h>
+
+#include <doctest/doctest.h>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "data/image.h"
+#include "engine/fileio.h"
+#include "engine/metrics.h"
+#include "tests/temp_dir.h"
+#include "train/report.h"
+
+using namespace tessera;
+using json = nlohmann::json;
+using tessera::testing::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::vector<std::string> kClasses = {"glioma_tumor", "meningioma_tumor", "no_tumor"};
+
+void write_text(const std::string& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) ++n;
+  return n;
+}
+
+std::string base64(const std::string& in) {
+  static const char* t = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  for (size_t i = 0; i < in.size(); i += 3) {
+    uint32_t v = uint32_t(uint8_t(in[i])) << 16;
+    if (i + 1 < in.size()) v |= uint32_t(uint8_t(in[i + 1])) << 8;
+    if (i + 2 < in.size()) v |= uint8_t(in[i + 2]);
+    out += t[v >> 18];
+    out += t[(v >> 12) & 63];
+    out += i + 1 < in.size() ? t[(v >> 6) & 63] : '=';
+    out += i + 2 < in.size() ? t[v & 63] : '=';
+  }
+  return out;
+}
+
+std::string metrics_line(json j) { return j.dump() + "\n"; }
+std::string step(int epoch, int g, double loss) {
+  return metrics_line({{"event", "step"}, {"epoch", epoch}, {"step", g}, {"global_step", g}, {"loss", loss},
+                       {"lr", 1e-5 * g}, {"grad_norm", 1.5}, {"images_per_s", 20.0}, {"elapsed_s", 3.0 * g}});
+}
+std::string epoch(int e, int g, double val_accuracy, bool best) {
+  return metrics_line({{"event", "epoch"}, {"epoch", e}, {"global_step", g}, {"lr", 1e-5}, {"train_loss", 1.0 / e},
+                       {"train_accuracy", 0.5}, {"val_loss", 1.1 / e}, {"val_accuracy", val_accuracy},
+                       {"val_f1_weighted", val_accuracy - 0.01}, {"val_f1_macro", val_accuracy - 0.02},
+                       {"val_recall_weighted", val_accuracy}, {"epoch_s", 9.0}, {"best", best}});
+}
+
+// The run: 3 epochs of 2 steps; epoch 2 was logged, then the run was resumed from epoch 1 and epoch 2 logged
+// again with val_accuracy 0.7777 (the earlier 0.6111 must not show). Six Testing predictions, 4 correct,
+// one of whose images does not exist.
+void make_run(const TempDir& dir) {
+  json run = {{"tessera_version", "0.1.0"}, {"command", "tessera train --out <runs>&co"},
+              {"started", "2026-11-26T10:00:00Z"}, {"model", "cvt-13"}, {"device", "cpu"}, {"precision", "fp32"},
+              {"image_size", 224}, {"classes", kClasses},
+              {"data", {{"root", dir / "data"}, {"synthetic", true},
+                        {"counts", {{"train", {30, 20, 10}}, {"validation", {3, 2, 1}}, {"Testing", {2, 2, 2}}}}}},
+              {"options", {{"epochs", 3}, {"batch_size", 8}, {"lr", 2e-5}}}};
+  write_text(dir / "run.json", run.dump(2));
+  write_text(dir / "metrics.jsonl", step(1, 1, 1.2) + step(1, 2, 1.0) + epoch(1, 2, 0.5, true) + step(2, 3, 0.9) +
+                                        step(2, 4, 0.8) + epoch(2, 4, 0.6111, true) + step(2, 3, 0.85) +
+                                        step(2, 4, 0.75) + epoch(2, 4, 0.7777, true) + step(3, 5, 0.7) +
+                                        step(3, 6, 0.6) + epoch(3, 6, 0.7, false));
+
+  const std::vector<int64_t> labels = {0, 0, 1, 1, 2, 2}, preds = {0, 1, 1, 1, 2, 0};
+  json predictions = json::array();
+  for (size_t i = 0; i < labels.size(); ++i) {
+    fs::create_directories(dir.path / "Testing" / kClasses[size_t(labels[i])]);
+    std::string path = dir / ("Testing/" + kClasses[size_t(labels[i])] + "/img" + std::to_string(i) + ".png");
+    if (i != 3) {  // image 3 is never written: the report must skip it with a note
+      Image im(40 + int(i), 30);
+      for (size_t j = 0; j < im.rgb.size(); ++j) im.rgb[j] = uint8_t((j * 13 + i * 50) % 256);
+      REQUIRE(stbi_write_png(path.c_str(), im.width, im.height, 3, im.rgb.data(), im.width * 3) != 0);
+    }
+    json probs = {0.1, 0.1, 0.1};
+    probs[size_t(preds[i])] = 0.8;
+    predictions.push_back({{"path", path}, {"label", labels[i]}, {"pred", preds[i]}, {"probs", probs}, {"novel", i % 2 == 0}});
+  }
+  ClassificationReport r = classification_report(labels, preds, kClasses);
+  auto metrics = [](const ClassMetrics& m) {
+    return json{{"precision", m.precision}, {"recall", m.recall}, {"f1", m.f1}, {"support", m.support}};
+  };
+  json per_class = json::array();
+  for (size_t c = 0; c < kClasses.size(); ++c) {
+    json m = metrics(r.per_class[c]);
+    m["class"] = kClasses[c];
+    per_class.push_back(m);
+  }
+  json eval = {{"split", "Testing"}, {"checkpoint", dir / "best"}, {"classes", kClasses}, {"accuracy", r.accuracy},
+               {"total", r.total}, {"per_class", per_class}, {"macro_avg", metrics(r.macro)},
+               {"weighted_avg", metrics(r.weighted)}, {"confusion_matrix", r.confusion},
+               {"novel", {{"accuracy", 0.5}, {"total", 2}, {"correct", 1}, {"per_class_recall", {1.0, 1.0, 0.0}}, {"list", "novel.txt"}}},
+               {"predictions", predictions}};
+  write_text(dir / "eval_Testing.json", eval.dump());
+}
+
+}  // namespace
+
+TEST_CASE("report: a self-contained page with the run's numbers, charts, matrix and thumbnails") {
+  TempDir dir("report");
+  make_run(dir);
+  train::write_report(dir.path.string());
+  REQUIRE(fs::exists(dir / "report.html"));
+  const std::string html = read_file(dir / "report.html");
+
+  // Offline: nothing to fetch.
+  CHECK(html.find("http://") == std::string::npos);
+  CHECK(html.find("https://") == std::string::npos);
+  CHECK(html.find("src=\"/") == std::string::npos);
+  CHECK(html.find("src='/") == std::string::npos);
+  CHECK(html.find("<script") == std::string::npos);
+
+  for (const auto& c : kClasses) CHECK(html.find(c) != std::string::npos);
+  CHECK(html.find("SYNTHETIC DATA") != std::string::npos);
+  CHECK(html.find("0.6667") != std::string::npos);   // Testing accuracy, 4 of 6
+  CHECK(html.find("0.5000 (50.0%)") != std::string::npos);  // the novel subset
+  CHECK(html.find("0.7777") != std::string::npos);   // the resumed epoch 2's line wins...
+  CHECK(html.find("0.6111") == std::string::npos);   // ...over the first one
+  CHECK(html.find("best: epoch 2") != std::string::npos);
+  // Charts: loss, validation metrics, learning rate, gradient norm; one class-count chart per split.
+  CHECK(count(html, "<svg") == 7);
+  // Strings are escaped.
+  CHECK(html.find("--out &lt;runs&gt;&amp;co") != std::string::npos);
+  CHECK(html.find("<runs>") == std::string::npos);
+
+  // The matrix PNG: as a file and inlined byte for byte; shaded by row share (the all-correct row's diagonal
+  // cell is the darkest blue, its empty cells the lightest).
+  const std::string png = read_file(dir / "confusion_matrix.png");
+  CHECK(html.find("data:image/png;base64," + base64(png) + "'") != std::string::npos);
+  Image cm = decode_image(dir / "confusion_matrix.png");
+  CHECK(cm.width == 684);
+  CHECK(cm.height == 520);
+  auto at = [&](int x, int y) {
+    const uint8_t* p = cm.pixel(x, y);
+    return std::vector<int>{p[0], p[1], p[2]};
+  };
+  CHECK(at(0, 0) == std::vector<int>{255, 255, 255});
+  // Grid from (170, 64), 490 x 360 px: row 1 (meningioma, 2 of 2 right) spans y 184..303, column 1 x 333..495.
+  CHECK(at(336, 187) == std::vector<int>{8, 48, 107});
+  CHECK(at(173, 187) == std::vector<int>{247, 251, 255});
+
+  // Thumbnails: the 5 readable images, the 2 wrong ones marked; the missing one skipped with a note.
+  CHECK(count(html, "data:image/jpeg;base64,") == 5);
+  CHECK(count(html, "<figure class='wrong'") == 2);
+  CHECK(html.find("could not be read") != std::string::npos);
+  CHECK(html.find("img3.png") != std::string::npos);
+}
+
+TEST_CASE("report: missing metrics and evaluation leave their sections saying so") {
+  TempDir dir("report-partial");
+  make_run(dir);
+  fs::remove(dir / "eval_Testing.json");
+  fs::remove(dir / "metrics.jsonl");
+  train::write_report(dir.path.string());
+  const std::string html = read_file(dir / "report.html");
+  CHECK(html.find("No evaluation yet") != std::string::npos);
+  CHECK(html.find("No metrics.jsonl yet") != std::string::npos);
+  CHECK(!fs::exists(dir / "confusion_matrix.png"));
+  CHECK(count(html, "<svg") == 3);  // the class counts come from run.json alone
+
+  // A run still being written may end in half a line: it is left out, not an error.
+  write_text(dir / "metrics.jsonl", step(1, 1, 1.2) + epoch(1, 1, 0.4242, true) + "{\"event\": \"st");
+  train::write_report(dir.path.string());
+  CHECK(read_file(dir / "report.html").find("0.4242") != std::string::npos);
+}
+
+TEST_CASE("report: a missing run.json and malformed files are errors naming the file") {
+  TempDir dir("report-bad");
+  CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("run.json"));
+
+  make_run(dir);
+  write_text(dir / "run.json", "{\"model\": ");
+  CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("run.json: invalid JSON"));
+
+  make_run(dir);
+  write_text(dir / "metrics.jsonl", step(1, 1, 1.0) + step(1, 2, 0.9) + "{not json}\n" + step(1, 3, 0.8));
+  CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("metrics.jsonl line 3: invalid JSON"));
+  write_text(dir / "metrics.jsonl", step(1, 1, 1.0) + "{\"event\": \"epoch\", \"epoch\": \"one\"}\n");
+  CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("metrics.jsonl line 2: \"epoch\""));
+
+  make_run(dir);
+  write_text(dir / "eval_Testing.json", "{\"split\": \"Testing\"}");
+  CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("eval_Testing.json: "));
+  write_text(dir / "eval_Testing.json", "[1, 2");
+  CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("eval_Testing.json: invalid JSON"));
+}

@@ -1,0 +1,165 @@
+// The training library's parts that the end-to-end test (tests/train_test.sh) does not pin down one by one:
+// option and state records, the processor record, checkpoint resolution, evaluation with a head wider than
+// the data set, the progress bar's log lines.
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <sstream>
+
+#include "data/dataset.h"
+#include "engine/fileio.h"
+#include "models/model.h"
+#include "tests/temp_dir.h"
+#include "train/checkpoint.h"
+#include "train/evaluate.h"
+#include "train/progress.h"
+#include "train/synthetic.h"
+#include "train/trainer.h"
+
+using namespace tessera;
+using namespace tessera::train;
+namespace fs = std::filesystem;
+
+TEST_CASE("train options round-trip through JSON and every recipe validates") {
+  for (const auto& name : recipe_names()) {
+    TrainOptions o = recipe_options(name);
+    o.data = "somewhere";
+    CHECK_NOTHROW(validate(o));
+    TrainOptions back = options_from_json(options_to_json(o), "test");
+    CHECK(options_to_json(back) == options_to_json(o));
+  }
+  CHECK_THROWS_WITH_AS(recipe_options("fast"), doctest::Contains("default, study, cpu"), std::invalid_argument);
+  nlohmann::json j = options_to_json(recipe_options("study"));
+  j.erase("lr");
+  CHECK_THROWS_WITH(options_from_json(j, "run.json"), doctest::Contains("run.json: options lack 'lr'"));
+}
+
+TEST_CASE("train option validation names every problem at once") {
+  TrainOptions o = recipe_options("default");
+  o.epochs = 0, o.lr = -1, o.precision = "fp8", o.val_fraction = 1.5;  // and no data
+  try {
+    validate(o);
+    FAIL("validate accepted bad options");
+  } catch (const std::invalid_argument& e) {
+    const std::string m = e.what();
+    for (const char* part : {"--epochs", "--lr", "--precision", "--val-fraction", "--data"}) CHECK(m.find(part) != std::string::npos);
+  }
+}
+
+TEST_CASE("trainer state round-trips and a damaged one is refused with the file name") {
+  TrainerState s;
+  s.epoch = 3, s.global_step = 216, s.rng_seed = 0xFFFFFFFFFFFFFFF1ULL, s.rng_offset = 123456789012345ULL;
+  s.metrics_bytes = 4096, s.best_epoch = 2, s.best_val_accuracy = 0.875;
+  s.epoch_metrics = {{"event", "epoch"}, {"epoch", 3}};
+  TrainerState back = state_from_json(state_to_json(s), "x");
+  CHECK(back.rng_seed == s.rng_seed);  // a full 64-bit seed survives JSON
+  CHECK(back.rng_offset == s.rng_offset);
+  CHECK(back.global_step == 216);
+  CHECK(back.best_val_accuracy == 0.875);
+  nlohmann::json bad = state_to_json(s);
+  bad["best_epoch"] = 7;  // after the last epoch
+  CHECK_THROWS_WITH(state_from_json(bad, "ck/trainer_state.json"), doctest::Contains("ck/trainer_state.json: bad trainer state"));
+}
+
+TEST_CASE("preprocessor_config.json round-trips both processors and rejects what it cannot run") {
+  for (ProcessorConfig c : {ProcessorConfig::cvt(64), ProcessorConfig::vit(224), ProcessorConfig::cvt(384)}) {
+    ProcessorConfig back = processor_from_json(processor_to_json(c), "p");
+    CHECK(back.mode == c.mode);
+    CHECK(back.height == c.height);
+    CHECK(back.width == c.width);
+    CHECK(back.filter == c.filter);
+    CHECK(back.crop_pct == c.crop_pct);
+    CHECK(back.mean == c.mean);
+    CHECK(back.std == c.std);
+  }
+  nlohmann::json j = processor_to_json(ProcessorConfig::cvt(64));
+  j["image_processor_type"] = "CLIPImageProcessor";
+  CHECK_THROWS_WITH(processor_from_json(j, "pp.json"), doctest::Contains("pp.json: image_processor_type 'CLIPImageProcessor'"));
+  j = processor_to_json(ProcessorConfig::vit(32));
+  j["size"] = {{"height", 32}, {"width", 48}};
+  CHECK_THROWS_WITH(processor_from_json(j, "pp.json"), doctest::Contains("square"));
+}
+
+TEST_CASE("resolve_checkpoint takes a run directory or a checkpoint and names what is missing") {
+  testing::TempDir dir("ckpt");
+  CHECK_THROWS_WITH(resolve_checkpoint(dir / "nope"), doctest::Contains("no such checkpoint"));
+  CHECK_THROWS_WITH(resolve_checkpoint(dir.path.string()), doctest::Contains("neither a checkpoint"));
+  CHECK_THROWS_WITH(last_checkpoint(dir.path.string()), doctest::Contains("no checkpoint to resume from"));
+  models::ModelConfig c = models::preset_config("cvt-tiny");
+  models::set_labels(c, {"a", "b"});
+  auto model = models::make_model(c, 1);
+  AdamW opt(model->parameters());
+  TrainerState s;
+  s.epoch = 1, s.best_epoch = 1;
+  save_checkpoint(dir.path.string(), *model, opt, ProcessorConfig::cvt(64), s, true);
+  s.epoch = 2;
+  const std::string second = save_checkpoint(dir.path.string(), *model, opt, ProcessorConfig::cvt(64), s, false);
+  CHECK(fs::read_symlink(dir.path / "best").string() == "checkpoint-epoch-001");
+  CHECK(fs::read_symlink(dir.path / "last").string() == "checkpoint-epoch-002");
+  CHECK(resolve_checkpoint(dir.path.string()) == (dir.path / "best").string());
+  CHECK(resolve_checkpoint(second) == second);
+  CHECK(checkpoint_processor(second, c).height == 64);
+  CHECK(load_trainer_state(second).epoch == 2);
+  s.epoch = 3;
+  save_checkpoint(dir.path.string(), *model, opt, ProcessorConfig::cvt(64), s, false);
+  CHECK_FALSE(fs::exists(dir.path / "checkpoint-epoch-002"));  // neither last nor best any more
+  CHECK(fs::exists(dir.path / "checkpoint-epoch-001"));
+}
+
+TEST_CASE("evaluate counts predictions outside the data set's classes under (other)") {
+  testing::TempDir dir("eval");
+  make_synthetic_dataset(dir.path.string(), 7);
+  SplitLayout data = load_split_layout(dir.path.string());
+  models::ModelConfig c = models::preset_config("cvt-tiny");
+  models::set_labels(c, models::default_labels(40));  // a head wider than the 4 classes (a kept ImageNet head)
+  auto model = models::make_model(c, 3);
+  EvalOptions eo;
+  eo.workers = 2;
+  EvalResult r = evaluate(*model, data.test.samples, data.test.classes, ProcessorConfig::cvt(32), eo);
+  REQUIRE(r.classes.size() == 5);
+  CHECK(r.classes.back() == "(other)");
+  int64_t other = 0, correct = 0;
+  for (size_t k = 0; k < r.preds.size(); ++k) other += r.preds[k] == 4, correct += r.preds[k] == r.labels[k];
+  CHECK(r.report.per_class[4].support == 0);
+  CHECK(r.report.confusion[0][4] + r.report.confusion[1][4] + r.report.confusion[2][4] + r.report.confusion[3][4] == other);
+  CHECK(r.report.accuracy == doctest::Approx(double(correct) / double(r.preds.size())));
+  CHECK(r.preds.size() == data.test.samples.size());
+  for (const auto& p : r.probs) CHECK(p.size() == 4);
+}
+
+TEST_CASE("evaluate reports the novel subset from a list of paths relative to the root") {
+  testing::TempDir dir("novel");
+  make_synthetic_dataset(dir.path.string(), 8);
+  SplitLayout data = load_split_layout(dir.path.string());
+  models::ModelConfig c = models::preset_config("cvt-tiny");
+  models::set_labels(c, data.test.classes);
+  auto model = models::make_model(c, 4);
+  std::set<std::string> novel{"Testing/disc/disc_000.png", "Testing/ring/ring_003.png"};
+  EvalOptions eo;
+  eo.novel = &novel;
+  eo.root = dir.path.string();
+  EvalResult r = evaluate(*model, data.test.samples, data.test.classes, ProcessorConfig::cvt(32), eo);
+  REQUIRE(r.novel_total.has_value());
+  CHECK(*r.novel_total == 2);
+  // Classes are the sorted folder names: checkerboard, disc, ring, stripes.
+  CHECK(r.novel_recall_support == std::vector<int64_t>{0, 1, 1, 0});
+  nlohmann::json j = eval_to_json(r, "Testing", "ck", "list.txt");
+  CHECK(j["novel"]["total"] == 2);
+  CHECK(j["predictions"].size() == data.test.samples.size());
+  CHECK(j["confusion_matrix"].size() == 4);
+}
+
+TEST_CASE("the progress bar writes a line per quarter epoch when not on a terminal") {
+  std::ostringstream log;
+  ProgressBar bar(log, 2, 5, 10, true);
+  for (int64_t s = 1; s <= 10; ++s) bar.update(s, s * 8, 1.5, 1e-3);
+  bar.finish();
+  const std::string text = log.str();
+  CHECK(std::count(text.begin(), text.end(), '\n') == 4);
+  CHECK(text.find("epoch 2/5") != std::string::npos);
+  CHECK(text.find("10/10") != std::string::npos);
+  CHECK(text.find("loss 1.5000") != std::string::npos);
+  CHECK(text.find("lr 1.00e-03") != std::string::npos);
+  CHECK(format_duration(3725) == "1:02:05");
+  CHECK(format_duration(65) == "1:05");
+}
