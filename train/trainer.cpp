@@ -8,6 +8,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <iostream>
 #include <sstream>
 
@@ -470,7 +471,8 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
       Tensor logits = model->forward(images, /*training=*/true, gen);
       Tensor loss = cross_entropy(logits, labels, ce);
       loss.backward();
-      const double grad_norm = o.clip_grad > 0 ? clip_grad_norm(params, o.clip_grad) : 0.0;
+      // Without clipping the norm is still measured (a max_norm nothing reaches), for the log and the report.
+      const double grad_norm = clip_grad_norm(params, o.clip_grad > 0 ? o.clip_grad : std::numeric_limits<double>::max());
       optimizer.step();
       optimizer.zero_grad();
       ++state.global_step, ++step_in_epoch;
