@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda_timing.h"
 #include "engine/cuda.h"
 #include "engine/random.h"
 #include "kernels/backend.h"
@@ -49,23 +50,9 @@ int sets_for(double bytes_per_set) { return std::max(2, int(kRotationBytes / byt
 
 // Runs op(set) over all sets once per iteration, timed with CUDA events; reports bytes moved per second.
 void run(benchmark::State& state, int sets, double bytes_per_op, const std::function<void(int)>& op) {
-  cudaStream_t stream = static_cast<cudaStream_t>(cuda::current_stream());
-  for (int s = 0; s < sets; ++s) op(s);  // warm-up: first-touch, kernel loading, cuBLAS/allocator state
-  TS_CUDA_CHECK(cudaStreamSynchronize(stream));
-  cudaEvent_t start, stop;
-  TS_CUDA_CHECK(cudaEventCreate(&start));
-  TS_CUDA_CHECK(cudaEventCreate(&stop));
-  for (auto _ : state) {
-    TS_CUDA_CHECK(cudaEventRecord(start, stream));
+  bench::time_iterations(state, [&] {
     for (int s = 0; s < sets; ++s) op(s);
-    TS_CUDA_CHECK(cudaEventRecord(stop, stream));
-    TS_CUDA_CHECK(cudaEventSynchronize(stop));
-    float ms = 0;
-    TS_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-    state.SetIterationTime(double(ms) / 1e3);
-  }
-  TS_CUDA_CHECK(cudaEventDestroy(start));
-  TS_CUDA_CHECK(cudaEventDestroy(stop));
+  });
   const double bytes = bytes_per_op * sets * double(state.iterations());
   state.SetBytesProcessed(int64_t(bytes));
   state.counters["GB/s"] = benchmark::Counter(bytes / 1e9, benchmark::Counter::kIsRate);

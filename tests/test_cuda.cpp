@@ -10,6 +10,8 @@
 // Without a usable GPU every test that needs one prints why and returns (the runtime test still runs).
 #include <doctest/doctest.h>
 
+#include "tests/cuda_test_util.h"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -28,16 +30,7 @@ using namespace tessera;
 
 namespace {
 
-#define SKIP_WITHOUT_GPU()                                                              \
-  do {                                                                                  \
-    if (!::tessera::cuda::available()) {                                                \
-      MESSAGE("skipped: " << ::tessera::cuda::status());         \
-      return;                                                                           \
-    }                                                                                   \
-  } while (0)
-
-// doctest 2.4's INFO/MESSAGE print a const char* as a pointer, so names go through std::string.
-std::string dname(DType t) { return dtype_name(t); }
+using tessera::testing::dname;
 
 const DType kFloatTypes[] = {DType::f32, DType::f64, DType::bf16, DType::f16};
 
@@ -942,6 +935,8 @@ TEST_CASE("cuda backend: bad input gets a clear exception, unimplemented ops say
   CHECK_MESSAGE(message_contains([&] { be.gemm(g); }, "dtype mismatch", msg), msg);
   g.B = Tensor::zeros({5, 3}, DType::f32, Device::CUDA);  // too small for K×N = 5×4
   CHECK_MESSAGE(message_contains([&] { be.gemm(g); }, "need", msg), msg);
-  Tensor x = Tensor::zeros({4, 5}, DType::f32, Device::CUDA), w, bias, mean, rstd;
-  CHECK_MESSAGE(message_contains([&] { be.layer_norm(x, w, bias, 1e-5, out, mean, rstd); }, "not implemented on the cuda backend", msg), msg);
+  // An op the CUDA backend does not have yet fails loudly, naming it.
+  Tensor x = Tensor::zeros({1, 1, 4, 5}, DType::f32, Device::CUDA), w = Tensor::zeros({1, 1, 1, 1}, DType::f32, Device::CUDA);
+  Tensor y = Tensor::empty({1, 1, 4, 5}, DType::f32, Device::CUDA);
+  CHECK_MESSAGE(message_contains([&] { be.conv2d(x, w, Tensor(), Conv2dArgs{}, y); }, "not implemented on the cuda backend", msg), msg);
 }

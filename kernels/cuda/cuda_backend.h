@@ -1,5 +1,6 @@
 // The CUDA backend: the Backend ops implemented on the GPU, one .cu file per op family
-// (elementwise.cu: fill/copy/random/unary/binary; reduce.cu: reduce/softmax; gemm.cu; index.cu; optim.cu).
+// (elementwise.cu: fill/copy/random/unary/binary; reduce.cu: reduce/softmax; gemm.cu; index.cu; optim.cu;
+// layer_norm.cu; cross_entropy.cu).
 // Every kernel runs on tessera's one stream (engine/cuda.h current_stream()), so the caching allocator's
 // reuse of freed blocks is ordered after every kernel that used them. Ops not declared here fall back to the
 // Backend base class (kernels/backend.cpp), which throws "<op> is not implemented on the cuda backend".
@@ -25,9 +26,22 @@ class CudaBackend final : public Backend {
   void gemm(GemmArgs& args) override;
   void softmax(const Tensor& x, Tensor& y, bool log) override;
   void softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool log) override;
+  void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y, Tensor& mean,
+                  Tensor& rstd) override;
+  void layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                           const Tensor& rstd, Tensor& dx, Tensor& dweight, Tensor& dbias) override;
+  void cross_entropy(const Tensor& logits, const Tensor& target, const Tensor& weight, double label_smoothing,
+                     int64_t ignore_index, Tensor& loss) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& weight,
+                              double label_smoothing, int64_t ignore_index, double dloss, Tensor& dlogits) override;
   void index_select(const Tensor& src, const Tensor& index, Tensor& out) override;
   void index_add(const Tensor& src, const Tensor& index, Tensor& out) override;
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s) override;
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& out,
+                 Tensor& lse) override;  // attention.cu
+  void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& out, const Tensor& lse, double scale, Tensor& dq, Tensor& dk,
+                          Tensor& dv) override;
 };
 
 namespace cuda {
