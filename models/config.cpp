@@ -39,7 +39,7 @@ ModelConfig preset_config(const std::string& name) {
       // tessera's own small CvT (not a published model) for quick CPU runs: CvT-13's design at half the
       // width and fewer blocks, 2.2 M parameters with 4 classes (stage s still needs depth > s, see MODELS.md).
       c.embed_dim = {32, 96, 192};
-      c.num_heads = {1, 2, 3};
+      c.num_heads = {1, 3, 3};  // head sizes 32, 32, 64: ones the CUDA attention kernel has
       c.depth = {1, 2, 4};
     } else if (name == "cvt-w24") {
       c.embed_dim = {192, 768, 1024};

@@ -112,6 +112,22 @@ int64_t Module::num_parameters() const {
   return n;
 }
 
+void Module::to(Device device) {
+  for (auto& e : entries_) {
+    if (e.tensor.device() == device) continue;
+    // Swap the storage under the registered TensorImpl, so every layer's handle (and anything else
+    // sharing it) sees the moved tensor.
+    Tensor moved = e.tensor.detach().to(device).contiguous();
+    TensorImpl* impl = e.tensor.impl();
+    impl->storage = moved.storage();
+    impl->strides = moved.strides();
+    impl->offset = moved.offset();
+    impl->grad = Tensor();
+  }
+}
+
+Device Module::device() const { return entries_.empty() ? Device::CPU : entries_.front().tensor.device(); }
+
 std::map<std::string, Tensor> Module::state_dict() const {
   std::map<std::string, Tensor> out;
   for (const auto& e : entries_) out[e.name] = e.tensor;

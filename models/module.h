@@ -71,6 +71,11 @@ class Module {
   // Trainable parameters in checkpoint order, with the LayerNorm flag (feed to trainer_param_groups).
   std::vector<NamedParameter> parameters() const;
   int64_t num_parameters() const;  // elements of the trainable parameters
+  // Moves every tensor (parameters and buffers) to `device` in place: the layers' handles see the moved
+  // tensors. Gradients are dropped; build optimizers after moving (their moments live on the parameters'
+  // device).
+  void to(Device device);
+  Device device() const;  // where the tensors are (CPU for a module without tensors)
   // Every tensor (parameters and buffers) by checkpoint name; the model's own tensors, not copies.
   std::map<std::string, Tensor> state_dict() const;
   const Tensor& tensor(const std::string& name) const;  // throws naming the tensor

@@ -9,13 +9,14 @@
 #include "tools/cli.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
+#include "train/trainer.h"
 
 namespace tessera::cli {
 
 namespace {
 
 struct EvalCli {
-  std::string checkpoint, data, split = "Testing", novel = "audit/novel_testing.txt", device = "cpu";
+  std::string checkpoint, data, split = "Testing", novel = "audit/novel_testing.txt", device;
   int64_t batch_size = 64;
   int workers = 0;
   bool json = false;
@@ -24,10 +25,10 @@ struct EvalCli {
 void run_eval(const EvalCli& o) {
   namespace fs = std::filesystem;
   if (o.batch_size < 1) throw std::runtime_error("eval: --batch-size must be at least 1");
-  if (o.device != "cpu")
-    throw std::runtime_error("eval: --device " + o.device + " is not supported yet (the CvT/ViT CUDA kernels are still to come)");
+  const Device device = train::resolve_device(o.device, std::cerr);
   const std::string dir = train::resolve_checkpoint(o.checkpoint);
   auto model = models::load_model(dir);
+  model->to(device);
   const ProcessorConfig processor = train::checkpoint_processor(dir, model->config());
 
   // The split: ROOT/<split>/<class> of a split layout, or a flat ROOT/<class> when --split is "".
@@ -51,6 +52,7 @@ void run_eval(const EvalCli& o) {
   train::EvalOptions eo;
   eo.batch_size = o.batch_size;
   eo.workers = o.workers;
+  eo.device = device;
   eo.novel = novel ? &*novel : nullptr;
   eo.root = o.data;
   train::EvalResult r = train::evaluate(*model, split.samples, split.classes, processor, eo);
@@ -75,7 +77,7 @@ void add_eval(CLI::App& app) {
   sub->add_option("--novel", o->novel, "The audit's novel-subset list (paths relative to ROOT)")->capture_default_str();
   sub->add_option("--batch-size", o->batch_size, "Images per forward pass")->capture_default_str();
   sub->add_option("--workers", o->workers, "Loader threads (0: all cores)");
-  sub->add_option("--device", o->device, "cpu (cuda: once the model kernels exist)");
+  sub->add_option("--device", o->device, "cuda or cpu (default: cuda when present and verified)");
   sub->add_flag("--json", o->json, "Print one JSON object (accuracy, per_class, confusion_matrix, novel, predictions)");
   sub->callback([o] { run_eval(*o); });
 }

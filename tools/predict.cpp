@@ -11,6 +11,7 @@
 #include "models/model.h"
 #include "tools/cli.h"
 #include "train/checkpoint.h"
+#include "train/trainer.h"
 
 namespace tessera::cli {
 
@@ -56,16 +57,6 @@ models::ModelConfig resolve_config(const PredictOptions& o) {
   return config;
 }
 
-// The models run on the CPU backend; their CUDA kernels (convolution, layer norm, batch norm, attention)
-// are not written yet, so asking for cuda is refused rather than failing deep inside the forward pass.
-Device resolve_device(const std::string& name) {
-  if (name.empty() || name == "cpu") return Device::CPU;
-  if (name == "cuda")
-    throw std::runtime_error("predict: --device cuda is not supported yet: the CvT/ViT kernels for CUDA "
-                             "(convolution, layer norm, batch norm, attention) are still to come; use --device cpu");
-  throw std::runtime_error("predict: --device must be cuda or cpu, not '" + name + "'");
-}
-
 void run_predict(PredictOptions o) {
   if (o.checkpoint.empty() == o.weights.empty())
     throw std::runtime_error("predict: give --weights FILE or --checkpoint DIR (exactly one)");
@@ -81,7 +72,8 @@ void run_predict(PredictOptions o) {
   models::LoadOptions load;
   if (o.num_classes > 0) load.num_classes = o.num_classes;
   std::unique_ptr<models::Model> model = models::load_model(config, o.weights, load);
-  Device device = resolve_device(o.device);
+  const Device device = train::resolve_device(o.device, std::cerr);
+  model->to(device);
 
   // The batch: images through the checkpoint's processor, or a pixel_values tensor as it is.
   Tensor pixels;
@@ -152,7 +144,7 @@ void add_predict(CLI::App& app) {
   sub->add_option("--config", o->config, "A Hugging Face config.json of a cvt or vit model");
   sub->add_option("--num-classes", o->num_classes, "Replace the classifier with a fresh one of N classes");
   sub->add_option("--top", o->top, "How many classes to show per image")->capture_default_str();
-  sub->add_option("--device", o->device, "cpu (cuda: once the model kernels exist)");
+  sub->add_option("--device", o->device, "cuda or cpu (default: cuda when present and verified)");
   sub->add_flag("--json", o->json, "One JSON array: file, logits, probs, top per image");
   sub->add_option("--pixels", o->pixels, "A safetensors file with preprocessed pixel_values [N,3,H,W]");
   sub->add_option("images", o->images, "Image files");

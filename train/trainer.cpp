@@ -168,6 +168,22 @@ void validate(const TrainOptions& o) {
   }
 }
 
+Device resolve_device(const std::string& name, std::ostream& log) {
+  if (name != "" && name != "cpu" && name != "cuda")
+    throw std::invalid_argument("--device must be cuda or cpu, not '" + name + "'");
+  const bool gpu = cuda::available();
+  if (name == "cuda" && !gpu) throw std::runtime_error("--device cuda: " + cuda::status());
+  if (name == "cuda" && !kModelsOnCuda)
+    log << "warning: the CvT/ViT CUDA path has not been verified on a GPU yet (kernels compiled, not run)\n";
+  if (name == "cuda") return Device::CUDA;
+  if (name.empty() && gpu) {
+    if (kModelsOnCuda) return Device::CUDA;
+    log << "note: a GPU is present, but the CvT/ViT CUDA path is not verified yet: running on the CPU "
+           "(--device cuda to try it)\n";
+  }
+  return Device::CPU;
+}
+
 namespace {
 
 // "500" steps, "0.05" of all steps, "2ep" epochs.
@@ -275,24 +291,6 @@ std::unique_ptr<models::Model> build_model(const TrainOptions& o, const std::vec
   return model;
 }
 
-Device resolve_device(const std::string& name, std::ostream& log) {
-  const bool gpu = cuda::available();
-  if (name == "cuda" || (name.empty() && gpu)) {
-    if (!gpu) throw std::runtime_error("train: --device cuda, but " + cuda::status());
-    // The models' CUDA kernels (convolution, layer norm, batch norm, attention) are the kernels issue's
-    // work; until they exist a CUDA run would stop at the first convolution, so say so now.
-    if (!kModelsOnCuda && name == "cuda")
-      throw std::runtime_error("train: --device cuda is not supported yet: the CvT/ViT kernels for CUDA are "
-                               "still to come; use --device cpu");
-    if (!kModelsOnCuda) {
-      log << "note: a GPU is present but the CvT/ViT CUDA kernels are still to come; training on the CPU\n";
-      return Device::CPU;
-    }
-    return Device::CUDA;
-  }
-  return Device::CPU;
-}
-
 // metrics.jsonl: one line per event, flushed as written.
 class MetricsLog {
  public:
@@ -356,6 +354,7 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
   RunData data = load_data(o);
   const size_t C = data.classes.size();
   auto model = build_model(o, data.classes);
+  model->to(device);  // before the optimizer: its moments live where the parameters do
   const models::ModelConfig& mc = model->config();
 
   // ---- the pipelines
@@ -450,7 +449,7 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
       << (o.weights.empty() ? ", from scratch" : ", from " + o.weights) << ") on " << data.train.size() << " images ("
       << data.val.size() << " validation, " << data.test.size() << " Testing), " << C << " classes, "
       << o.image_size << "px, " << o.epochs << " epochs × " << steps_per_epoch << " steps of " << o.batch_size
-      << ", recipe " << o.recipe << ", device cpu, out " << o.out << "\n";
+      << ", recipe " << o.recipe << ", device " << device_name(device) << ", out " << o.out << "\n";
 
   CrossEntropyOptions ce;
   ce.label_smoothing = o.label_smoothing;
@@ -535,6 +534,7 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
   if (!data.test.empty()) {
     const std::string best_dir = (fs::path(o.out) / "best").string();
     auto best = models::load_model(best_dir);
+    best->to(device);
     // The novel subset: the audit's list when one was written for this data, else one made now.
     std::string novel_list = "audit/novel_testing.txt";
     std::optional<std::set<std::string>> novel = load_novel_list(novel_list);

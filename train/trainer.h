@@ -32,6 +32,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/dtype.h"
+
 namespace tessera::train {
 
 struct TrainOptions {
@@ -70,8 +72,11 @@ struct TrainOptions {
 
 // Whether models can train on the GPU in this build: false until the CvT/ViT CUDA kernels (convolution,
 // layer norm, batch norm, attention) exist; `tessera --version` prints it and tools/run.sh reads it.
-// Turning it on also needs the model moved to the device in train() (Module has no device move yet).
 constexpr bool kModelsOnCuda = false;
+
+// "cuda", "cpu" or "" (cuda when present and kModelsOnCuda). Explicit cuda without a usable GPU is an
+// error; explicit cuda before the path is verified runs with a warning on `log`.
+Device resolve_device(const std::string& name, std::ostream& log);
 
 // The named recipe's options (throws listing the known names).
 TrainOptions recipe_options(const std::string& name);
