@@ -100,7 +100,7 @@ Tensor Cvt::forward(const Tensor& pixel_values, bool training, Generator& gen) {
   TS_CHECK(pixel_values.defined() && pixel_values.dim() == 4 && pixel_values.size(1) == c_.num_channels,
            "CvT: pixel_values must be [B, " + std::to_string(c_.num_channels) + ", H, W], got " +
                (pixel_values.defined() ? pixel_values.str() : std::string("undefined")));
-  Tensor x = pixel_values;  // (B, Cin, H, W)
+  Tensor x = cast_to(pixel_values, compute_dtype());  // (B, Cin, H, W)
   Tensor cls_out;
   const int64_t B = x.size(0);
   for (size_t s = 0; s < 3; ++s) {
@@ -109,7 +109,7 @@ Tensor Cvt::forward(const Tensor& pixel_values, bool training, Generator& gen) {
     const int64_t C = e.size(1), H = e.size(2), W = e.size(3);
     Tensor t = st.embedding_norm(nchw_to_tokens(e));       // (B, H·W, C)
     t = dropout(t, c_.drop_rate[s], training, gen);
-    if (st.cls_token.defined()) t = concat({st.cls_token.expand({B, 1, C}), t}, 1);  // (B, 1 + H·W, C)
+    if (st.cls_token.defined()) t = concat({cast_to(st.cls_token, t.dtype()).expand({B, 1, C}), t}, 1);  // (B, 1 + H·W, C)
     for (const Layer& L : st.layers) t = layer_forward(L, s, t, H, W, training, gen);
     if (st.cls_token.defined()) {
       cls_out = t.slice(1, 0, 1);                          // (B, 1, C)
@@ -119,7 +119,7 @@ Tensor Cvt::forward(const Tensor& pixel_values, bool training, Generator& gen) {
   }
   // Head: LayerNorm then mean over tokens: the single cls token, or every spatial token without one.
   Tensor seq = c_.cls_token[2] ? layernorm_(cls_out) : layernorm_(nchw_to_tokens(x));  // (B, T, C)
-  return classifier_(mean(seq, {1}));                      // (B, num_labels)
+  return cast_to(classifier_(mean(seq, {1})), dtype());    // (B, num_labels)
 }
 
 }  // namespace tessera::models

@@ -67,6 +67,11 @@ std::unique_ptr<Model> load_model(const std::string& path, const LoadOptions& op
   return load_model(load_config(config.string()), weights.string(), options);
 }
 
+void Model::set_compute_dtype(DType dt) {
+  TS_CHECK(is_floating(dt), std::string("set_compute_dtype: ") + dtype_name(dt) + " is not a float dtype");
+  compute_dtype_ = dt;
+}
+
 void save_model(const Model& model, const std::string& dir) {
   std::error_code ec;
   fs::create_directories(dir, ec);

@@ -21,9 +21,17 @@ class Model : public Module {
   // statistics (and their running-stat updates), drop path and dropout; `gen` draws their masks.
   virtual Tensor forward(const Tensor& pixel_values, bool training, Generator& gen) = 0;
   virtual const ModelConfig& config() const = 0;
+  // The dtype activations are computed in (default: the parameters' dtype). bf16 with f32 parameters is
+  // mixed precision: pixel_values are cast on entry, parameters at each use (module.h cast_to), BatchNorm
+  // runs in the parameters' dtype, and the logits come back in the parameters' dtype for the loss.
+  void set_compute_dtype(DType dt);
+  DType compute_dtype() const { return compute_dtype_ ? *compute_dtype_ : dtype(); }
   int64_t num_labels() const { return models::num_labels(config()); }
   // Name prefix of the classification head ("classifier.").
   static constexpr const char* kHeadPrefix = "classifier.";
+
+ private:
+  std::optional<DType> compute_dtype_;
 };
 
 // A model of `config` with its tensors allocated but NOT initialised (call init_weights or load); cheap

@@ -11,15 +11,29 @@
 namespace tessera::models {
 
 // ---------------------------------------------------------------- layers
-Tensor Linear::operator()(const Tensor& x) const { return tessera::linear(x, weight, bias); }
+Tensor cast_to(const Tensor& p, DType dt) {
+  if (!p.defined() || p.dtype() == dt) return p;
+  return p.to(dt);  // differentiable: the gradient reaches the master tensor in its own dtype
+}
 
-Tensor LayerNorm::operator()(const Tensor& x) const { return tessera::layer_norm(x, weight, bias, eps); }
+Tensor Linear::operator()(const Tensor& x) const {
+  return tessera::linear(x, cast_to(weight, x.dtype()), cast_to(bias, x.dtype()));
+}
 
-Tensor Conv2d::operator()(const Tensor& x) const { return tessera::conv2d(x, weight, bias, stride, padding, groups); }
+Tensor LayerNorm::operator()(const Tensor& x) const {
+  return tessera::layer_norm(x, cast_to(weight, x.dtype()), cast_to(bias, x.dtype()), eps);
+}
+
+Tensor Conv2d::operator()(const Tensor& x) const {
+  return tessera::conv2d(x, cast_to(weight, x.dtype()), cast_to(bias, x.dtype()), stride, padding, groups);
+}
 
 Tensor BatchNorm2d::operator()(const Tensor& x, bool training) const {
-  return tessera::batch_norm2d(x, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum,
-                               eps);
+  // In the parameters' dtype (fp32 under mixed precision), as autocast keeps batch norm: its statistics
+  // and running-stat updates need the range and precision.
+  Tensor y = tessera::batch_norm2d(cast_to(x, weight.dtype()), weight, bias, running_mean, running_var,
+                                   num_batches_tracked, training, momentum, eps);
+  return cast_to(y, x.dtype());
 }
 
 Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale) {

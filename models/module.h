@@ -35,6 +35,11 @@ enum class Init {
 };
 
 // ---- layers: handles to registered tensors ----
+// Mixed precision: a layer given activations of another float dtype than its parameters (bf16 activations,
+// fp32 master weights) casts the parameters at use. The cast is differentiable, so gradients reach the
+// master tensors in their own dtype, and the optimizer updates fp32 weights.
+Tensor cast_to(const Tensor& p, DType dt);  // p itself when undefined or already of dtype dt
+
 struct Linear {
   Tensor weight, bias;  // (out, in), (out) or undefined
   Tensor operator()(const Tensor& x) const;  // (..., in) -> (..., out)

@@ -88,10 +88,10 @@ Tensor Vit::forward(const Tensor& pixel_values, bool training, Generator& gen) {
          "; resize the images or turn on position-embedding interpolation");
   TS_CHECK(H >= c_.patch_size && W >= c_.patch_size,
            "ViT: input " + std::to_string(H) + "x" + std::to_string(W) + " is smaller than one patch");
-  Tensor e = patch_embeddings_(pixel_values);                             // (B, C, gh, gw)
+  Tensor e = patch_embeddings_(cast_to(pixel_values, compute_dtype()));  // (B, C, gh, gw)
   const int64_t gh = e.size(2), gw = e.size(3);
-  Tensor x = concat({cls_token_.expand({B, 1, C}), nchw_to_tokens(e)}, 1);  // (B, 1 + gh·gw, C)
-  x = x + position_embeddings_for(gh, gw);
+  Tensor x = concat({cast_to(cls_token_, e.dtype()).expand({B, 1, C}), nchw_to_tokens(e)}, 1);  // (B, 1 + gh·gw, C)
+  x = x + cast_to(position_embeddings_for(gh, gw), x.dtype());
   x = dropout(x, c_.hidden_dropout_prob, training, gen);
   const double scale = 1.0 / std::sqrt(double(C / c_.num_attention_heads));  // head_dim^-0.5
   for (const Layer& L : layers_) {
@@ -102,7 +102,7 @@ Tensor Vit::forward(const Tensor& pixel_values, bool training, Generator& gen) {
     x = dropout(y, c_.hidden_dropout_prob, training, gen) + x;
   }
   Tensor cls = layernorm_(x).select(1, 0);                                // (B, C)
-  return classifier_(cls);                                                // (B, num_labels)
+  return cast_to(classifier_(cls), dtype());                              // (B, num_labels)
 }
 
 }  // namespace tessera::models

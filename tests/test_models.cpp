@@ -592,3 +592,48 @@ TEST_CASE("parity with transformers: full-size checkpoints (opt-in)") {
     CHECK(bitwise_equal(argmax(logits, 1), argmax(ref.at("logits"), 1)));
   }
 }
+
+// Mixed precision, checked on the CPU with f64 standing in for bf16 (the CPU backend has no bf16): f32
+// master weights computing in f64 must give exactly what an f64 model holding the same (f32-valued)
+// weights gives — the casts of weights to f64 are exact, and the gradients come back to the f32 masters as
+// the f64 gradients rounded once. BatchNorm runs in the masters' dtype (f32), so CvT is compared within
+// f32 rounding; ViT (no BatchNorm) must match bit for bit.
+TEST_CASE("mixed precision: f32 master weights computing in f64 match an f64 model") {
+  for (const ModelConfig& config : {ModelConfig(tiny_vit()), ModelConfig(tiny_cvt())}) {
+    const bool exact = std::holds_alternative<VitConfig>(config);
+    INFO(model_type(config));
+    auto mixed = make_model(config, 21);
+    auto wide = make_model(config, DType::f64);
+    wide->load_state_dict(mixed->state_dict(), "the f32 model");
+    mixed->set_compute_dtype(DType::f64);
+    CHECK(mixed->compute_dtype() == DType::f64);
+    CHECK(mixed->dtype() == DType::f32);
+
+    Tensor x = random_images(5, 2, 32, 32, DType::f64);
+    Generator g1(3), g2(3);
+    Tensor logits_mixed = mixed->forward(x, /*training=*/true, g1);  // f32: cast back for the loss
+    Tensor logits_wide = wide->forward(x, /*training=*/true, g2);
+    CHECK(logits_mixed.dtype() == DType::f32);
+    if (exact) CHECK(logits_mixed.to_vector<float>() == logits_wide.to(DType::f32).to_vector<float>());
+    else CHECK(scaled_error(logits_mixed, logits_wide) < 1e-5);
+    // d(sum)/d(logits) = 1 on both sides: the same upstream gradient, so the weight gradients compare.
+    sum(logits_mixed).backward();
+    sum(logits_wide).backward();
+    const auto pm = mixed->parameters(), pw = wide->parameters();
+    // Key biases (and CvT's key BatchNorm biases) have an exactly zero gradient: they shift every score of
+    // a row alike, which softmax ignores. Both sides hold rounding noise there, so CvT's comparison allows
+    // an absolute floor of 1e-6 of the model's largest gradient.
+    double largest = 0;
+    for (const auto& p : pw) largest = std::max(largest, max(abs(p.tensor.grad())).item());
+    for (size_t i = 0; i < pm.size(); ++i) {
+      INFO(pm[i].name);
+      REQUIRE(pm[i].tensor.grad().defined());
+      CHECK(pm[i].tensor.grad().dtype() == DType::f32);
+      if (exact) CHECK(pm[i].tensor.grad().to_vector<float>() == pw[i].tensor.grad().to(DType::f32).to_vector<float>());
+      else CHECK(max(abs(pm[i].tensor.grad().to(DType::f64) - pw[i].tensor.grad())).item() <=
+                 1e-4 * max(abs(pw[i].tensor.grad())).item() + 1e-6 * largest);
+    }
+  }
+  auto m = make_model(tiny_vit(), 1);
+  CHECK_THROWS_WITH(m->set_compute_dtype(DType::i64), doctest::Contains("not a float dtype"));
+}

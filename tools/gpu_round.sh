@@ -10,7 +10,8 @@
 #   build     configure + build everything (-j16)
 #   test      selfcheck, every test (CUDA ones included) with per-test timings
 #   sanitize  compute-sanitizer memcheck and racecheck over the CUDA test programs
-#   bench     every bench_* program (JSON next to its log) and bench/pytorch_baselines.py
+#   bench     every bench_* program (JSON next to its log)
+#   pytorch   bench/pytorch_baselines.py: PyTorch's kernels and training step on the same shapes
 #   train     short GPU training runs of CvT-13 and ViT-B/16 on the reference data (loss must fall)
 # Each step has its own time limit and a failing step does not stop the later ones; summary.txt says
 # which steps passed.
@@ -23,7 +24,7 @@ export PATH=/usr/local/cuda/bin:$PATH
 summary=$out/summary.txt
 touch "$summary"
 phases=("$@")
-[ ${#phases[@]} -eq 0 ] && phases=(build test sanitize bench train)
+[ ${#phases[@]} -eq 0 ] && phases=(build test sanitize bench pytorch train)
 
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$2; shift 2
@@ -56,7 +57,11 @@ for phase in "${phases[@]}"; do
         name=$(basename "$b")
         step "$name" 240 "$b" --benchmark_out="$out/$name.json" --benchmark_out_format=json
       done
-      step pytorch_baselines 600 python3 bench/pytorch_baselines.py --out "$out/pytorch_baselines.json" ;;
+      ;;
+    pytorch)
+      step pytorch_kernels 420 python3 bench/pytorch_baselines.py --sections attention,layernorm,conv,adamw \
+        --out "$out/pytorch_kernels.json"
+      step pytorch_step 540 python3 bench/pytorch_baselines.py --sections step --out "$out/pytorch_step.json" ;;
     train)
       data=.data/brain-tumor-mri
       [ -d "$data" ] || { echo "train: no $data (see the header)" | tee -a "$summary"; continue; }
@@ -65,7 +70,7 @@ for phase in "${phases[@]}"; do
       step train_vit_b16 300 build-gpu/bin/tessera train --device cuda --recipe default --model vit-b16 --data "$data" \
         --epochs 2 --out "$out/run-vit-b16" --no-progress
       rm -rf "$out"/run-*/checkpoint-epoch-* ;;  # weights are too large to bring back; metrics and reports stay
-    *) echo "unknown phase '$phase' (build, test, sanitize, bench, train)" >&2; exit 2 ;;
+    *) echo "unknown phase '$phase' (build, test, sanitize, bench, pytorch, train)" >&2; exit 2 ;;
   esac
 done
 cat "$summary"

@@ -342,9 +342,10 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
   }
   validate(o);
   const Device device = resolve_device(o.device, log);
-  if (o.precision == "bf16")
-    throw std::runtime_error("train: --precision bf16 needs the CUDA backend's bf16 kernels (still to come); "
-                             "the CPU backend computes in fp32");
+  if (o.precision == "bf16" && device != Device::CUDA)
+    throw std::runtime_error("train: --precision bf16 needs --device cuda (the CPU backend computes in fp32 and fp64)");
+  // bf16: activations in bf16, fp32 master weights and optimizer state (Model::set_compute_dtype).
+  const DType compute = o.precision == "bf16" ? DType::bf16 : DType::f32;
 
   fs::create_directories(o.out);
   if (o.synthetic) {
@@ -355,6 +356,7 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
   const size_t C = data.classes.size();
   auto model = build_model(o, data.classes);
   model->to(device);  // before the optimizer: its moments live where the parameters do
+  model->set_compute_dtype(compute);
   const models::ModelConfig& mc = model->config();
 
   // ---- the pipelines
@@ -535,6 +537,7 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
     const std::string best_dir = (fs::path(o.out) / "best").string();
     auto best = models::load_model(best_dir);
     best->to(device);
+    best->set_compute_dtype(compute);
     // The novel subset: the audit's list when one was written for this data, else one made now.
     std::string novel_list = "audit/novel_testing.txt";
     std::optional<std::set<std::string>> novel = load_novel_list(novel_list);
