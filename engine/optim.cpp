@@ -305,4 +305,33 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm, bool e
   return total;
 }
 
+Tensor clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm) {
+  TS_CHECK(std::isfinite(max_norm) && max_norm > 0,
+           "clip_grad_norm_on_device: max_norm " + num(max_norm) + " must be finite and > 0");
+  std::vector<Tensor> grads;
+  for (const Tensor& p : params)
+    if (p.defined() && p.grad().defined()) grads.push_back(p.grad());
+  if (grads.empty()) return Tensor::zeros({}, DType::f64);
+  const Device d = grads.front().device();
+  for (const Tensor& g : grads)
+    TS_CHECK(g.device() == d && is_floating(g.dtype()),
+             "clip_grad_norm_on_device: gradients must be floating tensors on one device, got " + g.str());
+
+  NoGradGuard no_grad;
+  // The same arithmetic as clip_grad_norm (per-tensor sums of squares into one f64 vector), but the total
+  // and the coefficient stay on the device: nothing waits for the GPU.
+  Tensor sq = Tensor::empty({int64_t(grads.size())}, DType::f64, d);
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const Tensor& g = grads[i];
+    DType acc = (d == Device::CPU || g.dtype() == DType::f64) ? DType::f64 : DType::f32;
+    Tensor x = g.dtype() == acc ? g : g.to(acc);
+    sq.select(0, int64_t(i)).copy_(sum(mul(x, x)));
+  }
+  Tensor total = sqrt(sum(sq));                                            // f64 []
+  // torch's clip_coef_clamped: max_norm / (total + 1e-6), at most 1 (it is positive anyway).
+  Tensor coef = clamp(div(Tensor::scalar(max_norm, DType::f64, d), add(total, 1e-6)), 0.0, 1.0);
+  for (Tensor g : grads) g.copy_(mul(g, coef.to(g.dtype())));              // × 1 leaves a gradient exact
+  return total;
+}
+
 }  // namespace tessera

@@ -105,5 +105,11 @@ void load_optimizer(AdamW& opt, const std::string& path);
 // device. A non-finite total throws when error_if_nonfinite, else (torch's default) it scales the
 // gradients by NaN like torch does.
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm, bool error_if_nonfinite = false);
+// The same clipping without any device-to-host copy, for steps that must not wait for the GPU (a CUDA
+// graph, an asynchronous training loop): returns the total norm as an f64 scalar tensor on the gradients'
+// device (read it when convenient) and always multiplies the gradients by min(1, max_norm/(total + 1e-6))
+// on the device. All gradients on one device. A non-finite total leaves non-finite gradients, as torch's
+// default does.
+Tensor clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm);
 
 }  // namespace tessera

@@ -39,20 +39,9 @@ namespace at = tessera::cuda::attn;
 
 namespace {
 
-using tessera::testing::dname;
+using namespace tessera::testing;
 
-double unit_roundoff(DType t) {
-  switch (t) {
-    case DType::f64: return 0x1p-53;
-    case DType::f32: return 0x1p-24;
-    case DType::f16: return 0x1p-11;
-    case DType::bf16: return 0x1p-8;
-    default: return 0;
-  }
-}
-double compute_roundoff(DType t) { return t == DType::f64 ? 0x1p-53 : 0x1p-24; }
 
-std::vector<double> values(const Tensor& t) { return t.contiguous().to(Device::CPU).to_vector<double>(); }
 double max_abs(const std::vector<double>& v) {
   double m = 0;
   for (double x : v) m = std::max(m, std::fabs(x));

@@ -30,40 +30,11 @@ namespace ln = tessera::cuda::ln;
 
 namespace {
 
-using tessera::testing::dname;
-const DType kFloatTypes[] = {DType::f32, DType::f64, DType::bf16, DType::f16};
+using namespace tessera::testing;
 
-double compute_roundoff(DType t) { return t == DType::f64 ? 0x1p-53 : 0x1p-24; }
-// One ulp of dtype t at magnitude |x| (the subnormal spacing at 0).
-double ulp_of(double x, DType t) {
-  const int mant = t == DType::f64 ? 52 : t == DType::f32 ? 23 : t == DType::f16 ? 10 : 7;
-  const double tiny = t == DType::f64 ? 0x1p-1074 : t == DType::f32 ? 0x1p-149 : t == DType::f16 ? 0x1p-24 : 0x1p-133;
-  if (x == 0) return tiny;
-  int e;
-  std::frexp(std::fabs(x), &e);
-  return std::max(std::ldexp(1.0, e - 1 - mant), tiny);
-}
 DType stat_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
 
-std::vector<double> values(const Tensor& t) { return t.contiguous().to(Device::CPU).to_vector<double>(); }
-Tensor on_gpu(const Tensor& t) { return t.defined() ? t.to(Device::CUDA) : Tensor(); }
-Tensor as_f64(const Tensor& t) { return t.defined() ? t.to(DType::f64) : Tensor(); }
 
-// Checks |got − want| ≤ tol(i) everywhere (NaN only where the reference is NaN); reports the worst one.
-void check_close(const std::vector<double>& got, const std::vector<double>& want,
-                 const std::function<double(size_t)>& tol, const std::string& what) {
-  REQUIRE(got.size() == want.size());
-  double worst = 0;
-  size_t wi = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool same = got[i] == want[i] || (std::isnan(got[i]) && std::isnan(want[i]));
-    const double r = same ? 0 : std::fabs(got[i] - want[i]) / tol(i);
-    if (!(r <= worst)) { worst = std::isnan(r) ? INFINITY : r; wi = i; }
-  }
-  INFO(what << ": worst element " << wi << ": got " << got[wi] << ", want " << want[wi] << ", tolerance "
-            << tol(wi) << " (ratio " << worst << ")");
-  CHECK(worst <= 1.0);
-}
 
 // ---------------------------------------------------------------- layer norm
 struct LnCase {

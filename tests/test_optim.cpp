@@ -583,6 +583,27 @@ TEST_CASE("optimizer state: mismatches are reported together and change nothing"
 
 // ------------------------------------------------------------------------------------------------ (g)
 
+TEST_CASE("clip_grad_norm_on_device: the same clipping with the norm left on the device") {
+  Tensor a = param({3.0, 4.0}), b = param({12.0}), no_grad = param({100.0});
+  Tensor a2 = param({3.0, 4.0}), b2 = param({12.0});
+  for (Tensor* t : {&a, &a2}) set_grad(*t, {3.0, 4.0});
+  for (Tensor* t : {&b, &b2}) set_grad(*t, {12.0});
+  Tensor total = clip_grad_norm_on_device({a, b, no_grad}, 6.5);
+  CHECK(total.dtype() == DType::f64);
+  CHECK(total.item() == 13.0);
+  clip_grad_norm({a2, b2}, 6.5);
+  // Same per-tensor sums in f64 and the same coefficient formula: the clipped gradients agree exactly.
+  CHECK(a.grad().to_vector<double>() == a2.grad().to_vector<double>());
+  CHECK(b.grad().to_vector<double>() == b2.grad().to_vector<double>());
+  // Below max_norm: multiplied by exactly 1, unchanged bit for bit.
+  set_grad(a, {3.0, 4.0});
+  set_grad(b, {12.0});
+  CHECK(clip_grad_norm_on_device({a, b}, 13.1).item() == 13.0);
+  CHECK(a.grad().to_vector<double>() == std::vector<double>{3.0, 4.0});
+  CHECK(clip_grad_norm_on_device({no_grad}, 1.0).item() == 0.0);
+  CHECK(contains(error_of([&] { clip_grad_norm_on_device({a}, -1.0); }), "max_norm"));
+}
+
 TEST_CASE("AdamW with clipping and a linear schedule minimises a quadratic") {
   Tensor x = param({1.0, -2.0, 3.0, 0.5}, DType::f32);
   const Tensor target = Tensor::from(std::vector<double>{0.5, 0.25, -1.0, 2.0}, {4}, DType::f32);

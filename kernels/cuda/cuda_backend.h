@@ -1,6 +1,6 @@
 // The CUDA backend: the Backend ops implemented on the GPU, one .cu file per op family
 // (elementwise.cu: fill/copy/random/unary/binary; reduce.cu: reduce/softmax; gemm.cu; index.cu; optim.cu;
-// layer_norm.cu; cross_entropy.cu).
+// layer_norm.cu; cross_entropy.cu; conv.cu; batch_norm.cu).
 // Every kernel runs on tessera's one stream (engine/cuda.h current_stream()), so the caching allocator's
 // reuse of freed blocks is ordered after every kernel that used them. Ops not declared here fall back to the
 // Backend base class (kernels/backend.cpp), which throws "<op> is not implemented on the cuda backend".
@@ -24,6 +24,15 @@ class CudaBackend final : public Backend {
   void binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) override;
   void reduce(ReduceOp op, const Tensor& x, Tensor& out, Tensor* indices) override;
   void gemm(GemmArgs& args) override;
+  void conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
+              Tensor& y) override;  // conv.cu
+  void conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Conv2dArgs& a, Tensor& dx,
+                       Tensor& dweight, Tensor& dbias) override;
+  void batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& mean, Tensor& invstd,
+                  double eps, bool training, Tensor& y) override;  // batch_norm.cu
+  void batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                           const Tensor& invstd, bool training, Tensor& dx, Tensor& dweight,
+                           Tensor& dbias) override;
   void softmax(const Tensor& x, Tensor& y, bool log) override;
   void softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool log) override;
   void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y, Tensor& mean,
@@ -109,6 +118,20 @@ template <typename F> decltype(auto) visit_floating(DType dt, const char* op, F&
     default: break;
   }
   fail(std::string(op) + " on cuda supports f32, f64, bf16 and f16, not " + dtype_name(dt));
+}
+
+// Sum over a block of `Threads` threads in a fixed order (warp shuffles, then the warp sums in sequence),
+// so the result is the same on every run; every thread gets it. Threads must be a multiple of 32.
+template <int Threads, typename A> __device__ A block_sum(A v) {
+  static_assert(Threads % 32 == 0, "block_sum: whole warps");
+  __shared__ A part[Threads / 32];
+  for (int m = 16; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+  __syncthreads();
+  A all = 0;
+  for (int w = 0; w < Threads / 32; ++w) all += part[w];
+  __syncthreads();
+  return all;
 }
 
 // Launch shapes. Grid-stride loops let a capped grid cover any element count; the cap (enough blocks to
