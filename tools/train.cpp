@@ -86,6 +86,12 @@ void add_train(CLI::App& app) {
   option(sub, *t, "--image-size", &train::TrainOptions::image_size, "Input resolution");
   flag(sub, *t, "--static-augment", &train::TrainOptions::static_augment,
        "One fixed augmented copy per image, made once (the study's mistake; for comparison)");
+  option(sub, *t, "--rotation", &train::TrainOptions::rotation, "Augmentation: random rotation within ± degrees");
+  option(sub, *t, "--crop-scale-min", &train::TrainOptions::crop_scale_min,
+         "Augmentation: the random resized crop's smallest share of the image area");
+  option(sub, *t, "--brightness", &train::TrainOptions::brightness, "Augmentation: brightness jitter");
+  option(sub, *t, "--contrast", &train::TrainOptions::contrast, "Augmentation: contrast jitter");
+  option(sub, *t, "--vflip", &train::TrainOptions::p_vflip, "Augmentation: vertical flip probability");
   option(sub, *t, "--max-train-samples", &train::TrainOptions::max_train_samples, "Train on a stratified subset");
   option(sub, *t, "--seed", &train::TrainOptions::seed, "Seed of the split, init, order, augmentation, drop path");
   option(sub, *t, "--device", &train::TrainOptions::device, "cuda or cpu (default: cuda when present)");

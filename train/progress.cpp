@@ -43,21 +43,24 @@ std::string ProgressBar::line(int64_t step, double mean_loss, double lr) const {
   return buf;
 }
 
+bool ProgressBar::due(int64_t step) const {
+  if (!enabled_) return false;
+  if (tty_) return !drawn_ || step >= steps_ || Clock::now() - last_draw_ >= std::chrono::milliseconds(100);
+  return step * 4 >= next_quarter_ * steps_;
+}
+
 void ProgressBar::update(int64_t step, int64_t images, double mean_loss, double lr) {
+  const bool draw = due(step);
   step_ = step, images_ = images;
-  if (!enabled_) return;
+  if (!draw) return;
   if (tty_) {
-    const auto now = Clock::now();
-    if (step < steps_ && now - last_draw_ < std::chrono::milliseconds(100) && drawn_) return;
-    last_draw_ = now;
+    last_draw_ = Clock::now();
     log_ << "\r\033[K" << line(step, mean_loss, lr) << std::flush;
     drawn_ = true;
     return;
   }
-  if (step * 4 >= next_quarter_ * steps_) {
-    while (step * 4 >= next_quarter_ * steps_) ++next_quarter_;
-    log_ << line(step, mean_loss, lr) << "\n" << std::flush;
-  }
+  while (step * 4 >= next_quarter_ * steps_) ++next_quarter_;
+  log_ << line(step, mean_loss, lr) << "\n" << std::flush;
 }
 
 void ProgressBar::finish() {

@@ -13,7 +13,10 @@ namespace tessera::train {
 class ProgressBar {
  public:
   ProgressBar(std::ostream& log, int64_t epoch, int64_t epochs, int64_t steps, bool enabled);
-  // After `step` of `steps` (1-based) with `images` seen this epoch.
+  // Whether update() would draw after `step`: on a terminal at most every 100 ms (and at the last step),
+  // otherwise at each quarter of the epoch. Lets the caller fetch the numbers from the GPU only then.
+  bool due(int64_t step) const;
+  // After `step` of `steps` (1-based) with `images` seen this epoch; draws when due().
   void update(int64_t step, int64_t images, double mean_loss, double lr);
   void finish();  // ends the line on a terminal
   double images_per_second() const;

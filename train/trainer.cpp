@@ -460,10 +460,12 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
     const auto t_epoch = Clock::now();
     ProgressBar bar(log, epoch, o.epochs, steps_per_epoch, o.progress);
     loader.start_epoch(epoch - 1);
-    double loss_sum = 0;
-    int64_t seen = 0, correct = 0, step_in_epoch = 0;
-    double window_loss = 0;
-    int64_t window_steps = 0;
+    // The step never waits for the device: loss, accuracy and gradient norm accumulate in device scalars,
+    // read back (one small copy) only when a metrics line or the progress bar needs them.
+    const Tensor zero = Tensor::zeros({}, DType::f64, device);
+    Tensor loss_sum = zero, correct = zero, window_loss = zero, last_norm = zero;
+    int64_t seen = 0, step_in_epoch = 0, window_steps = 0;
+    double mean_loss = 0, accuracy = 0;
     while (auto batch = loader.next()) {
       const int64_t n = batch->size();
       const double lr = schedule.lr_at(state.global_step);
@@ -473,29 +475,41 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
       Tensor loss = cross_entropy(logits, labels, ce);
       loss.backward();
       // Without clipping the norm is still measured (a max_norm nothing reaches), for the log and the report.
-      const double grad_norm = clip_grad_norm(params, o.clip_grad > 0 ? o.clip_grad : std::numeric_limits<double>::max());
+      last_norm = clip_grad_norm_on_device(params, o.clip_grad > 0 ? o.clip_grad : std::numeric_limits<double>::max());
       optimizer.step();
       optimizer.zero_grad();
-      ++state.global_step, ++step_in_epoch;
-
-      const double l = loss.item();
-      std::vector<int64_t> pred = argmax(logits.detach(), 1).to_vector<int64_t>();
-      std::vector<int64_t> truth = batch->labels.to_vector<int64_t>();
-      for (int64_t k = 0; k < n; ++k) correct += pred[size_t(k)] == truth[size_t(k)];
-      loss_sum += l * double(n), seen += n;
-      window_loss += l, ++window_steps;
-      bar.update(step_in_epoch, seen, loss_sum / double(seen), lr);
-      if (state.global_step % o.log_every == 0) {
-        metrics.write({{"event", "step"}, {"epoch", epoch}, {"step", step_in_epoch}, {"global_step", state.global_step},
-                       {"loss", window_loss / double(window_steps)}, {"lr", lr}, {"grad_norm", grad_norm},
-                       {"images_per_s", bar.images_per_second()},
-                       {"elapsed_s", std::chrono::duration<double>(Clock::now() - t_start).count()}});
-        window_loss = 0, window_steps = 0;
+      ++state.global_step, ++step_in_epoch, ++window_steps;
+      seen += n;
+      {
+        NoGradGuard no_grad;
+        const Tensor l = loss.detach().to(DType::f64);
+        loss_sum = add(loss_sum, mul(l, double(n)));
+        window_loss = add(window_loss, l);
+        // (class indices compared as f64: exact, and the elementwise kernels are float-only)
+        correct = add(correct, sum(eq(argmax(logits.detach(), 1).to(DType::f64), labels.to(DType::f64))));
+      }
+      const bool log_now = state.global_step % o.log_every == 0;
+      if (log_now || bar.due(step_in_epoch)) {
+        const std::vector<double> v = concat({loss_sum.reshape({1}), correct.reshape({1}), window_loss.reshape({1}),
+                                              last_norm.reshape({1})}, 0).to(Device::CPU).to_vector<double>();
+        mean_loss = v[0] / double(seen), accuracy = v[1] / double(seen);
+        bar.update(step_in_epoch, seen, mean_loss, lr);
+        if (log_now) {
+          metrics.write({{"event", "step"}, {"epoch", epoch}, {"step", step_in_epoch}, {"global_step", state.global_step},
+                         {"loss", v[2] / double(window_steps)}, {"lr", lr}, {"grad_norm", v[3]},
+                         {"images_per_s", bar.images_per_second()},
+                         {"elapsed_s", std::chrono::duration<double>(Clock::now() - t_start).count()}});
+          window_loss = zero, window_steps = 0;
+        }
       }
       if (o.halt_after_steps > 0 && state.global_step >= o.halt_after_steps) {
         log.flush();
         std::_Exit(137);  // as if killed: no checkpoint, no cleanup (the resume test's interruption)
       }
+    }
+    if (seen > 0) {  // the epoch's totals
+      mean_loss = loss_sum.item() / double(seen);
+      accuracy = correct.item() / double(seen);
     }
     bar.finish();
 
@@ -506,8 +520,7 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
     const double epoch_s = std::chrono::duration<double>(Clock::now() - t_epoch).count();
     json line = {{"event", "epoch"}, {"epoch", epoch}, {"global_step", state.global_step},
                  {"lr", schedule.lr_at(state.global_step - 1)},
-                 {"train_loss", seen ? loss_sum / double(seen) : 0.0},
-                 {"train_accuracy", seen ? double(correct) / double(seen) : 0.0},
+                 {"train_loss", mean_loss}, {"train_accuracy", accuracy},
                  {"val_loss", val.loss}, {"val_accuracy", val_acc}, {"val_f1_weighted", val.report.weighted.f1},
                  {"val_f1_macro", val.report.macro.f1}, {"val_recall_weighted", val.report.weighted.recall},
                  {"epoch_s", epoch_s}, {"best", best}};
