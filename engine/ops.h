@@ -73,6 +73,11 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, T
                     Tensor running_var, Tensor num_batches_tracked, bool training, double momentum = 0.1,
                     double eps = 1e-5);
 Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps);  // last dim
+// Convolutional token embedding: conv2d(x, weight, bias, stride, padding) → tokens (N, Ho·Wo, C) →
+// layer_norm over C with ln_weight/ln_bias (token t = h·Wo + w). One op so a backend can fuse it
+// (Backend::conv_embedding); equal to composing conv2d, the layout change and layer_norm.
+Tensor conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding,
+                      const Tensor& ln_weight, const Tensor& ln_bias, double eps);
 Tensor softmax(const Tensor& x, int64_t dim = -1);
 Tensor log_softmax(const Tensor& x, int64_t dim = -1);
 // softmax(q·kᵀ·scale)·v; q (..., Tq, D), k and v (..., Tk, D).

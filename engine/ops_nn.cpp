@@ -53,35 +53,45 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   return conv2d(x, weight, bias, a);
 }
 
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a) {
-  const char* op = "conv2d";
-  TS_CHECK(x.defined() && weight.defined(), "conv2d: x and weight must be defined");
-  TS_CHECK(x.dim() == 4, "conv2d: x must be [N, Cin, H, W], got " + x.str());
-  TS_CHECK(weight.dim() == 4, "conv2d: weight must be [Cout, Cin/groups, kh, kw], got " + weight.str());
+namespace {
+
+// Checks conv2d's arguments (naming `op` in errors) and returns the output size {Ho, Wo}.
+std::pair<int64_t, int64_t> check_conv2d(const char* op_name, const Tensor& x, const Tensor& weight,
+                                         const Tensor& bias, const Conv2dArgs& a) {
+  const std::string opn = op_name;
+  const char* op = op_name;
+  TS_CHECK(x.defined() && weight.defined(), opn + ": x and weight must be defined");
+  TS_CHECK(x.dim() == 4, opn + ": x must be [N, Cin, H, W], got " + x.str());
+  TS_CHECK(weight.dim() == 4, opn + ": weight must be [Cout, Cin/groups, kh, kw], got " + weight.str());
   check_float(op, "x", x);
   check_like(op, "weight", weight, "x", x);
   check_like(op, "bias", bias, "x", x);
   TS_CHECK(a.stride_h >= 1 && a.stride_w >= 1 && a.pad_h >= 0 && a.pad_w >= 0 && a.groups >= 1,
-           "conv2d: need stride >= 1, padding >= 0, groups >= 1; got stride (" + std::to_string(a.stride_h) +
+           opn + ": need stride >= 1, padding >= 0, groups >= 1; got stride (" + std::to_string(a.stride_h) +
                ", " + std::to_string(a.stride_w) + "), padding (" + std::to_string(a.pad_h) + ", " +
                std::to_string(a.pad_w) + "), groups " + std::to_string(a.groups));
-  const int64_t N = x.size(0), Cin = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Cin = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t Cout = weight.size(0), kh = weight.size(2), kw = weight.size(3), G = a.groups;
   const std::string shapes = " (x " + x.str() + ", weight " + weight.str() + ", groups " + std::to_string(G) + ")";
   TS_CHECK(Cin % G == 0 && Cout % G == 0,
-           "conv2d: input channels " + std::to_string(Cin) + " and output channels " + std::to_string(Cout) +
+           opn + ": input channels " + std::to_string(Cin) + " and output channels " + std::to_string(Cout) +
                " must both be divisible by groups" + shapes);
-  TS_CHECK(weight.size(1) == Cin / G, "conv2d: weight expects " + std::to_string(weight.size(1) * G) +
+  TS_CHECK(weight.size(1) == Cin / G, opn + ": weight expects " + std::to_string(weight.size(1) * G) +
                                           " input channels, x has " + std::to_string(Cin) + shapes);
-  TS_CHECK(kh >= 1 && kw >= 1, "conv2d: empty kernel" + shapes);
+  TS_CHECK(kh >= 1 && kw >= 1, opn + ": empty kernel" + shapes);
   check_vec(op, "bias", bias, Cout, "one per output channel");
   TS_CHECK(H + 2 * a.pad_h >= kh && W + 2 * a.pad_w >= kw,
-           "conv2d: the " + std::to_string(kh) + "x" + std::to_string(kw) + " kernel is larger than the padded " +
+           opn + ": the " + std::to_string(kh) + "x" + std::to_string(kw) + " kernel is larger than the padded " +
                std::to_string(H + 2 * a.pad_h) + "x" + std::to_string(W + 2 * a.pad_w) + " input" + shapes);
-  const int64_t Ho = (H + 2 * a.pad_h - kh) / a.stride_h + 1, Wo = (W + 2 * a.pad_w - kw) / a.stride_w + 1;
+  return {(H + 2 * a.pad_h - kh) / a.stride_h + 1, (W + 2 * a.pad_w - kw) / a.stride_w + 1};
+}
 
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a) {
+  const auto [Ho, Wo] = check_conv2d("conv2d", x, weight, bias, a);
   Tensor xc = plain(x), wc = plain(weight), bc = plain(bias);
-  Tensor y = Tensor::empty({N, Cout, Ho, Wo}, x.dtype(), x.device());
+  Tensor y = Tensor::empty({x.size(0), weight.size(0), Ho, Wo}, x.dtype(), x.device());
   if (y.numel() > 0) backend(x.device()).conv2d(xc, wc, bc, a, y);
   const bool gx = wants_grad(x), gw = wants_grad(weight), gb = wants_grad(bias);
   return record("conv2d", {x, weight, bias}, y, [xc, wc, a, gx, gw, gb](const Tensor& g) {
@@ -171,6 +181,45 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, T
                   }
                   return std::vector<Tensor>{dx, dw, db};
                 });
+}
+
+// ================================================================ conv token embedding
+Tensor conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding,
+                      const Tensor& ln_weight, const Tensor& ln_bias, double eps) {
+  const char* op = "conv_embedding";
+  Conv2dArgs a;
+  a.stride_h = a.stride_w = stride;
+  a.pad_h = a.pad_w = padding;
+  const auto [Ho, Wo] = check_conv2d(op, x, weight, bias, a);
+  const int64_t N = x.size(0), C = weight.size(0), P = Ho * Wo;
+  check_like(op, "ln_weight", ln_weight, "x", x);
+  check_like(op, "ln_bias", ln_bias, "x", x);
+  check_vec(op, "ln_weight", ln_weight, C, "one per output channel");
+  check_vec(op, "ln_bias", ln_bias, C, "one per output channel");
+  TS_CHECK(eps >= 0, "conv_embedding: eps must be >= 0, got " + std::to_string(eps));
+  Tensor xc = plain(x), wc = plain(weight), bc = plain(bias), lwc = plain(ln_weight), lbc = plain(ln_bias);
+  Tensor tokens = Tensor::empty({N, P, C}, x.dtype(), x.device());
+  Tensor pre = Tensor::empty({N, P, C}, x.dtype(), x.device());
+  const DType sdt = stat_dtype(x.dtype());
+  Tensor mean = Tensor::empty({N * P}, sdt, x.device()), rstd = Tensor::empty({N * P}, sdt, x.device());
+  if (tokens.numel() > 0) backend(x.device()).conv_embedding(xc, wc, bc, a, lwc, lbc, eps, tokens, pre, mean, rstd);
+  const bool gx = wants_grad(x), gw = wants_grad(weight), gb = wants_grad(bias);
+  const bool glw = wants_grad(ln_weight), glb = wants_grad(ln_bias);
+  return record(op, {x, weight, bias, ln_weight, ln_bias}, tokens,
+                [xc, wc, lwc, pre, mean, rstd, a, gx, gw, gb, glw, glb, C](const Tensor& g) {
+    Tensor dy = plain(g), dx, dw, db, dlw, dlb;
+    auto make = [&](bool want, const Shape& shape) {
+      return want ? Tensor::empty(shape, xc.dtype(), xc.device()) : Tensor();
+    };
+    dx = make(gx, xc.shape()), dw = make(gw, wc.shape()), db = make(gb, {C}), dlw = make(glw, {C}), dlb = make(glb, {C});
+    if (dy.numel() > 0) {
+      backend(xc.device()).conv_embedding_backward(dy, xc, wc, a, pre, lwc, mean, rstd, dx, dw, db, dlw, dlb);
+    } else {
+      for (Tensor* t : {&dx, &dw, &db, &dlw, &dlb})
+        if (t->defined()) t->fill_(0);
+    }
+    return std::vector<Tensor>{dx, dw, db, dlw, dlb};
+  });
 }
 
 // ================================================================ layer norm

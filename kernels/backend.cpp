@@ -35,6 +35,33 @@ void Backend::conv2d_backward(const Tensor&, const Tensor&, const Tensor&, const
                               Tensor&) {
   unsupported("conv2d_backward");
 }
+void Backend::conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
+                             const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens,
+                             Tensor& pre_norm, Tensor& mean, Tensor& rstd) {
+  const int64_t N = x.size(0), C = weight.size(0), P = pre_norm.size(1);
+  const int64_t Ho = (x.size(2) + 2 * a.pad_h - weight.size(2)) / a.stride_h + 1;
+  Tensor image = Tensor::empty({N, C, Ho, P / Ho}, x.dtype(), x.device());    // [N, C, Ho, Wo]
+  conv2d(x, weight, bias, a, image);
+  copy(image.reshape({N, C, P}).transpose(1, 2), pre_norm);                  // [N, P, C]
+  Tensor rows = tokens.reshape({N * P, C});
+  layer_norm(pre_norm.reshape({N * P, C}), ln_weight, ln_bias, eps, rows, mean, rstd);
+}
+
+void Backend::conv_embedding_backward(const Tensor& dtokens, const Tensor& x, const Tensor& weight,
+                                      const Conv2dArgs& a, const Tensor& pre_norm, const Tensor& ln_weight,
+                                      const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
+                                      Tensor& dbias, Tensor& dln_weight, Tensor& dln_bias) {
+  const int64_t N = x.size(0), C = weight.size(0), P = pre_norm.size(1);
+  const int64_t Ho = (x.size(2) + 2 * a.pad_h - weight.size(2)) / a.stride_h + 1;
+  Tensor dpre = Tensor::empty({N * P, C}, x.dtype(), x.device());
+  layer_norm_backward(dtokens.reshape({N * P, C}), pre_norm.reshape({N * P, C}), ln_weight, mean, rstd, dpre,
+                      dln_weight, dln_bias);
+  Tensor dimage = Tensor::empty({N, C, Ho, P / Ho}, x.dtype(), x.device());
+  Tensor dimage_tokens = dimage.reshape({N, C, P}).transpose(1, 2);         // a [N, P, C] view
+  copy(dpre.reshape({N, P, C}), dimage_tokens);
+  conv2d_backward(dimage, x, weight, a, dx, dweight, dbias);
+}
+
 void Backend::batch_norm(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&, double, bool, Tensor&) {
   unsupported("batch_norm");
 }

@@ -86,6 +86,20 @@ class Backend {
   virtual void conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Conv2dArgs& a,
                                Tensor& dx, Tensor& dweight, Tensor& dbias);
 
+  // Convolutional token embedding (CvT's embeddings, ViT's patchify + a norm): conv2d with bias, LayerNorm
+  // over the output channels, written as tokens: tokens [N, Ho·Wo, C], token t = h·Wo + w. pre_norm
+  // [N, Ho·Wo, C] receives the convolution's output in token order (the backward's input), mean/rstd
+  // [N·Ho·Wo] the norm's statistics. The base class composes this backend's own conv2d, copy and layer_norm;
+  // a backend overrides it with a fused kernel (one pass: no [N, C, Ho, Wo] intermediate in memory).
+  virtual void conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
+                              const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens,
+                              Tensor& pre_norm, Tensor& mean, Tensor& rstd);
+  // dx, dweight, dbias, dln_weight, dln_bias: any may be undefined (not needed); all are overwritten.
+  virtual void conv_embedding_backward(const Tensor& dtokens, const Tensor& x, const Tensor& weight,
+                                       const Conv2dArgs& a, const Tensor& pre_norm, const Tensor& ln_weight,
+                                       const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
+                                       Tensor& dbias, Tensor& dln_weight, Tensor& dln_bias);
+
   // x [N,C,H,W] contiguous. Training: normalises with batch statistics and writes them to mean/invstd [C]
   // (the op layer updates the running statistics). Eval (training=false): mean/invstd are inputs computed
   // from the running statistics.

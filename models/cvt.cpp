@@ -105,9 +105,15 @@ Tensor Cvt::forward(const Tensor& pixel_values, bool training, Generator& gen) {
   const int64_t B = x.size(0);
   for (size_t s = 0; s < 3; ++s) {
     const Stage& st = stages_[s];
-    Tensor e = st.embedding(x);                            // (B, C, H, W)
-    const int64_t C = e.size(1), H = e.size(2), W = e.size(3);
-    Tensor t = st.embedding_norm(nchw_to_tokens(e));       // (B, H·W, C)
+    // The strided convolution, then LayerNorm over channels, as tokens: one op a backend can fuse.
+    const Conv2d& conv = st.embedding;
+    const int64_t k = conv.weight.size(2), C = conv.weight.size(0);
+    const int64_t H = (x.size(2) + 2 * conv.padding - k) / conv.stride + 1;
+    const int64_t W = (x.size(3) + 2 * conv.padding - k) / conv.stride + 1;
+    const DType dt = x.dtype();
+    Tensor t = conv_embedding(x, cast_to(conv.weight, dt), cast_to(conv.bias, dt), conv.stride, conv.padding,
+                              cast_to(st.embedding_norm.weight, dt), cast_to(st.embedding_norm.bias, dt),
+                              st.embedding_norm.eps);        // (B, H·W, C)
     t = dropout(t, c_.drop_rate[s], training, gen);
     if (st.cls_token.defined()) t = concat({cast_to(st.cls_token, t.dtype()).expand({B, 1, C}), t}, 1);  // (B, 1 + H·W, C)
     for (const Layer& L : st.layers) t = layer_forward(L, s, t, H, W, training, gen);

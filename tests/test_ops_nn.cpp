@@ -253,6 +253,37 @@ TEST_CASE("conv2d: bad shapes are reported with the shapes") {
   CHECK_THROWS_WITH_AS(conv2d(x, w.to(DType::f64)), doctest::Contains("dtype and device"), TensorError);
 }
 
+// ================================================================ conv token embedding
+TEST_CASE("conv_embedding equals conv2d, the token layout and layer_norm composed, values and gradients") {
+  Generator gen(12);
+  // CvT's first embedding in miniature (7×7 stride 4 pad 2), a 3×3/2 one, and a patchify (k = stride).
+  struct Case { int64_t N, Cin, H, W, C, k, stride, pad; };
+  for (const Case& c : {Case{2, 3, 17, 13, 5, 7, 4, 2}, Case{1, 4, 9, 9, 6, 3, 2, 1}, Case{2, 3, 8, 12, 7, 4, 4, 0}}) {
+    INFO("k " << c.k << " stride " << c.stride << " pad " << c.pad);
+    Tensor x = leaf(gen, {c.N, c.Cin, c.H, c.W}), w = leaf(gen, {c.C, c.Cin, c.k, c.k}), b = leaf(gen, {c.C});
+    Tensor lw = leaf(gen, {c.C}, 0.5, 1.5), lb = leaf(gen, {c.C});
+    auto composed = [&](const std::vector<Tensor>& in) {
+      Tensor image = conv2d(in[0], in[1], in[2], c.stride, c.pad);
+      return layer_norm(image.flatten(2).transpose(1, 2), in[3], in[4], 1e-5);
+    };
+    auto fused = [&](const std::vector<Tensor>& in) {
+      return conv_embedding(in[0], in[1], in[2], c.stride, c.pad, in[3], in[4], 1e-5);
+    };
+    // The same kernels in the same order on the CPU: equal, not just close.
+    CHECK(fused({x, w, b, lw, lb}).to_vector<double>() == composed({x, w, b, lw, lb}).to_vector<double>());
+    gradcheck(fused, {x, w, b, lw, lb});
+  }
+  // Only the norm's parameters require grad (a frozen convolution), and a non-contiguous image.
+  Tensor x = gen.uniform({2, 9, 9, 3}, -1, 1, DType::f64).permute({0, 3, 1, 2});
+  Tensor w = gen.uniform({4, 3, 3, 3}, -1, 1, DType::f64);
+  gradcheck([&](const std::vector<Tensor>& in) { return conv_embedding(x, w, Tensor(), 2, 1, in[0], in[1], 1e-5); },
+            {leaf(gen, {4}, 0.5, 1.5), leaf(gen, {4})});
+  CHECK_THROWS_WITH_AS(conv_embedding(x, w, Tensor(), 2, 1, Tensor::ones({5}, DType::f64), Tensor(), 1e-5),
+                       doctest::Contains("conv_embedding: ln_weight"), TensorError);
+  CHECK_THROWS_WITH_AS(conv_embedding(x, Tensor::zeros({4, 2, 3, 3}, DType::f64), Tensor(), 2, 1, Tensor(), Tensor(), 1e-5),
+                       doctest::Contains("conv_embedding: weight expects"), TensorError);
+}
+
 // ================================================================ batch norm
 TEST_CASE("batch_norm2d: hand-computed train step, running statistics and num_batches_tracked") {
   for (DType dt : {DType::f64, DType::f32}) {
