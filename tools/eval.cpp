@@ -16,7 +16,7 @@ namespace tessera::cli {
 namespace {
 
 struct EvalCli {
-  std::string checkpoint, data, split = "Testing", novel = "audit/novel_testing.txt", device;
+  std::string checkpoint, data, split = "Testing", novel, device;
   int64_t batch_size = 64;
   int workers = 0;
   bool json = false;
@@ -48,7 +48,17 @@ void run_eval(const EvalCli& o) {
     std::cerr << "note: the model's labels are not these folder names; label i = the i-th folder in sorted order\n";
   }
 
-  const auto novel = train::load_novel_list(o.novel);
+  // The novel list: --novel, else the one a training run wrote beside its checkpoints, else the audit's.
+  std::string novel_path = o.novel;
+  if (novel_path.empty()) {
+    novel_path = "audit/novel_testing.txt";
+    for (const fs::path& run : {fs::path(o.checkpoint), fs::path(dir).parent_path()})
+      if (fs::exists(run / "novel_testing.txt")) {
+        novel_path = (run / "novel_testing.txt").string();
+        break;
+      }
+  }
+  const auto novel = train::load_novel_list(novel_path);
   train::EvalOptions eo;
   eo.batch_size = o.batch_size;
   eo.workers = o.workers;
@@ -57,12 +67,12 @@ void run_eval(const EvalCli& o) {
   eo.root = o.data;
   train::EvalResult r = train::evaluate(*model, split.samples, split.classes, processor, eo);
   if (o.json) {
-    std::cout << train::eval_to_json(r, o.split, dir, novel ? o.novel : "").dump(2) << "\n";
+    std::cout << train::eval_to_json(r, o.split, dir, novel ? novel_path : "").dump(2) << "\n";
     return;
   }
   std::cout << "checkpoint " << dir << "\n" << train::format_eval(r, o.split.empty() ? o.data : o.split);
   if (!novel)
-    std::cout << "\n(no novel-subset accuracy: " << o.novel << " does not exist; `tessera data audit " << o.data
+    std::cout << "\n(no novel-subset accuracy: " << novel_path << " does not exist; `tessera data audit " << o.data
               << "` writes it)\n";
 }
 
@@ -74,7 +84,9 @@ void add_eval(CLI::App& app) {
   sub->add_option("--checkpoint", o->checkpoint, "A run directory (its best checkpoint) or a checkpoint directory")->required();
   sub->add_option("--data", o->data, "Data root (with the split's folder inside)")->required();
   sub->add_option("--split", o->split, "Split folder under ROOT (\"\" for a flat ROOT/<class>)")->capture_default_str();
-  sub->add_option("--novel", o->novel, "The audit's novel-subset list (paths relative to ROOT)")->capture_default_str();
+  sub->add_option("--novel", o->novel,
+                  "The novel-subset list (paths relative to ROOT); default: the run's novel_testing.txt, else "
+                  "audit/novel_testing.txt");
   sub->add_option("--batch-size", o->batch_size, "Images per forward pass")->capture_default_str();
   sub->add_option("--workers", o->workers, "Loader threads (0: all cores)");
   sub->add_option("--device", o->device, "cuda or cpu (default: cuda when present and verified)");

@@ -142,7 +142,22 @@ std::string format_eval(const EvalResult& r, const std::string& split) {
                   static_cast<long long>(*r.novel_correct), static_cast<long long>(*r.novel_total));
     s << line;
   }
-  s << "\n\n" << format_report(r.report, 4) << "\nconfusion matrix (rows: true, columns: predicted)\n";
+  s << "\n";
+  if (r.novel_total && *r.novel_total) {
+    s << "novel-subset recall:";
+    for (size_t c = 0; c < r.novel_recall_support.size(); ++c) {
+      s << " " << r.classes[c] << " ";
+      if (r.novel_recall_support[c] == 0) {
+        s << "- (0)";
+        continue;
+      }
+      std::snprintf(line, sizeof line, "%.4f (%lld)", double(r.novel_recall_correct[c]) / double(r.novel_recall_support[c]),
+                    static_cast<long long>(r.novel_recall_support[c]));
+      s << line;
+    }
+    s << "\n";
+  }
+  s << "\n" << format_report(r.report, 4) << "\nconfusion matrix (rows: true, columns: predicted)\n";
   size_t w = 6;
   for (const auto& c : r.classes) w = std::max(w, c.size() + 2);
   s << std::string(w, ' ');
