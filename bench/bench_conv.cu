@@ -17,9 +17,6 @@
 #include <benchmark/benchmark.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#ifdef TESSERA_BENCH_CUDNN
-#include <cudnn.h>
-#endif
 
 #include <cstdio>
 #include <stdexcept>
@@ -27,6 +24,9 @@
 #include <type_traits>
 
 #include "bench/cuda_timing.h"
+#ifdef TESSERA_BENCH_CUDNN
+#include "bench/cudnn_util.h"
+#endif
 #include "engine/cuda.h"
 #include "engine/random.h"
 #include "kernels/backend.h"
@@ -147,22 +147,7 @@ template <DType DT> void BM_Naive(benchmark::State& state) {
 }
 
 #ifdef TESSERA_BENCH_CUDNN
-#define TS_CUDNN_CHECK(expr)                                                                              \
-  do {                                                                                                    \
-    cudnnStatus_t st_ = (expr);                                                                           \
-    if (st_ != CUDNN_STATUS_SUCCESS)                                                                      \
-      throw std::runtime_error(std::string(#expr) + " failed: " + cudnnGetErrorString(st_));              \
-  } while (0)
-
-cudnnHandle_t cudnn() {
-  static const cudnnHandle_t h = [] {
-    cudnnHandle_t created = nullptr;
-    TS_CUDNN_CHECK(cudnnCreate(&created));
-    TS_CUDNN_CHECK(cudnnSetStream(created, static_cast<cudaStream_t>(cuda::current_stream())));
-    return created;
-  }();
-  return h;
-}
+using bench::cudnn;
 
 // Descriptors, the fastest algorithm of each direction (cudnnFind*: runs them all once) and one workspace
 // (the largest of the three) from tessera's caching allocator.

@@ -398,7 +398,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& target, const CrossEntr
   backend(logits.device()).cross_entropy(xc, tc, wc, eps, ignore, loss);
   return record(op, {logits}, loss, [xc, tc, wc, eps, ignore](const Tensor& g) {
     Tensor dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
-    backend(xc.device()).cross_entropy_backward(xc, tc, wc, eps, ignore, g.item(), dx);
+    // The upstream gradient stays on the device (no item(): the backward never waits for the GPU).
+    const Tensor dloss = plain(g).to(stat_dtype(xc.dtype())).contiguous();
+    backend(xc.device()).cross_entropy_backward(xc, tc, wc, eps, ignore, dloss, dx);
     return std::vector<Tensor>{dx};
   });
 }

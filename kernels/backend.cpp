@@ -79,7 +79,7 @@ void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, co
 void Backend::cross_entropy(const Tensor&, const Tensor&, const Tensor&, double, int64_t, Tensor&) {
   unsupported("cross_entropy");
 }
-void Backend::cross_entropy_backward(const Tensor&, const Tensor&, const Tensor&, double, int64_t, double,
+void Backend::cross_entropy_backward(const Tensor&, const Tensor&, const Tensor&, double, int64_t, const Tensor&,
                                      Tensor&) {
   unsupported("cross_entropy_backward");
 }

@@ -117,11 +117,13 @@ class Backend {
                                   Tensor& dk, Tensor& dv);
 
   // logits [N,C], target i64 [N], weight [C] or undefined. loss: one element, mean over the non-ignored
-  // targets weighted as torch.nn.functional.cross_entropy does. dlogits = d(loss)/d(logits) · dloss.
+  // targets weighted as torch.nn.functional.cross_entropy does. dlogits = d(loss)/d(logits) · dloss,
+  // where dloss is a one-element tensor on the backend's device (f32, or f64 for f64 logits), read there:
+  // the backward never copies it to the host.
   virtual void cross_entropy(const Tensor& logits, const Tensor& target, const Tensor& weight,
                              double label_smoothing, int64_t ignore_index, Tensor& loss);
   virtual void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& weight,
-                                      double label_smoothing, int64_t ignore_index, double dloss,
+                                      double label_smoothing, int64_t ignore_index, const Tensor& dloss,
                                       Tensor& dlogits);
 
   // src [outer, n, inner], index i64 [m] -> out [outer, m, inner]; index_add adds src [outer, m, inner]

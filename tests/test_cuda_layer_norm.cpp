@@ -185,9 +185,11 @@ void check_cross_entropy(int64_t N, int64_t C, DType dt, bool weighted, double e
 
   const double dloss = 0.7, coef = dloss / W;
   Tensor d64 = Tensor::empty({N, C}, DType::f64);
-  cpu_backend().cross_entropy_backward(as_f64(x), t, as_f64(w), eps, ignore, dloss, d64);
+  cpu_backend().cross_entropy_backward(as_f64(x), t, as_f64(w), eps, ignore, Tensor::scalar(dloss, DType::f64), d64);
   Tensor dg = Tensor::empty({N, C}, dt, Device::CUDA);
-  cuda_backend().cross_entropy_backward(on_gpu(x), on_gpu(t), on_gpu(w), eps, ignore, dloss, dg);
+  const DType acc = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  cuda_backend().cross_entropy_backward(on_gpu(x), on_gpu(t), on_gpu(w), eps, ignore,
+                                        Tensor::scalar(dloss, acc, Device::CUDA), dg);
   // p = exp(x − lse) errs by p·(u_c·(|x| + |lse| + 1) + kC·u_c); W and Σw by kN·u_c relative. Factor 4.
   const std::vector<double> dref = values(d64);
   check_close(values(dg), dref, [&](size_t k) {

@@ -40,7 +40,7 @@ class CpuBackend final : public Backend {
   void cross_entropy(const Tensor& logits, const Tensor& target, const Tensor& weight,
                      double label_smoothing, int64_t ignore_index, Tensor& loss) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& weight,
-                              double label_smoothing, int64_t ignore_index, double dloss,
+                              double label_smoothing, int64_t ignore_index, const Tensor& dloss,
                               Tensor& dlogits) override;
   void index_select(const Tensor& src, const Tensor& index, Tensor& out) override;
   void index_add(const Tensor& src, const Tensor& index, Tensor& out) override;

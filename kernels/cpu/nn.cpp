@@ -704,8 +704,9 @@ void CpuBackend::cross_entropy(const Tensor& logits, const Tensor& target, const
 }
 
 void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& weight,
-                                        double label_smoothing, int64_t ignore_index, double dloss,
+                                        double label_smoothing, int64_t ignore_index, const Tensor& dloss_tensor,
                                         Tensor& dlogits) {
+  const double dloss = dloss_tensor.item();
   visit_float(logits.dtype(), "cross_entropy_backward", [&](auto tag) {
     using T = decltype(tag);
     const int64_t N = logits.size(0), C = logits.size(1);

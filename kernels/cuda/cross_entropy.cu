@@ -48,7 +48,7 @@ template <typename T> __device__ __forceinline__ acc_t<T> warp_lse(const T* xr, 
   for (int64_t c = lane; c < C; c += 32) {
     const A v = load(xr[c]);
     if (v > m) { s = s * a_exp(m - v) + A(1); m = v; }
-    else s += a_exp(v - m);
+    else if (v != -A(INFINITY)) s += a_exp(v - m);  // −inf adds 0 (and −inf − −inf would be NaN)
   }
 #pragma unroll
   for (int k = 16; k > 0; k /= 2) {
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(256) ce_denominators(const int64_t* target, co
 template <typename T>
 __global__ void __launch_bounds__(256) ce_backward_rows(const T* x, const int64_t* target, const T* w,
                                                         const acc_t<T>* sums, int64_t N, int64_t C, int64_t ignore,
-                                                        acc_t<T> eps, acc_t<T> dloss, T* dx) {
+                                                        acc_t<T> eps, const acc_t<T>* dloss, T* dx) {
   using A = acc_t<T>;
   const int lane = threadIdx.x % 32;
   const int64_t i = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
@@ -144,7 +144,7 @@ __global__ void __launch_bounds__(256) ce_backward_rows(const T* x, const int64_
     return;
   }
   const T* xr = x + i * C;
-  const A coef = dloss / sums[0], sw = sums[1];
+  const A coef = *dloss / sums[0], sw = sums[1];  // dloss read on the device: no host round trip
   const bool bad = t < 0 || t >= C;
   const A lse = warp_lse(xr, C, lane), wy = bad ? a_nan<A>() : weight_of(w, t);
   for (int64_t c = lane; c < C; c += 32) {
@@ -208,7 +208,7 @@ void CudaBackend::cross_entropy(const Tensor& logits, const Tensor& target, cons
 }
 
 void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& weight,
-                                         double label_smoothing, int64_t ignore_index, double dloss,
+                                         double label_smoothing, int64_t ignore_index, const Tensor& dloss,
                                          Tensor& dlogits) {
   const char* op = "cross_entropy_backward";
   check_args(op, logits, target, weight);
@@ -218,10 +218,14 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
   if (dlogits.shape() != logits.shape())
     fail("cross_entropy_backward (cuda): dlogits " + dlogits.str() + " does not match logits " + logits.str());
   const int64_t N = logits.size(0), C = logits.size(1);
+  check_on_cuda(dloss, op, "dloss");
+  if (dloss.numel() != 1 || dloss.dtype() != (logits.dtype() == DType::f64 ? DType::f64 : DType::f32))
+    fail("cross_entropy_backward (cuda): dloss must be one f32 element (f64 for f64 logits), got " + dloss.str());
   if (N == 0 || C == 0) return;
   visit_floating(logits.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
+    const A* dlp = static_cast<const A*>(dloss.raw_data());  // one element: contiguous by definition
     const T *xp = static_cast<const T*>(logits.raw_data()), *wp = ptr_or_null<T>(weight);
     const int64_t* tp = target.data<int64_t>();
     Tensor sums = Tensor::empty({2}, std::is_same_v<A, double> ? DType::f64 : DType::f32, Device::CUDA);
@@ -229,7 +233,7 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
     ce_denominators<T><<<1, 32 * kWarps, 0, stream()>>>(tp, wp, N, C, ignore_index, sp);
     TS_CUDA_CHECK_LAUNCH();
     ce_backward_rows<T><<<row_grid(N), 32 * kWarps, 0, stream()>>>(xp, tp, wp, sp, N, C, ignore_index,
-                                                                    A(label_smoothing), A(dloss),
+                                                                    A(label_smoothing), dlp,
                                                                     static_cast<T*>(dlogits.raw_data()));
     TS_CUDA_CHECK_LAUNCH();
   });

@@ -1,6 +1,6 @@
 // The CUDA backend: the Backend ops implemented on the GPU, one .cu file per op family
 // (elementwise.cu: fill/copy/random/unary/binary; reduce.cu: reduce/softmax; gemm.cu; index.cu; optim.cu;
-// layer_norm.cu; cross_entropy.cu; conv.cu; batch_norm.cu).
+// layer_norm.cu; cross_entropy.cu; conv.cu; batch_norm.cu; conv_embedding.cu).
 // Every kernel runs on tessera's one stream (engine/cuda.h current_stream()), so the caching allocator's
 // reuse of freed blocks is ordered after every kernel that used them. Ops not declared here fall back to the
 // Backend base class (kernels/backend.cpp), which throws "<op> is not implemented on the cuda backend".
@@ -28,6 +28,13 @@ class CudaBackend final : public Backend {
               Tensor& y) override;  // conv.cu
   void conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Conv2dArgs& a, Tensor& dx,
                        Tensor& dweight, Tensor& dbias) override;
+  void conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
+                      const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens, Tensor& pre_norm,
+                      Tensor& mean, Tensor& rstd) override;  // conv_embedding.cu
+  void conv_embedding_backward(const Tensor& dtokens, const Tensor& x, const Tensor& weight, const Conv2dArgs& a,
+                               const Tensor& pre_norm, const Tensor& ln_weight, const Tensor& mean,
+                               const Tensor& rstd, Tensor& dx, Tensor& dweight, Tensor& dbias, Tensor& dln_weight,
+                               Tensor& dln_bias) override;
   void batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& mean, Tensor& invstd,
                   double eps, bool training, Tensor& y) override;  // batch_norm.cu
   void batch_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
@@ -42,7 +49,8 @@ class CudaBackend final : public Backend {
   void cross_entropy(const Tensor& logits, const Tensor& target, const Tensor& weight, double label_smoothing,
                      int64_t ignore_index, Tensor& loss) override;
   void cross_entropy_backward(const Tensor& logits, const Tensor& target, const Tensor& weight,
-                              double label_smoothing, int64_t ignore_index, double dloss, Tensor& dlogits) override;
+                              double label_smoothing, int64_t ignore_index, const Tensor& dloss,
+                              Tensor& dlogits) override;
   void index_select(const Tensor& src, const Tensor& index, Tensor& out) override;
   void index_add(const Tensor& src, const Tensor& index, Tensor& out) override;
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s) override;
@@ -132,6 +140,26 @@ template <int Threads, typename A> __device__ A block_sum(A v) {
   for (int w = 0; w < Threads / 32; ++w) all += part[w];
   __syncthreads();
   return all;
+}
+
+// out[c] = Σ_r part[r, c] over `rows` rows of per-block partial sums (the second half of a deterministic
+// two-kernel reduction): 32 columns × 8 row strands per block (launch: ceil(C/32) blocks of dim3(32, 8)),
+// the strands added in order. Fixed order, no atomics: bit-identical on every run.
+template <typename T>
+__global__ void __launch_bounds__(256) sum_partial_columns(const compute_t<T>* part, int64_t rows, int64_t C, T* out) {
+  using A = compute_t<T>;
+  __shared__ A strand[8][32];
+  const int64_t c = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  A s = 0;
+  if (c < C)
+    for (int64_t r = threadIdx.y; r < rows; r += 8) s += part[r * C + c];
+  strand[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < C) {
+    A all = 0;
+    for (int y = 0; y < 8; ++y) all += strand[y][threadIdx.x];
+    out[c] = store<T>(all);
+  }
 }
 
 // Launch shapes. Grid-stride loops let a capped grid cover any element count; the cap (enough blocks to

@@ -246,25 +246,6 @@ __global__ void __launch_bounds__(256) ln_backward_block(const T* dy, const T* x
   }
 }
 
-// out[c] = Σ_p part[p, c] over nparts rows: 32 columns × 8 row-strands per block, the 8 strand sums added
-// in strand order. Fixed order: deterministic.
-template <typename T>
-__global__ void __launch_bounds__(256) sum_partials(const acc_t<T>* part, int64_t nparts, int64_t C, T* out) {
-  using A = acc_t<T>;
-  __shared__ A strand[8][32];
-  const int64_t c = int64_t(blockIdx.x) * 32 + threadIdx.x;
-  A s = 0;
-  if (c < C)
-    for (int64_t p = threadIdx.y; p < nparts; p += 8) s += part[p * C + c];
-  strand[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < C) {
-    A all = 0;
-    for (int y = 0; y < 8; ++y) all += strand[y][threadIdx.x];
-    out[c] = store<T>(all);
-  }
-}
-
 // Calls f(integral_constant VEC, integral_constant CH) for a shape from ln::warp_shape (VEC ≤ MAXV).
 template <int MAXV, typename F> void visit_warp_shape(ln::WarpShape s, F&& f) {
   auto with_vec = [&](auto vtag) {
@@ -417,7 +398,7 @@ void CudaBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const T
     }
     for (auto [part, out] : {std::pair{&pw, &dweight}, std::pair{&pb, &dbias}}) {
       if (!part->defined()) continue;
-      sum_partials<T><<<unsigned((C + 31) / 32), dim3(32, 8), 0, stream()>>>(pptr(*part), blocks, C,
+      sum_partial_columns<T><<<unsigned((C + 31) / 32), dim3(32, 8), 0, stream()>>>(pptr(*part), blocks, C,
                                                                            static_cast<T*>(out->raw_data()));
       TS_CUDA_CHECK_LAUNCH();
     }
