@@ -147,84 +147,27 @@ template <DType DT> void BM_Naive(benchmark::State& state) {
 }
 
 #ifdef TESSERA_BENCH_CUDNN
-using bench::cudnn;
 
-// Descriptors, the fastest algorithm of each direction (cudnnFind*: runs them all once) and one workspace
-// (the largest of the three) from tessera's caching allocator.
-struct CudnnConv {
-  cudnnTensorDescriptor_t xd{}, yd{}, bd{};
-  cudnnFilterDescriptor_t wd{};
-  cudnnConvolutionDescriptor_t cd{};
-  cudnnConvolutionFwdAlgo_t fwd{};
-  cudnnConvolutionBwdDataAlgo_t bwd_data{};
-  cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
-  Tensor ws;
-  explicit CudnnConv(Problem& P) {
-    const cudnnDataType_t t = P.dt == DType::bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
-    const Case& c = P.c;
-    TS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&xd));
-    TS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&yd));
-    TS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&bd));
-    TS_CUDNN_CHECK(cudnnCreateFilterDescriptor(&wd));
-    TS_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&cd));
-    TS_CUDNN_CHECK(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NCHW, t, int(kBatch), int(c.Cin), int(c.H), int(c.H)));
-    TS_CUDNN_CHECK(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NCHW, t, int(kBatch), int(c.Cout), int(P.Ho), int(P.Ho)));
-    TS_CUDNN_CHECK(cudnnSetTensor4dDescriptor(bd, CUDNN_TENSOR_NCHW, t, 1, int(c.Cout), 1, 1));
-    TS_CUDNN_CHECK(cudnnSetFilter4dDescriptor(wd, t, CUDNN_TENSOR_NCHW, int(c.Cout), int(c.Cin / c.groups), int(c.k), int(c.k)));
-    TS_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(cd, int(c.p), int(c.p), int(c.s), int(c.s), 1, 1,
-                                                   CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
-    TS_CUDNN_CHECK(cudnnSetConvolutionGroupCount(cd, int(c.groups)));
-    TS_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION));
-    int n = 0;
-    cudnnConvolutionFwdAlgoPerf_t f;
-    TS_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(cudnn(), xd, wd, cd, yd, 1, &n, &f));
-    cudnnConvolutionBwdDataAlgoPerf_t d;
-    TS_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(cudnn(), wd, yd, cd, xd, 1, &n, &d));
-    cudnnConvolutionBwdFilterAlgoPerf_t w;
-    TS_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(cudnn(), xd, yd, cd, wd, 1, &n, &w));
-    fwd = f.algo;
-    bwd_data = d.algo;
-    bwd_filter = w.algo;
-    const size_t bytes = std::max({f.memory, d.memory, w.memory, size_t(1)});
-    ws = Tensor::empty({int64_t(bytes)}, DType::u8, Device::CUDA);
-  }
-  ~CudnnConv() {
-    cudnnDestroyTensorDescriptor(xd);
-    cudnnDestroyTensorDescriptor(yd);
-    cudnnDestroyTensorDescriptor(bd);
-    cudnnDestroyFilterDescriptor(wd);
-    cudnnDestroyConvolutionDescriptor(cd);
-  }
-  void forward(Problem& P) {
-    const float one = 1, zero = 0;
-    TS_CUDNN_CHECK(cudnnConvolutionForward(cudnn(), &one, xd, P.x.raw_data(), wd, P.w.raw_data(), cd, fwd,
-                                           ws.raw_data(), size_t(ws.numel()), &zero, yd, P.y.raw_data()));
-    TS_CUDNN_CHECK(cudnnAddTensor(cudnn(), &one, bd, P.b.raw_data(), &one, yd, P.y.raw_data()));
-  }
-  void backward(Problem& P) {
-    const float one = 1, zero = 0;
-    TS_CUDNN_CHECK(cudnnConvolutionBackwardData(cudnn(), &one, wd, P.w.raw_data(), yd, P.dy.raw_data(), cd,
-                                                bwd_data, ws.raw_data(), size_t(ws.numel()), &zero, xd,
-                                                P.dx.raw_data()));
-    TS_CUDNN_CHECK(cudnnConvolutionBackwardFilter(cudnn(), &one, xd, P.x.raw_data(), yd, P.dy.raw_data(), cd,
-                                                  bwd_filter, ws.raw_data(), size_t(ws.numel()), &zero, wd,
-                                                  P.dw.raw_data()));
-    TS_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn(), &one, yd, P.dy.raw_data(), &zero, bd, P.db.raw_data()));
-  }
-};
+bench::CudnnConv::Shape cudnn_shape(const Problem& P) {
+  const Case& c = P.c;
+  return {kBatch, c.Cin, c.H, c.H, c.Cout, c.k, c.s, c.p, c.groups, P.dt, /*nhwc_output=*/false};
+}
 
 template <DType DT> void BM_Cudnn(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
   Problem P(kCases[state.range(0)], DT);
-  CudnnConv conv(P);
-  const double t = bench::time_iterations(state, [&] { conv.forward(P); });
+  bench::CudnnConv conv(cudnn_shape(P));
+  const double t = bench::time_iterations(state, [&] { conv.forward(P.x, P.w, P.b, P.y); });
   finish(state, t, P.flops_per_pass());
 }
 template <DType DT> void BM_CudnnFwdBwd(benchmark::State& state) {
   if (skip_without_gpu(state)) return;
   Problem P(kCases[state.range(0)], DT);
-  CudnnConv conv(P);
-  const double t = bench::time_iterations(state, [&] { conv.forward(P); conv.backward(P); });
+  bench::CudnnConv conv(cudnn_shape(P));
+  const double t = bench::time_iterations(state, [&] {
+    conv.forward(P.x, P.w, P.b, P.y);
+    conv.backward(P.x, P.w, P.dy, P.dx, P.dw, P.db);
+  });
   finish(state, t, 3 * P.flops_per_pass());
 }
 #endif

@@ -142,74 +142,26 @@ template <DType DT> void BM_ComposedFwdBwd(benchmark::State& state) {
 }
 
 #ifdef TESSERA_BENCH_CUDNN
-using bench::cudnn;
 
-// x NCHW (the op's contract), y / dy NHWC = [N, Ho·Wo, C]: the conv writes tokens directly and
-// layer_norm runs on it in place of a transpose.
+// The issue's baseline: cuDNN's convolution writing tokens (NHWC output: no transpose charged), then
+// tessera's layer norm over channels; backward the other way round.
 struct CudnnEmbedding {
-  cudnnTensorDescriptor_t xd{}, yd{}, bd{};
-  cudnnFilterDescriptor_t wd{};
-  cudnnConvolutionDescriptor_t cd{};
-  cudnnConvolutionFwdAlgo_t fwd{};
-  cudnnConvolutionBwdDataAlgo_t bwd_data{};
-  cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
-  Tensor ws, image, dimage;  // image/dimage: [N, P, C]
-  explicit CudnnEmbedding(Problem& P) {
-    const cudnnDataType_t t = P.dt == DType::bf16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
-    const Case& c = P.c;
-    TS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&xd));
-    TS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&yd));
-    TS_CUDNN_CHECK(cudnnCreateTensorDescriptor(&bd));
-    TS_CUDNN_CHECK(cudnnCreateFilterDescriptor(&wd));
-    TS_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&cd));
-    TS_CUDNN_CHECK(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NCHW, t, int(kBatch), int(c.Cin), int(c.H), int(c.H)));
-    TS_CUDNN_CHECK(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NHWC, t, int(kBatch), int(c.C), int(P.Ho), int(P.Ho)));
-    TS_CUDNN_CHECK(cudnnSetTensor4dDescriptor(bd, CUDNN_TENSOR_NHWC, t, 1, int(c.C), 1, 1));
-    TS_CUDNN_CHECK(cudnnSetFilter4dDescriptor(wd, t, CUDNN_TENSOR_NCHW, int(c.C), int(c.Cin), int(c.k), int(c.k)));
-    TS_CUDNN_CHECK(cudnnSetConvolution2dDescriptor(cd, int(c.p), int(c.p), int(c.s), int(c.s), 1, 1,
-                                                   CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
-    TS_CUDNN_CHECK(cudnnSetConvolutionMathType(cd, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION));
-    image = Tensor::empty({kBatch, P.P, c.C}, P.dt, Device::CUDA);
-    dimage = Tensor::empty({kBatch, P.P, c.C}, P.dt, Device::CUDA);
-    int n = 0;
-    cudnnConvolutionFwdAlgoPerf_t f;
-    TS_CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(cudnn(), xd, wd, cd, yd, 1, &n, &f));
-    cudnnConvolutionBwdDataAlgoPerf_t d;
-    TS_CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(cudnn(), wd, yd, cd, xd, 1, &n, &d));
-    cudnnConvolutionBwdFilterAlgoPerf_t wf;
-    TS_CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(cudnn(), xd, yd, cd, wd, 1, &n, &wf));
-    fwd = f.algo;
-    bwd_data = d.algo;
-    bwd_filter = wf.algo;
-    ws = Tensor::empty({int64_t(std::max({f.memory, d.memory, wf.memory, size_t(1)}))}, DType::u8, Device::CUDA);
-  }
-  ~CudnnEmbedding() {
-    cudnnDestroyTensorDescriptor(xd);
-    cudnnDestroyTensorDescriptor(yd);
-    cudnnDestroyTensorDescriptor(bd);
-    cudnnDestroyFilterDescriptor(wd);
-    cudnnDestroyConvolutionDescriptor(cd);
-  }
+  bench::CudnnConv conv;
+  Tensor image, dimage;  // [N, P, C]: the convolution's output and its gradient
+  explicit CudnnEmbedding(Problem& P)
+      : conv({kBatch, P.c.Cin, P.c.H, P.c.H, P.c.C, P.c.k, P.c.s, P.c.p, 1, P.dt, /*nhwc_output=*/true}),
+        image(Tensor::empty({kBatch, P.P, P.c.C}, P.dt, Device::CUDA)),
+        dimage(Tensor::empty({kBatch, P.P, P.c.C}, P.dt, Device::CUDA)) {}
   void forward(Problem& P) {
-    const float one = 1, zero = 0;
-    TS_CUDNN_CHECK(cudnnConvolutionForward(cudnn(), &one, xd, P.x.raw_data(), wd, P.w.raw_data(), cd, fwd,
-                                           ws.raw_data(), size_t(ws.numel()), &zero, yd, image.raw_data()));
-    TS_CUDNN_CHECK(cudnnAddTensor(cudnn(), &one, bd, P.b.raw_data(), &one, yd, image.raw_data()));
+    conv.forward(P.x, P.w, P.b, image);
     Tensor rows = P.tokens.reshape({kBatch * P.P, P.c.C});
     cuda_backend().layer_norm(image.reshape({kBatch * P.P, P.c.C}), P.lw, P.lb, kEps, rows, P.mean, P.rstd);
   }
   void backward(Problem& P) {
-    const float one = 1, zero = 0;
     Tensor drows = dimage.reshape({kBatch * P.P, P.c.C});
     cuda_backend().layer_norm_backward(P.dtok.reshape({kBatch * P.P, P.c.C}), image.reshape({kBatch * P.P, P.c.C}),
                                        P.lw, P.mean, P.rstd, drows, P.dlw, P.dlb);
-    TS_CUDNN_CHECK(cudnnConvolutionBackwardData(cudnn(), &one, wd, P.w.raw_data(), yd, dimage.raw_data(), cd,
-                                                bwd_data, ws.raw_data(), size_t(ws.numel()), &zero, xd,
-                                                P.dx.raw_data()));
-    TS_CUDNN_CHECK(cudnnConvolutionBackwardFilter(cudnn(), &one, xd, P.x.raw_data(), yd, dimage.raw_data(), cd,
-                                                  bwd_filter, ws.raw_data(), size_t(ws.numel()), &zero, wd,
-                                                  P.dw.raw_data()));
-    TS_CUDNN_CHECK(cudnnConvolutionBackwardBias(cudnn(), &one, yd, dimage.raw_data(), &zero, bd, P.db.raw_data()));
+    conv.backward(P.x, P.w, dimage, P.dx, P.dw, P.db);
   }
 };
 
