@@ -74,6 +74,9 @@ TrainOptions recipe_options(const std::string& name) {
     o.lr = 1e-3;
     o.warmup = "1ep";
     o.drop_path = 0.0;
+    // Chosen on validation accuracy among four 7-epoch variants (README): crops down to 0.6 of the area
+    // (0.730) beat 0.35 (0.674), 0.8 without smoothing (0.686) and lr 2e-3 (0.592).
+    o.crop_scale_min = 0.6;
     o.eval_batch_size = 64;
     o.device = "cpu";
     return o;
