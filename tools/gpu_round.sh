@@ -53,6 +53,8 @@ for phase in "${phases[@]}"; do
         step "racecheck_$(basename "$t")" 300 compute-sanitizer --tool racecheck --error-exitcode 1 "$t"
       done ;;
     bench)
+      # bench_loader reads the data set: the carried copy (its 16-core number must outrun training).
+      [ -d .data/brain-tumor-mri ] && export TESSERA_DATASET=$PWD/.data/brain-tumor-mri
       for b in build-gpu/bin/bench_*; do
         name=$(basename "$b")
         step "$name" 240 "$b" --benchmark_out="$out/$name.json" --benchmark_out_format=json
