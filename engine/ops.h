@@ -82,6 +82,9 @@ Tensor softmax(const Tensor& x, int64_t dim = -1);
 Tensor log_softmax(const Tensor& x, int64_t dim = -1);
 // softmax(q·kᵀ·scale)·v; q (..., Tq, D), k and v (..., Tk, D).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale);
+// softmax(q·kᵀ·scale) (..., Tq, Tk): the attention probabilities, for analysis. A separate computation
+// (not recorded by autograd, f32 or f64), so the fused attention never materialises them.
+Tensor attention_probabilities(const Tensor& q, const Tensor& k, double scale);
 Tensor dropout(const Tensor& x, double p, bool training, Generator& gen);
 // Per-sample drop path (stochastic depth): each sample (dim 0) is zeroed with probability p, the rest
 // scaled by 1/(1-p).

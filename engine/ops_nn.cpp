@@ -183,6 +183,17 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, T
                 });
 }
 
+// ================================================================ attention probabilities
+Tensor attention_probabilities(const Tensor& q, const Tensor& k, double scale) {
+  TS_CHECK(q.defined() && k.defined() && q.dim() >= 2 && k.dim() == q.dim() && q.size(-1) == k.size(-1),
+           "attention_probabilities: q (..., Tq, D) and k (..., Tk, D) must agree, got " +
+               (q.defined() ? q.str() : "undefined") + " and " + (k.defined() ? k.str() : "undefined"));
+  NoGradGuard no_grad;
+  // In f32 at least: probabilities of bf16 activations are for reading, not for another bf16 rounding.
+  const DType dt = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  return softmax(mul(matmul(q.detach().to(dt), k.detach().to(dt).transpose(-1, -2)), scale), -1);
+}
+
 // ================================================================ conv token embedding
 Tensor conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding,
                       const Tensor& ln_weight, const Tensor& ln_bias, double eps) {

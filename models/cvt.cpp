@@ -66,8 +66,8 @@ Cvt::Cvt(const CvtConfig& config, DType dtype) : config_(config), c_(std::get<Cv
   classifier_ = linear("classifier", last_dim, num_labels());
 }
 
-Tensor Cvt::layer_forward(const Layer& L, size_t s, const Tensor& x, int64_t H, int64_t W, bool training,
-                          Generator& gen) const {
+Tensor Cvt::layer_forward(const Layer& L, size_t s, int64_t index, const Tensor& x, int64_t H, int64_t W,
+                          bool training, Generator& gen) const {
   const bool cls = c_.cls_token[s];
   const int64_t T = x.size(1);                   // x (B, [1 +] H·W, C)
   Tensor h = L.layernorm_before(x);              // (B, T, C)
@@ -86,7 +86,7 @@ Tensor Cvt::layer_forward(const Layer& L, size_t s, const Tensor& x, int64_t H, 
   Tensor v = L.projection_v(project(L.conv_v));  // (B, Tk, C)
   // The scale uses the FULL embed dim, not the head dim (CvtSelfAttention.scale = embed_dim ** -0.5).
   const double scale = std::pow(double(c_.embed_dim[s]), -0.5);
-  Tensor ctx = multi_head_attention(q, k, v, c_.num_heads[s], scale);  // (B, Tq, C)
+  Tensor ctx = attention(q, k, v, c_.num_heads[s], scale, index);  // (B, Tq, C)
   Tensor attn = dropout(L.attention_output(ctx), c_.drop_rate[s], training, gen);
   const double dp = stages_[s].drop_path;
   Tensor x1 = drop_path(attn, dp, training, gen) + x;  // (B, T, C)
@@ -103,6 +103,7 @@ Tensor Cvt::forward(const Tensor& pixel_values, bool training, Generator& gen) {
   Tensor x = cast_to(pixel_values, compute_dtype());  // (B, Cin, H, W)
   Tensor cls_out;
   const int64_t B = x.size(0);
+  int64_t layer_index = 0;  // through all stages: the attention capture's numbering
   for (size_t s = 0; s < 3; ++s) {
     const Stage& st = stages_[s];
     // The strided convolution, then LayerNorm over channels, as tokens: one op a backend can fuse.
@@ -116,7 +117,7 @@ Tensor Cvt::forward(const Tensor& pixel_values, bool training, Generator& gen) {
                               st.embedding_norm.eps);        // (B, H·W, C)
     t = dropout(t, c_.drop_rate[s], training, gen);
     if (st.cls_token.defined()) t = concat({cast_to(st.cls_token, t.dtype()).expand({B, 1, C}), t}, 1);  // (B, 1 + H·W, C)
-    for (const Layer& L : st.layers) t = layer_forward(L, s, t, H, W, training, gen);
+    for (const Layer& L : st.layers) t = layer_forward(L, s, layer_index++, t, H, W, training, gen);
     if (st.cls_token.defined()) {
       cls_out = t.slice(1, 0, 1);                          // (B, 1, C)
       t = t.slice(1, 1, t.size(1));                        // (B, H·W, C)

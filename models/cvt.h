@@ -40,7 +40,8 @@ class Cvt : public Model {
     double drop_path = 0;
   };
 
-  Tensor layer_forward(const Layer& l, size_t s, const Tensor& x, int64_t H, int64_t W, bool training,
+  // `index`: the layer's number through all stages (attention capture).
+  Tensor layer_forward(const Layer& l, size_t s, int64_t index, const Tensor& x, int64_t H, int64_t W, bool training,
                        Generator& gen) const;
 
   ModelConfig config_;

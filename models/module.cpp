@@ -36,7 +36,8 @@ Tensor BatchNorm2d::operator()(const Tensor& x, bool training) const {
   return cast_to(y, x.dtype());
 }
 
-Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale) {
+Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale,
+                            Tensor* probs) {
   const int64_t B = q.size(0), Tq = q.size(1), C = q.size(2), Tk = k.size(1);
   TS_CHECK(C % heads == 0, "multi_head_attention: " + std::to_string(C) + " channels do not split into " +
                                std::to_string(heads) + " heads");
@@ -44,8 +45,9 @@ Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, i
   auto split_heads = [&](const Tensor& x, int64_t T) {  // (B, T, C) -> (B, heads, T, D)
     return x.reshape({B, T, heads, D}).permute({0, 2, 1, 3});
   };
-  Tensor ctx = scaled_dot_product_attention(split_heads(q, Tq), split_heads(k, Tk), split_heads(v, Tk),
-                                            scale);  // (B, heads, Tq, D)
+  const Tensor qh = split_heads(q, Tq), kh = split_heads(k, Tk);
+  Tensor ctx = scaled_dot_product_attention(qh, kh, split_heads(v, Tk), scale);  // (B, heads, Tq, D)
+  if (probs) *probs = attention_probabilities(qh, kh, scale);                   // (B, heads, Tq, Tk)
   return ctx.permute({0, 2, 1, 3}).reshape({B, Tq, C});  // (B, Tq, C), head i owns channels [iD, iD + D)
 }
 

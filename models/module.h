@@ -6,6 +6,7 @@
 // the layers see the new values. Each parameter says whether it belongs to a LayerNorm module, which is what
 // the Trainer's weight-decay rule needs (engine/optim.h).
 #pragma once
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <string>
@@ -62,7 +63,22 @@ struct BatchNorm2d {
 
 // Multi-head attention core shared by CvT and ViT: q (B, Tq, C), k and v (B, Tk, C), heads own consecutive
 // channel blocks of C/heads; returns softmax(q·kᵀ·scale)·v merged back to (B, Tq, C).
-Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale);
+// When `probs` is given, it also receives the attention probabilities (B, heads, Tq, Tk), computed apart
+// from the fused attention (attention_probabilities), so asking for them never slows the normal path.
+Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale,
+                            Tensor* probs = nullptr);
+
+// Which attention layers to record during forward, and what was recorded. Layers are numbered through the
+// whole model in order (CvT: stage 0's layers first); each entry of `probs` is (layer, (B, heads, Tq, Tk)).
+// CvT's keys and values come from strided projections, so Tk < Tq there (stage 3's token 0 is the cls
+// token in both).
+struct AttentionCapture {
+  std::vector<int64_t> layers;  // empty: every layer
+  std::vector<std::pair<int64_t, Tensor>> probs;
+  bool wants(int64_t layer) const {
+    return layers.empty() || std::find(layers.begin(), layers.end(), layer) != layers.end();
+  }
+};
 
 // (B, C, H, W) -> (B, H·W, C), token t = h·W + w; and back.
 Tensor nchw_to_tokens(const Tensor& x);

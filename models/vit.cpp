@@ -94,9 +94,10 @@ Tensor Vit::forward(const Tensor& pixel_values, bool training, Generator& gen) {
   x = x + cast_to(position_embeddings_for(gh, gw), x.dtype());
   x = dropout(x, c_.hidden_dropout_prob, training, gen);
   const double scale = 1.0 / std::sqrt(double(C / c_.num_attention_heads));  // head_dim^-0.5
-  for (const Layer& L : layers_) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& L = layers_[i];
     Tensor h = L.layernorm_before(x);                                     // (B, T, C)
-    Tensor ctx = multi_head_attention(L.query(h), L.key(h), L.value(h), c_.num_attention_heads, scale);
+    Tensor ctx = attention(L.query(h), L.key(h), L.value(h), c_.num_attention_heads, scale, int64_t(i));
     x = dropout(L.attention_output(ctx), c_.hidden_dropout_prob, training, gen) + x;
     Tensor y = L.output(gelu(L.intermediate(L.layernorm_after(x))));     // (B, T, C)
     x = dropout(y, c_.hidden_dropout_prob, training, gen) + x;

@@ -637,3 +637,47 @@ TEST_CASE("mixed precision: f32 master weights computing in f64 match an f64 mod
   auto m = make_model(tiny_vit(), 1);
   CHECK_THROWS_WITH(m->set_compute_dtype(DType::i64), doctest::Contains("not a float dtype"));
 }
+
+TEST_CASE("attention capture: every layer's and head's probabilities, without changing the outputs") {
+  for (const ModelConfig& config : {ModelConfig(tiny_vit()), ModelConfig(tiny_cvt())}) {
+    INFO(model_type(config));
+    auto model = make_model(config, 8);
+    Tensor x = random_images(3, 2, 32, 32);
+    Generator g1(1), g2(1);
+    const auto plain = model->forward(x, false, g1).to_vector<float>();
+    AttentionCapture all;
+    model->set_attention_capture(&all);
+    CHECK(model->forward(x, false, g2).to_vector<float>() == plain);  // recording changes nothing
+    model->set_attention_capture(nullptr);
+
+    const bool vit = std::holds_alternative<VitConfig>(config);
+    const size_t layers = vit ? 2 : 1 + 2 + 3;
+    REQUIRE(all.probs.size() == layers);
+    for (size_t i = 0; i < layers; ++i) {
+      const auto& [layer, p] = all.probs[i];
+      CHECK(layer == int64_t(i));
+      REQUIRE(p.dim() == 4);
+      CHECK(p.size(0) == 2);
+      if (vit) {
+        CHECK(p.shape() == Shape{2, 2, 17, 17});  // 2 heads, 16 patches + cls
+      } else {
+        // CvT stage s: H = W = 32 / 4 / 2^s tokens a side; keys from a stride-2 projection (+ cls at stage 2).
+        const int64_t stage = i == 0 ? 0 : i < 3 ? 1 : 2, side = 8 >> stage, kv = (side + 1) / 2;
+        const int64_t cls = stage == 2 ? 1 : 0;
+        CHECK(p.shape() == Shape{2, tiny_cvt().num_heads[size_t(stage)], side * side + cls, kv * kv + cls});
+      }
+      // Rows are distributions.
+      Tensor rows = sum(p, {-1});
+      for (double r : rows.to_vector<double>()) CHECK(r == doctest::Approx(1.0).epsilon(1e-6));
+      CHECK(-max(neg(p)).item() >= 0);  // no negative probability
+    }
+    AttentionCapture some;
+    some.layers = {1};
+    model->set_attention_capture(&some);
+    model->forward(x, false, g2);
+    model->set_attention_capture(nullptr);
+    REQUIRE(some.probs.size() == 1);
+    CHECK(some.probs[0].first == 1);
+    CHECK(some.probs[0].second.to_vector<float>() == all.probs[1].second.to_vector<float>());
+  }
+}
