@@ -34,4 +34,19 @@ void copy_device_to_device(void* dst, const void* src, size_t nbytes);
 void* current_stream();  // cudaStream_t
 void synchronize();
 
+// A point in tessera's stream: record() marks the work queued so far, synchronize() blocks the host until
+// that work is done (not the work queued after it). Without CUDA both do nothing.
+class Event {
+ public:
+  Event();
+  ~Event();
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  void record();
+  void synchronize();
+
+ private:
+  void* event_ = nullptr;  // cudaEvent_t, created on first record()
+};
+
 }  // namespace tessera::cuda

@@ -914,3 +914,18 @@ TEST_CASE("an op a backend does not implement fails loudly, naming the op and th
   CHECK_MESSAGE(message_contains([&] { bare.conv2d(x, w, Tensor(), Conv2dArgs{}, y); },
                                  "conv2d is not implemented on the cuda backend", msg), msg);
 }
+
+TEST_CASE("cuda events: synchronize waits for the work queued before record") {
+  SKIP_WITHOUT_GPU();
+  cuda::Event event;
+  event.synchronize();  // never recorded: returns at once
+  std::vector<float> host(size_t(1) << 22);
+  float* pinned = static_cast<float*>(cuda::pinned_alloc(host.size() * sizeof(float)));
+  Tensor t = Tensor::full({int64_t(host.size())}, 3.5, DType::f32, Device::CUDA);
+  cuda::copy_device_to_host(pinned, t.raw_data(), host.size() * sizeof(float), /*async=*/true);
+  event.record();
+  event.synchronize();  // the asynchronous copy has landed
+  CHECK(pinned[0] == 3.5f);
+  CHECK(pinned[host.size() - 1] == 3.5f);
+  cuda::pinned_free(pinned);
+}

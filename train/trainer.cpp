@@ -294,6 +294,18 @@ std::unique_ptr<models::Model> build_model(const TrainOptions& o, const std::vec
   return model;
 }
 
+// A loader batch (pinned host memory) on the training device. On CUDA the copies are queued without
+// waiting (a synchronous copy would make the host wait for the previous step's kernels before queuing this
+// step's); the caller records an event after them and waits on it before the loader may reuse the buffers.
+std::pair<Tensor, Tensor> upload(const Batch& batch, Device device) {
+  if (device == Device::CPU) return {batch.images, batch.labels};
+  Tensor images = Tensor::empty(batch.images.shape(), batch.images.dtype(), device);
+  Tensor labels = Tensor::empty(batch.labels.shape(), batch.labels.dtype(), device);
+  cuda::copy_host_to_device(images.raw_data(), batch.images.raw_data(), batch.images.nbytes(), /*async=*/true);
+  cuda::copy_host_to_device(labels.raw_data(), batch.labels.raw_data(), batch.labels.nbytes(), /*async=*/true);
+  return {images, labels};
+}
+
 // metrics.jsonl: one line per event, flushed as written.
 class MetricsLog {
  public:
@@ -468,12 +480,14 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
     const Tensor zero = Tensor::zeros({}, DType::f64, device);
     Tensor loss_sum = zero, correct = zero, window_loss = zero, last_norm = zero;
     int64_t seen = 0, step_in_epoch = 0, window_steps = 0;
+    cuda::Event uploaded;
     double mean_loss = 0, accuracy = 0;
     while (auto batch = loader.next()) {
       const int64_t n = batch->size();
       const double lr = schedule.lr_at(state.global_step);
       optimizer.set_lr(lr);
-      Tensor images = batch->images.to(device), labels = batch->labels.to(device);
+      auto [images, labels] = upload(*batch, device);
+      if (device == Device::CUDA) uploaded.record();  // the batch's host buffers are free once this point of the stream is reached
       Tensor logits = model->forward(images, /*training=*/true, gen);
       Tensor loss = cross_entropy(logits, labels, ce);
       loss.backward();
@@ -505,6 +519,9 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
           window_loss = zero, window_steps = 0;
         }
       }
+      // The loader refills this batch's buffers once next() is called: wait for the upload (queued behind
+      // the previous step's kernels; this step's are queued already, so the device stays busy).
+      if (device == Device::CUDA) uploaded.synchronize();
       if (o.halt_after_steps > 0 && state.global_step >= o.halt_after_steps) {
         log.flush();
         std::_Exit(137);  // as if killed: no checkpoint, no cleanup (the resume test's interruption)

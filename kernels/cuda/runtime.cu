@@ -297,6 +297,25 @@ void synchronize() {
   TS_CUDA_CHECK(cudaStreamSynchronize(tessera_stream()));
 }
 
+Event::Event() = default;
+
+Event::~Event() {
+  if (event_) cudaEventDestroy(static_cast<cudaEvent_t>(event_));  // never throws from a destructor
+}
+
+void Event::record() {
+  if (!event_) {
+    cudaEvent_t e = nullptr;
+    TS_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));  // a marker, no timestamps
+    event_ = e;
+  }
+  TS_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event_), tessera_stream()));
+}
+
+void Event::synchronize() {
+  if (event_) TS_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event_)));
+}
+
 }  // namespace cuda
 
 Backend& cuda_backend() {

@@ -28,5 +28,9 @@ void copy_device_to_host(void*, const void*, size_t, bool) { no_cuda(); }
 void copy_device_to_device(void*, const void*, size_t) { no_cuda(); }
 void* current_stream() { return nullptr; }
 void synchronize() {}
+Event::Event() = default;
+Event::~Event() = default;
+void Event::record() {}
+void Event::synchronize() {}
 }  // namespace cuda
 }  // namespace tessera
