@@ -409,6 +409,12 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
     train_cfg.prepare = study_resize;
   }
   train_cfg.batch_size = o.batch_size;
+  // A last batch of one image cannot train CvT's BatchNorm (no variance; torch refuses it too): drop it.
+  const bool has_batch_norm = std::holds_alternative<models::CvtConfig>(mc);
+  if (has_batch_norm && int64_t(train_samples.size()) % o.batch_size == 1) {
+    train_cfg.drop_last = true;
+    log << "note: dropping each epoch's last batch of 1 image (batch norm needs 2)\n";
+  }
   train_cfg.shuffle = true;
   train_cfg.seed = o.seed;
   train_cfg.num_workers = o.workers;
@@ -484,6 +490,7 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
     double mean_loss = 0, accuracy = 0;
     while (auto batch = loader.next()) {
       const int64_t n = batch->size();
+      if (has_batch_norm && n < 2) continue;  // unreadable files left one image: nothing batch norm can use
       const double lr = schedule.lr_at(state.global_step);
       optimizer.set_lr(lr);
       auto [images, labels] = upload(*batch, device);
