@@ -33,6 +33,8 @@ Tensor erf(const Tensor& x);
 Tensor abs(const Tensor& x);
 Tensor clamp(const Tensor& x, double lo, double hi);
 Tensor gelu(const Tensor& x);  // exact (erf) GELU
+// gelu(x + bias) with bias (C) over the last dim of x (..., C): one op so a backend can fuse the two passes.
+Tensor bias_gelu(const Tensor& x, const Tensor& bias);
 // Not differentiable: 1/0 masks in a's dtype.
 Tensor eq(const Tensor& a, const Tensor& b);
 Tensor gt(const Tensor& a, const Tensor& b);

@@ -183,6 +183,29 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, T
                 });
 }
 
+// ================================================================ bias + GELU
+Tensor bias_gelu(const Tensor& x, const Tensor& bias) {
+  const char* op = "bias_gelu";
+  TS_CHECK(x.defined() && x.dim() >= 1 && bias.defined(), "bias_gelu: x (..., C) and bias (C) must be defined");
+  check_float(op, "x", x);
+  check_like(op, "bias", bias, "x", x);
+  const int64_t C = x.size(-1), rows = C ? x.numel() / C : 0;
+  check_vec(op, "bias", bias, C, "the last dim of x " + x.str());
+  Tensor xc = plain(x).reshape({rows, C}), bc = plain(bias);
+  Tensor y = Tensor::empty({rows, C}, x.dtype(), x.device());
+  if (y.numel() > 0) backend(x.device()).bias_gelu(xc, bc, y);
+  const bool gx = wants_grad(x), gb = wants_grad(bias);
+  const Shape shape = x.shape();
+  return record(op, {x, bias}, y.reshape(shape), [xc, bc, gx, gb, rows, C, shape](const Tensor& g) {
+    Tensor dy = plain(g).reshape({rows, C}), dx, db;
+    if (gx) dx = Tensor::empty({rows, C}, xc.dtype(), xc.device());
+    if (gb) db = Tensor::empty({C}, xc.dtype(), xc.device());
+    if (rows > 0) backend(xc.device()).bias_gelu_backward(dy, xc, bc, dx, db);
+    else if (db.defined()) db.fill_(0);
+    return std::vector<Tensor>{gx ? dx.reshape(shape) : dx, db};
+  });
+}
+
 // ================================================================ attention probabilities
 Tensor attention_probabilities(const Tensor& q, const Tensor& k, double scale) {
   TS_CHECK(q.defined() && k.defined() && q.dim() >= 2 && k.dim() == q.dim() && q.size(-1) == k.size(-1),

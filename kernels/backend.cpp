@@ -35,6 +35,30 @@ void Backend::conv2d_backward(const Tensor&, const Tensor&, const Tensor&, const
                               Tensor&) {
   unsupported("conv2d_backward");
 }
+namespace {
+// x + bias broadcast over the rows, materialised: [rows, C].
+Tensor add_bias(Backend& be, const Tensor& x, const Tensor& bias) {
+  const int64_t rows = x.size(0), C = x.size(1);
+  Tensor pre = Tensor::empty(x.shape(), x.dtype(), x.device());
+  be.binary(BinaryOp::Add, x, bias.reshape({1, C}).expand({rows, C}), pre);
+  return pre;
+}
+}  // namespace
+
+void Backend::bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) {
+  unary(UnaryOp::Gelu, add_bias(*this, x, bias), y);
+}
+
+void Backend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Tensor& bias, Tensor& dx, Tensor& dbias) {
+  const int64_t rows = x.size(0), C = x.size(1);
+  Tensor g = dx.defined() ? dx : Tensor::empty(x.shape(), x.dtype(), x.device());
+  binary(BinaryOp::GeluBackward, add_bias(*this, x, bias), dy, g);
+  if (!dbias.defined()) return;
+  Tensor by_column = Tensor::empty({C, rows}, x.dtype(), x.device());  // reduce() sums contiguous rows
+  copy(g.transpose(0, 1), by_column);
+  reduce(ReduceOp::Sum, by_column, dbias, nullptr);
+}
+
 void Backend::conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
                              const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens,
                              Tensor& pre_norm, Tensor& mean, Tensor& rstd) {

@@ -86,6 +86,13 @@ class Backend {
   virtual void conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Conv2dArgs& a,
                                Tensor& dx, Tensor& dweight, Tensor& dbias);
 
+  // GELU fused with the bias add before it (the MLP's first linear layer): y = GELU(x + bias), x and y
+  // contiguous [rows, C], bias [C]. Backward: dx = dy·GELU'(x + bias), dbias = Σ_rows dx; either may be
+  // undefined (not needed), both are overwritten. The base class composes binary, unary and reduce; a
+  // backend overrides it with one pass over memory.
+  virtual void bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y);
+  virtual void bias_gelu_backward(const Tensor& dy, const Tensor& x, const Tensor& bias, Tensor& dx, Tensor& dbias);
+
   // Convolutional token embedding (CvT's embeddings, ViT's patchify + a norm): conv2d with bias, LayerNorm
   // over the output channels, written as tokens: tokens [N, Ho·Wo, C], token t = h·Wo + w. pre_norm
   // [N, Ho·Wo, C] receives the convolution's output in token order (the backward's input), mean/rstd

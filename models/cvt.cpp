@@ -90,7 +90,7 @@ Tensor Cvt::layer_forward(const Layer& L, size_t s, int64_t index, const Tensor&
   Tensor attn = dropout(L.attention_output(ctx), c_.drop_rate[s], training, gen);
   const double dp = stages_[s].drop_path;
   Tensor x1 = drop_path(attn, dp, training, gen) + x;  // (B, T, C)
-  Tensor y = L.output(gelu(L.intermediate(L.layernorm_after(x1))));  // (B, T, C)
+  Tensor y = L.output(L.intermediate.gelu(L.layernorm_after(x1)));  // (B, T, C)
   y = dropout(y, c_.drop_rate[s], training, gen) + x1;
   // The port applies drop path to the whole sum, residual included (MODELS.md).
   return drop_path(y, dp, training, gen);

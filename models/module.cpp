@@ -20,6 +20,11 @@ Tensor Linear::operator()(const Tensor& x) const {
   return tessera::linear(x, cast_to(weight, x.dtype()), cast_to(bias, x.dtype()));
 }
 
+Tensor Linear::gelu(const Tensor& x) const {
+  if (!bias.defined()) return tessera::gelu((*this)(x));
+  return tessera::bias_gelu(tessera::linear(x, cast_to(weight, x.dtype())), cast_to(bias, x.dtype()));
+}
+
 Tensor LayerNorm::operator()(const Tensor& x) const {
   return tessera::layer_norm(x, cast_to(weight, x.dtype()), cast_to(bias, x.dtype()), eps);
 }

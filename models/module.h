@@ -44,6 +44,7 @@ Tensor cast_to(const Tensor& p, DType dt);  // p itself when undefined or alread
 struct Linear {
   Tensor weight, bias;  // (out, in), (out) or undefined
   Tensor operator()(const Tensor& x) const;  // (..., in) -> (..., out)
+  Tensor gelu(const Tensor& x) const;        // GELU(x·Wᵀ + b): the bias add fused into the activation
 };
 struct LayerNorm {
   Tensor weight, bias;  // (C), (C)

@@ -99,7 +99,7 @@ Tensor Vit::forward(const Tensor& pixel_values, bool training, Generator& gen) {
     Tensor h = L.layernorm_before(x);                                     // (B, T, C)
     Tensor ctx = attention(L.query(h), L.key(h), L.value(h), c_.num_attention_heads, scale, int64_t(i));
     x = dropout(L.attention_output(ctx), c_.hidden_dropout_prob, training, gen) + x;
-    Tensor y = L.output(gelu(L.intermediate(L.layernorm_after(x))));     // (B, T, C)
+    Tensor y = L.output(L.intermediate.gelu(L.layernorm_after(x)));      // (B, T, C)
     x = dropout(y, c_.hidden_dropout_prob, training, gen) + x;
   }
   Tensor cls = layernorm_(x).select(1, 0);                                // (B, C)

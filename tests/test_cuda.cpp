@@ -929,3 +929,40 @@ TEST_CASE("cuda events: synchronize waits for the work queued before record") {
   CHECK(pinned[host.size() - 1] == 3.5f);
   cuda::pinned_free(pinned);
 }
+
+TEST_CASE("cuda bias_gelu and its backward vs the CPU in f64") {
+  SKIP_WITHOUT_GPU();
+  // The GPU computes GELU(x + b) in fp32 (f64 for f64) from the rounded inputs; the reference computes the
+  // same in f64 on the same rounded values. The sum, erf and exp each contribute a few units of the
+  // compute type's roundoff relative to |x| + |b| (GELU' is at most 1.13, GELU'' at most 0.8), and the
+  // result is rounded once to the storage type: tol = 16·u_c·(1 + |x| + |b|) + ulp(ref).
+  Generator gen(77);
+  for (DType dt : kFloatTypes)
+    for (auto [rows, C] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 7}, {257, 33}, {64, 1025}}) {
+      INFO(dname(dt) << " " << rows << "x" << C);
+      Tensor x = gen.uniform({rows, C}, -4, 4, DType::f64).to(dt), b = gen.uniform({C}, -1, 1, DType::f64).to(dt);
+      Tensor dy = gen.uniform({rows, C}, -1, 1, DType::f64).to(dt);
+      Tensor y64 = Tensor::empty({rows, C}, DType::f64), dx64 = Tensor::empty({rows, C}, DType::f64);
+      Tensor db64 = Tensor::empty({C}, DType::f64);
+      cpu_backend().bias_gelu(as_f64(x), as_f64(b), y64);
+      cpu_backend().bias_gelu_backward(as_f64(dy), as_f64(x), as_f64(b), dx64, db64);
+      Tensor y = Tensor::empty({rows, C}, dt, Device::CUDA), dx = Tensor::empty({rows, C}, dt, Device::CUDA);
+      Tensor db = Tensor::empty({C}, dt, Device::CUDA);
+      cuda_backend().bias_gelu(on_gpu(x), on_gpu(b), y);
+      cuda_backend().bias_gelu_backward(on_gpu(dy), on_gpu(x), on_gpu(b), dx, db);
+      const auto xv = values(x), bv = values(b), yr = values(y64), dxr = values(dx64), dbr = values(db64);
+      const double uc = compute_roundoff(dt);
+      auto elem_tol = [&](size_t i, double ref) {
+        return 16 * uc * (1 + std::fabs(xv[i]) + std::fabs(bv[i % size_t(C)])) + ulp_of(ref, dt);
+      };
+      check_close(values(y), yr, [&](size_t i) { return elem_tol(i, yr[i]); }, "y");
+      check_close(values(dx), dxr, [&](size_t i) { return elem_tol(i, dxr[i]); }, "dx");
+      // dbias sums a column of rounded dx values: each carries ulp(dx) of storage rounding, plus the sum's
+      // own fp32 rounding over `rows` terms.
+      check_close(values(db), dbr, [&](size_t c) {
+        double mag = 0;
+        for (int64_t r = 0; r < rows; ++r) mag += std::fabs(dxr[size_t(r * C) + c]);
+        return (double(rows) * uc + unit_roundoff(dt)) * mag * 2 + ulp_of(dbr[c], dt);
+      }, "dbias");
+    }
+}

@@ -253,6 +253,18 @@ TEST_CASE("conv2d: bad shapes are reported with the shapes") {
   CHECK_THROWS_WITH_AS(conv2d(x, w.to(DType::f64)), doctest::Contains("dtype and device"), TensorError);
 }
 
+// ================================================================ bias + GELU
+TEST_CASE("bias_gelu equals gelu(x + bias), values and gradients, any leading dims") {
+  Generator gen(13);
+  Tensor x = leaf(gen, {2, 3, 5}, -3, 3), b = leaf(gen, {5});
+  CHECK(bias_gelu(x, b).to_vector<double>() == gelu(add(x, b)).to_vector<double>());  // the same kernels
+  gradcheck([](const std::vector<Tensor>& in) { return bias_gelu(in[0], in[1]); }, {x, b});
+  // A non-contiguous x, and only the bias requiring grad.
+  Tensor xt = gen.uniform({5, 4}, -2, 2, DType::f64);
+  gradcheck([&](const std::vector<Tensor>& in) { return bias_gelu(xt.transpose(0, 1), in[0]); }, {leaf(gen, {5})});
+  CHECK_THROWS_WITH_AS(bias_gelu(x, Tensor::zeros({4}, DType::f64)), doctest::Contains("bias_gelu: bias"), TensorError);
+}
+
 // ================================================================ conv token embedding
 TEST_CASE("conv_embedding equals conv2d, the token layout and layer_norm composed, values and gradients") {
   Generator gen(12);

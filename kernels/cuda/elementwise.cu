@@ -414,4 +414,72 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& 
   });
 }
 
+// ---------------------------------------------------------------- bias + GELU
+namespace cuda {
+namespace {
+
+// One pass each way, where the composition writes x + b and reads it back: y = GELU(x + b[column]) and
+// dx = dy·GELU'(x + b[column]), in the compute type (the sum is not rounded to 16 bits in between).
+// Rows are C wide and contiguous, so element i's column is i % C.
+template <typename T>
+__global__ void bias_gelu_kernel(const T* x, const T* b, T* y, int64_t n, int64_t C) {
+  using A = compute_t<T>;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = store<T>(elementwise::gelu(A(load(x[i])) + A(load(b[i % C]))));
+}
+
+template <typename T>
+__global__ void bias_gelu_backward_kernel(const T* dy, const T* x, const T* b, T* dx, int64_t n, int64_t C) {
+  using A = compute_t<T>;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    dx[i] = store<T>(A(load(dy[i])) * elementwise::gelu_grad(A(load(x[i])) + A(load(b[i % C]))));
+}
+
+void check_bias_gelu(const char* op, const Tensor& x, const Tensor& bias, const Tensor& out) {
+  for (const Tensor* t : {&x, &bias, &out}) {
+    check_on_cuda(*t, op, "argument");
+    check_same_dtype(x, *t, op);
+    check_contiguous(*t, op, "argument");
+  }
+  if (x.dim() != 2 || out.shape() != x.shape() || bias.dim() != 1 || bias.size(0) != x.size(1))
+    fail(std::string(op) + " (cuda): expected x [rows, C], bias [C], out like x; got " + x.str() + ", " +
+         bias.str() + ", " + out.str());
+}
+
+}  // namespace
+}  // namespace cuda
+
+void CudaBackend::bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) {
+  cuda::check_bias_gelu("bias_gelu", x, bias, y);
+  const int64_t n = x.numel(), C = x.size(1);
+  if (n == 0) return;
+  cuda::visit_floating(x.dtype(), "bias_gelu", [&](auto tag) {
+    using T = decltype(tag);
+    cuda::bias_gelu_kernel<T><<<cuda::grid_for(n), cuda::kThreads, 0, cuda::stream()>>>(
+        static_cast<const T*>(x.raw_data()), static_cast<const T*>(bias.raw_data()), static_cast<T*>(y.raw_data()), n, C);
+    TS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void CudaBackend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Tensor& bias, Tensor& dx,
+                                     Tensor& dbias) {
+  Tensor g = dx.defined() ? dx : Tensor::empty(x.shape(), x.dtype(), x.device());
+  cuda::check_bias_gelu("bias_gelu_backward", x, bias, g);
+  cuda::check_bias_gelu("bias_gelu_backward", dy, bias, g);
+  const int64_t n = x.numel(), rows = x.size(0), C = x.size(1);
+  if (n > 0)
+    cuda::visit_floating(x.dtype(), "bias_gelu_backward", [&](auto tag) {
+      using T = decltype(tag);
+      cuda::bias_gelu_backward_kernel<T><<<cuda::grid_for(n), cuda::kThreads, 0, cuda::stream()>>>(
+          static_cast<const T*>(dy.raw_data()), static_cast<const T*>(x.raw_data()),
+          static_cast<const T*>(bias.raw_data()), static_cast<T*>(g.raw_data()), n, C);
+      TS_CUDA_CHECK_LAUNCH();
+    });
+  if (!dbias.defined()) return;
+  // The bias gradient is a column sum of dx: the transposing copy + row reduction (deterministic).
+  Tensor by_column = Tensor::empty({C, rows}, x.dtype(), x.device());
+  copy(g.transpose(0, 1), by_column);
+  reduce(ReduceOp::Sum, by_column, dbias, nullptr);
+}
+
 }  // namespace tessera
