@@ -95,6 +95,7 @@ expect_error "bad schedule" "--schedule" -- train --synthetic --schedule steep -
 expect_error "bad warmup" "--warmup" -- train --recipe cpu --synthetic --warmup 3weeks --out "$DIR/x" --epochs 1 --max-train-samples 8
 expect_error "resume without a checkpoint" "no checkpoint to resume" -- train --resume "$DIR/x"
 expect_error "resume cannot change options" "--lr" -- train --resume "$DIR/whole" --lr 0.1
+expect_error "a new run does not overwrite an old one" "already holds a run" -- train --synthetic --out "$DIR/whole"
 if "$BIN" --version | grep -q '^CUDA: built, device'; then echo "skip: --device cuda error (a GPU is present)"
 else expect_error "--device cuda without a GPU says why" "--device cuda" -- train --synthetic --device cuda --out "$DIR/x"; fi
 expect_error "eval of a missing checkpoint" "nowhere" -- eval --checkpoint "$DIR/nowhere" --data "$DIR/whole/synthetic-data"

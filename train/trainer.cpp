@@ -362,6 +362,10 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
   // bf16: activations in bf16, fp32 master weights and optimizer state (Model::set_compute_dtype).
   const DType compute = o.precision == "bf16" ? DType::bf16 : DType::f32;
 
+  // A new run never starts over an old one: its checkpoints and links would mix with the new run's.
+  if (!resumed && (fs::exists(fs::path(o.out) / "last") || fs::exists(fs::path(o.out) / "run.json")))
+    throw std::runtime_error("train: " + o.out + " already holds a run; continue it with --resume " + o.out +
+                             ", or choose another --out (or remove it)");
   fs::create_directories(o.out);
   if (o.synthetic) {
     if (o.data.empty()) o.data = (fs::path(o.out) / "synthetic-data").string();
@@ -382,14 +386,13 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
   aug.brightness = o.brightness, aug.contrast = o.contrast, aug.p_vflip = o.p_vflip;
   aug.out_width = aug.out_height = o.image_size;
   std::function<void(Image&, int64_t)> study_resize;
+  train_cfg.processor = eval_proc;
   if (o.study_pipeline) {
     // The study: every image resized to image_size² first, augmented, then the model's processor on top
     // (which for CvT resizes again to 256 and crops 224: its third mistake, kept for reproduction).
     const int s = o.image_size;
     study_resize = [s](Image& im, int64_t) { im = resize(im, s, s, Filter::Bilinear); };
-    train_cfg.processor = eval_proc;
   } else {
-    train_cfg.processor = eval_proc;
     train_cfg.processor.mode = ProcessorConfig::Resize::Squash;  // the crop already has the output size
   }
   std::vector<Sample> train_samples = data.train;
@@ -457,7 +460,7 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
     log << "resuming " << o.out << " after epoch " << state.epoch << " (step " << state.global_step << ")\n";
   } else {
     json run = {{"tessera_version", TESSERA_VERSION}, {"command", command_line}, {"started", utc_now()},
-                {"model", o.config.empty() ? o.model : o.config}, {"device", device == Device::CPU ? "cpu" : "cuda"},
+                {"model", o.config.empty() ? o.model : o.config}, {"device", device_name(device)},
                 {"precision", o.precision}, {"image_size", o.image_size}, {"classes", data.classes},
                 {"parameters", model->num_parameters()},
                 {"data", {{"root", data.root}, {"synthetic", o.synthetic},
