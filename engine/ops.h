@@ -89,8 +89,9 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 Tensor attention_probabilities(const Tensor& q, const Tensor& k, double scale);
 Tensor dropout(const Tensor& x, double p, bool training, Generator& gen);
 // Per-sample drop path (stochastic depth): each sample (dim 0) is zeroed with probability p, the rest
-// scaled by 1/(1-p).
-Tensor drop_path(const Tensor& x, double p, bool training, Generator& gen);
+// scaled by 1/(1-p); `residual` (x's shape, optional) is added in the same pass: the residual branch
+// `residual + drop_path(x)` is one kernel (Backend::drop_path).
+Tensor drop_path(const Tensor& x, double p, bool training, Generator& gen, const Tensor& residual = Tensor());
 struct CrossEntropyOptions {
   double label_smoothing = 0.0;
   Tensor weight;               // per-class weights [C], optional

@@ -394,14 +394,36 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   return masked_scale(x, p, training, gen, x.defined() ? x.shape() : Shape{}, "dropout");
 }
 
-Tensor drop_path(const Tensor& x, double p, bool training, Generator& gen) {
-  TS_CHECK(!x.defined() || x.dim() >= 1, "drop_path: x needs a batch dim, got " + x.str());
-  Shape ms;
-  if (x.defined()) {
-    ms.assign(size_t(x.dim()), 1);
-    ms[0] = x.size(0);  // one draw per sample, broadcast over the rest
+Tensor drop_path(const Tensor& x, double p, bool training, Generator& gen, const Tensor& residual) {
+  const char* op = "drop_path";
+  TS_CHECK(x.defined() && x.dim() >= 1, "drop_path: x needs a batch dim, got " + (x.defined() ? x.str() : "undefined"));
+  TS_CHECK(p >= 0 && p <= 1, "drop_path: p must be in [0, 1], got " + std::to_string(p));
+  check_like(op, "residual", residual, "x", x);
+  TS_CHECK(!residual.defined() || residual.shape() == x.shape(),
+           "drop_path: residual " + residual.str() + " must have the shape of x " + x.str());
+  if (!training || p == 0) return residual.defined() ? add(x, residual) : x;
+  check_float(op, "x", x);
+  const double keep = 1 - p;
+  Tensor mask;  // [B]: 1 keeps the sample, 0 drops it (p = 1 drops all; the gradient is zero too)
+  {
+    NoGradGuard ng;
+    mask = p == 1 ? Tensor::zeros({x.size(0)}, x.dtype(), x.device())
+                  : gen.bernoulli({x.size(0)}, keep, x.dtype(), x.device());
   }
-  return masked_scale(x, p, training, gen, ms, "drop_path");
+  const double scale = p == 1 ? 0.0 : 1.0 / keep;
+  Tensor xc = plain(x), rc = plain(residual);
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (y.numel() > 0) backend(x.device()).drop_path(xc, mask, scale, rc, y);
+  const bool gx = wants_grad(x), gr = wants_grad(residual);
+  return record(op, {x, residual}, y, [mask, scale, gx, gr](const Tensor& g) {
+    Tensor dx;
+    if (gx) {
+      Tensor gc = plain(g);
+      dx = Tensor::empty(gc.shape(), gc.dtype(), gc.device());
+      if (dx.numel() > 0) backend(gc.device()).drop_path(gc, mask, scale, Tensor(), dx);
+    }
+    return std::vector<Tensor>{dx, gr ? g : Tensor()};  // d(residual) = dy: the add passes it through
+  });
 }
 
 // ================================================================ cross-entropy

@@ -1,6 +1,7 @@
 #include "engine/optim.h"
 
 #include <cmath>
+#include <map>
 #include <set>
 #include <sstream>
 
@@ -111,16 +112,23 @@ void AdamW::step() {
              "AdamW.step: gradient of '" + states_[i].param.name + "' is " + g.str() + "; expected f32, f64 or bf16");
     grads[i] = g.is_contiguous() ? g : g.contiguous();
   }
-  for (size_t i = 0; i < states_.size(); ++i) {
-    if (!grads[i].defined()) continue;
-    ParamState& s = states_[i];
-    // Bias corrections as torch computes them: 1 - beta^t in double with t this parameter's own count.
-    const double t = double(s.step + 1);
-    Backend::AdamWStep a{options_.lr, options_.beta1, options_.beta2, options_.eps, s.weight_decay,
-                         1 - std::pow(options_.beta1, t), 1 - std::pow(options_.beta2, t)};
-    Tensor p = s.param.tensor;
-    backend(p.device()).adamw(p, grads[i], s.exp_avg, s.exp_avg_sq, a);
-    s.step += 1;
+  // Parameters sharing a device and a step count share the step's scalars: one backend call each (one in a
+  // normal step: every parameter has a gradient every step), which CUDA runs as a multi-tensor kernel.
+  std::map<std::pair<Device, int64_t>, std::vector<size_t>> calls;
+  for (size_t i = 0; i < states_.size(); ++i)
+    if (grads[i].defined()) calls[{states_[i].param.tensor.device(), states_[i].step}].push_back(i);
+  for (const auto& [key, members] : calls) {
+    // Bias corrections as torch computes them: 1 - beta^t in double with t the parameters' own count.
+    const double t = double(key.second + 1);
+    const Backend::AdamWStep a{options_.lr, options_.beta1, options_.beta2, options_.eps,
+                               1 - std::pow(options_.beta1, t), 1 - std::pow(options_.beta2, t)};
+    std::vector<Backend::AdamWParam> list;
+    for (size_t i : members) {
+      const ParamState& s = states_[i];
+      list.push_back({s.param.tensor, grads[i], s.exp_avg, s.exp_avg_sq, s.weight_decay});
+    }
+    backend(key.first).adamw(list, a);
+    for (size_t i : members) states_[i].step += 1;
   }
 }
 
@@ -259,78 +267,77 @@ void load_optimizer(AdamW& opt, const std::string& path) {
 
 // ---------------------------------------------------------------- clipping
 
+namespace {
+
+// The defined gradients of `params`, grouped by device (each made contiguous: a strided gradient is a
+// copy that clipping writes back, see scale_gradients).
+struct DeviceGradients {
+  std::vector<Tensor> grads, flat;  // the gradients; contiguous tensors to compute on (aliases when possible)
+};
+std::map<Device, DeviceGradients> gradients_by_device(const std::vector<Tensor>& params, const char* who) {
+  std::map<Device, DeviceGradients> out;
+  for (size_t i = 0; i < params.size(); ++i) {
+    TS_CHECK(params[i].defined(), std::string(who) + ": parameter " + std::to_string(i) + " is undefined");
+    const Tensor& g = params[i].grad();
+    if (!g.defined()) continue;
+    TS_CHECK(is_floating(g.dtype()), std::string(who) + ": gradient " + std::to_string(i) + " is " + g.str());
+    DeviceGradients& d = out[g.device()];
+    d.grads.push_back(g);
+    d.flat.push_back(g.is_contiguous() ? g : g.contiguous());
+  }
+  return out;
+}
+
+// Σ g² over a device's gradients: an f64 scalar on that device (Backend::sum_of_squares, f64 throughout).
+Tensor sum_of_squares_on_device(Device d, const DeviceGradients& g) {
+  Tensor sq = Tensor::empty({}, DType::f64, d);
+  backend(d).sum_of_squares(g.flat, sq);
+  return sq;
+}
+
+// Multiplies a device's gradients by `factor` (an f64 scalar on that device).
+void scale_gradients(Device d, DeviceGradients& g, const Tensor& factor) {
+  backend(d).scale(g.flat, factor);
+  for (size_t i = 0; i < g.grads.size(); ++i)
+    if (g.flat[i].impl() != g.grads[i].impl()) g.grads[i].copy_(g.flat[i]);
+}
+
+}  // namespace
+
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm, bool error_if_nonfinite) {
   TS_CHECK(std::isfinite(max_norm) && max_norm > 0,
            "clip_grad_norm: max_norm " + num(max_norm) + " must be finite and > 0");
-  std::vector<Tensor> grads;
-  for (size_t i = 0; i < params.size(); ++i) {
-    TS_CHECK(params[i].defined(), "clip_grad_norm: parameter " + std::to_string(i) + " is undefined");
-    const Tensor& g = params[i].grad();
-    if (!g.defined()) continue;
-    TS_CHECK(is_floating(g.dtype()), "clip_grad_norm: gradient " + std::to_string(i) + " is " + g.str());
-    grads.push_back(g);
-  }
-  if (grads.empty()) return 0.0;
-
+  auto devices = gradients_by_device(params, "clip_grad_norm");
   NoGradGuard no_grad;
-  // Sum of squares per tensor on its device: on the CPU in f64; on CUDA in f32 (f64 for f64 gradients),
-  // whose reductions accumulate in fp32 registers. The per-tensor results are written (converted to f64)
-  // into one vector per device, copied to the host once; sqrt(Σ sq_i) equals torch's norm of the
-  // per-tensor norms up to one rounding of each sqrt.
+  // √(Σ g²) over all elements in f64: torch's norm of the per-tensor norms up to a few roundings of the
+  // intermediate square roots. One device-to-host read per device.
   double total_sq = 0;
-  for (Device d : {Device::CPU, Device::CUDA}) {
-    std::vector<const Tensor*> on_d;
-    for (const Tensor& g : grads)
-      if (g.device() == d) on_d.push_back(&g);
-    if (on_d.empty()) continue;
-    Tensor sq = Tensor::empty({int64_t(on_d.size())}, DType::f64, d);
-    for (size_t i = 0; i < on_d.size(); ++i) {
-      const Tensor& g = *on_d[i];
-      DType acc = (d == Device::CPU || g.dtype() == DType::f64) ? DType::f64 : DType::f32;
-      Tensor x = g.dtype() == acc ? g : g.to(acc);
-      sq.select(0, int64_t(i)).copy_(sum(mul(x, x)));
-    }
-    for (double v : sq.to(Device::CPU).to_vector<double>()) total_sq += v;
-  }
+  for (auto& [d, g] : devices) total_sq += sum_of_squares_on_device(d, g).item();
   const double total = std::sqrt(total_sq);
   if (error_if_nonfinite && !std::isfinite(total))
     fail("clip_grad_norm: the total gradient norm is " + num(total) + " (non-finite gradients)");
-
   // torch: clip_coef = max_norm / (total + 1e-6), clamped to at most 1 (a NaN stays NaN); multiplying by
   // exactly 1 changes nothing, so only smaller (or NaN) coefficients touch the gradients.
-  double coef = max_norm / (total + 1e-6);
-  if (!(coef >= 1.0)) {
-    for (Tensor g : grads) g.copy_(mul(g, coef));
-  }
+  const double coef = max_norm / (total + 1e-6);
+  if (!(coef >= 1.0))
+    for (auto& [d, g] : devices) scale_gradients(d, g, Tensor::scalar(coef, DType::f64, d));
   return total;
 }
 
 Tensor clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm) {
   TS_CHECK(std::isfinite(max_norm) && max_norm > 0,
            "clip_grad_norm_on_device: max_norm " + num(max_norm) + " must be finite and > 0");
-  std::vector<Tensor> grads;
-  for (const Tensor& p : params)
-    if (p.defined() && p.grad().defined()) grads.push_back(p.grad());
-  if (grads.empty()) return Tensor::zeros({}, DType::f64);
-  const Device d = grads.front().device();
-  for (const Tensor& g : grads)
-    TS_CHECK(g.device() == d && is_floating(g.dtype()),
-             "clip_grad_norm_on_device: gradients must be floating tensors on one device, got " + g.str());
-
+  auto devices = gradients_by_device(params, "clip_grad_norm_on_device");
+  if (devices.empty()) return Tensor::zeros({}, DType::f64);
+  TS_CHECK(devices.size() == 1, "clip_grad_norm_on_device: gradients must be on one device");
+  auto& [d, g] = *devices.begin();
   NoGradGuard no_grad;
-  // The same arithmetic as clip_grad_norm (per-tensor sums of squares into one f64 vector), but the total
-  // and the coefficient stay on the device: nothing waits for the GPU.
-  Tensor sq = Tensor::empty({int64_t(grads.size())}, DType::f64, d);
-  for (size_t i = 0; i < grads.size(); ++i) {
-    const Tensor& g = grads[i];
-    DType acc = (d == Device::CPU || g.dtype() == DType::f64) ? DType::f64 : DType::f32;
-    Tensor x = g.dtype() == acc ? g : g.to(acc);
-    sq.select(0, int64_t(i)).copy_(sum(mul(x, x)));
-  }
-  Tensor total = sqrt(sum(sq));                                            // f64 []
+  // The same arithmetic as clip_grad_norm, but the total and the coefficient stay on the device (a handful
+  // of launches in all on CUDA): nothing waits for the GPU.
+  Tensor total = sqrt(sum_of_squares_on_device(d, g));                      // f64 []
   // torch's clip_coef_clamped: max_norm / (total + 1e-6), at most 1 (it is positive anyway).
   Tensor coef = clamp(div(Tensor::scalar(max_norm, DType::f64, d), add(total, 1e-6)), 0.0, 1.0);
-  for (Tensor g : grads) g.copy_(mul(g, coef.to(g.dtype())));              // × 1 leaves a gradient exact
+  scale_gradients(d, g, coef);                                              // × 1 leaves a gradient exact
   return total;
 }
 

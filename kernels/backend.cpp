@@ -59,6 +59,19 @@ void Backend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Tensor
   reduce(ReduceOp::Sum, by_column, dbias, nullptr);
 }
 
+void Backend::drop_path(const Tensor& x, const Tensor& keep_mask, double scale, const Tensor& residual,
+                        Tensor& out) {
+  Shape per_sample(size_t(x.dim()), 1);
+  per_sample[0] = x.size(0);
+  Tensor s = Tensor::empty(keep_mask.shape(), x.dtype(), x.device());
+  unary(UnaryOp::Affine, keep_mask, s, scale, 0.0);  // 0/1 → 0/scale, rounded once to x's dtype
+  Tensor broadcast = s.reshape(per_sample).expand(x.shape());
+  if (!residual.defined()) return binary(BinaryOp::Mul, x, broadcast, out);
+  Tensor scaled = Tensor::empty(x.shape(), x.dtype(), x.device());
+  binary(BinaryOp::Mul, x, broadcast, scaled);
+  binary(BinaryOp::Add, scaled, residual, out);
+}
+
 void Backend::conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
                              const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens,
                              Tensor& pre_norm, Tensor& mean, Tensor& rstd) {
@@ -109,6 +122,57 @@ void Backend::cross_entropy_backward(const Tensor&, const Tensor&, const Tensor&
 }
 void Backend::index_select(const Tensor&, const Tensor&, Tensor&) { unsupported("index_select"); }
 void Backend::index_add(const Tensor&, const Tensor&, Tensor&) { unsupported("index_add"); }
-void Backend::adamw(Tensor&, const Tensor&, Tensor&, Tensor&, const AdamWStep&) { unsupported("adamw"); }
+void Backend::adamw(const std::vector<AdamWParam>&, const AdamWStep&) { unsupported("adamw"); }
+
+// Compositions of this backend's own ops: a few launches per tensor.
+void Backend::sum_of_squares(const std::vector<Tensor>& xs, Tensor& out) {
+  fill(out, 0.0);
+  Tensor part = Tensor::empty({}, DType::f64, device());
+  for (const Tensor& x : xs) {
+    if (x.numel() == 0) continue;
+    Tensor x64 = Tensor::empty({1, x.numel()}, DType::f64, device());
+    copy(x.reshape({1, x.numel()}), x64);
+    binary(BinaryOp::Mul, x64, x64, x64);
+    reduce(ReduceOp::Sum, x64, part, nullptr);
+    binary(BinaryOp::Add, out, part, out);
+  }
+}
+
+void Backend::scale(const std::vector<Tensor>& xs, const Tensor& factor) {
+  for (const Tensor& x : xs) {
+    Tensor f = Tensor::empty({}, x.dtype(), device());
+    copy(factor.reshape({}), f);
+    Tensor scaled = Tensor::empty(x.shape(), x.dtype(), device());
+    binary(BinaryOp::Mul, x, f.expand(x.shape()), scaled);
+    copy(scaled, const_cast<Tensor&>(x));
+  }
+}
+
+void Backend::check_adamw(const std::vector<AdamWParam>& params, const AdamWStep& s) const {
+  // bias corrections are 1 − β^t with t ≥ 1 and β in [0, 1): in (0, 1].
+  TS_CHECK(s.bias_correction1 > 0 && s.bias_correction1 <= 1 && s.bias_correction2 > 0 && s.bias_correction2 <= 1,
+           "adamw: bias corrections " + std::to_string(s.bias_correction1) + ", " +
+               std::to_string(s.bias_correction2) + " must be in (0, 1]");
+  for (size_t i = 0; i < params.size(); ++i) {
+    const AdamWParam& e = params[i];
+    const std::string who = "adamw (" + std::string(device_name(device())) + "): parameter " + std::to_string(i);
+    for (const Tensor* t : {&e.param, &e.grad, &e.exp_avg, &e.exp_avg_sq}) {
+      TS_CHECK(t->defined(), who + ": an operand is undefined");
+      TS_CHECK(t->device() == device(), who + ": operand " + t->str() + " is on the wrong device");
+      TS_CHECK(t->is_contiguous(), who + ": operand " + t->str() + " is not contiguous");
+    }
+    TS_CHECK(e.grad.shape() == e.param.shape() && e.exp_avg.shape() == e.param.shape() &&
+                 e.exp_avg_sq.shape() == e.param.shape(),
+             who + ": shapes differ: param " + e.param.str() + ", grad " + e.grad.str() + ", exp_avg " +
+                 e.exp_avg.str() + ", exp_avg_sq " + e.exp_avg_sq.str());
+    TS_CHECK(e.param.dtype() == DType::f32 || e.param.dtype() == DType::f64,
+             who + ": param " + e.param.str() + " must be f32 or f64");
+    TS_CHECK(e.exp_avg.dtype() == e.param.dtype() && e.exp_avg_sq.dtype() == e.param.dtype(),
+             who + ": exp_avg " + e.exp_avg.str() + " and exp_avg_sq " + e.exp_avg_sq.str() +
+                 " must have the dtype of param " + e.param.str());
+    TS_CHECK(e.grad.dtype() == DType::f32 || e.grad.dtype() == DType::f64 || e.grad.dtype() == DType::bf16,
+             who + ": gradient " + e.grad.str() + " must be f32, f64 or bf16");
+  }
+}
 
 }  // namespace tessera

@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "engine/tensor.h"
 
@@ -93,6 +94,12 @@ class Backend {
   virtual void bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y);
   virtual void bias_gelu_backward(const Tensor& dy, const Tensor& x, const Tensor& bias, Tensor& dx, Tensor& dbias);
 
+  // Drop path with its residual add, forward and (residual undefined) backward: out[b, i] = x[b, i]·s_b
+  // (+ residual[b, i]), s_b = scale where keep_mask[b] ≠ 0, else 0. x, residual, out: contiguous [B, ...] of
+  // one dtype; keep_mask [B] in x's dtype. 16-bit data computes in fp32 with scale rounded to fp32 (not to
+  // the storage type) and one rounding of the result. The base class composes unary, binary and binary.
+  virtual void drop_path(const Tensor& x, const Tensor& keep_mask, double scale, const Tensor& residual, Tensor& out);
+
   // Convolutional token embedding (CvT's embeddings, ViT's patchify + a norm): conv2d with bias, LayerNorm
   // over the output channels, written as tokens: tokens [N, Ho·Wo, C], token t = h·Wo + w. pre_norm
   // [N, Ho·Wo, C] receives the convolution's output in token order (the backward's input), mean/rstd
@@ -138,14 +145,32 @@ class Backend {
   virtual void index_select(const Tensor& src, const Tensor& index, Tensor& out);
   virtual void index_add(const Tensor& src, const Tensor& index, Tensor& out);
 
-  // One AdamW step, exactly torch.optim.AdamW's: param ← param·(1 − lr·wd); m ← β1·m + (1−β1)·g;
-  // v ← β2·v + (1−β2)·g²; param ← param − (lr / bc1) · m / (√v / √bc2 + eps), bc_i = 1 − β_i^step.
-  // param, grad, m, v: contiguous, same shape; param/m/v f32 (or f64), grad f32/f64/bf16.
-  struct AdamWStep { double lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2; };
-  virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s);
+  // One AdamW step of a list of parameters, exactly torch.optim.AdamW's for each: param ← param·(1 − lr·wd);
+  // m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²; param ← param − (lr / bc1) · m / (√v / √bc2 + eps),
+  // bc_i = 1 − β_i^step. The step scalars are shared (the caller makes one call per step count); the weight
+  // decay is per parameter. param/grad/exp_avg/exp_avg_sq: contiguous, same shape; param and the moments
+  // f32 (or f64), grad f32/f64/bf16. Every entry is validated before any is updated. A backend may update
+  // the whole list in a few launches (CUDA: a multi-tensor kernel, kernels/cuda/optim.cu).
+  struct AdamWStep { double lr, beta1, beta2, eps, bias_correction1, bias_correction2; };
+  struct AdamWParam {
+    Tensor param, grad, exp_avg, exp_avg_sq;  // handles: the update writes through param and the moments
+    double weight_decay = 0;
+  };
+  virtual void adamw(const std::vector<AdamWParam>& params, const AdamWStep& s);
+
+  // Gradient clipping's two passes over a list of tensors (floating, contiguous, on this device), each a
+  // few launches where the backend has multi-tensor kernels. sum_of_squares: out (f64, one element) =
+  // Σ over every element of every tensor of x², squares and sums in f64, in a fixed order (the same result
+  // on every run). scale: every tensor multiplied in place by factor (f64, one element on this device, read
+  // there: the host never waits); a factor of exactly 1 leaves the tensors untouched (x·1 = x).
+  virtual void sum_of_squares(const std::vector<Tensor>& xs, Tensor& out);
+  virtual void scale(const std::vector<Tensor>& xs, const Tensor& factor);
 
  protected:
   [[noreturn]] void unsupported(const char* op) const;
+  // adamw's contract (operands on this backend's device, shapes, dtypes, bias corrections in (0, 1]):
+  // throws naming the parameter's position and the problem.
+  void check_adamw(const std::vector<AdamWParam>& params, const AdamWStep& s) const;
 };
 
 Backend& cpu_backend();

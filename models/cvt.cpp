@@ -89,7 +89,7 @@ Tensor Cvt::layer_forward(const Layer& L, size_t s, int64_t index, const Tensor&
   Tensor ctx = attention(q, k, v, c_.num_heads[s], scale, index);  // (B, Tq, C)
   Tensor attn = dropout(L.attention_output(ctx), c_.drop_rate[s], training, gen);
   const double dp = stages_[s].drop_path;
-  Tensor x1 = drop_path(attn, dp, training, gen) + x;  // (B, T, C)
+  Tensor x1 = drop_path(attn, dp, training, gen, x);  // (B, T, C): x + drop_path(attn), one pass
   Tensor y = L.output(L.intermediate.gelu(L.layernorm_after(x1)));  // (B, T, C)
   y = dropout(y, c_.drop_rate[s], training, gen) + x1;
   // The port applies drop path to the whole sum, residual included (MODELS.md).

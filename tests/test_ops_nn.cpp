@@ -649,4 +649,26 @@ TEST_CASE("dropout / drop_path gradients (float64, the same mask on every evalua
     Generator g(21);
     return drop_path(in[0], 0.4, true, g);
   }, {leaf(gen, {6, 3, 2})});
+  gradcheck([](const std::vector<Tensor>& in) {  // with the residual add fused in
+    Generator g(22);
+    return drop_path(in[0], 0.4, true, g, in[1].transpose(1, 2));
+  }, {leaf(gen, {6, 3, 2}), leaf(gen, {6, 2, 3})});
+}
+
+TEST_CASE("drop_path with a residual: residual + drop_path(x), the same mask as without it") {
+  Generator xg(23);
+  Tensor x = xg.uniform({9, 4, 5}, 0.5, 1.5, DType::f64), r = xg.uniform({9, 4, 5}, -1, 1, DType::f64);
+  Generator g1(24), g2(24);
+  auto fused = vals(drop_path(x, 0.3, true, g1, r)), plain_sum = vals(add(drop_path(x, 0.3, true, g2), r));
+  CHECK(fused == plain_sum);
+  // Eval and p = 0 add the residual unchanged; p = 1 leaves just the residual.
+  Generator gen(25);
+  CHECK(vals(drop_path(x, 0.3, false, gen, r)) == vals(add(x, r)));
+  CHECK(vals(drop_path(x, 0.0, true, gen, r)) == vals(add(x, r)));
+  CHECK(vals(drop_path(x, 1.0, true, gen, r)) == vals(r));
+  Tensor r_wrong = Tensor::zeros({9, 5, 4}, DType::f64);
+  CHECK_THROWS_WITH_AS(drop_path(x, 0.3, true, gen, r_wrong), doctest::Contains("must have the shape of x"),
+                       TensorError);
+  CHECK_THROWS_WITH_AS(drop_path(x, 0.3, true, gen, r.to(DType::f32)), doctest::Contains("dtype and device"),
+                       TensorError);
 }

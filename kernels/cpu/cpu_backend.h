@@ -44,7 +44,7 @@ class CpuBackend final : public Backend {
                               Tensor& dlogits) override;
   void index_select(const Tensor& src, const Tensor& index, Tensor& out) override;
   void index_add(const Tensor& src, const Tensor& index, Tensor& out) override;
-  void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s) override;
+  void adamw(const std::vector<AdamWParam>& params, const AdamWStep& s) override;
 };
 
 // Calls f(T{}) for T = float or double, and fails naming `op` for any other dtype.

@@ -43,6 +43,8 @@ class CudaBackend final : public Backend {
   void softmax(const Tensor& x, Tensor& y, bool log) override;
   void softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx, bool log) override;
   void bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) override;  // elementwise.cu
+  void drop_path(const Tensor& x, const Tensor& keep_mask, double scale, const Tensor& residual,
+                 Tensor& out) override;  // elementwise.cu
   void bias_gelu_backward(const Tensor& dy, const Tensor& x, const Tensor& bias, Tensor& dx, Tensor& dbias) override;
   void layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y, Tensor& mean,
                   Tensor& rstd) override;
@@ -55,7 +57,9 @@ class CudaBackend final : public Backend {
                               Tensor& dlogits) override;
   void index_select(const Tensor& src, const Tensor& index, Tensor& out) override;
   void index_add(const Tensor& src, const Tensor& index, Tensor& out) override;
-  void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWStep& s) override;
+  void adamw(const std::vector<AdamWParam>& params, const AdamWStep& s) override;  // optim.cu
+  void sum_of_squares(const std::vector<Tensor>& xs, Tensor& out) override;
+  void scale(const std::vector<Tensor>& xs, const Tensor& factor) override;
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& out,
                  Tensor& lse) override;  // attention.cu
   void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,

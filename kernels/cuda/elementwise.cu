@@ -435,6 +435,20 @@ __global__ void bias_gelu_backward_kernel(const T* dy, const T* x, const T* b, T
     dx[i] = store<T>(A(load(dy[i])) * elementwise::gelu_grad(A(load(x[i])) + A(load(b[i % C]))));
 }
 
+// Drop path + residual: one read of x (and of the residual), one write. The sample's decision is read per
+// element (a [B] array, L1-resident) rather than per block, so a block may straddle two samples.
+template <typename T>
+__global__ void drop_path_kernel(const T* x, const T* keep_mask, compute_t<T> scale, const T* residual, T* out,
+                                 int64_t n, int64_t per_sample) {
+  using A = compute_t<T>;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const A s = load(keep_mask[i / per_sample]) != A(0) ? scale : A(0);
+    A y = A(load(x[i])) * s;
+    if (residual) y += A(load(residual[i]));
+    out[i] = store<T>(y);
+  }
+}
+
 void check_bias_gelu(const char* op, const Tensor& x, const Tensor& bias, const Tensor& out) {
   for (const Tensor* t : {&x, &bias, &out}) {
     check_on_cuda(*t, op, "argument");
@@ -457,6 +471,35 @@ void CudaBackend::bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) {
     using T = decltype(tag);
     cuda::bias_gelu_kernel<T><<<cuda::grid_for(n), cuda::kThreads, 0, cuda::stream()>>>(
         static_cast<const T*>(x.raw_data()), static_cast<const T*>(bias.raw_data()), static_cast<T*>(y.raw_data()), n, C);
+    TS_CUDA_CHECK_LAUNCH();
+  });
+}
+
+void CudaBackend::drop_path(const Tensor& x, const Tensor& keep_mask, double scale, const Tensor& residual,
+                            Tensor& out) {
+  const char* op = "drop_path";
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&x, &keep_mask, &out}) {
+    cuda::check_on_cuda(*t, op, "argument");
+    cuda::check_same_dtype(x, *t, op);
+    cuda::check_contiguous(*t, op, "argument");
+  }
+  if (residual.defined()) {
+    cuda::check_on_cuda(residual, op, "residual");
+    cuda::check_same_dtype(x, residual, op);
+    cuda::check_contiguous(residual, op, "residual");
+  }
+  if (x.dim() < 1 || out.shape() != x.shape() || keep_mask.dim() != 1 || keep_mask.size(0) != x.size(0) ||
+      (residual.defined() && residual.shape() != x.shape()))
+    fail("drop_path (cuda): expected x [B, ...], keep_mask [B], residual and out like x; got " + x.str() + ", " +
+         keep_mask.str() + ", " + (residual.defined() ? residual.str() : "no residual") + ", " + out.str());
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  cuda::visit_floating(x.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    cuda::drop_path_kernel<T><<<cuda::grid_for(n), cuda::kThreads, 0, cuda::stream()>>>(
+        static_cast<const T*>(x.raw_data()), static_cast<const T*>(keep_mask.raw_data()), cuda::compute_t<T>(scale),
+        residual.defined() ? static_cast<const T*>(residual.raw_data()) : nullptr, static_cast<T*>(out.raw_data()),
+        n, n / x.size(0));
     TS_CUDA_CHECK_LAUNCH();
   });
 }

@@ -250,7 +250,13 @@ __global__ void __launch_bounds__(256) ln_backward_block(const T* dy, const T* x
 template <int MAXV, typename F> void visit_warp_shape(ln::WarpShape s, F&& f) {
   auto with_vec = [&](auto vtag) {
     constexpr int V = decltype(vtag)::value;
-    auto ch = [&](auto ctag) { if constexpr (V * decltype(ctag)::value <= 32) f(vtag, ctag); };
+    // Shapes with vec·chunks > 32 are not instantiated (warp_shape never yields them for C ≤ 1024); reaching
+    // one is a bug in warp_shape, reported rather than silently skipping the kernel.
+    auto ch = [&](auto ctag) {
+      if constexpr (V * decltype(ctag)::value <= 32) f(vtag, ctag);
+      else fail("layer_norm (cuda): internal error, warp shape vec " + std::to_string(V) + " × chunks " +
+                std::to_string(decltype(ctag)::value) + " exceeds one warp's 32 vectors");
+    };
     switch (s.chunks) {
       case 1: ch(std::integral_constant<int, 1>{}); break;
       case 2: ch(std::integral_constant<int, 2>{}); break;
