@@ -142,6 +142,17 @@ TEST_CASE("attention tiling: tile counts and tail rows") {
     }
 }
 
+TEST_CASE("attention tiling: the kernel head dim for any head dim") {
+  CHECK(at::kernel_head_dim(1) == 32);
+  CHECK(at::kernel_head_dim(16) == 32);
+  CHECK(at::kernel_head_dim(32) == 32);
+  CHECK(at::kernel_head_dim(33) == 64);
+  CHECK(at::kernel_head_dim(64) == 64);
+  CHECK(at::kernel_head_dim(100) == 128);
+  CHECK(at::kernel_head_dim(128) == 128);
+  CHECK(at::kernel_head_dim(129) == 0);  // unsupported: the op says so
+}
+
 TEST_CASE("attention tiling: tail mask and row offsets") {
   int64_t valid = 0;
   for (int64_t r = 0; r < 64; ++r) valid += at::row_valid(192, r, 197) ? 1 : 0;
@@ -204,10 +215,22 @@ TEST_CASE("cuda attention: odd lengths and head dims") {
         for (int64_t tk : lens) run_case({1, 2, tq, tk, D}, dt, true, seed++);
 }
 
+TEST_CASE("cuda attention: head dims between the kernel sizes run zero-padded") {
+  SKIP_WITHOUT_GPU();
+  // D = 16 and 24 (the transformers fixtures' heads), 48, 100: padded to 32, 32, 64, 128. Same tolerances:
+  // the padded columns are exact zeros and change no sum.
+  const int64_t lens[] = {1, 65, 129};
+  uint64_t seed = 3000;
+  for (DType dt : {DType::f32, DType::bf16, DType::f64})
+    for (int64_t D : {16, 24, 48, 100})
+      for (int64_t tq : lens)
+        for (int64_t tk : lens) run_case({2, 2, tq, tk, D}, dt, true, seed++);
+}
+
 TEST_CASE("cuda attention: bad inputs fail naming the op") {
   SKIP_WITHOUT_GPU();
-  Tensor q = Tensor::empty({1, 1, 8, 48}, DType::f32, Device::CUDA);
-  Tensor out = Tensor::empty({1, 1, 8, 48}, DType::f32, Device::CUDA);
+  Tensor q = Tensor::empty({1, 1, 8, 160}, DType::f32, Device::CUDA);  // D > 128: no kernel
+  Tensor out = Tensor::empty({1, 1, 8, 160}, DType::f32, Device::CUDA);
   Tensor lse = Tensor::empty({1, 1, 8}, DType::f32, Device::CUDA);
   CHECK_THROWS_WITH(cuda_backend().attention(q, q, q, 1.0, out, lse), doctest::Contains("head dim"));
   Tensor q2 = Tensor::empty({1, 1, 8, 64}, DType::f32, Device::CUDA);

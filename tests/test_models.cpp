@@ -16,6 +16,8 @@
 #include "models/cvt.h"
 #include "models/model.h"
 #include "models/vit.h"
+#include "kernels/backend.h"
+#include "tests/cuda_test_util.h"
 #include "tests/gradcheck.h"
 #include "tests/temp_dir.h"
 
@@ -59,7 +61,7 @@ Tensor random_images(uint64_t seed, int64_t B, int64_t H, int64_t W, DType dt = 
 // (No assertion inside: it is also evaluated lazily within INFO, where doctest holds its log lock.)
 double scaled_error(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape()) return INFINITY;
-  auto va = a.to_vector<double>(), vb = b.to_vector<double>();
+  auto va = a.to(Device::CPU).to_vector<double>(), vb = b.to(Device::CPU).to_vector<double>();
   double err = 0, scale = 0;
   for (size_t i = 0; i < va.size(); ++i) {
     err = std::max(err, std::abs(va[i] - vb[i]));
@@ -477,11 +479,15 @@ TEST_CASE("gradcheck: tiny ViT forward w.r.t. a few parameters, interpolated pos
 // (which subtracts means, cancelling digits), so they get 1e-3 of each tensor's own scale.
 constexpr double kLogitTol = 1e-4, kGradTol = 1e-3;
 
-void check_parity(const char* file) {
+// On `device` (the CUDA path in fp32: matmuls without TF32, which would round inputs to 10 bits).
+void check_parity(const char* file, Device device = Device::CPU) {
   Fixture fx(file);
-  Tensor x = fx.ref.at("pixel_values"), labels = fx.ref.at("labels");
+  Tensor x = fx.ref.at("pixel_values").to(device), labels = fx.ref.at("labels").to(device);
   Generator gen(0);
+  const MatmulPrecision precision = matmul_precision();
+  set_matmul_precision(MatmulPrecision::Highest);
   auto m = fx.model();
+  m->to(device);
 
   {
     NoGradGuard ng;
@@ -493,7 +499,7 @@ void check_parity(const char* file) {
     NoGradGuard ng;
     auto& vit = dynamic_cast<Vit&>(*m);
     vit.interpolate_pos_encoding = true;
-    Tensor li = vit.forward(fx.ref.at("pixel_values_interp"), false, gen);
+    Tensor li = vit.forward(fx.ref.at("pixel_values_interp").to(device), false, gen);
     INFO("interpolated logits error " << scaled_error(li, fx.ref.at("logits_interp")));
     CHECK(scaled_error(li, fx.ref.at("logits_interp")) < kLogitTol);
     vit.interpolate_pos_encoding = false;
@@ -520,7 +526,7 @@ void check_parity(const char* file) {
   for (const auto& p : m->parameters()) {
     const Tensor& ref = fx.ref.at("grad." + p.name);
     REQUIRE_MESSAGE(p.tensor.grad().defined(), p.name << " got no gradient");
-    auto a = p.tensor.grad().to_vector<double>(), b = ref.to_vector<double>();
+    auto a = p.tensor.grad().to(Device::CPU).to_vector<double>(), b = ref.to_vector<double>();
     double err = 0, scale = 0;
     for (size_t i = 0; i < a.size(); ++i) {
       err = std::max(err, std::abs(a[i] - b[i]));
@@ -542,6 +548,7 @@ void check_parity(const char* file) {
 
   // Three AdamW steps with the Trainer's groups, from the fixture's weights.
   auto m2 = fx.model();
+  m2->to(device);
   auto params = m2->parameters();
   std::vector<Tensor> tensors;
   for (const auto& p : params) tensors.push_back(p.tensor);
@@ -563,10 +570,22 @@ void check_parity(const char* file) {
     clip_grad_norm(tensors, 1.0);
     opt.step();
   }
+  set_matmul_precision(precision);
 }
 
 TEST_CASE("parity with transformers: CvT") { check_parity("cvt.safetensors"); }
 TEST_CASE("parity with transformers: ViT") { check_parity("vit.safetensors"); }
+// The same fixtures through the CUDA backend (fp32), same tolerances: both engines compute in float32 and
+// differ only in summation order, as the CPU path does. The fixtures' head dims (16, 12) run zero-padded
+// in the fused attention.
+TEST_CASE("parity with transformers on the GPU: CvT") {
+  SKIP_WITHOUT_GPU();
+  check_parity("cvt.safetensors", Device::CUDA);
+}
+TEST_CASE("parity with transformers on the GPU: ViT") {
+  SKIP_WITHOUT_GPU();
+  check_parity("vit.safetensors", Device::CUDA);
+}
 
 // Full-size CvT-13 and ViT-B/16 (random weights) against transformers on real MRI images, opt-in because it
 // needs `python3 tools/make_model_fixtures.py --full DIR` first (hundreds of MB) and ~70 GMAC of CPU work:

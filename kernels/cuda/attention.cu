@@ -396,7 +396,31 @@ template <typename F> void visit_head_dim(int64_t D, const char* op, F&& f) {
     case 128: return f(std::integral_constant<int, 128>{});
     default: break;
   }
-  fail(std::string(op) + " (cuda): head dim D = " + std::to_string(D) + " is not supported (32, 64 or 128)");
+  fail(std::string(op) + " (cuda): head dim D = " + std::to_string(D) + " is not supported (at most 128)");
+}
+
+// Head dims other than 32/64/128 (≤ 128) run zero-padded to kernel_head_dim(D): zero columns of q and k
+// add nothing to the scores (the scale is explicit, never derived from D), zero columns of v give zero
+// output columns, which are dropped; in the backward the zero columns of dout and out add nothing to
+// delta, and the gradients' padded columns are dropped. It costs a padded copy of every operand; CvT's and
+// ViT's head dim (64) never takes this path.
+Tensor pad_head_dim(const Tensor& t, int64_t Dp) {
+  if (!t.defined()) return t;
+  Shape s = t.shape();
+  s.back() = Dp;
+  Tensor padded = Tensor::zeros(s, t.dtype(), Device::CUDA);
+  Tensor head = padded.slice(3, 0, t.size(3));
+  cuda_backend().copy(t, head);
+  return padded;
+}
+Tensor padded_like(const Tensor& t, int64_t Dp) {
+  if (!t.defined()) return t;
+  Shape s = t.shape();
+  s.back() = Dp;
+  return Tensor::empty(s, t.dtype(), Device::CUDA);
+}
+void unpad_into(const Tensor& padded, Tensor& out) {
+  if (out.defined()) cuda_backend().copy(padded.slice(3, 0, out.size(3)), out);
 }
 
 struct Dims { int64_t B, H, Tq, Tk, D; };
@@ -487,6 +511,11 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, d
     fill(lse, -INFINITY);
     return;
   }
+  if (const int64_t Dp = kernel_head_dim(d.D); Dp != d.D && Dp != 0) {
+    Tensor out_p = padded_like(out, Dp);
+    attention(pad_head_dim(q, Dp), pad_head_dim(k, Dp), pad_head_dim(v, Dp), scale, out_p, lse);
+    return unpad_into(out_p, out);
+  }
   visit_floating(q.dtype(), "attention", [&](auto tag) {
     using T = decltype(tag);
     visit_head_dim(d.D, "attention", [&](auto dtag) {
@@ -520,6 +549,15 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
   if (d.Tq == 0 || d.Tk == 0) {  // no scores: every gradient is zero
     for (Tensor* g : {&dq, &dk, &dv})
       if (g->defined()) fill(*g, 0.0);
+    return;
+  }
+  if (const int64_t Dp = kernel_head_dim(d.D); Dp != d.D && Dp != 0) {
+    Tensor dq_p = padded_like(dq, Dp), dk_p = padded_like(dk, Dp), dv_p = padded_like(dv, Dp);
+    attention_backward(pad_head_dim(dout, Dp), pad_head_dim(q, Dp), pad_head_dim(k, Dp), pad_head_dim(v, Dp),
+                       pad_head_dim(out, Dp), lse, scale, dq_p, dk_p, dv_p);
+    unpad_into(dq_p, dq);
+    unpad_into(dk_p, dk);
+    unpad_into(dv_p, dv);
     return;
   }
   visit_floating(q.dtype(), op, [&](auto tag) {

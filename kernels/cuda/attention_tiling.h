@@ -36,6 +36,10 @@ TS_ATT_HD bool row_valid(int64_t start, int64_t r, int64_t t) { return start + r
 // Element offset of row `t` of head `bh` (= b·H + h) in a contiguous [B, H, T, D] tensor.
 TS_ATT_HD int64_t row_offset(int64_t bh, int64_t t, int64_t T, int64_t D) { return (bh * T + t) * D; }
 
+// The head dim a kernel runs for a model's head dim D: the kernels are built for 32, 64 and 128, and any
+// other D ≤ 128 runs zero-padded to the next of them (attention.cu); 0 when D > 128 (unsupported).
+TS_ATT_HD int64_t kernel_head_dim(int64_t D) { return D <= 32 ? 32 : D <= 64 ? 64 : D <= 128 ? 128 : 0; }
+
 // Shared-memory row padding, in elements. Tensor-core loads (wmma::load_matrix_sync) need a leading
 // dimension that is a multiple of 8 16-bit elements (16 bytes); 8 extra elements also shift successive
 // rows by 16 bytes, which spreads the 16 rows of a fragment load over all banks instead of 2-way
