@@ -11,10 +11,16 @@
 //                materialised [B·H, Tq, Tk] buffer, the backend's softmax kernel, then P·V: what an engine
 //                without fusion does; its S round trip through HBM is the cost fusion removes
 //   Naive        one thread per query row, two passes over the keys, fp32 math: the floor
-//   cuDNN SDPA   TO BE ADDED: cuDNN's fused attention through the frontend graph API (cudnn_frontend
-//                SDPA nodes) is the target baseline. It is not here yet because this was written on a machine
-//                without a GPU: the graph build / heuristics / workspace code (~150 lines) cannot be checked
-//                without running it, and the cudnn_frontend headers are not vendored in this repository.
+//   cuDNN_SDPA_Fwd, cuDNN_SDPA_FwdBwd
+//                cuDNN's fused attention (bench/cudnn_attention.h), bf16 in/out, fp32 softmax stats, the
+//                training-mode forward (it writes the stats, as Fused does), then the backward. Built on
+//                cuDNN's C backend graph API, as cudnn-frontend would build it: the forward as the single
+//                SDPA_FWD operation of cuDNN >= 9.13.1, or if that is refused the composite matmul / scale /
+//                softmax-with-stats / matmul graph; the backward as the composite graph. Engines from
+//                heuristics mode A, the first that finalizes; the label names the graph and engine used.
+//                cuDNN's default backward accumulates dQ with atomics (not deterministic, unlike ours).
+//                Whatever cuDNN refuses skips the benchmark with "cuDNN SDPA unsupported: <why>". Only
+//                built with cuDNN (TESSERA_BENCH_CUDNN); compiled here, not yet run on a GPU.
 //
 // TFLOP/s counts the matmul FLOPs: forward 4·B·H·Tq·Tk·D (Q·Kᵀ and P·V, 2 FLOPs per MAC), backward 2.5×
 // that (FlashAttention's convention, 5 products); our deterministic dQ pass does 7 products, but the
@@ -30,9 +36,14 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <optional>
+#include <stdexcept>
 #include <string>
 
 #include "bench/cuda_timing.h"
+#if TESSERA_BENCH_CUDNN
+#include "bench/cudnn_attention.h"
+#endif
 #include "engine/cuda.h"
 #include "engine/random.h"
 #include "kernels/backend.h"
@@ -163,6 +174,31 @@ void BM_Naive(benchmark::State& state) {
   });
 }
 
+#if TESSERA_BENCH_CUDNN
+// The same work as Fused / FusedFwdBwd (bf16, training-mode forward writing lse), counted the same way.
+// Graph building and engine selection happen once, outside the timing.
+void BM_CudnnSdpa(benchmark::State& state, bool backward) {
+  if (skip_without_gpu(state)) return;
+  const Shape4 s = kShapes[state.range(0)];
+  Inputs in(s, DType::bf16);
+  const float scale = float(1.0 / std::sqrt(double(s.D)));
+  try {
+    bench::CudnnSdpaForward fwd({s.B, s.H, s.Tq, s.Tk, s.D}, scale);
+    std::optional<bench::CudnnSdpaBackward> bwd;
+    if (backward) bwd.emplace(bench::SdpaShape{s.B, s.H, s.Tq, s.Tk, s.D}, scale);
+    state.SetLabel("fwd: " + fwd.description() + (bwd ? "; bwd: " + bwd->description() : ""));
+    run(state, (backward ? 3.5 : 1.0) * fwd_flops(s), [&] {
+      fwd.execute(in.q.raw_data(), in.k.raw_data(), in.v.raw_data(), in.out.raw_data(), in.lse.raw_data());
+      if (bwd)
+        bwd->execute(in.q.raw_data(), in.k.raw_data(), in.v.raw_data(), in.out.raw_data(), in.lse.raw_data(),
+                     in.dout.raw_data(), in.dq.raw_data(), in.dk.raw_data(), in.dv.raw_data());
+    });
+  } catch (const std::runtime_error& e) {
+    state.SkipWithError(("cuDNN SDPA unsupported: " + std::string(e.what())).c_str());
+  }
+}
+#endif
+
 void shapes(benchmark::internal::Benchmark* b) {
   b->ArgName("shape")->DenseRange(0, 3)->UseManualTime()->Unit(benchmark::kMicrosecond);
 }
@@ -174,9 +210,16 @@ BENCHMARK_CAPTURE(BM_Fused, f32, DType::f32)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_FusedFwdBwd, bf16, DType::bf16)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_Composite, bf16, DType::bf16)->Apply(shapes);
 BENCHMARK(BM_Naive)->Apply(shapes);
+#if TESSERA_BENCH_CUDNN
+BENCHMARK_CAPTURE(BM_CudnnSdpa, fwd, false)->Name("cuDNN_SDPA_Fwd")->Apply(shapes);
+BENCHMARK_CAPTURE(BM_CudnnSdpa, fwd_bwd, true)->Name("cuDNN_SDPA_FwdBwd")->Apply(shapes);
+#endif
 
 int main(int argc, char** argv) {
   std::fprintf(stderr, "bench_attention: %s\n", cuda::status().c_str());
+#if !TESSERA_BENCH_CUDNN
+  std::fprintf(stderr, "bench_attention: built without cuDNN, no cuDNN SDPA baseline\n");
+#endif
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();
