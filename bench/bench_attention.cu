@@ -40,14 +40,15 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels/devices.h"
 #include "bench/cuda_timing.h"
 #if TESSERA_BENCH_CUDNN
 #include "bench/cudnn_attention.h"
 #endif
-#include "engine/cuda.h"
+#include "engine/core/cuda.h"
 #include "engine/random.h"
-#include "kernels/backend.h"
-#include "kernels/cuda/check.h"
+#include "engine/core/backend.h"
+#include "engine/core/cuda_check.h"
 
 using namespace tessera;
 

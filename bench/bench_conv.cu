@@ -23,14 +23,15 @@
 #include <string>
 #include <type_traits>
 
+#include "kernels/devices.h"
 #include "bench/cuda_timing.h"
 #ifdef TESSERA_BENCH_CUDNN
 #include "bench/cudnn_util.h"
 #endif
-#include "engine/cuda.h"
+#include "engine/core/cuda.h"
 #include "engine/random.h"
-#include "kernels/backend.h"
-#include "kernels/cuda/check.h"
+#include "engine/core/backend.h"
+#include "engine/core/cuda_check.h"
 #include "kernels/cuda/conv_math.h"
 
 using namespace tessera;

@@ -8,7 +8,7 @@
 
 #include "engine/ops.h"
 #include "engine/random.h"
-#include "kernels/cpu/parallel.h"
+#include "engine/core/parallel.h"
 
 using namespace tessera;
 

@@ -26,11 +26,12 @@
 #include <string>
 #include <vector>
 
+#include "kernels/devices.h"
 #include "bench/cuda_timing.h"
-#include "engine/cuda.h"
+#include "engine/core/cuda.h"
 #include "engine/random.h"
-#include "kernels/backend.h"
-#include "kernels/cuda/check.h"
+#include "engine/core/backend.h"
+#include "engine/core/cuda_check.h"
 
 using namespace tessera;
 

@@ -6,8 +6,8 @@
 
 #include <functional>
 
-#include "engine/cuda.h"
-#include "kernels/cuda/check.h"
+#include "engine/core/cuda.h"
+#include "engine/core/cuda_check.h"
 
 namespace tessera::bench {
 

@@ -37,9 +37,9 @@
 #include <vector>
 
 #include "bench/cudnn_util.h"
-#include "engine/cuda.h"
-#include "engine/tensor.h"
-#include "kernels/cuda/check.h"
+#include "engine/core/cuda.h"
+#include "engine/core/tensor.h"
+#include "engine/core/cuda_check.h"
 
 namespace tessera::bench {
 

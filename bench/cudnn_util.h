@@ -7,8 +7,8 @@
 #include <stdexcept>
 #include <string>
 
-#include "engine/cuda.h"
-#include "engine/tensor.h"
+#include "engine/core/cuda.h"
+#include "engine/core/tensor.h"
 
 #define TS_CUDNN_CHECK(expr)                                                                 \
   do {                                                                                       \

@@ -20,7 +20,7 @@
 #include <stdexcept>
 
 #include "data/image.h"
-#include "kernels/cpu/parallel.h"
+#include "engine/core/parallel.h"
 
 namespace tessera {
 namespace fs = std::filesystem;

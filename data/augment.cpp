@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "engine/philox.h"
+#include "engine/core/philox.h"
 
 namespace tessera {
 

@@ -8,7 +8,7 @@
 #include <set>
 #include <system_error>
 
-#include "engine/philox.h"
+#include "engine/core/philox.h"
 
 namespace tessera {
 namespace fs = std::filesystem;

@@ -4,7 +4,7 @@
 #include <iostream>
 #include <stdexcept>
 
-#include "engine/philox.h"
+#include "engine/core/philox.h"
 
 namespace tessera {
 

@@ -41,7 +41,7 @@
 #include "data/augment.h"
 #include "data/dataset.h"
 #include "data/preprocess.h"
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 
 namespace tessera {
 

@@ -18,7 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/image.h"
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 
 namespace tessera {
 

@@ -3,6 +3,8 @@
 // run on whatever device the tensors live on.
 #include "engine/ops.h"
 
+#include "engine/core/backend.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>

@@ -1,17 +1,17 @@
 // Differentiable tensor operations. Each validates its inputs (throwing TensorError that names the op and
-// the shapes), allocates outputs, calls the device's Backend (kernels/backend.h) and records its backward
+// the shapes), allocates outputs, calls the device's Backend (engine/core/backend.h) and records its backward
 // rule on the tape (autograd.h). Binary ops broadcast like NumPy. Both operands must be on one device.
 #pragma once
 #include <optional>
 #include <vector>
 
-#include "engine/autograd.h"
-#include "engine/tensor.h"
-#include "kernels/backend.h"
+#include "engine/core/autograd.h"
+#include "engine/core/tensor.h"
 
 namespace tessera {
 
 class Generator;
+struct Conv2dArgs;  // engine/core/backend.h: the general form of conv2d's stride and padding
 
 // ---- elementwise ----
 Tensor add(const Tensor& a, const Tensor& b);
@@ -105,8 +105,5 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
 std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, int64_t dim);
 std::vector<Tensor> split(const Tensor& x, int64_t chunk, int64_t dim);  // equal chunks, last may be short
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
-
-// Normalises a possibly negative dim against rank n, naming `op` in the error.
-int64_t wrap_dim(int64_t dim, int64_t n, const char* op);
 
 }  // namespace tessera

@@ -4,10 +4,10 @@
 #include <cmath>
 #include <string>
 
-#include "engine/autograd.h"
+#include "engine/core/autograd.h"
 #include "engine/ops.h"
 #include "engine/random.h"
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
 
 namespace tessera {
 

@@ -5,10 +5,10 @@
 #include <set>
 #include <sstream>
 
-#include "engine/autograd.h"
+#include "engine/core/autograd.h"
 #include "engine/ops.h"
 #include "engine/safetensors.h"
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
 
 namespace tessera {
 

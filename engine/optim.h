@@ -2,7 +2,7 @@
 // gradient clipping, and optimizer state save/load.
 //
 // AdamW is torch.optim.AdamW (decoupled weight decay, bias correction; the update itself is
-// Backend::adamw, see kernels/backend.h). As in torch, each parameter has its own step counter and moments
+// Backend::adamw, see engine/core/backend.h). As in torch, each parameter has its own step counter and moments
 // (exp_avg, exp_avg_sq, same dtype and device as the parameter), and a parameter whose .grad is undefined at
 // step() is skipped entirely: not decayed, moments and step counter unchanged.
 #pragma once
@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 
 namespace tessera {
 

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
 
 namespace tessera {
 

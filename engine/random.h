@@ -4,7 +4,7 @@
 #pragma once
 #include <cstdint>
 
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 
 namespace tessera {
 

@@ -3,7 +3,7 @@
 // and the tensors' byte ranges, sorted by begin, must tile the data section exactly (no overlaps, no holes).
 #include "engine/safetensors.h"
 
-#include "engine/fileio.h"
+#include "engine/core/fileio.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

@@ -1,4 +1,4 @@
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
 
 #include <atomic>
 

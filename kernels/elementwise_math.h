@@ -3,8 +3,8 @@
 #pragma once
 #include <cmath>
 
-#include "engine/dtype.h"
-#include "kernels/backend.h"
+#include "engine/core/dtype.h"
+#include "engine/core/backend.h"
 
 namespace tessera::elementwise {
 

@@ -1,6 +1,6 @@
 #include "models/model.h"
 
-#include "engine/fileio.h"
+#include "engine/core/fileio.h"
 
 #include <cstdio>
 #include <filesystem>

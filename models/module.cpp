@@ -4,7 +4,7 @@
 #include <cctype>
 #include <sstream>
 
-#include "engine/autograd.h"
+#include "engine/core/autograd.h"
 #include "engine/ops.h"
 #include "engine/safetensors.h"
 

@@ -14,7 +14,7 @@
 
 #include "engine/optim.h"
 #include "engine/random.h"
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 
 namespace tessera::models {
 

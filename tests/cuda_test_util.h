@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/cuda.h"
-#include "engine/dtype.h"
-#include "engine/tensor.h"
+#include "engine/core/cuda.h"
+#include "engine/core/dtype.h"
+#include "engine/core/tensor.h"
 
 // Without a usable GPU a test that needs one prints why and returns.
 #define SKIP_WITHOUT_GPU()                                   \

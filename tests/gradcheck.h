@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/autograd.h"
+#include "engine/core/autograd.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 

@@ -10,6 +10,7 @@
 // Without a usable GPU every test that needs one prints why and returns (the runtime test still runs).
 #include <doctest/doctest.h>
 
+#include "kernels/devices.h"
 #include "tests/cuda_test_util.h"
 
 #include <algorithm>
@@ -21,10 +22,10 @@
 #include <thread>
 #include <vector>
 
-#include "engine/cuda.h"
+#include "engine/core/cuda.h"
 #include "engine/ops.h"
 #include "engine/random.h"
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
 
 using namespace tessera;
 
@@ -123,7 +124,7 @@ TEST_CASE("cuda runtime: built, availability and a clear status") {
   std::string status = cuda::status();
   MESSAGE("cuda::status(): " << status);
   CHECK_FALSE(status.empty());
-  if (!cuda::built()) {  // a CPU-only build links kernels/cuda/unavailable.cpp
+  if (!cuda::built()) {  // a CPU-only build links engine/core/cuda_unavailable.cpp
     CHECK_FALSE(cuda::available());
     CHECK_THROWS(cuda_backend());
     return;

@@ -22,6 +22,7 @@
 //     Σ|terms| / max|g| of these inputs; it is an engineering bound, to be confirmed on the GPU.
 #include <doctest/doctest.h>
 
+#include "kernels/devices.h"
 #include "tests/cuda_test_util.h"
 
 #include <algorithm>
@@ -29,9 +30,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/cuda.h"
+#include "engine/core/cuda.h"
 #include "engine/random.h"
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
 #include "kernels/cuda/attention_tiling.h"
 
 using namespace tessera;

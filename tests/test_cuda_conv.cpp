@@ -15,6 +15,7 @@
 // Without a usable GPU every GPU test prints why and returns; the conv_math tests always run.
 #include <doctest/doctest.h>
 
+#include "kernels/devices.h"
 #include "tests/cuda_test_util.h"
 
 #include <algorithm>
@@ -25,10 +26,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/cuda.h"
+#include "engine/core/cuda.h"
 #include "engine/ops.h"
 #include "engine/random.h"
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
 #include "kernels/cuda/conv_math.h"
 
 using namespace tessera;

@@ -20,6 +20,7 @@
 // Without a usable GPU every GPU test prints why and returns; the tiling tests always run.
 #include <doctest/doctest.h>
 
+#include "kernels/devices.h"
 #include "tests/cuda_test_util.h"
 
 #include <algorithm>
@@ -28,10 +29,10 @@
 #include <tuple>
 #include <vector>
 
-#include "engine/cuda.h"
+#include "engine/core/cuda.h"
 #include "engine/ops.h"
 #include "engine/random.h"
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
 #include "kernels/cuda/conv_embedding_tiling.h"
 
 using namespace tessera;

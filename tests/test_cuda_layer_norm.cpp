@@ -12,6 +12,7 @@
 // Without a usable GPU every GPU test prints why and returns; the launch-shape tests always run.
 #include <doctest/doctest.h>
 
+#include "kernels/devices.h"
 #include "tests/cuda_test_util.h"
 
 #include <cmath>
@@ -20,9 +21,9 @@
 #include <string>
 #include <vector>
 
-#include "engine/cuda.h"
+#include "engine/core/cuda.h"
 #include "engine/random.h"
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
 #include "kernels/cuda/layer_norm_math.h"
 
 using namespace tessera;

@@ -15,7 +15,7 @@
 #include <cmath>
 
 #include "engine/ops.h"
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
 #include "models/model.h"
 #include "tests/cuda_test_util.h"
 

@@ -17,7 +17,7 @@
 
 #include "data/augment.h"
 #include "data/dataset.h"
-#include "kernels/cpu/parallel.h"
+#include "engine/core/parallel.h"
 #include "tests/temp_dir.h"
 
 using namespace tessera;

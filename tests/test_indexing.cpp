@@ -6,7 +6,7 @@
 #include <numeric>
 #include <string>
 
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 #include "kernels/cuda/indexing.h"
 
 using namespace tessera;

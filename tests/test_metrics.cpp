@@ -4,7 +4,7 @@
 
 #include <stdexcept>
 
-#include "engine/metrics.h"
+#include "train/metrics.h"
 
 using namespace tessera;
 

@@ -16,7 +16,7 @@
 #include "models/cvt.h"
 #include "models/model.h"
 #include "models/vit.h"
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
 #include "tests/cuda_test_util.h"
 #include "tests/gradcheck.h"
 #include "tests/temp_dir.h"

@@ -7,7 +7,7 @@
 
 #include "engine/ops.h"
 #include "engine/random.h"
-#include "kernels/cpu/parallel.h"
+#include "engine/core/parallel.h"
 #include "tests/gradcheck.h"
 
 using namespace tessera;

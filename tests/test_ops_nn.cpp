@@ -8,9 +8,10 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/devices.h"
 #include "engine/ops.h"
 #include "engine/random.h"
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
 #include "tests/gradcheck.h"
 
 using namespace tessera;

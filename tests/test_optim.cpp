@@ -8,12 +8,13 @@
 #include <string>
 #include <vector>
 
+#include "kernels/devices.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/random.h"
 #include "engine/safetensors.h"
-#include "engine/schedule.h"
-#include "kernels/backend.h"
+#include "train/schedule.h"
+#include "engine/core/backend.h"
 #include "kernels/cuda/multi_tensor.h"
 
 using namespace tessera;

@@ -10,8 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "data/image.h"
-#include "engine/fileio.h"
-#include "engine/metrics.h"
+#include "engine/core/fileio.h"
+#include "train/metrics.h"
 #include "tests/temp_dir.h"
 #include "train/report.h"
 

@@ -4,9 +4,9 @@
 #include <cmath>
 #include <limits>
 
-#include "engine/autograd.h"
+#include "engine/core/autograd.h"
 #include "engine/ops.h"
-#include "engine/philox.h"
+#include "engine/core/philox.h"
 #include "engine/random.h"
 #include "tests/gradcheck.h"
 

@@ -7,7 +7,7 @@
 #include <sstream>
 
 #include "data/dataset.h"
-#include "engine/fileio.h"
+#include "engine/core/fileio.h"
 #include "models/model.h"
 #include "tests/temp_dir.h"
 #include "train/checkpoint.h"

@@ -17,11 +17,12 @@
 #include <string>
 #include <vector>
 
-#include "engine/cuda.h"
+#include "engine/core/backend.h"
+#include "engine/core/cuda.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "engine/safetensors.h"
-#include "kernels/cpu/parallel.h"
+#include "engine/core/parallel.h"
 #include "tools/cli.h"
 #include "train/trainer.h"
 

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 
-#include "engine/fileio.h"
+#include "engine/core/fileio.h"
 
 namespace tessera::train {
 

@@ -5,7 +5,7 @@
 #include <iomanip>
 #include <sstream>
 
-#include "engine/fileio.h"
+#include "engine/core/fileio.h"
 #include "engine/ops.h"
 
 namespace tessera::train {

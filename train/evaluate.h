@@ -13,7 +13,7 @@
 
 #include "data/dataset.h"
 #include "data/loader.h"
-#include "engine/metrics.h"
+#include "train/metrics.h"
 #include "models/model.h"
 
 namespace tessera::train {

@@ -22,8 +22,8 @@
 #include <stb_image_write.h>
 
 #include "data/image.h"
-#include "engine/fileio.h"
-#include "engine/metrics.h"
+#include "engine/core/fileio.h"
+#include "train/metrics.h"
 
 namespace tessera::train {
 

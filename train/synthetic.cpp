@@ -9,8 +9,8 @@
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>
 
-#include "engine/fileio.h"
-#include "engine/philox.h"
+#include "engine/core/fileio.h"
+#include "engine/core/philox.h"
 
 namespace tessera::train {
 

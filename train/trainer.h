@@ -32,7 +32,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/dtype.h"
+#include "engine/core/dtype.h"
 
 namespace tessera::train {
 

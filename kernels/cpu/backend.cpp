@@ -1,7 +1,7 @@
 // The CPU backend's instance and its memory ops: fill, strided copy with dtype conversion, random.
 #include <cmath>
 
-#include "engine/philox.h"
+#include "engine/core/philox.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/strided.h"
 

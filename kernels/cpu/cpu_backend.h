@@ -1,9 +1,10 @@
-// The CPU reference backend: every op of kernels/backend.h, in fp32 and fp64 (copy/fill: every dtype).
+// The CPU reference backend: every op of engine/core/backend.h, in fp32 and fp64 (copy/fill: every dtype).
 // Obvious code first; the GEMM is cache-blocked and multithreaded so the CPU path is usable, and the
-// other hot loops run in parallel over rows or channels (kernels/cpu/parallel.h).
+// other hot loops run in parallel over rows or channels (engine/core/parallel.h).
 // Method bodies live with their op family: elementwise.cpp, reduce.cpp, gemm.cpp, nn.cpp, index.cpp, ...
 #pragma once
-#include "kernels/backend.h"
+#include "engine/core/backend.h"
+#include "kernels/devices.h"
 
 namespace tessera {
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/parallel.h"
+#include "engine/core/parallel.h"
 
 namespace tessera {
 

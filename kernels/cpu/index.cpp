@@ -1,6 +1,6 @@
 // Row gathers and scatters along the middle dim of [outer, n, inner] views.
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/parallel.h"
+#include "engine/core/parallel.h"
 
 namespace tessera {
 

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/parallel.h"
+#include "engine/core/parallel.h"
 
 namespace tessera {
 

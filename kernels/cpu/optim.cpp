@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/parallel.h"
+#include "engine/core/parallel.h"
 #include "kernels/cuda/optim_math.h"
 
 namespace tessera {

@@ -1,7 +1,7 @@
 // Row reductions over a contiguous [outer, R] view. Sums accumulate in double: this is the reference
 // the GPU's reduction trees are measured against.
 #include "kernels/cpu/cpu_backend.h"
-#include "kernels/cpu/parallel.h"
+#include "engine/core/parallel.h"
 
 namespace tessera {
 

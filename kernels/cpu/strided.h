@@ -4,8 +4,8 @@
 #include <array>
 #include <cstdint>
 
-#include "engine/tensor.h"
-#include "kernels/cpu/parallel.h"
+#include "engine/core/tensor.h"
+#include "engine/core/parallel.h"
 
 namespace tessera {
 

@@ -13,7 +13,7 @@
 #pragma once
 #include <cstdint>
 
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 
 #if defined(__CUDACC__)
 #define TS_ATT_HD __host__ __device__ __forceinline__ constexpr

@@ -1,11 +1,11 @@
 // Tile shapes and index arithmetic of the fused convolutional token embedding (conv_embedding.cu), kept
 // apart from the kernels so tests/test_cuda_conv_embedding.cpp checks them on machines without a GPU.
-// Plain integer arithmetic: TS_HD (engine/dtype.h) makes each function __host__ __device__ under nvcc.
+// Plain integer arithmetic: TS_HD (engine/core/dtype.h) makes each function __host__ __device__ under nvcc.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 
-#include "engine/dtype.h"
+#include "engine/core/dtype.h"
 
 namespace tessera::cuda::emb {
 

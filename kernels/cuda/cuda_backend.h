@@ -1,7 +1,7 @@
 // The CUDA backend: the Backend ops implemented on the GPU, one .cu file per op family
 // (elementwise.cu: fill/copy/random/unary/binary; reduce.cu: reduce/softmax; gemm.cu; index.cu; optim.cu;
 // layer_norm.cu; cross_entropy.cu; conv.cu; batch_norm.cu; conv_embedding.cu).
-// Every kernel runs on tessera's one stream (engine/cuda.h current_stream()), so the caching allocator's
+// Every kernel runs on tessera's one stream (engine/core/cuda.h current_stream()), so the caching allocator's
 // reuse of freed blocks is ordered after every kernel that used them. Ops not declared here fall back to the
 // Backend base class (kernels/backend.cpp), which throws "<op> is not implemented on the cuda backend".
 //
@@ -9,8 +9,9 @@
 #pragma once
 #include <string>
 
-#include "engine/cuda.h"
-#include "kernels/backend.h"
+#include "engine/core/cuda.h"
+#include "engine/core/backend.h"
+#include "kernels/devices.h"
 
 namespace tessera {
 
@@ -69,8 +70,6 @@ class CudaBackend final : public Backend {
 
 namespace cuda {
 
-int sm_count();  // streaming multiprocessors of the device in use (runtime.cu)
-
 // Throws unless t is defined and lives on the GPU; names the op and the argument.
 inline void check_on_cuda(const Tensor& t, const char* op, const char* arg) {
   if (!t.defined()) fail(std::string(op) + " (cuda): " + arg + " is undefined");
@@ -95,7 +94,7 @@ inline void check_contiguous(const Tensor& t, const char* op, const char* arg) {
 
 #include <algorithm>
 
-#include "kernels/cuda/check.h"
+#include "engine/core/cuda_check.h"
 
 namespace tessera::cuda {
 
@@ -108,7 +107,7 @@ template <> struct ComputeOf<f16_t> { using type = float; };
 template <typename T> using compute_t = typename ComputeOf<T>::type;
 
 // Loads and stores between a storage type and its compute type. The 16-bit stores use the hardware
-// round-to-nearest-even conversion, which rounds exactly as engine/dtype.h's software one (only NaN
+// round-to-nearest-even conversion, which rounds exactly as engine/core/dtype.h's software one (only NaN
 // payloads may differ).
 template <typename T> __device__ __forceinline__ compute_t<T> load(T v) { return v; }
 template <> __device__ __forceinline__ float load<bf16_t>(bf16_t v) { return __uint_as_float(uint32_t(v.bits) << 16); }

@@ -9,7 +9,7 @@
 // permutes) go through a 32×32 shared-memory tile, so both the reads and the writes are coalesced.
 #include <type_traits>
 
-#include "engine/philox.h"
+#include "engine/core/philox.h"
 #include "kernels/elementwise_math.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/indexing.h"
@@ -33,7 +33,7 @@ template <typename T> constexpr bool is_half_v = std::is_same_v<T, bf16_t> || st
 template <typename T> constexpr bool is_single_like_v = std::is_same_v<T, float> || is_half_v<T>;
 template <typename T> constexpr bool is_integral_v = std::is_integral_v<T>;  // includes bool
 
-// Converts between any two of the eight dtypes with the CPU's semantics (engine/dtype.h: through double,
+// Converts between any two of the eight dtypes with the CPU's semantics (engine/core/dtype.h: through double,
 // from_double<D>(to_double<S>(v))), taking exact shortcuts where they give the same bits: float and 16-bit
 // floats convert through float (float → double → float is the identity), integers convert directly.
 template <typename D, typename S>

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/dtype.h"
-#include "engine/tensor.h"
+#include "engine/core/dtype.h"
+#include "engine/core/tensor.h"
 
 #if defined(__CUDA_ARCH__)  // device compilation pass only: the host compiler does not know the pragma
 #define TS_UNROLL _Pragma("unroll")

@@ -5,7 +5,7 @@
 #pragma once
 #include <cstdint>
 
-#include "engine/dtype.h"
+#include "engine/core/dtype.h"
 
 namespace tessera::cuda::ln {
 

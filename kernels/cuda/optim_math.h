@@ -4,8 +4,8 @@
 #include <cmath>
 #include <cstdint>
 
-#include "engine/dtype.h"
-#include "kernels/backend.h"
+#include "engine/core/dtype.h"
+#include "engine/core/backend.h"
 
 namespace tessera::cuda::adamw {
 

@@ -1,4 +1,4 @@
-#include "kernels/cpu/parallel.h"
+#include "engine/core/parallel.h"
 
 #include <algorithm>
 #include <condition_variable>

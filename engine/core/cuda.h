@@ -1,5 +1,5 @@
 // The CUDA runtime as the engine sees it: device discovery, the caching allocator, streams and copies.
-// Implemented in kernels/cuda/runtime.cu; a build without CUDA links kernels/cuda/unavailable.cpp, where
+// Implemented in engine/core/cuda_runtime.cu; a build without CUDA links engine/core/cuda_unavailable.cpp, where
 // available() is false and everything else throws. With CUDA built in but no GPU (or no driver) present,
 // available() is false and status() says why, so every binary still runs on the CPU.
 #pragma once
@@ -12,6 +12,7 @@ namespace tessera::cuda {
 bool built();      // compiled with the CUDA backend
 bool available();  // built, and a usable device is present
 std::string status();  // the device ("NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB") or why there is none
+int sm_count();        // streaming multiprocessors of the device in use
 
 // Caching allocator: freed blocks are kept for reuse (by size class) instead of cudaFree'd; a failed
 // cudaMalloc empties the cache and retries once, then throws with the requested size and usage.

@@ -1,4 +1,4 @@
-#include "engine/fileio.h"
+#include "engine/core/fileio.h"
 
 #include <fcntl.h>
 #include <unistd.h>

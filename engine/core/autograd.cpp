@@ -1,9 +1,9 @@
-#include "engine/autograd.h"
+#include "engine/core/autograd.h"
 
 #include <unordered_map>
 #include <unordered_set>
 
-#include "engine/ops.h"
+#include "engine/core/backend.h"
 
 namespace tessera {
 
@@ -39,16 +39,42 @@ Tensor record(const char* name, std::vector<Tensor> inputs, Tensor output,
   return output;
 }
 
+// The tape's own arithmetic runs straight on the device's backend: it is never recorded (backward rules
+// run without grad), so it needs none of the ops layer's autograd.
 Tensor sum_to(const Tensor& grad, const Shape& shape) {
   if (grad.shape() == shape) return grad;
   int64_t lead = grad.dim() - int64_t(shape.size());
   TS_CHECK(lead >= 0, "sum_to: cannot reduce " + grad.str() + " to " + shape_str(shape));
-  std::vector<int64_t> dims;
-  for (int64_t i = 0; i < grad.dim(); ++i)
-    if (i < lead || (shape[size_t(i - lead)] == 1 && grad.shape()[size_t(i)] != 1)) dims.push_back(i);
-  Tensor r = dims.empty() ? grad : sum(grad, dims, true);
-  return r.reshape(shape);
+  // Kept dims first, summed dims last, as rows [outer, R] for the backend's row reduction.
+  std::vector<int64_t> kept, summed;
+  int64_t R = 1;
+  for (int64_t i = 0; i < grad.dim(); ++i) {
+    if (i < lead || (shape[size_t(i - lead)] == 1 && grad.shape()[size_t(i)] != 1)) {
+      summed.push_back(i);
+      R *= grad.shape()[size_t(i)];
+    } else {
+      kept.push_back(i);
+    }
+  }
+  if (summed.empty()) return grad.reshape(shape);
+  int64_t outer = R ? grad.numel() / R : shape_numel(shape);
+  std::vector<int64_t> perm = kept;
+  perm.insert(perm.end(), summed.begin(), summed.end());
+  Tensor rows = grad.detach().permute(perm).contiguous().reshape({outer, R});
+  Tensor out = Tensor::empty({outer}, grad.dtype(), grad.device());
+  if (outer) backend(grad.device()).reduce(ReduceOp::Sum, rows, out, nullptr);
+  return out.reshape(shape);
 }
+
+namespace {
+Tensor add_gradients(const Tensor& a, const Tensor& b) {
+  TS_CHECK(a.device() == b.device() && a.dtype() == b.dtype(),
+           "backward: gradients " + a.str() + " and " + b.str() + " cannot be summed");
+  Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
+  if (out.numel()) backend(a.device()).binary(BinaryOp::Add, a, b, out);
+  return out;
+}
+}  // namespace
 
 void Tensor::backward(const Tensor& grad) const {
   TS_CHECK(requires_grad(), "backward: " + str() + " does not require grad");
@@ -70,7 +96,7 @@ void Tensor::backward(const Tensor& grad) const {
       const_cast<Tensor&>(leaf).set_grad(owned);
     } else {
       Tensor acc = leaf.grad();
-      acc.copy_(add(acc, gg));
+      acc.copy_(add_gradients(acc, gg));
     }
   };
   if (is_leaf()) { accumulate_leaf(*this, seed); return; }
@@ -116,7 +142,7 @@ void Tensor::backward(const Tensor& grad) const {
           accumulate_leaf(in, gi);
         } else {
           Tensor& slot = grads[in.grad_fn().get()];
-          slot = slot.defined() ? add(slot, gi) : gi;
+          slot = slot.defined() ? add_gradients(slot, gi) : gi;
         }
       }
     }

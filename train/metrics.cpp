@@ -1,4 +1,4 @@
-#include "engine/metrics.h"
+#include "train/metrics.h"
 
 #include <algorithm>
 #include <cstdio>

@@ -1,10 +1,10 @@
-#include "engine/schedule.h"
+#include "train/schedule.h"
 
 #include <algorithm>
 #include <cmath>
 #include <numbers>
 
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 
 namespace tessera {
 

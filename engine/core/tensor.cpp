@@ -1,14 +1,13 @@
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 
 #include <algorithm>
 #include <cstdlib>
 #include <numeric>
 #include <sstream>
 
-#include "engine/autograd.h"
-#include "engine/cuda.h"
-#include "engine/ops.h"
-#include "kernels/backend.h"
+#include "engine/core/autograd.h"
+#include "engine/core/cuda.h"
+#include "engine/core/backend.h"
 
 namespace tessera {
 

@@ -1,5 +1,5 @@
-// engine/cuda.h on the CUDA runtime: device discovery, tessera's stream, the caching allocator, pinned
-// host memory and copies. Also cuda_backend(), the entry point kernels/backend.h declares.
+// engine/core/cuda.h on the CUDA runtime: device discovery, tessera's stream, the caching allocator, pinned
+// host memory and copies.
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -8,9 +8,8 @@
 #include <string>
 #include <unordered_map>
 
-#include "engine/cuda.h"
-#include "kernels/cuda/check.h"
-#include "kernels/cuda/cuda_backend.h"
+#include "engine/core/cuda.h"
+#include "engine/core/cuda_check.h"
 
 namespace tessera {
 namespace cuda {
@@ -317,12 +316,5 @@ void Event::synchronize() {
 }
 
 }  // namespace cuda
-
-Backend& cuda_backend() {
-  if (!cuda::available())
-    throw std::runtime_error("the CUDA backend cannot run: " + cuda::status());
-  static CudaBackend backend;
-  return backend;
-}
 
 }  // namespace tessera

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 
 namespace tessera {
 
@@ -173,8 +173,11 @@ class Backend {
   void check_adamw(const std::vector<AdamWParam>& params, const AdamWStep& s) const;
 };
 
-Backend& cpu_backend();
-Backend& cuda_backend();  // throws, saying why, when tessera was built without CUDA
-inline Backend& backend(Device d) { return d == Device::CPU ? cpu_backend() : cuda_backend(); }
+// The backend of a device. Implementations live a layer up (kernels/) and register themselves when their
+// library loads, so the tensor core calls them without depending on them. The getter is called at each
+// lookup: CUDA's throws, saying why, when no GPU can be used.
+using BackendGetter = Backend& (*)();
+void register_backend(Device device, BackendGetter getter);
+Backend& backend(Device device);
 
 }  // namespace tessera

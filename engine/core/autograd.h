@@ -11,7 +11,7 @@
 #include <memory>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "engine/core/tensor.h"
 
 namespace tessera {
 

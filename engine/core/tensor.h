@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/dtype.h"
+#include "engine/core/dtype.h"
 
 namespace tessera {
 
@@ -136,6 +136,8 @@ template <typename T> T* Tensor::data() const {
 // Thrown for user errors in shapes/dtypes/devices; the message names the op and the problem.
 struct TensorError : std::runtime_error { using std::runtime_error::runtime_error; };
 [[noreturn]] void fail(const std::string& message);
+// Normalises a possibly negative dim against rank n, naming `op` in the error.
+int64_t wrap_dim(int64_t dim, int64_t n, const char* op);
 #define TS_CHECK(cond, msg) do { if (!(cond)) ::tessera::fail(msg); } while (0)
 
 }  // namespace tessera
