@@ -33,6 +33,7 @@
 #include "engine/core/backend.h"
 #include "engine/core/cuda_check.h"
 #include "kernels/cuda/conv_math.h"
+#include "kernels/cuda/device_math.cuh"
 
 using namespace tessera;
 
@@ -109,10 +110,6 @@ template <DType DT> void BM_FwdBwd(benchmark::State& state) {
 }
 
 // The floor: one thread per output element, fp32 accumulation, no reuse beyond what the caches give.
-template <typename T> __device__ float to_f(T v) { return float(v); }
-template <> __device__ float to_f<bf16_t>(bf16_t v) { return __uint_as_float(uint32_t(v.bits) << 16); }
-template <typename T> __device__ T from_f(float v) { return T(v); }
-template <> __device__ bf16_t from_f<bf16_t>(float v) { return bf16_t{__bfloat16_as_ushort(__float2bfloat16_rn(v))}; }
 template <typename T>
 __global__ void naive_conv(const T* x, const T* w, const T* b, T* y, int64_t N, int64_t Cin, int64_t H,
                            int64_t Cout, int64_t Ho, int64_t k, int64_t s, int64_t p, int64_t groups) {
@@ -120,15 +117,15 @@ __global__ void naive_conv(const T* x, const T* w, const T* b, T* y, int64_t N, 
   if (idx >= N * Cout * Ho * Ho) return;
   const int64_t ow = idx % Ho, oh = idx / Ho % Ho, co = idx / (Ho * Ho) % Cout, n = idx / (Ho * Ho * Cout);
   const int64_t Cg = Cin / groups, c0 = co / (Cout / groups) * Cg;
-  float acc = to_f(b[co]);
+  float acc = cuda::load(b[co]);
   for (int64_t c = 0; c < Cg; ++c)
     for (int64_t i = 0; i < k; ++i)
       for (int64_t j = 0; j < k; ++j) {
         const int64_t ih = oh * s - p + i, iw = ow * s - p + j;
         if (ih >= 0 && ih < H && iw >= 0 && iw < H)
-          acc += to_f(w[((co * Cg + c) * k + i) * k + j]) * to_f(x[((n * Cin + c0 + c) * H + ih) * H + iw]);
+          acc += cuda::load(w[((co * Cg + c) * k + i) * k + j]) * cuda::load(x[((n * Cin + c0 + c) * H + ih) * H + iw]);
       }
-  y[idx] = from_f<T>(acc);
+  y[idx] = cuda::store<T>(acc);
 }
 
 template <DType DT> void BM_Naive(benchmark::State& state) {

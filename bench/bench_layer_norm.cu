@@ -32,6 +32,7 @@
 #include "engine/random.h"
 #include "engine/core/backend.h"
 #include "engine/core/cuda_check.h"
+#include "kernels/cuda/device_math.cuh"
 
 using namespace tessera;
 
@@ -96,21 +97,18 @@ void release(Buffers& B) {
 
 // The floor: one thread per row, mean, variance and output in three sequential passes (uncoalesced:
 // neighbouring threads read addresses C elements apart).
-template <typename T> __device__ float to_f(T v) { return float(v); }
-template <> __device__ float to_f<bf16_t>(bf16_t v) { return __uint_as_float(uint32_t(v.bits) << 16); }
-template <typename T> __device__ T from_f(float v) { return T(v); }
-template <> __device__ bf16_t from_f<bf16_t>(float v) { return bf16_t{__bfloat16_as_ushort(__float2bfloat16_rn(v))}; }
 template <typename T>
 __global__ void naive_layer_norm(const T* x, const T* w, const T* b, T* y, float* mean, float* rstd, int64_t rows, int64_t C) {
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   const T* xr = x + r * C;
   float mu = 0, var = 0;
-  for (int64_t c = 0; c < C; ++c) mu += to_f(xr[c]);
+  for (int64_t c = 0; c < C; ++c) mu += cuda::load(xr[c]);
   mu /= float(C);
-  for (int64_t c = 0; c < C; ++c) var += (to_f(xr[c]) - mu) * (to_f(xr[c]) - mu);
+  for (int64_t c = 0; c < C; ++c) var += (cuda::load(xr[c]) - mu) * (cuda::load(xr[c]) - mu);
   const float rs = rsqrtf(var / float(C) + 1e-5f);
-  for (int64_t c = 0; c < C; ++c) y[r * C + c] = from_f<T>((to_f(xr[c]) - mu) * rs * to_f(w[c]) + to_f(b[c]));
+  for (int64_t c = 0; c < C; ++c)
+    y[r * C + c] = cuda::store<T>((cuda::load(xr[c]) - mu) * rs * cuda::load(w[c]) + cuda::load(b[c]));
   mean[r] = mu;
   rstd[r] = rs;
 }

@@ -8,6 +8,7 @@
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "engine/core/backend.h"
+#include "kernels/device_math.h"  // stat_dtype: the statistics dtype the kernels hand back
 
 namespace tessera {
 
@@ -15,9 +16,6 @@ namespace {
 
 // The kernels' view of an input: contiguous and without history. Undefined stays undefined.
 Tensor plain(const Tensor& t) { return t.defined() ? t.detach().contiguous() : t; }
-
-// Per-row / per-channel statistics: f64 for f64 data, f32 for everything else (bf16/f16 on CUDA too).
-DType stat_dtype(DType dt) { return dt == DType::f64 ? DType::f64 : DType::f32; }
 
 void check_float(const char* op, const char* what, const Tensor& t) {
   TS_CHECK(is_floating(t.dtype()), std::string(op) + ": " + what + " must be floating point, got " + t.str());
@@ -149,7 +147,7 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, T
 
   if (training) {
     NoGradGuard ng;
-    // running = (1 − m)·running + m·batch, with the UNBIASED variance n/(n−1)·var (MODELS.md). The kernel
+    // running = (1 − m)·running + m·batch, with the UNBIASED variance n/(n−1)·var, as torch does. The kernel
     // hands back invstd = 1/√(var + eps), so var = invstd⁻² − eps: exact up to a few ulp of (var + eps) in
     // the statistics' dtype (f32 for f32 data), the order of the rounding of an fp32 buffer itself.
     if (running_mean.defined()) {

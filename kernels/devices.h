@@ -8,4 +8,9 @@ namespace tessera {
 Backend& cpu_backend();
 Backend& cuda_backend();  // throws, saying why, when tessera was built without CUDA or no GPU can be used
 
+// How CUDA GEMMs on fp32 data may compute. bf16 tensors always use bf16 inputs with fp32 accumulation.
+enum class MatmulPrecision { Highest /* fp32 */, High /* tf32 */ };
+void set_matmul_precision(MatmulPrecision p);
+MatmulPrecision matmul_precision();
+
 }  // namespace tessera

@@ -129,7 +129,7 @@ void gemm_reference(bool ta, bool tb, const T* A, const T* B, T* C, int64_t M, i
 
 }  // namespace
 
-void CpuBackend::gemm(GemmArgs& g) {
+void CpuBackend::gemm(const GemmArgs& g) {
   TS_CHECK(g.A.dtype() == g.B.dtype() && g.A.dtype() == g.C.dtype(), "gemm: operands must share a dtype");
   if (g.M == 0 || g.N == 0) return;
   if (g.A.dtype() == DType::f64) {

@@ -54,13 +54,6 @@ template <typename T> struct WmmaType;
 template <> struct WmmaType<bf16_t> { using type = __nv_bfloat16; };
 template <> struct WmmaType<f16_t> { using type = __half; };
 
-template <typename A> __device__ __forceinline__ A neg_inf() { return A(-INFINITY); }
-template <typename A> __device__ __forceinline__ A m_exp2(A x) {
-  if constexpr (std::is_same_v<A, float>) return exp2f(x); else return exp2(x);
-}
-template <typename A> __device__ __forceinline__ A m_log2(A x) {
-  if constexpr (std::is_same_v<A, float>) return log2f(x); else return log2(x);
-}
 constexpr double kLog2e = 1.4426950408889634074, kLn2 = 0.6931471805599453094;
 
 // ---------------------------------------------------------------- warp-level tile products
@@ -163,16 +156,16 @@ template <typename Acc> __device__ __forceinline__ void zero_warp(Acc* p, int n)
 template <typename T> struct Args {
   const T *q, *k, *v, *out, *dout;
   T *o, *dq, *dk, *dv;
-  compute_t<T>* lse;  // forward writes it; the backward reads it
-  compute_t<T>* delta;
+  acc_t<T>* lse;  // forward writes it; the backward reads it
+  acc_t<T>* delta;
   int Tq, Tk;
-  compute_t<T> scale, scale2;  // scale, scale·log2(e)
+  acc_t<T> scale, scale2;  // scale, scale·log2(e)
 };
 
 // ---------------------------------------------------------------- forward
 template <typename T, int D>
 __global__ void __launch_bounds__(128) attn_fwd_kernel(Args<T> a) {
-  using Acc = compute_t<T>;
+  using Acc = acc_t<T>;
   constexpr Config cfg = config(sizeof(T));
   constexpr int BM = cfg.bm, BN = cfg.bn, LD = D + pad_elems(sizeof(T));
   constexpr int LDS = BN + kAccPad, LDP = BN + pad_elems(sizeof(T)), LDO = D + kAccPad;
@@ -206,10 +199,10 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(Args<T> a) {
     for (int c = half; c < valid; c += 2) mt = fmax(mt, srow[c] * a.scale2);
     mt = fmax(mt, __shfl_xor_sync(0xffffffffu, mt, 1));
     const Acc m_new = fmax(m, mt);
-    const Acc alpha = m_exp2(m - m_new);  // 0 on the first tile (m = −inf); m_new is finite for finite inputs
+    const Acc alpha = acc_exp2(m - m_new);  // 0 on the first tile (m = −inf); m_new is finite for finite inputs
     Acc ps = 0;
     for (int c = half; c < BN; c += 2) {
-      const Acc p = c < valid ? m_exp2(srow[c] * a.scale2 - m_new) : Acc(0);
+      const Acc p = c < valid ? acc_exp2(srow[c] * a.scale2 - m_new) : Acc(0);
       ps += p;
       sP[row * LDP + c] = store<T>(p);
     }
@@ -225,22 +218,21 @@ __global__ void __launch_bounds__(128) attn_fwd_kernel(Args<T> a) {
     const Acc inv = Acc(1) / l;
     T* orow = a.o + row_offset(bh, qi, a.Tq, D);
     for (int c = half; c < D; c += 2) orow[c] = store<T>(sO[row * LDO + c] * inv);
-    if (half == 0) a.lse[bh * a.Tq + qi] = (m + m_log2(l)) * Acc(kLn2);
+    if (half == 0) a.lse[bh * a.Tq + qi] = (m + acc_log2(l)) * Acc(kLn2);
   }
 }
 
 // ---------------------------------------------------------------- backward: delta = rowsum(dO ∘ O)
 template <typename T, int D>
 __global__ void attn_delta_kernel(Args<T> a, int64_t rows) {
-  using Acc = compute_t<T>;
+  using Acc = acc_t<T>;
   const int lane = threadIdx.x % 32;
   for (int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32; r < rows;
        r += int64_t(gridDim.x) * blockDim.x / 32) {
     Acc s = 0;
 #pragma unroll
     for (int c = lane; c < D; c += 32) s += load(a.dout[r * D + c]) * load(a.out[r * D + c]);
-#pragma unroll
-    for (int m = 16; m > 0; m /= 2) s += __shfl_xor_sync(0xffffffffu, s, m);
+    s = warp_sum(s);
     if (lane == 0) a.delta[r] = s;
   }
 }
@@ -248,7 +240,7 @@ __global__ void attn_delta_kernel(Args<T> a, int64_t rows) {
 // ---------------------------------------------------------------- backward: dK, dV
 template <typename T, int D>
 __global__ void __launch_bounds__(128) attn_dkdv_kernel(Args<T> a) {
-  using Acc = compute_t<T>;
+  using Acc = acc_t<T>;
   constexpr Config cfg = config(sizeof(T));
   constexpr int BN = cfg.bnb, BM = cfg.bmb, LD = D + pad_elems(sizeof(T));
   constexpr int LDS = BM + kAccPad, LDP = BM + pad_elems(sizeof(T)), LDO = D + kAccPad;
@@ -290,7 +282,7 @@ __global__ void __launch_bounds__(128) attn_dkdv_kernel(Args<T> a) {
     const T* kw = sK + warp * 16 * LD;
     warp_gemm_nt<BM, D>(kw, LD, sQ, LD, sS, LDS);  // Sᵀ = K·Qᵀ  [16 keys][BM queries]
     for (int c = half; c < BM; c += 2) {           // Pᵀ; queries past Tq get p = 0
-      const Acc p = c < valid ? m_exp2(sS[row * LDS + c] * a.scale2 - sL[c]) : Acc(0);
+      const Acc p = c < valid ? acc_exp2(sS[row * LDS + c] * a.scale2 - sL[c]) : Acc(0);
       sS[row * LDS + c] = p;
       sP[row * LDP + c] = store<T>(p);
     }
@@ -314,7 +306,7 @@ __global__ void __launch_bounds__(128) attn_dkdv_kernel(Args<T> a) {
 // ---------------------------------------------------------------- backward: dQ (separate, deterministic)
 template <typename T, int D>
 __global__ void __launch_bounds__(128) attn_dq_kernel(Args<T> a) {
-  using Acc = compute_t<T>;
+  using Acc = acc_t<T>;
   constexpr Config cfg = config(sizeof(T));
   constexpr int BM = cfg.bm, BN = cfg.bn, LD = D + pad_elems(sizeof(T));
   constexpr int LDS = BN + kAccPad, LDP = BN + pad_elems(sizeof(T)), LDO = D + kAccPad;
@@ -350,7 +342,7 @@ __global__ void __launch_bounds__(128) attn_dq_kernel(Args<T> a) {
     warp_gemm_nt<BN, D>(sQ + warp * 16 * LD, LD, sK, LD, sS, LDS);   // S = Q·Kᵀ
     warp_gemm_nt<BN, D>(sdO + warp * 16 * LD, LD, sV, LD, sdP, LDS);  // dP = dO·Vᵀ
     for (int c = half; c < BN; c += 2) {  // dS = P∘(dP − delta); keys past Tk: p = 0
-      const Acc p = c < valid ? m_exp2(sS[row * LDS + c] * a.scale2 - lse2) : Acc(0);
+      const Acc p = c < valid ? acc_exp2(sS[row * LDS + c] * a.scale2 - lse2) : Acc(0);
       sdS[row * LDP + c] = store<T>(p * (sdP[row * LDS + c] - dlt));
     }
     __syncwarp();
@@ -362,9 +354,9 @@ __global__ void __launch_bounds__(128) attn_dq_kernel(Args<T> a) {
 
 // ---------------------------------------------------------------- attention_probs (analysis only)
 template <typename T>
-__global__ void attn_probs_kernel(const T* q, const T* k, const compute_t<T>* lse, T* probs, int64_t BH, int Tq,
-                                  int Tk, int D, compute_t<T> scale) {
-  using Acc = compute_t<T>;
+__global__ void attn_probs_kernel(const T* q, const T* k, const acc_t<T>* lse, T* probs, int64_t BH, int Tq,
+                                  int Tk, int D, acc_t<T> scale) {
+  using Acc = acc_t<T>;
   const int64_t n = BH * Tq * Tk;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = i / Tk, j = i % Tk, bh = row / Tq;
@@ -372,7 +364,7 @@ __global__ void attn_probs_kernel(const T* q, const T* k, const compute_t<T>* ls
     const T* kr = k + (bh * Tk + j) * D;
     Acc s = 0;
     for (int d = 0; d < D; ++d) s += load(qr[d]) * load(kr[d]);
-    probs[i] = store<T>(exp(s * scale - lse[row]));
+    probs[i] = store<T>(acc_exp(s * scale - lse[row]));
   }
 }
 
@@ -443,7 +435,7 @@ Dims check_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor
   if (k.size(0) != d.B || k.size(1) != d.H || k.size(3) != d.D || (v.defined() && v.shape() != k.shape()))
     fail(std::string(op) + " (cuda): shapes do not match: q " + q.str() + ", k " + k.str() +
          (v.defined() ? ", v " + v.str() : std::string()));
-  const DType stat = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const DType stat = stat_dtype(q.dtype());
   if (lse.dtype() != stat || lse.shape() != Shape{d.B, d.H, d.Tq})
     fail(std::string(op) + " (cuda): lse must be " + dtype_name(stat) + " [B,H,Tq] = " +
          shape_str(Shape{d.B, d.H, d.Tq}) + ", got " + lse.str());
@@ -470,8 +462,8 @@ template <typename T> Args<T> make_args(const Dims& d, double scale) {
   Args<T> a{};
   a.Tq = int(d.Tq);
   a.Tk = int(d.Tk);
-  a.scale = compute_t<T>(scale);
-  a.scale2 = compute_t<T>(scale * kLog2e);
+  a.scale = acc_t<T>(scale);
+  a.scale2 = acc_t<T>(scale * kLog2e);
   return a;
 }
 template <typename T> const T* cptr(const Tensor& t) { return static_cast<const T*>(t.raw_data()); }
@@ -490,8 +482,8 @@ void attention_probs(const Tensor& q, const Tensor& k, double scale, const Tenso
   visit_floating(q.dtype(), "attention_probs", [&](auto tag) {
     using T = decltype(tag);
     attn_probs_kernel<T><<<grid_for(probs.numel()), kThreads, 0, stream()>>>(
-        cptr<T>(q), cptr<T>(k), static_cast<const compute_t<T>*>(lse.raw_data()), mptr<T>(probs), d.B * d.H,
-        int(d.Tq), int(d.Tk), int(d.D), compute_t<T>(scale));
+        cptr<T>(q), cptr<T>(k), static_cast<const acc_t<T>*>(lse.raw_data()), mptr<T>(probs), d.B * d.H,
+        int(d.Tq), int(d.Tk), int(d.D), acc_t<T>(scale));
     TS_CUDA_CHECK_LAUNCH();
   });
 }
@@ -521,11 +513,11 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, d
     visit_head_dim(d.D, "attention", [&](auto dtag) {
       constexpr int D = decltype(dtag)::value;
       constexpr Config cfg = config(sizeof(T));
-      constexpr int64_t smem = fwd_only_layout(sizeof(T), sizeof(compute_t<T>), D).total;
+      constexpr int64_t smem = fwd_only_layout(sizeof(T), sizeof(acc_t<T>), D).total;
       static_assert(smem <= kMaxSmemBytes, "forward tiles exceed shared memory");
       Args<T> a = make_args<T>(d, scale);
       a.q = cptr<T>(q); a.k = cptr<T>(k); a.v = cptr<T>(v); a.o = mptr<T>(out);
-      a.lse = static_cast<compute_t<T>*>(lse.raw_data());
+      a.lse = static_cast<acc_t<T>*>(lse.raw_data());
       allow_smem<attn_fwd_kernel<T, D>>(smem);
       const dim3 grid(unsigned(num_tiles(d.Tq, cfg.bm)), unsigned(d.B * d.H));
       attn_fwd_kernel<T, D><<<grid, cfg.warps * 32, smem, stream()>>>(a);
@@ -562,7 +554,7 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
   }
   visit_floating(q.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
-    using Acc = compute_t<T>;
+    using Acc = acc_t<T>;
     visit_head_dim(d.D, op, [&](auto dtag) {
       constexpr int D = decltype(dtag)::value;
       constexpr Config cfg = config(sizeof(T));

@@ -28,7 +28,6 @@ namespace tessera {
 namespace cuda {
 namespace {
 
-template <typename T> using acc_t = compute_t<T>;
 constexpr int kBlock = 256;
 
 
@@ -149,7 +148,7 @@ Geom check_args(const char* op, const Tensor& x, std::initializer_list<std::pair
     if (whole ? t->shape() != x.shape() : t->numel() != g.C)
       fail(std::string(op) + " (cuda): " + name + " " + t->str() + " does not fit x " + x.str());
   }
-  const DType sdt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const DType sdt = stat_dtype(x.dtype());
   for (auto [t, name] : stats) {
     check_on_cuda(*t, op, name);
     if (t->dtype() != sdt || t->numel() != g.C || !t->is_contiguous())
@@ -158,8 +157,6 @@ Geom check_args(const char* op, const Tensor& x, std::initializer_list<std::pair
   }
   return g;
 }
-
-DType stat_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
 
 }  // namespace
 }  // namespace cuda

@@ -1,5 +1,5 @@
 // 2-D convolution on the GPU, forward and backward (kernels/cpu/nn.cpp is the reference). f32, f64, bf16,
-// f16; 16-bit data accumulates in fp32 (cuBLAS's CUBLAS_COMPUTE_32F, compute_t in the kernels).
+// f16; 16-bit data accumulates in fp32 (cuBLAS's CUBLAS_COMPUTE_32F, acc_t in the kernels).
 //
 // Dense and grouped convolutions with Cin/groups > 1 (CvT's 7×7/4 and 3×3/2 embeddings, ViT's 16×16/16
 // patchify): implicit GEMM through an explicit im2col buffer and the backend's own gemm (cuBLAS, dtype and
@@ -38,7 +38,6 @@ namespace cuda {
 namespace {
 
 using conv::Shape;
-template <typename T> using acc_t = compute_t<T>;
 constexpr int kBlock = 256;
 
 // Grid-stride loop over [0, n).
@@ -308,7 +307,7 @@ void CudaBackend::conv2d_backward(const Tensor& dy, const Tensor& x, const Tenso
         if (s.Cout > 65535) fail("conv2d_backward (cuda): depthwise dweight supports at most 65535 channels");
         const int64_t KK = s.kh * s.kw;
         const int64_t S = conv::slices_for(s.Cout, s.N * P, sm_count(), 2048);
-        Tensor part = Tensor::empty({s.Cout * KK * S}, std::is_same_v<A, double> ? DType::f64 : DType::f32, Device::CUDA);
+        Tensor part = Tensor::empty({s.Cout * KK * S}, dtype_of<A>::value, Device::CUDA);
         dw_weight_partials<T><<<dim3(unsigned(S), unsigned(s.Cout)), kBlock, 0, stream()>>>(ptr<T>(dy), ptr<T>(x),
                                                                                           ptr<A>(part), s, S);
         TS_CUDA_CHECK_LAUNCH();

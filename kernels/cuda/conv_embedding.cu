@@ -49,7 +49,6 @@ namespace cuda {
 namespace {
 
 using namespace emb;
-template <typename T> using acc_t = compute_t<T>;
 template <typename T> struct WmmaOf;
 template <> struct WmmaOf<bf16_t> { using type = __nv_bfloat16; };
 template <> struct WmmaOf<f16_t> { using type = __half; };
@@ -57,12 +56,6 @@ template <> struct WmmaOf<f16_t> { using type = __half; };
 struct Geo {  // conv geometry; P = Ho·Wo tokens per image, K = Cin·kh·kw
   int64_t N, Cin, H, W, C, kh, kw, sh, sw, ph, pw, Ho, Wo, P, K;
 };
-
-template <typename A> __device__ __forceinline__ A warp_sum(A v) {
-#pragma unroll
-  for (int m = 16; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
-}
 
 // The im2col source of token `tok`: thread-constant image base and window origin, so each K slice costs
 // one decode_k and a bounds test per element.
@@ -285,7 +278,7 @@ void check_t(const char* op, const Tensor& t, const Tensor& x, const char* name,
 }
 void check_stats(const char* op, const Tensor& t, const Tensor& x, const char* name, int64_t rows) {
   check_on_cuda(t, op, name);
-  const DType sdt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const DType sdt = stat_dtype(x.dtype());
   if (t.dtype() != sdt || t.numel() != rows || !t.is_contiguous())
     fail(std::string(op) + " (cuda): " + name + " must be contiguous " + dtype_name(sdt) + " [" +
          std::to_string(rows) + "], got " + t.str());
@@ -402,7 +395,7 @@ void CudaBackend::conv_embedding_backward(const Tensor& dtokens, const Tensor& x
     using T = decltype(tag);
     using A = acc_t<T>;
     const int64_t tiles = bwd_tiles(g.P), rows = tiles * g.N;
-    const DType adt = std::is_same_v<A, double> ? DType::f64 : DType::f32;
+    const DType adt = dtype_of<A>::value;
     Tensor pw = dln_weight.defined() ? Tensor::empty({rows, g.C}, adt, Device::CUDA) : Tensor();
     Tensor pb = dln_bias.defined() ? Tensor::empty({rows, g.C}, adt, Device::CUDA) : Tensor();
     if (!want_conv && !pw.defined() && !pb.defined()) return;

@@ -28,51 +28,25 @@ namespace tessera {
 namespace cuda {
 namespace {
 
-template <typename T> using acc_t = compute_t<T>;
 constexpr int kWarps = 8;  // rows per 256-thread block
 
-template <typename A> __device__ __forceinline__ A a_exp(A x) { if constexpr (std::is_same_v<A, float>) return expf(x); else return exp(x); }
-template <typename A> __device__ __forceinline__ A a_log(A x) { if constexpr (std::is_same_v<A, float>) return logf(x); else return log(x); }
 template <typename A> __device__ __forceinline__ A a_nan() { return A(NAN); }
 
-template <typename A> __device__ __forceinline__ A warp_sum(A v) {
-#pragma unroll
-  for (int m = 16; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
-}
 // Online log-sum-exp of one row across a warp: each lane keeps (max, Σ exp(x − max)) of its strided
 // elements, the pairs merge by shuffles with rescaling. Returns lse on every lane.
 template <typename T> __device__ __forceinline__ acc_t<T> warp_lse(const T* xr, int64_t C, int lane) {
   using A = acc_t<T>;
-  A m = -A(INFINITY), s = 0;
-  for (int64_t c = lane; c < C; c += 32) {
-    const A v = load(xr[c]);
-    if (v > m) { s = s * a_exp(m - v) + A(1); m = v; }
-    else if (v != -A(INFINITY)) s += a_exp(v - m);  // −inf adds 0 (and −inf − −inf would be NaN)
-  }
-#pragma unroll
-  for (int k = 16; k > 0; k /= 2) {
-    const A om = __shfl_xor_sync(0xffffffffu, m, k), os = __shfl_xor_sync(0xffffffffu, s, k);
-    const A nm = fmax(m, om);
-    s = (m == -A(INFINITY) ? A(0) : s * a_exp(m - nm)) + (om == -A(INFINITY) ? A(0) : os * a_exp(om - nm));
-    m = nm;
-  }
-  return m + a_log(s);
+  MaxSum<A> p{neg_inf<A>(), A(0)};
+  for (int64_t c = lane; c < C; c += 32) online_add(p, load(xr[c]));
+  p = warp_online_merge(p);
+  return p.m + acc_log(p.s);
 }
 
-// Sum of n values v(i) over one block of 256 threads in a fixed order (strided per thread, then warp
-// shuffles, then the 8 warp sums in order).
+// Sum of n values v(i) over one block of 256 threads in a fixed order (strided per thread, then block_sum).
 template <typename A, typename F> __device__ __forceinline__ A block_sum_of(int64_t n, F&& v) {
-  __shared__ A part[kWarps];
   A s = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += v(i);
-  s = warp_sum(s);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
-  __syncthreads();
-  A all = 0;
-  for (int w = 0; w < kWarps; ++w) all += part[w];
-  __syncthreads();
-  return all;
+  for (int64_t i = threadIdx.x; i < n; i += 32 * kWarps) s += v(i);
+  return block_sum<32 * kWarps>(s);
 }
 
 template <typename T> __device__ __forceinline__ acc_t<T> weight_of(const T* w, int64_t c) {
@@ -148,7 +122,7 @@ __global__ void __launch_bounds__(256) ce_backward_rows(const T* x, const int64_
   const bool bad = t < 0 || t >= C;
   const A lse = warp_lse(xr, C, lane), wy = bad ? a_nan<A>() : weight_of(w, t);
   for (int64_t c = lane; c < C; c += 32) {
-    const A p = a_exp(load(xr[c]) - lse);
+    const A p = acc_exp(load(xr[c]) - lse);
     A g = (A(1) - eps) * wy * (p - (c == t ? A(1) : A(0)));
     if (eps > A(0)) g += eps / A(C) * (sw * p - weight_of(w, c));
     dr[c] = store<T>(coef * g);
@@ -195,8 +169,7 @@ void CudaBackend::cross_entropy(const Tensor& logits, const Tensor& target, cons
     const T *xp = static_cast<const T*>(logits.raw_data()), *wp = ptr_or_null<T>(weight);
     const int64_t* tp = target.data<int64_t>();
     // N = 0: W = 0 and the loss is 0/0 = NaN, as torch and the CPU reference; ce_finish handles it.
-    Tensor rowv = Tensor::empty({3, std::max<int64_t>(N, 1)}, std::is_same_v<A, double> ? DType::f64 : DType::f32,
-                                Device::CUDA);
+    Tensor rowv = Tensor::empty({3, std::max<int64_t>(N, 1)}, dtype_of<A>::value, Device::CUDA);
     A* rp = static_cast<A*>(rowv.raw_data());
     if (N > 0) {
       ce_rows<T><<<row_grid(N), 32 * kWarps, 0, stream()>>>(xp, tp, wp, N, C, ignore_index, label_smoothing > 0, rp);
@@ -219,7 +192,7 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
     fail("cross_entropy_backward (cuda): dlogits " + dlogits.str() + " does not match logits " + logits.str());
   const int64_t N = logits.size(0), C = logits.size(1);
   check_on_cuda(dloss, op, "dloss");
-  if (dloss.numel() != 1 || dloss.dtype() != (logits.dtype() == DType::f64 ? DType::f64 : DType::f32))
+  if (dloss.numel() != 1 || dloss.dtype() != stat_dtype(logits.dtype()))
     fail("cross_entropy_backward (cuda): dloss must be one f32 element (f64 for f64 logits), got " + dloss.str());
   if (N == 0 || C == 0) return;
   visit_floating(logits.dtype(), op, [&](auto tag) {
@@ -228,7 +201,7 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& tar
     const A* dlp = static_cast<const A*>(dloss.raw_data());  // one element: contiguous by definition
     const T *xp = static_cast<const T*>(logits.raw_data()), *wp = ptr_or_null<T>(weight);
     const int64_t* tp = target.data<int64_t>();
-    Tensor sums = Tensor::empty({2}, std::is_same_v<A, double> ? DType::f64 : DType::f32, Device::CUDA);
+    Tensor sums = Tensor::empty({2}, dtype_of<A>::value, Device::CUDA);
     A* sp = static_cast<A*>(sums.raw_data());
     ce_denominators<T><<<1, 32 * kWarps, 0, stream()>>>(tp, wp, N, C, ignore_index, sp);
     TS_CUDA_CHECK_LAUNCH();

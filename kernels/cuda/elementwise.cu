@@ -19,11 +19,6 @@ namespace cuda {
 namespace {
 
 // ---------------------------------------------------------------- small helpers
-template <typename T, int N> struct alignas(sizeof(T) * N) Vec { T v[N]; };
-
-// Elements per 16-byte vector for a type.
-template <typename T> constexpr int vec_width() { return 16 / int(sizeof(T)) > 0 ? 16 / int(sizeof(T)) : 1; }
-
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 __device__ __forceinline__ int64_t global_thread() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
@@ -219,7 +214,7 @@ template <BinaryOp OP, typename C>
 __device__ __forceinline__ C binary_fn(C a, C b) { return elementwise::binary<C>(OP, a, b); }
 
 template <typename T, UnaryOp OP, int N>
-__global__ void unary_contig_kernel(const T* x, T* y, int64_t n, compute_t<T> alpha, compute_t<T> beta) {
+__global__ void unary_contig_kernel(const T* x, T* y, int64_t n, acc_t<T> alpha, acc_t<T> beta) {
   int64_t nvec = n / N;
   for (int64_t v = global_thread(); v < nvec; v += grid_threads()) {
     Vec<T, N> a = reinterpret_cast<const Vec<T, N>*>(x)[v], r;
@@ -232,8 +227,8 @@ __global__ void unary_contig_kernel(const T* x, T* y, int64_t n, compute_t<T> al
 }
 
 template <typename T, UnaryOp OP, typename I>
-__global__ void unary_strided_kernel(const T* x, T* y, MultiIndexer<2> ix, int64_t n, compute_t<T> alpha,
-                                     compute_t<T> beta) {
+__global__ void unary_strided_kernel(const T* x, T* y, MultiIndexer<2> ix, int64_t n, acc_t<T> alpha,
+                                     acc_t<T> beta) {
   for (int64_t i = global_thread(); i < n; i += grid_threads()) {
     int64_t off[2];
     ix.offsets(I(i), off);
@@ -267,17 +262,17 @@ __global__ void binary_strided_kernel(const T* a, const T* b, T* y, MultiIndexer
 #define TS_CASE(E, V) case E::V: return f(std::integral_constant<E, E::V>{});
 template <typename F> void visit_unary(UnaryOp op, F&& f) {
   switch (op) {
-    TS_CASE(UnaryOp, Neg) TS_CASE(UnaryOp, Exp) TS_CASE(UnaryOp, Log) TS_CASE(UnaryOp, Sqrt)
-    TS_CASE(UnaryOp, Tanh) TS_CASE(UnaryOp, Erf) TS_CASE(UnaryOp, Abs) TS_CASE(UnaryOp, Gelu)
-    TS_CASE(UnaryOp, Affine) TS_CASE(UnaryOp, PowScalar) TS_CASE(UnaryOp, Clamp)
+#define TS_UNARY_CASE(V) TS_CASE(UnaryOp, V)
+    TESSERA_UNARY_OPS(TS_UNARY_CASE)
+#undef TS_UNARY_CASE
   }
   fail("unary (cuda): unknown op " + std::to_string(int(op)));
 }
 template <typename F> void visit_binary(BinaryOp op, F&& f) {
   switch (op) {
-    TS_CASE(BinaryOp, Add) TS_CASE(BinaryOp, Sub) TS_CASE(BinaryOp, Mul) TS_CASE(BinaryOp, Div)
-    TS_CASE(BinaryOp, Maximum) TS_CASE(BinaryOp, Minimum) TS_CASE(BinaryOp, Pow)
-    TS_CASE(BinaryOp, GeluBackward) TS_CASE(BinaryOp, Eq) TS_CASE(BinaryOp, Gt) TS_CASE(BinaryOp, Ge)
+#define TS_BINARY_CASE(V) TS_CASE(BinaryOp, V)
+    TESSERA_BINARY_OPS(TS_BINARY_CASE)
+#undef TS_BINARY_CASE
   }
   fail("binary (cuda): unknown op " + std::to_string(int(op)));
 }
@@ -357,7 +352,7 @@ void CudaBackend::unary(UnaryOp op, const Tensor& x, Tensor& out, double alpha, 
   if (n == 0) return;
   visit_floating(x.dtype(), "unary", [&](auto tag) {
     using T = decltype(tag);
-    using C = compute_t<T>;
+    using C = acc_t<T>;
     const T* xp = static_cast<const T*>(x.raw_data());
     T* yp = static_cast<T*>(out.raw_data());
     CoalescedLayout c = coalesce(out.shape(), {x.strides(), out.strides()});
@@ -423,14 +418,14 @@ namespace {
 // Rows are C wide and contiguous, so element i's column is i % C.
 template <typename T>
 __global__ void bias_gelu_kernel(const T* x, const T* b, T* y, int64_t n, int64_t C) {
-  using A = compute_t<T>;
+  using A = acc_t<T>;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     y[i] = store<T>(elementwise::gelu(A(load(x[i])) + A(load(b[i % C]))));
 }
 
 template <typename T>
 __global__ void bias_gelu_backward_kernel(const T* dy, const T* x, const T* b, T* dx, int64_t n, int64_t C) {
-  using A = compute_t<T>;
+  using A = acc_t<T>;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     dx[i] = store<T>(A(load(dy[i])) * elementwise::gelu_grad(A(load(x[i])) + A(load(b[i % C]))));
 }
@@ -438,9 +433,9 @@ __global__ void bias_gelu_backward_kernel(const T* dy, const T* x, const T* b, T
 // Drop path + residual: one read of x (and of the residual), one write. The sample's decision is read per
 // element (a [B] array, L1-resident) rather than per block, so a block may straddle two samples.
 template <typename T>
-__global__ void drop_path_kernel(const T* x, const T* keep_mask, compute_t<T> scale, const T* residual, T* out,
+__global__ void drop_path_kernel(const T* x, const T* keep_mask, acc_t<T> scale, const T* residual, T* out,
                                  int64_t n, int64_t per_sample) {
-  using A = compute_t<T>;
+  using A = acc_t<T>;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const A s = load(keep_mask[i / per_sample]) != A(0) ? scale : A(0);
     A y = A(load(x[i])) * s;
@@ -497,7 +492,7 @@ void CudaBackend::drop_path(const Tensor& x, const Tensor& keep_mask, double sca
   cuda::visit_floating(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
     cuda::drop_path_kernel<T><<<cuda::grid_for(n), cuda::kThreads, 0, cuda::stream()>>>(
-        static_cast<const T*>(x.raw_data()), static_cast<const T*>(keep_mask.raw_data()), cuda::compute_t<T>(scale),
+        static_cast<const T*>(x.raw_data()), static_cast<const T*>(keep_mask.raw_data()), acc_t<T>(scale),
         residual.defined() ? static_cast<const T*>(residual.raw_data()) : nullptr, static_cast<T*>(out.raw_data()),
         n, n / x.size(0));
     TS_CUDA_CHECK_LAUNCH();

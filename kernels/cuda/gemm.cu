@@ -59,7 +59,7 @@ int to_int(int64_t v, const char* what) {
 
 using namespace cuda;
 
-void CudaBackend::gemm(GemmArgs& g) {
+void CudaBackend::gemm(const GemmArgs& g) {
   if (g.batch < 0 || g.M < 0 || g.N < 0 || g.K < 0)
     fail("gemm (cuda): negative size batch=" + std::to_string(g.batch) + " M=" + std::to_string(g.M) +
          " N=" + std::to_string(g.N) + " K=" + std::to_string(g.K));

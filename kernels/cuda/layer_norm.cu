@@ -33,8 +33,6 @@ namespace cuda {
 namespace {
 
 using ln::kWarpsPerBlock;
-template <typename T> using acc_t = compute_t<T>;
-template <typename T, int N> struct alignas(sizeof(T) * N) Vec { T v[N]; };
 
 // Widest vector a dtype uses: 16 bytes for f32 and bf16 (the training dtypes); f16 and f64 stay scalar
 // to keep the number of template instantiations (and compile time) down.
@@ -42,17 +40,6 @@ template <typename T> constexpr int max_vec() {
   return std::is_same_v<T, float> ? 4 : std::is_same_v<T, bf16_t> ? 8 : 1;
 }
 
-template <typename T, int V, typename A> __device__ __forceinline__ void load_vec(const T* p, int64_t i, A (&out)[V]) {
-  const Vec<T, V> v = *reinterpret_cast<const Vec<T, V>*>(p + i);
-#pragma unroll
-  for (int j = 0; j < V; ++j) out[j] = load(v.v[j]);
-}
-template <typename T, int V, typename A> __device__ __forceinline__ void store_vec(T* p, int64_t i, const A (&in)[V]) {
-  Vec<T, V> v;
-#pragma unroll
-  for (int j = 0; j < V; ++j) v.v[j] = store<T>(in[j]);
-  *reinterpret_cast<Vec<T, V>*>(p + i) = v;
-}
 // Optional affine parameters: an undefined weight reads as 1, an undefined bias as 0.
 template <typename T, int V, typename A>
 __device__ __forceinline__ void load_or(const T* p, int64_t i, A fallback, A (&out)[V]) {
@@ -60,23 +47,6 @@ __device__ __forceinline__ void load_or(const T* p, int64_t i, A fallback, A (&o
   else
 #pragma unroll
     for (int j = 0; j < V; ++j) out[j] = fallback;
-}
-
-template <typename A> __device__ __forceinline__ A warp_sum(A v) {
-#pragma unroll
-  for (int m = 16; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
-}
-// Sum over a 256-thread block, in a fixed order (warp shuffles, then warp 0..7 in sequence).
-template <typename A> __device__ __forceinline__ A block_sum(A v) {
-  __shared__ A part[ln::kBlockThreads / 32];
-  v = warp_sum(v);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
-  __syncthreads();
-  A all = 0;
-  for (int w = 0; w < ln::kBlockThreads / 32; ++w) all += part[w];
-  __syncthreads();
-  return all;
 }
 
 // ---------------------------------------------------------------- forward
@@ -131,10 +101,10 @@ __global__ void __launch_bounds__(256) ln_forward_block(const T* x, const T* w, 
   const T* xr = x + r * C;
   A s = 0;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += load(xr[c]);
-  const A mu = block_sum(s) / A(C);
+  const A mu = block_sum<ln::kBlockThreads>(s) / A(C);
   A q = 0;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) { A d = load(xr[c]) - mu; q += d * d; }
-  const A rs = A(1) / sqrt(block_sum(q) / A(C) + eps);
+  const A rs = A(1) / sqrt(block_sum<ln::kBlockThreads>(q) / A(C) + eps);
   if (threadIdx.x == 0) { mean[r] = mu; rstd[r] = rs; }
   T* yr = y + r * C;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
@@ -237,8 +207,8 @@ __global__ void __launch_bounds__(256) ln_backward_block(const T* dy, const T* x
       if (pb) pb[c] = first ? gv : pb[c] + gv;
     }
     if (!dx) continue;
-    sg = block_sum(sg) / A(C);
-    sgx = block_sum(sgx) / A(C);
+    sg = block_sum<ln::kBlockThreads>(sg) / A(C);
+    sgx = block_sum<ln::kBlockThreads>(sgx) / A(C);
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
       const A xh = (load(xr[c]) - mu) * rs, g = w ? load(gr[c]) * load(w[c]) : load(gr[c]);
       dx[r * C + c] = store<T>(rs * (g - sg - xh * sgx));
@@ -294,7 +264,7 @@ void check_common(const char* op, const Tensor& x, const Tensor& weight, const T
   check_contiguous(x, op, "x");
   C = x.dim() == 0 ? 1 : x.size(-1);
   rows = C == 0 ? 0 : x.numel() / C;
-  const DType sdt = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const DType sdt = stat_dtype(x.dtype());
   for (auto [t, name] : {std::pair{&mean, "mean"}, std::pair{&rstd, "rstd"}}) {
     check_on_cuda(*t, op, name);
     if (t->dtype() != sdt || t->numel() != rows || !t->is_contiguous())
@@ -367,7 +337,7 @@ void CudaBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const T
   visit_floating(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
     using A = acc_t<T>;
-    const DType adt = std::is_same_v<A, double> ? DType::f64 : DType::f32;
+    const DType adt = dtype_of<A>::value;
     const T *gp = static_cast<const T*>(dy.raw_data()), *xp = static_cast<const T*>(x.raw_data()),
             *wp = ptr_or_null<T>(weight);
     const A *mp = static_cast<const A*>(mean.raw_data()), *rp = static_cast<const A*>(rstd.raw_data());

@@ -130,7 +130,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) scale_kernel(PlainList<T> list, const double* factor) {
   const double f64 = *factor;
   if (f64 == 1.0) return;
-  const compute_t<T> f = compute_t<T>(f64);
+  const acc_t<T> f = acc_t<T>(f64);
   const int slot = list.block_slot[blockIdx.x];
   const int64_t begin = int64_t(list.block_chunk[blockIdx.x]) * kChunk;
   const int64_t end = min(list.numel[slot], begin + kChunk);

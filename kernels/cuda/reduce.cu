@@ -28,19 +28,6 @@ namespace tessera {
 namespace cuda {
 namespace {
 
-// Accumulation type: float for f32/bf16/f16, double for f64 (the compute type).
-template <typename T> using acc_t = compute_t<T>;
-
-template <typename T, int N> struct alignas(sizeof(T) * N) Vec { T v[N]; };
-template <typename T> constexpr int vec_width() { return 16 / int(sizeof(T)); }
-
-template <typename A> __device__ __forceinline__ A neg_inf() {
-  if constexpr (std::is_same_v<A, float>) return -INFINITY;
-  else return -double(INFINITY);
-}
-template <typename A> __device__ __forceinline__ A m_exp(A x) { if constexpr (std::is_same_v<A, float>) return expf(x); else return exp(x); }
-template <typename A> __device__ __forceinline__ A m_log(A x) { if constexpr (std::is_same_v<A, float>) return logf(x); else return log(x); }
-
 // ---------------------------------------------------------------- Sum / Max accumulators
 // Max keeps (value, index). b replaces a when b is larger, or equal with a smaller index (so the FIRST
 // maximum wins whatever order partial results meet in), or NaN (NaN propagates, the first NaN wins).
@@ -196,8 +183,7 @@ void launch_reduce(const Tensor& x, Tensor& out, Tensor* indices, int64_t outer,
   // [outer, nseg] partial results.
   const int64_t seg = (R + nseg - 1) / nseg;
   nseg = (R + seg - 1) / seg;
-  DType acc_dtype = std::is_same_v<A, double> ? DType::f64 : DType::f32;
-  Tensor part = Tensor::empty({outer, nseg}, acc_dtype, Device::CUDA);
+  Tensor part = Tensor::empty({outer, nseg}, dtype_of<A>::value, Device::CUDA);
   Tensor part_idx = OP == ReduceOp::Max ? Tensor::empty({outer, nseg}, DType::i64, Device::CUDA) : Tensor();
   A* pp = static_cast<A*>(part.raw_data());
   int64_t* pi = part_idx.defined() ? part_idx.data<int64_t>() : nullptr;
@@ -212,17 +198,6 @@ void launch_reduce(const Tensor& x, Tensor& out, Tensor* indices, int64_t outer,
 // ---------------------------------------------------------------- softmax
 // Forward:  y = exp(x − max) / Σ exp(x − max);   log: y = x − max − log Σ exp(x − max).
 // Backward: dx = y·(dy − Σ dy·y);                 log: dx = dy − exp(y)·Σ dy.
-template <typename A> __device__ __forceinline__ A warp_max(A v) {
-#pragma unroll
-  for (int m = 16; m > 0; m /= 2) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, m));
-  return v;
-}
-template <typename A> __device__ __forceinline__ A warp_sum(A v) {
-#pragma unroll
-  for (int m = 16; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
-  return v;
-}
-
 constexpr int kWarpsPerBlock = kThreads / 32;
 
 // One warp per row, the row in registers: VPT values per lane, element j = lane + 32·k (coalesced).
@@ -246,13 +221,13 @@ __global__ void softmax_warp_kernel(const T* x, T* y, int64_t rows, int C) {
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
       int j = lane + 32 * k;
-      A e = j < C ? m_exp(v[k] - mx) : A(0);
+      A e = j < C ? acc_exp(v[k] - mx) : A(0);
       sum += e;
       if (!LOG) v[k] = e;
     }
     sum = warp_sum(sum);
     T* yr = y + r * C;
-    const A lse = m_log(sum), inv = A(1) / sum;
+    const A lse = acc_log(sum), inv = A(1) / sum;
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
       int j = lane + 32 * k;
@@ -281,46 +256,9 @@ __global__ void softmax_backward_warp_kernel(const T* y, const T* dy, T* dx, int
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
       int j = lane + 32 * k;
-      if (j < C) dxr[j] = store<T>(LOG ? gv[k] - m_exp(yv[k]) * dot : yv[k] * (gv[k] - dot));
+      if (j < C) dxr[j] = store<T>(LOG ? gv[k] - acc_exp(yv[k]) * dot : yv[k] * (gv[k] - dot));
     }
   }
-}
-
-// Running (max, sum of exp(x − max)) pairs, merged with rescaling. A pair with max = −inf holds no mass.
-template <typename A> struct MaxSum {
-  A m, s;
-};
-template <typename A> __device__ __forceinline__ MaxSum<A> merge(MaxSum<A> a, MaxSum<A> b) {
-  A m = fmax(a.m, b.m);
-  if (m == neg_inf<A>()) return {m, A(0)};
-  A s = (a.m == neg_inf<A>() ? A(0) : a.s * m_exp(a.m - m)) + (b.m == neg_inf<A>() ? A(0) : b.s * m_exp(b.m - m));
-  return {m, s};
-}
-
-template <typename A> __device__ __forceinline__ MaxSum<A> block_merge(MaxSum<A> p) {
-  __shared__ MaxSum<A> part[kWarpsPerBlock];
-#pragma unroll
-  for (int m = 16; m > 0; m /= 2)
-    p = merge(p, MaxSum<A>{__shfl_xor_sync(0xffffffffu, p.m, m), __shfl_xor_sync(0xffffffffu, p.s, m)});
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) part[warp] = p;
-  __syncthreads();
-  MaxSum<A> all{neg_inf<A>(), A(0)};
-  for (int w = 0; w < kWarpsPerBlock; ++w) all = merge(all, part[w]);
-  __syncthreads();
-  return all;
-}
-
-template <typename A> __device__ __forceinline__ A block_sum(A v) {
-  __shared__ A part[kWarpsPerBlock];
-  v = warp_sum(v);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  A all = 0;
-  for (int w = 0; w < kWarpsPerBlock; ++w) all += part[w];
-  __syncthreads();
-  return all;
 }
 
 template <typename T, bool LOG>
@@ -329,13 +267,13 @@ __global__ void softmax_block_kernel(const T* x, T* y, int64_t rows, int64_t C) 
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * C;
     MaxSum<A> p{neg_inf<A>(), A(0)};
-    for (int64_t j = threadIdx.x; j < C; j += kThreads) p = merge(p, MaxSum<A>{load(xr[j]), A(1)});
-    p = block_merge(p);
+    for (int64_t j = threadIdx.x; j < C; j += kThreads) online_add(p, load(xr[j]));
+    p = block_online_merge<kThreads>(p);
     T* yr = y + r * C;
-    const A lse = m_log(p.s), inv = A(1) / p.s;
+    const A lse = acc_log(p.s), inv = A(1) / p.s;
     for (int64_t j = threadIdx.x; j < C; j += kThreads) {
       A v = load(xr[j]);
-      yr[j] = store<T>(LOG ? v - p.m - lse : m_exp(v - p.m) * inv);
+      yr[j] = store<T>(LOG ? v - p.m - lse : acc_exp(v - p.m) * inv);
     }
   }
 }
@@ -347,11 +285,11 @@ __global__ void softmax_backward_block_kernel(const T* y, const T* dy, T* dx, in
     const T *yr = y + r * C, *dyr = dy + r * C;
     A dot = 0;
     for (int64_t j = threadIdx.x; j < C; j += kThreads) dot += LOG ? load(dyr[j]) : load(dyr[j]) * load(yr[j]);
-    dot = block_sum(dot);
+    dot = block_sum<kThreads>(dot);
     T* dxr = dx + r * C;
     for (int64_t j = threadIdx.x; j < C; j += kThreads) {
       A yv = load(yr[j]), g = load(dyr[j]);
-      dxr[j] = store<T>(LOG ? g - m_exp(yv) * dot : yv * (g - dot));
+      dxr[j] = store<T>(LOG ? g - acc_exp(yv) * dot : yv * (g - dot));
     }
   }
 }

@@ -1,0 +1,95 @@
+// The fused ops' composite fallbacks (engine/core/backend.h, TESSERA_FUSED_OPS): each composes the
+// backend's own primitives, so it is correct on every device; a backend overrides the ones it fuses.
+#include "engine/core/backend.h"
+
+namespace tessera {
+
+namespace {
+// x + bias broadcast over the rows, materialised: [rows, C].
+Tensor add_bias(Backend& be, const Tensor& x, const Tensor& bias) {
+  const int64_t rows = x.size(0), C = x.size(1);
+  Tensor pre = Tensor::empty(x.shape(), x.dtype(), x.device());
+  be.binary(BinaryOp::Add, x, bias.reshape({1, C}).expand({rows, C}), pre);
+  return pre;
+}
+}  // namespace
+
+void Backend::bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) {
+  unary(UnaryOp::Gelu, add_bias(*this, x, bias), y);
+}
+
+void Backend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Tensor& bias, Tensor& dx, Tensor& dbias) {
+  const int64_t rows = x.size(0), C = x.size(1);
+  Tensor g = dx.defined() ? dx : Tensor::empty(x.shape(), x.dtype(), x.device());
+  binary(BinaryOp::GeluBackward, add_bias(*this, x, bias), dy, g);
+  if (!dbias.defined()) return;
+  Tensor by_column = Tensor::empty({C, rows}, x.dtype(), x.device());  // reduce() sums contiguous rows
+  copy(g.transpose(0, 1), by_column);
+  reduce(ReduceOp::Sum, by_column, dbias, nullptr);
+}
+
+void Backend::drop_path(const Tensor& x, const Tensor& keep_mask, double scale, const Tensor& residual,
+                        Tensor& out) {
+  Shape per_sample(size_t(x.dim()), 1);
+  per_sample[0] = x.size(0);
+  Tensor s = Tensor::empty(keep_mask.shape(), x.dtype(), x.device());
+  unary(UnaryOp::Affine, keep_mask, s, scale, 0.0);  // 0/1 → 0/scale, rounded once to x's dtype
+  Tensor broadcast = s.reshape(per_sample).expand(x.shape());
+  if (!residual.defined()) return binary(BinaryOp::Mul, x, broadcast, out);
+  Tensor scaled = Tensor::empty(x.shape(), x.dtype(), x.device());
+  binary(BinaryOp::Mul, x, broadcast, scaled);
+  binary(BinaryOp::Add, scaled, residual, out);
+}
+
+void Backend::conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
+                             const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens,
+                             Tensor& pre_norm, Tensor& mean, Tensor& rstd) {
+  const int64_t N = x.size(0), C = weight.size(0), P = pre_norm.size(1);
+  const int64_t Ho = (x.size(2) + 2 * a.pad_h - weight.size(2)) / a.stride_h + 1;
+  Tensor image = Tensor::empty({N, C, Ho, P / Ho}, x.dtype(), x.device());    // [N, C, Ho, Wo]
+  conv2d(x, weight, bias, a, image);
+  copy(image.reshape({N, C, P}).transpose(1, 2), pre_norm);                  // [N, P, C]
+  Tensor rows = tokens.reshape({N * P, C});
+  layer_norm(pre_norm.reshape({N * P, C}), ln_weight, ln_bias, eps, rows, mean, rstd);
+}
+
+void Backend::conv_embedding_backward(const Tensor& dtokens, const Tensor& x, const Tensor& weight,
+                                      const Conv2dArgs& a, const Tensor& pre_norm, const Tensor& ln_weight,
+                                      const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
+                                      Tensor& dbias, Tensor& dln_weight, Tensor& dln_bias) {
+  const int64_t N = x.size(0), C = weight.size(0), P = pre_norm.size(1);
+  const int64_t Ho = (x.size(2) + 2 * a.pad_h - weight.size(2)) / a.stride_h + 1;
+  Tensor dpre = Tensor::empty({N * P, C}, x.dtype(), x.device());
+  layer_norm_backward(dtokens.reshape({N * P, C}), pre_norm.reshape({N * P, C}), ln_weight, mean, rstd, dpre,
+                      dln_weight, dln_bias);
+  Tensor dimage = Tensor::empty({N, C, Ho, P / Ho}, x.dtype(), x.device());
+  Tensor dimage_tokens = dimage.reshape({N, C, P}).transpose(1, 2);         // a [N, P, C] view
+  copy(dpre.reshape({N, P, C}), dimage_tokens);
+  conv2d_backward(dimage, x, weight, a, dx, dweight, dbias);
+}
+
+void Backend::sum_of_squares(const std::vector<Tensor>& xs, Tensor& out) {
+  fill(out, 0.0);
+  Tensor part = Tensor::empty({}, DType::f64, device());
+  for (const Tensor& x : xs) {
+    if (x.numel() == 0) continue;
+    Tensor x64 = Tensor::empty({1, x.numel()}, DType::f64, device());
+    copy(x.reshape({1, x.numel()}), x64);
+    binary(BinaryOp::Mul, x64, x64, x64);
+    reduce(ReduceOp::Sum, x64, part, nullptr);
+    binary(BinaryOp::Add, out, part, out);
+  }
+}
+
+void Backend::scale(const std::vector<Tensor>& xs, const Tensor& factor) {
+  for (const Tensor& x : xs) {
+    Tensor f = Tensor::empty({}, x.dtype(), device());
+    copy(factor.reshape({}), f);
+    Tensor scaled = Tensor::empty(x.shape(), x.dtype(), device());
+    binary(BinaryOp::Mul, x, f.expand(x.shape()), scaled);
+    Tensor target = x;  // a handle to the same storage: the scaled values go back into x
+    copy(scaled, target);
+  }
+}
+
+}  // namespace tessera
