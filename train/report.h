@@ -36,7 +36,7 @@
 namespace tessera::train {
 
 // Writes run_dir/report.html and, once eval_Testing.json exists, run_dir/confusion_matrix.png (both replaced
-// atomically). Throws naming the file when run.json is missing or any file is malformed; a missing
+// atomically; a build without cairo writes no PNG and says so in the page and in one line on stderr). Throws naming the file when run.json is missing or any file is malformed; a missing
 // metrics.jsonl or eval file only leaves its sections saying so (a half-written last line of metrics.jsonl,
 // from a run being written or killed, is left out).
 void write_report(const std::string& run_dir);

@@ -1,0 +1,139 @@
+// Reading a run folder's files for the report (see report_files.h).
+#include "train/report_files.h"
+
+#include <filesystem>
+#include <stdexcept>
+#include <string_view>
+
+#include "engine/core/fileio.h"
+
+namespace tessera::train {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+// nlohmann's messages start with "[json.exception.parse_error.101] "; the rest is the useful part.
+std::string json_message(const std::exception& e) {
+  std::string s = e.what();
+  size_t p = s.find("] ");
+  return s.rfind("[json.exception.", 0) == 0 && p != std::string::npos ? s.substr(p + 2) : s;
+}
+
+ClassMetrics class_metrics(const json& j) {
+  return {j.at("precision").get<double>(), j.at("recall").get<double>(), j.at("f1").get<double>(),
+          j.at("support").get<int64_t>()};
+}
+
+}  // namespace
+
+json read_json(const std::string& path) {
+  try {
+    return json::parse(read_file(path));
+  } catch (const json::exception& e) {
+    throw std::runtime_error(path + ": invalid JSON: " + json_message(e));
+  }
+}
+
+const json& field(const json& j, const char* key) {
+  static const json none;
+  if (!j.is_object()) return none;
+  auto it = j.find(key);
+  return it == j.end() ? none : *it;
+}
+
+std::string text_of(const json& j) {
+  if (j.is_null()) return "—";
+  return j.is_string() ? j.get<std::string>() : j.dump();
+}
+
+double field_number(const json& j, const char* key) {
+  const json& v = field(j, key);
+  return v.is_number() ? v.get<double>() : NAN;
+}
+
+Metrics read_metrics(const std::string& path) {
+  Metrics m;
+  if (!fs::exists(path)) return m;
+  m.present = true;
+  const std::string text = read_file(path);
+  size_t pos = 0;
+  for (int line_no = 1; pos < text.size(); ++line_no) {
+    size_t end = text.find('\n', pos);
+    const bool complete = end != std::string::npos;
+    if (!complete) end = text.size();
+    std::string_view line(text.data() + pos, end - pos);
+    pos = end + 1;
+    if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+    auto fail = [&](const std::string& why) {
+      return std::runtime_error(path + " line " + std::to_string(line_no) + ": " + why);
+    };
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const json::exception& e) {
+      if (!complete) break;  // a run being written (or killed mid-write) may end in half a line
+      throw fail("invalid JSON: " + json_message(e));
+    }
+    if (!j.is_object()) throw fail("not a JSON object");
+    const std::string event = field(j, "event").is_string() ? j["event"].get<std::string>() : "";
+    auto integer = [&](const char* key) {
+      if (!field(j, key).is_number_integer()) throw fail(std::string("\"") + key + "\" missing or not an integer");
+      return j[key].get<int64_t>();
+    };
+    if (event == "step") {
+      const int64_t g = integer("global_step");
+      m.steps.erase(m.steps.lower_bound(g), m.steps.end());
+      std::erase_if(m.epochs, [&](const auto& e) { return field_number(e.second, "global_step") > double(g); });
+      m.steps[g] = std::move(j);
+    } else if (event == "epoch") {
+      const int64_t e = integer("epoch");
+      m.epochs.erase(m.epochs.lower_bound(e), m.epochs.end());
+      m.epochs[e] = std::move(j);
+    }  // other events are not charted
+  }
+  return m;
+}
+
+Eval read_eval(const std::string& path) {
+  const json j = read_json(path);
+  Eval e;
+  try {
+    e.checkpoint = text_of(field(j, "checkpoint"));
+    e.classes = j.at("classes").get<std::vector<std::string>>();
+    e.accuracy = j.at("accuracy").get<double>();
+    e.total = j.at("total").get<int64_t>();
+    for (const json& c : j.at("per_class")) e.per_class.push_back(class_metrics(c));
+    e.macro = class_metrics(j.at("macro_avg"));
+    e.weighted = class_metrics(j.at("weighted_avg"));
+    e.confusion = j.at("confusion_matrix").get<std::vector<std::vector<int64_t>>>();
+    e.novel = field(j, "novel");
+    e.loss = field_number(j, "loss");
+    if (field(j, "skipped").is_number_integer()) e.skipped = j["skipped"].get<int64_t>();
+    const int n = int(e.classes.size());
+    for (const json& p : field(j, "predictions")) {
+      Prediction q{p.at("path").get<std::string>(), p.at("label").get<int>(), p.at("pred").get<int>()};
+      if (q.label < 0 || q.label >= n || q.pred < 0 || q.pred >= n)
+        throw std::runtime_error("prediction for " + q.path + " has a label outside the " + std::to_string(n) + " classes");
+      const json& probs = field(p, "probs");
+      if (probs.is_array() && size_t(q.pred) < probs.size() && probs[size_t(q.pred)].is_number())
+        q.prob = probs[size_t(q.pred)].get<double>();
+      q.novel = field(p, "novel").is_boolean() && p["novel"].get<bool>();
+      e.predictions.push_back(std::move(q));
+    }
+  } catch (const json::exception& ex) {
+    throw std::runtime_error(path + ": " + json_message(ex));
+  } catch (const std::runtime_error& ex) {
+    throw std::runtime_error(path + ": " + ex.what());
+  }
+  const size_t n = e.classes.size();
+  bool square = e.confusion.size() == n;
+  for (const auto& row : e.confusion) square = square && row.size() == n;
+  if (n == 0 || !square || e.per_class.size() != n)
+    throw std::runtime_error(path + ": confusion_matrix and per_class must have one row per class (" +
+                             std::to_string(n) + " classes)");
+  return e;
+}
+
+}  // namespace tessera::train
