@@ -15,11 +15,11 @@
 #include <cctype>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <stdexcept>
 
 #include "data/image.h"
+#include "engine/core/fileio.h"
 #include "engine/core/parallel.h"
 
 namespace tessera {
@@ -44,14 +44,6 @@ bool is_image_name(const fs::path& p) {
   std::string ext = p.extension().string();
   for (char& c : ext) c = char(std::tolower(static_cast<unsigned char>(c)));
   return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp";
-}
-
-std::vector<uint8_t> read_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot open the file");
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw std::runtime_error("read error");
-  return bytes;
 }
 
 struct Found {
@@ -162,20 +154,21 @@ AuditReport scan(const std::string& root, bool decode, std::vector<Thumb>* thumb
       im.split = found[size_t(i)].split;
       im.label = found[size_t(i)].label;
       try {
-        std::vector<uint8_t> bytes = read_bytes(rootp / im.path);
-        if (bytes.empty()) throw std::runtime_error("empty file");
-        im.bytes = bytes.size();
-        im.hash = fnv1a64(bytes.data(), bytes.size());
+        const std::string file = read_file((rootp / im.path).string());
+        const auto* bytes = reinterpret_cast<const uint8_t*>(file.data());
+        if (file.empty()) throw std::runtime_error("empty file");
+        im.bytes = file.size();
+        im.hash = fnv1a64(bytes, file.size());
         if (decode) {
-          Image img = decode_image_memory(bytes.data(), bytes.size(), im.path);
+          Image img = decode_image_memory(bytes, file.size(), im.path);
           im.width = img.width;
           im.height = img.height;
           all_thumbs[size_t(i)] = make_thumb(img);
         }
       } catch (const std::exception& e) {
         std::string what = e.what();
-        // ImageError messages already start with the name; keep one "path: reason".
-        error[size_t(i)] = what.rfind(im.path, 0) == 0 ? what : im.path + ": " + what;
+        // ImageError and FileError messages already name the file; keep one "path: reason".
+        error[size_t(i)] = what.find(im.path) != std::string::npos ? what : im.path + ": " + what;
       }
     }
   });
@@ -206,13 +199,13 @@ AuditReport scan(const std::string& root, bool decode, std::vector<Thumb>* thumb
   for (int i = 0; i < int(r.images.size()); ++i) by_hash[r.images[size_t(i)].hash].push_back(i);
   r.distinct = 0;
   for (auto& [hash, bucket] : by_hash) {
-    std::vector<std::pair<std::vector<uint8_t>, std::vector<int>>> contents;  // distinct bytes, members
+    std::vector<std::pair<std::string, std::vector<int>>> contents;  // distinct bytes, members
     if (bucket.size() == 1) {
       ++r.distinct;
       continue;
     }
     for (int i : bucket) {
-      std::vector<uint8_t> bytes = read_bytes(rootp / r.images[size_t(i)].path);
+      std::string bytes = read_file((rootp / r.images[size_t(i)].path).string());
       auto it = std::find_if(contents.begin(), contents.end(), [&](const auto& c) { return c.first == bytes; });
       if (it == contents.end())
         contents.push_back({std::move(bytes), {i}});

@@ -7,12 +7,12 @@
 #include "data/image.h"
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
+
+#include "engine/core/fileio.h"
 
 // The one definition of stb_image in the engine. HDR/PIC are left out: stbi_load would tone-map HDR to
 // 8 bits with a gamma curve no image processor uses, and PIC (Softimage) is not a format anyone feeds a
@@ -83,11 +83,13 @@ Image decode_image(const std::string& path) {
   auto status = fs::status(path, ec);
   if (ec || !fs::exists(status)) throw ImageError(path + ": cannot read image: no such file");
   if (fs::is_directory(status)) throw ImageError(path + ": cannot read image: is a directory");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ImageError(path + ": cannot read image: " + std::strerror(errno));
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw ImageError(path + ": cannot read image: read error");
-  return decode_image_memory(bytes.data(), bytes.size(), path);
+  std::string bytes;
+  try {
+    bytes = read_file(path);
+  } catch (const FileError& e) {
+    throw ImageError(e.what());  // the loader counts an ImageError as one unreadable image
+  }
+  return decode_image_memory(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), path);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 #include "models/config.h"
 
-#include <fstream>
 #include <sstream>
+
+#include "engine/core/fileio.h"
 
 namespace tessera::models {
 
@@ -37,7 +38,7 @@ ModelConfig preset_config(const std::string& name) {
       c.depth = {1, 4, 16};
     } else if (name == "cvt-tiny") {
       // tessera's own small CvT (not a published model) for quick CPU runs: CvT-13's design at half the
-      // width and fewer blocks, 2.2 M parameters with 4 classes (stage s still needs depth > s, see MODELS.md).
+      // width and fewer blocks, 2.2 M parameters with 4 classes (stage s still needs depth > s: see validate()).
       c.embed_dim = {32, 96, 192};
       c.num_heads = {1, 3, 3};  // head sizes 32, 32, 64: ones the CUDA attention kernel has
       c.depth = {1, 2, 4};
@@ -74,6 +75,36 @@ std::vector<std::string> preset_names() {
 
 // ---------------------------------------------------------------- parsing
 namespace {
+
+// Each config's fields, once: parse_config reads them, config_to_json writes them and validate checks that
+// every per-stage list (the CvT vectors) has three entries, all from these lists. id2label is apart: it is
+// read from two keys (id2label, num_labels) and written as two (id2label, label2id).
+template <typename C, typename F>  // C: CvtConfig or const CvtConfig
+void cvt_fields(C& c, F&& f) {
+  f("patch_sizes", c.patch_sizes), f("patch_stride", c.patch_stride), f("patch_padding", c.patch_padding);
+  f("embed_dim", c.embed_dim), f("num_heads", c.num_heads), f("depth", c.depth), f("mlp_ratio", c.mlp_ratio);
+  f("attention_drop_rate", c.attention_drop_rate), f("drop_rate", c.drop_rate);
+  f("drop_path_rate", c.drop_path_rate), f("qkv_bias", c.qkv_bias), f("cls_token", c.cls_token);
+  f("qkv_projection_method", c.qkv_projection_method), f("kernel_qkv", c.kernel_qkv);
+  f("padding_kv", c.padding_kv), f("stride_kv", c.stride_kv), f("padding_q", c.padding_q);
+  f("stride_q", c.stride_q), f("num_channels", c.num_channels), f("initializer_range", c.initializer_range);
+  f("layer_norm_eps", c.layer_norm_eps);
+}
+
+template <typename C, typename F>  // C: VitConfig or const VitConfig
+void vit_fields(C& c, F&& f) {
+  f("hidden_size", c.hidden_size), f("num_hidden_layers", c.num_hidden_layers);
+  f("num_attention_heads", c.num_attention_heads), f("intermediate_size", c.intermediate_size);
+  f("hidden_act", c.hidden_act), f("hidden_dropout_prob", c.hidden_dropout_prob);
+  f("attention_probs_dropout_prob", c.attention_probs_dropout_prob), f("initializer_range", c.initializer_range);
+  f("layer_norm_eps", c.layer_norm_eps), f("image_size", c.image_size), f("patch_size", c.patch_size);
+  f("num_channels", c.num_channels), f("qkv_bias", c.qkv_bias);
+}
+
+template <typename T>
+struct is_list : std::false_type {};
+template <typename T>
+struct is_list<std::vector<T>> : std::true_type {};
 
 // Reads optional fields of one JSON object, collecting every problem so one error can name them all.
 struct Reader {
@@ -149,6 +180,13 @@ struct Reader {
     out = r;
   }
 
+  // A field of either kind, by its type.
+  template <typename T>
+  void read(const char* name, T& out) {
+    if constexpr (is_list<T>::value) list(name, out);
+    else field(name, out);
+  }
+
   // id2label {"0": "name", ...} with keys 0..n-1; else num_labels; else transformers' default of 2.
   std::vector<std::string> labels() {
     int64_t n = -1;
@@ -194,46 +232,15 @@ ModelConfig parse_config(const json& j, const std::string& source) {
   const std::string type = j["model_type"].get<std::string>();
   Reader r{j, source, {}};
   ModelConfig result;
+  auto read = [&](const char* name, auto& v) { r.read(name, v); };
   if (type == "cvt") {
     CvtConfig c;
-    r.list("patch_sizes", c.patch_sizes);
-    r.list("patch_stride", c.patch_stride);
-    r.list("patch_padding", c.patch_padding);
-    r.list("embed_dim", c.embed_dim);
-    r.list("num_heads", c.num_heads);
-    r.list("depth", c.depth);
-    r.list("mlp_ratio", c.mlp_ratio);
-    r.list("attention_drop_rate", c.attention_drop_rate);
-    r.list("drop_rate", c.drop_rate);
-    r.list("drop_path_rate", c.drop_path_rate);
-    r.list("qkv_bias", c.qkv_bias);
-    r.list("cls_token", c.cls_token);
-    r.list("qkv_projection_method", c.qkv_projection_method);
-    r.list("kernel_qkv", c.kernel_qkv);
-    r.list("padding_kv", c.padding_kv);
-    r.list("stride_kv", c.stride_kv);
-    r.list("padding_q", c.padding_q);
-    r.list("stride_q", c.stride_q);
-    r.field("num_channels", c.num_channels);
-    r.field("initializer_range", c.initializer_range);
-    r.field("layer_norm_eps", c.layer_norm_eps);
+    cvt_fields(c, read);
     c.id2label = r.labels();
     result = c;
   } else if (type == "vit") {
     VitConfig c;
-    r.field("hidden_size", c.hidden_size);
-    r.field("num_hidden_layers", c.num_hidden_layers);
-    r.field("num_attention_heads", c.num_attention_heads);
-    r.field("intermediate_size", c.intermediate_size);
-    r.field("hidden_act", c.hidden_act);
-    r.field("hidden_dropout_prob", c.hidden_dropout_prob);
-    r.field("attention_probs_dropout_prob", c.attention_probs_dropout_prob);
-    r.field("initializer_range", c.initializer_range);
-    r.field("layer_norm_eps", c.layer_norm_eps);
-    r.field("image_size", c.image_size);
-    r.field("patch_size", c.patch_size);
-    r.field("num_channels", c.num_channels);
-    r.field("qkv_bias", c.qkv_bias);
+    vit_fields(c, read);
     c.id2label = r.labels();
     result = c;
   } else {
@@ -258,24 +265,9 @@ void validate(const ModelConfig& mc, const std::string& source) {
       if (n != 3) p.push_back(std::string("field '") + name + "' must have 3 entries (one per stage), has " +
                               std::to_string(n));
     };
-    stages("patch_sizes", c->patch_sizes.size());
-    stages("patch_stride", c->patch_stride.size());
-    stages("patch_padding", c->patch_padding.size());
-    stages("embed_dim", c->embed_dim.size());
-    stages("num_heads", c->num_heads.size());
-    stages("depth", c->depth.size());
-    stages("mlp_ratio", c->mlp_ratio.size());
-    stages("attention_drop_rate", c->attention_drop_rate.size());
-    stages("drop_rate", c->drop_rate.size());
-    stages("drop_path_rate", c->drop_path_rate.size());
-    stages("qkv_bias", c->qkv_bias.size());
-    stages("cls_token", c->cls_token.size());
-    stages("qkv_projection_method", c->qkv_projection_method.size());
-    stages("kernel_qkv", c->kernel_qkv.size());
-    stages("padding_kv", c->padding_kv.size());
-    stages("stride_kv", c->stride_kv.size());
-    stages("padding_q", c->padding_q.size());
-    stages("stride_q", c->stride_q.size());
+    cvt_fields(*c, [&](const char* name, const auto& v) {
+      if constexpr (is_list<std::decay_t<decltype(v)>>::value) stages(name, v.size());
+    });
     positive("num_channels", c->num_channels);
     if (p.empty()) {
       for (size_t s = 0; s < 3; ++s) {
@@ -333,15 +325,11 @@ void validate(const ModelConfig& mc, const std::string& source) {
 }
 
 ModelConfig load_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw ConfigError(path + ": cannot open config");
-  json j;
   try {
-    j = json::parse(in);
-  } catch (const std::exception& e) {
-    throw ConfigError(path + ": not valid JSON: " + e.what());
+    return parse_config(read_json(path), path);
+  } catch (const FileError& e) {
+    throw ConfigError(e.what());  // callers tell a bad config from other failures by its type
   }
-  return parse_config(j, path);
 }
 
 json config_to_json(const ModelConfig& mc) {
@@ -355,26 +343,14 @@ json config_to_json(const ModelConfig& mc) {
         }
       },
       mc);
+  auto write = [&](const char* name, const auto& v) { j[name] = v; };
   if (const auto* c = std::get_if<CvtConfig>(&mc)) {
-    j = {{"model_type", "cvt"}, {"architectures", {"CvtForImageClassification"}},
-         {"patch_sizes", c->patch_sizes}, {"patch_stride", c->patch_stride}, {"patch_padding", c->patch_padding},
-         {"embed_dim", c->embed_dim}, {"num_heads", c->num_heads}, {"depth", c->depth}, {"mlp_ratio", c->mlp_ratio},
-         {"attention_drop_rate", c->attention_drop_rate}, {"drop_rate", c->drop_rate},
-         {"drop_path_rate", c->drop_path_rate}, {"qkv_bias", c->qkv_bias}, {"cls_token", c->cls_token},
-         {"qkv_projection_method", c->qkv_projection_method}, {"kernel_qkv", c->kernel_qkv},
-         {"padding_kv", c->padding_kv}, {"stride_kv", c->stride_kv}, {"padding_q", c->padding_q},
-         {"stride_q", c->stride_q}, {"num_channels", c->num_channels},
-         {"initializer_range", c->initializer_range}, {"layer_norm_eps", c->layer_norm_eps}};
+    j = {{"model_type", "cvt"}, {"architectures", {"CvtForImageClassification"}}};
+    cvt_fields(*c, write);
   } else {
     const auto& v = std::get<VitConfig>(mc);
-    j = {{"model_type", "vit"}, {"architectures", {"ViTForImageClassification"}},
-         {"hidden_size", v.hidden_size}, {"num_hidden_layers", v.num_hidden_layers},
-         {"num_attention_heads", v.num_attention_heads}, {"intermediate_size", v.intermediate_size},
-         {"hidden_act", v.hidden_act}, {"hidden_dropout_prob", v.hidden_dropout_prob},
-         {"attention_probs_dropout_prob", v.attention_probs_dropout_prob},
-         {"initializer_range", v.initializer_range}, {"layer_norm_eps", v.layer_norm_eps},
-         {"image_size", v.image_size}, {"patch_size", v.patch_size}, {"num_channels", v.num_channels},
-         {"qkv_bias", v.qkv_bias}, {"encoder_stride", v.patch_size}};
+    j = {{"model_type", "vit"}, {"architectures", {"ViTForImageClassification"}}, {"encoder_stride", v.patch_size}};
+    vit_fields(v, write);
   }
   j["id2label"] = id2label;
   j["label2id"] = label2id;

@@ -25,7 +25,7 @@ struct EvalCli {
 void run_eval(const EvalCli& o) {
   namespace fs = std::filesystem;
   if (o.batch_size < 1) throw std::runtime_error("eval: --batch-size must be at least 1");
-  const Device device = train::resolve_device(o.device, std::cerr);
+  const Device device = train::resolve_device(train::parse_device(o.device), std::cerr);
   const std::string dir = train::resolve_checkpoint(o.checkpoint);
   auto model = models::load_model(dir);
   model->to(device);

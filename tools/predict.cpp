@@ -72,7 +72,7 @@ void run_predict(PredictOptions o) {
   models::LoadOptions load;
   if (o.num_classes > 0) load.num_classes = o.num_classes;
   std::unique_ptr<models::Model> model = models::load_model(config, o.weights, load);
-  const Device device = train::resolve_device(o.device, std::cerr);
+  const Device device = train::resolve_device(train::parse_device(o.device), std::cerr);
   model->to(device);
 
   // The batch: images through the checkpoint's processor, or a pixel_values tensor as it is.

@@ -2,14 +2,20 @@
 # The main job (README): installs what is missing, builds, and trains CvT on the reference data set.
 #   With a GPU the models can use: the default recipe, a from-scratch CvT-13 (train/trainer.cpp).
 #   Otherwise: the cpu recipe, a reduced run (cvt-tiny at 64 px, 7 epochs) that takes minutes on 2 cores.
-# Either way the run directory (runs/main) ends with report.html, confusion_matrix.png, metrics.jsonl and the
-# best checkpoint. Extra arguments go to `tessera train` (e.g. --epochs 3, --recipe study --weights DIR).
+# Either way the run directory ends with report.html, confusion_matrix.png, metrics.jsonl and the best
+# checkpoint. A new run never overwrites an old one: it goes to runs/main, or when that holds a run already,
+# to the first free runs/main-2, runs/main-3, ... (OUT=DIR chooses it; tessera refuses one that holds a run).
+# Extra arguments go to `tessera train` (e.g. --epochs 3, --recipe study --weights DIR).
 # Without the data set at DATA (default ../shared/datasets/brain-tumor-mri) it says where to get it and
 # trains on a synthetic 4-class set instead, saying so loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/datasets/brain-tumor-mri}
-OUT=${OUT:-runs/main}
+if [ -z "${OUT:-}" ]; then
+  OUT=runs/main n=1
+  # what `tessera train` takes for a run: run.json, or the last link
+  while [ -e "$OUT/run.json" ] || [ -L "$OUT/last" ]; do n=$((n + 1)); OUT=runs/main-$n; done
+fi
 
 bash tools/setup.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release > /dev/null
@@ -34,5 +40,4 @@ MSG
   data_args=(--synthetic)
 fi
 echo "tessera: training with --recipe $recipe into $OUT" >&2
-rm -rf "$OUT"
 exec build/bin/tessera train --recipe "$recipe" "${data_args[@]}" --out "$OUT" "$@"

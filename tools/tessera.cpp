@@ -17,12 +17,12 @@
 #include <string>
 #include <vector>
 
-#include "engine/core/backend.h"
 #include "engine/core/cuda.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "engine/safetensors.h"
 #include "engine/core/parallel.h"
+#include "kernels/devices.h"
 #include "tools/cli.h"
 #include "train/trainer.h"
 
@@ -219,7 +219,7 @@ int main(int argc, char** argv) {
   CLI::App app{"tessera: a from-scratch deep-learning engine (C++20 / CUDA)", "tessera"};
   app.set_version_flag("--version", [] {
     return std::string("tessera ") + TESSERA_VERSION + "\n" + tessera::cli::cuda_line() + "\nmodels on CUDA: " +
-           (tessera::train::kModelsOnCuda ? "yes" : "not yet (the CvT/ViT CUDA kernels are still to come)");
+           (tessera::train::kModelsOnCuda ? "yes" : "not yet (" + tessera::train::models_on_cuda_caveat() + ")");
   });
   app.require_subcommand(0, 1);  // none is checked below, so that unknown words get CLI11's own message
   int exit_code = 0;

@@ -130,28 +130,14 @@ std::string last_checkpoint(const std::string& run_dir) {
 
 ProcessorConfig checkpoint_processor(const std::string& checkpoint_dir, const models::ModelConfig& config) {
   const fs::path file = fs::path(checkpoint_dir) / "preprocessor_config.json";
-  if (fs::exists(file)) {
-    json j;
-    try {
-      j = json::parse(read_file(file.string()));
-    } catch (const json::exception& e) {
-      throw std::runtime_error(file.string() + ": not valid JSON: " + e.what());
-    }
-    return processor_from_json(j, file.string());
-  }
+  if (fs::exists(file)) return processor_from_json(read_json(file.string()), file.string());
   if (const auto* vit = std::get_if<models::VitConfig>(&config)) return ProcessorConfig::vit(int(vit->image_size));
   return ProcessorConfig::cvt(224);
 }
 
 TrainerState load_trainer_state(const std::string& checkpoint_dir) {
   const std::string file = (fs::path(checkpoint_dir) / "trainer_state.json").string();
-  json j;
-  try {
-    j = json::parse(read_file(file));
-  } catch (const json::exception& e) {
-    throw std::runtime_error(file + ": not valid JSON: " + e.what());
-  }
-  return state_from_json(j, file);
+  return state_from_json(read_json(file), file);
 }
 
 }  // namespace tessera::train

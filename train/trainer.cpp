@@ -20,6 +20,7 @@
 #include "engine/core/fileio.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
+#include "engine/random.h"
 #include "engine/safetensors.h"
 #include "train/schedule.h"
 #include "models/model.h"
@@ -35,178 +36,72 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-// ---------------------------------------------------------------- recipes
+// ---------------------------------------------------------------- the device
 
-TrainOptions recipe_options(const std::string& name) {
-  TrainOptions o;  // the struct's defaults are the study's protocol
-  o.recipe = name;
-  if (name == "study") {
-    o.study_pipeline = true;
-    return o;
-  }
-  if (name == "default") {
-    // From-scratch CvT-13. A transformer without pretraining on 2,296 images needs what DeiT-style
-    // recipes give it: a much larger lr than fine-tuning, warmup then a cosine decay, stronger weight decay,
-    // label smoothing, drop path, and wider crops (scale down to 0.35) so each epoch sees new views.
-    // Vertical flips are off: an upside-down brain is not a view the Testing images contain.
-    o.model = "cvt-13";
-    o.epochs = 60;
-    o.batch_size = 32;
-    o.lr = 5e-4;
-    o.weight_decay = 0.05;
-    o.schedule = "cosine";
-    o.warmup = "3ep";
-    o.label_smoothing = 0.1;
-    o.clip_grad = 1.0;
-    o.drop_path = 0.1;
-    o.crop_scale_min = 0.35;
-    o.p_vflip = 0;
-    return o;
-  }
-  if (name == "cpu") {
-    // The default recipe shrunk to fit minutes on 2 CPU cores: cvt-tiny (a CvT of the same
-    // design, 2.2 M parameters) at 64×64, 7 epochs (≈ 4 minutes on 2 cores). Same pipeline, same report.
-    o = recipe_options("default");
-    o.recipe = name;
-    o.model = "cvt-tiny";
-    o.image_size = 64;
-    o.epochs = 7;
-    o.lr = 1e-3;
-    o.warmup = "1ep";
-    o.drop_path = 0.0;
-    // Chosen on validation accuracy among four 7-epoch variants (README): crops down to 0.6 of the area
-    // (0.730) beat 0.35 (0.674), 0.8 without smoothing (0.686) and lr 2e-3 (0.592).
-    o.crop_scale_min = 0.6;
-    o.eval_batch_size = 64;
-    o.device = "cpu";
-    return o;
-  }
-  std::string all;
-  for (const auto& n : recipe_names()) all += (all.empty() ? "" : ", ") + n;
-  throw std::invalid_argument("unknown recipe '" + name + "' (known: " + all + ")");
+std::string models_on_cuda_caveat() {
+  return kModelsOnCuda ? "" : "the CvT/ViT CUDA path has not been verified on a GPU: its kernels are compiled, not run";
 }
 
-std::vector<std::string> recipe_names() { return {"default", "study", "cpu"}; }
-
-// One table of every option: its JSON name and the member, so options_to_json / options_from_json cannot
-// drift apart.
-namespace {
-
-template <typename F>
-void for_each_option(TrainOptions& o, F&& f) {
-  f("recipe", o.recipe), f("model", o.model), f("config", o.config), f("weights", o.weights);
-  f("keep_imagenet_head", o.keep_imagenet_head), f("drop_path", o.drop_path), f("data", o.data);
-  f("synthetic", o.synthetic), f("val_fraction", o.val_fraction), f("image_size", o.image_size);
-  f("static_augment", o.static_augment), f("rotation", o.rotation), f("crop_scale_min", o.crop_scale_min);
-  f("brightness", o.brightness), f("contrast", o.contrast), f("p_vflip", o.p_vflip);
-  f("study_pipeline", o.study_pipeline), f("max_train_samples", o.max_train_samples), f("workers", o.workers);
-  f("epochs", o.epochs), f("batch_size", o.batch_size), f("eval_batch_size", o.eval_batch_size);
-  f("lr", o.lr), f("weight_decay", o.weight_decay), f("label_smoothing", o.label_smoothing);
-  f("clip_grad", o.clip_grad), f("schedule", o.schedule), f("warmup", o.warmup), f("seed", o.seed);
-  f("device", o.device), f("precision", o.precision), f("out", o.out), f("log_every", o.log_every);
-}
-
-}  // namespace
-
-nlohmann::json options_to_json(const TrainOptions& o) {
-  json j = json::object();
-  for_each_option(const_cast<TrainOptions&>(o), [&](const char* name, const auto& v) { j[name] = v; });
-  return j;
-}
-
-TrainOptions options_from_json(const nlohmann::json& j, const std::string& source) {
-  TrainOptions o;
-  for_each_option(o, [&](const char* name, auto& v) {
-    if (!j.contains(name)) throw std::runtime_error(source + ": options lack '" + name + "'");
-    try {
-      j.at(name).get_to(v);
-    } catch (const json::exception& e) {
-      throw std::runtime_error(source + ": option '" + std::string(name) + "': " + e.what());
-    }
-  });
-  return o;
-}
-
-void validate(const TrainOptions& o) {
-  std::vector<std::string> problems;
-  auto need = [&](bool ok, const std::string& what) {
-    if (!ok) problems.push_back(what);
-  };
-  need(o.epochs >= 1, "--epochs must be at least 1");
-  need(o.batch_size >= 1, "--batch-size must be at least 1");
-  need(o.eval_batch_size >= 1, "the evaluation batch size must be at least 1");
-  need(std::isfinite(o.lr) && o.lr > 0, "--lr must be a positive number");
-  need(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "--weight-decay must be >= 0");
-  need(o.label_smoothing >= 0 && o.label_smoothing < 1, "--label-smoothing must be in [0, 1)");
-  need(o.clip_grad >= 0, "--clip-grad must be >= 0 (0: no clipping)");
-  need(o.val_fraction > 0 && o.val_fraction < 1, "--val-fraction must be in (0, 1)");
-  need(o.image_size >= 16 && o.image_size <= 1024, "--image-size must be in [16, 1024]");
-  need(o.drop_path < 1, "--drop-path must be < 1");
-  need(o.max_train_samples >= 0, "--max-train-samples must be >= 0");
-  need(o.workers >= 0, "--workers must be >= 0");
-  need(o.log_every >= 1, "--log-every must be at least 1");
-  need(o.precision == "fp32" || o.precision == "bf16", "--precision must be fp32 or bf16, not '" + o.precision + "'");
-  need(o.device.empty() || o.device == "cpu" || o.device == "cuda", "--device must be cuda or cpu, not '" + o.device + "'");
-  need(!o.out.empty(), "--out must name a directory");
-  need(!o.data.empty() || o.synthetic, "give --data ROOT (or --synthetic)");
-  need(!(o.keep_imagenet_head && o.weights.empty()),
-       "--keep-imagenet-head needs --weights (a checkpoint whose head to keep)");
-  try {
-    parse_schedule_kind(o.schedule);
-  } catch (const std::exception& e) {
-    problems.push_back(std::string("--schedule: ") + e.what());
-  }
-  try {
-    AugmentConfig a;
-    a.rotation_degrees = o.rotation, a.crop_scale_min = o.crop_scale_min, a.brightness = o.brightness;
-    a.contrast = o.contrast, a.p_vflip = o.p_vflip;
-    tessera::validate(a);
-  } catch (const std::exception& e) {
-    problems.push_back(std::string("augmentation: ") + e.what());
-  }
-  if (!problems.empty()) {
-    std::string msg = "train: ";
-    for (size_t i = 0; i < problems.size(); ++i) msg += (i ? "; " : "") + problems[i];
-    throw std::invalid_argument(msg);
-  }
-}
-
-Device resolve_device(const std::string& name, std::ostream& log) {
-  if (name != "" && name != "cpu" && name != "cuda")
-    throw std::invalid_argument("--device must be cuda or cpu, not '" + name + "'");
+Device resolve_device(DeviceChoice choice, std::ostream& log) {
   const bool gpu = cuda::available();
-  if (name == "cuda" && !gpu) throw std::runtime_error("--device cuda: " + cuda::status());
-  if (name == "cuda" && !kModelsOnCuda)
-    log << "warning: the CvT/ViT CUDA path has not been verified on a GPU yet (kernels compiled, not run)\n";
-  if (name == "cuda") return Device::CUDA;
-  if (name.empty() && gpu) {
+  if (choice == DeviceChoice::CUDA) {
+    if (!gpu) throw std::runtime_error("--device cuda: " + cuda::status());
+    if (!kModelsOnCuda) log << "warning: " << models_on_cuda_caveat() << "\n";
+    return Device::CUDA;
+  }
+  if (choice == DeviceChoice::Auto && gpu) {
     if (kModelsOnCuda) return Device::CUDA;
-    log << "note: a GPU is present, but the CvT/ViT CUDA path is not verified yet: running on the CPU "
-           "(--device cuda to try it)\n";
+    log << "note: a GPU is present, but running on the CPU (--device cuda to try it): " << models_on_cuda_caveat() << "\n";
   }
   return Device::CPU;
 }
 
 namespace {
 
-// "500" steps, "0.05" of all steps, "2ep" epochs.
-int64_t parse_warmup(const std::string& text, int64_t steps_per_epoch, int64_t total_steps) {
-  try {
-    size_t used = 0;
-    if (text.size() > 2 && text.compare(text.size() - 2, 2, "ep") == 0) {
-      double epochs = std::stod(text.substr(0, text.size() - 2), &used);
-      if (used == text.size() - 2 && epochs >= 0) return std::min(total_steps, int64_t(std::llround(epochs * double(steps_per_epoch))));
-    } else if (text.find('.') != std::string::npos) {
-      double f = std::stod(text, &used);
-      if (used == text.size() && f >= 0 && f <= 1) return int64_t(std::ceil(f * double(total_steps)));  // HF's warmup_ratio
-    } else {
-      long long n = std::stoll(text, &used);
-      if (used == text.size() && n >= 0) return std::min<int64_t>(total_steps, n);
-    }
-  } catch (const std::exception&) {
-  }
-  throw std::invalid_argument("--warmup '" + text + "': give steps (500), a fraction of training (0.05) or epochs (2ep)");
+// ---------------------------------------------------------------- the study's protocol
+// The study's Hugging Face Trainer protocol (recipe "study", train/trainer.h) has quirks this trainer keeps
+// on purpose, so that its results can be reproduced and compared. They live here, named, and nowhere
+// else in the loop:
+//   weight decay    the Trainer's grouping: no decay on biases and LayerNorm weights, decay on everything
+//                   else (BatchNorm weights, cls token and classifier included). Every recipe uses it.
+//   best epoch      by validation accuracy, strict >: a tie keeps the earlier epoch (the Trainer's
+//                   metric_for_best_model with greater_is_better).
+//   schedule        linear decay without warmup: TrainOptions' defaults, which the study recipe keeps.
+//   pre-resize      study_pipeline: every image resized to image_size² first, augmented, then the model's
+//                   processor on top (for CvT another resize to 256 and a 224 crop) — also at evaluation.
+//   static augment  --static-augment: one augmented copy of each image, made once, beside the originals.
+//   ImageNet head   --keep-imagenet-head: the checkpoint's 1000-class head trained as it is (build_model).
+namespace study {
+
+std::vector<ParamGroup> param_groups(const models::Model& model, double weight_decay) {
+  return trainer_param_groups(model.parameters(), weight_decay);
 }
+
+bool is_better(double val_accuracy, double best_so_far) { return val_accuracy > best_so_far; }
+
+// The resize before everything else (pre-resize), or none.
+std::function<void(Image&, int64_t)> pre_resize(const TrainOptions& o) {
+  if (!o.study_pipeline) return {};
+  const int s = o.image_size;
+  return [s](Image& im, int64_t) { im = resize(im, s, s, Filter::Bilinear); };
+}
+
+// Static augmentation: the samples twice; index i >= n is the i-n-th image's one augmented copy.
+void make_static(std::vector<Sample>& samples, LoaderConfig& cfg, const AugmentConfig& aug, const TrainOptions& o) {
+  const std::vector<Sample> originals = samples;
+  const int64_t n = int64_t(originals.size());
+  samples.insert(samples.end(), originals.begin(), originals.end());
+  auto pre = pre_resize(o);
+  const uint64_t seed = o.seed;
+  cfg.prepare = [=](Image& im, int64_t i) {
+    if (pre) pre(im, i);
+    if (i >= n) im = augment(im, aug, seed, uint64_t(i - n));
+  };
+}
+
+}  // namespace study
+
+// ---------------------------------------------------------------- pieces of a run
 
 std::string utc_now() {
   std::time_t t = std::time(nullptr);
@@ -327,40 +222,93 @@ class MetricsLog {
   std::ofstream out_;
 };
 
-}  // namespace
+// Everything one run holds between its epochs.
+struct Run {
+  TrainOptions o;
+  Device device = Device::CPU;
+  DType compute = DType::f32;  // bf16: activations in bf16, fp32 master weights (Model::set_compute_dtype)
+  Clock::time_point started;
+  RunData data;
+  std::unique_ptr<models::Model> model;
+  bool has_batch_norm = false;  // CvT
+  ProcessorConfig eval_processor;
+  std::function<void(Image&, int64_t)> eval_prepare;  // evaluation images through training's pre-resize
+  std::unique_ptr<DataLoader> loader;
+  std::unique_ptr<AdamW> optimizer;
+  LrSchedule schedule;
+  Generator gen;  // dropout / drop path
+  TrainerState state;
+  std::unique_ptr<MetricsLog> metrics;
+};
 
-TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command_line) {
-  const auto t_start = Clock::now();
-  TrainSummary summary;
+// The options a call runs with: its own, or for --resume the run's (only where and how it runs may
+// change); `resumed` is then the last checkpoint's state.
+TrainOptions run_options(const TrainOptions& given, std::optional<TrainerState>& resumed) {
+  if (given.resume.empty()) return given;
+  const std::string checkpoint = last_checkpoint(given.resume);
+  const std::string run_json = (fs::path(given.resume) / "run.json").string();
+  TrainOptions o = resume_options(options_from_json(read_json(run_json).at("options"), run_json), given);
+  resumed = load_trainer_state(checkpoint);
+  return o;
+}
 
-  // ---- resume: the run's own options; only where to run may change
-  std::string resume_from;
-  std::optional<TrainerState> resumed;
-  if (!o.resume.empty()) {
-    resume_from = last_checkpoint(o.resume);
-    const std::string run_json = (fs::path(o.resume) / "run.json").string();
-    json run;
-    try {
-      run = json::parse(read_file(run_json));
-    } catch (const json::exception& e) {
-      throw std::runtime_error(run_json + ": not valid JSON: " + e.what());
-    }
-    TrainOptions stored = options_from_json(run.at("options"), run_json);
-    stored.device = o.device.empty() ? stored.device : o.device;
-    stored.workers = o.workers;
-    stored.progress = o.progress;
-    stored.halt_after_steps = o.halt_after_steps;
-    stored.out = o.resume;
-    stored.resume = o.resume;
-    o = stored;
-    resumed = load_trainer_state(resume_from);
+// The training loader: augmentation (random, or the study's static copies), the pre-resize, and the
+// processor's normalisation last.
+std::unique_ptr<DataLoader> make_train_loader(const Run& r, std::ostream& log) {
+  const TrainOptions& o = r.o;
+  LoaderConfig cfg;
+  AugmentConfig aug;
+  aug.rotation_degrees = o.rotation, aug.crop_scale_min = o.crop_scale_min;
+  aug.brightness = o.brightness, aug.contrast = o.contrast, aug.p_vflip = o.p_vflip;
+  aug.out_width = aug.out_height = o.image_size;
+  cfg.processor = r.eval_processor;
+  // Without the pre-resize the crop already has the output size: the processor only normalises.
+  if (!o.study_pipeline) cfg.processor.mode = ProcessorConfig::Resize::Squash;
+  std::vector<Sample> samples = r.data.train;
+  if (o.static_augment) {
+    study::make_static(samples, cfg, aug, o);
+  } else {
+    cfg.augment = aug;
+    cfg.prepare = study::pre_resize(o);
   }
+  cfg.batch_size = o.batch_size;
+  // A last batch of one image cannot train CvT's BatchNorm (no variance; torch refuses it too): drop it.
+  if (r.has_batch_norm && int64_t(samples.size()) % o.batch_size == 1) {
+    cfg.drop_last = true;
+    log << "note: dropping each epoch's last batch of 1 image (batch norm needs 2)\n";
+  }
+  cfg.shuffle = true;
+  cfg.seed = o.seed;
+  cfg.num_workers = o.workers;
+  cfg.cache_decoded = true;  // the set is small (≈0.6 GB decoded); decoding once saves a core-second per 400 images
+  return std::make_unique<DataLoader>(std::move(samples), r.model->num_labels(), cfg);
+}
+
+void write_run_json(const Run& r, const std::string& command_line) {
+  const TrainOptions& o = r.o;
+  const size_t C = r.data.classes.size();
+  json run = {{"tessera_version", TESSERA_VERSION}, {"command", command_line}, {"started", utc_now()},
+              {"model", o.config.empty() ? o.model : o.config}, {"device", device_name(r.device)},
+              {"precision", o.precision}, {"image_size", o.image_size}, {"classes", r.data.classes},
+              {"parameters", r.model->num_parameters()},
+              {"data", {{"root", r.data.root}, {"synthetic", o.synthetic},
+                        {"counts", {{"train", counts_of(r.data.train, C)}, {"validation", counts_of(r.data.val, C)},
+                                    {"Testing", counts_of(r.data.test, C)}}}}},
+              {"options", options_to_json(o)}};
+  write_file_atomic((fs::path(o.out) / "run.json").string(), run.dump(2) + "\n");
+}
+
+// Setup: the options, the device, the data, the model, the loader, the optimizer and schedule, and for
+// --resume the last checkpoint's weights, moments and state; a new run records run.json.
+void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::string& command_line) {
+  std::optional<TrainerState> resumed;
+  r.o = run_options(given, resumed);
+  TrainOptions& o = r.o;
   validate(o);
-  const Device device = resolve_device(o.device, log);
-  if (o.precision == "bf16" && device != Device::CUDA)
+  r.device = resolve_device(*o.device, log);
+  if (*o.precision == Precision::BF16 && r.device != Device::CUDA)
     throw std::runtime_error("train: --precision bf16 needs --device cuda (the CPU backend computes in fp32 and fp64)");
-  // bf16: activations in bf16, fp32 master weights and optimizer state (Model::set_compute_dtype).
-  const DType compute = o.precision == "bf16" ? DType::bf16 : DType::f32;
+  r.compute = *o.precision == Precision::BF16 ? DType::bf16 : DType::f32;
 
   // A new run never starts over an old one: its checkpoints and links would mix with the new run's.
   if (!resumed && (fs::exists(fs::path(o.out) / "last") || fs::exists(fs::path(o.out) / "run.json")))
@@ -371,240 +319,213 @@ TrainSummary train(TrainOptions o, std::ostream& log, const std::string& command
     if (o.data.empty()) o.data = (fs::path(o.out) / "synthetic-data").string();
     make_synthetic_dataset(o.data, o.seed);
   }
-  RunData data = load_data(o);
-  const size_t C = data.classes.size();
-  auto model = build_model(o, data.classes);
-  model->to(device);  // before the optimizer: its moments live where the parameters do
-  model->set_compute_dtype(compute);
-  const models::ModelConfig& mc = model->config();
+  r.data = load_data(o);
+  r.model = build_model(o, r.data.classes);
+  r.model->to(r.device);  // before the optimizer: its moments live where the parameters do
+  r.model->set_compute_dtype(r.compute);
+  r.has_batch_norm = std::holds_alternative<models::CvtConfig>(r.model->config());
+  r.eval_processor = eval_processor(r.model->config(), o.image_size);
+  r.eval_prepare = study::pre_resize(o);
+  r.loader = make_train_loader(r, log);
 
-  // ---- the pipelines
-  LoaderConfig train_cfg;
-  ProcessorConfig eval_proc = eval_processor(mc, o.image_size);
-  AugmentConfig aug;
-  aug.rotation_degrees = o.rotation, aug.crop_scale_min = o.crop_scale_min;
-  aug.brightness = o.brightness, aug.contrast = o.contrast, aug.p_vflip = o.p_vflip;
-  aug.out_width = aug.out_height = o.image_size;
-  std::function<void(Image&, int64_t)> study_resize;
-  train_cfg.processor = eval_proc;
-  if (o.study_pipeline) {
-    // The study: every image resized to image_size² first, augmented, then the model's processor on top
-    // (which for CvT resizes again to 256 and crops 224: its third mistake, kept for reproduction).
-    const int s = o.image_size;
-    study_resize = [s](Image& im, int64_t) { im = resize(im, s, s, Filter::Bilinear); };
-  } else {
-    train_cfg.processor.mode = ProcessorConfig::Resize::Squash;  // the crop already has the output size
-  }
-  std::vector<Sample> train_samples = data.train;
-  if (o.static_augment) {
-    // The study's first mistake: one augmented copy of each image, made once, plus the originals.
-    const int64_t n = int64_t(train_samples.size());
-    train_samples.insert(train_samples.end(), data.train.begin(), data.train.end());
-    const uint64_t seed = o.seed;
-    const bool pre = o.study_pipeline;
-    const int s = o.image_size;
-    train_cfg.prepare = [=](Image& im, int64_t i) {
-      if (pre) im = resize(im, s, s, Filter::Bilinear);
-      if (i >= n) im = augment(im, aug, seed, uint64_t(i - n));
-    };
-  } else {
-    train_cfg.augment = aug;
-    train_cfg.prepare = study_resize;
-  }
-  train_cfg.batch_size = o.batch_size;
-  // A last batch of one image cannot train CvT's BatchNorm (no variance; torch refuses it too): drop it.
-  const bool has_batch_norm = std::holds_alternative<models::CvtConfig>(mc);
-  if (has_batch_norm && int64_t(train_samples.size()) % o.batch_size == 1) {
-    train_cfg.drop_last = true;
-    log << "note: dropping each epoch's last batch of 1 image (batch norm needs 2)\n";
-  }
-  train_cfg.shuffle = true;
-  train_cfg.seed = o.seed;
-  train_cfg.num_workers = o.workers;
-  train_cfg.cache_decoded = true;  // the set is small (≈0.6 GB decoded); decoding once saves a core-second per 400 images
-  DataLoader loader(train_samples, model->num_labels(), train_cfg);
-
-  EvalOptions eval_opts;
-  eval_opts.batch_size = o.eval_batch_size;
-  eval_opts.workers = o.workers;
-  eval_opts.device = device;
-  // Evaluation images through the same prepare step as training's (the study's 224 resize).
-  auto evaluate_split = [&](models::Model& m, const std::vector<Sample>& samples, const std::set<std::string>* novel) {
-    EvalOptions e = eval_opts;
-    e.novel = novel;
-    e.root = data.root;
-    e.prepare = study_resize;
-    return evaluate(m, samples, data.classes, eval_proc, e);
-  };
-
-  // ---- optimisation
   AdamWOptions ao;
   ao.lr = o.lr;
   ao.weight_decay = o.weight_decay;
-  AdamW optimizer(trainer_param_groups(model->parameters(), o.weight_decay), ao);
-  const int64_t steps_per_epoch = loader.batches_per_epoch();
-  LrSchedule schedule;
-  schedule.kind = parse_schedule_kind(o.schedule);
-  schedule.base_lr = o.lr;
-  schedule.total_steps = steps_per_epoch * o.epochs;
-  schedule.warmup_steps = parse_warmup(o.warmup, steps_per_epoch, schedule.total_steps);
-  schedule.validate();
-  Generator gen(o.seed ^ 0x5EED0D120FULL);  // dropout / drop path, apart from the init stream
+  r.optimizer = std::make_unique<AdamW>(study::param_groups(*r.model, o.weight_decay), ao);
+  const int64_t steps_per_epoch = r.loader->batches_per_epoch();
+  r.schedule.kind = *o.schedule;
+  r.schedule.base_lr = o.lr;
+  r.schedule.total_steps = steps_per_epoch * o.epochs;
+  r.schedule.warmup_steps = (*o.warmup).steps(steps_per_epoch, r.schedule.total_steps);
+  r.schedule.validate();
+  r.gen = Generator(o.seed ^ 0x5EED0D120FULL);  // apart from the init stream
 
-  TrainerState state;
   if (resumed) {
-    model->load_safetensors((fs::path(resume_from) / "model.safetensors").string());
-    load_optimizer(optimizer, (fs::path(resume_from) / "optimizer.safetensors").string());
-    state = *resumed;
-    gen.set_state(state.rng_seed, state.rng_offset);
-    log << "resuming " << o.out << " after epoch " << state.epoch << " (step " << state.global_step << ")\n";
+    const fs::path checkpoint = fs::path(o.out) / "last";
+    r.model->load_safetensors((checkpoint / "model.safetensors").string());
+    load_optimizer(*r.optimizer, (checkpoint / "optimizer.safetensors").string());
+    r.state = *resumed;
+    r.gen.set_state(r.state.rng_seed, r.state.rng_offset);
+    log << "resuming " << o.out << " after epoch " << r.state.epoch << " (step " << r.state.global_step << ")\n";
   } else {
-    json run = {{"tessera_version", TESSERA_VERSION}, {"command", command_line}, {"started", utc_now()},
-                {"model", o.config.empty() ? o.model : o.config}, {"device", device_name(device)},
-                {"precision", o.precision}, {"image_size", o.image_size}, {"classes", data.classes},
-                {"parameters", model->num_parameters()},
-                {"data", {{"root", data.root}, {"synthetic", o.synthetic},
-                          {"counts", {{"train", counts_of(data.train, C)}, {"validation", counts_of(data.val, C)},
-                                      {"Testing", counts_of(data.test, C)}}}}},
-                {"options", options_to_json(o)}};
-    write_file_atomic((fs::path(o.out) / "run.json").string(), run.dump(2) + "\n");
+    write_run_json(r, command_line);
   }
-  MetricsLog metrics((fs::path(o.out) / "metrics.jsonl").string(), resumed ? state.metrics_bytes : 0);
+  r.metrics = std::make_unique<MetricsLog>((fs::path(o.out) / "metrics.jsonl").string(), resumed ? r.state.metrics_bytes : 0);
 
-  log << "train: " << (o.config.empty() ? o.model : o.config) << " (" << model->num_parameters() << " parameters"
-      << (o.weights.empty() ? ", from scratch" : ", from " + o.weights) << ") on " << data.train.size() << " images ("
-      << data.val.size() << " validation, " << data.test.size() << " Testing), " << C << " classes, "
-      << o.image_size << "px, " << o.epochs << " epochs × " << steps_per_epoch << " steps of " << o.batch_size
-      << ", recipe " << o.recipe << ", device " << device_name(device) << ", out " << o.out << "\n";
+  log << "train: " << (o.config.empty() ? o.model : o.config) << " (" << r.model->num_parameters() << " parameters"
+      << (o.weights.empty() ? ", from scratch" : ", from " + o.weights) << ") on " << r.data.train.size()
+      << " images (" << r.data.val.size() << " validation, " << r.data.test.size() << " Testing), "
+      << r.data.classes.size() << " classes, " << o.image_size << "px, " << o.epochs << " epochs × "
+      << steps_per_epoch << " steps of " << o.batch_size << ", recipe " << o.recipe << ", device "
+      << device_name(r.device) << ", out " << o.out << "\n";
+}
 
+EvalResult evaluate_split(const Run& r, models::Model& model, const std::vector<Sample>& samples,
+                          const std::set<std::string>* novel) {
+  EvalOptions e;
+  e.batch_size = r.o.eval_batch_size;
+  e.workers = r.o.workers;
+  e.device = r.device;
+  e.novel = novel;
+  e.root = r.data.root;
+  e.prepare = r.eval_prepare;
+  return evaluate(model, samples, r.data.classes, r.eval_processor, e);
+}
+
+struct EpochTotals {
+  double mean_loss = 0, accuracy = 0;
+};
+
+// One epoch of optimizer steps. The step never waits for the device: loss, accuracy and gradient norm
+// accumulate in device scalars, read back (one small copy) only when a metrics line or the bar needs them.
+EpochTotals train_epoch(Run& r, int64_t epoch, std::ostream& log) {
+  const TrainOptions& o = r.o;
+  const Device device = r.device;
+  ProgressBar bar(log, epoch, o.epochs, r.loader->batches_per_epoch(), o.progress);
+  r.loader->start_epoch(epoch - 1);
   CrossEntropyOptions ce;
   ce.label_smoothing = o.label_smoothing;
-  const auto params = optimizer.parameters();
-  for (int64_t epoch = state.epoch + 1; epoch <= o.epochs; ++epoch) {
-    const auto t_epoch = Clock::now();
-    ProgressBar bar(log, epoch, o.epochs, steps_per_epoch, o.progress);
-    loader.start_epoch(epoch - 1);
-    // The step never waits for the device: loss, accuracy and gradient norm accumulate in device scalars,
-    // read back (one small copy) only when a metrics line or the progress bar needs them.
-    const Tensor zero = Tensor::zeros({}, DType::f64, device);
-    Tensor loss_sum = zero, correct = zero, window_loss = zero, last_norm = zero;
-    int64_t seen = 0, step_in_epoch = 0, window_steps = 0;
-    cuda::Event uploaded;
-    double mean_loss = 0, accuracy = 0;
-    while (auto batch = loader.next()) {
-      const int64_t n = batch->size();
-      if (has_batch_norm && n < 2) continue;  // unreadable files left one image: nothing batch norm can use
-      const double lr = schedule.lr_at(state.global_step);
-      optimizer.set_lr(lr);
-      auto [images, labels] = upload(*batch, device);
-      if (device == Device::CUDA) uploaded.record();  // the batch's host buffers are free once this point of the stream is reached
-      Tensor logits = model->forward(images, /*training=*/true, gen);
-      Tensor loss = cross_entropy(logits, labels, ce);
-      loss.backward();
-      // Without clipping the norm is still measured (a max_norm nothing reaches), for the log and the report.
-      last_norm = clip_grad_norm_on_device(params, o.clip_grad > 0 ? o.clip_grad : std::numeric_limits<double>::max());
-      optimizer.step();
-      optimizer.zero_grad();
-      ++state.global_step, ++step_in_epoch, ++window_steps;
-      seen += n;
-      {
-        NoGradGuard no_grad;
-        const Tensor l = loss.detach().to(DType::f64);
-        loss_sum = add(loss_sum, mul(l, double(n)));
-        window_loss = add(window_loss, l);
-        // (class indices compared as f64: exact, and the elementwise kernels are float-only)
-        correct = add(correct, sum(eq(argmax(logits.detach(), 1).to(DType::f64), labels.to(DType::f64))));
-      }
-      const bool log_now = state.global_step % o.log_every == 0;
-      if (log_now || bar.due(step_in_epoch)) {
-        const std::vector<double> v = concat({loss_sum.reshape({1}), correct.reshape({1}), window_loss.reshape({1}),
-                                              last_norm.reshape({1})}, 0).to(Device::CPU).to_vector<double>();
-        mean_loss = v[0] / double(seen), accuracy = v[1] / double(seen);
-        bar.update(step_in_epoch, seen, mean_loss, lr);
-        if (log_now) {
-          metrics.write({{"event", "step"}, {"epoch", epoch}, {"step", step_in_epoch}, {"global_step", state.global_step},
-                         {"loss", v[2] / double(window_steps)}, {"lr", lr}, {"grad_norm", v[3]},
-                         {"images_per_s", bar.images_per_second()},
-                         {"elapsed_s", std::chrono::duration<double>(Clock::now() - t_start).count()}});
-          window_loss = zero, window_steps = 0;
-        }
-      }
-      // The loader refills this batch's buffers once next() is called: wait for the upload (queued behind
-      // the previous step's kernels; this step's are queued already, so the device stays busy).
-      if (device == Device::CUDA) uploaded.synchronize();
-      if (o.halt_after_steps > 0 && state.global_step >= o.halt_after_steps) {
-        log.flush();
-        std::_Exit(137);  // as if killed: no checkpoint, no cleanup (the resume test's interruption)
+  const auto params = r.optimizer->parameters();
+  // Without clipping the norm is still measured (a max_norm nothing reaches), for the log and the report.
+  const double max_norm = o.clip_grad > 0 ? o.clip_grad : std::numeric_limits<double>::max();
+  const Tensor zero = Tensor::zeros({}, DType::f64, device);
+  Tensor loss_sum = zero, correct = zero, window_loss = zero, last_norm = zero;
+  int64_t seen = 0, step_in_epoch = 0, window_steps = 0;
+  cuda::Event uploaded;
+  EpochTotals t;
+  while (auto batch = r.loader->next()) {
+    const int64_t n = batch->size();
+    if (r.has_batch_norm && n < 2) continue;  // unreadable files left one image: nothing batch norm can use
+    const double lr = r.schedule.lr_at(r.state.global_step);
+    r.optimizer->set_lr(lr);
+    auto [images, labels] = upload(*batch, device);
+    if (device == Device::CUDA) uploaded.record();  // the batch's host buffers are free once the stream gets here
+    Tensor logits = r.model->forward(images, /*training=*/true, r.gen);
+    Tensor loss = cross_entropy(logits, labels, ce);
+    loss.backward();
+    last_norm = clip_grad_norm_on_device(params, max_norm);
+    r.optimizer->step();
+    r.optimizer->zero_grad();
+    ++r.state.global_step, ++step_in_epoch, ++window_steps;
+    seen += n;
+    {
+      NoGradGuard no_grad;
+      const Tensor l = loss.detach().to(DType::f64);
+      loss_sum = add(loss_sum, mul(l, double(n)));
+      window_loss = add(window_loss, l);
+      // (class indices compared as f64: exact, and the elementwise kernels are float-only)
+      correct = add(correct, sum(eq(argmax(logits.detach(), 1).to(DType::f64), labels.to(DType::f64))));
+    }
+    const bool log_now = r.state.global_step % o.log_every == 0;
+    if (log_now || bar.due(step_in_epoch)) {
+      const std::vector<double> v = concat({loss_sum.reshape({1}), correct.reshape({1}), window_loss.reshape({1}),
+                                            last_norm.reshape({1})}, 0).to(Device::CPU).to_vector<double>();
+      t.mean_loss = v[0] / double(seen), t.accuracy = v[1] / double(seen);
+      bar.update(step_in_epoch, seen, t.mean_loss, lr);
+      if (log_now) {
+        r.metrics->write({{"event", "step"}, {"epoch", epoch}, {"step", step_in_epoch}, {"global_step", r.state.global_step},
+                          {"loss", v[2] / double(window_steps)}, {"lr", lr}, {"grad_norm", v[3]},
+                          {"images_per_s", bar.images_per_second()},
+                          {"elapsed_s", std::chrono::duration<double>(Clock::now() - r.started).count()}});
+        window_loss = zero, window_steps = 0;
       }
     }
-    if (seen > 0) {  // the epoch's totals
-      mean_loss = loss_sum.item() / double(seen);
-      accuracy = correct.item() / double(seen);
+    // The loader refills this batch's buffers once next() is called: wait for the upload (queued behind
+    // the previous step's kernels; this step's are queued already, so the device stays busy).
+    if (device == Device::CUDA) uploaded.synchronize();
+    if (o.halt_after_steps > 0 && r.state.global_step >= o.halt_after_steps) {
+      log.flush();
+      std::_Exit(137);  // as if killed: no checkpoint, no cleanup (the resume test's interruption)
     }
-    bar.finish();
-
-    EvalResult val = evaluate_split(*model, data.val, nullptr);
-    const double val_acc = val.report.accuracy;
-    const bool best = val_acc > state.best_val_accuracy;  // strict: a tie keeps the earlier epoch (Trainer)
-    if (best) state.best_val_accuracy = val_acc, state.best_epoch = epoch;
-    const double epoch_s = std::chrono::duration<double>(Clock::now() - t_epoch).count();
-    json line = {{"event", "epoch"}, {"epoch", epoch}, {"global_step", state.global_step},
-                 {"lr", schedule.lr_at(state.global_step - 1)},
-                 {"train_loss", mean_loss}, {"train_accuracy", accuracy},
-                 {"val_loss", val.loss}, {"val_accuracy", val_acc}, {"val_f1_weighted", val.report.weighted.f1},
-                 {"val_f1_macro", val.report.macro.f1}, {"val_recall_weighted", val.report.weighted.recall},
-                 {"epoch_s", epoch_s}, {"best", best}};
-    metrics.write(line);
-    char text[256];
-    std::snprintf(text, sizeof text,
-                  "epoch %lld/%lld  train loss %.4f acc %.4f | val loss %.4f acc %.4f F1 w %.4f m %.4f recall w %.4f"
-                  " | %.0f s%s\n",
-                  static_cast<long long>(epoch), static_cast<long long>(o.epochs), line["train_loss"].get<double>(),
-                  line["train_accuracy"].get<double>(), val.loss, val_acc, val.report.weighted.f1,
-                  val.report.macro.f1, val.report.weighted.recall, epoch_s, best ? "  * best" : "");
-    log << text << std::flush;
-
-    state.epoch = epoch;
-    state.rng_seed = gen.seed(), state.rng_offset = gen.offset();
-    state.metrics_bytes = metrics.bytes();
-    state.epoch_metrics = line;
-    save_checkpoint(o.out, *model, optimizer, eval_proc, state, best);
   }
+  if (seen > 0) t.mean_loss = loss_sum.item() / double(seen), t.accuracy = correct.item() / double(seen);
+  bar.finish();
+  return t;
+}
 
-  summary.out = o.out;
-  summary.best_epoch = state.best_epoch;
-  summary.best_val_accuracy = state.best_val_accuracy;
+// After an epoch: validation, the epoch's metrics line and log line, and the checkpoint.
+void end_epoch(Run& r, int64_t epoch, const EpochTotals& t, Clock::time_point epoch_started, std::ostream& log) {
+  EvalResult val = evaluate_split(r, *r.model, r.data.val, nullptr);
+  const double val_acc = val.report.accuracy;
+  const bool best = study::is_better(val_acc, r.state.best_val_accuracy);
+  if (best) r.state.best_val_accuracy = val_acc, r.state.best_epoch = epoch;
+  const double epoch_s = std::chrono::duration<double>(Clock::now() - epoch_started).count();
+  json line = {{"event", "epoch"}, {"epoch", epoch}, {"global_step", r.state.global_step},
+               {"lr", r.schedule.lr_at(r.state.global_step - 1)},
+               {"train_loss", t.mean_loss}, {"train_accuracy", t.accuracy},
+               {"val_loss", val.loss}, {"val_accuracy", val_acc}, {"val_f1_weighted", val.report.weighted.f1},
+               {"val_f1_macro", val.report.macro.f1}, {"val_recall_weighted", val.report.weighted.recall},
+               {"epoch_s", epoch_s}, {"best", best}};
+  r.metrics->write(line);
+  char text[256];
+  std::snprintf(text, sizeof text,
+                "epoch %lld/%lld  train loss %.4f acc %.4f | val loss %.4f acc %.4f F1 w %.4f m %.4f recall w %.4f"
+                " | %.0f s%s\n",
+                static_cast<long long>(epoch), static_cast<long long>(r.o.epochs), t.mean_loss, t.accuracy, val.loss,
+                val_acc, val.report.weighted.f1, val.report.macro.f1, val.report.weighted.recall, epoch_s,
+                best ? "  * best" : "");
+  log << text << std::flush;
 
-  // ---- the best checkpoint on Testing
-  if (!data.test.empty()) {
-    const std::string best_dir = (fs::path(o.out) / "best").string();
+  r.state.epoch = epoch;
+  r.state.rng_seed = r.gen.seed(), r.state.rng_offset = r.gen.offset();
+  r.state.metrics_bytes = r.metrics->bytes();
+  r.state.epoch_metrics = line;
+  save_checkpoint(r.o.out, *r.model, *r.optimizer, r.eval_processor, r.state, best);
+}
+
+// The novel subset of Testing: the audit's list when one was written for this data, else one made now in
+// the run directory. Returns the list and its file.
+std::pair<std::set<std::string>, std::string> novel_subset(const Run& r) {
+  std::string list_file = "audit/novel_testing.txt";
+  std::optional<std::set<std::string>> novel = load_novel_list(list_file);
+  if (novel && !novel->empty() && !fs::exists(fs::path(r.data.root) / *novel->begin())) novel.reset();  // another data set's
+  if (novel) return {std::move(*novel), list_file};
+  list_file = (fs::path(r.o.out) / "novel_testing.txt").string();
+  AuditReport audit = audit_dataset(r.data.root);
+  std::string text;
+  std::set<std::string> list;
+  for (int i : audit.novel) text += audit.images[size_t(i)].path + "\n", list.insert(audit.images[size_t(i)].path);
+  write_file_atomic(list_file, text);
+  return {std::move(list), list_file};
+}
+
+// The final evaluation: the best checkpoint on Testing (when the data has it), then the report.
+void final_evaluation(const Run& r, TrainSummary& summary, std::ostream& log) {
+  if (!r.data.test.empty()) {
+    const std::string best_dir = (fs::path(r.o.out) / "best").string();
     auto best = models::load_model(best_dir);
-    best->to(device);
-    best->set_compute_dtype(compute);
-    // The novel subset: the audit's list when one was written for this data, else one made now.
-    std::string novel_list = "audit/novel_testing.txt";
-    std::optional<std::set<std::string>> novel = load_novel_list(novel_list);
-    if (novel && !novel->empty() && !fs::exists(fs::path(data.root) / *novel->begin())) novel.reset();  // another data set's
-    if (!novel) {
-      novel_list = (fs::path(o.out) / "novel_testing.txt").string();
-      AuditReport audit = audit_dataset(data.root);
-      std::string text;
-      std::set<std::string> list;
-      for (int i : audit.novel) text += audit.images[size_t(i)].path + "\n", list.insert(audit.images[size_t(i)].path);
-      write_file_atomic(novel_list, text);
-      novel = std::move(list);
-    }
-    EvalResult test = evaluate_split(*best, data.test, &*novel);
-    json j = eval_to_json(test, "Testing", best_dir, novel_list);
-    write_file_atomic((fs::path(o.out) / "eval_Testing.json").string(), j.dump(1) + "\n");
-    log << "\nbest epoch " << state.best_epoch << " (validation accuracy " << state.best_val_accuracy << ")\n"
+    best->to(r.device);
+    best->set_compute_dtype(r.compute);
+    const auto [novel, novel_file] = novel_subset(r);
+    EvalResult test = evaluate_split(r, *best, r.data.test, &novel);
+    write_file_atomic((fs::path(r.o.out) / "eval_Testing.json").string(),
+                      eval_to_json(test, "Testing", best_dir, novel_file).dump(1) + "\n");
+    log << "\nbest epoch " << r.state.best_epoch << " (validation accuracy " << r.state.best_val_accuracy << ")\n"
         << format_eval(test, "Testing");
     summary.test_accuracy = test.report.accuracy;
     if (test.novel_total && *test.novel_total) summary.novel_accuracy = double(*test.novel_correct) / double(*test.novel_total);
   }
-  write_report(o.out);
-  summary.seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
-  log << "report: " << (fs::path(o.out) / "report.html").string() << "  (" << std::llround(summary.seconds) << " s)\n";
+  write_report(r.o.out);
+}
+
+}  // namespace
+
+TrainSummary train(TrainOptions options, std::ostream& log, const std::string& command_line) {
+  Run r;
+  r.started = Clock::now();
+  setup(r, options, log, command_line);
+  for (int64_t epoch = r.state.epoch + 1; epoch <= r.o.epochs; ++epoch) {
+    const auto epoch_started = Clock::now();
+    const EpochTotals totals = train_epoch(r, epoch, log);
+    end_epoch(r, epoch, totals, epoch_started, log);
+  }
+  TrainSummary summary;
+  summary.out = r.o.out;
+  summary.best_epoch = r.state.best_epoch;
+  summary.best_val_accuracy = r.state.best_val_accuracy;
+  final_evaluation(r, summary, log);
+  summary.seconds = std::chrono::duration<double>(Clock::now() - r.started).count();
+  log << "report: " << (fs::path(r.o.out) / "report.html").string() << "  (" << std::llround(summary.seconds) << " s)\n";
   return summary;
 }
 

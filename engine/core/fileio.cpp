@@ -11,6 +11,8 @@
 #include <random>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 namespace tessera {
 
 namespace {
@@ -75,6 +77,15 @@ std::string read_file(const std::string& path) {
   s << in.rdbuf();
   if (in.bad()) throw FileError(path + ": cannot read");
   return s.str();
+}
+
+nlohmann::json read_json(const std::string& path) {
+  const std::string text = read_file(path);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw FileError(path + ": not valid JSON: " + e.what());
+  }
 }
 
 }  // namespace tessera

@@ -5,6 +5,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 namespace tessera {
 
 struct FileError : std::runtime_error { using std::runtime_error::runtime_error; };
@@ -19,5 +21,7 @@ inline void write_file_atomic(const std::string& path, std::string_view text) {
 
 // The whole file; throws FileError naming PATH when it cannot be read.
 std::string read_file(const std::string& path);
+// The file parsed as JSON; throws FileError naming PATH when it cannot be read or is not valid JSON.
+nlohmann::json read_json(const std::string& path);
 
 }  // namespace tessera
