@@ -6,7 +6,7 @@
 //   Composed / ComposedFwdBwd  the base-class composition on the CUDA backend (conv2d → copy → layer_norm;
 //                              layer_norm_backward → copy → conv2d_backward), called as
 //                              cuda_backend().Backend::conv_embedding(...)
-//   Cudnn / CudnnFwdBwd        the issue's baseline: cuDNN convolution (algorithms from cudnnFind*, bias
+//   Cudnn / CudnnFwdBwd        the library baseline: cuDNN convolution (algorithms from cudnnFind*, bias
 //                              by cudnnAddTensor) writing its output NHWC — which IS the token layout, so no
 //                              transpose is charged to it — then tessera's layer_norm kernel; backward:
 //                              tessera's layer_norm_backward, then cuDNN backward data/filter/bias on NHWC dy
@@ -144,7 +144,7 @@ template <DType DT> void BM_ComposedFwdBwd(benchmark::State& state) {
 
 #ifdef TESSERA_BENCH_CUDNN
 
-// The issue's baseline: cuDNN's convolution writing tokens (NHWC output: no transpose charged), then
+// The library baseline: cuDNN's convolution writing tokens (NHWC output: no transpose charged), then
 // tessera's layer norm over channels; backward the other way round.
 struct CudnnEmbedding {
   bench::CudnnConv conv;

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch baselines for tessera's GPU benchmarks, on the same shapes (see docs/PERFORMANCE.md).
+"""PyTorch baselines for tessera's GPU benchmarks, on the same shapes (measuring rules: bench/README.md).
 
 Tools only: nothing in tessera's build or tests needs Python. Run it on the GPU machine in the same device
 call as tessera's Google Benchmark programs so bench/RESULTS.md can put both side by side:
@@ -29,7 +29,7 @@ import sys
 import time
 import warnings
 
-PEAK_BF16 = 989e12  # H100 SXM datasheet, bf16 dense: the MFU denominator (docs/PERFORMANCE.md)
+PEAK_BF16 = 989e12  # H100 SXM datasheet (H200: the same), bf16 dense: the MFU denominator for every mode
 ATTN_SHAPES = [  # name, heads, Tq, Tk, head dim (batch 64)
     ("CvT stage 1", 1, 3136, 784, 64), ("CvT stage 2", 3, 784, 196, 64),
     ("CvT stage 3", 6, 197, 50, 64), ("ViT-B/16", 12, 197, 197, 64)]
@@ -38,7 +38,7 @@ EMBED_CONVS = [  # name, Cin, Cout, kernel, stride, padding, input side
     ("CvT stage 1 7x7/4", 3, 64, 7, 4, 2, 224), ("CvT stage 2 3x3/2", 64, 192, 3, 2, 1, 56),
     ("CvT stage 3 3x3/2", 192, 384, 3, 2, 1, 28), ("ViT 16x16/16", 3, 768, 16, 16, 0, 224)]
 DW_CONVS = [(64, 56, 1), (64, 56, 2), (384, 14, 1), (384, 14, 2)]  # channels, side, stride (3x3, pad 1)
-TRAIN_GFLOP = {"HF CvT-13": 27.0, "HF ViT-B/16": 105.0, "timm ViT-B/16": 105.0}  # per image, docs/PERFORMANCE.md
+TRAIN_GFLOP = {"HF CvT-13": 27.0, "HF ViT-B/16": 105.0, "timm ViT-B/16": 105.0}  # per image: ≈ 3× the forward
 
 
 class Ctx:

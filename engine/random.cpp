@@ -48,7 +48,4 @@ Tensor Generator::bernoulli(const Shape& shape, double p, DType dt, Device devic
   return draw(seed_, take(shape_numel(shape)), RandomKind::Bernoulli, shape, p, 0, dt, device);
 }
 
-void Generator::fill_uniform(Tensor& t, double lo, double hi) { t.copy_(uniform(t.shape(), lo, hi, t.dtype(), t.device())); }
-void Generator::fill_normal(Tensor& t, double mean, double std) { t.copy_(normal(t.shape(), mean, std, t.dtype(), t.device())); }
-
 }  // namespace tessera

@@ -24,9 +24,6 @@ class Generator {
   Tensor truncated_normal(const Shape& shape, double mean, double std, double lo, double hi,
                           DType dt = DType::f32, Device device = Device::CPU);
   Tensor bernoulli(const Shape& shape, double p, DType dt = DType::f32, Device device = Device::CPU);
-  // Fills an existing tensor (not recorded by autograd).
-  void fill_uniform(Tensor& t, double lo, double hi);
-  void fill_normal(Tensor& t, double mean, double std);
 
  private:
   uint64_t take(int64_t n);  // returns the current offset and advances past n counters

@@ -6,7 +6,8 @@
 
 namespace tessera::models {
 
-// Every CvT LayerNorm uses nn.LayerNorm's default eps, whatever config.layer_norm_eps says (MODELS.md).
+// Every CvT LayerNorm uses nn.LayerNorm's default eps, whatever config.layer_norm_eps says (transformers'
+// CvT never passes the config's value on).
 constexpr double kCvtLayerNormEps = 1e-5;
 
 double Cvt::stage_drop_path_rate(const CvtConfig& c, int64_t stage) {
@@ -92,7 +93,8 @@ Tensor Cvt::layer_forward(const Layer& L, size_t s, int64_t index, const Tensor&
   Tensor x1 = drop_path(attn, dp, training, gen, x);  // (B, T, C): x + drop_path(attn), one pass
   Tensor y = L.output(L.intermediate.gelu(L.layernorm_after(x1)));  // (B, T, C)
   y = dropout(y, c_.drop_rate[s], training, gen) + x1;
-  // The port applies drop path to the whole sum, residual included (MODELS.md).
+  // transformers' CvT applies drop path to the whole sum, residual included: a dropped sample loses its
+  // residual stream too.
   return drop_path(y, dp, training, gen);
 }
 

@@ -1,4 +1,4 @@
-// CvT image classifier, as transformers' CvtForImageClassification (see docs/MODELS.md for every quirk).
+// CvT image classifier, as transformers' CvtForImageClassification (models/README.md lists every quirk).
 // Members mirror the checkpoint names: cvt.encoder.stages.{s}.… , layernorm, classifier.
 #pragma once
 #include <vector>

@@ -8,7 +8,6 @@
 #pragma once
 #include <algorithm>
 #include <map>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -120,7 +119,8 @@ class Module {
   // safetensors files without it).
   void save_safetensors(const std::string& path) const;
 
-  // Names of the architecture for messages ("CvT") and the prefix its checkpoints use ("cvt.").
+  // The architecture's name for messages ("CvT"); in lower case it is also the first component of its
+  // checkpoint names ("cvt."), which load_state_dict uses to recognise the other architecture's files.
   virtual const char* arch_name() const = 0;
   DType dtype() const { return dtype_; }
 

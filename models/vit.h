@@ -1,4 +1,4 @@
-// ViT image classifier, as transformers' ViTForImageClassification (see docs/MODELS.md).
+// ViT image classifier, as transformers' ViTForImageClassification (models/README.md lists its quirks).
 // Members mirror the checkpoint names: vit.embeddings.… , vit.encoder.layer.{i}.… , vit.layernorm, classifier.
 #pragma once
 #include <vector>
