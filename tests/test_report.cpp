@@ -14,6 +14,7 @@
 #include "train/metrics.h"
 #include "tests/temp_dir.h"
 #include "train/report.h"
+#include "train/report_figures.h"
 
 using namespace tessera;
 using json = nlohmann::json;
@@ -136,27 +137,85 @@ TEST_CASE("report: a self-contained page with the run's numbers, charts, matrix 
   CHECK(html.find("--out &lt;runs&gt;&amp;co") != std::string::npos);
   CHECK(html.find("<runs>") == std::string::npos);
 
-  // The matrix PNG: as a file and inlined byte for byte; shaded by row share (the all-correct row's diagonal
-  // cell is the darkest blue, its empty cells the lightest).
-  const std::string png = read_file(dir / "confusion_matrix.png");
-  CHECK(html.find("data:image/png;base64," + base64(png) + "'") != std::string::npos);
-  Image cm = decode_image(dir / "confusion_matrix.png");
-  CHECK(cm.width == 684);
-  CHECK(cm.height == 520);
-  auto at = [&](int x, int y) {
-    const uint8_t* p = cm.pixel(x, y);
-    return std::vector<int>{p[0], p[1], p[2]};
-  };
-  CHECK(at(0, 0) == std::vector<int>{255, 255, 255});
-  // Grid from (170, 64), 490 x 360 px: row 1 (meningioma, 2 of 2 right) spans y 184..303, column 1 x 333..495.
-  CHECK(at(336, 187) == std::vector<int>{8, 48, 107});
-  CHECK(at(173, 187) == std::vector<int>{247, 251, 255});
+  // The confusion-matrix PNG: the next test case.
 
   // Thumbnails: the 5 readable images, the 2 wrong ones marked; the missing one skipped with a note.
   CHECK(count(html, "data:image/jpeg;base64,") == 5);
   CHECK(count(html, "<figure class='wrong'") == 2);
   CHECK(html.find("could not be read") != std::string::npos);
   CHECK(html.find("img3.png") != std::string::npos);
+}
+
+TEST_CASE("report: confusion_matrix.png is a PNG of the matrix, inlined in the page") {
+  TempDir dir("report-png");
+  make_run(dir);
+  train::write_report(dir.path.string());
+  const std::string html = read_file(dir / "report.html");
+  if (!train::figures_unavailable().empty()) {  // a build configured without cairo: no PNG, and the page says why
+    CHECK(!fs::exists(dir / "confusion_matrix.png"));
+    CHECK(html.find("No confusion_matrix.png: " + std::string(train::figures_unavailable())) != std::string::npos);
+    CHECK(html.find("data:image/png") == std::string::npos);
+    MESSAGE("confusion_matrix.png not drawn: " << train::figures_unavailable());
+    return;
+  }
+
+  // As a file and inlined byte for byte; a PNG by its signature, 684 x 520 in its header and decoded.
+  const std::string png = read_file(dir / "confusion_matrix.png");
+  CHECK(html.find("data:image/png;base64," + base64(png) + "'") != std::string::npos);
+  REQUIRE(png.size() > 24);
+  CHECK(png.substr(0, 8) == std::string("\x89PNG\r\n\x1a\n", 8));
+  CHECK(png.substr(12, 4) == "IHDR");
+  auto be32 = [&](size_t at) {
+    uint32_t v = 0;
+    for (size_t i = 0; i < 4; ++i) v = v << 8 | uint8_t(png[at + i]);
+    return v;
+  };
+  CHECK(be32(16) == 684);
+  CHECK(be32(20) == 520);
+  Image cm = decode_image(dir / "confusion_matrix.png");
+  CHECK(cm.width == 684);
+  CHECK(cm.height == 520);
+
+  // Shaded by row share (the all-correct row's diagonal cell is the darkest blue, its empty cells the
+  // lightest, a half-right row's diagonal the middle stop).
+  auto at = [&](int x, int y) {
+    const uint8_t* p = cm.pixel(x, y);
+    return std::vector<int>{p[0], p[1], p[2]};
+  };
+  const std::vector<int> white{255, 255, 255}, darkest{8, 48, 107}, lightest{247, 251, 255}, middle{107, 174, 214};
+  CHECK(at(0, 0) == white);
+  // Grid from (170, 64), 490 x 360 px, a 1 px rule between cells: rows span y 64..183, 184..303, 304..423;
+  // columns x 170..332, 333..495, 496..659. Row 1 (meningioma) is 2 of 2 right, row 0 (glioma) 1 of 2.
+  CHECK(at(336, 187) == darkest);
+  CHECK(at(173, 187) == lightest);
+  CHECK(at(173, 67) == middle);
+
+  // Pixels in [x0, x1) x [y0, y1) for which `is` holds.
+  auto pixels = [&](int x0, int y0, int x1, int y1, auto is) {
+    int k = 0;
+    for (int y = y0; y < y1; ++y)
+      for (int x = x0; x < x1; ++x) k += is(at(x, y));
+    return k;
+  };
+  auto equal = [](const std::vector<int>& c) { return [c](const std::vector<int>& p) { return p == c; }; };
+  auto ink = [](const std::vector<int>& p) { return p[0] < 70 && p[1] < 70 && p[2] < 70; };  // dark grey text
+  auto light = [](const std::vector<int>& p) { return p[0] > 200 && p[1] > 200 && p[2] > 200; };
+  // Each cell is its shade but for its text, and the text is there: dark on light cells, white on dark ones.
+  const int cell = 162 * 119;
+  CHECK(pixels(333, 184, 495, 303, equal(darkest)) > cell * 9 / 10);
+  CHECK(pixels(333, 184, 495, 303, light) > 40);  // "2" and "100.0%" in white
+  CHECK(pixels(170, 64, 332, 183, equal(middle)) > cell * 9 / 10);
+  CHECK(pixels(170, 64, 332, 183, ink) > 40);  // "1" and "50.0%"
+  CHECK(pixels(496, 64, 659, 183, ink) > 40);  // "0" and "0.0%" on the lightest shade
+  // Class names left of the rows and under the columns, the axis titles, and the title above the grid.
+  for (int i = 0; i < 3; ++i) CHECK(pixels(0, 64 + 120 * i, 162, 64 + 120 * (i + 1), ink) > 40);
+  for (int j = 0; j < 3; ++j) CHECK(pixels(170 + 163 * j, 426, 170 + 163 * (j + 1), 490, ink) > 40);
+  CHECK(pixels(170, 492, 660, 520, ink) > 40);  // "predicted"
+  CHECK(pixels(0, 0, 684, 34, ink) > 100);      // the title
+  // The colour scale in the caption line: the palette from its lightest to its darkest stop.
+  CHECK(pixels(0, 40, 684, 56, equal(darkest)) > 0);
+  CHECK(pixels(0, 40, 684, 56, equal(middle)) > 0);
+  CHECK(pixels(0, 40, 684, 56, equal(lightest)) > 0);
 }
 
 TEST_CASE("report: missing metrics and evaluation leave their sections saying so") {
