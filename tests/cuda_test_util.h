@@ -1,5 +1,5 @@
-// Shared by the CUDA test programs: skipping (with the reason) where no GPU is usable, and dtype names
-// for messages.
+// Shared by the CUDA test programs and the op registry: skipping (with the reason) where no GPU is usable,
+// dtype names for messages, and the rounding units the tolerances are written in.
 #pragma once
 #include <doctest/doctest.h>
 
@@ -12,6 +12,7 @@
 #include "engine/core/cuda.h"
 #include "engine/core/dtype.h"
 #include "engine/core/tensor.h"
+#include "tests/gradcheck.h"
 
 // Without a usable GPU a test that needs one prints why and returns.
 #define SKIP_WITHOUT_GPU()                                   \
@@ -66,25 +67,11 @@ inline std::vector<double> values(const Tensor& t) { return t.contiguous().to(De
 inline Tensor on_gpu(const Tensor& t) { return t.defined() ? t.to(Device::CUDA) : Tensor(); }
 inline Tensor as_f64(const Tensor& t) { return t.defined() ? t.to(DType::f64) : Tensor(); }
 
-// Checks |got − want| ≤ tol(i) everywhere (equal values, NaN where the reference is NaN, pass) and
-// reports the worst element with its tolerance ratio.
+// Checks |got − want| ≤ tol(i) everywhere (equal values, NaN where the reference is NaN, pass); a failure
+// prints the largest errors and the first elements out of tolerance.
 inline void check_close(const std::vector<double>& got, const std::vector<double>& want,
                         const std::function<double(size_t)>& tol, const std::string& what) {
-  REQUIRE(got.size() == want.size());
-  if (got.empty()) return;
-  double worst = 0;
-  size_t wi = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool same = got[i] == want[i] || (std::isnan(got[i]) && std::isnan(want[i]));
-    const double r = same ? 0 : std::fabs(got[i] - want[i]) / tol(i);
-    if (!(r <= worst)) {
-      worst = std::isnan(r) ? INFINITY : r;
-      wi = i;
-    }
-  }
-  INFO(what << ": worst element " << wi << ": got " << got[wi] << ", want " << want[wi] << ", tolerance "
-            << tol(wi) << " (ratio " << worst << ")");
-  CHECK(worst <= 1.0);
+  CHECK_VALUES(got, want, tol, Shape{int64_t(want.size())}, what);
 }
 
 }  // namespace tessera::testing

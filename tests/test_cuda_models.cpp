@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/devices.h"
 #include "engine/ops.h"
 #include "engine/core/backend.h"
 #include "models/model.h"

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kernels/devices.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/safetensors.h"
@@ -34,7 +35,7 @@ std::string fixture_path(const char* name) {
 
 using tessera::testing::TempDir;
 
-// The small configs of the brief: CvT with three stages, a cls token in the last, several heads.
+// Small configs that keep every feature: CvT with three stages, a cls token in the last, several heads.
 CvtConfig tiny_cvt(int64_t labels = 5) {
   CvtConfig c;
   c.embed_dim = {16, 24, 32};
@@ -151,7 +152,7 @@ TEST_CASE("config.json parsing: defaults, id2label, errors naming the file and f
 }
 
 // ================================================================ registry and counts
-TEST_CASE("parameter counts of the full-size models match MODELS.md") {
+TEST_CASE("parameter counts of the full-size models match transformers' (models/README.md)") {
   // Built without initialisation (Tensor::empty): the counts come from the same construction code the
   // forward uses, and untouched pages cost nothing.
   auto count = [](const std::string& preset, int64_t labels, size_t* n_params, size_t* n_buffers) {

@@ -242,11 +242,11 @@ TEST_CASE("report: a missing run.json and malformed files are errors naming the 
 
   make_run(dir);
   write_text(dir / "run.json", "{\"model\": ");
-  CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("run.json: invalid JSON"));
+  CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("run.json: not valid JSON"));
 
   make_run(dir);
   write_text(dir / "metrics.jsonl", step(1, 1, 1.0) + step(1, 2, 0.9) + "{not json}\n" + step(1, 3, 0.8));
-  CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("metrics.jsonl line 3: invalid JSON"));
+  CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("metrics.jsonl line 3: not valid JSON"));
   write_text(dir / "metrics.jsonl", step(1, 1, 1.0) + "{\"event\": \"epoch\", \"epoch\": \"one\"}\n");
   CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("metrics.jsonl line 2: \"epoch\""));
 
@@ -254,5 +254,5 @@ TEST_CASE("report: a missing run.json and malformed files are errors naming the 
   write_text(dir / "eval_Testing.json", "{\"split\": \"Testing\"}");
   CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("eval_Testing.json: "));
   write_text(dir / "eval_Testing.json", "[1, 2");
-  CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("eval_Testing.json: invalid JSON"));
+  CHECK_THROWS_WITH(train::write_report(dir.path.string()), doctest::Contains("eval_Testing.json: not valid JSON"));
 }

@@ -1,13 +1,14 @@
-// The CUDA backend against the CPU reference. Every op: random inputs made on the CPU, the same op run on
-// CUDA tensors (through engine/ops.h, or the backend directly where the op layer has no entry point), the
-// result compared with the CPU's, computed in f64 on the very same (already rounded) inputs.
+// The CUDA runtime and backend-level contracts that are not a per-op comparison (those live in the op
+// registry, tests/backend_ops.h + tests/test_backend_ops.cpp): availability and status, the allocator,
+// host/device copies and every dtype conversion, events, the Philox streams, the backend calls that have no
+// op-level form (GEMM's alpha/beta and broadcast strides, index_add, binary ops no op uses), the error
+// messages that name the op, and bit-reproducibility (fixed reduction orders; gradients left undefined do
+// not change the others).
 //
-// Sizes are odd on purpose (1, 7, 33, 1023, 4097, ...) and inputs are also non-contiguous (transposed,
-// sliced with a step, broadcast). Tolerances are derived per dtype: u(dtype) is the unit roundoff
-// (f64 2^-53, f32 2^-24, f16 2^-11, bf16 2^-8) and each comparison says which error terms it allows.
-// Where a result can be exact (integer-valued data, max, copies), the comparison is exact.
-//
-// Without a usable GPU every test that needs one prints why and returns (the runtime test still runs).
+// Tolerances are derived per dtype: u(dtype) is the unit roundoff (f64 2^-53, f32 2^-24, f16 2^-11,
+// bf16 2^-8) and each comparison says which error terms it allows; where a result can be exact
+// (integer-valued data, copies), the comparison is exact. Without a usable GPU every test that needs one
+// prints why and returns (the runtime test still runs).
 #include <doctest/doctest.h>
 
 #include "kernels/devices.h"
@@ -20,12 +21,15 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "engine/core/cuda.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "engine/core/backend.h"
+#include "engine/optim.h"
+#include "kernels/cuda/attention_tiling.h"
 
 using namespace tessera;
 
@@ -399,290 +403,6 @@ TEST_CASE("cuda random: the CPU's Philox streams") {
   CHECK(gc.offset() == gg.offset());
 }
 
-// ================================================================ unary
-namespace {
-struct UnaryCase {
-  UnaryOp op;
-  std::string name;
-  double lo, hi, alpha, beta;
-  double cancel;  // s in tol = k·u·(|ref| + s·|x|): error terms proportional to |x| (cancellation)
-};
-Tensor run_unary(const UnaryCase& c, const Tensor& x) {
-  switch (c.op) {
-    case UnaryOp::Neg: return neg(x);
-    case UnaryOp::Exp: return exp(x);
-    case UnaryOp::Log: return log(x);
-    case UnaryOp::Sqrt: return sqrt(x);
-    case UnaryOp::Tanh: return tanh(x);
-    case UnaryOp::Erf: return erf(x);
-    case UnaryOp::Abs: return abs(x);
-    case UnaryOp::Gelu: return gelu(x);
-    case UnaryOp::Affine: return affine(x, c.alpha, c.beta);
-    case UnaryOp::PowScalar: return pow(x, c.alpha);
-    case UnaryOp::Clamp: return clamp(x, c.alpha, c.beta);
-  }
-  return x;
-}
-}  // namespace
-
-TEST_CASE("cuda unary ops vs the CPU in f64, every float dtype, odd sizes, non-contiguous inputs") {
-  SKIP_WITHOUT_GPU();
-  const UnaryCase cases[] = {
-      {UnaryOp::Neg, "neg", -3, 3, 0, 0, 0},
-      {UnaryOp::Exp, "exp", -3, 3, 0, 0, 0},
-      {UnaryOp::Log, "log", 0.05, 4, 0, 0, 0},
-      {UnaryOp::Sqrt, "sqrt", 0, 4, 0, 0, 0},
-      {UnaryOp::Tanh, "tanh", -3, 3, 0, 0, 0},
-      {UnaryOp::Erf, "erf", -3, 3, 0, 0, 0},
-      {UnaryOp::Abs, "abs", -3, 3, 0, 0, 0},
-      // x·Φ(x) for x < 0: 1 + erf(x/√2) cancels, leaving an error of ~u·|x|.
-      {UnaryOp::Gelu, "gelu", -4, 4, 0, 0, 1},
-      // alpha is rounded to the compute type (1.7 is not a float), and alpha·x + beta may cancel.
-      {UnaryOp::Affine, "affine", -3, 3, 1.7, -0.3, 2},
-      {UnaryOp::PowScalar, "pow 2.5", 0.1, 3, 2.5, 0, 0},
-      {UnaryOp::Clamp, "clamp", -2, 2, -0.5, 0.8, 0},
-  };
-  Generator g(21);
-  for (DType dt : kFloatTypes) {
-    // f32/f64: CUDA's documented maximum errors for these functions are ≤ 4 ulp (powf), ≤ 2 ulp for the
-    // rest, and one ulp is at most 2u relative, so ≤ 8u; the CPU reference (f64, or glibc's ≤ 1 ulp when
-    // comparing f64 with f64) adds ≤ 2u → k = 16 leaves a margin below any real bug (O(1) errors).
-    // 16-bit: the f32 result (error ≤ 16·2^-24) is rounded once (≤ u of the 16-bit type) → k = 2.
-    const double k = (dt == DType::f32 || dt == DType::f64) ? 16 : 2, u = unit_roundoff(dt);
-    for (const UnaryCase& c : cases) {
-      for (const Layout& l : layouts_1d_and_views()) {
-        Tensor base = g.uniform(l.base, c.lo, c.hi, DType::f64).to(dt);  // inputs rounded to dt
-        Tensor x_gpu = l.view(base.to(Device::CUDA));
-        Tensor x_ref = l.view(base.to(DType::f64));
-        Tensor y_gpu = run_unary(c, x_gpu);
-        Tensor y_ref = run_unary(c, x_ref);
-        REQUIRE(y_gpu.shape() == y_ref.shape());
-        CHECK(y_gpu.dtype() == dt);
-        std::vector<double> got = values(y_gpu), want = y_ref.to_vector<double>(), xs = x_ref.to_vector<double>();
-        Worst w = compare(got, want, [&](size_t i) {
-          return k * u * (std::fabs(want[i]) + c.cancel * std::fabs(xs[i])) + subnormal_step(dt);
-        });
-        CHECK_WORST(w, c.name << " " << dname(dt) << " on " << l.name << " " << describe(x_gpu));
-      }
-    }
-  }
-}
-
-// ================================================================ binary
-namespace {
-struct BinaryCase {
-  BinaryOp op;
-  std::string name;
-  double alo, ahi, blo, bhi;
-  bool integer_inputs;  // comparisons: small integers so ties happen
-};
-Shape broadcast(const Shape& a, const Shape& b) {
-  size_t n = std::max(a.size(), b.size());
-  Shape out(n);
-  for (size_t i = 0; i < n; ++i) {
-    int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
-    int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
-    out[i] = da == 1 ? db : da;
-  }
-  return out;
-}
-// The backend call the op layer makes: both operands expanded to the output's shape.
-Tensor run_binary(BinaryOp op, const Tensor& a, const Tensor& b) {
-  Shape s = broadcast(a.shape(), b.shape());
-  Tensor out = Tensor::empty(s, a.dtype(), a.device());
-  backend(a.device()).binary(op, a.expand(s), b.expand(s), out);
-  return out;
-}
-}  // namespace
-
-TEST_CASE("cuda binary ops vs the CPU in f64: broadcasting, non-contiguous operands, every float dtype") {
-  SKIP_WITHOUT_GPU();
-  const BinaryCase cases[] = {
-      {BinaryOp::Add, "add", -2, 2, -2, 2, false},
-      {BinaryOp::Sub, "sub", -2, 2, -2, 2, false},
-      {BinaryOp::Mul, "mul", -2, 2, -2, 2, false},
-      {BinaryOp::Div, "div", -2, 2, 0.5, 2, false},
-      {BinaryOp::Maximum, "maximum", -2, 2, -2, 2, true},
-      {BinaryOp::Minimum, "minimum", -2, 2, -2, 2, true},
-      {BinaryOp::Pow, "pow", 0.1, 3, -2, 2, false},
-      {BinaryOp::GeluBackward, "gelu_backward", -4, 4, -2, 2, false},
-      {BinaryOp::Eq, "eq", -2, 2, -2, 2, true},
-      {BinaryOp::Gt, "gt", -2, 2, -2, 2, true},
-      {BinaryOp::Ge, "ge", -2, 2, -2, 2, true},
-  };
-  struct Pair {
-    Shape a_base, b_base;
-    View a_view, b_view;
-    std::string name;
-  };
-  const std::vector<Pair> pairs = {
-      {{1}, {1}, identity, identity, "[1] . [1]"},
-      {{7}, {7}, identity, identity, "[7] . [7]"},
-      {{4097}, {4097}, identity, identity, "[4097] . [4097]"},
-      {{4097}, {1}, identity, identity, "[4097] . [1] (scalar broadcast)"},
-      {{33, 1023}, {1023}, identity, identity, "[33,1023] . [1023] (row broadcast)"},
-      {{33, 1}, {1, 65}, identity, identity, "[33,1] . [1,65] (outer product)"},
-      {{5, 1, 7}, {3, 7}, identity, identity, "[5,1,7] . [3,7]"},
-      {{65, 33}, {33}, [](const Tensor& t) { return t.transpose(0, 1); },
-       [](const Tensor& t) { return t.unsqueeze(1); }, "[33,65]ᵀ . [33,1]"},
-      {{40, 100}, {40, 100}, [](const Tensor& t) { return t.slice(1, 3, 97, 3); },
-       [](const Tensor& t) { return t.slice(1, 1, 95, 3); }, "stepped . stepped"},
-  };
-  Generator g(31);
-  for (DType dt : kFloatTypes) {
-    const double u = unit_roundoff(dt);
-    const double k = (dt == DType::f32 || dt == DType::f64) ? 16 : 2;  // as for the unary ops
-    for (const BinaryCase& c : cases) {
-      for (const Pair& p : pairs) {
-        Tensor a = (c.integer_inputs ? integers(g, p.a_base, -2, 2) : g.uniform(p.a_base, c.alo, c.ahi, DType::f64)).to(dt);
-        Tensor b = c.integer_inputs ? integers(g, p.b_base, -2, 2) : g.uniform(p.b_base, c.blo, c.bhi, DType::f64);
-        if (c.op == BinaryOp::Div) b = mul(b, integers(g, p.b_base, 0, 1) * 2.0 - 1.0);  // divisors of both signs
-        b = b.to(dt);
-        Tensor ag = p.a_view(a.to(Device::CUDA)), bg = p.b_view(b.to(Device::CUDA));
-        Tensor ar = p.a_view(a.to(DType::f64)), br = p.b_view(b.to(DType::f64));
-        Tensor y_gpu = run_binary(c.op, ag, bg), y_ref = run_binary(c.op, ar, br);
-        Shape s = y_ref.shape();
-        std::vector<double> got = values(y_gpu), want = y_ref.to_vector<double>();
-        std::vector<double> av = ar.expand(s).contiguous().to_vector<double>(), bv = br.expand(s).contiguous().to_vector<double>();
-        Worst w = compare(got, want, [&](size_t i) {
-          switch (c.op) {
-            case BinaryOp::Add: case BinaryOp::Sub:
-              return k * u * (std::fabs(av[i]) + std::fabs(bv[i]));
-            case BinaryOp::GeluBackward:  // Φ(x) + x·φ(x) cancels near x ≈ −0.75
-              return k * u * (std::fabs(want[i]) + std::fabs(bv[i]) * (1 + std::fabs(av[i]))) + subnormal_step(dt);
-            case BinaryOp::Mul: case BinaryOp::Div: case BinaryOp::Pow:
-              return k * u * std::fabs(want[i]) + subnormal_step(dt);
-            default:
-              return 0.0;  // max/min/comparisons are exact
-          }
-        });
-        CHECK_WORST(w, c.name << " " << dname(dt) << " on " << p.name << ": a " << describe(ag) << ", b " << describe(bg));
-      }
-    }
-  }
-  // Through the op layer (broadcasting done there): add, mul, div, maximum, pow on a bias-like shape.
-  Tensor x = g.uniform({7, 1023}, 0.5, 2, DType::f32), bias = g.uniform({1023}, 0.5, 2, DType::f32);
-  Tensor xg = x.to(Device::CUDA), bg = bias.to(Device::CUDA);
-  for (auto [f, name] : std::vector<std::pair<Tensor (*)(const Tensor&, const Tensor&), std::string>>{
-           {add, "add"}, {mul, "mul"}, {div, "div"}, {maximum, "maximum"}, {pow, "pow"}}) {
-    std::vector<double> got = values(f(xg, bg)), want = f(x.to(DType::f64), bias.to(DType::f64)).to_vector<double>();
-    Worst w = compare(got, want, [&](size_t i) { return 16 * 0x1p-24 * std::fabs(want[i]); });  // as above
-    CHECK_WORST(w, "ops.h " << name << " f32 [7,1023] . [1023]");
-  }
-}
-
-// ================================================================ reductions
-TEST_CASE("cuda sum/max over rows: exact on integer data, within the tree bound on real data") {
-  SKIP_WITHOUT_GPU();
-  struct Case { int64_t outer, R; };
-  // Each kernel path: 1, 4, 16 and 32 lanes per row; a block per row; long rows split across blocks.
-  const Case cases[] = {{1, 1}, {7, 1}, {1, 7}, {3, 2}, {100, 2}, {4097, 3}, {33, 33}, {64, 64}, {5, 1023},
-                        {3136 * 4, 64}, {77, 768}, {3, 4097}, {1, 100000}, {2, 2000000}, {1000, 5000},
-                        {600, 4500}, {10, 70001}};
-  Generator g(41);
-  for (DType dt : kFloatTypes) {
-    for (const Case& c : cases) {
-      INFO(dname(dt) << " [" << c.outer << ", " << c.R << "]");
-      // (1) Integer values in [-8, 8]: every partial sum is an integer of magnitude ≤ 8·R ≤ 2^24 (R ≤ 2^21
-      // here), so any summation order
-      // is exact in f32/f64 accumulation; the GPU must equal the CPU exactly (the one rounding to a 16-bit
-      // output is the same on both). Max values and first-max indices are always exact; the narrow range
-      // makes ties (and so the first-index rule) common.
-      Tensor xi = integers(g, {c.outer, c.R}, -8, 8).to(dt);
-      Tensor xg = xi.to(Device::CUDA);
-      CHECK_EXACT(values(sum(xg, {-1})), sum(xi.to(DType::f64), {-1}).to(dt).to_vector<double>());
-      CHECK_EXACT(values(max(xg, {-1})), max(xi.to(DType::f64), {-1}).to(dt).to_vector<double>());
-      CHECK_EXACT(values(argmax(xg, -1)), argmax(xi.to(DType::f64), -1).to_vector<double>());
-
-      // (2) Real data: |computed − exact| ≤ γ·Σ|x| + u_out·|exact|, γ = (L + log2 P + 11)·u_acc with P the
-      // fewest threads any path puts on a row of this length (1, 4, 16 or 32; longer rows get more) and
-      // L = ceil(R/P) terms summed sequentially per thread; the 11 covers up to 1024 segments of a split row
-      // plus the final rounding. See kernels/cuda/reduce.cu.
-      Tensor xr = g.uniform({c.outer, c.R}, -1, 1, DType::f64).to(dt);
-      Tensor x64 = xr.to(DType::f64);
-      std::vector<double> got = values(sum(xr.to(Device::CUDA), {-1})), want = sum(x64, {-1}).to_vector<double>();
-      std::vector<double> abs_sum = sum(abs(x64), {-1}).to_vector<double>();
-      const int64_t P = c.R <= 2 ? 1 : c.R <= 16 ? 4 : c.R <= 64 ? 16 : 32;
-      const double gamma = double((c.R + P - 1) / P + int64_t(std::log2(double(P))) + 11) * compute_roundoff(dt);
-      const double u_out = dt == DType::f32 || dt == DType::f64 ? 0.0 : unit_roundoff(dt);
-      Worst w = compare(got, want, [&](size_t i) {
-        return gamma * abs_sum[i] + u_out * std::fabs(want[i]) + subnormal_step(dt);
-      });
-      CHECK_WORST(w, "sum of real data");
-    }
-  }
-  // Reductions over other dims through the op layer (it permutes and copies first).
-  Tensor x = g.uniform({33, 65, 7}, -1, 1, DType::f32);
-  Tensor xg = x.to(Device::CUDA);
-  std::vector<double> got = values(sum(xg, {0, 2})), want = sum(x.to(DType::f64), {0, 2}).to_vector<double>();
-  Worst w = compare(got, want, [&](size_t) { return 30 * 0x1p-24 * 231; });  // γ·Σ|x|, Σ|x| ≤ 33·7 = 231
-  CHECK_WORST(w, "sum over dims {0,2} of [33,65,7]");
-  CHECK_EXACT(values(max(xg, {1})), max(x, {1}).to_vector<double>());
-  // NaN propagates through max, and its index is the first NaN.
-  Tensor n = Tensor::from(std::vector<double>{1, NAN, 5, NAN, 2}, {1, 5}, DType::f32).to(Device::CUDA);
-  CHECK(std::isnan(max(n, {-1}).item()));
-  CHECK(argmax(n, -1).item() == 1);
-}
-
-// ================================================================ softmax
-TEST_CASE("cuda softmax / log_softmax and their backward vs the CPU in f64") {
-  SKIP_WITHOUT_GPU();
-  Generator g(51);
-  const int64_t widths[] = {1, 7, 33, 64, 197, 1023, 1024, 1025, 4097};
-  for (DType dt : kFloatTypes) {
-    const double uc = compute_roundoff(dt), uo = dt == DType::f32 || dt == DType::f64 ? 0.0 : unit_roundoff(dt);
-    for (int64_t C : widths) {
-      for (int64_t rows : {int64_t(1), int64_t(5), int64_t(77)}) {
-        // Error budget in the compute type (u = uc), per element: x − max (≤ 8u absolute for |x| ≤ 4),
-        // exp (≤ 2 ulp), the row sum (tree: ≤ (C/32 + 5)·u relative, see reduce.cu), the division or log:
-        // k = C/32 + 24 relative to |y| for softmax; for log_softmax the same k, absolute, scaled by
-        // 1 + |y|. Plus one rounding to a 16-bit output (uo·|y|).
-        const double k = double(C) / 32 + 24;
-        for (bool log : {false, true}) {
-          Tensor x = g.uniform({rows, C}, -4, 4, DType::f64).to(dt);
-          Tensor x64 = x.to(DType::f64);
-          Tensor yg = log ? log_softmax(x.to(Device::CUDA), -1) : softmax(x.to(Device::CUDA), -1);
-          Tensor yr = log ? log_softmax(x64, -1) : softmax(x64, -1);
-          std::vector<double> got = values(yg), want = yr.to_vector<double>();
-          Worst w = compare(got, want, [&](size_t i) {
-            double a = std::fabs(want[i]);
-            return (log ? k * uc * (1 + a) : k * uc * a) + uo * a + subnormal_step(dt);
-          });
-          CHECK_WORST(w, std::string(log ? "log_softmax " : "softmax ") << dname(dt) << " [" << rows << ", " << C << "]");
-
-          // Backward, through the backend: y (the reference output rounded to dt) and a random dy.
-          Tensor y = yr.to(dt), dy = g.uniform({rows, C}, -1, 1, DType::f64).to(dt);
-          Tensor y64 = y.to(DType::f64), dy64 = dy.to(DType::f64);
-          Tensor dx_g = Tensor::empty({rows, C}, dt, Device::CUDA), dx_r = Tensor::empty({rows, C}, DType::f64);
-          cuda_backend().softmax_backward(y.to(Device::CUDA), dy.to(Device::CUDA), dx_g, log);
-          cpu_backend().softmax_backward(y64, dy64, dx_r, log);
-          std::vector<double> gd = values(dx_g), wd = dx_r.to_vector<double>();
-          std::vector<double> yv = y64.to_vector<double>(), dyv = dy64.to_vector<double>();
-          // Scale of the terms that can cancel: softmax dx = y·(dy − Σ dy·y): |y|·(|dy| + Σ|dy·y|);
-          // log: dx = dy − exp(y)·Σ dy: |dy| + exp(y)·Σ|dy|.
-          std::vector<double> row_scale(size_t(rows), 0.0);
-          for (int64_t r = 0; r < rows; ++r)
-            for (int64_t j = 0; j < C; ++j) {
-              size_t i = size_t(r * C + j);
-              row_scale[size_t(r)] += log ? std::fabs(dyv[i]) : std::fabs(dyv[i] * yv[i]);
-            }
-          Worst wb = compare(gd, wd, [&](size_t i) {
-            double s = row_scale[i / size_t(C)];
-            double scale = log ? std::fabs(dyv[i]) + std::exp(yv[i]) * s : std::fabs(yv[i]) * (std::fabs(dyv[i]) + s);
-            return k * uc * (std::fabs(wd[i]) + scale) + uo * std::fabs(wd[i]) + subnormal_step(dt);
-          });
-          CHECK_WORST(wb, std::string(log ? "log_softmax_backward " : "softmax_backward ") << dname(dt) << " [" << rows << ", " << C << "]");
-        }
-      }
-    }
-  }
-  // A non-last dim through the op layer (transposed copies around the kernel).
-  Tensor x = g.uniform({33, 7, 5}, -4, 4, DType::f32);
-  std::vector<double> got = values(softmax(x.to(Device::CUDA), 1)), want = softmax(x.to(DType::f64), 1).to_vector<double>();
-  Worst w = compare(got, want, [&](size_t i) { return 32 * 0x1p-24 * std::fabs(want[i]); });
-  CHECK_WORST(w, "softmax over dim 1 of [33,7,5]");
-}
-
 // ================================================================ gemm
 namespace {
 struct GemmCase {
@@ -723,7 +443,6 @@ std::string gemm_name(const GemmCase& c, const GemmMode& m) {
          std::to_string(c.alpha) + " beta " + std::to_string(c.beta);
 }
 }  // namespace
-
 TEST_CASE("cuda gemm: exact on integer data (every layout), error bounds on real data (every precision)") {
   SKIP_WITHOUT_GPU();
   const GemmCase layouts[] = {
@@ -795,7 +514,6 @@ TEST_CASE("cuda gemm: exact on integer data (every layout), error bounds on real
   Worst w = compare(gv, wv, [&](size_t) { return 33 * 0x1p-24 * 33; });  // K·u32·T with T ≤ K
   CHECK_WORST(w, "matmul [2,1,7,33] @ [3,33,5]ᵀ");
 }
-
 // ================================================================ index_select / index_add
 TEST_CASE("cuda index_select / index_add vs the CPU, repeated and out-of-range indices") {
   SKIP_WITHOUT_GPU();
@@ -849,58 +567,6 @@ TEST_CASE("cuda index_select / index_add vs the CPU, repeated and out-of-range i
   CHECK_THROWS_AS(cuda_backend().index_add(hb, idx_g, hd), TensorError);
 }
 
-// ================================================================ adamw
-TEST_CASE("cuda multi-tensor adamw matches the CPU over several steps") {
-  SKIP_WITHOUT_GPU();
-  // One list mixing what a step can hold: f32 parameters with f32 and with bf16 gradients, f64 parameters,
-  // an empty tensor, sizes around the 64 Ki-element chunk and more tensors than one launch carries (36), each
-  // with its own weight decay, so the packing (splits across launches, dtype groups) is exercised.
-  struct Spec { int64_t n; DType param, grad; };
-  std::vector<Spec> specs = {{4097, DType::f32, DType::f32}, {65536, DType::f32, DType::bf16},
-                             {65537, DType::f32, DType::f32}, {0, DType::f32, DType::f32},
-                             {200003, DType::f32, DType::bf16}, {1, DType::f64, DType::f64},
-                             {70000, DType::f64, DType::f64}};
-  for (int i = 0; i < 45; ++i) specs.push_back({3 + i, DType::f32, i % 3 ? DType::f32 : DType::bf16});
-  Generator g(81);
-  std::vector<Backend::AdamWParam> cpu, gpu;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const Spec& sp = specs[i];
-    Tensor p = g.normal({sp.n}, 0, 1, sp.param);
-    const double wd = 0.01 * double(i % 5);
-    cpu.push_back({p, Tensor(), Tensor::zeros({sp.n}, sp.param), Tensor::zeros({sp.n}, sp.param), wd});
-    gpu.push_back({p.to(Device::CUDA), Tensor(), Tensor::zeros({sp.n}, sp.param, Device::CUDA),
-                   Tensor::zeros({sp.n}, sp.param, Device::CUDA), wd});
-  }
-  const double lr = 1e-3, b1 = 0.9, b2 = 0.999, eps = 1e-8;
-  const int steps = 5;
-  for (int t = 1; t <= steps; ++t) {
-    for (size_t i = 0; i < specs.size(); ++i) {
-      cpu[i].grad = g.normal({specs[i].n}, 0, 1, DType::f64).to(specs[i].grad);
-      gpu[i].grad = cpu[i].grad.to(Device::CUDA);
-    }
-    Backend::AdamWStep s{lr, b1, b2, eps, 1 - std::pow(b1, t), 1 - std::pow(b2, t)};
-    cpu_backend().adamw(cpu, s);
-    cuda_backend().adamw(gpu, s);
-  }
-  // Both sides compute each element with the same double arithmetic (optim_math.h) and round once per step
-  // to the parameter type, so they differ only where a compiler fused a multiply-add: ≤ 1 rounding per value
-  // per step, carried forward with a factor ≈ 1 → |Δ| ≤ 2·steps·u·max|value| per tensor.
-  for (size_t i = 0; i < specs.size(); ++i) {
-    const double u = unit_roundoff(specs[i].param);
-    const std::pair<Tensor, Tensor> pairs[] = {{gpu[i].param, cpu[i].param}, {gpu[i].exp_avg, cpu[i].exp_avg},
-                                               {gpu[i].exp_avg_sq, cpu[i].exp_avg_sq}};
-    const char* names[] = {"param", "exp_avg", "exp_avg_sq"};
-    for (int k = 0; k < 3; ++k) {
-      std::vector<double> got = values(pairs[k].first), want = pairs[k].second.to_vector<double>();
-      double max_abs = 0;
-      for (double w : want) max_abs = std::max(max_abs, std::fabs(w));
-      Worst w = compare(got, want, [&](size_t) { return 2 * steps * u * max_abs; });
-      CHECK_WORST(w, "adamw tensor " << i << " (n " << specs[i].n << ", param " << dname(specs[i].param)
-                                     << ", grad " << dname(specs[i].grad) << ") " << names[k]);
-    }
-  }
-}
-
 // ================================================================ bad input
 TEST_CASE("cuda backend: bad input gets a clear exception, unimplemented ops say so") {
   SKIP_WITHOUT_GPU();
@@ -923,17 +589,18 @@ TEST_CASE("cuda backend: bad input gets a clear exception, unimplemented ops say
   CHECK_MESSAGE(message_contains([&] { be.gemm(g); }, "need", msg), msg);
 }
 
-TEST_CASE("an op a backend does not implement fails loudly, naming the op and the device") {
-  // Every Backend op now has a CUDA kernel; the base class's refusal is what a new backend (or a new op)
-  // starts from, so it is checked on a backend that implements nothing.
-  struct Bare final : Backend {
-    Device device() const override { return Device::CUDA; }
-  } bare;
-  Tensor x = Tensor::zeros({1, 1, 4, 5}), w = Tensor::zeros({1, 1, 1, 1}), y = Tensor::empty({1, 1, 4, 5});
-  std::string msg;
-  CHECK_MESSAGE(message_contains([&] { bare.conv2d(x, w, Tensor(), Conv2dArgs{}, y); },
-                                 "conv2d is not implemented on the cuda backend", msg), msg);
-}
+// The contract is enforced by the compiler: a backend that leaves a primitive out cannot be instantiated,
+// and one that implements the primitives alone is complete (every fused op has its composite).
+struct PrimitivesOnly final : Backend {
+  Device device() const override { return Device::CPU; }
+  TESSERA_PRIMITIVES(TS_OVERRIDE)
+};
+struct MemoryOnly final : Backend {
+  Device device() const override { return Device::CPU; }
+  TS_OVERRIDE(fill) TS_OVERRIDE(copy)
+};
+static_assert(!std::is_abstract_v<PrimitivesOnly>, "the fused ops must have composite fallbacks");
+static_assert(std::is_abstract_v<MemoryOnly>, "a backend without every primitive must not compile");
 
 TEST_CASE("cuda events: synchronize waits for the work queued before record") {
   SKIP_WITHOUT_GPU();
@@ -950,106 +617,195 @@ TEST_CASE("cuda events: synchronize waits for the work queued before record") {
   cuda::pinned_free(pinned);
 }
 
-TEST_CASE("cuda bias_gelu and its backward vs the CPU in f64") {
+// ================================================================ attention
+TEST_CASE("cuda attention: bad inputs fail naming the op") {
   SKIP_WITHOUT_GPU();
-  // The GPU computes GELU(x + b) in fp32 (f64 for f64) from the rounded inputs; the reference computes the
-  // same in f64 on the same rounded values. The sum, erf and exp each contribute a few units of the
-  // compute type's roundoff relative to |x| + |b| (GELU' is at most 1.13, GELU'' at most 0.8), and the
-  // result is rounded once to the storage type: tol = 16·u_c·(1 + |x| + |b|) + ulp(ref).
-  Generator gen(77);
+  Tensor q = Tensor::empty({1, 1, 8, 160}, DType::f32, Device::CUDA);  // D > 128: no kernel
+  Tensor out = Tensor::empty({1, 1, 8, 160}, DType::f32, Device::CUDA);
+  Tensor lse = Tensor::empty({1, 1, 8}, DType::f32, Device::CUDA);
+  CHECK_THROWS_WITH(cuda_backend().attention(q, q, q, 1.0, out, lse), doctest::Contains("head dim"));
+  Tensor q2 = Tensor::empty({1, 1, 8, 64}, DType::f32, Device::CUDA);
+  Tensor t2 = Tensor::empty({1, 8, 1, 64}, DType::f32, Device::CUDA).transpose(1, 2);
+  Tensor out2 = Tensor::empty({1, 1, 8, 64}, DType::f32, Device::CUDA);
+  CHECK_THROWS_WITH(cuda_backend().attention(t2, q2, q2, 1.0, out2, lse), doctest::Contains("contiguous"));
+  Tensor lse64 = Tensor::empty({1, 1, 8}, DType::f64, Device::CUDA);
+  CHECK_THROWS_WITH(cuda_backend().attention(q2, q2, q2, 1.0, out2, lse64), doctest::Contains("lse"));
+  Tensor qc = Tensor::empty({1, 1, 8, 64}, DType::f32);
+  CHECK_THROWS_WITH(cuda_backend().attention(qc, q2, q2, 1.0, out2, lse), doctest::Contains("attention"));
+}
+
+#ifdef TESSERA_HAS_CUDA
+TEST_CASE("cuda attention_probs: rows sum to 1 and match the softmax") {
+  SKIP_WITHOUT_GPU();
+  for (DType dt : {DType::f32, DType::bf16}) {
+    INFO(dname(dt));
+    const int64_t B = 2, H = 3, Tq = 65, Tk = 50, D = 64;
+    Generator g(7);
+    Tensor q = g.uniform({B, H, Tq, D}, -1, 1, DType::f64).to(dt).to(DType::f64);
+    Tensor k = g.uniform({B, H, Tk, D}, -1, 1, DType::f64).to(dt).to(DType::f64);
+    Tensor v = g.uniform({B, H, Tk, D}, -1, 1, DType::f64).to(dt).to(DType::f64);
+    const double scale = 0.125;
+    Tensor qg = q.to(dt).to(Device::CUDA), kg = k.to(dt).to(Device::CUDA), vg = v.to(dt).to(Device::CUDA);
+    Tensor out = Tensor::empty({B, H, Tq, D}, dt, Device::CUDA), lse = Tensor::empty({B, H, Tq}, DType::f32, Device::CUDA);
+    cuda_backend().attention(qg, kg, vg, scale, out, lse);
+    Tensor probs = Tensor::empty({B, H, Tq, Tk}, dt, Device::CUDA);
+    cuda::attention_probs(qg, kg, scale, lse, probs);
+    const std::vector<double> p = values(probs), qv = values(q), kv = values(k);
+    std::vector<double> want(p.size());
+    for (int64_t r = 0; r < B * H * Tq; ++r) {  // softmax of the f64 scores
+      const int64_t bh = r / Tq;
+      std::vector<double> s(size_t(Tk), 0.0);
+      double mx = -INFINITY, sum = 0;
+      for (int64_t j = 0; j < Tk; ++j) {
+        for (int64_t d = 0; d < D; ++d) s[size_t(j)] += qv[size_t(r * D + d)] * kv[size_t((bh * Tk + j) * D + d)];
+        s[size_t(j)] *= scale;
+        mx = std::max(mx, s[size_t(j)]);
+      }
+      for (double& x : s) sum += std::exp(x - mx);
+      for (int64_t j = 0; j < Tk; ++j) want[size_t(r * Tk + j)] = std::exp(s[size_t(j)] - mx) / sum;
+    }
+    // Each p carries the lse error (≈ |Δs| + Tk·u_c, relative) and one rounding to dt.
+    const double u = unit_roundoff(dt), rel = 2 * 64.0 * 0x1p-24 * scale * 64.0 + 2 * Tk * 0x1p-24 + u;
+    check_close(p, want, [&](size_t i) { return 1e-30 + rel * std::fabs(want[i]); }, "probs");
+    for (int64_t r = 0; r < B * H * Tq; ++r) {
+      double s = 0;
+      for (int64_t j = 0; j < Tk; ++j) s += p[size_t(r * Tk + j)];
+      CHECK(std::fabs(s - 1) <= rel + 1e-12);
+    }
+  }
+}
+#endif
+// ================================================================ conv2d, layer norm
+TEST_CASE("cuda conv2d errors name the op") {
+  SKIP_WITHOUT_GPU();
+  Tensor x = Tensor::zeros({1, 3, 8, 8}, DType::f32, Device::CUDA), w = Tensor::zeros({4, 3, 3, 3}, DType::f32, Device::CUDA);
+  Tensor wrong = Tensor::empty({1, 4, 5, 5}, DType::f32, Device::CUDA), cpu_y = Tensor::empty({1, 4, 6, 6});
+  CHECK_THROWS_WITH_AS(cuda_backend().conv2d(x, w, Tensor(), Conv2dArgs{}, wrong), doctest::Contains("conv2d (cuda)"),
+                       std::exception);
+  CHECK_THROWS_WITH_AS(cuda_backend().conv2d(x, w, Tensor(), Conv2dArgs{}, cpu_y), doctest::Contains("conv2d (cuda)"),
+                       std::exception);
+  Tensor xi = Tensor::zeros({1, 3, 8, 8}, DType::i32, Device::CUDA), wi = Tensor::zeros({4, 3, 3, 3}, DType::i32, Device::CUDA);
+  Tensor yi = Tensor::empty({1, 4, 6, 6}, DType::i32, Device::CUDA);
+  CHECK_THROWS_WITH_AS(cuda_backend().conv2d(xi, wi, Tensor(), Conv2dArgs{}, yi), doctest::Contains("conv2d"),
+                       std::exception);
+}
+
+TEST_CASE("cuda layer_norm_backward is bit-reproducible and allows undefined outputs") {
+  SKIP_WITHOUT_GPU();
+  for (int64_t C : {768, 4097}) {
+    Generator g(7);
+    const int64_t rows = 1000;
+    Tensor x = g.uniform({rows, C}, -2, 2, DType::f32, Device::CUDA), dy = g.uniform({rows, C}, -1, 1, DType::f32, Device::CUDA);
+    Tensor w = g.uniform({C}, 0.5, 1.5, DType::f32, Device::CUDA), b = g.uniform({C}, -1, 1, DType::f32, Device::CUDA);
+    Tensor y = Tensor::empty({rows, C}, DType::f32, Device::CUDA), m = Tensor::empty({rows}, DType::f32, Device::CUDA),
+           r = Tensor::empty({rows}, DType::f32, Device::CUDA);
+    cuda_backend().layer_norm(x, w, b, 1e-5, y, m, r);
+    std::vector<double> first;
+    for (int run = 0; run < 3; ++run) {
+      Tensor dx, dw = Tensor::empty({C}, DType::f32, Device::CUDA), db;  // dx, dbias not needed
+      cuda_backend().layer_norm_backward(dy, x, w, m, r, dx, dw, db);
+      if (run == 0) first = values(dw);
+      else CHECK(values(dw) == first);  // exact: no atomics, fixed summation order
+    }
+  }
+}
+
+TEST_CASE("cuda layer_norm errors name the op and the argument") {
+  SKIP_WITHOUT_GPU();
+  Tensor x = Tensor::zeros({4, 8}, DType::f32, Device::CUDA), y = Tensor::empty({4, 8}, DType::f32, Device::CUDA);
+  Tensor m64 = Tensor::empty({4}, DType::f64, Device::CUDA), r = Tensor::empty({4}, DType::f32, Device::CUDA);
+  try {
+    cuda_backend().layer_norm(x, Tensor(), Tensor(), 1e-5, y, m64, r);
+    FAIL("expected an exception");
+  } catch (const std::exception& e) {
+    const std::string msg = e.what();
+    CHECK_MESSAGE(msg.find("layer_norm") != std::string::npos, msg);
+    CHECK_MESSAGE(msg.find("mean") != std::string::npos, msg);
+  }
+}
+
+
+// ================================================================ bit-reproducibility
+TEST_CASE("cuda conv2d and conv_embedding backward: gradients left undefined leave the others bit for bit") {
+  SKIP_WITHOUT_GPU();
+  Generator g(5);
+  for (DType dt : kFloatTypes) {
+    INFO(dname(dt));
+    // conv2d, grouped, with a bias.
+    Conv2dArgs a;
+    a.stride_h = a.stride_w = 2;
+    a.pad_h = a.pad_w = 1;
+    a.groups = 3;
+    Tensor x = g.uniform({2, 6, 17, 19}, -1, 1, DType::f64).to(dt).to(Device::CUDA);
+    Tensor w = g.uniform({9, 2, 3, 3}, -0.5, 0.5, DType::f64).to(dt).to(Device::CUDA);
+    Tensor dy = g.uniform({2, 9, 9, 10}, -1, 1, DType::f64).to(dt).to(Device::CUDA);
+    auto like = [&](const Tensor& t) { return Tensor::empty(t.shape(), dt, Device::CUDA); };
+    Tensor dx = like(x), dw = like(w), db = Tensor::empty({9}, dt, Device::CUDA);
+    cuda_backend().conv2d_backward(dy, x, w, a, dx, dw, db);
+    for (int skip = 0; skip < 3; ++skip) {
+      Tensor o[3] = {skip == 0 ? Tensor() : like(x), skip == 1 ? Tensor() : like(w),
+                     skip == 2 ? Tensor() : Tensor::empty({9}, dt, Device::CUDA)};
+      cuda_backend().conv2d_backward(dy, x, w, a, o[0], o[1], o[2]);
+      const Tensor full[] = {dx, dw, db};
+      for (int j = 0; j < 3; ++j)
+        if (j != skip) {
+          INFO("conv2d: output " << skip << " undefined, output " << j);
+          CHECK(values(o[j]) == values(full[j]));
+        }
+    }
+    // conv_embedding at a CvT stage-2 width on a small image.
+    Conv2dArgs e;
+    e.stride_h = e.stride_w = 2;
+    e.pad_h = e.pad_w = 1;
+    const int64_t C = 192, P = 5 * 5, T = 2 * P;
+    const DType sdt = dt == DType::f64 ? DType::f64 : DType::f32;
+    Tensor ex = g.uniform({2, 3, 9, 9}, -1, 1, DType::f64).to(dt).to(Device::CUDA);
+    Tensor ew = g.uniform({C, 3, 3, 3}, -0.5, 0.5, DType::f64).to(dt).to(Device::CUDA);
+    Tensor eb = g.uniform({C}, -0.5, 0.5, DType::f64).to(dt).to(Device::CUDA);
+    Tensor lw = g.uniform({C}, 0.5, 1.5, DType::f64).to(dt).to(Device::CUDA), lb = eb.clone();
+    Tensor tok = Tensor::empty({2, P, C}, dt, Device::CUDA), pre = Tensor::empty({2, P, C}, dt, Device::CUDA);
+    Tensor mean = Tensor::empty({T}, sdt, Device::CUDA), rstd = Tensor::empty({T}, sdt, Device::CUDA);
+    cuda_backend().conv_embedding(ex, ew, eb, e, lw, lb, 1e-5, tok, pre, mean, rstd);
+    Tensor dtok = g.uniform({2, P, C}, -1, 1, DType::f64).to(dt).to(Device::CUDA);
+    Tensor full[] = {like(ex), like(ew), like(eb), like(lw), like(lb)};
+    cuda_backend().conv_embedding_backward(dtok, ex, ew, e, pre, lw, mean, rstd, full[0], full[1], full[2], full[3], full[4]);
+    for (int skip = 0; skip < 5; ++skip) {
+      Tensor o[5];
+      for (int j = 0; j < 5; ++j)
+        if (j != skip) o[j] = like(full[j]);
+      cuda_backend().conv_embedding_backward(dtok, ex, ew, e, pre, lw, mean, rstd, o[0], o[1], o[2], o[3], o[4]);
+      for (int j = 0; j < 5; ++j)
+        if (j != skip) {
+          INFO("conv_embedding: output " << skip << " undefined, output " << j);
+          CHECK(values(o[j]) == values(full[j]));
+        }
+    }
+  }
+}
+
+// ================================================================ binary ops no op uses
+TEST_CASE("cuda minimum and ge (backend binary ops without an op of their own) are exact") {
+  SKIP_WITHOUT_GPU();
+  Generator g(31);
   for (DType dt : kFloatTypes)
-    for (auto [rows, C] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 7}, {257, 33}, {64, 1025}}) {
-      INFO(dname(dt) << " " << rows << "x" << C);
-      Tensor x = gen.uniform({rows, C}, -4, 4, DType::f64).to(dt), b = gen.uniform({C}, -1, 1, DType::f64).to(dt);
-      Tensor dy = gen.uniform({rows, C}, -1, 1, DType::f64).to(dt);
-      Tensor y64 = Tensor::empty({rows, C}, DType::f64), dx64 = Tensor::empty({rows, C}, DType::f64);
-      Tensor db64 = Tensor::empty({C}, DType::f64);
-      cpu_backend().bias_gelu(as_f64(x), as_f64(b), y64);
-      cpu_backend().bias_gelu_backward(as_f64(dy), as_f64(x), as_f64(b), dx64, db64);
-      Tensor y = Tensor::empty({rows, C}, dt, Device::CUDA), dx = Tensor::empty({rows, C}, dt, Device::CUDA);
-      Tensor db = Tensor::empty({C}, dt, Device::CUDA);
-      cuda_backend().bias_gelu(on_gpu(x), on_gpu(b), y);
-      cuda_backend().bias_gelu_backward(on_gpu(dy), on_gpu(x), on_gpu(b), dx, db);
-      const auto xv = values(x), bv = values(b), yr = values(y64), dxr = values(dx64), dbr = values(db64);
-      const double uc = compute_roundoff(dt);
-      auto elem_tol = [&](size_t i, double ref) {
-        return 16 * uc * (1 + std::fabs(xv[i]) + std::fabs(bv[i % size_t(C)])) + ulp_of(ref, dt);
+    for (BinaryOp op : {BinaryOp::Minimum, BinaryOp::Ge}) {
+      // Small integers (ties happen), a transposed operand broadcast against a row.
+      Tensor a = integers(g, {65, 33}, -2, 2).to(dt), b = integers(g, {65}, -2, 2).to(dt);
+      auto run = [&](const Tensor& x, const Tensor& y) {
+        Tensor xv = x.transpose(0, 1), yv = y.unsqueeze(0).expand({33, 65});
+        Tensor out = Tensor::empty({33, 65}, x.dtype(), x.device());
+        backend(x.device()).binary(op, xv, yv, out);
+        return values(out);
       };
-      check_close(values(y), yr, [&](size_t i) { return elem_tol(i, yr[i]); }, "y");
-      check_close(values(dx), dxr, [&](size_t i) { return elem_tol(i, dxr[i]); }, "dx");
-      // dbias sums a column of rounded dx values: each carries ulp(dx) of storage rounding, plus the sum's
-      // own fp32 rounding over `rows` terms.
-      check_close(values(db), dbr, [&](size_t c) {
-        double mag = 0;
-        for (int64_t r = 0; r < rows; ++r) mag += std::fabs(dxr[size_t(r * C) + c]);
-        return (double(rows) * uc + unit_roundoff(dt)) * mag * 2 + ulp_of(dbr[c], dt);
-      }, "dbias");
+      INFO(dname(dt) << (op == BinaryOp::Minimum ? " minimum" : " ge"));
+      CHECK_EXACT(run(a.to(Device::CUDA), b.to(Device::CUDA)), run(a.to(DType::f64), b.to(DType::f64)));
     }
 }
 
-TEST_CASE("cuda drop_path (with and without the residual) vs the CPU in f64") {
+// ================================================================ reductions: NaN
+TEST_CASE("cuda max and argmax: NaN propagates, and its index is the first NaN") {
   SKIP_WITHOUT_GPU();
-  // The GPU computes x·s (+ r) in the compute type from the rounded inputs with s = scale rounded to the
-  // compute type, and rounds once to the storage type; the reference does the same arithmetic in f64. The
-  // product and the sum contribute ≤ 2·u_c·(|x·s| + |r|) (s's own rounding is one more u_c·|x·s|), then one
-  // storage rounding: tol = 3·u_c·(|x|·scale + |r|) + ulp(ref).
-  Generator gen(78);
-  const double scale = 1 / 0.9;
-  for (DType dt : kFloatTypes)
-    for (const Shape& shape : std::vector<Shape>{{1, 1}, {5, 1}, {3, 7, 5}, {64, 50, 192}})
-      for (bool with_residual : {false, true}) {
-        INFO(dname(dt) << " " << shape_str(shape) << (with_residual ? " + residual" : ""));
-        Tensor x = gen.uniform(shape, -4, 4, DType::f64).to(dt), r = gen.uniform(shape, -2, 2, DType::f64).to(dt);
-        Tensor mask = gen.bernoulli({shape[0]}, 0.6, dt);
-        Tensor y64 = Tensor::empty(shape, DType::f64), y = Tensor::empty(shape, dt, Device::CUDA);
-        const Tensor r64 = with_residual ? as_f64(r) : Tensor(), rg = with_residual ? on_gpu(r) : Tensor();
-        cpu_backend().drop_path(as_f64(x), as_f64(mask), scale, r64, y64);
-        cuda_backend().drop_path(on_gpu(x), on_gpu(mask), scale, rg, y);
-        const auto xv = values(x), rv = values(r), yr = values(y64);
-        const double uc = compute_roundoff(dt);
-        check_close(values(y), yr, [&](size_t i) {
-          return 3 * uc * (std::fabs(xv[i]) * scale + (with_residual ? std::fabs(rv[i]) : 0.0)) + ulp_of(yr[i], dt);
-        }, "drop_path");
-      }
-}
-
-TEST_CASE("cuda multi-tensor sum_of_squares and scale vs the CPU (clip_grad_norm's passes)") {
-  SKIP_WITHOUT_GPU();
-  // Mixed dtypes, an empty tensor, sizes around the 64 Ki chunk and more tensors than one launch carries.
-  Generator g(82);
-  std::vector<Tensor> cpu, gpu;
-  const DType dts[] = {DType::f32, DType::bf16, DType::f64, DType::f16};
-  const int64_t sizes[] = {0, 1, 65535, 65536, 65537, 300001};
-  for (int i = 0; i < 50; ++i) {
-    const int64_t n = i < 6 ? sizes[i] : 7 + 13 * i;
-    Tensor t = g.normal({n}, 0, 1, DType::f64).to(dts[i % 4]);
-    cpu.push_back(t.to(DType::f64));  // the CPU reference in f64 on the very same (rounded) values
-    gpu.push_back(t.to(Device::CUDA));
-  }
-  Tensor want = Tensor::empty({}, DType::f64), got = Tensor::empty({}, DType::f64, Device::CUDA);
-  cpu_backend().sum_of_squares(cpu, want);
-  cuda_backend().sum_of_squares(gpu, got);
-  // Both sum exact squares (of ≤ 24-bit significands) in f64, in different orders: |Δ| ≤ 2·n·2⁻⁵³·Σx² with
-  // n ≈ 6·10⁵ terms, ≈ 1.3e-10 relative; 1e-9 leaves margin and still catches a lost chunk (≥ 1e-6).
-  CHECK(std::fabs(got.item() - want.item()) <= 1e-9 * want.item());
-  // The same bits on a second run: a fixed reduction order.
-  Tensor again = Tensor::empty({}, DType::f64, Device::CUDA);
-  cuda_backend().sum_of_squares(gpu, again);
-  CHECK(again.item() == got.item());
-
-  // scale by 0.37: one multiply in the compute type by the factor rounded to it, one rounding to storage.
-  cuda_backend().scale(gpu, Tensor::scalar(0.37, DType::f64, Device::CUDA));
-  for (size_t i = 0; i < gpu.size(); ++i) {
-    const DType dt = gpu[i].dtype();
-    const std::vector<double> x = cpu[i].to_vector<double>(), y = values(gpu[i]);
-    const double f = dt == DType::f64 ? 0.37 : double(float(0.37));
-    check_close(y, [&] { std::vector<double> r; for (double v : x) r.push_back(v * f); return r; }(),
-                [&](size_t k) { return 2 * compute_roundoff(dt) * std::fabs(x[k] * f) + ulp_of(x[k] * f, dt); },
-                "scale " + dname(dt));
-  }
-  // A factor of exactly 1 leaves every tensor bit for bit.
-  std::vector<std::vector<double>> before;
-  for (const Tensor& t : gpu) before.push_back(values(t));
-  cuda_backend().scale(gpu, Tensor::scalar(1.0, DType::f64, Device::CUDA));
-  for (size_t i = 0; i < gpu.size(); ++i) CHECK(values(gpu[i]) == before[i]);
+  Tensor n = Tensor::from(std::vector<double>{1, NAN, 5, NAN, 2}, {1, 5}, DType::f32).to(Device::CUDA);
+  CHECK(std::isnan(max(n, {-1}).item()));
+  CHECK(argmax(n, -1).item() == 1);
 }
