@@ -174,11 +174,11 @@ void validate(const TrainOptions& o) {
 }
 
 TrainOptions resume_options(const TrainOptions& stored, const TrainOptions& invocation) {
+  // Where and how it runs (device, workers, progress, ...) is this invocation's, given or by default: the
+  // machine resuming a run need not be the one that started it.
   TrainOptions o = stored;
-  const TrainOptions defaults;
   for_each_option([&](const auto& opt) {
-    if (opt.resume_may_change && !(invocation.*opt.member == defaults.*opt.member))
-      o.*opt.member = invocation.*opt.member;
+    if (opt.resume_may_change) o.*opt.member = invocation.*opt.member;
   });
   o.out = o.resume = invocation.resume;  // the run is where it is now, wherever it was started
   return o;

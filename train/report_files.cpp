@@ -14,27 +14,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// nlohmann's messages start with "[json.exception.parse_error.101] "; the rest is the useful part.
-std::string json_message(const std::exception& e) {
-  std::string s = e.what();
-  size_t p = s.find("] ");
-  return s.rfind("[json.exception.", 0) == 0 && p != std::string::npos ? s.substr(p + 2) : s;
-}
-
 ClassMetrics class_metrics(const json& j) {
   return {j.at("precision").get<double>(), j.at("recall").get<double>(), j.at("f1").get<double>(),
           j.at("support").get<int64_t>()};
 }
 
 }  // namespace
-
-json read_json(const std::string& path) {
-  try {
-    return json::parse(read_file(path));
-  } catch (const json::exception& e) {
-    throw std::runtime_error(path + ": invalid JSON: " + json_message(e));
-  }
-}
 
 const json& field(const json& j, const char* key) {
   static const json none;
@@ -74,7 +59,7 @@ Metrics read_metrics(const std::string& path) {
       j = json::parse(line);
     } catch (const json::exception& e) {
       if (!complete) break;  // a run being written (or killed mid-write) may end in half a line
-      throw fail("invalid JSON: " + json_message(e));
+      throw fail("not valid JSON: " + json_error_text(e));
     }
     if (!j.is_object()) throw fail("not a JSON object");
     const std::string event = field(j, "event").is_string() ? j["event"].get<std::string>() : "";
@@ -123,7 +108,7 @@ Eval read_eval(const std::string& path) {
       e.predictions.push_back(std::move(q));
     }
   } catch (const json::exception& ex) {
-    throw std::runtime_error(path + ": " + json_message(ex));
+    throw std::runtime_error(path + ": " + json_error_text(ex));
   } catch (const std::runtime_error& ex) {
     throw std::runtime_error(path + ": " + ex.what());
   }

@@ -12,9 +12,6 @@
 
 namespace tessera::train {
 
-// The file parsed; throws "PATH: invalid JSON: <why>" (and FileError when it cannot be read).
-nlohmann::json read_json(const std::string& path);
-
 // A field for display: absent (or null, or j not an object) is an empty json, never an exception.
 const nlohmann::json& field(const nlohmann::json& j, const char* key);
 // The value as text: a string as it is, null as "—", anything else as JSON.

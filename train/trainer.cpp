@@ -241,14 +241,20 @@ struct Run {
   std::unique_ptr<MetricsLog> metrics;
 };
 
+// The checkpoint a resumed run continues from, and its state.
+struct Resumed {
+  std::string checkpoint;
+  TrainerState state;
+};
+
 // The options a call runs with: its own, or for --resume the run's (only where and how it runs may
-// change); `resumed` is then the last checkpoint's state.
-TrainOptions run_options(const TrainOptions& given, std::optional<TrainerState>& resumed) {
+// change); `resumed` then names the last checkpoint, whose files every part of the resume reads.
+TrainOptions run_options(const TrainOptions& given, std::optional<Resumed>& resumed) {
   if (given.resume.empty()) return given;
   const std::string checkpoint = last_checkpoint(given.resume);
   const std::string run_json = (fs::path(given.resume) / "run.json").string();
   TrainOptions o = resume_options(options_from_json(read_json(run_json).at("options"), run_json), given);
-  resumed = load_trainer_state(checkpoint);
+  resumed = Resumed{checkpoint, load_trainer_state(checkpoint)};
   return o;
 }
 
@@ -301,7 +307,7 @@ void write_run_json(const Run& r, const std::string& command_line) {
 // Setup: the options, the device, the data, the model, the loader, the optimizer and schedule, and for
 // --resume the last checkpoint's weights, moments and state; a new run records run.json.
 void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::string& command_line) {
-  std::optional<TrainerState> resumed;
+  std::optional<Resumed> resumed;
   r.o = run_options(given, resumed);
   TrainOptions& o = r.o;
   validate(o);
@@ -341,10 +347,10 @@ void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::stri
   r.gen = Generator(o.seed ^ 0x5EED0D120FULL);  // apart from the init stream
 
   if (resumed) {
-    const fs::path checkpoint = fs::path(o.out) / "last";
+    const fs::path checkpoint = resumed->checkpoint;
     r.model->load_safetensors((checkpoint / "model.safetensors").string());
     load_optimizer(*r.optimizer, (checkpoint / "optimizer.safetensors").string());
-    r.state = *resumed;
+    r.state = resumed->state;
     r.gen.set_state(r.state.rng_seed, r.state.rng_offset);
     log << "resuming " << o.out << " after epoch " << r.state.epoch << " (step " << r.state.global_step << ")\n";
   } else {

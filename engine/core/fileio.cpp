@@ -79,12 +79,18 @@ std::string read_file(const std::string& path) {
   return s.str();
 }
 
+std::string json_error_text(const std::exception& e) {
+  std::string s = e.what();
+  size_t p = s.find("] ");
+  return s.rfind("[json.exception.", 0) == 0 && p != std::string::npos ? s.substr(p + 2) : s;
+}
+
 nlohmann::json read_json(const std::string& path) {
   const std::string text = read_file(path);
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    throw FileError(path + ": not valid JSON: " + e.what());
+    throw FileError(path + ": not valid JSON: " + json_error_text(e));
   }
 }
 

@@ -21,7 +21,10 @@ inline void write_file_atomic(const std::string& path, std::string_view text) {
 
 // The whole file; throws FileError naming PATH when it cannot be read.
 std::string read_file(const std::string& path);
-// The file parsed as JSON; throws FileError naming PATH when it cannot be read or is not valid JSON.
+// The file parsed as JSON; throws FileError "PATH: not valid JSON: <why>" (or naming PATH when it cannot
+// be read).
 nlohmann::json read_json(const std::string& path);
+// A JSON library error without its "[json.exception.parse_error.101] " prefix: the part a reader needs.
+std::string json_error_text(const std::exception& e);
 
 }  // namespace tessera
