@@ -8,7 +8,6 @@
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "engine/core/backend.h"
-#include "kernels/device_math.h"  // stat_dtype: the statistics dtype the kernels hand back
 
 namespace tessera {
 

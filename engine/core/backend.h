@@ -30,6 +30,11 @@ namespace tessera {
 enum class UnaryOp { TESSERA_UNARY_OPS(TS_ENUMERATOR) };
 enum class BinaryOp { TESSERA_BINARY_OPS(TS_ENUMERATOR) };
 #undef TS_ENUMERATOR
+// The dtype of the statistics a backend hands back for floating data (layer- and batch-norm mean, rstd,
+// invstd; attention's lse; cross-entropy's dloss; reduction partials): f64 for f64 data, f32 for the
+// others (16-bit data accumulates in f32, and statistics are stored exactly as computed).
+TS_HD DType stat_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
+
 enum class ReduceOp { Sum, Max };  // Max also writes the index of the first maximum when asked
 enum class RandomKind { Uniform, Normal, TruncatedNormal, Bernoulli };
 
@@ -53,7 +58,7 @@ struct Conv2dArgs {
 // Every op's parameter list is written once, as TS_PARAMS_<op>, beside what it computes. Two lists name the
 // ops: the primitives, which every backend implements (pure virtual, so an incomplete backend does not
 // compile; a backend declares them all with one line, TESSERA_PRIMITIVES(TS_OVERRIDE)), and the fused ops,
-// whose base-class body composes primitives (kernels/fused.cpp: always correct, a few passes over memory),
+// whose base-class body composes primitives (engine/core/fused.cpp: always correct, a few passes over memory),
 // so a backend overrides only what it fuses, with TS_OVERRIDE(op) for each.
 
 // ---- memory and randomness

@@ -18,7 +18,7 @@ class CudaBackend final : public Backend {
  public:
   Device device() const override { return Device::CUDA; }
   TESSERA_PRIMITIVES(TS_OVERRIDE)
-  // The fused ops with a kernel of their own (the rest compose primitives, kernels/fused.cpp).
+  // The fused ops with a kernel of their own (the rest compose primitives, engine/core/fused.cpp).
   TS_OVERRIDE(bias_gelu) TS_OVERRIDE(bias_gelu_backward) TS_OVERRIDE(drop_path)
   TS_OVERRIDE(conv_embedding) TS_OVERRIDE(conv_embedding_backward)
   TS_OVERRIDE(sum_of_squares) TS_OVERRIDE(scale)

@@ -4,11 +4,11 @@
 // helpers (the stream, grid sizes, the dtype visitor, the column sum of per-block partials).
 //
 // Reductions are deterministic: a warp reduces by xor shuffles at distances 16, 8, 4, 2, 1 (every lane ends
-// with the same value), a block then adds its warps' results in warp order. The kernels' tolerances are
-// derived from that tree (kernels/cuda/reduce.cu).
+// with the same value), a block then adds its warps' results in warp order. The error bound of that
+// tree, from which the tests derive their tolerances, is stated in kernels/cuda/reduce.cu.
 //
-// nvcc only (kernels/cuda/cuda_backend.h includes it under __CUDACC__); the host-visible part of the
-// contract (acc_t, stat_dtype) is kernels/device_math.h, plain C++ that CPU code can include too.
+// nvcc only (kernels/cuda/cuda_backend.h includes it under __CUDACC__). The dtype of the statistics a
+// kernel hands back (stat_dtype) is part of the Backend contract, engine/core/backend.h.
 #pragma once
 #if !defined(__CUDACC__)
 #error "kernels/cuda/device_math.cuh is device code: include it from .cu files only (nvcc)"
@@ -24,9 +24,18 @@
 
 #include "engine/core/cuda.h"
 #include "engine/core/cuda_check.h"
-#include "kernels/device_math.h"
+#include "engine/core/backend.h"
 
-namespace tessera::cuda {
+namespace tessera {
+
+// The type a kernel accumulates (and computes) in for a storage type: 16-bit floats in float, the others in
+// themselves. Its DType is dtype_of<acc_t<T>>::value.
+template <typename T> struct AccOf { using type = T; };
+template <> struct AccOf<bf16_t> { using type = float; };
+template <> struct AccOf<f16_t> { using type = float; };
+template <typename T> using acc_t = typename AccOf<T>::type;
+
+namespace cuda {
 
 inline cudaStream_t stream() { return static_cast<cudaStream_t>(current_stream()); }
 
@@ -198,4 +207,5 @@ inline unsigned grid_for(int64_t work_items, int threads = kThreads) {
   return unsigned(std::clamp<int64_t>(blocks, 1, int64_t(sm_count()) * 32));
 }
 
-}  // namespace tessera::cuda
+}  // namespace cuda
+}  // namespace tessera

@@ -9,10 +9,44 @@
 // CUBLAS_COMPUTE_32F_FAST_TF32 (inputs rounded to tf32, 10 mantissa bits; fp32 accumulation) under High.
 // bf16 and f16 use fp32 accumulation (CUBLAS_COMPUTE_32F), and the handle forbids reduced-precision
 // (16-bit) split-K reductions. f64 uses CUBLAS_COMPUTE_64F.
+#include <cublas_v2.h>
+
 #include <climits>
 #include <mutex>
 
 #include "kernels/cuda/cuda_backend.h"
+
+// Every cuBLAS call is checked: a failure throws naming the call, the file and line, and the status.
+namespace tessera::cuda::detail {
+inline const char* cublas_status_name(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+    default: return "unknown cuBLAS status";
+  }
+}
+
+[[noreturn]] inline void throw_cublas_error(cublasStatus_t s, const char* expr, const char* file, int line) {
+  throw std::runtime_error(std::string(file) + ":" + std::to_string(line) + ": " + expr + " failed: " +
+                           cublas_status_name(s) + " (" + std::to_string(int(s)) + ")");
+}
+
+}  // namespace tessera::cuda::detail
+
+#define TS_CUBLAS_CHECK(expr)                                                                \
+  do {                                                                                       \
+    cublasStatus_t ts_st_ = (expr);                                                          \
+    if (ts_st_ != CUBLAS_STATUS_SUCCESS)                                                     \
+      ::tessera::cuda::detail::throw_cublas_error(ts_st_, #expr, __FILE__, __LINE__);        \
+  } while (0)
 
 namespace tessera {
 namespace cuda {
