@@ -20,4 +20,5 @@ cmake -S . -B build-sanitize -G Ninja -DTESSERA_SANITIZE=ON -DCMAKE_BUILD_TYPE=R
 ninja -C build-sanitize -j"$jobs"
 echo "== tests (build-sanitize/)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp:print_suppressions=0 \
   ctest --test-dir build-sanitize -j"$jobs" --timeout 900 --output-on-failure
