@@ -306,6 +306,21 @@ AuditReport audit_dataset(const std::string& root, const AuditOptions& options,
   r.near_pairs_testing = int64_t(within_test.size());
   r.near_pairs_flat = int64_t(within_flat.size());
 
+  // Near groups: union-find over every near pair (path halving; the smaller index becomes the root, so a
+  // group is named by its first image in path order).
+  std::vector<int> parent(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) parent[size_t(i)] = i;
+  auto find = [&](int i) {
+    while (parent[size_t(i)] != i) i = parent[size_t(i)] = parent[size_t(parent[size_t(i)])];
+    return i;
+  };
+  for (const auto* list : {&cross, &within_train, &within_test, &within_flat})
+    for (const NearPair& p : *list) {
+      const int a = find(p.a), b = find(p.b);
+      if (a != b) parent[size_t(std::max(a, b))] = std::min(a, b);
+    }
+  for (int i = 0; i < n; ++i) r.images[size_t(i)].near_group = find(i);
+
   std::vector<char> has_copy(size_t(n), 0);
   for (const NearPair& p : cross) has_copy[size_t(p.a)] = has_copy[size_t(p.b)] = 1;  // only the Testing one matters
   for (const auto* list : {&cross, &within_train, &within_test, &within_flat})

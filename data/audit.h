@@ -38,6 +38,11 @@ struct AuditImage {
   uint64_t hash = 0;  // FNV-1a 64 of the file bytes
   int width = 0, height = 0;
   int exact_group = -1;  // index into AuditReport::exact_groups, -1 when the file is unique
+  // The connected component of the near-duplicate graph (exact copies included) over every split, named
+  // by its smallest image index; an image with no near-copy is its own group. Set by audit_dataset only.
+  // A component, not just direct pairs: a chain a~b~c of re-encoded copies is one picture, and a split
+  // that kept a on one side and c on the other would leak it.
+  int near_group = -1;
 };
 
 struct ClassCount {

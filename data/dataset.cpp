@@ -4,6 +4,7 @@
 #include <cctype>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <numeric>
 #include <set>
 #include <system_error>
@@ -127,16 +128,35 @@ SplitLayout load_split_layout(const std::string& root, const std::vector<std::st
 }
 
 TrainVal stratified_split(const DatasetSplit& data, double f, uint64_t seed) {
+  std::vector<int64_t> own(data.samples.size());
+  std::iota(own.begin(), own.end(), int64_t(0));
+  return grouped_split(data, own, f, seed);
+}
+
+TrainVal grouped_split(const DatasetSplit& data, const std::vector<int64_t>& group, double f, uint64_t seed) {
   if (!(f > 0.0 && f < 1.0))
     throw DatasetError("stratified split: validation fraction must be in (0, 1), got " + std::to_string(f));
   const size_t k = data.classes.size(), n = data.samples.size();
-  std::vector<std::vector<size_t>> by_class(k);
+  if (group.size() != n)
+    throw DatasetError("grouped split: " + std::to_string(group.size()) + " group ids for " + std::to_string(n) +
+                       " samples");
+  // Groups in order of their first member; each is stratified by that member's class.
+  std::map<int64_t, size_t> group_index;
+  std::vector<std::vector<size_t>> members;
+  std::vector<std::vector<size_t>> by_class(k);  // group indices per class
+  std::vector<int64_t> class_size(k, 0);
   for (size_t i = 0; i < n; ++i) {
     int64_t l = data.samples[i].label;
     if (l < 0 || size_t(l) >= k)
       throw DatasetError("stratified split: " + data.samples[i].path + " has label " + std::to_string(l) +
                          " outside [0, " + std::to_string(k) + ")");
-    by_class[size_t(l)].push_back(i);
+    ++class_size[size_t(l)];
+    auto [it, added] = group_index.emplace(group[i], members.size());
+    if (added) {
+      members.emplace_back();
+      by_class[size_t(l)].push_back(it->second);
+    }
+    members[it->second].push_back(i);
   }
 
   // Largest-remainder apportionment of round(f·N) validation places (see dataset.h).
@@ -145,7 +165,7 @@ TrainVal stratified_split(const DatasetSplit& data, double f, uint64_t seed) {
   std::vector<double> frac(k);
   int64_t assigned = 0;
   for (size_t c = 0; c < k; ++c) {
-    double share = f * double(by_class[c].size());
+    double share = f * double(class_size[c]);
     v[c] = int64_t(std::floor(share));
     frac[c] = share - double(v[c]);
     assigned += v[c];
@@ -154,13 +174,14 @@ TrainVal stratified_split(const DatasetSplit& data, double f, uint64_t seed) {
   std::iota(order.begin(), order.end(), size_t(0));
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return frac[a] > frac[b]; });
   for (size_t i = 0; assigned < n_val && i < k; ++i) {
-    if (v[order[i]] < int64_t(by_class[order[i]].size())) ++v[order[i]], ++assigned;
+    if (v[order[i]] < class_size[order[i]]) ++v[order[i]], ++assigned;
   }
   if (n_val == 0 || n_val >= int64_t(n))
     throw DatasetError("stratified split: fraction " + std::to_string(f) + " of " + std::to_string(n) +
                        " samples leaves the train or validation set empty");
 
   std::vector<char> in_val(n, 0);
+  int64_t val_total = 0;
   uint64_t counter = 0;  // one Philox counter sequence through all classes: reproducible on any machine
   for (size_t c = 0; c < k; ++c) {
     auto& idx = by_class[c];
@@ -169,8 +190,21 @@ TrainVal stratified_split(const DatasetSplit& data, double f, uint64_t seed) {
       if (j >= i) j = i - 1;  // guard: u < 1 already, kept for safety against rounding
       std::swap(idx[i - 1], idx[j]);
     }
-    for (int64_t i = 0; i < v[c]; ++i) in_val[idx[size_t(i)]] = 1;
+    // Whole groups in shuffled order, each taken while it still fits the class's places (with singleton
+    // groups: exactly the first v_c samples).
+    int64_t taken = 0;
+    for (size_t g : idx) {
+      const int64_t size = int64_t(members[g].size());
+      if (taken + size > v[c]) continue;
+      taken += size;
+      for (size_t m : members[g]) in_val[m] = 1;
+      if (taken == v[c]) break;
+    }
+    val_total += taken;
   }
+  if (val_total == 0 || val_total == int64_t(n))
+    throw DatasetError("grouped split: no way to split " + std::to_string(n) + " samples in whole groups leaves "
+                       "both train and validation non-empty");
 
   TrainVal out;
   out.train.classes = out.val.classes = data.classes;

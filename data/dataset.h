@@ -71,6 +71,16 @@ struct TrainVal {
 // Errors: f outside (0, 1), or a split that would leave train or validation empty.
 TrainVal stratified_split(const DatasetSplit& data, double val_fraction, uint64_t seed);
 
+// The same split with whole groups: samples sharing a group id (e.g. the data audit's near-duplicate
+// groups: re-encoded or resized copies of one picture) land on the same side, so validation holds no copy
+// of a training image. Groups are ordered by their first sample and stratified by its class; each class's
+// groups are shuffled as in step 3 and taken whole, in that order, while they fit the class's v_c places
+// (a group that would overshoot is passed over). With every sample its own group this is stratified_split,
+// draw for draw. A group whose members carry different labels counts toward its first member's class.
+// Errors: those of stratified_split, a group list of the wrong length, or no split in whole groups.
+TrainVal grouped_split(const DatasetSplit& data, const std::vector<int64_t>& group, double val_fraction,
+                       uint64_t seed);
+
 // Decodes a sample's image. An unreadable or corrupt file gives nullopt and sets `warning` to a one-line
 // message naming the file (decode_image's message), so the caller can skip it, count it and go on.
 std::optional<Image> try_decode(const Sample& sample, std::string& warning);

@@ -148,6 +148,19 @@ TEST_CASE("audit of a synthetic Training/Testing set: counts, duplicates, confli
   REQUIRE(r.novel.size() == 1);
   CHECK(r.images[size_t(r.novel[0])].path == "Testing/cat/novel3.png");
 
+  // Near groups: the connected components of those pairs, named by their first image in path order.
+  auto group = [&](const char* path) { return r.images[size_t(index_of(r, path))].near_group; };
+  const int base1 = group("Training/cat/base1.png");
+  CHECK(base1 == std::min({index_of(r, "Training/cat/base1.png"), index_of(r, "Training/dog/dup1.PNG"),
+                           index_of(r, "Testing/cat/copy1.png")}));
+  CHECK(group("Training/dog/dup1.PNG") == base1);
+  CHECK(group("Testing/cat/copy1.png") == base1);
+  CHECK(group("Testing/cat/near2.png") == group("Training/cat/base2.png"));
+  CHECK(group("Testing/cat/conflict4.png") == group("Training/dog/base4.png"));
+  CHECK(group("Training/cat/base2.png") != base1);
+  CHECK(group("Training/dog/base4.png") != group("Training/cat/base2.png"));
+  CHECK(group("Testing/cat/novel3.png") == index_of(r, "Testing/cat/novel3.png"));  // alone
+
   // A threshold above 1 would still find exact copies (identical bytes always count).
   AuditOptions strict;
   strict.min_correlation = 1.5;

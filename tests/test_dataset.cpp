@@ -11,6 +11,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -18,9 +19,11 @@
 #include "data/augment.h"
 #include "data/dataset.h"
 #include "engine/core/parallel.h"
+#include "tests/errors.h"
 #include "tests/temp_dir.h"
 
 using namespace tessera;
+using tessera::testing::contains;
 namespace fs = std::filesystem;
 
 namespace {
@@ -67,8 +70,6 @@ std::string error_of(F&& f) {
   FAIL("expected a DatasetError");
   return {};
 }
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // A DatasetSplit with given per-class counts and fake paths (the split never opens files).
 DatasetSplit synthetic(const std::vector<int>& counts) {
@@ -255,6 +256,46 @@ TEST_CASE("dataset: stratified split - sizes, proportions, disjoint, covering, s
   CHECK_THROWS_AS(stratified_split(d, 0.0, 1), DatasetError);
   CHECK_THROWS_AS(stratified_split(d, 1.0, 1), DatasetError);
   CHECK_THROWS_AS(stratified_split(synthetic({1, 1}), 0.1, 1), DatasetError);  // empty validation
+}
+
+TEST_CASE("dataset: grouped split - whole groups, stratified, seeded; singletons are the stratified split") {
+  const std::vector<int> counts{826, 822, 395, 827};
+  DatasetSplit d = synthetic(counts);
+  // Every sample its own group: draw for draw the stratified split.
+  std::vector<int64_t> own(d.size());
+  for (size_t i = 0; i < own.size(); ++i) own[i] = int64_t(i) * 7 + 3;  // any distinct ids
+  for (uint64_t seed : {42ull, 7ull})
+    CHECK(paths_of(grouped_split(d, own, 0.2, seed).val) == paths_of(stratified_split(d, 0.2, seed).val));
+
+  // Groups of 1 to 5 consecutive samples of a class (copies of one picture), one group spanning two classes.
+  std::vector<int64_t> group(d.size());
+  int64_t id = 0;
+  for (size_t i = 0; i < d.size();) {
+    const size_t size = 1 + (i * 2654435761u >> 7) % 5;
+    for (size_t k = 0; k < size && i < d.size(); ++k, ++i) group[i] = id;
+    ++id;
+  }
+  group[826] = group[825];  // the first meningioma joins the last glioma's group
+  TrainVal s = grouped_split(d, group, 0.2, 42);
+  std::map<int64_t, std::set<bool>> sides;
+  const std::set<std::string> vp = paths_of(s.val);
+  for (size_t i = 0; i < d.size(); ++i) sides[group[i]].insert(vp.count(d.samples[i].path) > 0);
+  for (const auto& [g, side] : sides) CHECK_MESSAGE(side.size() == 1, "group " << g << " straddles the split");
+  CHECK(s.train.size() + s.val.size() == d.size());
+  // Each class's validation count stays within the largest group (5) of its share: groups are taken whole
+  // while they fit, and small ones fill the rest.
+  const auto vc = s.val.class_counts();
+  for (size_t c = 0; c < counts.size(); ++c) {
+    INFO("class " << c << ": " << vc[c] << " of " << counts[c]);
+    CHECK(std::abs(double(vc[c]) - 0.2 * counts[c]) <= 5.0);
+  }
+  CHECK(paths_of(grouped_split(d, group, 0.2, 42).val) == vp);
+  CHECK(paths_of(grouped_split(d, group, 0.2, 43).val) != vp);
+
+  CHECK_THROWS_WITH_AS(grouped_split(d, std::vector<int64_t>(3, 0), 0.2, 1), doctest::Contains("3 group ids"),
+                       DatasetError);
+  // One group holding everything cannot be split.
+  CHECK_THROWS_AS(grouped_split(d, std::vector<int64_t>(d.size(), 0), 0.2, 1), DatasetError);
 }
 
 TEST_CASE("dataset: the brain-tumor MRI copy (when present)") {

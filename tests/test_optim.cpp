@@ -17,7 +17,11 @@
 #include "engine/core/backend.h"
 #include "kernels/cuda/multi_tensor.h"
 
+#include "tests/errors.h"
+
 using namespace tessera;
+using tessera::testing::contains;
+using tessera::testing::error_of;
 
 namespace {
 
@@ -40,17 +44,6 @@ double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) 
   }
   return worst;
 }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 std::string temp_path(const std::string& tag) {
   return (std::filesystem::temp_directory_path() /
