@@ -34,18 +34,20 @@ DataLoader::DataLoader(std::vector<Sample> samples, int64_t num_classes, LoaderC
     throw std::invalid_argument("DataLoader: num_workers and prefetch must be >= 0 (0: default)");
   if (cfg_.processor.height < 1 || cfg_.processor.width < 1)
     throw std::invalid_argument("DataLoader: processor output size must be positive");
+  validate(cfg_.processor);
   if (cfg_.augment) validate(*cfg_.augment);
 
   int workers = cfg_.num_workers > 0 ? cfg_.num_workers : int(std::max(1u, std::thread::hardware_concurrency()));
   prefetch_ = cfg_.prefetch > 0 ? cfg_.prefetch : std::max(2, workers);
-  chw_ = 3 * int64_t(cfg_.processor.height) * cfg_.processor.width;
+  chw_ = int64_t(cfg_.processor.channels) * cfg_.processor.height * cfg_.processor.width;
 
   // The ring, allocated once: prefetch batches in flight + the one the consumer holds.
   const int64_t B = cfg_.batch_size;
   slots_.resize(size_t(prefetch_) + 1);
   for (Slot& s : slots_) {
+    const ProcessorConfig& pc = cfg_.processor;
     s.images = Tensor::from_storage(Storage::allocate_pinned(size_t(B * chw_) * sizeof(float)),
-                                    {B, 3, cfg_.processor.height, cfg_.processor.width}, DType::f32);
+                                    {B, pc.channels, pc.height, pc.width}, DType::f32);
     s.labels = Tensor::from_storage(Storage::allocate_pinned(size_t(B) * sizeof(int64_t)), {B}, DType::i64);
     s.indices.reserve(size_t(B));
   }

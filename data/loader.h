@@ -22,10 +22,10 @@
 // throws until start_epoch() is called again. Destroying the loader or calling start_epoch() mid-epoch
 // stops the workers between samples and joins them.
 //
-// Memory. The ring holds prefetch + 1 batches of f32 [B, 3, H, W] in pinned memory (plain memory without
-// a GPU), allocated once. cache_decoded keeps every decoded image (full size, 8-bit RGB: 3·w·h bytes per
-// image — the brain-tumour MRI set, 3,264 images of about 256×256 (some larger), needs about 0.6 GB);
-// it removes the JPEG decode from every epoch after the first.
+// Memory. The ring holds prefetch + 1 batches of f32 [B, C, H, W] (C = processor.channels) in pinned
+// memory (plain memory without a GPU), allocated once. cache_decoded keeps every decoded image (full size,
+// 8-bit RGB: 3·w·h bytes per image — the brain-tumour MRI set, 3,264 images of about 256×256 (some
+// larger), needs about 0.6 GB); it removes the JPEG decode from every epoch after the first.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -68,7 +68,7 @@ struct LoaderConfig {
 // loader's destruction). Copy the tensors (clone / to(CUDA)) to keep them longer.
 struct Batch {
   int64_t index = 0;             // batch number within the epoch
-  Tensor images;                 // f32 [n, 3, H, W], n <= batch_size (smaller: last batch or skipped files)
+  Tensor images;                 // f32 [n, C, H, W], n <= batch_size (smaller: last batch or skipped files)
   Tensor labels;                 // i64 [n]
   std::span<const int64_t> indices;  // [n]: each row's index in the sample list
   int64_t size() const { return int64_t(indices.size()); }

@@ -1,6 +1,9 @@
 // The checkpoints' image processors; see preprocess.h for the definitions reproduced.
 #include "data/preprocess.h"
 
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
 #include <string>
 
 namespace tessera {
@@ -42,6 +45,7 @@ nlohmann::json processor_to_json(const ProcessorConfig& c) {
     j["image_processor_type"] = "ViTImageProcessor";
     j["size"] = {{"height", c.height}, {"width", c.width}};
   }
+  if (c.per_image_standardize) j["tessera_per_image_standardize"] = true;
   return j;
 }
 
@@ -76,6 +80,11 @@ ProcessorConfig processor_from_json(const nlohmann::json& j, const std::string& 
       if (r != 2 && r != 3) throw bad("resample " + std::to_string(r) + ": only 2 (bilinear) and 3 (bicubic)");
       c.filter = r == 3 ? Filter::Bicubic : Filter::Bilinear;
     }
+    if (j.contains("tessera_per_image_standardize")) {
+      const nlohmann::json& f = j.at("tessera_per_image_standardize");
+      if (!f.is_boolean()) throw bad("tessera_per_image_standardize must be true or false, got " + f.dump());
+      c.per_image_standardize = f.get<bool>();
+    }
   } catch (const nlohmann::json::exception& e) {
     throw bad(e.what());
   }
@@ -87,6 +96,11 @@ ProcessorConfig processor_from_json(const nlohmann::json& j, const std::string& 
 
 ProcessorConfig processor_config(Processor p, int size) {
   return p == Processor::ViT ? ProcessorConfig::vit(size) : ProcessorConfig::cvt(size);
+}
+
+void validate(const ProcessorConfig& cfg) {
+  if (cfg.channels != 1 && cfg.channels != 3)
+    throw std::invalid_argument("processor config: channels must be 1 or 3, got " + std::to_string(cfg.channels));
 }
 
 Image processor_resize(const Image& image, const ProcessorConfig& cfg) {
@@ -121,22 +135,46 @@ Image processor_resize(const Image& image, const ProcessorConfig& cfg) {
 }
 
 void preprocess_into(const Image& image, const ProcessorConfig& cfg, float* out) {
+  validate(cfg);
   const Image r = processor_resize(image, cfg);
   const size_t plane = size_t(r.width) * size_t(r.height);
-  for (int c = 0; c < 3; ++c) {
+  // Output plane c's 8-bit value at pixel i: the channel itself, or the luma for one plane.
+  auto level = [&](int c, size_t i) -> uint32_t {
+    const uint8_t* p = r.rgb.data() + i * 3;
+    if (cfg.channels == 3) return p[c];
+    return (19595u * p[0] + 38470u * p[1] + 7471u * p[2] + 0x8000u) >> 16;  // Pillow's rgb2l
+  };
+  if (cfg.per_image_standardize) {
+    double sum = 0, sum2 = 0;
+    for (int c = 0; c < cfg.channels; ++c)
+      for (size_t i = 0; i < plane; ++i) sum += double(level(c, i)) * cfg.rescale_factor;
+    const double n = double(plane) * cfg.channels, m = sum / n;
+    for (int c = 0; c < cfg.channels; ++c)  // two passes: no cancellation in the variance
+      for (size_t i = 0; i < plane; ++i) {
+        const double d = double(level(c, i)) * cfg.rescale_factor - m;
+        sum2 += d * d;
+      }
+    const double inv = 1.0 / std::max(std::sqrt(sum2 / n), 1e-3);
+    for (int c = 0; c < cfg.channels; ++c)
+      for (size_t i = 0; i < plane; ++i)
+        out[size_t(c) * plane + i] = float((double(level(c, i)) * cfg.rescale_factor - m) * inv);
+    return;
+  }
+  for (int c = 0; c < cfg.channels; ++c) {
     // numpy: np.array(mean, dtype=float32), then float32 (x - mean) / std.
     const float mean = float(cfg.mean[size_t(c)]), std = float(cfg.std[size_t(c)]);
     float* dst = out + size_t(c) * plane;
     for (size_t i = 0; i < plane; ++i) {
       // rescale: image.astype(float64) * scale, then .astype(float32).
-      const float x = float(double(r.rgb[i * 3 + size_t(c)]) * cfg.rescale_factor);
+      const float x = float(double(level(c, i)) * cfg.rescale_factor);
       dst[i] = (x - mean) / std;
     }
   }
 }
 
 Tensor preprocess(const Image& image, const ProcessorConfig& cfg) {
-  Tensor t = Tensor::empty({3, cfg.height, cfg.width}, DType::f32);
+  validate(cfg);
+  Tensor t = Tensor::empty({cfg.channels, cfg.height, cfg.width}, DType::f32);
   preprocess_into(image, cfg, t.data<float>());
   return t;
 }
@@ -145,8 +183,9 @@ Tensor preprocess(const Image& image, Processor p) { return preprocess(image, pr
 
 Tensor preprocess_batch(const std::vector<Image>& images, const ProcessorConfig& cfg) {
   if (images.empty()) throw ImageError("preprocess_batch: no images");
-  Tensor t = Tensor::empty({int64_t(images.size()), 3, cfg.height, cfg.width}, DType::f32);
-  const size_t per = size_t(3) * size_t(cfg.height) * size_t(cfg.width);
+  validate(cfg);
+  Tensor t = Tensor::empty({int64_t(images.size()), cfg.channels, cfg.height, cfg.width}, DType::f32);
+  const size_t per = size_t(cfg.channels) * size_t(cfg.height) * size_t(cfg.width);
   float* base = t.data<float>();
   for (size_t i = 0; i < images.size(); ++i) preprocess_into(images[i], cfg, base + i * per);
   return t;

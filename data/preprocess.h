@@ -10,6 +10,16 @@
 // (uint8 · 1/255) then cast to float32; normalise in float32 with mean and std cast to float32:
 // (x − mean) / std. The output is f32 CHW. Like the Python processors, these functions do not convert to
 // RGB: an Image is RGB already (decode_image converts).
+//
+// Two options of tessera's own, for models trained from scratch on grayscale scans:
+//   channels = 1: one plane, the luma of Pillow's convert("L"), L = (19595 R + 38470 G + 7471 B + 2^15)
+//     >> 16 (libImaging's rgb2l: 0.299, 0.587, 0.114 in 16-bit fixed point, rounded; equal to v when
+//     R = G = B = v), rescaled and normalised with mean[0], std[0].
+//   per_image_standardize: instead of the fixed mean and std, every image is z-scored by its own
+//     statistics: z = (x − m) / max(s, 1e-3), with x the rescaled values and m, s the mean and population
+//     standard deviation of all of them (every plane together, so equal planes stay equal); in double,
+//     written as float. Scan intensities are not calibrated across scanners, and this removes a global
+//     brightness/contrast difference between sources.
 #pragma once
 #include <array>
 #include <string>
@@ -36,6 +46,8 @@ struct ProcessorConfig {
   double crop_pct = 0.875;        // ShortestEdgeCrop only
   double rescale_factor = 1.0 / 255.0;
   std::array<double, 3> mean{0.5, 0.5, 0.5}, std{0.5, 0.5, 0.5};
+  int channels = 3;                    // 1 or 3 output planes; not in the JSON (the model config has it)
+  bool per_image_standardize = false;  // JSON "tessera_per_image_standardize", written only when true
 
   static ProcessorConfig vit(int size = 224);  // google/vit-base-patch16-224's preprocessor_config.json
   static ProcessorConfig cvt(int size = 224);  // microsoft/cvt-13's preprocessor_config.json
@@ -44,22 +56,27 @@ struct ProcessorConfig {
 // preprocessor_config.json as transformers writes it (ViTImageProcessor / ConvNextImageProcessor), so a
 // checkpoint folder carries the resolution it was trained at. Reading accepts those two processor types
 // with their fields (size as {"height", "width"}, {"shortest_edge"} or a number; resample 2 or 3; mean,
-// std, rescale_factor, crop_pct) and throws naming `source` and the field for anything else.
+// std, rescale_factor, crop_pct, and tessera_per_image_standardize as a boolean) and throws naming `source`
+// and the field for anything else.
 nlohmann::json processor_to_json(const ProcessorConfig& cfg);
 ProcessorConfig processor_from_json(const nlohmann::json& j, const std::string& source);
 
 enum class Processor { ViT, CvT };
 ProcessorConfig processor_config(Processor p, int size = 224);
 
+// Throws std::invalid_argument naming the field when channels is not 1 or 3 (the output size is checked
+// where it is used).
+void validate(const ProcessorConfig& cfg);
+
 // The resized (and cropped) 8-bit image the processor normalises: exposed for tests and inspection.
 Image processor_resize(const Image& image, const ProcessorConfig& cfg);
 
-// f32 [3, height, width], CHW, on the CPU.
+// f32 [channels, height, width], CHW, on the CPU.
 Tensor preprocess(const Image& image, const ProcessorConfig& cfg);
 Tensor preprocess(const Image& image, Processor p);
-// Writes the same values into `out` (3 · height · width floats, CHW): for filling a batch in place.
+// Writes the same values into `out` (channels · height · width floats, CHW): for filling a batch in place.
 void preprocess_into(const Image& image, const ProcessorConfig& cfg, float* out);
-// f32 [N, 3, height, width]: the images preprocessed and stacked in order.
+// f32 [N, channels, height, width]: the images preprocessed and stacked in order.
 Tensor preprocess_batch(const std::vector<Image>& images, const ProcessorConfig& cfg);
 
 }  // namespace tessera

@@ -396,3 +396,216 @@ TEST_CASE("real images: brain-tumour MRI JPEGs through both processors (skipped 
     CHECK(dc <= cvt_tol);
   }
 }
+
+namespace {
+
+// A gray picture whose levels (0..122) leave room for v → 2v + 10 without clipping.
+Image gray_ramp(int w, int h) {
+  Image im(w, h);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) std::fill_n(im.pixel(x, y), 3, uint8_t((x * 37 + y * 11 + x * y) % 123));
+  return im;
+}
+
+// A processor that keeps a w × h image as it is (same-size squash is a copy), with ViT's mean/std 0.5.
+ProcessorConfig same_size(int w, int h) {
+  ProcessorConfig c = ProcessorConfig::vit();
+  c.width = w;
+  c.height = h;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("preprocess: one channel is Pillow's luma, normalised with mean[0] and std[0]") {
+  Image im(37, 23);
+  for (int y = 0; y < 23; ++y)
+    for (int x = 0; x < 37; ++x)
+      for (int c = 0; c < 3; ++c) im.pixel(x, y)[c] = uint8_t((x * 7 + y * 13 + c * 71 + x * y * c) % 256);
+  // (0, 14, 213): Pillow's rgb2l gives (14·38470 + 213·7471 + 2^15) >> 16 = 32, where the decimal
+  // (299 R + 587 G + 114 B + 500) / 1000 would give 33 — pins the fixed-point formula.
+  uint8_t* p = im.pixel(3, 4);
+  p[0] = 0, p[1] = 14, p[2] = 213;
+  ProcessorConfig cfg = same_size(37, 23);
+  cfg.channels = 1;
+  cfg.mean = {0.25, 0.9, 0.9};  // only the first mean and std apply
+  cfg.std = {0.6, 9.0, 9.0};
+  const Tensor t = preprocess(im, cfg);
+  REQUIRE(t.shape() == Shape{1, 23, 37});
+  // The output is float32 (x − m) / s from float32 x = L/255, m, s: five roundings (x, m, s, the
+  // difference, the quotient), each a relative 2^-24 of a term of size at most (1 + m) / s.
+  const double tol = 5 * std::ldexp(1.0, -24) * (1 + 0.25) / 0.6;
+  double worst = 0;
+  for (int y = 0; y < 23; ++y)
+    for (int x = 0; x < 37; ++x) {
+      const uint8_t* q = im.pixel(x, y);
+      const double L = double((uint32_t(q[0]) * 19595 + uint32_t(q[1]) * 38470 + uint32_t(q[2]) * 7471 + 32768) >> 16);
+      worst = std::max(worst, std::abs(double(t.data<float>()[y * 37 + x]) - (L / 255 - 0.25) / 0.6));
+    }
+  CHECK(worst <= tol);
+  CHECK(std::abs(double(t.data<float>()[4 * 37 + 3]) - (32 / 255.0 - 0.25) / 0.6) <= tol);
+  // A gray pixel's luma is its level: channels = 1 of a gray image is channel 0 of channels = 3.
+  const Image g = gray_ramp(37, 23);
+  const Tensor one = preprocess(g, cfg);
+  ProcessorConfig three = cfg;
+  three.channels = 3;
+  const Tensor all = preprocess(g, three);
+  CHECK(std::equal(one.data<float>(), one.data<float>() + one.numel(), all.data<float>()));
+
+  const Tensor batch = preprocess_batch({im, g}, cfg);
+  REQUIRE(batch.shape() == Shape{2, 1, 23, 37});
+  CHECK(std::equal(t.data<float>(), t.data<float>() + t.numel(), batch.data<float>()));
+  cfg.channels = 2;
+  CHECK_THROWS_WITH_AS(preprocess(im, cfg), "processor config: channels must be 1 or 3, got 2", std::invalid_argument);
+  CHECK_THROWS_AS(preprocess_batch({im}, cfg), std::invalid_argument);
+  std::vector<float> buf(37 * 23 * 3);
+  CHECK_THROWS_AS(preprocess_into(im, cfg, buf.data()), std::invalid_argument);
+}
+
+TEST_CASE("preprocess: per-image standardisation - mean 0, std 1, planes equal, affine-invariant") {
+  const Image g = gray_ramp(50, 40);
+  for (int channels : {1, 3}) {
+    CAPTURE(channels);
+    ProcessorConfig cfg = same_size(50, 40);
+    cfg.channels = channels;
+    cfg.per_image_standardize = true;
+    const Tensor z = preprocess(g, cfg);
+    REQUIRE(z.shape() == Shape{channels, 40, 50});
+    const float* v = z.data<float>();
+    const size_t n = size_t(z.numel()), plane = 40 * 50;
+    // Each float is the double z rounded: z(1 + δ), |δ| <= 2^-24. So the float mean is off from the exact
+    // 0 by at most 2^-24 · mean|z| <= 2^-24 · rms z = 2^-24, the mean square from 1 by at most
+    // (1 + 2^-24)² − 1 ≈ 2^-23, the std (its root) by about 2^-24; plus ~1e-12 of double summation.
+    double sum = 0, sum2 = 0;
+    for (size_t i = 0; i < n; ++i) sum += v[i];
+    const double mean = sum / double(n);
+    for (size_t i = 0; i < n; ++i) sum2 += (v[i] - mean) * (v[i] - mean);
+    const double sd = std::sqrt(sum2 / double(n)), u = std::ldexp(1.0, -24);
+    CHECK(std::abs(mean) <= u + 1e-12);
+    CHECK(std::abs(sd - 1) <= 1.001 * u + 1e-12);
+    for (int c = 1; c < channels; ++c) CHECK(std::equal(v, v + plane, v + size_t(c) * plane));
+    // Against the definition computed here from the levels (double): the same value rounded to float.
+    double m = 0, s2 = 0;
+    for (size_t i = 0; i < plane; ++i) m += g.rgb[3 * i] / 255.0;
+    m /= double(plane);
+    for (size_t i = 0; i < plane; ++i) s2 += (g.rgb[3 * i] / 255.0 - m) * (g.rgb[3 * i] / 255.0 - m);
+    const double s = std::sqrt(s2 / double(plane));
+    double worst = 0;
+    for (size_t i = 0; i < plane; ++i) worst = std::max(worst, std::abs(v[i] - (g.rgb[3 * i] / 255.0 - m) / s));
+    // |z| < 4 here, so half a float ulp is at most 2^-23; the two double computations agree to ~1e-15.
+    CHECK(worst <= 2 * u + 1e-12);
+  }
+
+  // A colour image: one mean and std over all three planes together, not one per plane (which would
+  // recolour it). Same bound as above (|z| < 4).
+  {
+    Image col(30, 20);
+    for (int y = 0; y < 20; ++y)
+      for (int x = 0; x < 30; ++x)
+        for (int c = 0; c < 3; ++c) col.pixel(x, y)[c] = uint8_t(40 * c + (x * 3 + y * 5 + c * x) % 90);
+    ProcessorConfig cfg = same_size(30, 20);
+    cfg.per_image_standardize = true;
+    const Tensor z = preprocess(col, cfg);
+    double m = 0, s2 = 0;
+    for (uint8_t q : col.rgb) m += q / 255.0;
+    m /= double(col.rgb.size());
+    for (uint8_t q : col.rgb) s2 += (q / 255.0 - m) * (q / 255.0 - m);
+    const double s = std::sqrt(s2 / double(col.rgb.size()));
+    double worst = 0;
+    for (int c = 0; c < 3; ++c)
+      for (size_t i = 0; i < 600; ++i)
+        worst = std::max(worst, std::abs(z.data<float>()[size_t(c) * 600 + i] - (col.rgb[3 * i + size_t(c)] / 255.0 - m) / s));
+    CHECK(worst <= 2 * std::ldexp(1.0, -24) + 1e-12);
+  }
+
+  // v → 2v + 10 (no clipping: levels 0..122 → 10..254) changes x to 2x + 10/255, m to 2m + 10/255, s to 2s:
+  // z is unchanged. Without resampling only the final float rounding of two doubles equal up to ~1e-14
+  // can differ, by one float ulp <= 2^-23 |z|.
+  Image g2 = g;
+  for (auto& q : g2.rgb) q = uint8_t(2 * q + 10);
+  ProcessorConfig cfg = same_size(50, 40);
+  cfg.per_image_standardize = true;
+  const Tensor a = preprocess(g, cfg), b = preprocess(g2, cfg);
+  int bad = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double za = a.data<float>()[i], zb = b.data<float>()[i];
+    bad += std::abs(za - zb) > std::ldexp(std::abs(za), -23) + 1e-12;
+  }
+  CHECK(bad == 0);
+
+  // Through a bilinear resize (50×40 → 32×32) each output level is rounded to 8 bits in each of two passes,
+  // so the transformed image's level r' is not exactly 2r + 10. A pass computes round(sum w_i p_i) with
+  // w_i >= 0 summing to 1: inputs off by <= 1 move the sum by <= 1. First pass: |a' − (2a + 10)| <= 1
+  // (2 · the rounding of a, 1/2 each, plus the rounding of a', 1/2, integer). Second: the exact sum moves by
+  // <= 1 from the first pass plus 1 from doubling r's rounding, plus 1/2 for rounding r': <= 2 levels.
+  // In rescaled units e = 2/255: with x' = 2x + c + ε, |ε| <= e, the centred values move by <= 2e and the
+  // population std s' = rms of them moves from 2s by <= rms(ε) <= e (triangle inequality), so
+  //   |z' − z| = |(2d + η)/s' − 2d/(2s)| <= |z| e / s' + 2e / s', s' >= 2s − e,
+  // plus a float rounding of each z (2^-24 |z| per side).
+  cfg = ProcessorConfig::vit(32);
+  cfg.per_image_standardize = true;
+  const Image r = processor_resize(g, cfg), r2 = processor_resize(g2, cfg);
+  int level_bad = 0;
+  for (size_t i = 0; i < r.rgb.size(); ++i) level_bad += std::abs(int(r2.rgb[i]) - (2 * int(r.rgb[i]) + 10)) > 2;
+  CHECK(level_bad == 0);  // the 8-bit bound the tolerance rests on
+  double m = 0, s2 = 0;
+  for (uint8_t q : r.rgb) m += q / 255.0;
+  m /= double(r.rgb.size());
+  for (uint8_t q : r.rgb) s2 += (q / 255.0 - m) * (q / 255.0 - m);
+  const double s = std::sqrt(s2 / double(r.rgb.size())), e = 2 / 255.0, sp = 2 * s - e;
+  const Tensor c = preprocess(g, cfg), d = preprocess(g2, cfg);
+  double worst = 0, worst_ratio = 0;
+  for (int64_t i = 0; i < c.numel(); ++i) {
+    const double zc = c.data<float>()[i], zd = d.data<float>()[i];
+    const double bound = (std::abs(zc) + 2) * e / sp + std::ldexp(2 * std::abs(zc) + 1, -24);
+    worst = std::max(worst, std::abs(zc - zd));
+    worst_ratio = std::max(worst_ratio, std::abs(zc - zd) / bound);
+  }
+  MESSAGE("standardised through a resize: max |z' - z| " << worst << ", at most " << worst_ratio
+                                                         << " of the derived bound");
+  CHECK(worst_ratio <= 1);
+  // Without standardisation the same change moves the values by about 2x + 10/255 — far beyond that bound.
+  cfg.per_image_standardize = false;
+  CHECK(std::abs(preprocess(g2, cfg).data<float>()[0] - preprocess(g, cfg).data<float>()[0]) > 0.05);
+}
+
+TEST_CASE("preprocess: tessera_per_image_standardize in preprocessor_config.json") {
+  // Unset: exactly the keys transformers writes, so the file stays what it was.
+  for (const ProcessorConfig& base : {ProcessorConfig::vit(), ProcessorConfig::cvt()}) {
+    const nlohmann::json j = processor_to_json(base);
+    CHECK_FALSE(j.contains("tessera_per_image_standardize"));
+    ProcessorConfig one = base;
+    one.channels = 1;  // not written: the model config carries the channel count
+    CHECK(processor_to_json(one).dump() == j.dump());
+    const ProcessorConfig back = processor_from_json(j, "a.json");
+    CHECK_FALSE(back.per_image_standardize);
+    CHECK(back.channels == 3);
+    CHECK(processor_to_json(back).dump() == j.dump());
+
+    ProcessorConfig on = base;
+    on.per_image_standardize = true;
+    const nlohmann::json k = processor_to_json(on);
+    CHECK(k.at("tessera_per_image_standardize") == true);
+    nlohmann::json without = k;
+    without.erase("tessera_per_image_standardize");
+    CHECK(without.dump() == j.dump());  // nothing else changes
+    CHECK(processor_from_json(k, "b.json").per_image_standardize);
+    CHECK(processor_to_json(processor_from_json(k, "b.json")).dump() == k.dump());
+    nlohmann::json off = j;
+    off["tessera_per_image_standardize"] = false;
+    CHECK_FALSE(processor_from_json(off, "c.json").per_image_standardize);
+  }
+  for (const nlohmann::json& wrong : {nlohmann::json("yes"), nlohmann::json(1), nlohmann::json(nullptr)}) {
+    nlohmann::json j = processor_to_json(ProcessorConfig::cvt());
+    j["tessera_per_image_standardize"] = wrong;
+    CAPTURE(wrong.dump());
+    try {
+      processor_from_json(j, "run/checkpoint/preprocessor_config.json");
+      FAIL("expected an error");
+    } catch (const std::runtime_error& e) {
+      const std::string msg = e.what();
+      CHECK(msg.rfind("run/checkpoint/preprocessor_config.json: ", 0) == 0);
+      CHECK(msg.find("tessera_per_image_standardize") != std::string::npos);
+    }
+  }
+}
