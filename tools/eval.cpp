@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "data/dataset.h"
+#include "engine/core/fileio.h"
 #include "tools/cli.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
@@ -20,6 +21,7 @@ struct EvalCli {
   int64_t batch_size = 64;
   int workers = 0;
   bool json = false;
+  bool tta = false;
 };
 
 void run_eval(const EvalCli& o) {
@@ -65,6 +67,10 @@ void run_eval(const EvalCli& o) {
   eo.device = device;
   eo.novel = novel ? &*novel : nullptr;
   eo.root = o.data;
+  // Mirroring as the run that made the checkpoint evaluated (its run.json), or as asked.
+  eo.tta_hflip = o.tta;
+  if (const fs::path run_json = fs::path(dir).parent_path() / "run.json"; !o.tta && fs::exists(run_json))
+    eo.tta_hflip = read_json(run_json.string()).at("options").value("tta", false);
   train::EvalResult r = train::evaluate(*model, split.samples, split.classes, processor, eo);
   if (o.json) {
     std::cout << train::eval_to_json(r, o.split, dir, novel ? novel_path : "").dump(2) << "\n";
@@ -90,6 +96,8 @@ void add_eval(CLI::App& app) {
   sub->add_option("--batch-size", o->batch_size, "Images per forward pass")->capture_default_str();
   sub->add_option("--workers", o->workers, "Loader threads (0: all cores)");
   sub->add_option("--device", o->device, "cuda or cpu (default: cuda when present and verified)");
+  sub->add_flag("--tta", o->tta,
+                "Average each image's and its mirror image's probabilities (default: as the checkpoint's run did)");
   sub->add_flag("--json", o->json, "Print one JSON object (accuracy, per_class, confusion_matrix, novel, predictions)");
   sub->callback([o] { run_eval(*o); });
 }

@@ -30,8 +30,11 @@ std::vector<std::string> labels_of(const models::ModelConfig& c) {
 }
 
 ProcessorConfig processor_for(const models::ModelConfig& c) {
-  if (const auto* vit = std::get_if<models::VitConfig>(&c)) return ProcessorConfig::vit(int(vit->image_size));
-  return ProcessorConfig::cvt(224);
+  ProcessorConfig p = std::holds_alternative<models::VitConfig>(c)
+                          ? ProcessorConfig::vit(int(std::get<models::VitConfig>(c).image_size))
+                          : ProcessorConfig::cvt(224);
+  p.channels = int(std::visit([](const auto& m) { return m.num_channels; }, c));
+  return p;
 }
 
 // The model's config: --config, else config.json beside the weights, else the --model preset.

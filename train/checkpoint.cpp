@@ -78,7 +78,8 @@ bool is_checkpoint_dir(const fs::path& p) {
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, const models::Model& model, const AdamW& optimizer,
-                            const ProcessorConfig& processor, const TrainerState& state, bool is_best) {
+                            const ProcessorConfig& processor, const TrainerState& state, bool is_best,
+                            const WeightEma* ema) {
   char name[64];
   std::snprintf(name, sizeof name, "checkpoint-epoch-%03lld", static_cast<long long>(state.epoch));
   const fs::path root(run_dir), final_dir = root / name;
@@ -86,6 +87,11 @@ std::string save_checkpoint(const std::string& run_dir, const models::Model& mod
   std::error_code ec;
   fs::remove_all(tmp, ec);
   models::save_model(model, tmp.string());  // config.json + model.safetensors, each fsynced
+  if (ema) {
+    fs::rename(tmp / "model.safetensors", tmp / "raw_model.safetensors", ec);
+    if (ec) throw FileError((tmp / "raw_model.safetensors").string() + ": cannot rename: " + ec.message());
+    ema->save((tmp / "model.safetensors").string());
+  }
   save_optimizer(optimizer, (tmp / "optimizer.safetensors").string());
   write_file_atomic((tmp / "preprocessor_config.json").string(), processor_to_json(processor).dump(2) + "\n");
   write_file_atomic((tmp / "trainer_state.json").string(), state_to_json(state).dump(2) + "\n");
@@ -130,9 +136,13 @@ std::string last_checkpoint(const std::string& run_dir) {
 
 ProcessorConfig checkpoint_processor(const std::string& checkpoint_dir, const models::ModelConfig& config) {
   const fs::path file = fs::path(checkpoint_dir) / "preprocessor_config.json";
-  if (fs::exists(file)) return processor_from_json(read_json(file.string()), file.string());
-  if (const auto* vit = std::get_if<models::VitConfig>(&config)) return ProcessorConfig::vit(int(vit->image_size));
-  return ProcessorConfig::cvt(224);
+  ProcessorConfig p;
+  if (fs::exists(file)) p = processor_from_json(read_json(file.string()), file.string());
+  else if (const auto* vit = std::get_if<models::VitConfig>(&config)) p = ProcessorConfig::vit(int(vit->image_size));
+  else p = ProcessorConfig::cvt(224);
+  // The processor file has no channel count (transformers' processors have none): the model's config says.
+  p.channels = int(std::visit([](const auto& m) { return m.num_channels; }, config));
+  return p;
 }
 
 TrainerState load_trainer_state(const std::string& checkpoint_dir) {

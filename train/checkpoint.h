@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/preprocess.h"
+#include "engine/ema.h"
 #include "engine/optim.h"
 #include "models/model.h"
 
@@ -30,8 +31,12 @@ TrainerState state_from_json(const nlohmann::json& j, const std::string& source)
 // trainer_state.json, preprocessor_config.json) through a temporary folder renamed into place, points run_dir/last (and run_dir/best
 // when is_best) at it, then deletes checkpoints that are neither. Returns the checkpoint's path.
 // preprocessor_config.json (the evaluation processor: resolution and normalisation) is written too.
+// With `ema` (--ema), model.safetensors holds the weights' moving average (WeightEma::save: its update
+// count and decay in the metadata), the model the run selects and every reader of the checkpoint gets,
+// and raw_model.safetensors the weights being trained, which a resumed run continues from.
 std::string save_checkpoint(const std::string& run_dir, const models::Model& model, const AdamW& optimizer,
-                            const ProcessorConfig& processor, const TrainerState& state, bool is_best);
+                            const ProcessorConfig& processor, const TrainerState& state, bool is_best,
+                            const WeightEma* ema = nullptr);
 
 // The processor a checkpoint folder's images need: its preprocessor_config.json, else the model's standard
 // one (CvT: ConvNext at 224; ViT: its config's image_size).

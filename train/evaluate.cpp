@@ -36,9 +36,22 @@ EvalResult evaluate(models::Model& model, const std::vector<Sample>& samples,
   NoGradGuard no_grad;
   Generator unused(0);  // eval mode draws nothing
   double loss_sum = 0;
+  Tensor mirror;  // i64 [W]: W-1, ..., 0 on the device, for the mirror images
   while (auto batch = loader.next()) {
     const int64_t n = batch->size();
-    Tensor logits = model.forward(batch->images.to(options.device), /*training=*/false, unused);
+    const Tensor images = batch->images.to(options.device);
+    Tensor logits = model.forward(images, /*training=*/false, unused);
+    if (options.tta_hflip) {
+      const int64_t W = images.size(3);
+      if (!mirror.defined()) {
+        std::vector<int64_t> idx(static_cast<size_t>(W));
+        for (int64_t x = 0; x < W; ++x) idx[size_t(x)] = W - 1 - x;
+        mirror = Tensor::from(idx, {W}).to(options.device);
+      }
+      const Tensor mirrored = model.forward(index_select(images, 3, mirror), /*training=*/false, unused);
+      // log of the mean probability: softmax gives back the mean, and cross_entropy its log loss
+      logits = log(mul(add(softmax(logits, -1), softmax(mirrored, -1)), 0.5));
+    }
     Tensor labels = batch->labels.to(options.device);
     loss_sum += cross_entropy(logits, labels).item() * double(n);
     Tensor probs = softmax(logits.to(DType::f64), -1).to(Device::CPU);

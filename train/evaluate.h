@@ -42,6 +42,9 @@ struct EvalOptions {
   const std::set<std::string>* novel = nullptr;  // paths relative to the data root ('/'-separated)
   std::string root;                              // the data root the novel paths are relative to
   std::function<void(Image&, int64_t)> prepare;  // LoaderConfig::prepare (the study's fixed resize)
+  // Test-time augmentation: the probabilities are the mean of the image's and its left-right mirror
+  // image's (the loss is then the cross-entropy of that mean).
+  bool tta_hflip = false;
 };
 
 // Runs the model in eval mode (no augmentation, `processor` only) over `samples`.

@@ -68,6 +68,12 @@ DeviceChoice parse_device(const std::string& text) {
   return d;
 }
 
+std::string parse_text(std::string_view text, SplitKind& out) {
+  if (text == "grouped") return out = SplitKind::Grouped, "";
+  if (text == "random") return out = SplitKind::Random, "";
+  return "must be grouped or random, not '" + std::string(text) + "'";
+}
+
 namespace detail {
 std::string finite_positive(const double& v, const TrainOptions&) {
   return std::isfinite(v) && v > 0 ? "" : "must be a positive number";
@@ -102,6 +108,7 @@ TrainOptions recipe_options(const std::string& name) {
     o.clip_grad = 1.0;
     o.drop_path = 0.1;
     o.crop_scale_min = 0.35;
+    o.split = "grouped";
     o.p_vflip = 0;
     return o;
   }

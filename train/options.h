@@ -20,6 +20,10 @@ namespace tessera::train {
 
 enum class Precision { FP32, BF16 };
 enum class DeviceChoice { Auto, CPU, CUDA };  // Auto: "" (cuda when present and the model path verified)
+// How Training is split into train and validation: whole near-duplicate groups (data/dataset.h
+// grouped_split), or sample by sample (the study's random stratified split, which puts copies of one
+// picture on both sides and so overstates validation accuracy).
+enum class SplitKind { Grouped, Random };
 
 // Warmup as given: "500" steps, "0.05" of all steps (HF's warmup_ratio) or "2ep" epochs.
 struct Warmup {
@@ -36,6 +40,7 @@ std::string parse_text(std::string_view text, Precision& out);
 std::string parse_text(std::string_view text, DeviceChoice& out);
 std::string parse_text(std::string_view text, LrSchedule::Kind& out);
 std::string parse_text(std::string_view text, Warmup& out);
+std::string parse_text(std::string_view text, SplitKind& out);
 
 // A value given as text (command line, recipe, run.json) and parsed there. Text that does not parse is
 // kept with its problem rather than thrown at once, so that validate() names it beside every other bad
@@ -76,19 +81,27 @@ struct TrainOptions {
   std::string weights;           // initial weights (model.safetensors or checkpoint dir); empty: from scratch
   bool keep_imagenet_head = false;  // the study's mistake: train the checkpoint's own (1000-class) head
   double drop_path = -1;            // CvT: the last stage's drop-path rate; < 0 keeps the config's
+  int channels = 3;                 // input planes: 3 (RGB) or 1 (luma; the MRI images are grayscale)
   // ---- data
   std::string data;              // ROOT/Training + ROOT/Testing, or ROOT/<class> (no test split)
   bool synthetic = false;        // generate a synthetic 4-class set instead (the data could not be found)
   double val_fraction = 0.2;
+  Parsed<SplitKind> split = "random";  // grouped | random
+  bool per_image_norm = false;   // standardise each image by its own mean and std (not fixed constants)
   int image_size = 224;
   bool static_augment = false;   // the study's mistake: one fixed augmented copy per image, made once
   double rotation = 15, crop_scale_min = 0.8, brightness = 0.2, contrast = 0.2, p_vflip = 0.5;
+  double gamma = 0, blur = 0, noise = 0, erase = 0;  // scanner-like intensity changes and random erasing
+  double mixup = 0, cutmix = 0;  // Beta(α, α) of mixup / CutMix; 0: off
   bool study_pipeline = false;   // resize to image_size² before augmenting and the processor on top (study)
   int64_t max_train_samples = 0; // > 0: a stratified subset of the training split (quick runs)
   int workers = 0;               // loader threads; 0: all cores
   // ---- optimisation
   int64_t epochs = 10, batch_size = 16, eval_batch_size = 64;
   double lr = 2e-5, weight_decay = 0.01, label_smoothing = 0, clip_grad = 1.0;
+  bool balanced_loss = false;    // cross-entropy weighted by inverse class frequency of the train split
+  double ema = 0;                // decay of the weights' moving average (0: none)
+  bool tta = false;              // evaluation averages the image's and its mirror image's probabilities
   Parsed<LrSchedule::Kind> schedule = "linear";  // constant | linear | cosine
   Parsed<Warmup> warmup = "0";
   uint64_t seed = 42;
@@ -178,6 +191,11 @@ void for_each_option(F&& f) {
                  }});
   f(Option<double>{"drop_path", "--drop-path", "CvT: the last stage's drop-path rate", &O::drop_path,
                    [](const double& v, const O&) -> std::string { return v < 1 ? "" : "must be < 1"; }});
+  f(Option<int>{"channels", "--channels", "Input planes: 3 (RGB) or 1 (luma, for grayscale images)", &O::channels,
+                [](const int& v, const O& o) -> std::string {
+                  if (v != 1 && v != 3) return "must be 1 or 3";
+                  return v == 1 && !o.weights.empty() ? "1 needs a model trained from scratch (not --weights)" : "";
+                }});
   // ---- data
   f(Option<std::string>{"data", "--data", "ROOT with Training/ and Testing/ (or ROOT/<class>/)", &O::data,
                         [](const std::string& v, const O& o) -> std::string {
@@ -187,6 +205,12 @@ void for_each_option(F&& f) {
                  &O::synthetic});
   f(Option<double>{"val_fraction", "--val-fraction", "Stratified validation share of Training", &O::val_fraction,
                    [](const double& v, const O&) -> std::string { return v > 0 && v < 1 ? "" : "must be in (0, 1)"; }});
+  f(Option<Parsed<SplitKind>>{"split", "--split",
+                              "Validation split: grouped (near-copies of one picture stay on one side) or random",
+                              &O::split});
+  f(Option<bool>{"per_image_norm", "--per-image-norm",
+                 "Standardise each image by its own mean and std (scanner-independent intensities)",
+                 &O::per_image_norm});
   f(Option<int>{"image_size", "--image-size", "Input resolution", &O::image_size,
                 [](const int& v, const O&) -> std::string { return v >= 16 && v <= 1024 ? "" : "must be in [16, 1024]"; }});
   f(Option<bool>{"static_augment", "--static-augment",
@@ -200,6 +224,17 @@ void for_each_option(F&& f) {
   f(Option<double>{"brightness", "--brightness", "Augmentation: brightness jitter", &O::brightness, non_negative<double>});
   f(Option<double>{"contrast", "--contrast", "Augmentation: contrast jitter", &O::contrast, non_negative<double>});
   f(Option<double>{"p_vflip", "--vflip", "Augmentation: vertical flip probability", &O::p_vflip, in_0_1});
+  f(Option<double>{"gamma", "--gamma", "Augmentation: gamma with log(gamma) uniform in ± this, on half the images",
+                   &O::gamma, [](const double& v, const O&) -> std::string { return v >= 0 && v <= 2 ? "" : "must be in [0, 2]"; }});
+  f(Option<double>{"blur", "--blur", "Augmentation: probability of a Gaussian blur (sigma 0.1-1.2 px)", &O::blur,
+                   in_0_1});
+  f(Option<double>{"noise", "--noise", "Augmentation: Gaussian noise of this std (share of 255), on half the images",
+                   &O::noise, [](const double& v, const O&) -> std::string { return v >= 0 && v <= 0.5 ? "" : "must be in [0, 0.5]"; }});
+  f(Option<double>{"erase", "--erase", "Augmentation: probability of random erasing (2-33 % of the area)", &O::erase,
+                   in_0_1});
+  f(Option<double>{"mixup", "--mixup", "Mixup's Beta(a, a) parameter (0: off)", &O::mixup, finite_non_negative});
+  f(Option<double>{"cutmix", "--cutmix", "CutMix's Beta(a, a) parameter (0: off; with --mixup: either, half the batches)",
+                   &O::cutmix, finite_non_negative});
   f(Option<bool>{.name = "study_pipeline", .member = &O::study_pipeline});  // set by the study recipe only
   f(Option<int64_t>{"max_train_samples", "--max-train-samples", "Train on a stratified subset",
                     &O::max_train_samples, non_negative<int64_t>});
@@ -216,6 +251,12 @@ void for_each_option(F&& f) {
                    [](const double& v, const O&) -> std::string { return v >= 0 && v < 1 ? "" : "must be in [0, 1)"; }});
   f(Option<double>{"clip_grad", "--clip-grad", "Global gradient-norm clipping (0: off)", &O::clip_grad,
                    [](const double& v, const O&) -> std::string { return v >= 0 ? "" : "must be >= 0 (0: no clipping)"; }});
+  f(Option<bool>{"balanced_loss", "--balanced-loss",
+                 "Weight the loss by inverse class frequency (each class counts equally)", &O::balanced_loss});
+  f(Option<double>{"ema", "--ema", "Decay of the weights' moving average, evaluated beside the raw weights (0: off)",
+                   &O::ema, [](const double& v, const O&) -> std::string { return v >= 0 && v < 1 ? "" : "must be in [0, 1)"; }});
+  f(Option<bool>{"tta", "--tta", "Evaluate on each image and its mirror image, averaging the probabilities",
+                 &O::tta});
   f(Option<Parsed<LrSchedule::Kind>>{"schedule", "--schedule", "constant, linear or cosine", &O::schedule});
   f(Option<Parsed<Warmup>>{"warmup", "--warmup", "Warmup: steps (500), a fraction (0.05) or epochs (2ep)", &O::warmup});
   f(Option<uint64_t>{"seed", "--seed", "Seed of the split, init, order, augmentation, drop path", &O::seed});

@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
+#include <set>
 #include <iostream>
 #include <sstream>
 
@@ -18,6 +20,7 @@
 #include "data/loader.h"
 #include "engine/core/cuda.h"
 #include "engine/core/fileio.h"
+#include "engine/ema.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/random.h"
@@ -26,6 +29,7 @@
 #include "models/model.h"
 #include "train/checkpoint.h"
 #include "train/evaluate.h"
+#include "train/mixing.h"
 #include "train/progress.h"
 #include "train/report.h"
 #include "train/synthetic.h"
@@ -110,11 +114,14 @@ std::string utc_now() {
   return buf;
 }
 
-// The data a run uses, after the split.
+// The data a run uses, after the split, with the data audit's "novel" subsets: the validation images with
+// no near-copy (a member of their near-duplicate group) in the train split, and the Testing images with
+// none in Training. Both come from the data itself, at every start, so they always describe this data.
 struct RunData {
   std::string root;
   std::vector<std::string> classes;
   std::vector<Sample> train, val, test;  // test empty for a flat folder
+  std::set<std::string> val_novel, test_novel;  // paths relative to root
 };
 
 RunData load_data(const TrainOptions& o) {
@@ -129,12 +136,33 @@ RunData load_data(const TrainOptions& o) {
     all = scan_folder(o.data);
   }
   d.classes = all.classes;
-  TrainVal tv = stratified_split(all, o.val_fraction, o.seed);
+  const AuditReport audit = audit_dataset(o.data);
+  std::map<std::string, int64_t> group_of;  // relative path -> near-duplicate group
+  for (const AuditImage& im : audit.images) group_of[im.path] = im.near_group;
+  for (int i : audit.novel) d.test_novel.insert(audit.images[size_t(i)].path);
+  // An unreadable file has no audit entry: its own group (the loader skips it with a warning later).
+  std::vector<int64_t> groups(all.size());
+  for (size_t i = 0; i < all.size(); ++i) {
+    auto it = group_of.find(relative_to(all.samples[i].path, d.root));
+    groups[i] = it != group_of.end() ? it->second : -1 - int64_t(i);
+  }
+  TrainVal tv = *o.split == SplitKind::Grouped ? grouped_split(all, groups, o.val_fraction, o.seed)
+                                               : stratified_split(all, o.val_fraction, o.seed);
   d.train = std::move(tv.train.samples);
   d.val = std::move(tv.val.samples);
   if (o.max_train_samples > 0 && o.max_train_samples < int64_t(d.train.size())) {
     DatasetSplit part{d.classes, d.train};
     d.train = stratified_split(part, double(o.max_train_samples) / double(part.size()), o.seed + 1).val.samples;
+  }
+  std::set<int64_t> train_groups;
+  for (const Sample& s : d.train) {
+    auto it = group_of.find(relative_to(s.path, d.root));
+    if (it != group_of.end()) train_groups.insert(it->second);
+  }
+  for (const Sample& s : d.val) {
+    const std::string rel = relative_to(s.path, d.root);
+    auto it = group_of.find(rel);
+    if (it == group_of.end() || !train_groups.count(it->second)) d.val_novel.insert(rel);
   }
   return d;
 }
@@ -145,11 +173,26 @@ std::vector<int64_t> counts_of(const std::vector<Sample>& samples, size_t classe
   return c;
 }
 
+// --balanced-loss: class c weighs N / (C · n_c), so every class carries the same total weight (sklearn's
+// class_weight="balanced"); cross_entropy then divides by the batch's summed weights, as torch does.
+Tensor balanced_class_weights(const std::vector<Sample>& train, size_t classes) {
+  const std::vector<int64_t> counts = counts_of(train, classes);
+  std::vector<float> w(classes);
+  for (size_t c = 0; c < classes; ++c)
+    w[c] = counts[c] ? float(double(train.size()) / (double(classes) * double(counts[c]))) : 0.f;
+  return Tensor::from(w, {int64_t(classes)});
+}
+
 // The processor every image passes through last: the model's own for evaluation; for training after
 // the random resized crop (which already gives image_size²) only the normalisation is left, so a squash
 // at the same size (Pillow's identity) with the model's mean and std.
-ProcessorConfig eval_processor(const models::ModelConfig& c, int size) {
-  return std::holds_alternative<models::VitConfig>(c) ? ProcessorConfig::vit(size) : ProcessorConfig::cvt(size);
+// The input planes follow the model (1: luma) and --per-image-norm replaces the fixed mean and std.
+ProcessorConfig eval_processor(const models::ModelConfig& c, const TrainOptions& o) {
+  ProcessorConfig p = std::holds_alternative<models::VitConfig>(c) ? ProcessorConfig::vit(o.image_size)
+                                                                  : ProcessorConfig::cvt(o.image_size);
+  p.channels = int(std::visit([](const auto& m) { return m.num_channels; }, c));
+  p.per_image_standardize = o.per_image_norm;
+  return p;
 }
 
 std::unique_ptr<models::Model> build_model(const TrainOptions& o, const std::vector<std::string>& classes) {
@@ -161,6 +204,7 @@ std::unique_ptr<models::Model> build_model(const TrainOptions& o, const std::vec
   else config = models::preset_config(o.model);
   if (auto* cvt = std::get_if<models::CvtConfig>(&config); cvt && o.drop_path >= 0) cvt->drop_path_rate.back() = o.drop_path;
   if (auto* vit = std::get_if<models::VitConfig>(&config)) vit->image_size = o.image_size;
+  if (o.weights.empty()) std::visit([&](auto& m) { m.num_channels = o.channels; }, config);
 
   if (o.weights.empty()) {
     models::set_labels(config, classes);
@@ -239,6 +283,9 @@ struct Run {
   Generator gen;  // dropout / drop path
   TrainerState state;
   std::unique_ptr<MetricsLog> metrics;
+  MixConfig mix;                            // mixup / CutMix (off unless an alpha is given)
+  std::unique_ptr<WeightEma> ema;           // --ema: the weights' moving average
+  std::unique_ptr<models::Model> ema_model;  // the model the average is evaluated and saved in
 };
 
 // The checkpoint a resumed run continues from, and its state.
@@ -266,6 +313,12 @@ std::unique_ptr<DataLoader> make_train_loader(const Run& r, std::ostream& log) {
   AugmentConfig aug;
   aug.rotation_degrees = o.rotation, aug.crop_scale_min = o.crop_scale_min;
   aug.brightness = o.brightness, aug.contrast = o.contrast, aug.p_vflip = o.p_vflip;
+  // The scanner-like changes each hit half the images (blur and erasing: their given share), so every
+  // epoch still shows the model plain images too.
+  aug.p_gamma = o.gamma > 0 ? 0.5 : 0, aug.gamma_log_range = o.gamma;
+  aug.p_blur = o.blur, aug.blur_sigma_min = 0.1, aug.blur_sigma_max = 1.2;
+  aug.p_noise = o.noise > 0 ? 0.5 : 0, aug.noise_std = o.noise;
+  aug.p_erase = o.erase;
   aug.out_width = aug.out_height = o.image_size;
   cfg.processor = r.eval_processor;
   // Without the pre-resize the crop already has the output size: the processor only normalises.
@@ -330,7 +383,7 @@ void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::stri
   r.model->to(r.device);  // before the optimizer: its moments live where the parameters do
   r.model->set_compute_dtype(r.compute);
   r.has_batch_norm = std::holds_alternative<models::CvtConfig>(r.model->config());
-  r.eval_processor = eval_processor(r.model->config(), o.image_size);
+  r.eval_processor = eval_processor(r.model->config(), o);
   r.eval_prepare = study::pre_resize(o);
   r.loader = make_train_loader(r, log);
 
@@ -345,10 +398,21 @@ void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::stri
   r.schedule.warmup_steps = (*o.warmup).steps(steps_per_epoch, r.schedule.total_steps);
   r.schedule.validate();
   r.gen = Generator(o.seed ^ 0x5EED0D120FULL);  // apart from the init stream
+  r.mix.mixup_alpha = o.mixup, r.mix.cutmix_alpha = o.cutmix;
+  validate(r.mix);
+  if (o.ema > 0) {
+    r.ema = std::make_unique<WeightEma>(r.model->state_dict(), o.ema);
+    r.ema_model = models::make_model(r.model->config());
+    r.ema_model->to(r.device);
+    r.ema_model->set_compute_dtype(r.compute);
+  }
 
   if (resumed) {
     const fs::path checkpoint = resumed->checkpoint;
-    r.model->load_safetensors((checkpoint / "model.safetensors").string());
+    // With --ema the checkpoint's model.safetensors is the average (what the run selects and delivers) and
+    // the weights being trained are beside it (train/checkpoint.h).
+    r.model->load_safetensors((checkpoint / (r.ema ? "raw_model.safetensors" : "model.safetensors")).string());
+    if (r.ema) r.ema->load((checkpoint / "model.safetensors").string());
     load_optimizer(*r.optimizer, (checkpoint / "optimizer.safetensors").string());
     r.state = resumed->state;
     r.gen.set_state(r.state.rng_seed, r.state.rng_offset);
@@ -375,11 +439,13 @@ EvalResult evaluate_split(const Run& r, models::Model& model, const std::vector<
   e.novel = novel;
   e.root = r.data.root;
   e.prepare = r.eval_prepare;
+  e.tta_hflip = r.o.tta;
   return evaluate(model, samples, r.data.classes, r.eval_processor, e);
 }
 
 struct EpochTotals {
   double mean_loss = 0, accuracy = 0;
+  double loader_wait_s = 0;  // time the step stood waiting for the loader's next batch (0: it kept ahead)
 };
 
 // One epoch of optimizer steps. The step never waits for the device: loss, accuracy and gradient norm
@@ -391,6 +457,7 @@ EpochTotals train_epoch(Run& r, int64_t epoch, std::ostream& log) {
   r.loader->start_epoch(epoch - 1);
   CrossEntropyOptions ce;
   ce.label_smoothing = o.label_smoothing;
+  if (o.balanced_loss) ce.weight = balanced_class_weights(r.data.train, r.data.classes.size()).to(device);
   const auto params = r.optimizer->parameters();
   // Without clipping the norm is still measured (a max_norm nothing reaches), for the log and the report.
   const double max_norm = o.clip_grad > 0 ? o.clip_grad : std::numeric_limits<double>::max();
@@ -399,19 +466,32 @@ EpochTotals train_epoch(Run& r, int64_t epoch, std::ostream& log) {
   int64_t seen = 0, step_in_epoch = 0, window_steps = 0;
   cuda::Event uploaded;
   EpochTotals t;
-  while (auto batch = r.loader->next()) {
+  for (;;) {
+    const auto wait_started = Clock::now();
+    std::optional<Batch> batch = r.loader->next();
+    t.loader_wait_s += std::chrono::duration<double>(Clock::now() - wait_started).count();
+    if (!batch) break;
     const int64_t n = batch->size();
     if (r.has_batch_norm && n < 2) continue;  // unreadable files left one image: nothing batch norm can use
     const double lr = r.schedule.lr_at(r.state.global_step);
     r.optimizer->set_lr(lr);
+    // Mixup / CutMix on the host batch before upload; drawn from (seed, step) alone, so a resumed run
+    // mixes exactly as an uninterrupted one.
+    MixDraw mix;
+    if (mix_enabled(r.mix)) {
+      mix = draw_mix(r.mix, n, int(batch->images.size(2)), int(batch->images.size(3)), o.seed,
+                     uint64_t(r.state.global_step));
+      apply_mix(batch->images, mix);
+    }
     auto [images, labels] = upload(*batch, device);
     if (device == Device::CUDA) uploaded.record();  // the batch's host buffers are free once the stream gets here
     Tensor logits = r.model->forward(images, /*training=*/true, r.gen);
-    Tensor loss = cross_entropy(logits, labels, ce);
+    Tensor loss = mix.applied ? mixed_cross_entropy(logits, labels, mix, ce) : cross_entropy(logits, labels, ce);
     loss.backward();
     last_norm = clip_grad_norm_on_device(params, max_norm);
     r.optimizer->step();
     r.optimizer->zero_grad();
+    if (r.ema) r.ema->update(r.model->state_dict());
     ++r.state.global_step, ++step_in_epoch, ++window_steps;
     seen += n;
     {
@@ -450,8 +530,19 @@ EpochTotals train_epoch(Run& r, int64_t epoch, std::ostream& log) {
 }
 
 // After an epoch: validation, the epoch's metrics line and log line, and the checkpoint.
+// After an epoch: validation, the epoch's metrics line and log line, and the checkpoint. With --ema the
+// moving average is what the run selects, saves as the model and finally evaluates on Testing (as timm
+// does); the raw weights' validation accuracy is logged beside it.
 void end_epoch(Run& r, int64_t epoch, const EpochTotals& t, Clock::time_point epoch_started, std::ostream& log) {
-  EvalResult val = evaluate_split(r, *r.model, r.data.val, nullptr);
+  std::optional<double> raw_accuracy;
+  if (r.ema) {
+    raw_accuracy = evaluate_split(r, *r.model, r.data.val, nullptr).report.accuracy;
+    r.ema_model->load_state_dict(r.ema->average(), "the weights' moving average");
+  }
+  models::Model& judged = r.ema ? *r.ema_model : *r.model;
+  EvalResult val = evaluate_split(r, judged, r.data.val, &r.data.val_novel);
+  // null when every validation image has a near-copy in train (never with the grouped split)
+  const json val_novel = *val.novel_total ? json(double(*val.novel_correct) / double(*val.novel_total)) : json(nullptr);
   const double val_acc = val.report.accuracy;
   const bool best = study::is_better(val_acc, r.state.best_val_accuracy);
   if (best) r.state.best_val_accuracy = val_acc, r.state.best_epoch = epoch;
@@ -461,14 +552,18 @@ void end_epoch(Run& r, int64_t epoch, const EpochTotals& t, Clock::time_point ep
                {"train_loss", t.mean_loss}, {"train_accuracy", t.accuracy},
                {"val_loss", val.loss}, {"val_accuracy", val_acc}, {"val_f1_weighted", val.report.weighted.f1},
                {"val_f1_macro", val.report.macro.f1}, {"val_recall_weighted", val.report.weighted.recall},
-               {"epoch_s", epoch_s}, {"best", best}};
+               {"val_novel_accuracy", val_novel}, {"val_novel_images", *val.novel_total},
+               {"val_raw_accuracy", raw_accuracy ? json(*raw_accuracy) : json(nullptr)},
+               {"epoch_s", epoch_s}, {"loader_wait_s", t.loader_wait_s}, {"best", best}};
   r.metrics->write(line);
-  char text[256];
+  char text[320], novel_text[16] = "-", raw_text[32] = "";
+  if (!val_novel.is_null()) std::snprintf(novel_text, sizeof novel_text, "%.4f", val_novel.get<double>());
+  if (raw_accuracy) std::snprintf(raw_text, sizeof raw_text, " (EMA; raw %.4f)", *raw_accuracy);
   std::snprintf(text, sizeof text,
-                "epoch %lld/%lld  train loss %.4f acc %.4f | val loss %.4f acc %.4f F1 w %.4f m %.4f recall w %.4f"
-                " | %.0f s%s\n",
+                "epoch %lld/%lld  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s, no near-copy in train %s,"
+                " F1 w %.4f m %.4f | %.0f s (loader wait %.1f s)%s\n",
                 static_cast<long long>(epoch), static_cast<long long>(r.o.epochs), t.mean_loss, t.accuracy, val.loss,
-                val_acc, val.report.weighted.f1, val.report.macro.f1, val.report.weighted.recall, epoch_s,
+                val_acc, raw_text, novel_text, val.report.weighted.f1, val.report.macro.f1, epoch_s, t.loader_wait_s,
                 best ? "  * best" : "");
   log << text << std::flush;
 
@@ -476,23 +571,16 @@ void end_epoch(Run& r, int64_t epoch, const EpochTotals& t, Clock::time_point ep
   r.state.rng_seed = r.gen.seed(), r.state.rng_offset = r.gen.offset();
   r.state.metrics_bytes = r.metrics->bytes();
   r.state.epoch_metrics = line;
-  save_checkpoint(r.o.out, *r.model, *r.optimizer, r.eval_processor, r.state, best);
+  save_checkpoint(r.o.out, *r.model, *r.optimizer, r.eval_processor, r.state, best, r.ema.get());
 }
 
-// The novel subset of Testing: the audit's list when one was written for this data, else one made now in
-// the run directory. Returns the list and its file.
-std::pair<std::set<std::string>, std::string> novel_subset(const Run& r) {
-  std::string list_file = "audit/novel_testing.txt";
-  std::optional<std::set<std::string>> novel = load_novel_list(list_file);
-  if (novel && !novel->empty() && !fs::exists(fs::path(r.data.root) / *novel->begin())) novel.reset();  // another data set's
-  if (novel) return {std::move(*novel), list_file};
-  list_file = (fs::path(r.o.out) / "novel_testing.txt").string();
-  AuditReport audit = audit_dataset(r.data.root);
+// The novel subset of Testing (RunData), written to the run directory for eval_Testing.json to name.
+std::string write_novel_list(const Run& r) {
+  const std::string list_file = (fs::path(r.o.out) / "novel_testing.txt").string();
   std::string text;
-  std::set<std::string> list;
-  for (int i : audit.novel) text += audit.images[size_t(i)].path + "\n", list.insert(audit.images[size_t(i)].path);
+  for (const std::string& path : r.data.test_novel) text += path + "\n";
   write_file_atomic(list_file, text);
-  return {std::move(list), list_file};
+  return list_file;
 }
 
 // The final evaluation: the best checkpoint on Testing (when the data has it), then the report.
@@ -502,8 +590,8 @@ void final_evaluation(const Run& r, TrainSummary& summary, std::ostream& log) {
     auto best = models::load_model(best_dir);
     best->to(r.device);
     best->set_compute_dtype(r.compute);
-    const auto [novel, novel_file] = novel_subset(r);
-    EvalResult test = evaluate_split(r, *best, r.data.test, &novel);
+    const std::string novel_file = write_novel_list(r);
+    EvalResult test = evaluate_split(r, *best, r.data.test, &r.data.test_novel);
     write_file_atomic((fs::path(r.o.out) / "eval_Testing.json").string(),
                       eval_to_json(test, "Testing", best_dir, novel_file).dump(1) + "\n");
     log << "\nbest epoch " << r.state.best_epoch << " (validation accuracy " << r.state.best_val_accuracy << ")\n"

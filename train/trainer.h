@@ -13,14 +13,16 @@
 // The run directory (--out) holds, besides the report files (train/report.h):
 //   run.json, metrics.jsonl, eval_Testing.json
 //   checkpoint-epoch-NNN/   config.json, model.safetensors, optimizer.safetensors, trainer_state.json
+//                           (with --ema: model.safetensors is the weights' moving average, the model the run
+//                           selects and delivers, and raw_model.safetensors the weights being trained)
 //   last -> checkpoint-epoch-NNN, best -> checkpoint-epoch-MMM   (symbolic links, replaced atomically)
 // A checkpoint is written into a hidden temporary folder and renamed into place, then the links are
 // switched, then checkpoints that are neither last nor best are removed: a run killed at any instant
 // leaves a complete last checkpoint (or none yet), and `--resume RUN_DIR` continues from it.
 //
 // Determinism. Everything random is keyed by the seed: the split, the initial weights, the loader's
-// order and augmentation (keyed by epoch), and dropout/drop-path (one Philox stream whose offset is
-// checkpointed). A resumed run therefore produces the same weights, bit for bit, as one never interrupted
+// order and augmentation (keyed by epoch), mixup/CutMix (keyed by step), and dropout/drop-path (one
+// Philox stream whose offset is checkpointed). A resumed run therefore produces the same weights, bit for bit, as one never interrupted
 // (on the same device and thread count).
 #pragma once
 #include <cstdint>
