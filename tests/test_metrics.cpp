@@ -42,3 +42,17 @@ TEST_CASE("metrics: a class never predicted nor present, and bad labels") {
   CHECK_THROWS_WITH(classification_report({0, 3}, {0, 0}, {"a", "b"}), doctest::Contains("label 3 at position 1"));
   CHECK_THROWS_AS(classification_report({0}, {0, 1}, {"a", "b"}), std::invalid_argument);
 }
+
+TEST_CASE("balanced class weights: every class carries the same total weight") {
+  // The reference data's train split counts (glioma, meningioma, no tumour, pituitary) and an empty class.
+  const std::vector<int64_t> counts{661, 658, 316, 661, 0};
+  const std::vector<double> w = balanced_class_weights(counts);
+  REQUIRE(w.size() == 5);
+  const double total = 661 + 658 + 316 + 661;
+  for (size_t c = 0; c < 4; ++c) {
+    CHECK(w[c] == doctest::Approx(total / (5.0 * double(counts[c]))).epsilon(1e-15));
+    CHECK(w[c] * double(counts[c]) == doctest::Approx(total / 5.0).epsilon(1e-15));  // equal shares
+  }
+  CHECK(w[4] == 0.0);
+  CHECK(w[2] > w[0]);  // the rarest class weighs most
+}

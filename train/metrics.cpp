@@ -75,4 +75,13 @@ std::string format_report(const ClassificationReport& r, int digits) {
   return out;
 }
 
+std::vector<double> balanced_class_weights(const std::vector<int64_t>& counts) {
+  int64_t total = 0;
+  for (int64_t n : counts) total += n;
+  std::vector<double> w(counts.size(), 0.0);
+  for (size_t c = 0; c < counts.size(); ++c)
+    if (counts[c] > 0) w[c] = double(total) / (double(counts.size()) * double(counts[c]));
+  return w;
+}
+
 }  // namespace tessera

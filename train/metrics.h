@@ -26,4 +26,8 @@ ClassificationReport classification_report(const std::vector<int64_t>& y_true, c
 // The report as sklearn prints it, with `digits` decimals.
 std::string format_report(const ClassificationReport& r, int digits = 4);
 
+// Loss weights that make every class count equally (scikit-learn's class_weight="balanced"): class c
+// weighs N / (C · n_c) for N samples in C classes, n_c of class c (0 for a class with no samples).
+std::vector<double> balanced_class_weights(const std::vector<int64_t>& counts);
+
 }  // namespace tessera

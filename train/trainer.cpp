@@ -173,16 +173,6 @@ std::vector<int64_t> counts_of(const std::vector<Sample>& samples, size_t classe
   return c;
 }
 
-// --balanced-loss: class c weighs N / (C · n_c), so every class carries the same total weight (sklearn's
-// class_weight="balanced"); cross_entropy then divides by the batch's summed weights, as torch does.
-Tensor balanced_class_weights(const std::vector<Sample>& train, size_t classes) {
-  const std::vector<int64_t> counts = counts_of(train, classes);
-  std::vector<float> w(classes);
-  for (size_t c = 0; c < classes; ++c)
-    w[c] = counts[c] ? float(double(train.size()) / (double(classes) * double(counts[c]))) : 0.f;
-  return Tensor::from(w, {int64_t(classes)});
-}
-
 // The processor every image passes through last: the model's own for evaluation; for training after
 // the random resized crop (which already gives image_size²) only the normalisation is left, so a squash
 // at the same size (Pillow's identity) with the model's mean and std.
@@ -457,7 +447,11 @@ EpochTotals train_epoch(Run& r, int64_t epoch, std::ostream& log) {
   r.loader->start_epoch(epoch - 1);
   CrossEntropyOptions ce;
   ce.label_smoothing = o.label_smoothing;
-  if (o.balanced_loss) ce.weight = balanced_class_weights(r.data.train, r.data.classes.size()).to(device);
+  // --balanced-loss: cross_entropy divides by the batch's summed weights, as torch does
+  if (o.balanced_loss) {
+    const std::vector<double> w = balanced_class_weights(counts_of(r.data.train, r.data.classes.size()));
+    ce.weight = Tensor::from(std::vector<float>(w.begin(), w.end()), {int64_t(w.size())}).to(device);
+  }
   const auto params = r.optimizer->parameters();
   // Without clipping the norm is still measured (a max_norm nothing reaches), for the log and the report.
   const double max_norm = o.clip_grad > 0 ? o.clip_grad : std::numeric_limits<double>::max();
