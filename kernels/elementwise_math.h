@@ -8,14 +8,20 @@
 
 namespace tessera::elementwise {
 
-template <typename T> TS_HD T gelu(T x) {
-  return T(0.5) * x * (T(1) + std::erf(x * T(0.70710678118654752440)));
-}
-// d/dx [x·Φ(x)] = Φ(x) + x·φ(x)
-template <typename T> TS_HD T gelu_grad(T x) {
-  T cdf = T(0.5) * (T(1) + std::erf(x * T(0.70710678118654752440)));
-  T pdf = T(0.39894228040143267794) * std::exp(T(-0.5) * x * x);
+// GELU(x) = x·Φ(x), Φ(x) = (1 + erf(x/√2)) / 2. The *_from forms take e = erf(x/√2) and g = exp(−x²/2) so
+// that a device may supply its own functions (the CPU's float loops use vectorisable ones,
+// kernels/cpu/vector_math.h).
+template <typename T> TS_HD T gelu_erf_arg(T x) { return x * T(0.70710678118654752440); }
+template <typename T> TS_HD T gelu_from(T x, T e) { return T(0.5) * x * (T(1) + e); }
+// d/dx [x·Φ(x)] = Φ(x) + x·φ(x), φ(x) = g/√(2π)
+template <typename T> TS_HD T gelu_grad_from(T x, T e, T g) {
+  T cdf = T(0.5) * (T(1) + e);
+  T pdf = T(0.39894228040143267794) * g;
   return cdf + x * pdf;
+}
+template <typename T> TS_HD T gelu(T x) { return gelu_from(x, std::erf(gelu_erf_arg(x))); }
+template <typename T> TS_HD T gelu_grad(T x) {
+  return gelu_grad_from(x, std::erf(gelu_erf_arg(x)), std::exp(T(-0.5) * x * x));
 }
 
 template <typename T> TS_HD T unary(UnaryOp op, T x, T alpha, T beta) {

@@ -1,7 +1,8 @@
 // CPU tests of the CUDA kernels' __host__ __device__ tiling and index arithmetic: attention tiles
 // (kernels/cuda/attention_tiling.h), conv im2col/gather math (conv_math.h), the conv embedding's paths and
 // fragments (conv_embedding_tiling.h), the layer norm's launch shapes and the cross-entropy formula
-// (layer_norm_math.h). Pure integer arithmetic: runs on every machine, GPU or not.
+// (layer_norm_math.h); and the CPU's vectorisable float erf and exp (kernels/cpu/vector_math.h) against libm.
+// No device code runs: every machine, GPU or not.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <set>
 #include <vector>
 
+#include "kernels/cpu/vector_math.h"
 #include "kernels/cuda/attention_tiling.h"
 #include "kernels/cuda/conv_embedding_tiling.h"
 #include "kernels/cuda/conv_math.h"
@@ -294,4 +296,47 @@ TEST_CASE("cross entropy loss from its device sums matches the reference formula
   CHECK(std::isfinite(ln::cross_entropy_value<double>(3.0, INFINITY, 2.0, 0.0, 4)));
   // Every target ignored: W = 0, the loss is NaN as in torch.
   CHECK(std::isnan(ln::cross_entropy_value<float>(0.f, 0.f, 0.f, 0.1f, 4)));
+}
+
+// ================================================================ CPU float erf
+TEST_CASE("cpu::erf_float stays within its fit's error plus one rounding of std::erf") {
+  // Bound, relative to |erf(x)|: the rational fit errs by at most 6.5e-8 relative on [−4, 4] (and beyond,
+  // where the clamp returns the fit at ±4 and erf is within 1.6e-8 of ±1), the double evaluation adds
+  // ~1e-15, and rounding the result to float at most 2^-24 ≈ 6e-8: 6.5e-8 + 6e-8 ≤ 1.3e-7 (~2 ulp).
+  // A wrong coefficient or a sign slip is off by far more than that somewhere on the sweep.
+  constexpr double kBound = 1.3e-7;
+  double worst = 0, at = 0;
+  auto check = [&](float x) {
+    const double ref = std::erf(double(x)), got = double(tessera::cpu::erf_float(x));
+    const double rel = std::fabs(got - ref) / std::max(std::fabs(ref), 1e-300);
+    if (rel > worst) worst = rel, at = x;
+  };
+  for (int64_t i = -2000000; i <= 2000000; ++i) check(float(double(i) * 5e-6));  // [−10, 10], step 5e-6
+  for (float x = 1e-30f; x < 1e-2f; x *= 1.001f) check(x), check(-x);            // tiny arguments
+  INFO("worst relative error " << worst << " at x = " << at);
+  CHECK(worst <= kBound);
+  CHECK(worst > 0);  // the sweep did compare an approximation, not std::erf itself
+  CHECK(tessera::cpu::erf_float(0.f) == 0.f);
+  CHECK(tessera::cpu::erf_float(INFINITY) == 1.f);
+  CHECK(tessera::cpu::erf_float(-INFINITY) == -1.f);
+  CHECK(std::isnan(tessera::cpu::erf_float(NAN)));
+}
+
+TEST_CASE("cpu::exp_neg_half_square stays within one rounding of exp(-x^2/2)") {
+  // Bound: the Taylor truncation (≤ 2e-10 relative) and the double arithmetic are far below one rounding of
+  // the float result: ≤ 2^-24 relative where the result is a normal float, half the subnormal step
+  // (2^-150) below that. 1e-9 relative covers the first two.
+  double worst = 0, at = 0;
+  for (int64_t i = -4000000; i <= 4000000; ++i) {  // [−40, 40], step 1e-5: through the underflow to 0
+    const float x = float(double(i) * 1e-5);
+    const double ref = std::exp(-0.5 * double(x) * double(x)), got = double(tessera::cpu::exp_neg_half_square(x));
+    const double excess = std::fabs(got - ref) / ((0x1p-24 + 1e-9) * ref + 0x1p-150);
+    if (excess > worst) worst = excess, at = x;
+  }
+  INFO("worst error / bound " << worst << " at x = " << at);
+  CHECK(worst <= 1);
+  CHECK(worst > 0);
+  CHECK(tessera::cpu::exp_neg_half_square(0.f) == 1.f);
+  CHECK(tessera::cpu::exp_neg_half_square(INFINITY) == 0.f);
+  CHECK(std::isnan(tessera::cpu::exp_neg_half_square(NAN)));
 }

@@ -12,6 +12,8 @@ class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::CPU; }
   TESSERA_PRIMITIVES(TS_OVERRIDE)
+  TS_OVERRIDE(bias_gelu)  // one pass instead of the composite's bias add, GELU and column reduction
+  TS_OVERRIDE(bias_gelu_backward)
 };
 
 // Calls f(T{}) for T = float or double, and fails naming `op` for any other dtype.

@@ -1,9 +1,49 @@
 // Unary and binary elementwise ops on strided inputs; the output is contiguous (the op layer allocates it).
+// Each op gets its own loop (compile-time dispatch over the op lists), so the unit-stride rows (the common
+// case, bias and residual broadcasts included) vectorise instead of switching on the op per element.
+#include <algorithm>
+#include <type_traits>
+
 #include "kernels/elementwise_math.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/strided.h"
+#include "kernels/cpu/vector_math.h"
 
 namespace tessera {
+
+namespace {
+
+template <UnaryOp Op> using UnaryK = std::integral_constant<UnaryOp, Op>;
+template <BinaryOp Op> using BinaryK = std::integral_constant<BinaryOp, Op>;
+
+// Calls f(std::integral_constant<Op, op>) for the runtime op.
+template <typename F> void with_unary(UnaryOp op, F&& f) {
+#define TS_UNARY_CASE(name) case UnaryOp::name: return f(UnaryK<UnaryOp::name>{});
+  switch (op) { TESSERA_UNARY_OPS(TS_UNARY_CASE) }
+#undef TS_UNARY_CASE
+}
+template <typename F> void with_binary(BinaryOp op, F&& f) {
+#define TS_BINARY_CASE(name) case BinaryOp::name: return f(BinaryK<BinaryOp::name>{});
+  switch (op) { TESSERA_BINARY_OPS(TS_BINARY_CASE) }
+#undef TS_BINARY_CASE
+}
+
+// The shared formulas, except that float GELU and its gradient take erf and exp from kernels/cpu/vector_math.h
+// (vectorisable). Always inlined: a call per element would keep the loops scalar.
+template <typename T, UnaryOp Op> [[gnu::always_inline]] inline T unary_op(T x, T a, T b) {
+  if constexpr (Op == UnaryOp::Gelu && std::is_same_v<T, float>)
+    return elementwise::gelu_from(x, cpu::erf_float(elementwise::gelu_erf_arg(x)));
+  else
+    return elementwise::unary<T>(Op, x, a, b);
+}
+template <typename T, BinaryOp Op> [[gnu::always_inline]] inline T binary_op(T a, T b) {
+  if constexpr (Op == BinaryOp::GeluBackward && std::is_same_v<T, float>)
+    return b * elementwise::gelu_grad_from(a, cpu::erf_float(elementwise::gelu_erf_arg(a)), cpu::exp_neg_half_square(a));
+  else
+    return elementwise::binary<T>(Op, a, b);
+}
+
+}  // namespace
 
 void CpuBackend::unary(UnaryOp op, const Tensor& x, Tensor& out, double alpha, double beta) {
   TS_CHECK(x.dtype() == out.dtype(), "unary: dtype mismatch");
@@ -11,10 +51,18 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, Tensor& out, double alpha, d
     using T = decltype(tag);
     const T* px = static_cast<const T*>(x.storage()->data) + x.offset();
     T* po = static_cast<T*>(out.storage()->data) + out.offset();
-    T a = T(alpha), b = T(beta);
-    for_each_row<2>(out.shape(), {&x.strides(), &out.strides()}, [&](auto off, auto st, int64_t n) {
-      for (int64_t i = 0; i < n; ++i)
-        po[off[1] + i * st[1]] = elementwise::unary<T>(op, px[off[0] + i * st[0]], a, b);
+    const T a = T(alpha), b = T(beta);
+    with_unary(op, [&](auto k) {
+      constexpr UnaryOp Op = decltype(k)::value;
+      for_each_row<2>(out.shape(), {&x.strides(), &out.strides()}, [&](auto off, auto st, int64_t n) {
+        const T* rx = px + off[0];
+        T* ro = po + off[1];
+        if (st[0] == 1 && st[1] == 1) {
+          for (int64_t i = 0; i < n; ++i) ro[i] = unary_op<T, Op>(rx[i], a, b);
+          return;
+        }
+        for (int64_t i = 0; i < n; ++i) ro[i * st[1]] = unary_op<T, Op>(rx[i * st[0]], a, b);
+      });
     });
   });
 }
@@ -26,18 +74,85 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& o
     const T* pa = static_cast<const T*>(a.storage()->data) + a.offset();
     const T* pb = static_cast<const T*>(b.storage()->data) + b.offset();
     T* po = static_cast<T*>(out.storage()->data) + out.offset();
-    for_each_row<3>(out.shape(), {&a.strides(), &b.strides(), &out.strides()},
-                    [&](auto off, auto st, int64_t n) {
-                      const T* ra = pa + off[0];
-                      const T* rb = pb + off[1];
-                      T* ro = po + off[2];
-                      if (op == BinaryOp::Add && st[0] == 1 && st[1] == 1 && st[2] == 1) {
-                        for (int64_t i = 0; i < n; ++i) ro[i] = ra[i] + rb[i];  // vectorised hot case
-                        return;
-                      }
-                      for (int64_t i = 0; i < n; ++i)
-                        ro[i * st[2]] = elementwise::binary<T>(op, ra[i * st[0]], rb[i * st[1]]);
-                    });
+    with_binary(op, [&](auto k) {
+      constexpr BinaryOp Op = decltype(k)::value;
+      for_each_row<3>(out.shape(), {&a.strides(), &b.strides(), &out.strides()},
+                      [&](auto off, auto st, int64_t n) {
+                        const T* ra = pa + off[0];
+                        const T* rb = pb + off[1];
+                        T* ro = po + off[2];
+                        if (st[0] == 1 && st[2] == 1) {
+                          if (st[1] == 1) {
+                            for (int64_t i = 0; i < n; ++i) ro[i] = binary_op<T, Op>(ra[i], rb[i]);
+                            return;
+                          }
+                          if (st[1] == 0) {  // b constant along the row (a per-row scalar)
+                            const T s = rb[0];
+                            for (int64_t i = 0; i < n; ++i) ro[i] = binary_op<T, Op>(ra[i], s);
+                            return;
+                          }
+                        }
+                        for (int64_t i = 0; i < n; ++i)
+                          ro[i * st[2]] = binary_op<T, Op>(ra[i * st[0]], rb[i * st[1]]);
+                      });
+    });
+  });
+}
+
+// GELU(x + bias) in one pass: the composite first materialises x + bias. The sum is rounded to T before
+// the GELU, as there.
+void CpuBackend::bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) {
+  TS_CHECK(x.is_contiguous() && bias.is_contiguous() && y.is_contiguous(), "bias_gelu: x, bias and y must be contiguous");
+  visit_float(x.dtype(), "bias_gelu", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t rows = x.size(0), C = x.size(1);
+    const T *px = x.data<T>(), *pb = bias.data<T>();
+    T* py = y.data<T>();
+    parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < C; ++c)
+          py[r * C + c] = unary_op<T, UnaryOp::Gelu>(T(px[r * C + c] + pb[c]), T(0), T(0));
+    });
+  });
+}
+
+// dx = dy·GELU'(x + bias) and dbias = Σ_rows dx in one pass. Column blocks own their dbias sums (in double,
+// over the rounded dx values, as the composite's reduce), so every thread walks all rows of its block.
+void CpuBackend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Tensor& bias, Tensor& dx,
+                                    Tensor& dbias) {
+  TS_CHECK(dy.is_contiguous() && x.is_contiguous() && bias.is_contiguous() && (!dx.defined() || dx.is_contiguous()),
+           "bias_gelu_backward: dy, x, bias and dx must be contiguous");
+  visit_float(x.dtype(), "bias_gelu_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t rows = x.size(0), C = x.size(1);
+    const T *pdy = dy.data<T>(), *px = x.data<T>(), *pb = bias.data<T>();
+    T* pdx = dx.defined() ? dx.data<T>() : nullptr;
+    T* pdb = dbias.defined() ? dbias.data<T>() : nullptr;
+    constexpr BinaryOp kGrad = BinaryOp::GeluBackward;
+    if (!pdb) {
+      if (!pdx) return;
+      parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < C; ++c) pdx[r * C + c] = binary_op<T, kGrad>(T(px[r * C + c] + pb[c]), pdy[r * C + c]);
+      });
+      return;
+    }
+    constexpr int64_t kBlock = 64;
+    parallel_for((C + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
+      double acc[kBlock];
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t c0 = b * kBlock, n = std::min(C, c0 + kBlock) - c0;
+        std::fill(acc, acc + n, 0.0);
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t k = 0; k < n; ++k) {
+            const int64_t i = r * C + c0 + k;
+            const T g = binary_op<T, kGrad>(T(px[i] + pb[c0 + k]), pdy[i]);
+            if (pdx) pdx[i] = g;
+            acc[k] += double(g);
+          }
+        for (int64_t k = 0; k < n; ++k) pdb[c0 + k] = T(acc[k]);
+      }
+    });
   });
 }
 

@@ -296,96 +296,143 @@ template <typename T> void col2im(const ConvGeom& g, const T* col, T* dx) {
 }
 
 // Depthwise (one input channel per group, Cout = groups·mult): a direct loop beats im2col + a GEMM with
-// an inner size of only kh·kw. Output channel co reads input channel co / mult. The loops run over output
-// rows and kernel taps; for each tap the valid output columns form one range (no per-pixel bounds test),
-// so the innermost loop is a strided axpy or dot product that the compiler vectorises for stride 1.
+// an inner size of only kh·kw. Output channel co reads input channel co / mult.
+//
+// The loops run on "phase planes" so that every inner loop is unit-stride and long, even for strided
+// convolutions and the 4×4 planes of a small model's last stage. The zero-padded input plane [Hp, Wp]
+// (Hp = H + 2·ph, Wp = W + 2·pw) is split by (row mod sh, column mod sw) into sh·sw phase planes of pitch
+// Wr = ⌈Wp / sw⌉: padded pixel (r, c) sits in phase (r mod sh, c mod sw) at (r / sh, c / sw). Tap (i, j) of
+// output (oh, ow) reads padded pixel (oh·sh + i, ow·sw + j), i.e. phase (i mod sh, j mod sw) at
+// (oh + i / sh, ow + j / sw). With the output flattened to the same pitch Wr (its columns ow ≥ Wo are
+// scratch), one tap over the whole plane is ONE loop of Ho·Wr elements at a fixed shift of its phase plane.
+// The runs also form products the direct form skips: with padding zeros (every pass), into scratch output
+// columns (forward) and with the zeros that fill the padded dy's scratch columns (backward). Adding a
+// zero product leaves a finite sum as it is, so finite data gives the direct form's sums; only an inf/NaN
+// weight or input could reach a few more entries, in a computation that is non-finite anyway.
+struct DwPlanes {
+  int64_t sh, sw, Wr, plane, phases, L;
+  explicit DwPlanes(const ConvGeom& g)
+      : sh(g.sh), sw(g.sw), Wr((g.W + 2 * g.pw + g.sw - 1) / g.sw), phases(g.sh * g.sw), L(g.Ho * Wr) {
+    TS_CHECK(g.Ho == (g.H + 2 * g.ph - g.kh) / g.sh + 1 && g.Wo == (g.W + 2 * g.pw - g.kw) / g.sw + 1,
+             "conv2d (depthwise): output " + std::to_string(g.Ho) + "x" + std::to_string(g.Wo) +
+                 " does not match the input, kernel, stride and padding");
+    const int64_t Hr = (g.H + 2 * g.ph + g.sh - 1) / g.sh;
+    // Rows oh + i/sh ≤ Hr − 1 for oh < Ho; the last tap's run may reach (kw − 1)/sw columns past row Hr − 1.
+    plane = Hr * Wr + (g.kw - 1) / g.sw;
+  }
+  // Offset of each tap's run in the phase buffer (phases planes of `plane` elements each), taps in (i, j) order.
+  std::vector<int64_t> tap_offsets(const ConvGeom& g) const {
+    std::vector<int64_t> off;
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j) off.push_back(((i % sh) * sw + j % sw) * plane + (i / sh) * Wr + j / sw);
+    return off;
+  }
+};
+
+// The input plane by runs: pixels (r, c0), (r, c0 + sw), ... (c < W) of one row sit at consecutive elements
+// of one phase plane. Computed once per call; loading a plane then needs no index arithmetic.
+struct PhaseRun { int64_t src, dst, n; };  // x offset r·W + c0, phase-buffer offset, pixel count
+std::vector<PhaseRun> phase_runs(const ConvGeom& g, const DwPlanes& d) {
+  std::vector<PhaseRun> runs;
+  for (int64_t r = 0; r < g.H; ++r)
+    for (int64_t c0 = 0; c0 < std::min(g.sw, g.W); ++c0) {
+      const int64_t pr = r + g.ph, pc = c0 + g.pw;
+      runs.push_back({r * g.W + c0, ((pr % g.sh) * g.sw + pc % g.sw) * d.plane + (pr / g.sh) * d.Wr + pc / g.sw,
+                      (g.W - c0 + g.sw - 1) / g.sw});
+    }
+  return runs;
+}
+
+// Writes the plane's pixels into the phase buffer; its padding elements are never written, so a buffer
+// zeroed once serves every plane.
+template <typename T> void load_phases(const std::vector<PhaseRun>& runs, int64_t sw, const T* xc, T* ph) {
+  for (const PhaseRun& run : runs)
+    for (int64_t k = 0; k < run.n; ++k) ph[run.dst + k] = xc[run.src + k * sw];
+}
+
+template <typename T> void store_phases(const std::vector<PhaseRun>& runs, int64_t sw, const T* ph, T* xc) {
+  for (const PhaseRun& run : runs)
+    for (int64_t k = 0; k < run.n; ++k) xc[run.src + k * sw] = ph[run.dst + k];
+}
+
+template <typename T> void axpy(T* __restrict y, T a, const T* __restrict x, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) y[k] += a * x[k];
+}
+
+// lane[l] += Σ a·b over the elements ≡ l (mod kLanes), products and sums in double: independent lanes so the
+// loop vectorises without reassociating; the caller adds the lanes up once, after all its runs.
+constexpr int64_t kLanes = 8;
+template <typename T> void dot_f64_lanes(const T* __restrict a, const T* __restrict b, int64_t n, double* __restrict lane) {
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] += double(a[k + l]) * double(b[k + l]);
+  for (int64_t l = 0; k + l < n; ++l) lane[l] += double(a[k + l]) * double(b[k + l]);
+}
+
 template <typename T>
 void depthwise_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
-  const int64_t mult = g.Coutg;
-  const std::vector<TapRange> taps = tap_ranges(g);
-  parallel_for(g.N * g.Cout, 1, [&](int64_t u0, int64_t u1) {
-    for (int64_t u = u0; u < u1; ++u) {
-      const int64_t n = u / g.Cout, co = u % g.Cout, ci = co / mult;
-      const T* xc = x + (n * g.Cin + ci) * g.H * g.W;
-      const T* wc = w + co * g.kh * g.kw;
-      T* yc = y + u * g.P();
-      const T bias = b ? b[co] : T(0);
-      for (int64_t oh = 0; oh < g.Ho; ++oh) {
-        T* yr = yc + oh * g.Wo;
-        std::fill(yr, yr + g.Wo, bias);
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t ih = oh * g.sh - g.ph + i;
-          if (ih < 0 || ih >= g.H) continue;
-          const T* xr = xc + ih * g.W;
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const T wt = wc[i * g.kw + j];
-            const int64_t off = j - g.pw;  // xr[ow·sw + off] is the tap's input for output column ow
-            for (int64_t ow = taps[size_t(j)].lo; ow < taps[size_t(j)].hi; ++ow) yr[ow] += wt * xr[ow * g.sw + off];
-          }
-        }
+  const int64_t mult = g.Coutg, taps = g.kh * g.kw;
+  const DwPlanes d(g);
+  const std::vector<int64_t> tap = d.tap_offsets(g);
+  const std::vector<PhaseRun> runs = phase_runs(g, d);
+  parallel_for(g.N * g.Cin, 1, [&](int64_t u0, int64_t u1) {
+    std::vector<T> ph(size_t(d.phases * d.plane), T(0)), acc(size_t(d.L));
+    for (int64_t u = u0; u < u1; ++u) {  // u = (n, ci)
+      const int64_t n = u / g.Cin, ci = u % g.Cin;
+      load_phases(runs, g.sw, x + u * g.H * g.W, ph.data());
+      for (int64_t co = ci * mult; co < (ci + 1) * mult; ++co) {
+        // Starting from the bias and adding the taps in (i, j) order, as the direct form does.
+        std::fill(acc.begin(), acc.end(), b ? b[co] : T(0));
+        for (int64_t t = 0; t < taps; ++t)
+          axpy(acc.data(), w[co * taps + t], ph.data() + tap[size_t(t)], d.L);
+        T* yc = y + (n * g.Cout + co) * g.P();
+        for (int64_t oh = 0; oh < g.Ho; ++oh)
+          std::copy(acc.begin() + oh * d.Wr, acc.begin() + oh * d.Wr + g.Wo, yc + oh * g.Wo);
       }
     }
   });
 }
 
+// Input channel ci owns dx[:, ci] and dw of its `mult` output channels, so both gradients come from one pass
+// over its planes: dx scatters each tap's run of the padded dy into the phase planes of dx (then gathered
+// back to the image), dw takes each tap's dot product of the padded dy with the input's phase planes.
+// dw sums the products in double, over the samples too.
 template <typename T>
 void depthwise_backward(const ConvGeom& g, const T* dy, const T* x, const T* w, T* dx, T* dw) {
-  const int64_t mult = g.Coutg, P = g.P();
-  const std::vector<TapRange> taps = tap_ranges(g);
-  if (dx) {  // (n, ci) owns dx[n, ci]; it gathers from its `mult` output channels
-    parallel_for(g.N * g.Cin, 1, [&](int64_t u0, int64_t u1) {
-      for (int64_t u = u0; u < u1; ++u) {
-        const int64_t n = u / g.Cin, ci = u % g.Cin;
-        T* dxc = dx + u * g.H * g.W;
-        std::fill(dxc, dxc + g.H * g.W, T(0));
-        for (int64_t co = ci * mult; co < (ci + 1) * mult; ++co) {
-          const T* gc = dy + (n * g.Cout + co) * P;
-          const T* wc = w + co * g.kh * g.kw;
-          for (int64_t oh = 0; oh < g.Ho; ++oh) {
-            const T* gr = gc + oh * g.Wo;
-            for (int64_t i = 0; i < g.kh; ++i) {
-              const int64_t ih = oh * g.sh - g.ph + i;
-              if (ih < 0 || ih >= g.H) continue;
-              T* dr = dxc + ih * g.W;
-              for (int64_t j = 0; j < g.kw; ++j) {
-                const T wt = wc[i * g.kw + j];
-                const int64_t off = j - g.pw;
-                for (int64_t ow = taps[size_t(j)].lo; ow < taps[size_t(j)].hi; ++ow) dr[ow * g.sw + off] += wt * gr[ow];
-              }
-            }
+  if (!dx && !dw) return;
+  const int64_t mult = g.Coutg, taps = g.kh * g.kw;
+  const DwPlanes d(g);
+  const std::vector<int64_t> tap = d.tap_offsets(g);
+  const std::vector<PhaseRun> runs = phase_runs(g, d);
+  parallel_for(g.Cin, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<T> xph(dw ? size_t(d.phases * d.plane) : 0, T(0)), dxph(dx ? size_t(d.phases * d.plane) : 0);
+    std::vector<T> gp(size_t(d.L), T(0));  // dy[n, co] at pitch Wr; the scratch columns stay 0
+    std::vector<double> acc(size_t(mult * taps * kLanes));
+    for (int64_t ci = c0; ci < c1; ++ci) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      for (int64_t n = 0; n < g.N; ++n) {
+        const int64_t xoff = (n * g.Cin + ci) * g.H * g.W;
+        if (dw) load_phases(runs, g.sw, x + xoff, xph.data());
+        if (dx) std::fill(dxph.begin(), dxph.end(), T(0));
+        for (int64_t m = 0; m < mult; ++m) {
+          const int64_t co = ci * mult + m;
+          const T* gc = dy + (n * g.Cout + co) * g.P();
+          for (int64_t oh = 0; oh < g.Ho; ++oh) std::copy(gc + oh * g.Wo, gc + (oh + 1) * g.Wo, gp.begin() + oh * d.Wr);
+          for (int64_t t = 0; t < taps; ++t) {
+            if (dx) axpy(dxph.data() + tap[size_t(t)], w[co * taps + t], gp.data(), d.L);
+            if (dw) dot_f64_lanes(gp.data(), xph.data() + tap[size_t(t)], d.L, acc.data() + (m * taps + t) * kLanes);
           }
         }
+        if (dx) store_phases(runs, g.sw, dxph.data(), dx + xoff);
       }
-    });
-  }
-  if (dw) {  // output channel co owns dw[co]; per-row dot products in T, summed in double
-    parallel_for(g.Cout, 1, [&](int64_t c0, int64_t c1) {
-      std::vector<double> acc(size_t(g.kh * g.kw));
-      for (int64_t co = c0; co < c1; ++co) {
-        std::fill(acc.begin(), acc.end(), 0.0);
-        const int64_t ci = co / mult;
-        for (int64_t n = 0; n < g.N; ++n) {
-          const T* gc = dy + (n * g.Cout + co) * P;
-          const T* xc = x + (n * g.Cin + ci) * g.H * g.W;
-          for (int64_t oh = 0; oh < g.Ho; ++oh) {
-            const T* gr = gc + oh * g.Wo;
-            for (int64_t i = 0; i < g.kh; ++i) {
-              const int64_t ih = oh * g.sh - g.ph + i;
-              if (ih < 0 || ih >= g.H) continue;
-              const T* xr = xc + ih * g.W;
-              for (int64_t j = 0; j < g.kw; ++j) {
-                const int64_t off = j - g.pw;
-                T s = 0;
-                for (int64_t ow = taps[size_t(j)].lo; ow < taps[size_t(j)].hi; ++ow) s += gr[ow] * xr[ow * g.sw + off];
-                acc[size_t(i * g.kw + j)] += double(s);
-              }
-            }
-          }
+      if (dw)
+        for (int64_t k = 0; k < mult * taps; ++k) {
+          double s = 0;
+          for (int64_t l = 0; l < kLanes; ++l) s += acc[size_t(k * kLanes + l)];
+          dw[ci * mult * taps + k] = T(s);
         }
-        for (int64_t k = 0; k < g.kh * g.kw; ++k) dw[co * g.kh * g.kw + k] = T(acc[size_t(k)]);
-      }
-    });
-  }
+    }
+  });
 }
 
 }  // namespace

@@ -1,0 +1,61 @@
+// Float math for the CPU's GELU loops in a form the compiler inlines and vectorises: libm's erff and expf
+// are opaque calls that keeps every loop around it scalar. Only the float paths use it; double keeps std::erf,
+// the exact reference the float64 gradient checks compare against.
+#pragma once
+#include <bit>
+#include <cstdint>
+
+namespace tessera::cpu {
+
+// erf for float: the rational fit erf(x) ≈ x·P(x²)/Q(x²) on [−4, 4] (P of degree 6 and Q of degree 4 in x²),
+// the minimax form vector math libraries use for float erf. Its own error is ≤ 6.5e-8 relative over the
+// range; evaluated in float its Horner steps and the division would add ~4 ulp, so it is evaluated in double
+// (still branch-free and vectorised) and the float result carries the fit's error plus one rounding.
+// Beyond ±4, erf rounds to ±1 in float; clamping the argument to ±4 gives that (and NaN passes through).
+inline float erf_float(float a) {
+  // The clamp works on the bits (|a| as an integer orders like the float): a floating compare ahead of the
+  // division would be lowered to a branch that, with trapping math, keeps the loop from vectorising.
+  const uint32_t bits = std::bit_cast<uint32_t>(a), mag = bits & 0x7fffffffu, four = 0x40800000u;  // 4.0f
+  const uint32_t clamped = mag > 0x7f800000u ? mag : (mag < four ? mag : four);                    // NaN stays
+  const double x = double(std::bit_cast<float>(clamped | (bits & 0x80000000u))), x2 = x * x;
+  double p = -2.72614225801306e-10;
+  p = p * x2 + 2.77068142495902e-08;
+  p = p * x2 - 2.10102402082508e-06;
+  p = p * x2 - 5.69250639462346e-05;
+  p = p * x2 - 7.34990630326855e-04;
+  p = p * x2 - 2.95459980854025e-03;
+  p = p * x2 - 1.60960333262415e-02;
+  double q = -1.45660718464996e-05;
+  q = q * x2 - 2.13374055278905e-04;
+  q = q * x2 - 1.68282697438203e-03;
+  q = q * x2 - 7.37332916720468e-03;
+  q = q * x2 - 1.42647390514189e-02;
+  return float(x * p / q);
+}
+
+// exp(−x²/2) for float x (GELU's gradient), evaluated in double: t = −x²/2 is exact there, exp(t) =
+// 2^k·exp(r) with k = round(t / ln 2) and |r| ≤ ln(2)/2, exp(r) by its Taylor series to r⁸ (truncation
+// ≤ 0.35⁹/9! = 2e-10 relative), 2^k assembled in the exponent bits. The float result carries that plus one
+// rounding. |x| is clamped to 37 first (on the bits, as in erf_float), where exp(−x²/2) ≈ 1e-298 is far below
+// the smallest float and 2^k still a normal double; NaN passes through.
+inline float exp_neg_half_square(float a) {
+  const uint32_t mag = std::bit_cast<uint32_t>(a) & 0x7fffffffu, cap = 0x42140000u;  // 37.0f
+  const uint32_t clamped = mag > 0x7f800000u ? mag : (mag < cap ? mag : cap);
+  const double x = double(std::bit_cast<float>(clamped)), t = -0.5 * x * x;  // in [−684.5, 0]
+  // Adding 1.5·2^52 rounds t/ln 2 to an integer held in the low bits of the sum (round to nearest).
+  const double shifter = 0x1.8p52, kd = t * 1.4426950408889634 + shifter;
+  const int64_t k = std::bit_cast<int64_t>(kd) - std::bit_cast<int64_t>(shifter);
+  const double r = t - (kd - shifter) * 0.6931471805599453;
+  double p = 1.0 / 40320;
+  p = p * r + 1.0 / 5040;
+  p = p * r + 1.0 / 720;
+  p = p * r + 1.0 / 120;
+  p = p * r + 1.0 / 24;
+  p = p * r + 1.0 / 6;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  return float(p * std::bit_cast<double>(uint64_t(k + 1023) << 52));
+}
+
+}  // namespace tessera::cpu
