@@ -46,6 +46,14 @@ else
 fi
 [ "$(grep -c '"event":"epoch"' "$DIR/whole/metrics.jsonl")" -eq 3 ] && pass "three epoch lines" || fail "epoch lines"
 
+# A diverging run stops with exit 1 and says so; it never writes a NaN checkpoint or calls it best.
+"$BIN" train --recipe cpu --synthetic --image-size 32 --epochs 2 --max-train-samples 64 --batch-size 16 --no-progress \
+  --lr 1e30 --out "$DIR/diverged" >"$DIR/diverged.log" 2>&1
+rc=$?
+if [ "$rc" -eq 1 ] && grep -q "diverged\|not finite" "$DIR/diverged.log" && [ ! -e "$DIR/diverged/best" ]; then
+  pass "a diverging run stops with exit 1 and no best checkpoint"
+else fail "diverging run: exit $rc"; tail -3 "$DIR/diverged.log"; fi
+
 # The run directory.
 for f in run.json metrics.jsonl eval_Testing.json report.html confusion_matrix.png best/model.safetensors \
          best/config.json best/preprocessor_config.json best/trainer_state.json last/optimizer.safetensors; do

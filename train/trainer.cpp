@@ -452,6 +452,18 @@ struct EpochTotals {
   double loader_wait_s = 0;  // time the step stood waiting for the loader's next batch (0: it kept ahead)
 };
 
+// A diverged run stops with an error (exit 1) instead of checkpointing NaN weights or calling them best.
+// The epoch's loss sum carries a NaN or inf from any step into every later read-back, so checking it at
+// each read-back (every log line or bar update, and the epoch's end) catches a divergence within those
+// steps without making the step wait for the device.
+void check_finite(double loss_sum, double grad_norm, int64_t epoch, int64_t step) {
+  if (std::isfinite(loss_sum) && std::isfinite(grad_norm)) return;
+  throw std::runtime_error("train: the run diverged by step " + std::to_string(step) + " (epoch " +
+                           std::to_string(epoch) + "): " + (std::isfinite(loss_sum) ? "gradient norm" : "loss") +
+                           " is " + std::to_string(std::isfinite(loss_sum) ? grad_norm : loss_sum) +
+                           "; no checkpoint was written for this epoch (try a lower --lr)");
+}
+
 // One epoch of optimizer steps. The step never waits for the device: loss, accuracy and gradient norm
 // accumulate in device scalars, read back (one small copy) only when a metrics line or the bar needs them.
 EpochTotals train_epoch(Run& r, int64_t epoch, std::ostream& log) {
@@ -515,6 +527,7 @@ EpochTotals train_epoch(Run& r, int64_t epoch, std::ostream& log) {
       const std::vector<double> v = concat({loss_sum.reshape({1}), correct.reshape({1}), window_loss.reshape({1}),
                                             last_norm.reshape({1})}, 0).to(Device::CPU).to_vector<double>();
       t.mean_loss = v[0] / double(seen), t.accuracy = v[1] / double(seen);
+      check_finite(v[0], v[3], epoch, r.state.global_step);
       bar.update(step_in_epoch, seen, t.mean_loss, lr);
       if (log_now) {
         r.metrics->write({{"event", "step"}, {"epoch", epoch}, {"step", step_in_epoch}, {"global_step", r.state.global_step},
@@ -533,6 +546,7 @@ EpochTotals train_epoch(Run& r, int64_t epoch, std::ostream& log) {
     }
   }
   if (seen > 0) t.mean_loss = loss_sum.item() / double(seen), t.accuracy = correct.item() / double(seen);
+  check_finite(t.mean_loss, last_norm.item(), epoch, r.state.global_step);
   bar.finish();
   return t;
 }
@@ -554,6 +568,10 @@ void end_epoch(Run& r, int64_t epoch, const EpochTotals& t, Clock::time_point ep
           .report.accuracy;
   // null when every validation image has a near-copy in train (never with the grouped split)
   const json val_novel = *val.novel_total ? json(double(*val.novel_correct) / double(*val.novel_total)) : json(nullptr);
+  if (!std::isfinite(val.loss))
+    throw std::runtime_error("train: the validation loss after epoch " + std::to_string(epoch) + " is " +
+                             std::to_string(val.loss) + ": the model's outputs are not finite; no checkpoint was "
+                             "written for this epoch");
   const double val_acc = val.report.accuracy;
   const bool best = study::is_better(val_acc, r.state.best_val_accuracy);
   if (best) r.state.best_val_accuracy = val_acc, r.state.best_epoch = epoch;
