@@ -108,24 +108,38 @@ TrainOptions recipe_options(const std::string& name) {
     o.clip_grad = 1.0;
     o.drop_path = 0.1;
     o.crop_scale_min = 0.35;
-    o.split = "grouped";
     o.p_vflip = 0;
+    // What the CPU screening (README, the cpu recipe's table) showed, carried over untested at this size:
+    // validation without copies of training images (grouped split), the scanner robustness that the
+    // brightened validation rewards (wide brightness/contrast jitter, gamma, blur, noise), one input plane
+    // for the grayscale images, the weights' moving average (over ~1,000 of the run's 4,300 steps) and
+    // mirrored evaluation. The first GPU run checks them.
+    o.split = "grouped";
+    o.channels = 1;
+    o.brightness = 0.5, o.contrast = 0.5, o.gamma = 0.4, o.blur = 0.2, o.noise = 0.03;
+    o.ema = 0.999;
+    o.tta = true;
     return o;
   }
   if (name == "cpu") {
-    // The default recipe shrunk to fit minutes on 2 CPU cores: cvt-tiny (a CvT of the same
-    // design, 2.2 M parameters) at 64×64, 7 epochs (≈ 4 minutes on 2 cores). Same pipeline, same report.
+    // A from-scratch CvT that fits 10 minutes of 2 CPU cores: cvt-tiny (CvT-13's design at half the width
+    // and a third of the blocks, 2.2 M parameters) at 64×64 for 30 epochs (≈ 15 s each). Every choice was
+    // made on the grouped validation split, by the mean of validation and brightened validation accuracy
+    // (README, the cpu recipe's table): more epochs at 64 px beat fewer at 96 (0.80 against 0.59 at equal
+    // time); wide brightness/contrast jitter with gamma, blur and noise made the model robust to a brighter
+    // scanner (brightened accuracy 0.23 → 0.68) at little validation cost, better than per-image
+    // standardisation (which costs 0.10 of validation accuracy); mirrored evaluation added 0.016; mixup,
+    // random erasing, class-balanced loss and the weights' average did not pay at this length.
     o = recipe_options("default");
     o.recipe = name;
     o.model = "cvt-tiny";
     o.image_size = 64;
-    o.epochs = 7;
+    o.epochs = 30;
     o.lr = 1e-3;
     o.warmup = "1ep";
     o.drop_path = 0.0;
-    // Chosen on validation accuracy among four 7-epoch variants (README): crops down to 0.6 of the area
-    // (0.730) beat 0.35 (0.674), 0.8 without smoothing (0.686) and lr 2e-3 (0.592).
-    o.crop_scale_min = 0.6;
+    o.crop_scale_min = 0.6;  // 0.6 (0.730) beat 0.35 (0.674), 0.8 without smoothing (0.686), lr 2e-3 (0.592)
+    o.ema = 0;
     o.eval_batch_size = 64;
     o.device = "cpu";
     return o;

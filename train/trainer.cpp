@@ -420,7 +420,8 @@ void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::stri
       << device_name(r.device) << ", out " << o.out << "\n";
 }
 
-// `alter` (optional) changes each image after the pre-resize, before the processor.
+// `alter` (optional) changes each image after the pre-resize, before the processor; such a diagnostic pass
+// skips --tta's mirror images (half the cost, and the check is about brightness, not mirroring).
 EvalResult evaluate_split(const Run& r, models::Model& model, const std::vector<Sample>& samples,
                           const std::set<std::string>* novel, std::function<void(Image&)> alter = {}) {
   EvalOptions e;
@@ -435,7 +436,7 @@ EvalResult evaluate_split(const Run& r, models::Model& model, const std::vector<
       if (pre) pre(im, i);
       alter(im);
     };
-  e.tta_hflip = r.o.tta;
+  e.tta_hflip = r.o.tta && !alter;
   return evaluate(model, samples, r.data.classes, r.eval_processor, e);
 }
 
