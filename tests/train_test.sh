@@ -109,6 +109,16 @@ expect_error "bad warmup" "--warmup" -- train --recipe cpu --synthetic --warmup 
 expect_error "resume without a checkpoint" "no checkpoint to resume" -- train --resume "$DIR/x"
 expect_error "resume cannot change options" "--lr" -- train --resume "$DIR/whole" --lr 0.1
 expect_error "a new run does not overwrite an old one" "already holds a run" -- train --synthetic --out "$DIR/whole"
+# A run directory in use (its lock held, here by flock(1) for a few seconds) refuses a second run or resume.
+if command -v flock >/dev/null; then
+  flock "$DIR/whole/.lock" sleep 5 &
+  holder=$!
+  sleep 0.5
+  expect_error "a run directory in use refuses a second resume" "in use by another tessera run" -- train --resume "$DIR/whole"
+  kill "$holder" 2>/dev/null; wait "$holder" 2>/dev/null
+else
+  echo "skip: no flock(1) here to hold a run's lock"
+fi
 if "$BIN" --version | grep -q '^CUDA: built, device'; then echo "skip: --device cuda error (a GPU is present)"
 else expect_error "--device cuda without a GPU says why" "--device cuda" -- train --synthetic --device cuda --out "$DIR/x"; fi
 expect_error "eval of a missing checkpoint" "nowhere" -- eval --checkpoint "$DIR/nowhere" --data "$DIR/whole/synthetic-data"

@@ -1,5 +1,7 @@
 #include "train/trainer.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -256,8 +258,39 @@ class MetricsLog {
   std::ofstream out_;
 };
 
+// The run directory's lock: an advisory flock on OUT/.lock held for the life of the process (the kernel drops
+// it when the process ends, however it ends), so two runs — or two resumes — never write into one
+// directory at once. The file itself stays; only the lock on it matters.
+class RunLock {
+ public:
+  RunLock() = default;
+  explicit RunLock(const std::string& dir) {
+    const std::string path = (fs::path(dir) / ".lock").string();
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw FileError(path + ": cannot open the run's lock file");
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd_);
+      fd_ = -1;
+      throw std::runtime_error("train: " + dir + " is in use by another tessera run (it holds " + path +
+                               "); wait for it to end or choose another --out");
+    }
+  }
+  RunLock(RunLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  RunLock& operator=(RunLock&& other) noexcept {
+    std::swap(fd_, other.fd_);
+    return *this;
+  }
+  ~RunLock() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+ private:
+  int fd_ = -1;
+};
+
 // Everything one run holds between its epochs.
 struct Run {
+  RunLock lock;
   TrainOptions o;
   Device device = Device::CPU;
   DType compute = DType::f32;  // bf16: activations in bf16, fp32 master weights (Model::set_compute_dtype)
@@ -364,6 +397,7 @@ void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::stri
     throw std::runtime_error("train: " + o.out + " already holds a run; continue it with --resume " + o.out +
                              ", or choose another --out (or remove it)");
   fs::create_directories(o.out);
+  r.lock = RunLock(o.out);
   if (o.synthetic) {
     if (o.data.empty()) o.data = (fs::path(o.out) / "synthetic-data").string();
     make_synthetic_dataset(o.data, o.seed);
