@@ -54,6 +54,22 @@ if [ "$rc" -eq 1 ] && grep -q "diverged\|not finite" "$DIR/diverged.log" && [ ! 
   pass "a diverging run stops with exit 1 and no best checkpoint"
 else fail "diverging run: exit $rc"; tail -3 "$DIR/diverged.log"; fi
 
+# Ctrl-C (SIGINT) or SIGTERM: the step in progress ends, the run says where it stopped and how to resume,
+# and exits 128 + signal.
+for sig in INT TERM; do
+  "$BIN" train --recipe cpu --synthetic --image-size 32 --epochs 200 --max-train-samples 64 --batch-size 16 \
+    --no-progress --out "$DIR/signal-$sig" >"$DIR/signal-$sig.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do grep -q "^epoch 1/" "$DIR/signal-$sig.log" && break; sleep 0.1; done
+  kill -"$sig" "$pid"
+  wait "$pid"
+  rc=$?
+  want=$([ "$sig" = INT ] && echo 130 || echo 143)
+  if [ "$rc" -eq "$want" ] && grep -q "stopped by SIG$sig .*--resume $DIR/signal-$sig" "$DIR/signal-$sig.log"; then
+    pass "SIG$sig stops the run with exit $want and says how to resume"
+  else fail "SIG$sig: exit $rc (want $want)"; tail -2 "$DIR/signal-$sig.log"; fi
+done
+
 # The run directory.
 for f in run.json metrics.jsonl eval_Testing.json report.html confusion_matrix.png best/model.safetensors \
          best/config.json best/preprocessor_config.json best/trainer_state.json last/optimizer.safetensors; do

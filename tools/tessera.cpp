@@ -239,6 +239,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::cerr << "tessera: error: " << tessera::cli::one_line(e.what()) << " (see tessera --help)\n";
     return 1;
+  } catch (const tessera::train::TrainInterrupted& e) {  // Ctrl-C or SIGTERM: the shell's 128 + signal
+    std::cout.flush();
+    std::cerr << "tessera: " << e.what() << "\n";
+    return 128 + e.signal;
   } catch (const std::exception& e) {
     std::cout.flush();
     std::cerr << "tessera: error: " << tessera::cli::one_line(e.what()) << "\n";

@@ -1,9 +1,11 @@
 #include "train/trainer.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -288,6 +290,36 @@ class RunLock {
   int fd_ = -1;
 };
 
+// SIGINT / SIGTERM: the handler only records the signal and restores the default action, so the loop stops
+// after the step in progress (train_epoch checks between steps) and a second signal ends the process at once.
+std::atomic<int> pending_signal{0};
+
+extern "C" void record_signal(int sig) {
+  pending_signal.store(sig);
+  ::signal(sig, SIG_DFL);
+}
+
+// Installs the handler for a run's life and puts back what was there before.
+class SignalGuard {
+ public:
+  SignalGuard() {
+    pending_signal.store(0);
+    struct sigaction sa {};
+    sa.sa_handler = record_signal;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < 2; ++i) ::sigaction(kSignals[i], &sa, &previous_[i]);
+  }
+  ~SignalGuard() {
+    for (int i = 0; i < 2; ++i) ::sigaction(kSignals[i], &previous_[i], nullptr);
+  }
+  SignalGuard(const SignalGuard&) = delete;
+  SignalGuard& operator=(const SignalGuard&) = delete;
+
+ private:
+  static constexpr int kSignals[2] = {SIGINT, SIGTERM};
+  struct sigaction previous_[2];
+};
+
 // Everything one run holds between its epochs.
 struct Run {
   RunLock lock;
@@ -499,6 +531,16 @@ void check_finite(double loss_sum, double grad_norm, int64_t epoch, int64_t step
                            "; no checkpoint was written for this epoch (try a lower --lr)");
 }
 
+[[noreturn]] void throw_interrupted(const Run& r, int sig, int64_t epoch) {
+  std::string where = r.state.epoch > 0
+                          ? "the last checkpoint is epoch " + std::to_string(r.state.epoch) + " (" +
+                                (fs::path(r.o.out) / "last").string() + "); continue with: tessera train --resume " + r.o.out
+                          : "no epoch had ended, so there is no checkpoint yet: start the run again";
+  throw TrainInterrupted(sig, "train: stopped by " + std::string(sig == SIGINT ? "SIGINT" : "SIGTERM") +
+                                  " in epoch " + std::to_string(epoch) + " after step " +
+                                  std::to_string(r.state.global_step) + "; " + where);
+}
+
 // One epoch of optimizer steps. The step never waits for the device: loss, accuracy and gradient norm
 // accumulate in device scalars, read back (one small copy) only when a metrics line or the bar needs them.
 EpochTotals train_epoch(Run& r, int64_t epoch, std::ostream& log) {
@@ -575,6 +617,7 @@ EpochTotals train_epoch(Run& r, int64_t epoch, std::ostream& log) {
     // The loader refills this batch's buffers once next() is called: wait for the upload (queued behind
     // the previous step's kernels; this step's are queued already, so the device stays busy).
     if (device == Device::CUDA) uploaded.synchronize();
+    if (const int sig = pending_signal.load()) throw_interrupted(r, sig, epoch);
     if (o.halt_after_steps > 0 && r.state.global_step >= o.halt_after_steps) {
       log.flush();
       std::_Exit(137);  // as if killed: no checkpoint, no cleanup (the resume test's interruption)
@@ -670,6 +713,7 @@ void final_evaluation(const Run& r, TrainSummary& summary, std::ostream& log) {
 }  // namespace
 
 TrainSummary train(TrainOptions options, std::ostream& log, const std::string& command_line) {
+  SignalGuard signals;
   Run r;
   r.started = Clock::now();
   setup(r, options, log, command_line);
@@ -677,6 +721,7 @@ TrainSummary train(TrainOptions options, std::ostream& log, const std::string& c
     const auto epoch_started = Clock::now();
     const EpochTotals totals = train_epoch(r, epoch, log);
     end_epoch(r, epoch, totals, epoch_started, log);
+    if (const int sig = pending_signal.load()) throw_interrupted(r, sig, epoch);
   }
   TrainSummary summary;
   summary.out = r.o.out;

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <iosfwd>
 #include <optional>
+#include <stdexcept>
 #include <string>
 
 #include "engine/core/dtype.h"
@@ -52,6 +53,14 @@ struct TrainSummary {
   double best_val_accuracy = 0;
   std::optional<double> test_accuracy, novel_accuracy;
   double seconds = 0;          // wall time of this invocation
+};
+
+// Thrown by train() when SIGINT or SIGTERM arrived: the step in progress finished, nothing half-written is
+// left, and the message says how far the run got and how to resume. The CLI exits with 128 + signal
+// (130, 143). A second signal while the step finishes stops the process at once (the default action).
+struct TrainInterrupted : std::runtime_error {
+  TrainInterrupted(int sig, const std::string& message) : std::runtime_error(message), signal(sig) {}
+  int signal;
 };
 
 // Runs (or resumes) training; progress and summaries go to `log` (the bar to stderr when a terminal).
