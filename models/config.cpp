@@ -18,6 +18,10 @@ int64_t num_labels(const ModelConfig& c) {
   return std::visit([](const auto& x) { return int64_t(x.id2label.size()); }, c);
 }
 
+int64_t num_channels(const ModelConfig& c) {
+  return std::visit([](const auto& x) { return x.num_channels; }, c);
+}
+
 void set_labels(ModelConfig& c, std::vector<std::string> id2label) {
   std::visit([&](auto& x) { x.id2label = std::move(id2label); }, c);
 }

@@ -46,6 +46,7 @@ struct ConfigError : std::runtime_error { using std::runtime_error::runtime_erro
 // "LABEL_0", ... as transformers names labels it was not given.
 std::vector<std::string> default_labels(int64_t n);
 int64_t num_labels(const ModelConfig& c);
+int64_t num_channels(const ModelConfig& c);  // input planes (3: RGB, 1: grayscale)
 void set_labels(ModelConfig& c, std::vector<std::string> id2label);
 const char* model_type(const ModelConfig& c);  // "cvt" / "vit"
 

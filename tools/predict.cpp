@@ -33,7 +33,7 @@ ProcessorConfig processor_for(const models::ModelConfig& c) {
   ProcessorConfig p = std::holds_alternative<models::VitConfig>(c)
                           ? ProcessorConfig::vit(int(std::get<models::VitConfig>(c).image_size))
                           : ProcessorConfig::cvt(224);
-  p.channels = int(std::visit([](const auto& m) { return m.num_channels; }, c));
+  p.channels = int(models::num_channels(c));
   return p;
 }
 

@@ -141,7 +141,7 @@ ProcessorConfig checkpoint_processor(const std::string& checkpoint_dir, const mo
   else if (const auto* vit = std::get_if<models::VitConfig>(&config)) p = ProcessorConfig::vit(int(vit->image_size));
   else p = ProcessorConfig::cvt(224);
   // The processor file has no channel count (transformers' processors have none): the model's config says.
-  p.channels = int(std::visit([](const auto& m) { return m.num_channels; }, config));
+  p.channels = int(models::num_channels(config));
   return p;
 }
 

@@ -184,7 +184,7 @@ std::vector<int64_t> counts_of(const std::vector<Sample>& samples, size_t classe
 ProcessorConfig eval_processor(const models::ModelConfig& c, const TrainOptions& o) {
   ProcessorConfig p = std::holds_alternative<models::VitConfig>(c) ? ProcessorConfig::vit(o.image_size)
                                                                   : ProcessorConfig::cvt(o.image_size);
-  p.channels = int(std::visit([](const auto& m) { return m.num_channels; }, c));
+  p.channels = int(models::num_channels(c));
   p.per_image_standardize = o.per_image_norm;
   return p;
 }
