@@ -8,6 +8,15 @@ namespace tessera {
 Backend& cpu_backend();
 Backend& cuda_backend();  // throws, saying why, when tessera was built without CUDA or no GPU can be used
 
+// The CPU's fp32 multiply-add ceiling, measured now (kernels/cpu/peak.cpp): `threads` threads each run
+// independent FMA chains on the widest vectors the processor has for about `seconds` in all. An FMA is two
+// FLOPs. The denominator for "fraction of the machine": the best any fp32 kernel here can do.
+struct CpuPeak {
+  double flops_per_second;
+  const char* isa;  // "AVX-512", "AVX2" or "scalar"
+};
+CpuPeak cpu_fma_peak(int threads, double seconds = 0.3);
+
 // How CUDA GEMMs on fp32 data may compute. bf16 tensors always use bf16 inputs with fp32 accumulation.
 enum class MatmulPrecision { Highest /* fp32 */, High /* tf32 */ };
 void set_matmul_precision(MatmulPrecision p);

@@ -1,7 +1,9 @@
 #include "models/cvt.h"
 
 #include <cmath>
+#include <optional>
 
+#include "engine/core/profile.h"
 #include "engine/ops.h"
 
 namespace tessera::models {
@@ -31,6 +33,7 @@ Cvt::Cvt(const CvtConfig& config, DType dtype) : config_(config), c_(std::get<Cv
     const int64_t C = c_.embed_dim[s];
     const std::string p = "cvt.encoder.stages." + std::to_string(s) + ".";
     Stage st;
+    st.embedding_name = p + "embedding";
     // CvtStage registers cls_token before its submodules, so it comes first in the checkpoint order.
     if (c_.cls_token[s]) st.cls_token = add_param(p + "cls_token", {1, 1, last_dim}, Init::TruncNormal);
     st.embedding = conv2d(p + "embedding.convolution_embeddings.projection", cin, C, c_.patch_sizes[s],
@@ -42,6 +45,7 @@ Cvt::Cvt(const CvtConfig& config, DType dtype) : config_(config), c_(std::get<Cv
       const std::string l = p + "layers." + std::to_string(i) + ".";
       const std::string a = l + "attention.attention.";
       Layer L;
+      L.name = l.substr(0, l.size() - 1);
       auto projection = [&](const char* which, int64_t stride, int64_t padding) {
         const std::string cp = a + "convolution_projection_" + which + ".convolution_projection.";
         return ConvProjection{conv2d(cp + "convolution", C, C, c_.kernel_qkv[s], stride, padding, C, false),
@@ -69,6 +73,7 @@ Cvt::Cvt(const CvtConfig& config, DType dtype) : config_(config), c_(std::get<Cv
 
 Tensor Cvt::layer_forward(const Layer& L, size_t s, int64_t index, const Tensor& x, int64_t H, int64_t W,
                           bool training, Generator& gen) const {
+  profile::LayerScope scope(L.name);
   const bool cls = c_.cls_token[s];
   const int64_t T = x.size(1);                   // x (B, [1 +] H·W, C)
   Tensor h = L.layernorm_before(x);              // (B, T, C)
@@ -114,11 +119,13 @@ Tensor Cvt::forward(const Tensor& pixel_values, bool training, Generator& gen) {
     const int64_t H = (x.size(2) + 2 * conv.padding - k) / conv.stride + 1;
     const int64_t W = (x.size(3) + 2 * conv.padding - k) / conv.stride + 1;
     const DType dt = x.dtype();
+    std::optional<profile::LayerScope> embedding_scope(std::in_place, st.embedding_name);
     Tensor t = conv_embedding(x, cast_to(conv.weight, dt), cast_to(conv.bias, dt), conv.stride, conv.padding,
                               cast_to(st.embedding_norm.weight, dt), cast_to(st.embedding_norm.bias, dt),
                               st.embedding_norm.eps);        // (B, H·W, C)
     t = dropout(t, c_.drop_rate[s], training, gen);
     if (st.cls_token.defined()) t = concat({cast_to(st.cls_token, t.dtype()).expand({B, 1, C}), t}, 1);  // (B, 1 + H·W, C)
+    embedding_scope.reset();
     for (const Layer& L : st.layers) t = layer_forward(L, s, layer_index++, t, H, W, training, gen);
     if (st.cls_token.defined()) {
       cls_out = t.slice(1, 0, 1);                          // (B, 1, C)
@@ -126,6 +133,7 @@ Tensor Cvt::forward(const Tensor& pixel_values, bool training, Generator& gen) {
     }
     x = tokens_to_nchw(t, H, W);                           // (B, C, H, W)
   }
+  profile::LayerScope head_scope("head");  // the final layernorm and the classifier
   // Head: LayerNorm then mean over tokens: the single cls token, or every spatial token without one.
   Tensor seq = c_.cls_token[2] ? layernorm_(cls_out) : layernorm_(nchw_to_tokens(x));  // (B, T, C)
   return cast_to(classifier_(mean(seq, {1})), dtype());    // (B, num_labels)

@@ -25,6 +25,7 @@ class Cvt : public Model {
     BatchNorm2d normalization;  // .convolution_projection.normalization (C)
   };
   struct Layer {
+    std::string name;                         // cvt.encoder.stages.{s}.layers.{i}: the profiler's layer
     ConvProjection conv_q, conv_k, conv_v;    // attention.attention.convolution_projection_*
     Linear projection_q, projection_k, projection_v;  // attention.attention.projection_*  (C, C)
     Linear attention_output;                  // attention.output.dense  (C, C)
@@ -33,6 +34,7 @@ class Cvt : public Model {
     LayerNorm layernorm_before, layernorm_after;
   };
   struct Stage {
+    std::string embedding_name;       // cvt.encoder.stages.{s}.embedding: the profiler's layer
     Tensor cls_token;                 // (1, 1, C) or undefined
     Conv2d embedding;                 // embedding.convolution_embeddings.projection
     LayerNorm embedding_norm;         // embedding.convolution_embeddings.normalization

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
+#include "engine/core/profile.h"
 #include "engine/ops.h"
 
 namespace tessera::models {
@@ -51,6 +53,7 @@ Vit::Vit(const VitConfig& config, DType dtype) : config_(config), c_(std::get<Vi
   for (int64_t i = 0; i < c_.num_hidden_layers; ++i) {
     const std::string l = "vit.encoder.layer." + std::to_string(i) + ".";
     Layer L;
+    L.name = l.substr(0, l.size() - 1);
     L.query = linear(l + "attention.attention.query", C, C, c_.qkv_bias);
     L.key = linear(l + "attention.attention.key", C, C, c_.qkv_bias);
     L.value = linear(l + "attention.attention.value", C, C, c_.qkv_bias);
@@ -88,20 +91,24 @@ Tensor Vit::forward(const Tensor& pixel_values, bool training, Generator& gen) {
          "; resize the images or turn on position-embedding interpolation");
   TS_CHECK(H >= c_.patch_size && W >= c_.patch_size,
            "ViT: input " + std::to_string(H) + "x" + std::to_string(W) + " is smaller than one patch");
+  std::optional<profile::LayerScope> embedding_scope(std::in_place, "vit.embeddings");
   Tensor e = patch_embeddings_(cast_to(pixel_values, compute_dtype()));  // (B, C, gh, gw)
   const int64_t gh = e.size(2), gw = e.size(3);
   Tensor x = concat({cast_to(cls_token_, e.dtype()).expand({B, 1, C}), nchw_to_tokens(e)}, 1);  // (B, 1 + gh·gw, C)
   x = x + cast_to(position_embeddings_for(gh, gw), x.dtype());
   x = dropout(x, c_.hidden_dropout_prob, training, gen);
+  embedding_scope.reset();
   const double scale = 1.0 / std::sqrt(double(C / c_.num_attention_heads));  // head_dim^-0.5
   for (size_t i = 0; i < layers_.size(); ++i) {
     const Layer& L = layers_[i];
+    profile::LayerScope scope(L.name);
     Tensor h = L.layernorm_before(x);                                     // (B, T, C)
     Tensor ctx = attention(L.query(h), L.key(h), L.value(h), c_.num_attention_heads, scale, int64_t(i));
     x = dropout(L.attention_output(ctx), c_.hidden_dropout_prob, training, gen) + x;
     Tensor y = L.output(L.intermediate.gelu(L.layernorm_after(x)));      // (B, T, C)
     x = dropout(y, c_.hidden_dropout_prob, training, gen) + x;
   }
+  profile::LayerScope head_scope("head");  // the final layernorm and the classifier
   Tensor cls = layernorm_(x).select(1, 0);                                // (B, C)
   return cast_to(classifier_(cls), dtype());                              // (B, num_labels)
 }

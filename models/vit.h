@@ -29,6 +29,7 @@ class Vit : public Model {
 
  private:
   struct Layer {
+    std::string name;             // vit.encoder.layer.{i}: the profiler's layer
     Linear query, key, value;     // attention.attention.{query,key,value}  (C, C)
     Linear attention_output;      // attention.output.dense                 (C, C)
     Linear intermediate;          // intermediate.dense                     (I, C)

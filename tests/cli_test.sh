@@ -121,5 +121,21 @@ run predict --weights "$DIR/model-truncated.safetensors" --model cvt-13 "$PNG"; 
 run predict --weights "$TINY/model.safetensors" "$DIR/missing.png"; expect_error "predict missing image" "missing.png"
 run predict --weights "$TINY/model.safetensors" --device tpu "$PNG"; expect_error "predict bad device" "tpu"
 
+# tessera bench: a small training step runs and reports what its JSON promises; bad options name themselves.
+run bench train --model cvt-tiny --batch 2 --image-size 32 --steps 2 --warmup 1 --threads 1 --json
+if [ "$rc" -eq 0 ]; then
+  expect_out "bench train --json" '^\{.*\}$' '"mode":"train"' '"threads":1' '"batch":2' '"step_seconds_median":[0-9.e-]+' \
+    '"images_per_second":[0-9.e+-]+' '"gflops_per_second":' '"peak_memory_bytes":[1-9]' '"forward_flops_per_image":[1-9]' \
+    '"model_type":"cvt"'
+  [ "$(wc -l <"$OUT")" -eq 1 ] || fail "bench --json prints more than one line"
+else fail "bench train --json: exit code $rc"; fi
+run bench infer --model cvt-tiny --batch 2 --image-size 32 --steps 1 --warmup 0 --profile
+if [ "$rc" -eq 0 ]; then expect_out "bench --profile tables" '^op family' '^cvt\.encoder\.stages\.0\.layers\.0 ' '^gemm '
+else fail "bench --profile: exit code $rc"; fi
+run bench fly --model cvt-tiny; expect_error "bench bad mode" "fly"
+run bench train --model cvt-tiny --batch 0; expect_error "bench bad batch" "--batch"
+run bench train --model cvt-99; expect_error "bench unknown model" "cvt-99"
+run bench train --model cvt-tiny --precision bf16; expect_error "bench bf16 on the CPU" "bf16"
+
 if [ "$failures" -ne 0 ]; then echo "$failures check(s) failed"; exit 1; fi
 echo "all CLI checks passed"

@@ -18,6 +18,7 @@ void add_predict(CLI::App& app);
 void add_train(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_report(CLI::App& app);
+void add_bench(CLI::App& app);
 void add_selfcheck(CLI::App& app, int& exit_code);
 
 }  // namespace tessera::cli

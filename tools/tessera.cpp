@@ -229,11 +229,12 @@ int main(int argc, char** argv) {
   tessera::cli::add_train(app);
   tessera::cli::add_eval(app);
   tessera::cli::add_report(app);
+  tessera::cli::add_bench(app);
   tessera::cli::add_selfcheck(app, exit_code);
   try {
     app.parse(argc, argv);  // runs the chosen subcommand's callback
     if (app.get_subcommands().empty())
-      throw CLI::RequiredError("no subcommand given; one of train, eval, predict, report, inspect, data, selfcheck");
+      throw CLI::RequiredError("no subcommand given; one of train, eval, predict, report, bench, inspect, data, selfcheck");
   } catch (const CLI::Success& e) {  // --help, --version
     return app.exit(e);
   } catch (const CLI::ParseError& e) {

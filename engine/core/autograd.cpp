@@ -4,6 +4,7 @@
 #include <unordered_set>
 
 #include "engine/core/backend.h"
+#include "engine/core/profile.h"
 
 namespace tessera {
 
@@ -34,6 +35,7 @@ Tensor record(const char* name, std::vector<Tensor> inputs, Tensor output,
   node->name = name;
   node->inputs = std::move(inputs);
   node->rule = std::move(rule);
+  if (profile::Profiler* p = profile::Profiler::active()) node->profile_layer = p->current_layer();
   output.impl()->grad_fn = std::move(node);
   output.impl()->requires_grad = true;
   return output;
@@ -85,6 +87,7 @@ void Tensor::backward(const Tensor& grad) const {
   }
   TS_CHECK(seed.shape() == shape(), "backward: gradient " + seed.str() + " for " + str());
   NoGradGuard no_grad;
+  profile::PhaseScope backward_phase(profile::Phase::Backward);
 
   auto accumulate_leaf = [](const Tensor& leaf, const Tensor& g) {
     TS_CHECK(g.shape() == leaf.shape(), "backward: gradient " + g.str() + " for leaf " + leaf.str());
@@ -125,6 +128,7 @@ void Tensor::backward(const Tensor& grad) const {
   grads[grad_fn().get()] = seed;
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Node* node = it->get();
+    profile::LayerScope layer(node->profile_layer);  // backward time belongs to the layer that recorded it
     auto found = grads.find(node);
     if (found != grads.end()) {
       Tensor g = std::move(found->second);

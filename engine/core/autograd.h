@@ -19,6 +19,7 @@ struct Node {
   std::vector<Tensor> inputs;  // the op's differentiable inputs, in the order backward() answers
   const char* name = "op";
   bool released = false;
+  int32_t profile_layer = -1;  // the profiler's layer that recorded it (engine/core/profile.h), -1 for none
   virtual ~Node() = default;
   // Gradients for each entry of `inputs` (an undefined Tensor where none flows) given d(loss)/d(output).
   virtual std::vector<Tensor> backward(const Tensor& grad_output) = 0;

@@ -4,6 +4,8 @@
 
 #include <array>
 
+#include "engine/core/profile.h"
+
 namespace tessera {
 namespace {
 std::array<BackendGetter, 2>& getters() {
@@ -17,7 +19,7 @@ void register_backend(Device device, BackendGetter getter) { getters()[size_t(de
 Backend& backend(Device device) {
   BackendGetter get = getters()[size_t(device)];
   if (!get) fail(std::string("no backend for ") + device_name(device) + " is linked (link tessera_kernels)");
-  return get();
+  return profile::timed(get());
 }
 
 void Backend::check_adamw(const std::vector<AdamWParam>& params, const AdamWStep& s) const {
