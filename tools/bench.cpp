@@ -166,6 +166,16 @@ double datasheet_bf16_peak(const std::string& device_status) {
   return 0;
 }
 
+// The model's config.json without its label names (a preset's 1000 ImageNet labels), with their count:
+// what a peer needs to build the same model.
+nlohmann::json config_json(const models::ModelConfig& config) {
+  nlohmann::json j = models::config_to_json(config);
+  j.erase("id2label");
+  j.erase("label2id");
+  j["num_labels"] = models::num_labels(config);
+  return j;
+}
+
 // ---- the profile: per op family and per layer, per phase, averaged over the profiled steps
 struct ProfileRow {
   std::string name;
@@ -316,7 +326,7 @@ void run_bench(const BenchCli& o) {
       {"step_seconds", times}, {"images_per_second", double(o.batch) / median},
       {"forward_flops_per_image", forward_flops}, {"flops_per_step", step_flops},
       {"gflops_per_second", achieved / 1e9}, {"peak_memory_bytes", peak_memory}, {"ceiling", ceiling},
-      {"config", models::config_to_json(config)}};
+      {"config", config_json(config)}};
   if (profiler) {
     const double op_seconds = profiler->overall().seconds / double(o.profile_steps);
     j["profile"] = {{"steps", o.profile_steps}, {"op_seconds_per_step", op_seconds},
