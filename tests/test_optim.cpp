@@ -446,6 +446,38 @@ TEST_CASE("clip_grad_norm: global norm, scaling above max_norm, nothing below") 
   }
 }
 
+TEST_CASE("the CPU's clipping passes over many chunks: sum of squares in f64, scaling rounded once") {
+  // Sizes that span several of the CPU's fixed chunks (2^15 elements) with ragged ends, f32 and f64.
+  Generator gen(9);
+  std::vector<Tensor> xs = {gen.normal({70001}, 0, 1, DType::f32), gen.normal({3}, 0, 1, DType::f64),
+                            gen.normal({257, 129}, 0, 1, DType::f32), Tensor::empty({0}, DType::f32)};
+  long double exact = 0, mass = 0;
+  for (const Tensor& x : xs)
+    for (double v : x.to(DType::f64).to_vector<double>()) exact += (long double)v * v, mass += (long double)v * v;
+  Tensor sq = Tensor::zeros({}, DType::f64);
+  cpu_backend().sum_of_squares(xs, sq);
+  // n terms summed in f64 (chunk sums, then chunks in order): |err| <= n·2^-53·Σx², n ≈ 1.04e5.
+  CHECK(std::abs((long double)sq.item() - exact) <= 1.04e5 * 0x1p-53 * mass);
+  Tensor again = Tensor::zeros({}, DType::f64);
+  cpu_backend().sum_of_squares(xs, again);
+  CHECK(again.item() == sq.item());  // the same order every time
+
+  const double f = 0.3;
+  std::vector<std::vector<float>> before32 = {xs[0].to_vector<float>(), xs[2].to_vector<float>()};
+  std::vector<double> before64 = xs[1].to_vector<double>();
+  cpu_backend().scale(xs, Tensor::scalar(f, DType::f64));
+  // Each element times the factor rounded to its dtype: exactly what x·float(f) is in that dtype.
+  for (size_t t = 0; t < 2; ++t) {
+    std::vector<float> got = xs[t == 0 ? 0 : 2].to_vector<float>();
+    for (size_t i = 0; i < got.size(); ++i) REQUIRE(got[i] == before32[t][i] * float(f));
+  }
+  std::vector<double> got64 = xs[1].to_vector<double>();
+  for (size_t i = 0; i < got64.size(); ++i) CHECK(got64[i] == before64[i] * f);
+  const std::vector<float> unit = xs[0].to_vector<float>();
+  cpu_backend().scale(xs, Tensor::scalar(1.0, DType::f64));
+  CHECK(xs[0].to_vector<float>() == unit);  // a factor of exactly 1 leaves them untouched
+}
+
 // ------------------------------------------------------------------------------------------------ (e)
 
 TEST_CASE("learning-rate schedules as Hugging Face defines them") {

@@ -14,6 +14,8 @@ class CpuBackend final : public Backend {
   TESSERA_PRIMITIVES(TS_OVERRIDE)
   TS_OVERRIDE(bias_gelu)  // one pass instead of the composite's bias add, GELU and column reduction
   TS_OVERRIDE(bias_gelu_backward)
+  TS_OVERRIDE(sum_of_squares)  // one parallel pass per tensor, no f64 copies
+  TS_OVERRIDE(scale)
 };
 
 // Calls f(T{}) for T = float or double, and fails naming `op` for any other dtype.

@@ -2,7 +2,9 @@
 // the storage dtype (kernels/cuda/optim_math.h, the same function the GPU runs), then rounded once into
 // param/m/v; so for f32 parameters it is at least as accurate as torch's fp32 arithmetic, and for f64 it is
 // torch's update to a few ulps.
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
 #include "engine/core/parallel.h"
@@ -29,7 +31,58 @@ void adamw_tensor(const Backend::AdamWParam& e, const cuda::adamw::Scalars& s) {
   });
 }
 
+// Elements per chunk of the clipping passes: fixed, so sum_of_squares adds the same partial sums in the
+// same order whatever the thread count (the contract: the same result on every run).
+constexpr int64_t kClipChunk = 1 << 15;
+
+bool all_f32_or_f64(const std::vector<Tensor>& xs) {
+  return std::all_of(xs.begin(), xs.end(), [](const Tensor& x) {
+    return x.dtype() == DType::f32 || x.dtype() == DType::f64;
+  });
+}
+
 }  // namespace
+
+// Gradient clipping's two passes, one parallel loop per tensor instead of the composite's conversion
+// copies and temporaries (the composite still serves other dtypes).
+void CpuBackend::sum_of_squares(const std::vector<Tensor>& xs, Tensor& out) {
+  if (!all_f32_or_f64(xs)) return Backend::sum_of_squares(xs, out);
+  double total = 0;
+  std::vector<double> partial;
+  for (const Tensor& x : xs) {
+    const int64_t n = x.numel(), chunks = (n + kClipChunk - 1) / kClipChunk;
+    partial.assign(size_t(chunks), 0.0);
+    visit_float(x.dtype(), "sum_of_squares", [&](auto tag) {
+      using T = decltype(tag);
+      const T* data = x.data<T>();
+      parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          double acc = 0;
+          for (int64_t i = c * kClipChunk, end = std::min(n, i + kClipChunk); i < end; ++i)
+            acc += double(data[i]) * double(data[i]);
+          partial[size_t(c)] = acc;
+        }
+      });
+    });
+    for (double p : partial) total += p;  // in chunk order
+  }
+  *out.data<double>() = total;
+}
+
+void CpuBackend::scale(const std::vector<Tensor>& xs, const Tensor& factor) {
+  if (!all_f32_or_f64(xs)) return Backend::scale(xs, factor);
+  const double f = factor.item();
+  if (f == 1.0) return;  // x·1 = x: untouched, as the contract promises
+  for (const Tensor& x : xs)
+    visit_float(x.dtype(), "scale", [&](auto tag) {
+      using T = decltype(tag);
+      T* data = x.data<T>();
+      const T factor_t = T(f);  // rounded to the tensor's dtype first, as the composite's copy does
+      parallel_for(x.numel(), kClipChunk, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) data[i] *= factor_t;
+      });
+    });
+}
 
 void CpuBackend::adamw(const std::vector<AdamWParam>& params, const AdamWStep& s) {
   check_adamw(params, s);
