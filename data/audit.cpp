@@ -154,7 +154,7 @@ AuditReport scan(const std::string& root, bool decode, std::vector<Thumb>* thumb
       im.split = found[size_t(i)].split;
       im.label = found[size_t(i)].label;
       try {
-        const std::string file = read_file((rootp / im.path).string());
+        const std::string file = read_image_file((rootp / im.path).string());  // the decoder's file checks
         const auto* bytes = reinterpret_cast<const uint8_t*>(file.data());
         if (file.empty()) throw std::runtime_error("empty file");
         im.bytes = file.size();

@@ -102,6 +102,35 @@ DatasetSplit scan_folder(const std::string& root, const std::vector<std::string>
   return out;
 }
 
+DatasetSplit scan_by_name(const std::string& root, const std::vector<std::string>& classes, const std::string& owner) {
+  const fs::path r(root);
+  require_dir(r, "data set");
+  const std::vector<std::string> folders = sub_folders(r);
+  // A folder no class is named after would get no label the model can output: refuse it, naming them all.
+  std::string unknown;
+  for (const auto& name : folders)
+    if (std::find(classes.begin(), classes.end(), name) == classes.end())
+      unknown += (unknown.empty() ? "" : ", ") + (r / name).string();
+  if (!unknown.empty()) {
+    std::string known;
+    for (const auto& c : classes) known += (known.empty() ? "" : ", ") + c;
+    throw DatasetError(unknown + ": class folder(s) not among the classes of " + owner + " (" + known + ")");
+  }
+  if (folders.empty()) throw DatasetError(root + ": no class folders");
+  DatasetSplit out;
+  out.classes = classes;
+  for (size_t label = 0; label < classes.size(); ++label) {
+    if (!is_dir(r / classes[label])) {
+      out.missing.push_back(classes[label]);
+      continue;
+    }
+    auto paths = images_in(r / classes[label]);
+    if (paths.empty()) throw DatasetError((r / classes[label]).string() + ": class folder has no images (.jpg .jpeg .png .bmp)");
+    for (auto& p : paths) out.samples.push_back(Sample{std::move(p), int64_t(label)});
+  }
+  return out;
+}
+
 Layout detect_layout(const std::string& root) {
   fs::path r(root);
   require_dir(r, "data set");
@@ -119,11 +148,7 @@ SplitLayout load_split_layout(const std::string& root, const std::vector<std::st
   require_dir(r / "Testing", "split");
   SplitLayout out;
   out.train = scan_folder((r / "Training").string(), classes);
-  // A Testing class unknown to Training would get no label the model can output: refuse it.
-  for (const auto& name : sub_folders(r / "Testing"))
-    if (std::find(out.train.classes.begin(), out.train.classes.end(), name) == out.train.classes.end())
-      throw DatasetError((r / "Testing" / name).string() + ": class folder not in Training");
-  out.test = scan_folder((r / "Testing").string(), out.train.classes);
+  out.test = scan_by_name((r / "Testing").string(), out.train.classes, "Training");
   return out;
 }
 
@@ -212,9 +237,9 @@ TrainVal grouped_split(const DatasetSplit& data, const std::vector<int64_t>& gro
   return out;
 }
 
-std::optional<Image> try_decode(const Sample& sample, std::string& warning) {
+std::optional<Image> try_decode(const Sample& sample, std::string& warning, const ImageLimits& limits) {
   try {
-    return decode_image(sample.path);
+    return decode_image(sample.path, limits);
   } catch (const std::exception& e) {  // ImageError names the file; anything else gets the name added
     std::string msg = e.what();
     warning = msg.rfind(sample.path, 0) == 0 ? msg : sample.path + ": " + msg;

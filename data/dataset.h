@@ -29,6 +29,7 @@ struct Sample {
 struct DatasetSplit {
   std::vector<std::string> classes;
   std::vector<Sample> samples;  // grouped by class in class order, sorted by path within a class
+  std::vector<std::string> missing;  // scan_by_name: the classes with no folder here
 
   size_t size() const { return samples.size(); }
   std::vector<int64_t> class_counts() const;  // [classes.size()]: samples per label
@@ -43,6 +44,13 @@ bool is_image_file(const std::string& path);
 // images, fewer than 2 classes.
 DatasetSplit scan_folder(const std::string& root, const std::vector<std::string>& classes = {});
 
+// ROOT/<class>/* labelled by name against a fixed class list (a model's id2label, Training's classes): a
+// folder's label is the index of its name in `classes`, never its position on disk. Every folder must be one
+// of the classes (else one error naming each one that is not, and `owner`, whose classes they are); a class
+// without a folder is allowed and listed in `missing`, since an evaluation split need not hold every class.
+// Other errors: those of scan_folder, except that one class folder is enough.
+DatasetSplit scan_by_name(const std::string& root, const std::vector<std::string>& classes, const std::string& owner);
+
 enum class Layout { Flat, Split };
 // Split when ROOT/Training and ROOT/Testing are both folders; Flat when neither is. Only one of them
 // present is an error (naming the missing one), as is a missing root.
@@ -51,8 +59,9 @@ Layout detect_layout(const std::string& root);
 struct SplitLayout {
   DatasetSplit train, test;
 };
-// ROOT/Training and ROOT/Testing. The classes come from Training (or `classes`); Testing is read with the
-// same class list so labels agree, and a class folder in Testing that Training lacks is an error.
+// ROOT/Training and ROOT/Testing. The classes come from Training (or `classes`); Testing is read by name
+// against them (scan_by_name) so labels agree: a class folder in Testing that Training lacks is an error, a
+// Training class without a Testing folder is listed in test.missing.
 SplitLayout load_split_layout(const std::string& root, const std::vector<std::string>& classes = {});
 
 struct TrainVal {
@@ -81,8 +90,9 @@ TrainVal stratified_split(const DatasetSplit& data, double val_fraction, uint64_
 TrainVal grouped_split(const DatasetSplit& data, const std::vector<int64_t>& group, double val_fraction,
                        uint64_t seed);
 
-// Decodes a sample's image. An unreadable or corrupt file gives nullopt and sets `warning` to a one-line
-// message naming the file (decode_image's message), so the caller can skip it, count it and go on.
-std::optional<Image> try_decode(const Sample& sample, std::string& warning);
+// Decodes a sample's image. An unreadable, corrupt or refused (over `limits`) file gives nullopt and sets
+// `warning` to a one-line message naming the file (decode_image's message), so the caller can skip it,
+// count it and go on.
+std::optional<Image> try_decode(const Sample& sample, std::string& warning, const ImageLimits& limits = {});
 
 }  // namespace tessera

@@ -1,4 +1,5 @@
-// Image decoding (stb_image) and Pillow-exact resampling. See image.h for the contract.
+// Image decoding (libjpeg-turbo for JPEG, stb_image for the rest) and Pillow-exact resampling. See image.h
+// for the contract.
 //
 // The resampler follows the algorithm of Pillow 13.0's libImaging/Resample.c (ImagingResampleInner and the 8bpc
 // passes); it is written from the description, step for step, because "identical pixels" means identical
@@ -6,18 +7,27 @@
 // fixed point, the same integer accumulation and clipping.
 #include "data/image.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <csetjmp>
+#include <cstdio>  // before jpeglib.h, which uses FILE
 #include <cstring>
-#include <filesystem>
 #include <limits>
 
-#include "engine/core/fileio.h"
+#include <jerror.h>
+#include <jpeglib.h>
 
-// The one definition of stb_image in the engine. HDR/PIC are left out: stbi_load would tone-map HDR to
-// 8 bits with a gamma curve no image processor uses, and PIC (Softimage) is not a format anyone feeds a
-// classifier. stbi_load's own file I/O is not used (we read the bytes ourselves for clear errors).
+// The one definition of stb_image in the engine, for every format but JPEG (libjpeg-turbo's, below, is the
+// decoder Pillow uses). HDR/PIC are left out: stbi_load would tone-map HDR to 8 bits with a gamma curve no
+// image processor uses, and PIC (Softimage) is not a format anyone feeds a classifier. stbi_load's own file
+// I/O is not used (we read the bytes ourselves, after the limits, for clear errors).
 #define STB_IMAGE_IMPLEMENTATION
+#define STBI_NO_JPEG
 #define STBI_NO_HDR
 #define STBI_NO_PIC
 #define STBI_NO_STDIO
@@ -45,51 +55,197 @@ Image::Image(int w, int h) : width(w), height(h) {
 // ---------------------------------------------------------------------------------------------------------
 // decoding
 
-Image decode_image_memory(const uint8_t* data, size_t size, const std::string& name) {
-  if (size == 0) throw ImageError(name + ": cannot decode image: file is empty");
-  if (size > size_t(std::numeric_limits<int>::max()))
-    throw ImageError(name + ": cannot decode image: file larger than 2 GiB");
+namespace {
+
+[[noreturn]] void cannot_decode(const std::string& name, const std::string& why) {
+  throw ImageError(name + ": cannot decode image: " + why);
+}
+
+// The header's dimensions, before any pixel is decoded or allocated.
+void check_dimensions(const std::string& name, int64_t w, int64_t h, const ImageLimits& limits) {
+  const std::string size = std::to_string(w) + "x" + std::to_string(h);
+  if (w <= 0 || h <= 0) cannot_decode(name, "zero size (" + size + ")");
+  if (w * h > limits.max_pixels)
+    cannot_decode(name, size + " = " + std::to_string(w * h) + " pixels is over the limit of " +
+                            std::to_string(limits.max_pixels) + " (a decompression bomb?)");
+}
+
+// libjpeg reports a fatal error by calling error_exit, whose default is exit(). Here it keeps the message
+// and longjmps back to jpeg_call, which turns it into an ImageError.
+struct JpegError {
+  jpeg_error_mgr mgr;  // first: libjpeg hands the callbacks a pointer to it
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+void jpeg_error_exit(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<JpegError*>(cinfo->err);
+  cinfo->err->format_message(cinfo, err->message);
+  std::longjmp(err->jump, 1);
+}
+
+// Warnings (level -1) about recoverable damage, such as stray bytes before a marker, are ignored as Pillow
+// ignores them, and trace messages (level >= 0) are never wanted. The data ending before the image is
+// complete is an error: libjpeg would pad the rest with gray, Pillow refuses the truncated file.
+void jpeg_emit_message(j_common_ptr cinfo, int level) {
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) jpeg_error_exit(cinfo);
+}
+
+// Runs `f`, a few libjpeg calls, with the jump target of its errors set here: false when one failed.
+// Functions that call setjmp are never inlined, and `f` holds no object with a destructor, so the
+// longjmp skips only libjpeg's C frames and f's.
+template <class F>
+bool jpeg_call(JpegError& err, F&& f) {
+  if (setjmp(err.jump)) return false;
+  f();
+  return true;
+}
+
+// Pillow's CMYK -> RGB (libImaging/Convert.c cmyk2rgb) of libjpeg's CMYK output, which is inverted as
+// Adobe writes it (Pillow reads it as "CMYK;I", inverted too): c = 255 - raw, and R = (255 - k) - c (255 - k)
+// / 255 with Pillow's rounding of the product.
+void cmyk_row_to_rgb(const uint8_t* in, uint8_t* out, int width) {
+  auto muldiv255 = [](int a, int b) {
+    const int t = a * b + 128;
+    return ((t >> 8) + t) >> 8;
+  };
+  for (int x = 0; x < width; ++x, in += 4, out += 3) {
+    const int nk = in[3];  // 255 - k
+    for (int c = 0; c < 3; ++c) out[c] = uint8_t(nk - muldiv255(255 - in[c], nk));
+  }
+}
+
+// The settings are Pillow's (integer "islow" IDCT, fancy upsampling), so the pixels are Pillow's too.
+Image decode_jpeg(const uint8_t* data, size_t size, const std::string& name, const ImageLimits& limits) {
+  jpeg_decompress_struct cinfo;
+  std::memset(&cinfo, 0, sizeof cinfo);  // jpeg_destroy below is safe even if create fails
+  JpegError err;
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = jpeg_error_exit;
+  err.mgr.emit_message = jpeg_emit_message;
+  struct Destroy {
+    jpeg_decompress_struct* cinfo;
+    ~Destroy() { jpeg_destroy_decompress(cinfo); }
+  } destroy{&cinfo};
+  const auto fail = [&] { cannot_decode(name, err.message); };
+
+  if (!jpeg_call(err, [&] {
+        jpeg_create_decompress(&cinfo);
+        jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
+        jpeg_read_header(&cinfo, TRUE);
+      }))
+    fail();
+  check_dimensions(name, cinfo.image_width, cinfo.image_height, limits);
+  // Gray and YCbCr/RGB come out as RGB (libjpeg replicates gray, as convert("RGB") does); CMYK and YCCK
+  // as CMYK, converted below.
+  const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+  cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
+  cinfo.dct_method = JDCT_ISLOW;
+  cinfo.do_fancy_upsampling = TRUE;
+  if (!jpeg_call(err, [&] { jpeg_start_decompress(&cinfo); })) fail();
+  if (cinfo.output_width != cinfo.image_width || cinfo.output_height != cinfo.image_height ||
+      cinfo.output_components != (cmyk ? 4 : 3))  // libjpeg never does this unscaled; all below relies on it
+    cannot_decode(name, "decoder produced " + std::to_string(cinfo.output_width) + "x" +
+                            std::to_string(cinfo.output_height) + "x" + std::to_string(cinfo.output_components));
+  Image out(int(cinfo.output_width), int(cinfo.output_height));
+  std::vector<uint8_t> cmyk_row(cmyk ? size_t(out.width) * 4 : 0);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    const int y = int(cinfo.output_scanline);
+    JSAMPROW row = cmyk ? cmyk_row.data() : out.pixel(0, y);
+    if (!jpeg_call(err, [&] { jpeg_read_scanlines(&cinfo, &row, 1); })) fail();
+    if (cmyk) cmyk_row_to_rgb(cmyk_row.data(), out.pixel(0, y), out.width);
+  }
+  // No jpeg_finish_decompress: what follows the last scan line (normally just the end marker) cannot change
+  // the pixels, and Pillow does not require it either.
+  return out;
+}
+
+Image decode_stb(const uint8_t* data, size_t size, const std::string& name, const ImageLimits& limits) {
+  if (size > size_t(std::numeric_limits<int>::max())) cannot_decode(name, "file larger than 2 GiB");
   int w = 0, h = 0, channels = 0;
-  // Dimensions first: a header claiming 0 pixels, or more than we are willing to allocate, is an error
-  // before any decoding work (stb itself caps each side at 2^24).
-  if (!stbi_info_from_memory(data, int(size), &w, &h, &channels))
-    throw ImageError(name + ": cannot decode image: " + std::string(stbi_failure_reason()));
-  if (w <= 0 || h <= 0)
-    throw ImageError(name + ": cannot decode image: zero size (" + std::to_string(w) + "x" + std::to_string(h) +
-                     ")");
-  constexpr int64_t kMaxPixels = int64_t(1) << 28;  // 268 Mpixel, 805 MB of RGB: far above any dataset image
-  if (int64_t(w) * int64_t(h) > kMaxPixels)
-    throw ImageError(name + ": cannot decode image: " + std::to_string(w) + "x" + std::to_string(h) +
-                     " pixels is more than the limit of 2^28");
+  if (!stbi_info_from_memory(data, int(size), &w, &h, &channels)) cannot_decode(name, stbi_failure_reason());
+  check_dimensions(name, w, h, limits);
   // req_comp = 3: stb converts gray -> RGB (replicate), gray+alpha and RGBA -> RGB (drop alpha), palette ->
   // RGB; 16-bit samples become 8-bit by keeping the high byte (stbi__convert_16_to_8 is `v >> 8`).
   int w2 = 0, h2 = 0, c2 = 0;
   stbi_uc* pixels = stbi_load_from_memory(data, int(size), &w2, &h2, &c2, 3);
-  if (!pixels) throw ImageError(name + ": cannot decode image: " + std::string(stbi_failure_reason()));
+  if (!pixels) cannot_decode(name, stbi_failure_reason());
   Image out;
   out.width = w2;
   out.height = h2;
   out.rgb.assign(pixels, pixels + size_t(w2) * size_t(h2) * 3);
   stbi_image_free(pixels);
   if (w2 != w || h2 != h)  // stb never does this; checked because everything after relies on it
-    throw ImageError(name + ": cannot decode image: header says " + std::to_string(w) + "x" + std::to_string(h) +
-                     ", decoder produced " + std::to_string(w2) + "x" + std::to_string(h2));
+    cannot_decode(name, "header says " + std::to_string(w) + "x" + std::to_string(h) + ", decoder produced " +
+                            std::to_string(w2) + "x" + std::to_string(h2));
   return out;
 }
 
-Image decode_image(const std::string& path) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  auto status = fs::status(path, ec);
-  if (ec || !fs::exists(status)) throw ImageError(path + ": cannot read image: no such file");
-  if (fs::is_directory(status)) throw ImageError(path + ": cannot read image: is a directory");
-  std::string bytes;
-  try {
-    bytes = read_file(path);
-  } catch (const FileError& e) {
-    throw ImageError(e.what());  // the loader counts an ImageError as one unreadable image
+[[noreturn]] void cannot_read(const std::string& path, const std::string& why) {
+  throw ImageError(path + ": cannot read image: " + why);
+}
+
+// What a file that is not a regular one is, for the error message.
+std::string file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "is a directory";
+  if (S_ISCHR(mode)) return "not a regular file (a character device)";
+  if (S_ISBLK(mode)) return "not a regular file (a block device)";
+  if (S_ISFIFO(mode)) return "not a regular file (a FIFO)";
+  if (S_ISSOCK(mode)) return "not a regular file (a socket)";
+  return "not a regular file";
+}
+
+// Refuses a file that is not regular or is over the size limit, from its metadata alone.
+void check_file(const std::string& path, const struct stat& st, const ImageLimits& limits) {
+  if (!S_ISREG(st.st_mode)) cannot_read(path, file_kind(st.st_mode));
+  if (uint64_t(st.st_size) > limits.max_file_bytes)
+    cannot_read(path, "file is " + std::to_string(st.st_size) + " bytes, over the limit of " +
+                          std::to_string(limits.max_file_bytes));
+}
+
+}  // namespace
+
+Image decode_image_memory(const uint8_t* data, size_t size, const std::string& name, const ImageLimits& limits) {
+  if (size == 0) cannot_decode(name, "file is empty");
+  // Every JPEG starts with the start-of-image marker FF D8; the rest is stb's, which looks at its own magic.
+  if (size >= 2 && data[0] == 0xFF && data[1] == 0xD8) return decode_jpeg(data, size, name, limits);
+  return decode_stb(data, size, name, limits);
+}
+
+std::string read_image_file(const std::string& path, const ImageLimits& limits) {
+  // The path's metadata first: a device (/dev/zero never ends), a FIFO (opening it waits for a writer) or
+  // an oversized file is refused before it is opened.
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0)
+    cannot_read(path, errno == ENOENT || errno == ENOTDIR ? "no such file" : std::strerror(errno));
+  check_file(path, st, limits);
+  // O_NONBLOCK: were the path swapped for a FIFO since, opening it must not wait; fstat then sees what was
+  // really opened.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) cannot_read(path, std::strerror(errno));
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } close_fd{fd};
+  if (::fstat(fd, &st) != 0) cannot_read(path, std::strerror(errno));
+  check_file(path, st, limits);
+  // At most the size fstat gave, which is within the limit: a file growing meanwhile cannot make it more.
+  std::string bytes(size_t(st.st_size), '\0');
+  size_t got = 0;
+  while (got < bytes.size()) {
+    const ssize_t n = ::read(fd, bytes.data() + got, bytes.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) cannot_read(path, std::strerror(errno));
+    if (n == 0) break;  // shrank meanwhile: what is there is the file
+    got += size_t(n);
   }
-  return decode_image_memory(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), path);
+  bytes.resize(got);
+  return bytes;
+}
+
+Image decode_image(const std::string& path, const ImageLimits& limits) {
+  const std::string bytes = read_image_file(path, limits);
+  return decode_image_memory(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), path, limits);
 }
 
 // ---------------------------------------------------------------------------------------------------------

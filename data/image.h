@@ -1,17 +1,21 @@
-// Images: decoding (stb_image) into 8-bit RGB, and Pillow-exact resampling.
+// Images: decoding (libjpeg-turbo for JPEG, stb_image for the rest) into 8-bit RGB, and Pillow-exact
+// resampling.
 //
 // The checkpoints' image processors (transformers' ViTImageProcessor / ConvNextImageProcessor, the slow PIL
 // path) resize with Pillow. resize() reproduces Pillow's ImagingResample (libImaging/Resample.c) for 8-bit
 // images bit for bit, so the pixels a model sees here are the pixels it saw in Python.
 //
-// Decoding differs from Pillow in two known places (documented, tested with tolerances):
-//   - JPEG: stb_image's IDCT and chroma upsampling are not libjpeg-turbo's, so decoded pixels can differ
-//     from PIL's by a few levels. PNG/BMP/... are lossless and decode identically.
+// JPEG is decoded by libjpeg-turbo with the settings Pillow uses (integer "islow" IDCT, fancy upsampling),
+// so decoded pixels equal Pillow's. One known difference from Pillow, documented and tested:
 //   - 16-bit PNG: every sample is reduced to 8 bits by >> 8 (keep the high byte). For 16-bit RGB(A) this is
 //     what PIL does too; for 16-bit grayscale PIL opens mode "I;16" and convert("RGB") clips to 255
 //     instead, which makes almost any real 16-bit image white — scaling is the useful choice.
 // Channel handling: grayscale is replicated to R=G=B, alpha is dropped (PIL's convert("RGB") drops it too,
-// without compositing), palettes are expanded.
+// without compositing), palettes are expanded, CMYK JPEGs are converted with Pillow's formula.
+//
+// Untrusted files: decode_image refuses, before the expensive step, anything that is not a regular file,
+// a file over ImageLimits::max_file_bytes (before reading it) and a header declaring zero or more than
+// ImageLimits::max_pixels pixels (before decoding). data/README.md lists the limits.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -35,11 +39,28 @@ struct Image {
   const uint8_t* pixel(int x, int y) const { return rgb.data() + (size_t(y) * size_t(width) + size_t(x)) * 3; }
 };
 
-// Decodes any format stb_image reads (JPEG baseline/progressive, PNG 1..16-bit, BMP, GIF first frame, TGA,
-// PSD composite, PNM) into RGB. Errors name the file: missing, unreadable, empty, corrupt, zero size.
-Image decode_image(const std::string& path);
-// Same from bytes in memory; `name` is used in error messages.
-Image decode_image_memory(const uint8_t* data, size_t size, const std::string& name = "<memory>");
+// What decoding accepts. The defaults refuse decompression bombs, not photographs: max_pixels is Pillow's
+// decompression-bomb guard (89,478,485 = 1 GiB / 4 / 3 pixels: at most 256 MiB of 8-bit RGB), and 64 MiB
+// of file is several times the JPEG of a full-resolution camera picture (the data sets' are kilobytes).
+struct ImageLimits {
+  static constexpr int64_t kDefaultMaxPixels = 89'478'485;
+  static constexpr uint64_t kDefaultMaxFileBytes = uint64_t(64) << 20;
+  int64_t max_pixels = kDefaultMaxPixels;            // width * height as the header declares it
+  uint64_t max_file_bytes = kDefaultMaxFileBytes;  // decode_image only: the file's size before reading it
+};
+
+// Decodes a JPEG (baseline, progressive, gray, YCbCr, CMYK; libjpeg-turbo) or any other format stb_image
+// reads (PNG 1..16-bit, BMP, GIF first frame, TGA, PSD composite, PNM) into RGB. Errors name the file:
+// missing, not a regular file (directory, device, FIFO), over the size limit, unreadable, empty, corrupt,
+// truncated, zero size, over the pixel limit.
+Image decode_image(const std::string& path, const ImageLimits& limits = {});
+// The file's bytes, after the file checks of decode_image (a regular file, at most max_file_bytes), for
+// callers that need the bytes too (the data audit hashes them). Throws ImageError naming the file.
+std::string read_image_file(const std::string& path, const ImageLimits& limits = {});
+// Same from bytes in memory (the entry point for untrusted bytes: no file system involved); `name` is
+// used in error messages. The pixel limit applies; the file size limit is the caller's.
+Image decode_image_memory(const uint8_t* data, size_t size, const std::string& name = "<memory>",
+                          const ImageLimits& limits = {});
 
 // Pillow's resampling filters (Image.Resampling.BILINEAR = 2, BICUBIC = 3).
 enum class Filter { Bilinear, Bicubic };

@@ -213,7 +213,7 @@ void DataLoader::fill(Slot& s, int64_t k, int64_t epoch, uint64_t gen) {
       src = &*cache_[size_t(i)];
     } else {
       std::string warning;
-      decoded = try_decode(sample, warning);
+      decoded = try_decode(sample, warning, cfg_.image_limits);
       if (!decoded) {
         bad_[size_t(i)] = 1;  // only this worker touches sample i during the epoch
         std::lock_guard<std::mutex> lk(mu_);

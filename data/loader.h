@@ -55,6 +55,7 @@ struct LoaderConfig {
   int num_workers = 0;     // 0: std::thread::hardware_concurrency()
   int prefetch = 0;        // batches in flight ahead of the consumer; 0: max(2, num_workers)
   bool cache_decoded = false;
+  ImageLimits image_limits;  // files refused by them are skipped like unreadable ones
   // Optional step right after decoding, before augmentation (sample index given): it must depend only on
   // the image and the index, never on the epoch, because with cache_decoded its result is what the cache
   // keeps (e.g. the study's fixed 224×224 resize, or its augmented copies made once). May throw.

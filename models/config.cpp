@@ -1,5 +1,7 @@
 #include "models/config.h"
 
+#include <cmath>
+#include <cstdio>
 #include <sstream>
 
 #include "engine/core/fileio.h"
@@ -259,10 +261,82 @@ ModelConfig parse_config(const json& j, const std::string& source) {
   return result;
 }
 
+namespace {
+
+// Sane maxima: far above every published CvT and ViT (the widest, ViT-H, has 1280 features and 32 layers),
+// low enough that a typo in config.json is refused by name instead of asking for terabytes.
+constexpr int64_t kMaxWidth = 65536;        // embed_dim, hidden_size
+constexpr int64_t kMaxMlpWidth = 262144;    // intermediate_size
+constexpr int64_t kMaxHeads = 1024;         // num_heads, num_attention_heads
+constexpr int64_t kMaxDepth = 1024;         // depth (blocks per stage), num_hidden_layers
+constexpr int64_t kMaxKernel = 1024;        // patch sizes, strides, padding, kernel_qkv
+constexpr int64_t kMaxImageSize = 16384;    // image_size
+constexpr int64_t kMaxChannels = 16;        // num_channels
+constexpr int64_t kMaxLabels = 1'000'000;   // num_labels
+constexpr double kMaxMlpRatio = 64;         // mlp_ratio
+// The parameter count a config may ask for: 4e9 fp32 weights are 16 GB before gradients and AdamW's two
+// moments (64 GB in all), beyond the memory of any one device this project runs on.
+constexpr double kMaxParameters = 4e9;
+
+// The parameter count, from the layer shapes (in double: the bounds above still allow products past
+// int64), with the part that dominates it named for the error. Within a few percent of the model's own
+// count; only the order of magnitude matters here.
+struct Estimate {
+  double total = 0, largest = 0;
+  std::string largest_from;
+  void add(double n, const std::string& from) {
+    total += n;
+    if (n > largest) largest = n, largest_from = from;
+  }
+};
+
+Estimate estimate_parameters(const ModelConfig& mc) {
+  Estimate e;
+  const double labels = double(num_labels(mc));
+  if (const auto* c = std::get_if<CvtConfig>(&mc)) {
+    double in = double(c->num_channels), width = in;
+    for (size_t s = 0; s < 3; ++s) {
+      const double d = double(c->embed_dim[s]), k = double(c->patch_sizes[s]), q = double(c->kernel_qkv[s]);
+      const double mlp = d * c->mlp_ratio[s];
+      std::string at = "[";  // in steps, as in validate (GCC 12's -Wrestrict false positive)
+      at += std::to_string(s);
+      at += "]";
+      e.add(in * d * k * k + 3 * d, "patch_sizes" + at + " x embed_dim" + at);
+      // per block: three depthwise projections with batch norm, q/k/v/out, the MLP, two layer norms
+      e.add(double(c->depth[s]) * (3 * (d * q * q + 2 * d) + 4 * (d * d + d) + 2 * d * mlp + mlp + d + 4 * d),
+            "depth" + at + " x embed_dim" + at + " x mlp_ratio" + at);
+      in = width = d;
+    }
+    e.add(width * labels + labels + 3 * width, "num_labels");
+  } else {
+    const auto& v = std::get<VitConfig>(mc);
+    const double h = double(v.hidden_size), p = double(v.patch_size), m = double(v.intermediate_size);
+    const double tokens = (double(v.image_size) / p) * (double(v.image_size) / p) + 1;
+    e.add(double(v.num_channels) * p * p * h + h, "patch_size x hidden_size");
+    e.add(tokens * h + h, "image_size / patch_size");
+    e.add(double(v.num_hidden_layers) * (4 * (h * h + h) + 2 * h * m + m + h + 4 * h),
+          "num_hidden_layers x hidden_size x intermediate_size");
+    e.add(h * labels + labels + 2 * h, "num_labels");
+  }
+  return e;
+}
+
+}  // namespace
+
 void validate(const ModelConfig& mc, const std::string& source) {
   std::vector<std::string> p;
-  auto positive = [&](const char* name, int64_t v) {
-    if (v <= 0) p.push_back(std::string("field '") + name + "' must be positive, got " + std::to_string(v));
+  // An integer field in [lo, hi] (names carry their stage: "depth[2]").
+  auto in_range = [&](const std::string& name, int64_t v, int64_t lo, int64_t hi) {
+    if (v < lo || v > hi)
+      p.push_back("field '" + name + "' must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                  std::to_string(v));
+  };
+  // A probability-like rate in [0, 1); written as a negation so that NaN fails too.
+  auto rate = [&](const std::string& name, double v) {
+    if (!(v >= 0 && v < 1)) p.push_back("field '" + name + "' must be in [0, 1)");
+  };
+  auto eps = [&](double v) {
+    if (!(std::isfinite(v) && v > 0)) p.push_back("field 'layer_norm_eps' must be a finite number > 0");
   };
   if (const auto* c = std::get_if<CvtConfig>(&mc)) {
     auto stages = [&](const char* name, size_t n) {
@@ -272,16 +346,19 @@ void validate(const ModelConfig& mc, const std::string& source) {
     cvt_fields(*c, [&](const char* name, const auto& v) {
       if constexpr (is_list<std::decay_t<decltype(v)>>::value) stages(name, v.size());
     });
-    positive("num_channels", c->num_channels);
+    in_range("num_channels", c->num_channels, 1, kMaxChannels);
+    eps(c->layer_norm_eps);
     if (p.empty()) {
       for (size_t s = 0; s < 3; ++s) {
         std::string at = "[";  // built in steps: GCC 12 warns (-Wrestrict, a false positive) on "[" + s + "]"
         at += std::to_string(s);
         at += "]";
-        if (c->embed_dim[s] <= 0 || c->num_heads[s] <= 0 || c->embed_dim[s] % c->num_heads[s] != 0)
+        in_range("embed_dim" + at, c->embed_dim[s], 1, kMaxWidth);
+        in_range("num_heads" + at, c->num_heads[s], 1, kMaxHeads);
+        if (c->embed_dim[s] > 0 && c->num_heads[s] > 0 && c->embed_dim[s] % c->num_heads[s] != 0)
           p.push_back("embed_dim" + at + " = " + std::to_string(c->embed_dim[s]) + " must be a positive multiple of num_heads" +
                       at + " = " + std::to_string(c->num_heads[s]));
-        if (c->depth[s] < 1) p.push_back("depth" + at + " must be >= 1");
+        if (c->depth[s] < 1 || c->depth[s] > kMaxDepth) in_range("depth" + at, c->depth[s], 1, kMaxDepth);
         // transformers' CvtStage indexes linspace(0, drop_path_rate[s], depth[s]) by the stage number.
         else if (c->depth[s] <= int64_t(s))
           p.push_back("depth" + at + " = " + std::to_string(c->depth[s]) + " must be > " + std::to_string(s) +
@@ -291,36 +368,53 @@ void validate(const ModelConfig& mc, const std::string& source) {
                       "\" is not supported (only \"dw_bn\")");
         if (c->attention_drop_rate[s] != 0)
           p.push_back("attention_drop_rate" + at + " must be 0 (dropout on attention probabilities is not supported)");
-        if (c->mlp_ratio[s] <= 0) p.push_back("mlp_ratio" + at + " must be positive");
+        if (!(c->mlp_ratio[s] > 0 && c->mlp_ratio[s] <= kMaxMlpRatio))
+          p.push_back("field 'mlp_ratio" + at + "' must be in (0, 64]");
         if (c->cls_token[s] && s != 2) p.push_back("cls_token" + at + " must be false: only the last stage may have one");
-        if (c->drop_path_rate[s] < 0 || c->drop_path_rate[s] >= 1) p.push_back("drop_path_rate" + at + " must be in [0, 1)");
-        if (c->drop_rate[s] < 0 || c->drop_rate[s] >= 1) p.push_back("drop_rate" + at + " must be in [0, 1)");
-        if (c->patch_sizes[s] <= 0 || c->patch_stride[s] <= 0 || c->patch_padding[s] < 0 || c->kernel_qkv[s] <= 0 ||
-            c->stride_kv[s] <= 0 || c->stride_q[s] <= 0 || c->padding_kv[s] < 0 || c->padding_q[s] < 0)
-          p.push_back("stage " + std::to_string(s) + " has a non-positive kernel/stride or negative padding");
+        rate("drop_path_rate" + at, c->drop_path_rate[s]);
+        rate("drop_rate" + at, c->drop_rate[s]);
+        in_range("patch_sizes" + at, c->patch_sizes[s], 1, kMaxKernel);
+        in_range("patch_stride" + at, c->patch_stride[s], 1, kMaxKernel);
+        in_range("patch_padding" + at, c->patch_padding[s], 0, kMaxKernel);
+        in_range("kernel_qkv" + at, c->kernel_qkv[s], 1, kMaxKernel);
+        in_range("stride_kv" + at, c->stride_kv[s], 1, kMaxKernel);
+        in_range("stride_q" + at, c->stride_q[s], 1, kMaxKernel);
+        in_range("padding_kv" + at, c->padding_kv[s], 0, kMaxKernel);
+        in_range("padding_q" + at, c->padding_q[s], 0, kMaxKernel);
       }
     }
   } else {
     const auto& v = std::get<VitConfig>(mc);
-    positive("hidden_size", v.hidden_size);
-    positive("num_hidden_layers", v.num_hidden_layers);
-    positive("num_attention_heads", v.num_attention_heads);
-    positive("intermediate_size", v.intermediate_size);
-    positive("image_size", v.image_size);
-    positive("patch_size", v.patch_size);
-    positive("num_channels", v.num_channels);
+    in_range("hidden_size", v.hidden_size, 1, kMaxWidth);
+    in_range("num_hidden_layers", v.num_hidden_layers, 1, kMaxDepth);
+    in_range("num_attention_heads", v.num_attention_heads, 1, kMaxHeads);
+    in_range("intermediate_size", v.intermediate_size, 1, kMaxMlpWidth);
+    in_range("image_size", v.image_size, 1, kMaxImageSize);
+    in_range("patch_size", v.patch_size, 1, kMaxKernel);
+    in_range("num_channels", v.num_channels, 1, kMaxChannels);
+    eps(v.layer_norm_eps);
     if (v.num_attention_heads > 0 && v.hidden_size % v.num_attention_heads != 0)
       p.push_back("hidden_size " + std::to_string(v.hidden_size) + " is not a multiple of num_attention_heads " +
                   std::to_string(v.num_attention_heads));
     if (v.hidden_act != "gelu") p.push_back("field 'hidden_act' is \"" + v.hidden_act + "\"; only \"gelu\" (erf) is supported");
     if (v.attention_probs_dropout_prob != 0)
       p.push_back("field 'attention_probs_dropout_prob' must be 0 (dropout on attention probabilities is not supported)");
-    if (v.hidden_dropout_prob < 0 || v.hidden_dropout_prob >= 1) p.push_back("field 'hidden_dropout_prob' must be in [0, 1)");
+    rate("hidden_dropout_prob", v.hidden_dropout_prob);
     if (v.patch_size > 0 && v.image_size % v.patch_size != 0)
       p.push_back("image_size " + std::to_string(v.image_size) + " is not a multiple of patch_size " +
                   std::to_string(v.patch_size));
   }
-  if (num_labels(mc) < 1) p.push_back("num_labels must be >= 1");
+  in_range("num_labels", num_labels(mc), 1, kMaxLabels);
+  // Before anything is allocated: a config within every bound can still multiply to more than any device holds.
+  if (p.empty()) {
+    const Estimate e = estimate_parameters(mc);
+    if (e.total > kMaxParameters) {
+      char text[160];
+      std::snprintf(text, sizeof text, "about %.2g parameters (%.0f GB as fp32), over the %.0g this build accepts; ",
+                    e.total, e.total * 4 / 1e9, kMaxParameters);
+      p.push_back(text + ("most from " + e.largest_from));
+    }
+  }
   if (!p.empty()) {
     std::string msg = source + ": bad " + model_type(mc) + " config";
     for (const auto& s : p) msg += "; " + s;

@@ -178,9 +178,26 @@ TEST_CASE("dataset: Training/Testing split layout") {
   write_image(r / "Testing" / "other" / "1.png", pattern(4, 4));
   CHECK(contains(error_of([&] { load_split_layout(r.string()); }), (r / "Testing" / "other").string()));
   fs::remove_all(r / "Testing" / "other");
-  // A Testing split missing a Training class is refused (names the folder).
-  fs::remove_all(r / "Testing" / "no_tumor");
-  CHECK(contains(error_of([&] { load_split_layout(r.string()); }), (r / "Testing" / "no_tumor").string()));
+  // Every extra class is named at once.
+  write_image(r / "Testing" / "other" / "1.png", pattern(4, 4));
+  write_image(r / "Testing" / "zebra" / "1.png", pattern(4, 4));
+  CHECK(contains(error_of([&] { load_split_layout(r.string()); }), (r / "Testing" / "zebra").string()));
+  fs::remove_all(r / "Testing" / "other");
+  fs::remove_all(r / "Testing" / "zebra");
+  // A Testing split missing a Training class is read by name: the other class keeps its Training label
+  // (scanned by position it would become label 0), and the missing one is listed.
+  fs::remove_all(r / "Testing" / "glioma_tumor");
+  s = load_split_layout(r.string());
+  CHECK(s.test.classes == s.train.classes);
+  CHECK(s.test.missing == std::vector<std::string>{"glioma_tumor"});
+  CHECK(s.test.class_counts() == std::vector<int64_t>{0, 3});
+  for (const Sample& x : s.test.samples) CHECK(x.label == 1);
+  // A fixed class list (a model's labels) in another order: labels follow the list, not the disk.
+  DatasetSplit byname = scan_by_name((r / "Training").string(), {"no_tumor", "cat", "glioma_tumor"}, "the model");
+  CHECK(byname.missing == std::vector<std::string>{"cat"});
+  CHECK(byname.class_counts() == std::vector<int64_t>{3, 0, 4});
+  CHECK(contains(error_of([&] { scan_by_name((r / "Training").string(), {"no_tumor"}, "the model"); }),
+                 "not among the classes of the model (no_tumor)"));
   // Only one split folder.
   fs::remove_all(r / "Testing");
   CHECK(contains(error_of([&] { detect_layout(r.string()); }), (r / "Testing").string()));

@@ -151,6 +151,41 @@ TEST_CASE("config.json parsing: defaults, id2label, errors naming the file and f
   CHECK_THROWS_AS(load_config("/nonexistent/config.json"), ConfigError);
 }
 
+TEST_CASE("config.json values out of range are refused by field, and a model too large before allocation") {
+  auto error = [](const char* text) -> std::string {
+    try {
+      parse_config(nlohmann::json::parse(text), "c.json");
+      return "";
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+  };
+  // Each was accepted before: a zero or negative epsilon (division by ~0 in every LayerNorm), absurd
+  // sizes that would allocate without end, a NaN-free but meaningless mlp_ratio.
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({"model_type": "vit", "layer_norm_eps": 0})", "field 'layer_norm_eps' must be a finite number > 0"},
+      {R"({"model_type": "cvt", "layer_norm_eps": -1e-5})", "field 'layer_norm_eps' must be a finite number > 0"},
+      {R"({"model_type": "vit", "num_hidden_layers": 100000})", "field 'num_hidden_layers' must be in [1, 1024]"},
+      {R"({"model_type": "vit", "image_size": 1048576, "patch_size": 16})", "field 'image_size' must be in [1, 16384]"},
+      {R"({"model_type": "vit", "num_labels": 2000000})", "field 'num_labels' must be in [1, 1000000]"},
+      {R"({"model_type": "cvt", "depth": [1, 2, 5000]})", "field 'depth[2]' must be in [1, 1024]"},
+      {R"({"model_type": "cvt", "embed_dim": [64, 192, 1000000], "num_heads": [1, 3, 8]})", "field 'embed_dim[2]' must be in [1, 65536]"},
+      {R"({"model_type": "cvt", "patch_stride": [4, 0, 2]})", "field 'patch_stride[1]' must be in [1, 1024]"},
+      {R"({"model_type": "cvt", "patch_padding": [2, -1, 1]})", "field 'patch_padding[1]' must be in [0, 1024]"},
+      {R"({"model_type": "cvt", "mlp_ratio": [4, 4, 1000]})", "field 'mlp_ratio[2]' must be in (0, 64]"},
+      {R"({"model_type": "cvt", "num_heads": [1, 3, 4096], "embed_dim": [64, 192, 8192]})", "field 'num_heads[2]' must be in [1, 1024]"},
+  };
+  for (const auto& [text, want] : cases) CHECK_MESSAGE(error(text).find(want) != std::string::npos, text, " -> ", error(text));
+  // Every field within its bound, the product not: 1024 layers of width 16384 is ~3.3e12 parameters.
+  const std::string big = error(R"({"model_type": "vit", "hidden_size": 16384, "num_attention_heads": 128,
+                                    "intermediate_size": 65536, "num_hidden_layers": 1024})");
+  CHECK(big.find("c.json: bad vit config; about 3.3e+12 parameters") != std::string::npos);
+  CHECK(big.find("most from num_hidden_layers x hidden_size x intermediate_size") != std::string::npos);
+  CHECK(big.find('\n') == std::string::npos);  // one line
+  // The published sizes pass.
+  for (const auto& name : preset_names()) CHECK_NOTHROW(validate(preset_config(name), name));
+}
+
 // ================================================================ registry and counts
 TEST_CASE("parameter counts of the full-size models match transformers' (models/README.md)") {
   // Built without initialisation (Tensor::empty): the counts come from the same construction code the

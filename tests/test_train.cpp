@@ -83,28 +83,42 @@ TEST_CASE("preprocessor_config.json round-trips both processors and rejects what
   CHECK_THROWS_WITH(processor_from_json(j, "pp.json"), doctest::Contains("square"));
 }
 
+namespace {
+
+// A tiny two-class model and its optimizer, to write checkpoints of.
+struct CheckpointFixture {
+  std::unique_ptr<models::Model> model = [] {
+    models::ModelConfig c = models::preset_config("cvt-tiny");
+    models::set_labels(c, {"a", "b"});
+    return models::make_model(c, 1);
+  }();
+  AdamW opt{model->parameters()};
+  TrainerState s;
+  std::string save(const std::string& dir, int64_t epoch, bool best) {
+    s.epoch = epoch;
+    if (best) s.best_epoch = epoch;
+    return save_checkpoint(dir, *model, opt, ProcessorConfig::cvt(64), s, best);
+  }
+};
+
+}  // namespace
+
 TEST_CASE("resolve_checkpoint takes a run directory or a checkpoint and names what is missing") {
   testing::TempDir dir("ckpt");
   CHECK_THROWS_WITH(resolve_checkpoint(dir / "nope"), doctest::Contains("no such checkpoint"));
   CHECK_THROWS_WITH(resolve_checkpoint(dir.path.string()), doctest::Contains("neither a checkpoint"));
   CHECK_THROWS_WITH(last_checkpoint(dir.path.string()), doctest::Contains("no checkpoint to resume from"));
-  models::ModelConfig c = models::preset_config("cvt-tiny");
-  models::set_labels(c, {"a", "b"});
-  auto model = models::make_model(c, 1);
-  AdamW opt(model->parameters());
-  TrainerState s;
-  s.epoch = 1, s.best_epoch = 1;
-  save_checkpoint(dir.path.string(), *model, opt, ProcessorConfig::cvt(64), s, true);
-  s.epoch = 2;
-  const std::string second = save_checkpoint(dir.path.string(), *model, opt, ProcessorConfig::cvt(64), s, false);
+  CheckpointFixture f;
+  const models::ModelConfig c = f.model->config();
+  f.save(dir.path.string(), 1, true);
+  const std::string second = f.save(dir.path.string(), 2, false);
   CHECK(fs::read_symlink(dir.path / "best").string() == "checkpoint-epoch-001");
   CHECK(fs::read_symlink(dir.path / "last").string() == "checkpoint-epoch-002");
   CHECK(resolve_checkpoint(dir.path.string()) == (dir.path / "best").string());
   CHECK(resolve_checkpoint(second) == second);
   CHECK(checkpoint_processor(second, c).height == 64);
   CHECK(load_trainer_state(second).epoch == 2);
-  s.epoch = 3;
-  save_checkpoint(dir.path.string(), *model, opt, ProcessorConfig::cvt(64), s, false);
+  f.save(dir.path.string(), 3, false);
   CHECK_FALSE(fs::exists(dir.path / "checkpoint-epoch-002"));  // neither last nor best any more
   CHECK(fs::exists(dir.path / "checkpoint-epoch-001"));
 }
@@ -202,4 +216,69 @@ TEST_CASE("the progress bar writes a line per quarter epoch when not on a termin
   CHECK(text.find("lr 1.00e-03") != std::string::npos);
   CHECK(format_duration(3725) == "1:02:05");
   CHECK(format_duration(65) == "1:05");
+}
+
+TEST_CASE("evaluation finds each class folder by name in the model's labels; a missing class is reported") {
+  testing::TempDir dir("byname");
+  make_synthetic_dataset(dir.path.string(), 11);
+  // The first class (checkerboard) has no Testing folder: scanned by position, disc would become label 0.
+  fs::remove_all(dir.path / "Testing" / "checkerboard");
+  models::ModelConfig c = models::preset_config("cvt-tiny");
+  models::set_labels(c, {"checkerboard", "disc", "ring", "stripes"});
+  models::save_model(*models::make_model(c, 6), dir / "ck");
+  auto model = models::load_model(dir / "ck");
+  const std::vector<std::string> names = std::get<models::CvtConfig>(model->config()).id2label;
+  const DatasetSplit split = scan_by_name(dir / "Testing", names, "the model");
+  CHECK(split.missing == std::vector<std::string>{"checkerboard"});
+  for (const Sample& s : split.samples)
+    CHECK_MESSAGE(names[size_t(s.label)] == fs::path(s.path).parent_path().filename().string(), s.path);
+  EvalOptions eo;
+  eo.workers = 2;
+  const EvalResult r = evaluate(*model, split.samples, names, ProcessorConfig::cvt(32), eo);
+  REQUIRE(r.report.per_class.size() == 4);  // keyed by the model's classes, the missing one included
+  CHECK(r.report.per_class[0].support == 0);
+  CHECK(r.report.per_class[1].support == 15);
+  CHECK(format_eval(r, "Testing").find("no images of class checkerboard\n") != std::string::npos);
+  // A folder the model has no class for is refused, naming it.
+  fs::create_directories(dir.path / "Testing" / "zebra");
+  CHECK_THROWS_WITH(scan_by_name(dir / "Testing", names, "the model"), doctest::Contains("zebra"));
+}
+
+TEST_CASE("resume: a missing folder, a lost last link, and a run with no complete checkpoint") {
+  testing::TempDir dir("resume");
+  CHECK_THROWS_WITH(last_checkpoint(dir / "gone"), doctest::Contains("the folder does not exist"));
+  CheckpointFixture f;
+  f.save(dir.path.string(), 1, true);
+  f.save(dir.path.string(), 2, false);
+  std::ostringstream notes;
+  CHECK(last_checkpoint(dir.path.string(), notes) == (dir.path / "last").string());
+  CHECK(notes.str().empty());
+  // The link is gone: the newest complete checkpoint, said so.
+  fs::remove(dir.path / "last");
+  CHECK(last_checkpoint(dir.path.string(), notes) == (dir.path / "checkpoint-epoch-002").string());
+  CHECK(notes.str().find("resuming from checkpoint-epoch-002") != std::string::npos);
+  // An incomplete one is passed over.
+  fs::remove(dir.path / "checkpoint-epoch-002" / "optimizer.safetensors");
+  CHECK(last_checkpoint(dir.path.string(), notes) == (dir.path / "checkpoint-epoch-001").string());
+  fs::remove(dir.path / "checkpoint-epoch-001" / "trainer_state.json");
+  CHECK_THROWS_WITH(last_checkpoint(dir.path.string(), notes), doctest::Contains("stopped before its first epoch ended"));
+}
+
+TEST_CASE("a checkpoint write that fails leaves no temporary folder; a killed run's leftovers are removed") {
+  testing::TempDir dir("tmpckpt");
+  CheckpointFixture f;
+  // The injected failure: trainer_state.json, the last file written, cannot be serialised (invalid UTF-8),
+  // after the weights, the moments and the processor are already in the temporary folder.
+  f.s.epoch_metrics = {{"note", "\xff"}};
+  CHECK_THROWS(f.save(dir.path.string(), 1, true));
+  CHECK(fs::is_empty(dir.path));  // no .checkpoint-epoch-001.tmp-PID, no checkpoint, no link
+  // What a killed run leaves: a temporary checkpoint folder, a link's and a file's temporaries.
+  fs::create_directories(dir.path / ".checkpoint-epoch-004.tmp-123" / "x");
+  fs::create_directory_symlink("checkpoint-epoch-004", dir.path / ".last.tmp-123");
+  write_file_atomic(dir / "run.json.tmp-123-0000abcd", "{");
+  write_file_atomic(dir / "run.json", "{}");
+  CHECK(remove_temporaries(dir.path.string()) ==
+        std::vector<std::string>{".checkpoint-epoch-004.tmp-123", ".last.tmp-123", "run.json.tmp-123-0000abcd"});
+  CHECK(fs::exists(dir.path / "run.json"));
+  CHECK(std::distance(fs::directory_iterator(dir.path), fs::directory_iterator()) == 1);
 }

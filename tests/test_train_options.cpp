@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <filesystem>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -134,4 +135,56 @@ TEST_CASE("the GPU model path is stated once: not verified, and every message sa
     CHECK(resolve_device(DeviceChoice::Auto, log) == Device::CPU);
     CHECK(log.str().find(caveat) != std::string::npos);
   }
+}
+
+TEST_CASE("options are refused at the edge, each naming its option: drop path, seed, warmup") {
+  TrainOptions o = recipe_options("cpu");
+  o.data = "somewhere";
+  CHECK_FALSE((*recipe_options("study").drop_path).rate.has_value());  // "": the model config's own rate
+  CHECK(*(*o.drop_path).rate == 0.0);
+  auto problem = [](TrainOptions x) -> std::string {
+    try {
+      validate(x);
+      return "";
+    } catch (const std::invalid_argument& e) {
+      return e.what();
+    }
+  };
+  // A negative rate was read as "keep the config's" without a word; 1 and more drop everything.
+  for (const char* bad : {"-0.1", "-1", "1", "1.5", "nan", "0.1x"}) {
+    TrainOptions x = o;
+    x.drop_path = bad;
+    CHECK_MESSAGE(problem(x).find("--drop-path must be a rate in [0, 1)") != std::string::npos, bad);
+  }
+  // A negative seed is refused rather than wrapped to 2^64-1.
+  o.seed = -1;
+  CHECK(problem(o).find("--seed must be >= 0") != std::string::npos);
+  o.seed = 42;
+  // Warmup: a non-finite length is no warmup; one longer than the run (in any unit) names --warmup.
+  CHECK_FALSE(Parsed<Warmup>("infep").ok());
+  o.warmup = "1e30ep";
+  REQUIRE(o.warmup.ok());
+  CHECK_THROWS_WITH_AS(validate_schedule(o, 4, 64), doctest::Contains("--warmup '1e30ep' is 4e+30 steps, longer than the run's 120"),
+                       std::invalid_argument);
+  o.warmup = "500";
+  CHECK_THROWS_WITH(validate_schedule(o, 4, 64), doctest::Contains("--warmup '500'"));
+  o.warmup = "120";
+  CHECK_NOTHROW(validate_schedule(o, 4, 64));  // the whole run, exactly
+  o.warmup = "1.0";
+  CHECK_NOTHROW(validate_schedule(o, 4, 64));
+  // No step per epoch (one image, which batch norm cannot train on), and a step count past int64.
+  o.max_train_samples = 1;
+  CHECK_THROWS_WITH(validate_schedule(o, 0, 1), doctest::Contains("(--max-train-samples 1)"));
+  o.max_train_samples = 0, o.epochs = std::numeric_limits<int64_t>::max() / 2;
+  CHECK_THROWS_WITH(validate_schedule(o, 4, 64), doctest::Contains("--epochs"));
+}
+
+TEST_CASE("run.json's integer options must be integers: a fraction is refused, not truncated") {
+  nlohmann::json j = options_to_json(recipe_options("cpu"));
+  j["seed"] = 1.5;
+  CHECK_THROWS_WITH(options_from_json(j, "r/run.json"), doctest::Contains("r/run.json: option 'seed' must be an integer"));
+  j["seed"] = -1;
+  TrainOptions o = options_from_json(j, "r/run.json");  // read as it is, then refused by validate
+  o.data = "d";
+  CHECK_THROWS_WITH(validate(o), doctest::Contains("--seed must be >= 0"));
 }

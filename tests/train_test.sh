@@ -93,6 +93,23 @@ img=$(ls "$DIR/whole/synthetic-data/Testing/disc/"*.png | head -1)
 "$BIN" predict --checkpoint "$DIR/whole" --top 2 "$img" >"$DIR/predict.out" 2>&1 && grep -Eq '^  [0-9.]+  (disc|ring|stripes|checkerboard)$' "$DIR/predict.out" \
   && pass "predict --checkpoint names a class" || { fail "predict --checkpoint"; cat "$DIR/predict.out"; }
 
+# Classes by name: a Testing folder without one class keeps every other class's label (read by position,
+# disc would take checkerboard's label 0), the output says which class had no images, and a class folder the
+# model lacks is refused naming it. The run's classes are Training's, sorted: checkerboard, disc, ring, stripes.
+PART="$DIR/partial-data"
+mkdir -p "$PART" && cp -r "$DIR/whole/synthetic-data/Testing" "$PART/" && rm -rf "$PART/Testing/checkerboard"
+if "$BIN" eval --checkpoint "$DIR/whole" --data "$PART" --json >"$DIR/partial.json" 2>"$DIR/partial.err"; then
+  # --json's predictions list each object's keys in order: label, ..., path
+  if awk -F'"' '/"label":/ { l = $3; gsub(/[^0-9]/, "", l) }
+       /"path":/ { n = split($4, a, "/"); c = a[n - 1]; want = c == "disc" ? 1 : c == "ring" ? 2 : c == "stripes" ? 3 : -1;
+                   seen++; if (l != want) bad++ }
+       END { exit !(seen == 45 && bad == 0) }' "$DIR/partial.json"; then pass "eval labels a split missing a class by name"
+  else fail "eval of a split missing a class: labels are not the model's classes by name"; fi
+else fail "eval of a split missing a class"; cat "$DIR/partial.err"; fi
+"$BIN" eval --checkpoint "$DIR/whole" --data "$PART" >"$DIR/partial.txt" 2>&1 && grep -q "^no images of class checkerboard$" "$DIR/partial.txt" \
+  && pass "eval says which class has no images" || { fail "eval does not report the missing class"; cat "$DIR/partial.txt"; }
+mkdir -p "$PART/Testing/zebra" && cp "$PART/Testing/disc/"*_000.png "$PART/Testing/zebra/"
+
 # The study's protocol from a checkpoint (the transformers-written tiny CvT fixture, 4 labels): the head is
 # replaced by default; --static-augment doubles the epoch (originals + one fixed augmented copy each);
 # --keep-imagenet-head keeps the checkpoint's classifier tensor as it is.
@@ -111,6 +128,28 @@ STUDY=(--recipe study --weights "$FIXTURE" --synthetic --image-size 32 --epochs 
   && grep -q "1 epochs × 2 steps of 16" "$DIR/odd.log" && pass "a last batch of one image is dropped for CvT" \
   || { fail "a last batch of one image"; cat "$DIR/odd.log"; }
 
+# A run whose last link was lost (and which a kill left a temporary checkpoint folder in) resumes from its
+# newest complete checkpoint, saying so on stderr, and removes the leftover, saying so.
+"$BIN" train --recipe cpu --synthetic --image-size 32 --epochs 2 --max-train-samples 32 --batch-size 16 --no-progress \
+  --out "$DIR/lost" --halt-after-steps 3 >"$DIR/lost-first.log" 2>&1
+rm -f "$DIR/lost/last" && mkdir -p "$DIR/lost/.checkpoint-epoch-002.tmp-1/x"
+if "$BIN" train --resume "$DIR/lost" --no-progress >"$DIR/lost.out" 2>"$DIR/lost.err" \
+   && grep -q "resuming from checkpoint-epoch-001, the newest complete checkpoint" "$DIR/lost.err" \
+   && grep -q "resuming .* after epoch 1" "$DIR/lost.out" && grep -q "removed .*checkpoint-epoch-002.tmp-1" "$DIR/lost.out" \
+   && [ ! -e "$DIR/lost/.checkpoint-epoch-002.tmp-1" ] && [ "$(readlink "$DIR/lost/last")" = checkpoint-epoch-002 ]; then
+  pass "resume without the last link continues from the newest complete checkpoint; leftovers removed"
+else fail "resume without the last link"; cat "$DIR/lost.out" "$DIR/lost.err"; fi
+
+# Unreadable files in every split are counted in the end-of-run summary (one in Training, one in Testing).
+cp -r "$DIR/whole/synthetic-data" "$DIR/corrupt-data"
+printf 'not a png' >"$DIR/corrupt-data/Training/disc/zz_bad.png"
+printf 'not a png' >"$DIR/corrupt-data/Testing/disc/zz_bad.png"
+"$BIN" train --recipe cpu --data "$DIR/corrupt-data" --image-size 32 --epochs 1 --batch-size 64 --no-progress \
+  --out "$DIR/corrupt" >"$DIR/corrupt.log" 2>&1
+if grep -Eq "^unreadable files skipped: train (1, validation 0|0, validation 1), Testing 1$" "$DIR/corrupt.log"; then
+  pass "the summary counts unreadable files of Training and Testing"
+else fail "unreadable files in the summary"; tail -5 "$DIR/corrupt.log"; fi
+
 # Errors: one line, exit 1.
 expect_error() {  # NAME WORD -- ARGS...
   local name=$1 word=$2; shift 3
@@ -123,6 +162,9 @@ expect_error "zero epochs" "--epochs" -- train --synthetic --epochs 0 --out "$DI
 expect_error "bad schedule" "--schedule" -- train --synthetic --schedule steep --out "$DIR/x"
 expect_error "bad warmup" "--warmup" -- train --recipe cpu --synthetic --warmup 3weeks --out "$DIR/x" --epochs 1 --max-train-samples 8
 expect_error "resume without a checkpoint" "no checkpoint to resume" -- train --resume "$DIR/x"
+expect_error "resume of a missing folder says so" "the folder does not exist" -- train --resume "$DIR/nowhere"
+mkdir -p "$DIR/no-epoch"
+expect_error "resume of a run with no checkpoint" "stopped before its first epoch ended" -- train --resume "$DIR/no-epoch"
 expect_error "resume cannot change options" "--lr" -- train --resume "$DIR/whole" --lr 0.1
 expect_error "a new run does not overwrite an old one" "already holds a run" -- train --synthetic --out "$DIR/whole"
 # A run directory in use (its lock held, here by flock(1) for a few seconds) refuses a second run or resume.
@@ -138,6 +180,12 @@ fi
 if "$BIN" --version | grep -q '^CUDA: built, device'; then echo "skip: --device cuda error (a GPU is present)"
 else expect_error "--device cuda without a GPU says why" "--device cuda" -- train --synthetic --device cuda --out "$DIR/x"; fi
 expect_error "eval of a missing checkpoint" "nowhere" -- eval --checkpoint "$DIR/nowhere" --data "$DIR/whole/synthetic-data"
+expect_error "eval refuses a class folder the model lacks" "zebra" -- eval --checkpoint "$DIR/whole" --data "$PART"
+EDGE=(train --recipe cpu --synthetic --image-size 32 --epochs 1 --no-progress --out "$DIR/edge")
+expect_error "a warmup longer than the run" "--warmup '1e30ep'" -- "${EDGE[@]}" --warmup 1e30ep
+expect_error "no step per epoch" "--max-train-samples 1" -- "${EDGE[@]}" --max-train-samples 1
+expect_error "a negative drop path" "--drop-path must be a rate in [0, 1)" -- "${EDGE[@]}" --drop-path -0.5
+expect_error "a negative seed" "--seed must be >= 0" -- "${EDGE[@]}" --seed -1
 
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]

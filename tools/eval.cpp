@@ -37,18 +37,17 @@ void run_eval(const EvalCli& o) {
   const fs::path split_root = o.split.empty() ? fs::path(o.data) : fs::path(o.data) / o.split;
   if (!fs::is_directory(split_root))
     throw std::runtime_error("eval: " + split_root.string() + " is not a folder (--data ROOT --split NAME)");
-  // Labels: the model's id2label when the folders are exactly those classes (any order on disk), else the
-  // sorted folder order (a checkpoint with generic LABEL_i names, or a kept 1000-class head).
+  // Labels by name: each class folder is looked up in the model's id2label, so a split missing a class
+  // keeps every other class's label (format_eval then says "no images of class X").
   const std::vector<std::string> names = std::visit([](const auto& c) { return c.id2label; }, model->config());
-  DatasetSplit split = scan_folder(split_root.string());
-  if (std::is_permutation(split.classes.begin(), split.classes.end(), names.begin(), names.end())) {
-    split = scan_folder(split_root.string(), names);
-  } else if (int64_t(split.classes.size()) > model->num_labels()) {
-    throw std::runtime_error("eval: " + split_root.string() + " has " + std::to_string(split.classes.size()) +
-                             " class folders but the model " + std::to_string(model->num_labels()) + " outputs");
-  } else {
-    std::cerr << "note: the model's labels are not these folder names; label i = the i-th folder in sorted order\n";
-  }
+  const DatasetSplit split = scan_by_name(split_root.string(), names, "the model in " + dir);
+  // A kept ImageNet head's outputs past the data's classes carry transformers' placeholder names (LABEL_i):
+  // counted under "(other)" rather than listed one by one.
+  int64_t used = 0;
+  for (const Sample& s : split.samples) used = std::max(used, s.label + 1);
+  std::vector<std::string> classes = names;
+  while (int64_t(classes.size()) > used && classes.back() == "LABEL_" + std::to_string(classes.size() - 1))
+    classes.pop_back();
 
   // The novel list: --novel, else the one a training run wrote beside its checkpoints, else the audit's.
   std::string novel_path = o.novel;
@@ -71,7 +70,7 @@ void run_eval(const EvalCli& o) {
   eo.tta_hflip = o.tta;
   if (const fs::path run_json = fs::path(dir).parent_path() / "run.json"; !o.tta && fs::exists(run_json))
     eo.tta_hflip = read_json(run_json.string()).at("options").value("tta", false);
-  train::EvalResult r = train::evaluate(*model, split.samples, split.classes, processor, eo);
+  train::EvalResult r = train::evaluate(*model, split.samples, classes, processor, eo);
   if (o.json) {
     std::cout << train::eval_to_json(r, o.split, dir, novel ? novel_path : "").dump(2) << "\n";
     return;

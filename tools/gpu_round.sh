@@ -10,9 +10,9 @@
 #            --jobs N          build/ctest parallelism (default: all cores; a dry run: 2)
 #
 # Carrying: the GPU machine has nvcc, CMake, ninja, PyTorch, transformers and timm, but neither the Debian
-# libraries (stb, doctest, Google Benchmark, nlohmann-json, CLI11) nor ../shared. Stage both here first and
-# carry them (git-ignored) with the working tree, 64 MiB in all:
-#   bash ../shared/gpu/stage-deps.sh                                   # writes .deps
+# libraries (stb, libjpeg-turbo, doctest, Google Benchmark, nlohmann-json, CLI11) nor ../shared. Stage both
+# here first and carry them (git-ignored) with the working tree, 64 MiB in all:
+#   bash ../shared/gpu/stage-deps.sh && bash tools/stage_jpeg.sh       # writes .deps (libjpeg: +0.7 MB)
 #   mkdir -p .data && cp -r ../shared/datasets/brain-tumor-mri .data/    # the training data
 #   run(command="bash tools/gpu_round.sh", carry=[".deps", ".data"], timeout_s=600)
 # Measured here (2026-11-29): .deps 5.3 MB + .data 38.4 MB + the tree 3.0 MB = 46.7 MB (44.5 MiB) of 64 MiB.
@@ -79,6 +79,7 @@ cuda_models        any     20   150   test_cuda_models: transformers fixtures th
 cuda_tests         any     30   180   the other CUDA test programs (test_cuda*, test_kernel_math)
 ctest              any     30   150   ctest, without the programs this round already ran
 bench              any     60   200   bench_* programs, Google Benchmark JSON each
+model_bench        any     40   120   tessera bench: whole-model step, MFU, memory, per-op/per-layer profile + trace
 pytorch_kernels    gpu     40   120   PyTorch baselines: attention, layer norm, conv, AdamW
 train_cvt13        any     45   110   CvT-13 from scratch, short: loss must fall; img/s, MFU, peak memory
 train_vit_b16      any     45   110   ViT-B/16 from scratch, short: the same
@@ -519,6 +520,8 @@ torch.backends.cudnn.version(), "transformers", transformers.__version__)' 2>&1 
   [ $have_gpu = 1 ] && timeout 30 nvidia-smi -q > "$OUT/nvidia-smi-q.txt" 2>&1
   RC=0
   [ -d .deps/usr/include ] || { RC=1; WHY="no .deps: run bash ../shared/gpu/stage-deps.sh here and carry .deps"; }
+  [ -f .deps/usr/include/jpeglib.h ] || [ -f /usr/include/jpeglib.h ] || \
+    WHY="${WHY:+$WHY; }no libjpeg headers: run bash tools/stage_jpeg.sh after stage-deps.sh and carry .deps"
   [ $dry = 0 ] && [ $have_gpu = 0 ] && WHY="${WHY:+$WHY; }NO GPU FOUND (nvidia-smi -L failed): GPU steps skip"
 }
 
@@ -541,6 +544,10 @@ fi
 
 step_configure() {
   LOG=$LOGS/configure.log
+  # stage-deps.sh starts .deps without libjpeg-turbo: add it where this machine has the packages.
+  if [ -d .deps/usr ] && [ ! -f .deps/usr/include/jpeglib.h ] && dpkg -s libjpeg62-turbo-dev > /dev/null 2>&1; then
+    run_logged 60 "$LOG" bash tools/stage_jpeg.sh
+  fi
   run_logged "$LIMIT" "$LOG" cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTESSERA_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" -DCMAKE_PREFIX_PATH="$deps" "${cudnn_args[@]}"
   RC=$?
@@ -627,6 +634,34 @@ step_bench() {
     st=$(status_of $rc)
     [ $st = timeout ] && why="timed out after $((SECONDS - t0)) s: the log holds the benchmarks that finished"
     record "bench:$name" "$st" "$why" $((SECONDS - t0)) $rc "$log" bench "$json"
+  done
+}
+
+# tessera bench on whole models: the step's median, MFU and peak memory (JSON), then where its time goes
+# (--profile: every backend call timed, by op family and layer; --trace: a Perfetto file). Without a GPU,
+# cvt-tiny at 32 px on the CPU, to test the step itself.
+MODEL_BENCH_GPU=("train cvt-13 32 224" "train vit-b16 32 224" "infer cvt-13 64 224" "infer vit-b16 64 224")
+MODEL_BENCH_CPU=("train cvt-tiny 4 32" "infer cvt-tiny 4 32")
+step_model_bench() {
+  local end=$((SECONDS + LIMIT)) row mode model batch size dev
+  local why; why=$(missing_why tessera)
+  [ -n "$why" ] && { ST=fail WHY=$why RC=1; return; }
+  local rows=("${MODEL_BENCH_CPU[@]}") steps=(--steps 3 --warmup 1); dev=(--device cpu)
+  [ $have_gpu = 1 ] && { rows=("${MODEL_BENCH_GPU[@]}"); dev=(--device cuda --precision bf16); steps=(--steps 20 --warmup 5); }
+  for row in "${rows[@]}"; do
+    read -r mode model batch size <<<"$row"
+    local name=bench:tessera_${mode}_$model left=$((end - SECONDS)) t0=$SECONDS
+    local base=$OUT/bench/tessera_${mode}_${model} log=$LOGS/bench.tessera_${mode}_${model}.log
+    if [ $left -lt 10 ]; then record "$name" skipped "out of time" 0 - ""; continue; fi
+    : > "$log"
+    run_logged "$left" "$log" "$BUILD/bin/tessera" bench "$mode" --model "$model" --batch "$batch" \
+      --image-size "$size" "${dev[@]}" "${steps[@]}" --json
+    local rc=$?
+    grep '^{' "$log" > "$base.json"   # the JSON line; the log keeps any warning beside it
+    [ $rc -eq 0 ] && { run_logged $((end - SECONDS > 10 ? end - SECONDS : 10)) "$log" "$BUILD/bin/tessera" bench \
+      "$mode" --model "$model" --batch "$batch" --image-size "$size" "${dev[@]}" --steps 2 --warmup 1 --profile \
+      --trace "$base.trace.json"; rc=$?; }
+    record "$name" "$(status_of $rc)" "" $((SECONDS - t0)) $rc "$log" "" "$base.json"
   done
 }
 

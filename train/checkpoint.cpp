@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 
@@ -75,6 +76,16 @@ bool is_checkpoint_dir(const fs::path& p) {
   return fs::is_regular_file(p / "model.safetensors", ec) && fs::is_regular_file(p / "config.json", ec);
 }
 
+// Every file save_checkpoint writes whatever the options (raw_model.safetensors only with --ema), so a
+// folder holding them all is one a resume can continue from.
+bool is_complete_checkpoint(const fs::path& p) {
+  std::error_code ec;
+  for (const char* f : {"config.json", "model.safetensors", "optimizer.safetensors", "preprocessor_config.json",
+                        "trainer_state.json"})
+    if (!fs::is_regular_file(p / f, ec)) return false;
+  return true;
+}
+
 }  // namespace
 
 std::string save_checkpoint(const std::string& run_dir, const models::Model& model, const AdamW& optimizer,
@@ -86,18 +97,25 @@ std::string save_checkpoint(const std::string& run_dir, const models::Model& mod
   const fs::path tmp = root / (std::string(".") + name + ".tmp-" + std::to_string(::getpid()));
   std::error_code ec;
   fs::remove_all(tmp, ec);
-  models::save_model(model, tmp.string());  // config.json + model.safetensors, each fsynced
-  if (ema) {
-    fs::rename(tmp / "model.safetensors", tmp / "raw_model.safetensors", ec);
-    if (ec) throw FileError((tmp / "raw_model.safetensors").string() + ": cannot rename: " + ec.message());
-    ema->save((tmp / "model.safetensors").string());
+  try {
+    models::save_model(model, tmp.string());  // config.json + model.safetensors, each fsynced
+    if (ema) {
+      fs::rename(tmp / "model.safetensors", tmp / "raw_model.safetensors", ec);
+      if (ec) throw FileError((tmp / "raw_model.safetensors").string() + ": cannot rename: " + ec.message());
+      ema->save((tmp / "model.safetensors").string());
+    }
+    save_optimizer(optimizer, (tmp / "optimizer.safetensors").string());
+    write_file_atomic((tmp / "preprocessor_config.json").string(), processor_to_json(processor).dump(2) + "\n");
+    write_file_atomic((tmp / "trainer_state.json").string(), state_to_json(state).dump(2) + "\n");
+    fs::remove_all(final_dir, ec);  // a stale copy of this epoch from a run killed after writing it
+    fs::rename(tmp, final_dir, ec);
+    if (ec) throw FileError(final_dir.string() + ": cannot move the checkpoint into place: " + ec.message());
+  } catch (...) {
+    // A checkpoint that failed half-way is never resumed from: leave no part of it (a full disk keeps
+    // its space).
+    fs::remove_all(tmp, ec);
+    throw;
   }
-  save_optimizer(optimizer, (tmp / "optimizer.safetensors").string());
-  write_file_atomic((tmp / "preprocessor_config.json").string(), processor_to_json(processor).dump(2) + "\n");
-  write_file_atomic((tmp / "trainer_state.json").string(), state_to_json(state).dump(2) + "\n");
-  fs::remove_all(final_dir, ec);  // a stale copy of this epoch from a run killed after writing it
-  fs::rename(tmp, final_dir, ec);
-  if (ec) throw FileError(final_dir.string() + ": cannot move the checkpoint into place: " + ec.message());
   fsync_dir(root);
 
   point_link(root, "last", name);
@@ -126,12 +144,39 @@ std::string resolve_checkpoint(const std::string& path) {
                            "directory with a best or last checkpoint");
 }
 
-std::string last_checkpoint(const std::string& run_dir) {
+std::string last_checkpoint(const std::string& run_dir, std::ostream& notes) {
+  std::error_code ec;
+  if (!fs::is_directory(run_dir, ec))
+    throw std::runtime_error(run_dir + ": no checkpoint to resume from: the folder does not exist (--resume names "
+                             "a run directory)");
   const fs::path p = fs::path(run_dir) / "last";
-  if (!is_checkpoint_dir(p))
-    throw std::runtime_error(run_dir + ": no checkpoint to resume from (" + p.string() +
-                             " is missing: the run was stopped before its first epoch ended)");
-  return p.string();
+  if (is_complete_checkpoint(p)) return p.string();
+  // The link can be lost (removed by hand, a copy that dropped links) while the checkpoints are intact:
+  // continue from the newest complete one. Names are zero-padded, so the greatest name is the newest.
+  std::string newest;
+  for (const auto& entry : fs::directory_iterator(run_dir, ec)) {
+    const std::string n = entry.path().filename().string();
+    if (n.rfind("checkpoint-epoch-", 0) == 0 && n > newest && is_complete_checkpoint(entry.path())) newest = n;
+  }
+  if (newest.empty())
+    throw std::runtime_error(run_dir + ": no checkpoint to resume from (" + p.string() + " is missing and no " +
+                             "complete checkpoint-epoch-NNN exists: the run was stopped before its first epoch ended)");
+  notes << "note: " << p.string() << " is missing or incomplete; resuming from " << newest
+        << ", the newest complete checkpoint\n";
+  return (fs::path(run_dir) / newest).string();
+}
+
+std::vector<std::string> remove_temporaries(const std::string& run_dir) {
+  std::vector<std::string> removed;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(run_dir, ec)) {
+    const std::string n = entry.path().filename().string();
+    if (n.find(".tmp-") == std::string::npos) continue;
+    fs::remove_all(entry.path(), ec);
+    if (!ec) removed.push_back(n);
+  }
+  std::sort(removed.begin(), removed.end());
+  return removed;
 }
 
 ProcessorConfig checkpoint_processor(const std::string& checkpoint_dir, const models::ModelConfig& config) {

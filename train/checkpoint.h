@@ -1,7 +1,9 @@
 // Training checkpoints on disk (the layout is described in train/trainer.h).
 #pragma once
 #include <cstdint>
+#include <iostream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -45,8 +47,16 @@ ProcessorConfig checkpoint_processor(const std::string& checkpoint_dir, const mo
 // A checkpoint folder from what a user passes: a run directory (its best checkpoint, else its last) or a
 // checkpoint directory itself (one holding model.safetensors). Throws naming the path when it is neither.
 std::string resolve_checkpoint(const std::string& path);
-// A run directory's last checkpoint (for --resume); throws naming run_dir when it has none.
-std::string last_checkpoint(const std::string& run_dir);
+// The checkpoint --resume continues from: run_dir/last, or when that link is gone (or its folder
+// incomplete), the newest complete checkpoint-epoch-NNN (every file save_checkpoint writes present), with a
+// note on `notes` saying so. Throws naming run_dir when it does not exist, or when it holds no complete
+// checkpoint (the run stopped before its first epoch ended).
+std::string last_checkpoint(const std::string& run_dir, std::ostream& notes = std::cerr);
+
+// Removes what a killed process left half-written in run_dir: save_checkpoint's temporary folders and
+// links, and write_file_atomic's temporary files (every name holding ".tmp-"). Only for a run directory
+// whose lock is held, so that no live writer owns them. Returns the names removed.
+std::vector<std::string> remove_temporaries(const std::string& run_dir);
 
 TrainerState load_trainer_state(const std::string& checkpoint_dir);
 

@@ -29,6 +29,7 @@ EvalResult evaluate(models::Model& model, const std::vector<Sample>& samples,
   lc.batch_size = options.batch_size;
   lc.shuffle = false;
   lc.num_workers = options.workers;
+  lc.image_limits = options.image_limits;
   lc.prepare = options.prepare;
   DataLoader loader(samples, outputs, lc);
   loader.start_epoch(0);
@@ -156,6 +157,10 @@ std::string format_eval(const EvalResult& r, const std::string& split) {
     s << line;
   }
   s << "\n";
+  // A class without images (its folder missing from the split) still has its row, keyed by the model's
+  // classes; say why it is empty rather than let a row of zeros pass for a result.
+  for (size_t c = 0; c < r.classes.size() && c < r.report.per_class.size(); ++c)
+    if (r.report.per_class[c].support == 0 && r.classes[c] != "(other)") s << "no images of class " << r.classes[c] << "\n";
   if (r.novel_total && *r.novel_total) {
     s << "novel-subset recall:";
     for (size_t c = 0; c < r.novel_recall_support.size(); ++c) {

@@ -38,6 +38,7 @@ struct EvalResult {
 struct EvalOptions {
   int64_t batch_size = 64;
   int workers = 0;
+  ImageLimits image_limits;  // LoaderConfig::image_limits
   Device device = Device::CPU;
   const std::set<std::string>* novel = nullptr;  // paths relative to the data root ('/'-separated)
   std::string root;                              // the data root the novel paths are relative to

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <limits>
 #include <stdexcept>
 #include <type_traits>
 
@@ -39,7 +41,7 @@ std::string parse_text(std::string_view text, Warmup& out) {
     size_t used = 0;
     if (s.size() > 2 && s.compare(s.size() - 2, 2, "ep") == 0) {
       const double epochs = std::stod(s.substr(0, s.size() - 2), &used);
-      if (used == s.size() - 2 && epochs >= 0) return out = {Warmup::Unit::Epochs, epochs}, "";
+      if (used == s.size() - 2 && std::isfinite(epochs) && epochs >= 0) return out = {Warmup::Unit::Epochs, epochs}, "";
     } else if (s.find('.') != std::string::npos) {
       const double f = std::stod(s, &used);
       if (used == s.size() && f >= 0 && f <= 1) return out = {Warmup::Unit::Fraction, f}, "";
@@ -74,6 +76,18 @@ std::string parse_text(std::string_view text, SplitKind& out) {
   return "must be grouped or random, not '" + std::string(text) + "'";
 }
 
+std::string parse_text(std::string_view text, DropPath& out) {
+  if (text.empty()) return out.rate.reset(), "";
+  const std::string s(text);
+  try {
+    size_t used = 0;
+    const double v = std::stod(s, &used);
+    if (used == s.size() && v >= 0 && v < 1) return out.rate = v, "";
+  } catch (const std::exception&) {  // stod: no number at all
+  }
+  return "must be a rate in [0, 1), not '" + s + "'";
+}
+
 namespace detail {
 std::string finite_positive(const double& v, const TrainOptions&) {
   return std::isfinite(v) && v > 0 ? "" : "must be a positive number";
@@ -106,7 +120,7 @@ TrainOptions recipe_options(const std::string& name) {
     o.warmup = "3ep";
     o.label_smoothing = 0.1;
     o.clip_grad = 1.0;
-    o.drop_path = 0.1;
+    o.drop_path = "0.1";
     o.crop_scale_min = 0.35;
     o.p_vflip = 0;
     // What the CPU screening (README, the cpu recipe's table) showed, carried over untested at this size:
@@ -137,7 +151,7 @@ TrainOptions recipe_options(const std::string& name) {
     o.epochs = 30;
     o.lr = 1e-3;
     o.warmup = "1ep";
-    o.drop_path = 0.0;
+    o.drop_path = "0";
     o.crop_scale_min = 0.6;  // 0.6 (0.730) beat 0.35 (0.674), 0.8 without smoothing (0.686), lr 2e-3 (0.592)
     o.ema = 0;
     o.eval_batch_size = 64;
@@ -167,6 +181,12 @@ TrainOptions options_from_json(const json& j, const std::string& source) {
     if (!opt.in_run_json) return;
     if (!j.contains(opt.name)) throw std::runtime_error(source + ": options lack '" + opt.name + "'");
     try {
+      // An integer option (the seed, counts) from a fraction would be truncated without a word.
+      using V = std::decay_t<decltype(o.*opt.member)>;
+      if constexpr (std::is_integral_v<V> && !std::is_same_v<V, bool>)
+        if (!j.at(opt.name).is_number_integer())
+          throw std::runtime_error(source + ": option '" + std::string(opt.name) + "' must be an integer, not " +
+                                   j.at(opt.name).dump());
       j.at(opt.name).get_to(o.*opt.member);
     } catch (const json::exception& e) {
       throw std::runtime_error(source + ": option '" + std::string(opt.name) + "': " + e.what());
@@ -192,6 +212,32 @@ void validate(const TrainOptions& o) {
     if (!problem.empty()) msg += (msg.empty() ? "train: " : "; ") + opt.label() + " " + problem;
   });
   if (!msg.empty()) throw std::invalid_argument(msg);
+}
+
+void validate_schedule(const TrainOptions& o, int64_t steps_per_epoch, int64_t train_images) {
+  const std::string prefix = "train: ";
+  if (steps_per_epoch < 1)
+    throw std::invalid_argument(
+        prefix + std::to_string(train_images) + " training image(s)" +
+        (o.max_train_samples > 0 ? " (--max-train-samples " + std::to_string(o.max_train_samples) + ")" : "") +
+        " in batches of " + std::to_string(o.batch_size) +
+        " leave no optimizer step per epoch (a batch-norm model needs 2 images in a batch); train on more images");
+  if (o.epochs > std::numeric_limits<int64_t>::max() / steps_per_epoch)
+    throw std::invalid_argument(prefix + "--epochs " + std::to_string(o.epochs) + " × " +
+                                std::to_string(steps_per_epoch) + " steps per epoch overflows the step count");
+  // In double, so that an absurd warmup ('1e30ep') is compared, never converted to an integer first.
+  const Warmup& w = *o.warmup;
+  const double total = double(steps_per_epoch) * double(o.epochs);
+  const double warmup = w.unit == Warmup::Unit::Steps    ? w.amount
+                        : w.unit == Warmup::Unit::Epochs ? w.amount * double(steps_per_epoch)
+                                                         : w.amount * total;
+  if (!(warmup <= total)) {
+    char text[64];
+    std::snprintf(text, sizeof text, "%.6g", warmup);
+    throw std::invalid_argument(prefix + "--warmup '" + o.warmup.text() + "' is " + text + " steps, longer than the run's " +
+                                std::to_string(int64_t(total)) + " (" + std::to_string(o.epochs) + " epochs × " +
+                                std::to_string(steps_per_epoch) + " steps)");
+  }
 }
 
 TrainOptions resume_options(const TrainOptions& stored, const TrainOptions& invocation) {

@@ -7,6 +7,7 @@
 // the text is parsed once, where it is read, and the rest of the code compares enums, never strings.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -14,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/image.h"
 #include "train/schedule.h"
 
 namespace tessera::train {
@@ -34,6 +36,12 @@ struct Warmup {
   bool operator==(const Warmup&) const = default;
 };
 
+// --drop-path: the last CvT stage's rate in [0, 1), or "" (no value) to keep the model config's. Text, so
+// that "not given" is no number a user could type (a negative rate is refused, not read as "keep").
+struct DropPath {
+  std::optional<double> rate;
+};
+
 // Each parses `text` into `out` and returns "" or the problem, worded to follow the option's name
 // ("--precision must be fp32 or bf16, not 'fp8'").
 std::string parse_text(std::string_view text, Precision& out);
@@ -41,6 +49,7 @@ std::string parse_text(std::string_view text, DeviceChoice& out);
 std::string parse_text(std::string_view text, LrSchedule::Kind& out);
 std::string parse_text(std::string_view text, Warmup& out);
 std::string parse_text(std::string_view text, SplitKind& out);
+std::string parse_text(std::string_view text, DropPath& out);
 
 // A value given as text (command line, recipe, run.json) and parsed there. Text that does not parse is
 // kept with its problem rather than thrown at once, so that validate() names it beside every other bad
@@ -80,7 +89,7 @@ struct TrainOptions {
   std::string config;            // a Hugging Face config.json
   std::string weights;           // initial weights (model.safetensors or checkpoint dir); empty: from scratch
   bool keep_imagenet_head = false;  // the study's mistake: train the checkpoint's own (1000-class) head
-  double drop_path = -1;            // CvT: the last stage's drop-path rate; < 0 keeps the config's
+  Parsed<DropPath> drop_path = "";  // CvT: the last stage's drop-path rate; "" keeps the config's
   int channels = 3;                 // input planes: 3 (RGB) or 1 (luma; the MRI images are grayscale)
   // ---- data
   std::string data;              // ROOT/Training + ROOT/Testing, or ROOT/<class> (no test split)
@@ -96,6 +105,7 @@ struct TrainOptions {
   bool study_pipeline = false;   // resize to image_size² before augmenting and the processor on top (study)
   int64_t max_train_samples = 0; // > 0: a stratified subset of the training split (quick runs)
   int workers = 0;               // loader threads; 0: all cores
+  int64_t max_image_pixels = ImageLimits::kDefaultMaxPixels;  // larger images are skipped, not decoded
   // ---- optimisation
   int64_t epochs = 10, batch_size = 16, eval_batch_size = 64;
   double lr = 2e-5, weight_decay = 0.01, label_smoothing = 0, clip_grad = 1.0;
@@ -104,7 +114,7 @@ struct TrainOptions {
   bool tta = false;              // evaluation averages the image's and its mirror image's probabilities
   Parsed<LrSchedule::Kind> schedule = "linear";  // constant | linear | cosine
   Parsed<Warmup> warmup = "0";
-  uint64_t seed = 42;
+  int64_t seed = 42;  // signed, so that -1 is refused rather than wrapped to 2^64-1
   // ---- running
   Parsed<DeviceChoice> device = "";         // cuda | cpu | "" (auto)
   Parsed<Precision> precision = "fp32";     // fp32 | bf16
@@ -154,6 +164,12 @@ TrainOptions options_from_json(const nlohmann::json& j, const std::string& sourc
 // Checks every option (ranges, names, combinations); throws one std::invalid_argument naming each problem.
 void validate(const TrainOptions& o);
 
+// The run's length, once the data gives its steps per epoch: throws one std::invalid_argument naming the
+// option when the run would have no optimizer step per epoch (e.g. --max-train-samples 1: one image, and
+// batch norm cannot use a batch of one), more steps than an int64 holds (--epochs), or a warmup longer than
+// the whole run (--warmup '1e30ep', '500' steps of a 100-step run).
+void validate_schedule(const TrainOptions& o, int64_t steps_per_epoch, int64_t train_images);
+
 // A resumed run: the run's own options (`stored`), with what `invocation` gives (a value other than the
 // option's default) for the options --resume may change; out is the run directory being resumed.
 TrainOptions resume_options(const TrainOptions& stored, const TrainOptions& invocation);
@@ -189,8 +205,9 @@ void for_each_option(F&& f) {
                  [](const bool& keep, const O& o) -> std::string {
                    return keep && o.weights.empty() ? "needs --weights (a checkpoint whose head to keep)" : "";
                  }});
-  f(Option<double>{"drop_path", "--drop-path", "CvT: the last stage's drop-path rate", &O::drop_path,
-                   [](const double& v, const O&) -> std::string { return v < 1 ? "" : "must be < 1"; }});
+  f(Option<Parsed<DropPath>>{"drop_path", "--drop-path",
+                             "CvT: the last stage's drop-path rate in [0, 1) (default: the model config's)",
+                             &O::drop_path});
   f(Option<int>{"channels", "--channels", "Input planes: 3 (RGB) or 1 (luma, for grayscale images)", &O::channels,
                 [](const int& v, const O& o) -> std::string {
                   if (v != 1 && v != 3) return "must be 1 or 3";
@@ -240,6 +257,10 @@ void for_each_option(F&& f) {
                     &O::max_train_samples, non_negative<int64_t>});
   f(Option<int>{.name = "workers", .flags = "--workers", .help = "Loader threads (0: all cores)",
                 .member = &O::workers, .problem = non_negative<int>, .resume_may_change = true});
+  f(Option<int64_t>{.name = "max_image_pixels", .flags = "--max-image-pixels",
+                    .help = "Skip (with a warning) images whose header declares more pixels than this, "
+                            "before decoding them (default: 89478485, Pillow's decompression-bomb limit)",
+                    .member = &O::max_image_pixels, .problem = at_least_1<int64_t>, .resume_may_change = true});
   // ---- optimisation
   f(Option<int64_t>{"epochs", "--epochs", "Epochs", &O::epochs, at_least_1<int64_t>});
   f(Option<int64_t>{"batch_size", "--batch-size", "Images per optimizer step", &O::batch_size, at_least_1<int64_t>});
@@ -259,7 +280,8 @@ void for_each_option(F&& f) {
                  &O::tta});
   f(Option<Parsed<LrSchedule::Kind>>{"schedule", "--schedule", "constant, linear or cosine", &O::schedule});
   f(Option<Parsed<Warmup>>{"warmup", "--warmup", "Warmup: steps (500), a fraction (0.05) or epochs (2ep)", &O::warmup});
-  f(Option<uint64_t>{"seed", "--seed", "Seed of the split, init, order, augmentation, drop path", &O::seed});
+  f(Option<int64_t>{"seed", "--seed", "Seed of the split, init, order, augmentation, drop path", &O::seed,
+                    non_negative<int64_t>});
   // ---- running
   f(Option<Parsed<DeviceChoice>>{.name = "device", .flags = "--device",
                                  .help = "cuda or cpu (default: cuda when present and verified)",

@@ -196,7 +196,7 @@ std::unique_ptr<models::Model> build_model(const TrainOptions& o, const std::vec
   if (!o.config.empty()) config = models::load_config(o.config);
   else if (!o.weights.empty() && fs::is_directory(o.weights)) config = models::load_config((fs::path(o.weights) / "config.json").string());
   else config = models::preset_config(o.model);
-  if (auto* cvt = std::get_if<models::CvtConfig>(&config); cvt && o.drop_path >= 0) cvt->drop_path_rate.back() = o.drop_path;
+  if (auto* cvt = std::get_if<models::CvtConfig>(&config); cvt && (*o.drop_path).rate) cvt->drop_path_rate.back() = *(*o.drop_path).rate;
   if (auto* vit = std::get_if<models::VitConfig>(&config)) vit->image_size = o.image_size;
   if (o.weights.empty()) std::visit([&](auto& m) { m.num_channels = o.channels; }, config);
 
@@ -209,8 +209,12 @@ std::unique_ptr<models::Model> build_model(const TrainOptions& o, const std::vec
     // The checkpoint's head as it is: its row count decides the label count; the data's classes are
     // labels 0..C-1 inside it (the study's mistake).
     SafetensorsFile w(weights_file);
-    if (w.contains("classifier.weight"))
-      models::set_labels(config, models::default_labels(w.info("classifier.weight").shape.at(0)));
+    if (w.contains("classifier.weight")) {
+      // The data's classes name their rows, so that evaluation (tessera eval) finds them by name.
+      std::vector<std::string> labels = models::default_labels(w.info("classifier.weight").shape.at(0));
+      for (size_t i = 0; i < classes.size() && i < labels.size(); ++i) labels[i] = classes[i];
+      models::set_labels(config, labels);
+    }
   } else {
     load.num_classes = int64_t(classes.size());
     load.head_seed = o.seed;
@@ -341,6 +345,7 @@ struct Run {
   MixConfig mix;                            // mixup / CutMix (off unless an alpha is given)
   std::unique_ptr<WeightEma> ema;           // --ema: the weights' moving average
   std::unique_ptr<models::Model> ema_model;  // the model the average is evaluated and saved in
+  int64_t val_skipped = 0;                   // unreadable validation files (the last evaluation's count)
 };
 
 // The checkpoint a resumed run continues from, and its state.
@@ -394,6 +399,7 @@ std::unique_ptr<DataLoader> make_train_loader(const Run& r, std::ostream& log) {
   cfg.shuffle = true;
   cfg.seed = o.seed;
   cfg.num_workers = o.workers;
+  cfg.image_limits.max_pixels = o.max_image_pixels;
   cfg.cache_decoded = true;  // the set is small (≈0.6 GB decoded); decoding once saves a core-second per 400 images
   return std::make_unique<DataLoader>(std::move(samples), r.model->num_labels(), cfg);
 }
@@ -430,6 +436,9 @@ void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::stri
                              ", or choose another --out (or remove it)");
   fs::create_directories(o.out);
   r.lock = RunLock(o.out);
+  // With the lock held no other process writes here: temporaries are a killed run's leftovers.
+  for (const std::string& name : remove_temporaries(o.out))
+    log << "note: removed " << (fs::path(o.out) / name).string() << ", left half-written by a run that was killed\n";
   if (o.synthetic) {
     if (o.data.empty()) o.data = (fs::path(o.out) / "synthetic-data").string();
     make_synthetic_dataset(o.data, o.seed);
@@ -448,6 +457,7 @@ void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::stri
   ao.weight_decay = o.weight_decay;
   r.optimizer = std::make_unique<AdamW>(study::param_groups(*r.model, o.weight_decay), ao);
   const int64_t steps_per_epoch = r.loader->batches_per_epoch();
+  validate_schedule(o, steps_per_epoch, int64_t(r.data.train.size()));
   r.schedule.kind = *o.schedule;
   r.schedule.base_lr = o.lr;
   r.schedule.total_steps = steps_per_epoch * o.epochs;
@@ -493,6 +503,7 @@ EvalResult evaluate_split(const Run& r, models::Model& model, const std::vector<
   EvalOptions e;
   e.batch_size = r.o.eval_batch_size;
   e.workers = r.o.workers;
+  e.image_limits.max_pixels = r.o.max_image_pixels;
   e.device = r.device;
   e.novel = novel;
   e.root = r.data.root;
@@ -641,6 +652,7 @@ void end_epoch(Run& r, int64_t epoch, const EpochTotals& t, Clock::time_point ep
   }
   models::Model& judged = r.ema ? *r.ema_model : *r.model;
   EvalResult val = evaluate_split(r, judged, r.data.val, &r.data.val_novel);
+  r.val_skipped = val.skipped;
   const double brightened_accuracy =
       evaluate_split(r, judged, r.data.val, nullptr, [](Image& im) { im = adjust_brightness(im, kScannerCheckBrightness); })
           .report.accuracy;
@@ -693,6 +705,7 @@ std::string write_novel_list(const Run& r) {
 
 // The final evaluation: the best checkpoint on Testing (when the data has it), then the report.
 void final_evaluation(const Run& r, TrainSummary& summary, std::ostream& log) {
+  int64_t test_skipped = 0;
   if (!r.data.test.empty()) {
     const std::string best_dir = (fs::path(r.o.out) / "best").string();
     auto best = models::load_model(best_dir);
@@ -706,7 +719,13 @@ void final_evaluation(const Run& r, TrainSummary& summary, std::ostream& log) {
         << format_eval(test, "Testing");
     summary.test_accuracy = test.report.accuracy;
     if (test.novel_total && *test.novel_total) summary.novel_accuracy = double(*test.novel_correct) / double(*test.novel_total);
+    test_skipped = test.skipped;
   }
+  // Every split's unreadable files, so that none is left out of the numbers without a word (the train
+  // split's: those this process's epochs met).
+  if (const int64_t train_skipped = r.loader->skipped(); train_skipped + r.val_skipped + test_skipped > 0)
+    log << "unreadable files skipped: train " << train_skipped << ", validation " << r.val_skipped << ", Testing "
+        << test_skipped << "\n";
   write_report(r.o.out);
 }
 
