@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <set>
 #include <vector>
@@ -339,4 +340,25 @@ TEST_CASE("cpu::exp_neg_half_square stays within one rounding of exp(-x^2/2)") {
   CHECK(tessera::cpu::exp_neg_half_square(0.f) == 1.f);
   CHECK(tessera::cpu::exp_neg_half_square(INFINITY) == 0.f);
   CHECK(std::isnan(tessera::cpu::exp_neg_half_square(NAN)));
+}
+
+TEST_CASE("cpu::exp_to_float stays within one rounding of exp(t), over and under flow included") {
+  // The same bound as exp_neg_half_square's: one rounding of the float result (2^-24 relative, half the
+  // subnormal step 2^-150 near zero) plus the Taylor truncation (≤ 2e-10 relative, 1e-9 allowed).
+  double worst = 0, at = 0;
+  for (int64_t i = -1100000; i <= 900000; ++i) {  // t in [−110, 90], step 1e-4: underflow to 0, overflow
+    const double t = double(i) * 1e-4, ref = std::exp(t);
+    const double got = double(tessera::cpu::exp_to_float(t));
+    if (ref > double(FLT_MAX) * (1 + 0x1p-25)) { REQUIRE(std::isinf(got)); continue; }
+    const double excess = std::fabs(got - ref) / ((0x1p-24 + 1e-9) * ref + 0x1p-150);
+    if (excess > worst) worst = excess, at = t;
+  }
+  INFO("worst error / bound " << worst << " at t = " << at);
+  CHECK(worst <= 1);
+  CHECK(worst > 0);
+  CHECK(tessera::cpu::exp_to_float(0.0) == 1.f);
+  CHECK(tessera::cpu::exp_to_float(-INFINITY) == 0.f);
+  CHECK(tessera::cpu::exp_to_float(-1e300) == 0.f);
+  CHECK(std::isinf(tessera::cpu::exp_to_float(INFINITY)));
+  CHECK(std::isnan(tessera::cpu::exp_to_float(NAN)));
 }

@@ -8,9 +8,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/vector_math.h"
 #include "engine/core/parallel.h"
 
 namespace tessera {
@@ -611,6 +613,74 @@ int64_t attention_chunk(int64_t BH, int64_t Tq, int64_t Tk) {
   return std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(Tq * Tk, 1), 1, std::max<int64_t>(BH, 1));
 }
 
+// Runs `heads(h0, nb, buffers)` over all BH heads. With at least two heads per thread, each thread takes
+// whole heads one at a time, with its own score buffers: a head's [Tq, Tk] scores are made, used and
+// dropped while they sit in the core's cache, and the GEMMs inside (nested, so serial) need no hand-offs.
+// Fewer heads than that (one image, one head): chunks of heads in turn, each GEMM using every thread.
+template <typename Heads>
+void for_heads(int64_t BH, int64_t Tq, int64_t Tk, DType dt, int n_buffers, const Heads& heads) {
+  auto buffers = [&](int64_t nb) {
+    std::vector<Tensor> b;
+    for (int i = 0; i < n_buffers; ++i) b.push_back(Tensor::empty({nb, Tq, Tk}, dt));
+    return b;
+  };
+  if (BH >= 2 * int64_t(num_threads())) {
+    parallel_for(BH, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<Tensor> b = buffers(1);
+      for (int64_t h = b0; h < b1; ++h) heads(h, 1, b);
+    });
+    return;
+  }
+  const int64_t chunk = attention_chunk(BH, Tq, Tk);
+  std::vector<Tensor> b = buffers(chunk);
+  for (int64_t h0 = 0; h0 < BH; h0 += chunk) heads(h0, std::min(chunk, BH - h0), b);
+}
+
+// One row of scores in place: p = exp(s − max) / Σ; returns lse = max + log Σ. Float rows take the
+// vectorised exp and sum in kLanes double lanes (added in a fixed order); double rows use std::exp.
+template <typename T> double softmax_row(T* row, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    float lane_max[16];
+    std::fill(lane_max, lane_max + 16, -std::numeric_limits<float>::infinity());
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+      for (int l = 0; l < 16; ++l) lane_max[l] = row[j + l] > lane_max[l] ? row[j + l] : lane_max[l];
+    float m = -std::numeric_limits<float>::infinity();
+    for (float v : lane_max) m = std::max(m, v);
+    for (; j < n; ++j) m = std::max(m, row[j]);
+    double lane[kLanes] = {};
+    int64_t k = 0;
+    for (; k + kLanes <= n; k += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        row[k + l] = cpu::exp_to_float(double(row[k + l]) - double(m));
+        lane[l] += double(row[k + l]);
+      }
+    for (int64_t l = 0; k + l < n; ++l) {
+      row[k + l] = cpu::exp_to_float(double(row[k + l]) - double(m));
+      lane[l] += double(row[k + l]);
+    }
+    double s = 0;
+    for (double v : lane) s += v;
+    const float inv = float(1.0 / s);
+    for (int64_t i = 0; i < n; ++i) row[i] *= inv;
+    return double(m) + std::log(s);
+  } else {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < n; ++j) m = std::max(m, row[j]);
+    double s = 0;
+    for (int64_t j = 0; j < n; ++j) { row[j] = std::exp(row[j] - m); s += double(row[j]); }
+    const T inv = T(1.0 / s);
+    for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+    return double(m) + std::log(s);
+  }
+}
+
+// exp(x − l) rounded to T, x and l in double: the backward's recomputed probabilities.
+template <typename T> T exp_shifted(double x, double l) {
+  if constexpr (std::is_same_v<T, float>) return cpu::exp_to_float(x - l);
+  else return T(std::exp(x - l));
+}
+
 }  // namespace
 
 void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& out,
@@ -618,32 +688,21 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, do
   visit_float(q.dtype(), "attention", [&](auto tag) {
     using T = decltype(tag);
     const int64_t BH = q.size(0) * q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
-    const int64_t chunk = attention_chunk(BH, Tq, Tk);
     Stat sl(lse, "attention");
-    Tensor S = Tensor::empty({chunk, Tq, Tk}, q.dtype());
-    for (int64_t h0 = 0; h0 < BH; h0 += chunk) {
-      const int64_t nb = std::min(chunk, BH - h0);
+    for_heads(BH, Tq, Tk, q.dtype(), 1, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
+      Tensor& S = buf[0];
       // S = scale · Q Kᵀ
       run_gemm(false, true, nb, Tq, Tk, D, scale, 0.0, window(q, h0 * Tq * D, {nb * Tq * D}), Tq * D,
                window(k, h0 * Tk * D, {nb * Tk * D}), Tk * D, S, Tq * Tk);
       // P = exp(S − lse) row by row, lse = max + log Σ exp(S − max)
       T* ps = S.data<T>();
       parallel_for(nb * Tq, row_grain(Tk), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          T* row = ps + r * Tk;
-          T m = -std::numeric_limits<T>::infinity();
-          for (int64_t j = 0; j < Tk; ++j) m = std::max(m, row[j]);
-          double s = 0;
-          for (int64_t j = 0; j < Tk; ++j) { row[j] = std::exp(row[j] - m); s += double(row[j]); }
-          const T inv = T(1.0 / s);
-          for (int64_t j = 0; j < Tk; ++j) row[j] *= inv;
-          sl.set(h0 * Tq + r, double(m) + std::log(s));
-        }
+        for (int64_t r = r0; r < r1; ++r) sl.set(h0 * Tq + r, softmax_row(ps + r * Tk, Tk));
       });
       // out = P V
       run_gemm(false, false, nb, Tq, D, Tk, 1.0, 0.0, S, Tq * Tk, window(v, h0 * Tk * D, {nb * Tk * D}), Tk * D,
                window(out, h0 * Tq * D, {nb * Tq * D}), Tq * D);
-    }
+    });
   });
 }
 
@@ -653,11 +712,9 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
   visit_float(q.dtype(), "attention_backward", [&](auto tag) {
     using T = decltype(tag);
     const int64_t BH = q.size(0) * q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
-    const int64_t chunk = attention_chunk(BH, Tq, Tk);
     Stat sl(lse, "attention_backward");
-    Tensor P = Tensor::empty({chunk, Tq, Tk}, q.dtype()), dS = Tensor::empty({chunk, Tq, Tk}, q.dtype());
-    for (int64_t h0 = 0; h0 < BH; h0 += chunk) {
-      const int64_t nb = std::min(chunk, BH - h0);
+    for_heads(BH, Tq, Tk, q.dtype(), 2, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
+      Tensor &P = buf[0], &dS = buf[1];
       auto qw = [&](const Tensor& t) { return window(t, h0 * Tq * D, {nb * Tq * D}); };
       auto kw = [&](const Tensor& t) { return window(t, h0 * Tk * D, {nb * Tk * D}); };
       // Recompute P = exp(scale · Q Kᵀ − lse) instead of having saved it (Tq·Tk per head).
@@ -673,7 +730,7 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
           for (int64_t d = 0; d < D; ++d) di += double(pdo[r * D + d]) * double(po[r * D + d]);
           T *prow = pp + r * Tk, *drow = pds + r * Tk;
           for (int64_t j = 0; j < Tk; ++j) {
-            prow[j] = T(std::exp(double(prow[j]) - l));
+            prow[j] = exp_shifted<T>(double(prow[j]), l);
             drow[j] = T(double(prow[j]) * (double(drow[j]) - di));  // dS = P ⊙ (dP − D_i)
           }
         }
@@ -684,7 +741,7 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
         run_gemm(false, false, nb, Tq, D, Tk, scale, 0.0, dS, Tq * Tk, kw(k), Tk * D, qw(dq), Tq * D);
       if (dk.defined())  // dK = scale · dSᵀ Q
         run_gemm(true, false, nb, Tk, D, Tq, scale, 0.0, dS, Tq * Tk, qw(q), Tq * D, kw(dk), Tk * D);
-    }
+    });
   });
 }
 

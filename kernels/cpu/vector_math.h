@@ -1,4 +1,4 @@
-// Float math for the CPU's GELU loops in a form the compiler inlines and vectorises: libm's erff and expf
+// Float math for the CPU's GELU and softmax loops in a form the compiler inlines and vectorises: libm's erff and expf
 // are opaque calls that keeps every loop around it scalar. Only the float paths use it; double keeps std::erf,
 // the exact reference the float64 gradient checks compare against.
 #pragma once
@@ -33,15 +33,11 @@ inline float erf_float(float a) {
   return float(x * p / q);
 }
 
-// exp(−x²/2) for float x (GELU's gradient), evaluated in double: t = −x²/2 is exact there, exp(t) =
-// 2^k·exp(r) with k = round(t / ln 2) and |r| ≤ ln(2)/2, exp(r) by its Taylor series to r⁸ (truncation
-// ≤ 0.35⁹/9! = 2e-10 relative), 2^k assembled in the exponent bits. The float result carries that plus one
-// rounding. |x| is clamped to 37 first (on the bits, as in erf_float), where exp(−x²/2) ≈ 1e-298 is far below
-// the smallest float and 2^k still a normal double; NaN passes through.
-inline float exp_neg_half_square(float a) {
-  const uint32_t mag = std::bit_cast<uint32_t>(a) & 0x7fffffffu, cap = 0x42140000u;  // 37.0f
-  const uint32_t clamped = mag > 0x7f800000u ? mag : (mag < cap ? mag : cap);
-  const double x = double(std::bit_cast<float>(clamped)), t = -0.5 * x * x;  // in [−684.5, 0]
+// exp(t) rounded to float for t in double within [−700, 700]: exp(t) = 2^k·exp(r) with k = round(t / ln 2)
+// and |r| ≤ ln(2)/2, exp(r) by its Taylor series to r⁸ (truncation ≤ 0.35⁹/9! = 2e-10 relative), 2^k
+// assembled in the exponent bits, all in double; the float result carries that plus one rounding. Within
+// the range 2^k is a normal double, and the float result of the ends is 0 or inf, as it should be.
+[[gnu::always_inline]] inline float exp_in_range_to_float(double t) {
   // Adding 1.5·2^52 rounds t/ln 2 to an integer held in the low bits of the sum (round to nearest).
   const double shifter = 0x1.8p52, kd = t * 1.4426950408889634 + shifter;
   const int64_t k = std::bit_cast<int64_t>(kd) - std::bit_cast<int64_t>(shifter);
@@ -56,6 +52,26 @@ inline float exp_neg_half_square(float a) {
   p = p * r + 1.0;
   p = p * r + 1.0;
   return float(p * std::bit_cast<double>(uint64_t(k + 1023) << 52));
+}
+
+// exp(t) rounded to float for any double t (the softmax's exp(s − max)): |t| is clamped to 700 on the bits
+// (exp(∓700) is beyond float's range either way; integer selects keep the loops vectorised); NaN passes.
+[[gnu::always_inline]] inline float exp_to_float(double t) {
+  const uint64_t bits = std::bit_cast<uint64_t>(t), mag = bits & 0x7fffffffffffffffu;
+  const uint64_t cap = 0x4085e00000000000u, inf = 0x7ff0000000000000u;  // 700.0, +inf
+  const uint64_t clamped = mag > inf ? mag : (mag < cap ? mag : cap);
+  const double tc = std::bit_cast<double>(clamped | (bits & 0x8000000000000000u));
+  return exp_in_range_to_float(tc);
+}
+
+// exp(−x²/2) for float x (GELU's gradient): t = −x²/2 is exact in double. |x| is clamped to 37 first (on
+// the float's bits, as in erf_float: a 32-bit select keeps the GELU loops vectorised), where exp(−x²/2) ≈
+// 1e-298 is already far below the smallest float; NaN passes through.
+inline float exp_neg_half_square(float a) {
+  const uint32_t mag = std::bit_cast<uint32_t>(a) & 0x7fffffffu, cap = 0x42140000u;  // 37.0f
+  const uint32_t clamped = mag > 0x7f800000u ? mag : (mag < cap ? mag : cap);
+  const double x = double(std::bit_cast<float>(clamped)), t = -0.5 * x * x;  // in [−684.5, 0]
+  return exp_in_range_to_float(t);
 }
 
 }  // namespace tessera::cpu
