@@ -93,10 +93,12 @@ void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N
     };
     auto tiles = [&](int64_t t0, int64_t t1) {
       std::vector<float> Ap(size_t(MC * kc));
+      int64_t packed_i0 = -1;  // consecutive tasks share a row block: pack its A panel once for all of them
       for (int64_t t = t0; t < t1; ++t) {
         int64_t i0 = (t / n_tasks) * MC, j0 = (t % n_tasks) * NC_TASK;
         int64_t mc = std::min(MC, M - i0), nc = std::min(NC_TASK, N - j0);
-        pack_a(A, i0, mc, k0, kc, Ap.data());
+        if (i0 != packed_i0) pack_a(A, i0, mc, k0, kc, Ap.data());
+        packed_i0 = i0;
         for (int64_t jr = 0; jr < nc; jr += NR)
           for (int64_t ir = 0; ir < mc; ir += MR)
             micro_kernel(kc, Ap.data() + (ir / MR) * kc * MR, Bp.data() + ((j0 + jr) / NR) * kc * NR,
