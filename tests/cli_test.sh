@@ -137,5 +137,23 @@ run bench train --model cvt-tiny --batch 0; expect_error "bench bad batch" "--ba
 run bench train --model cvt-99; expect_error "bench unknown model" "cvt-99"
 run bench train --model cvt-tiny --precision bf16; expect_error "bench bf16 on the CPU" "bf16"
 
+# tessera attn: the tiny CvT's attention probabilities (stage 1 and the last layer) and the rollout map of its
+# last stage (14 x 14 at 224 px), then bad layers, heads and options.
+ATTN="$DIR/attn"
+run attn --checkpoint "$TINY" --layers 0,5 --out "$ATTN" "$PNG"
+if [ "$rc" -eq 0 ]; then expect_out "attn summary" '^wrote .*attn\.safetensors: 2 layers \(0,5\), rollout \[1, 14, 14\]$'
+else fail "attn: exit code $rc"; fi
+run inspect "$ATTN/attn.safetensors"
+if [ "$rc" -eq 0 ]; then expect_out "attn.safetensors tensors" '^layer\.0\.attention_probs +F32 +\[1, 1, 3136, 784\] ' \
+  '^layer\.5\.attention_probs +F32 +\[1, 3, 197, 50\] ' '^rollout +F32 +\[1, 14, 14\] '
+else fail "inspect attn.safetensors: exit code $rc"; fi
+if grep -q '"predictions"' "$ATTN/attn.json" 2>/dev/null; then pass "attn.json"; else fail "attn.json missing or without predictions"; fi
+run attn --checkpoint "$TINY" --layers 6 --out "$ATTN" "$PNG"; expect_error "attn unknown layer" "--layers 6"
+run attn --checkpoint "$TINY" --layers 5 --heads 3 --out "$ATTN" "$PNG"; expect_error "attn unknown head" "--heads 3"
+run attn --checkpoint "$TINY" --discard 1 --out "$ATTN" "$PNG"; expect_error "attn bad discard" "--discard"
+run attn --checkpoint "$TINY" --fuse median --out "$ATTN" "$PNG"; expect_error "attn bad fuse" "median"
+run attn --checkpoint "$TINY" --out "$ATTN"; expect_error "attn no images" "no images"
+run attn --checkpoint "$TINY" --out "$ATTN" "$DIR/missing.png"; expect_error "attn unreadable image" "missing.png"
+
 if [ "$failures" -ne 0 ]; then echo "$failures check(s) failed"; exit 1; fi
 echo "all CLI checks passed"

@@ -29,37 +29,6 @@ std::vector<std::string> labels_of(const models::ModelConfig& c) {
   return std::visit([](const auto& cfg) { return cfg.id2label; }, c);
 }
 
-ProcessorConfig processor_for(const models::ModelConfig& c) {
-  ProcessorConfig p = std::holds_alternative<models::VitConfig>(c)
-                          ? ProcessorConfig::vit(int(std::get<models::VitConfig>(c).image_size))
-                          : ProcessorConfig::cvt(224);
-  p.channels = int(models::num_channels(c));
-  return p;
-}
-
-// The model's config: --config, else config.json beside the weights, else the --model preset.
-models::ModelConfig resolve_config(const PredictOptions& o) {
-  if (!o.config.empty()) return models::load_config(o.config);
-  std::string dir = o.weights.substr(0, o.weights.find_last_of('/') + 1);
-  std::string beside = (dir.empty() ? std::string("./") : dir) + "config.json";
-  if (o.model.empty()) {
-    if (FILE* f = std::fopen(beside.c_str(), "r")) {
-      std::fclose(f);
-      return models::load_config(beside);
-    }
-    throw std::runtime_error("predict: give --model NAME (one of the presets) or --config FILE; no " + beside);
-  }
-  // A preset fixes the architecture; the class count is the checkpoint's own (its classifier's rows).
-  models::ModelConfig config = models::preset_config(o.model);
-  SafetensorsFile weights(o.weights);
-  if (weights.contains("classifier.weight")) {
-    const Shape& head = weights.info("classifier.weight").shape;
-    if (head.size() == 2 && head[0] != models::num_labels(config))
-      models::set_labels(config, models::default_labels(head[0]));
-  }
-  return config;
-}
-
 void run_predict(PredictOptions o) {
   if (o.checkpoint.empty() == o.weights.empty())
     throw std::runtime_error("predict: give --weights FILE or --checkpoint DIR (exactly one)");
@@ -71,7 +40,7 @@ void run_predict(PredictOptions o) {
   if (o.images.empty() == o.pixels.empty())
     throw std::runtime_error("predict: give either image files or --pixels FILE.safetensors (exactly one)");
   if (o.top < 1) throw std::runtime_error("predict: --top must be at least 1");
-  models::ModelConfig config = resolve_config(o);
+  models::ModelConfig config = resolve_model_config("predict", o.model, o.weights, o.config);
   models::LoadOptions load;
   if (o.num_classes > 0) load.num_classes = o.num_classes;
   std::unique_ptr<models::Model> model = models::load_model(config, o.weights, load);
@@ -90,7 +59,7 @@ void run_predict(PredictOptions o) {
       throw std::runtime_error(o.pixels + ": pixel_values must be [N, 3, H, W], got " + pixels.str());
     for (int64_t i = 0; i < pixels.size(0); ++i) names.push_back(o.pixels + "[" + std::to_string(i) + "]");
   } else {
-    ProcessorConfig proc = processor_dir.empty() ? processor_for(model->config())
+    ProcessorConfig proc = processor_dir.empty() ? default_processor(model->config())
                                                  : train::checkpoint_processor(processor_dir, model->config());
     std::vector<Image> images;
     for (const std::string& path : o.images) images.push_back(decode_image(path));
@@ -136,6 +105,37 @@ void run_predict(PredictOptions o) {
 }
 
 }  // namespace
+
+ProcessorConfig default_processor(const models::ModelConfig& c) {
+  ProcessorConfig p = std::holds_alternative<models::VitConfig>(c)
+                          ? ProcessorConfig::vit(int(std::get<models::VitConfig>(c).image_size))
+                          : ProcessorConfig::cvt(224);
+  p.channels = int(models::num_channels(c));
+  return p;
+}
+
+models::ModelConfig resolve_model_config(const std::string& command, const std::string& model,
+                                        const std::string& weights_file, const std::string& config) {
+  if (!config.empty()) return models::load_config(config);
+  std::string dir = weights_file.substr(0, weights_file.find_last_of('/') + 1);
+  std::string beside = (dir.empty() ? std::string("./") : dir) + "config.json";
+  if (model.empty()) {
+    if (FILE* f = std::fopen(beside.c_str(), "r")) {
+      std::fclose(f);
+      return models::load_config(beside);
+    }
+    throw std::runtime_error(command + ": give --model NAME (one of the presets) or --config FILE; no " + beside);
+  }
+  // A preset fixes the architecture; the class count is the checkpoint's own (its classifier's rows).
+  models::ModelConfig preset = models::preset_config(model);
+  SafetensorsFile weights(weights_file);
+  if (weights.contains("classifier.weight")) {
+    const Shape& head = weights.info("classifier.weight").shape;
+    if (head.size() == 2 && head[0] != models::num_labels(preset))
+      models::set_labels(preset, models::default_labels(head[0]));
+  }
+  return preset;
+}
 
 void add_predict(CLI::App& app) {
   auto o = std::make_shared<PredictOptions>();

@@ -226,6 +226,7 @@ int main(int argc, char** argv) {
   tessera::cli::add_inspect(app);
   tessera::cli::add_data(app);
   tessera::cli::add_predict(app);
+  tessera::cli::add_attn(app);
   tessera::cli::add_train(app);
   tessera::cli::add_eval(app);
   tessera::cli::add_report(app);
@@ -234,7 +235,7 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);  // runs the chosen subcommand's callback
     if (app.get_subcommands().empty())
-      throw CLI::RequiredError("no subcommand given; one of train, eval, predict, report, bench, inspect, data, selfcheck");
+      throw CLI::RequiredError("no subcommand given; one of train, eval, predict, report, bench, attn, inspect, data, selfcheck");
   } catch (const CLI::Success& e) {  // --help, --version
     return app.exit(e);
   } catch (const CLI::ParseError& e) {

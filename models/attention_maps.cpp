@@ -1,0 +1,277 @@
+#include "models/attention_maps.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace tessera::models {
+
+namespace {
+
+// A convolution's output length: (n + 2p − k) / s + 1, as torch's Conv2d gives it.
+int64_t conv_out(int64_t n, int64_t kernel, int64_t stride, int64_t padding) {
+  return (n + 2 * padding - kernel) / stride + 1;
+}
+
+void check_shape(const Tensor& t, int64_t dims, const char* what) {
+  if (!t.defined() || t.dim() != dims)
+    throw std::invalid_argument(std::string(what) + " must have " + std::to_string(dims) + " dimensions, got " +
+                                (t.defined() ? t.str() : std::string("undefined")));
+}
+
+}  // namespace
+
+std::vector<AttentionLayout> attention_layouts(const ModelConfig& config, int64_t height, int64_t width) {
+  std::vector<AttentionLayout> out;
+  if (const auto* v = std::get_if<VitConfig>(&config)) {
+    const int64_t rows = height / v->patch_size, cols = width / v->patch_size;
+    if (rows < 1 || cols < 1)
+      throw ConfigError("ViT: a " + std::to_string(height) + "x" + std::to_string(width) +
+                        " input is smaller than one patch");
+    for (int64_t l = 0; l < v->num_hidden_layers; ++l) {
+      AttentionLayout a;
+      a.layer = l, a.heads = v->num_attention_heads, a.cls = true;
+      a.query_rows = a.key_rows = rows, a.query_cols = a.key_cols = cols;
+      a.scale = 1.0 / std::sqrt(double(v->hidden_size / v->num_attention_heads));  // head_dim^-0.5
+      out.push_back(a);
+    }
+    return out;
+  }
+  const CvtConfig& c = std::get<CvtConfig>(config);
+  int64_t H = height, W = width, layer = 0;
+  for (size_t s = 0; s < 3; ++s) {
+    H = conv_out(H, c.patch_sizes[s], c.patch_stride[s], c.patch_padding[s]);  // the stage's token grid
+    W = conv_out(W, c.patch_sizes[s], c.patch_stride[s], c.patch_padding[s]);
+    if (H < 1 || W < 1)
+      throw ConfigError("CvT: a " + std::to_string(height) + "x" + std::to_string(width) +
+                        " input leaves stage " + std::to_string(s) + " no tokens");
+    for (int64_t i = 0; i < c.depth[s]; ++i) {
+      AttentionLayout a;
+      a.layer = layer++, a.stage = int64_t(s), a.heads = c.num_heads[s], a.cls = c.cls_token[s];
+      a.query_rows = conv_out(H, c.kernel_qkv[s], c.stride_q[s], c.padding_q[s]);
+      a.query_cols = conv_out(W, c.kernel_qkv[s], c.stride_q[s], c.padding_q[s]);
+      a.key_rows = conv_out(H, c.kernel_qkv[s], c.stride_kv[s], c.padding_kv[s]);
+      a.key_cols = conv_out(W, c.kernel_qkv[s], c.stride_kv[s], c.padding_kv[s]);
+      a.scale = std::pow(double(c.embed_dim[s]), -0.5);  // CvT scales by the whole stage width
+      a.kernel = c.kernel_qkv[s], a.stride = c.stride_kv[s], a.padding = c.padding_kv[s];
+      out.push_back(a);
+    }
+  }
+  return out;
+}
+
+std::vector<int64_t> rollout_layers(const std::vector<AttentionLayout>& layouts) {
+  std::vector<int64_t> out;
+  if (layouts.empty() || !layouts.back().cls) return out;
+  for (const AttentionLayout& a : layouts)
+    if (a.stage == layouts.back().stage) out.push_back(a.layer);
+  return out;
+}
+
+HeadFusion parse_head_fusion(const std::string& name) {
+  if (name == "mean") return HeadFusion::Mean;
+  if (name == "max") return HeadFusion::Max;
+  if (name == "min") return HeadFusion::Min;
+  throw std::invalid_argument("unknown head fusion '" + name + "' (known: mean, max, min)");
+}
+
+const char* head_fusion_name(HeadFusion fusion) {
+  switch (fusion) {
+    case HeadFusion::Mean: return "mean";
+    case HeadFusion::Max: return "max";
+    case HeadFusion::Min: return "min";
+  }
+  return "?";
+}
+
+// F[b, i, t] = mean / max / min over h in `heads` of P[b, h, i, t].
+Tensor fuse_heads(const Tensor& probs, HeadFusion fusion, const std::vector<int64_t>& heads) {
+  check_shape(probs, 4, "attention probabilities");
+  const int64_t B = probs.size(0), H = probs.size(1), Tq = probs.size(2), Tk = probs.size(3);
+  std::vector<int64_t> hs = heads;
+  if (hs.empty())
+    for (int64_t h = 0; h < H; ++h) hs.push_back(h);
+  for (int64_t h : hs)
+    if (h < 0 || h >= H)
+      throw std::invalid_argument("head " + std::to_string(h) + " does not exist: the layer has " +
+                                  std::to_string(H) + " head" + (H == 1 ? "" : "s"));
+  const std::vector<double> p = probs.to_vector<double>();
+  const int64_t plane = Tq * Tk;
+  std::vector<double> f(size_t(B * plane));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t e = 0; e < plane; ++e) {
+      double acc = fusion == HeadFusion::Mean ? 0.0 : p[size_t((b * H + hs[0]) * plane + e)];
+      for (int64_t h : hs) {
+        const double x = p[size_t((b * H + h) * plane + e)];
+        acc = fusion == HeadFusion::Mean ? acc + x : fusion == HeadFusion::Max ? std::max(acc, x) : std::min(acc, x);
+      }
+      f[size_t(b * plane + e)] = fusion == HeadFusion::Mean ? acc / double(hs.size()) : acc;
+    }
+  return Tensor::from(f, {B, Tq, Tk});
+}
+
+namespace {
+
+// The nonzeros of S's row for each key: (query token, weight). Key (a, b) covers query rows
+// R = [a·s − p, a·s − p + k − 1] ∩ [0, rows) and columns C alike; S[key][(r, c)] = 1 / (|R|·|C|).
+std::vector<std::vector<std::pair<int64_t, double>>> transport_rows(const AttentionLayout& l) {
+  std::vector<std::vector<std::pair<int64_t, double>>> rows(size_t(l.keys()));
+  const int64_t cls = l.cls;
+  if (l.cls) rows[0] = {{0, 1.0}};
+  auto span = [&](int64_t a, int64_t n) {  // the in-bounds query range of key coordinate a
+    return std::pair<int64_t, int64_t>{std::max<int64_t>(a * l.stride - l.padding, 0),
+                                       std::min<int64_t>(a * l.stride - l.padding + l.kernel, n)};
+  };
+  for (int64_t a = 0; a < l.key_rows; ++a)
+    for (int64_t b = 0; b < l.key_cols; ++b) {
+      const auto [r0, r1] = span(a, l.query_rows);
+      const auto [c0, c1] = span(b, l.query_cols);
+      if (r1 <= r0 || c1 <= c0)
+        throw std::invalid_argument("layer " + std::to_string(l.layer) + ": key (" + std::to_string(a) + ", " +
+                                    std::to_string(b) + ") covers no query position");
+      const double w = 1.0 / double((r1 - r0) * (c1 - c0));
+      auto& row = rows[size_t(cls + a * l.key_cols + b)];
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = c0; c < c1; ++c) row.emplace_back(cls + r * l.query_cols + c, w);
+    }
+  return rows;
+}
+
+}  // namespace
+
+Tensor key_to_query_transport(const AttentionLayout& layout) {
+  const int64_t Tk = layout.keys(), Tq = layout.queries();
+  std::vector<double> s(size_t(Tk * Tq), 0.0);
+  const auto rows = transport_rows(layout);
+  for (int64_t t = 0; t < Tk; ++t)
+    for (const auto& [j, w] : rows[size_t(t)]) s[size_t(t * Tq + j)] = w;
+  return Tensor::from(s, {Tk, Tq});
+}
+
+// M[b, i, j] = Σ_t F[b, i, t] · S[t, j], over S's nonzeros only: each key row has at most kernel² of them,
+// so the product costs Tq·Tk·kernel², never a dense Tq × Tk × Tq one. With S = I every M[b, i, j] is
+// 0 + F[b, i, j]·1, F exactly.
+Tensor carry_to_queries(const Tensor& fused, const AttentionLayout& layout) {
+  check_shape(fused, 3, "fused attention");
+  const int64_t B = fused.size(0), Tq = layout.queries(), Tk = layout.keys();
+  if (fused.size(1) != Tq || fused.size(2) != Tk)
+    throw std::invalid_argument("layer " + std::to_string(layout.layer) + ": attention " + fused.str() +
+                                " does not match its layout's " + std::to_string(Tq) + " queries and " +
+                                std::to_string(Tk) + " keys");
+  const auto rows = transport_rows(layout);
+  const std::vector<double> f = fused.to_vector<double>();
+  std::vector<double> m(size_t(B * Tq * Tq), 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < Tq; ++i) {
+      const double* fi = f.data() + (b * Tq + i) * Tk;
+      double* mi = m.data() + (b * Tq + i) * Tq;
+      for (int64_t t = 0; t < Tk; ++t)
+        for (const auto& [j, w] : rows[size_t(t)]) mi[j] += fi[t] * w;
+    }
+  return Tensor::from(m, {B, Tq, Tq});
+}
+
+Tensor rollout_cls_row(const std::vector<Tensor>& matrices, double discard) {
+  if (!(discard >= 0 && discard < 1))
+    throw std::invalid_argument("discard ratio " + std::to_string(discard) + " is outside [0, 1)");
+  if (matrices.empty()) throw std::invalid_argument("rollout needs at least one layer");
+  check_shape(matrices[0], 3, "rollout matrix");
+  const int64_t B = matrices[0].size(0), T = matrices[0].size(1), n = T * T;
+  // Â_l for every layer and image, flattened T × T.
+  std::vector<std::vector<double>> hat;
+  for (const Tensor& m : matrices) {
+    check_shape(m, 3, "rollout matrix");
+    if (m.shape() != Shape{B, T, T})
+      throw std::invalid_argument("rollout matrices differ in shape: " + m.str() + " and " + matrices[0].str());
+    std::vector<double> a = m.to_vector<double>();
+    // Discard (vit-explain): the k = ⌊n·discard⌋ smallest of the n = T² entries are zeroed, except flat
+    // index 0, the cls token's attention to itself. Ties go to the lower index (numpy's stable argsort), so
+    // the choice is reproducible.
+    const int64_t k = int64_t(double(n) * discard);
+    std::vector<int64_t> order(static_cast<size_t>(n));
+    for (int64_t b = 0; b < B && k > 0; ++b) {
+      double* ab = a.data() + b * n;
+      for (int64_t e = 0; e < n; ++e) order[size_t(e)] = e;
+      std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), [&](int64_t x, int64_t y) {
+        return ab[x] != ab[y] ? ab[x] < ab[y] : x < y;
+      });
+      for (int64_t e = 0; e < k; ++e)
+        if (order[size_t(e)] != 0) ab[order[size_t(e)]] = 0;
+    }
+    // Â[i, j] = (A[i, j] + δ_ij) / Σ_j' (A[i, j'] + δ_ij'). vit-explain halves A + I first; the
+    // normalisation cancels that.
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < T; ++i) {
+        double* row = a.data() + b * n + i * T;
+        row[i] += 1.0;
+        double s = 0;
+        for (int64_t j = 0; j < T; ++j) s += row[j];
+        for (int64_t j = 0; j < T; ++j) row[j] /= s;
+      }
+    hat.push_back(std::move(a));
+  }
+  // R[0, :] = e_0ᵀ Â_L ⋯ Â_1, as a row vector times each matrix from the last layer down: O(L·T²) and no
+  // T × T product is formed.
+  std::vector<double> out(size_t(B * T));
+  std::vector<double> r(static_cast<size_t>(T)), next(static_cast<size_t>(T));
+  for (int64_t b = 0; b < B; ++b) {
+    std::fill(r.begin(), r.end(), 0.0);
+    r[0] = 1.0;
+    for (size_t l = hat.size(); l-- > 0;) {
+      std::fill(next.begin(), next.end(), 0.0);
+      const double* h = hat[l].data() + b * n;
+      for (int64_t i = 0; i < T; ++i)
+        for (int64_t j = 0; j < T; ++j) next[size_t(j)] += r[size_t(i)] * h[i * T + j];
+      r.swap(next);
+    }
+    std::copy(r.begin(), r.end(), out.begin() + b * T);
+  }
+  return Tensor::from(out, {B, T});
+}
+
+Rollout attention_rollout(const std::vector<Tensor>& probs, const std::vector<AttentionLayout>& layouts,
+                          const RolloutOptions& options) {
+  if (probs.size() != layouts.size() || probs.empty())
+    throw std::invalid_argument("rollout: " + std::to_string(probs.size()) + " captured layers for " +
+                                std::to_string(layouts.size()) + " layouts");
+  const AttentionLayout& last = layouts.back();
+  if (!last.cls) throw std::invalid_argument("rollout needs a cls token; layer " + std::to_string(last.layer) + " has none");
+  Rollout out;
+  std::vector<Tensor> matrices;
+  for (size_t l = 0; l < probs.size(); ++l) {
+    const AttentionLayout& a = layouts[l];
+    if (a.queries() != last.queries() || !a.cls)
+      throw std::invalid_argument("rollout: layers " + std::to_string(a.layer) + " and " +
+                                  std::to_string(last.layer) + " do not share a token grid with a cls token");
+    Tensor fused;
+    try {
+      fused = fuse_heads(probs[l], options.fusion, options.heads);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument("layer " + std::to_string(a.layer) + ": " + e.what());
+    }
+    // cls mass: (1/Tq)·Σ_i F[b, i, 0].
+    const std::vector<double> f = fused.to_vector<double>();
+    const int64_t B = fused.size(0), Tq = fused.size(1), Tk = fused.size(2);
+    std::vector<double> mass(size_t(B), 0.0);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t i = 0; i < Tq; ++i) mass[size_t(b)] += f[size_t((b * Tq + i) * Tk)];
+      mass[size_t(b)] /= double(Tq);
+    }
+    out.cls_mass.push_back(mass);
+    matrices.push_back(carry_to_queries(fused, a));
+  }
+  // map[b, r, c] = R[0, 1 + r·cols + c] / max over (r, c); an all-zero row stays zero.
+  const Tensor row = rollout_cls_row(matrices, options.discard);
+  const int64_t B = row.size(0), T = row.size(1), P = T - 1;
+  const std::vector<double> r = row.to_vector<double>();
+  std::vector<float> map(size_t(B * P));
+  for (int64_t b = 0; b < B; ++b) {
+    const double* rb = r.data() + b * T + 1;
+    const double peak = *std::max_element(rb, rb + P);
+    for (int64_t p = 0; p < P; ++p) map[size_t(b * P + p)] = float(peak > 0 ? rb[p] / peak : 0.0);
+  }
+  out.map = Tensor::from(map, {B, last.query_rows, last.query_cols});
+  return out;
+}
+
+}  // namespace tessera::models

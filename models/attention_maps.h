@@ -1,0 +1,79 @@
+// Attention probabilities as data: where each layer's queries and keys sit on the image, and attention
+// rollout over them (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers").
+//
+// ViT: every layer attends over the same 1 + rows·cols tokens (cls first), and rollout is the published
+// recipe. CvT: queries sit on the stage's token grid, but keys and values come from a stride-2 convolution
+// of it, so each layer's attention is Tq × Tk with Tk < Tq and the layers' matrices do not chain. tessera's
+// method (not a published one) carries every layer's key-grid attention back to the query grid through the
+// key convolution's receptive fields, giving a Tq × Tq matrix per layer; rollout then runs as for ViT over
+// the last stage, the only one with a cls token. Stages 1-2 are not rolled out (their maps would need
+// 3136 × 3136 products at 224 px).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/core/tensor.h"
+#include "models/config.h"
+
+namespace tessera::models {
+
+// Where one attention layer's tokens sit. Queries lie on a query grid and keys on a key grid; with `cls`,
+// token 0 of both is the cls token and grid position (r, c) is token cls + r·cols + c.
+struct AttentionLayout {
+  int64_t layer = 0, stage = 0, heads = 1;
+  int64_t query_rows = 0, query_cols = 0, key_rows = 0, key_cols = 0;
+  bool cls = false;
+  double scale = 1;
+  // The key projection: key (a, b) covers query rows a·stride − padding .. a·stride − padding + kernel − 1
+  // (columns alike). ViT's keys are its tokens: kernel 1, stride 1, padding 0.
+  int64_t kernel = 1, stride = 1, padding = 0;
+  int64_t queries() const { return int64_t(cls) + query_rows * query_cols; }
+  int64_t keys() const { return int64_t(cls) + key_rows * key_cols; }
+};
+
+// Every attention layer of `config` for a height × width input, in the attention capture's numbering
+// (CvT: stage 0's layers first). Throws ConfigError when the input is too small for the model.
+std::vector<AttentionLayout> attention_layouts(const ModelConfig& config, int64_t height, int64_t width);
+// The layers rollout runs over: every ViT layer, CvT's last stage; empty when that stage has no cls token.
+std::vector<int64_t> rollout_layers(const std::vector<AttentionLayout>& layouts);
+
+enum class HeadFusion { Mean, Max, Min };
+// "mean", "max", "min"; anything else throws std::invalid_argument naming the word.
+HeadFusion parse_head_fusion(const std::string& name);
+const char* head_fusion_name(HeadFusion fusion);
+
+// probs (B, heads, Tq, Tk) -> f64 (B, Tq, Tk): the mean, max or min over the listed heads (all when empty).
+Tensor fuse_heads(const Tensor& probs, HeadFusion fusion, const std::vector<int64_t>& heads = {});
+
+// The transport S (Tk × Tq, f64) of `layout`: key (a, b) spreads uniformly over the in-bounds query
+// positions of its receptive field, S[key][query] = 1 / (their count); the cls key maps to the cls query.
+// Rows sum to 1. With kernel 1, stride 1, padding 0 and equal grids it is the identity.
+Tensor key_to_query_transport(const AttentionLayout& layout);
+// fused (B, Tq, Tk) -> (B, Tq, Tq): the layer's attention carried to the query grid, A · S.
+Tensor carry_to_queries(const Tensor& fused, const AttentionLayout& layout);
+
+// Rollout's row of the cls token (token 0) over square (B, T, T) matrices given first layer first:
+// R[0, :] of R = Â_L ⋯ Â_1 (f64, (B, T)), where Â_l is A_l with its lowest `discard` share zeroed, plus I,
+// normalised by rows. 0 <= discard < 1.
+Tensor rollout_cls_row(const std::vector<Tensor>& matrices, double discard);
+
+struct RolloutOptions {
+  HeadFusion fusion = HeadFusion::Mean;
+  double discard = 0;          // share of each fused matrix's entries zeroed, [0, 1)
+  std::vector<int64_t> heads;  // fused heads (all when empty)
+};
+
+struct Rollout {
+  Tensor map;  // f32 (B, rows, cols): R[cls, patches] on the query grid, scaled to max 1 per image
+  // Per layer, per image: the mean over query rows of the fused attention on the cls key, the share of
+  // the attention that stays with the cls token and is not placed on the image.
+  std::vector<std::vector<double>> cls_mass;
+};
+// The whole method over the captured probabilities (B, heads, Tq, Tk) of rollout_layers(), in order, with
+// their layouts: fuse the heads, carry each layer to the query grid (A · S, the identity for ViT), then
+// rollout_cls_row. Throws std::invalid_argument for a bad option or a head a layer does not have.
+Rollout attention_rollout(const std::vector<Tensor>& probs, const std::vector<AttentionLayout>& layouts,
+                          const RolloutOptions& options);
+
+}  // namespace tessera::models

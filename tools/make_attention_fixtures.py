@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Attention fixtures for tessera's attention maps (models/attention_maps.h), computed by Hugging Face
+transformers (tools only, never needed to build or test: the fixtures are checked in).
+
+    python3 tools/make_attention_fixtures.py    # writes tests/fixtures/attention/{vit,cvt}.safetensors
+
+Tiny random-init ViT and CvT (every structural feature kept: ViT's cls token over a 4x4 patch grid (16 px, patch 4); CvT's
+three stages, stride-2 key/value convolutions and the last stage's cls token, on a non-square 40x56 input so
+that rows and columns cannot be swapped unnoticed). As in make_model_fixtures.py the weights are moved off
+their init (noise of scale 0.1 on every parameter, 0.2 (ViT) or 0.5 (CvT) more on the query and key
+projections, so that the attention is far from uniform without saturating) and BatchNorm gets non-trivial running statistics.
+
+The models run in float64 on the float32 weights, so the probabilities are the exact-arithmetic reference
+for those weights up to float64 rounding; they are stored as float32. One file per architecture holds:
+  <checkpoint names>                 the weights (float32), as model.safetensors
+  fixture.pixel_values               (2, 3, H, W) float32 input batch
+  fixture.probs.<layer>              (2, heads, Tq, Tk) attention probabilities of every layer, eval mode:
+                                     ViT from the eager attention's output_attentions; CvT from a forward
+                                     hook on each CvtSelfAttention's dropout, whose input is the softmax
+                                     output (transformers returns none for CvT)
+  fixture.rollout.<fuse>_<discard>   (2, rows, cols) float64 rollout map computed here in numpy from the
+                                     stored float32 probabilities, for the settings in SETTINGS
+  fixture.cls_mass.<fuse>_<discard>  (rolled-out layers, 2) mean over query rows of the fused cls column
+Metadata: "config" (config.json text), "rollout_layers" and "settings" (JSON).
+
+The numpy rollout is written independently of tessera's: full T x T products, R = Â_L ... Â_1 with
+Â = (A + I) / 2 normalised by rows, A = fused heads (CvT: times the transport S built below from the
+config), the lowest ⌊discard·T²⌋ entries of each A zeroed except A[0, 0] (vit-explain's rule, per image,
+ties to the lower flat index), map = R[0, 1:] / max.
+"""
+import json
+import os
+import tempfile
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import CvtConfig, CvtForImageClassification, ViTConfig, ViTForImageClassification
+
+import make_model_fixtures  # this folder: the script's own directory is on sys.path
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(os.path.dirname(HERE), "tests", "fixtures", "attention")
+SETTINGS = [("mean", 0.0), ("max", 0.6)]
+
+
+def labels(n):
+    return dict(num_labels=n, id2label={i: f"class_{i}" for i in range(n)}, label2id={f"class_{i}": i for i in range(n)})
+
+
+def perturb(model, gen, extra):
+    """make_model_fixtures' perturbation, then noise of scale `extra` more on the query and key weights."""
+    make_model_fixtures.perturb(model, gen)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(k in name for k in ("q_proj.weight", "k_proj.weight", "query.weight", "key.weight")):
+                p.add_(extra * torch.randn(p.shape, generator=gen))
+
+
+def transport(q_rows, q_cols, k_rows, k_cols, kernel, stride, padding, cls):
+    """S (Tk x Tq): key (a, b) spread uniformly over the in-bounds query positions of its receptive field."""
+    c = int(cls)
+    S = np.zeros((c + k_rows * k_cols, c + q_rows * q_cols))
+    if cls:
+        S[0, 0] = 1.0
+    for a in range(k_rows):
+        for b in range(k_cols):
+            rows = [r for r in range(a * stride - padding, a * stride - padding + kernel) if 0 <= r < q_rows]
+            cols = [q for q in range(b * stride - padding, b * stride - padding + kernel) if 0 <= q < q_cols]
+            for r in rows:
+                for q in cols:
+                    S[c + a * k_cols + b, c + r * q_cols + q] = 1.0 / (len(rows) * len(cols))
+    return S
+
+
+def rollout(probs, transports, fuse, discard, rows, cols):
+    batch, T = probs[0].shape[0], probs[0].shape[2]
+    maps, mass = [], []
+    for b in range(batch):
+        R = np.eye(T)
+        m = []
+        for P, S in zip(probs, transports):
+            fused = getattr(P[b].astype(np.float64), fuse)(axis=0)
+            m.append(fused[:, 0].mean())
+            # A = F·S summed key by key in a fixed order, so that query positions that the same keys cover
+            # with the same weights (CvT's grid edges) get bitwise equal entries: a BLAS product may round
+            # them apart, and discard would then break their tie differently.
+            A = np.zeros((fused.shape[0], S.shape[1]))
+            for t in range(S.shape[0]):
+                A += np.outer(fused[:, t], S[t])
+            A = A.reshape(-1)
+            k = int(A.size * discard)
+            idx = np.argsort(A, kind="stable")[:k]
+            A[idx[idx != 0]] = 0.0
+            A = (A.reshape(T, T) + np.eye(T)) / 2
+            A = A / A.sum(axis=-1, keepdims=True)
+            R = A @ R
+        row = R[0, 1:]
+        maps.append((row / row.max()).reshape(rows, cols))
+        mass.append(m)
+    return np.stack(maps), np.array(mass).T
+
+
+def conv_out(n, k, s, p):
+    return (n + 2 * p - k) // s + 1
+
+
+def checkpoint_tensors(model):
+    """The weights under their checkpoint names: transformers renames some modules in memory (ViT's
+    vit.layers.{i}.attention.q_proj) and maps them back when saving."""
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        return {k: v.clone().contiguous() for k, v in load_file(os.path.join(d, "model.safetensors")).items()}
+
+
+def make(name, model, config, pixel_shape, gen, capture, extra):
+    perturb(model, gen, extra)
+    weights = checkpoint_tensors(model)
+    pixel_values = torch.randn(pixel_shape, generator=gen)
+    model = model.double().eval()
+    with torch.no_grad():
+        probs = capture(model, pixel_values.double())
+    probs = [p.float().contiguous() for p in probs]
+    out = {"fixture.pixel_values": pixel_values}
+    for i, p in enumerate(probs):
+        out[f"fixture.probs.{i}"] = p
+
+    # The rolled-out layers, their transports and the map's grid, from the config alone.
+    H, W = pixel_shape[2], pixel_shape[3]
+    if name == "vit":
+        rows, cols = H // config.patch_size, W // config.patch_size
+        layers = list(range(config.num_hidden_layers))
+        transports = [np.eye(1 + rows * cols)] * len(layers)
+    else:
+        for s in range(3):
+            H = conv_out(H, config.patch_sizes[s], config.patch_stride[s], config.patch_padding[s])
+            W = conv_out(W, config.patch_sizes[s], config.patch_stride[s], config.patch_padding[s])
+        rows, cols = H, W
+        k, st, p = config.kernel_qkv[2], config.stride_kv[2], config.padding_kv[2]
+        S = transport(rows, cols, conv_out(H, k, st, p), conv_out(W, k, st, p), k, st, p, True)
+        layers = list(range(sum(config.depth[:2]), sum(config.depth)))
+        transports = [S] * len(layers)
+    stored = [probs[l].numpy().astype(np.float64) for l in layers]
+    for fuse, discard in SETTINGS:
+        m, mass = rollout(stored, transports, fuse, discard, rows, cols)
+        out[f"fixture.rollout.{fuse}_{discard}"] = torch.from_numpy(m)
+        out[f"fixture.cls_mass.{fuse}_{discard}"] = torch.from_numpy(mass.copy())
+
+    tensors = dict(weights)
+    tensors.update({k: v.contiguous() for k, v in out.items()})
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, f"{name}.safetensors")
+    save_file(tensors, path, metadata={"format": "pt", "config": config.to_json_string(),
+                                       "rollout_layers": json.dumps(layers), "settings": json.dumps(SETTINGS)})
+    shapes = [tuple(p.shape) for p in probs]
+    peak = [float(p.max()) for p in probs]
+    os.chmod(path, 0o644)
+    print(f"{path}: {os.path.getsize(path)} bytes, probs {shapes}, largest probability per layer "
+          f"{[round(x, 3) for x in peak]}")
+
+
+def vit_capture(model, x):
+    return model(x, output_attentions=True).attentions
+
+
+def cvt_capture(model, x):
+    # CvtSelfAttention: probs = softmax(scores); probs = self.dropout(probs). The dropout's input is the
+    # softmax output; in eval mode the dropout is the identity.
+    got = []
+    hooks = [m.attention.attention.dropout.register_forward_hook(lambda mod, inp, out: got.append(inp[0].detach()))
+             for stage in model.cvt.encoder.stages for m in stage.layers]
+    model(x)
+    for h in hooks:
+        h.remove()
+    return got
+
+
+def main():
+    torch.manual_seed(0)
+    vit_config = ViTConfig(hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
+                           image_size=16, patch_size=4, attn_implementation="eager", **labels(3))
+    make("vit", ViTForImageClassification(vit_config), vit_config, (2, 3, 16, 16),
+         torch.Generator().manual_seed(1), vit_capture, 0.2)
+    torch.manual_seed(0)
+    cvt_config = CvtConfig(embed_dim=[8, 16, 16], num_heads=[1, 2, 2], depth=[1, 2, 3], mlp_ratio=[2.0, 2.0, 2.0],
+                           drop_path_rate=[0.0, 0.0, 0.0], **labels(3))
+    make("cvt", CvtForImageClassification(cvt_config), cvt_config, (2, 3, 40, 56),
+         torch.Generator().manual_seed(2), cvt_capture, 0.5)
+
+
+if __name__ == "__main__":
+    main()
