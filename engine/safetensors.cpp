@@ -73,39 +73,64 @@ bool as_index(const json& v, uint64_t& out) {
   return out <= uint64_t(INT64_MAX);
 }
 
-// Parses the header, refusing duplicate keys in any object (nlohmann::json would keep the last one
-// silently) and absurd nesting.
-json parse_header(const std::string& path, const char* text, size_t n) {
-  std::vector<std::set<std::string>> keys;  // one set per open object
-  std::string duplicate;
-  auto cb = [&](int depth, json::parse_event_t event, json& parsed) {
-    switch (event) {
-      case json::parse_event_t::object_start:
-      case json::parse_event_t::array_start:
-        if (depth > kMaxDepth)
-          throw SafetensorsError(path + ": header JSON is nested more than " + std::to_string(kMaxDepth) +
-                                 " levels deep");
-        if (event == json::parse_event_t::object_start) keys.emplace_back();
-        break;
-      case json::parse_event_t::object_end: keys.pop_back(); break;
-      case json::parse_event_t::key:
-        if (!keys.back().insert(parsed.get<std::string>()).second && duplicate.empty())
-          duplicate = parsed.get<std::string>();
-        break;
-      default: break;
-    }
+// Checks the header's structure without building it: no object repeats a key (nlohmann::json would keep
+// the last one silently) and nothing nests absurdly deep. A SAX pass, so it is linear in the header's size:
+// nlohmann's callback parser, which could check the same, rescans the enclosing object at the end of every
+// inner one (quadratic: a 300,000-tensor header took minutes).
+class HeaderChecker : public nlohmann::json_sax<json> {
+ public:
+  explicit HeaderChecker(const std::string& path) : path_(path) {}
+  std::string duplicate;  // the first key seen twice in one object
+
+  bool null() override { return true; }
+  bool boolean(bool) override { return true; }
+  bool number_integer(number_integer_t) override { return true; }
+  bool number_unsigned(number_unsigned_t) override { return true; }
+  bool number_float(number_float_t, const string_t&) override { return true; }
+  bool string(string_t&) override { return true; }
+  bool binary(binary_t&) override { return true; }
+  bool start_object(std::size_t) override { return open(); }
+  bool end_object() override { return close(); }
+  bool start_array(std::size_t) override { return open(); }
+  bool end_array() override { return close(); }
+  bool key(string_t& k) override {
+    if (!keys_.back().insert(k).second && duplicate.empty()) duplicate = k;
     return true;
-  };
-  json j;
+  }
+  bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception& e) override {
+    throw SafetensorsError(path_ + ": header is not valid JSON: " + e.what());
+  }
+
+ private:
+  bool open() {
+    if (++depth_ > kMaxDepth)
+      throw SafetensorsError(path_ + ": header JSON is nested more than " + std::to_string(kMaxDepth) +
+                             " levels deep");
+    keys_.emplace_back();  // arrays get an (unused) set too, so close() pops the same way
+    return true;
+  }
+  bool close() {
+    --depth_;
+    keys_.pop_back();
+    return true;
+  }
+  const std::string& path_;
+  int depth_ = 0;
+  std::vector<std::set<std::string>> keys_;  // one set per open object or array
+};
+
+// Parses the header after HeaderChecker has vouched for its structure.
+json parse_header(const std::string& path, const char* text, size_t n) {
+  HeaderChecker checker(path);
+  json::sax_parse(text, text + n, &checker);
+  if (!checker.duplicate.empty())
+    throw SafetensorsError(path + ": header has the key " + json_quoted(checker.duplicate) +
+                           " more than once (duplicate tensor name or field)");
   try {
-    j = json::parse(text, text + n, cb);
+    return json::parse(text, text + n);
   } catch (const json::exception& e) {
     throw SafetensorsError(path + ": header is not valid JSON: " + e.what());
   }
-  if (!duplicate.empty())
-    throw SafetensorsError(path + ": header has the key " + json_quoted(duplicate) +
-                           " more than once (duplicate tensor name or field)");
-  return j;
 }
 
 // Reads one tensor entry of the header; `data_size` is the length of the data section.
