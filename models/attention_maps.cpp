@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <tuple>
+#include <utility>
 
 namespace tessera::models {
 
@@ -11,6 +13,11 @@ namespace {
 // A convolution's output length: (n + 2p − k) / s + 1, as torch's Conv2d gives it.
 int64_t conv_out(int64_t n, int64_t kernel, int64_t stride, int64_t padding) {
   return (n + 2 * padding - kernel) / stride + 1;
+}
+
+// The centres' (origin, step) after a convolution (see AttentionLayout).
+std::pair<double, double> conv_centres(std::pair<double, double> in, int64_t kernel, int64_t stride, int64_t padding) {
+  return {in.first + in.second * (double(kernel - 1) / 2 - double(padding)), in.second * double(stride)};
 }
 
 void check_shape(const Tensor& t, int64_t dims, const char* what) {
@@ -33,15 +40,19 @@ std::vector<AttentionLayout> attention_layouts(const ModelConfig& config, int64_
       a.layer = l, a.heads = v->num_attention_heads, a.cls = true;
       a.query_rows = a.key_rows = rows, a.query_cols = a.key_cols = cols;
       a.scale = 1.0 / std::sqrt(double(v->hidden_size / v->num_attention_heads));  // head_dim^-0.5
+      a.query_origin = a.key_origin = double(v->patch_size) / 2;  // patch r covers rows P·r .. P·r + P − 1
+      a.query_step = a.key_step = double(v->patch_size);
       out.push_back(a);
     }
     return out;
   }
   const CvtConfig& c = std::get<CvtConfig>(config);
   int64_t H = height, W = width, layer = 0;
+  std::pair<double, double> tokens{0.5, 1.0};  // the stage's token centres, starting from the pixels
   for (size_t s = 0; s < 3; ++s) {
     H = conv_out(H, c.patch_sizes[s], c.patch_stride[s], c.patch_padding[s]);  // the stage's token grid
     W = conv_out(W, c.patch_sizes[s], c.patch_stride[s], c.patch_padding[s]);
+    tokens = conv_centres(tokens, c.patch_sizes[s], c.patch_stride[s], c.patch_padding[s]);
     if (H < 1 || W < 1)
       throw ConfigError("CvT: a " + std::to_string(height) + "x" + std::to_string(width) +
                         " input leaves stage " + std::to_string(s) + " no tokens");
@@ -54,6 +65,8 @@ std::vector<AttentionLayout> attention_layouts(const ModelConfig& config, int64_
       a.key_cols = conv_out(W, c.kernel_qkv[s], c.stride_kv[s], c.padding_kv[s]);
       a.scale = std::pow(double(c.embed_dim[s]), -0.5);  // CvT scales by the whole stage width
       a.kernel = c.kernel_qkv[s], a.stride = c.stride_kv[s], a.padding = c.padding_kv[s];
+      std::tie(a.query_origin, a.query_step) = conv_centres(tokens, c.kernel_qkv[s], c.stride_q[s], c.padding_q[s]);
+      std::tie(a.key_origin, a.key_step) = conv_centres(tokens, c.kernel_qkv[s], c.stride_kv[s], c.padding_kv[s]);
       out.push_back(a);
     }
   }

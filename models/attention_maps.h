@@ -28,6 +28,10 @@ struct AttentionLayout {
   // The key projection: key (a, b) covers query rows a·stride − padding .. a·stride − padding + kernel − 1
   // (columns alike). ViT's keys are its tokens: kernel 1, stride 1, padding 0.
   int64_t kernel = 1, stride = 1, padding = 0;
+  // Receptive-field centres in input pixels, pixel (y, x) covering [y, y + 1) × [x, x + 1): query (r, c)
+  // sits at (query_origin + query_step·r, query_origin + query_step·c), key (a, b) alike. A convolution
+  // (kernel k, stride s, padding p) turns its input grid's (origin o, step d) into (o + d·((k − 1)/2 − p), d·s).
+  double query_origin = 0.5, query_step = 1, key_origin = 0.5, key_step = 1;
   int64_t queries() const { return int64_t(cls) + query_rows * query_cols; }
   int64_t keys() const { return int64_t(cls) + key_rows * key_cols; }
 };

@@ -155,5 +155,19 @@ run attn --checkpoint "$TINY" --fuse median --out "$ATTN" "$PNG"; expect_error "
 run attn --checkpoint "$TINY" --out "$ATTN"; expect_error "attn no images" "no images"
 run attn --checkpoint "$TINY" --out "$ATTN" "$DIR/missing.png"; expect_error "attn unreadable image" "missing.png"
 
+# tessera attn's page and heat maps: index.html with the statistics; PNGs unless the build has no cairo (the
+# page then says so); a query patch on the grids that have it, and bad queries.
+run attn --checkpoint "$TINY" --layers 0,5 --query 3,4 --out "$ATTN" "$PNG"
+if [ "$rc" -eq 0 ]; then expect_out "attn page summary" '^wrote .*index\.html \('
+else fail "attn --query: exit code $rc"; fi
+if grep -q 'Statistics per layer and head' "$ATTN/index.html" 2>/dev/null && grep -q '"mean_distance_px"' "$ATTN/attn.json"
+then pass "attn page and statistics"; else fail "attn: index.html or the statistics in attn.json missing"; fi
+if grep -q 'No pictures: ' "$ATTN/index.html" 2>/dev/null; then pass "attn page without cairo says so"
+elif (for f in 0_input 0_layer0_keys 0_layer5_head2 0_layer5_mean 0_rollout 0_layer0_query_3_4 0_layer5_query_3_4; do
+        [ "$(head -c 4 "$ATTN/png/$f.png" 2>/dev/null | od -An -c | tr -d ' ')" = '211PNG' ] || exit 1; done)
+then pass "attn heat maps"; else fail "attn: a heat map under png/ is missing or not a PNG"; fi
+run attn --checkpoint "$TINY" --query 3 --out "$ATTN" "$PNG"; expect_error "attn bad query" "--query 3"
+run attn --checkpoint "$TINY" --layers 5 --query 20,2 --out "$ATTN" "$PNG"; expect_error "attn query off every grid" "--query 20,2"
+
 if [ "$failures" -ne 0 ]; then echo "$failures check(s) failed"; exit 1; fi
 echo "all CLI checks passed"

@@ -8,8 +8,12 @@
 // [rows, cols], cls_token, scale, heads kept, heads_total), "images" (the paths), "preprocessing" (the
 // processor's preprocessor_config.json fields and channels), "model" (type, source, config), "predictions"
 // (per image: file, index, label, prob) and "method" (name, fuse, discard, heads, the rolled-out layers,
-// grid, and cls_mass: per layer, per image, the mean attention on the cls key). DIR/attn.json holds the
-// same metadata as one JSON object.
+// grid, and cls_mass: per layer, per image, the mean attention on the cls key). Each layer also carries
+// "statistics": per kept head, the entropy, mean attention distance and cls share over all the images
+// (train/attention_page.h). DIR/attn.json holds the same metadata as one JSON object.
+//
+// DIR/png/ holds the heat maps (train/attention_page.h draws them; a build without cairo draws none) and
+// DIR/index.html shows them per image with the method of each, and the statistics.
 #include <algorithm>
 #include <filesystem>
 #include <iostream>
@@ -23,7 +27,9 @@
 #include "models/attention_maps.h"
 #include "models/model.h"
 #include "tools/cli.h"
+#include "train/attention_page.h"
 #include "train/checkpoint.h"
+#include "train/report_text.h"
 
 namespace tessera::cli {
 
@@ -33,16 +39,154 @@ using nlohmann::json;
 
 struct AttnOptions {
   std::string model, weights, checkpoint, config, device, out, fuse = "mean";
-  std::vector<int64_t> layers, heads;
+  std::vector<int64_t> layers, heads, query;
   double discard = 0;
   bool json = false;
   std::vector<std::string> images;
 };
 
+// Embedded in index.html below this total; above it the page links png/ instead, so it stays quick to open.
+constexpr size_t kEmbedLimit = 20u << 20;
+
 std::string joined(const std::vector<int64_t>& v) {
   std::string s;
   for (int64_t x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
   return s;
+}
+
+// The heat maps under DIR/png/ and DIR/index.html; returns the page's path and how its PNGs are stored.
+template <typename Captured>
+std::string write_pictures(const AttnOptions& o, const std::vector<models::AttentionLayout>& layouts,
+                           const std::vector<int64_t>& layers, const std::vector<int64_t>& rollout,
+                           const Captured& captured, const Tensor& pixels, const std::map<std::string, Tensor>& tensors,
+                           const json& meta) {
+  namespace fs = std::filesystem;
+  const std::string png_dir = (fs::path(o.out) / "png").string();
+  const bool drawing = train::figures_unavailable().empty();
+  std::error_code ec;
+  if (drawing) fs::create_directories(png_dir, ec);
+  if (ec) throw std::runtime_error("attn: --out " + o.out + ": cannot create png/: " + ec.message());
+  std::map<std::string, std::string> pngs;  // by src, png/NAME
+  auto picture = [&](const std::string& name, std::optional<std::string> bytes, const std::string& caption) {
+    train::Figure f{caption, ""};
+    if (bytes) {
+      write_file_atomic(png_dir + "/" + name, *bytes);
+      f.src = "png/" + name;
+      pngs[f.src] = std::move(*bytes);
+    }
+    return f;
+  };
+  auto grid = [](int64_t r, int64_t c) { return std::to_string(r) + "×" + std::to_string(c); };
+  const std::string mean_of = o.heads.empty() ? "all heads" : "heads " + joined(o.heads);
+  const json& predictions = meta["predictions"];
+  std::vector<train::ImageSection> sections;
+  for (int64_t b = 0; b < pixels.size(0); ++b) {
+    const train::InputImage im = train::input_image(pixels, b);
+    const std::string stem = std::to_string(b) + "_", file = fs::path(o.images[size_t(b)]).filename().string();
+    train::ImageSection sec;
+    sec.file = o.images[size_t(b)];
+    sec.label = predictions[size_t(b)]["label"].get<std::string>();
+    sec.prob = predictions[size_t(b)]["prob"].get<double>();
+    sec.input = picture(stem + "input.png", train::input_png(im, file + " as the model saw it"),
+                        "input, " + grid(im.height, im.width) + " px");
+    for (int64_t l : layers) {
+      const models::AttentionLayout& a = layouts[size_t(l)];
+      const Tensor p = captured(l).select(0, b);
+      const std::string name = stem + "layer" + std::to_string(l), title = "layer " + std::to_string(l);
+      train::FigureRow row;
+      if (a.cls) {
+        row.title = title + " (stage " + std::to_string(a.stage) + "): the cls token's attention to the patches";
+        row.method = "p[cls, k] for each patch key k of the " + grid(a.key_rows, a.key_cols) +
+                     " key grid, per head and as the mean over " + mean_of + "; drawn between the keys' receptive-field "
+                     "centres (bilinear), coloured from the map's minimum to its maximum.";
+        std::vector<int64_t> kept = o.heads;
+        if (kept.empty())
+          for (int64_t h = 0; h < a.heads; ++h) kept.push_back(h);
+        for (int64_t h : kept)
+          row.figures.push_back(picture(name + "_head" + std::to_string(h) + ".png",
+                                        train::heat_map_png(im, train::query_map(p, a, {h}, 0),
+                                                            title + " · head " + std::to_string(h) + " · cls row"),
+                                        "head " + std::to_string(h)));
+        row.figures.push_back(picture(name + "_mean.png",
+                                      train::heat_map_png(im, train::query_map(p, a, o.heads, 0), title + " · mean · cls row"),
+                                      "mean"));
+      } else {
+        row.title = title + " (stage " + std::to_string(a.stage) + ", no cls token): the attention each key receives";
+        row.method = "Σ_q p[q, k] over all " + std::to_string(a.queries()) + " queries for each key k of the " +
+                     grid(a.key_rows, a.key_cols) + " key grid (the stride-" + std::to_string(a.stride) +
+                     " key convolution's), averaged over " + mean_of + ".";
+        row.figures.push_back(picture(name + "_keys.png",
+                                      train::heat_map_png(im, train::key_map(p, a, o.heads), title + " · keys received"),
+                                      "mean over heads"));
+      }
+      sec.rows.push_back(std::move(row));
+    }
+    if (!rollout.empty()) {
+      const models::AttentionLayout& last = layouts[size_t(rollout.back())];
+      train::HeatMap m{last.query_rows, last.query_cols, last.query_origin, last.query_step,
+                       tensors.at("rollout").select(0, b).to(DType::f64).contiguous().to_vector<double>()};
+      train::FigureRow row;
+      row.title = "attention rollout over layers " + joined(rollout);
+      const std::string common = "R = Â_L ⋯ Â_1 over those layers, map = R[cls, patches] on the " +
+                                 grid(last.query_rows, last.query_cols) + " query grid, scaled to max 1 (fuse_heads: " +
+                                 o.fuse + " over " + mean_of + "; discard " + json(o.discard).dump() + ").";
+      row.method = last.kernel == 1 && last.stride == 1
+                       ? "Â_l = norm_rows(fuse_heads(A_l) + I), " + common
+                       : "Â_l = norm_rows(fuse_heads(A_l)·S + I), where S (Tk × Tq) spreads key (a, b) uniformly over "
+                         "the query positions of its " + std::to_string(last.kernel) + "×" + std::to_string(last.kernel) +
+                         " receptive field (stride " + std::to_string(last.stride) + ", padding " +
+                         std::to_string(last.padding) + ") and the cls key onto the cls query; " + common;
+      row.figures.push_back(picture(stem + "rollout.png", train::heat_map_png(im, m, "rollout"), "rollout"));
+      sec.rows.push_back(std::move(row));
+    }
+    if (!o.query.empty()) {
+      const int64_t r = o.query[0], c = o.query[1];
+      train::FigureRow row;
+      row.title = "query (" + std::to_string(r) + ", " + std::to_string(c) + ")";
+      row.method = "p[q, k] of the query at row " + std::to_string(r) + ", column " + std::to_string(c) +
+                   " of each selected layer's query grid that has it, over that layer's patch keys, averaged over " +
+                   mean_of + ".";
+      for (int64_t l : layers) {
+        const models::AttentionLayout& a = layouts[size_t(l)];
+        if (r >= a.query_rows || c >= a.query_cols) continue;
+        const std::string title = "layer " + std::to_string(l) + " · query (" + std::to_string(r) + ", " + std::to_string(c) + ")";
+        row.figures.push_back(picture(
+            stem + "layer" + std::to_string(l) + "_query_" + std::to_string(r) + "_" + std::to_string(c) + ".png",
+            train::heat_map_png(im, train::query_map(captured(l).select(0, b), a, o.heads, a.cls + r * a.query_cols + c), title),
+            "layer " + std::to_string(l)));
+      }
+      sec.rows.push_back(std::move(row));
+    }
+    sections.push_back(std::move(sec));
+  }
+
+  size_t total = 0;
+  for (const auto& [src, bytes] : pngs) total += bytes.size();
+  const bool embed = total < kEmbedLimit;
+  const std::string size = train::fmt("%.1f MB", double(total) / (1 << 20)), count = std::to_string(pngs.size()) + " PNGs";
+  std::string note, how;
+  if (!drawing) {
+    note = "No pictures: " + std::string(train::figures_unavailable()) + ". The statistics below are complete.";
+    how = "no PNGs";
+  } else if (embed) {
+    note = "The " + count + " (" + size + ") are embedded in this page; copies are in png/. Click a picture to enlarge it.";
+    how = count + " embedded, copies in png/";
+    auto inline_src = [&](train::Figure& f) {
+      if (!f.src.empty()) f.src = "data:image/png;base64," + train::base64(pngs.at(f.src));
+    };
+    for (train::ImageSection& s : sections) {
+      inline_src(s.input);
+      for (train::FigureRow& r : s.rows)
+        for (train::Figure& f : r.figures) inline_src(f);
+    }
+  } else {
+    note = "The " + count + " (" + size + ", over " + std::to_string(kEmbedLimit >> 20) +
+           " MB) are linked from png/ beside this page: keep the folder together. Click a picture to enlarge it.";
+    how = count + " linked from png/";
+  }
+  const std::string path = (fs::path(o.out) / "index.html").string();
+  write_file_atomic(path, train::attention_page(meta, sections, note));
+  return path + " (" + how + ")";
 }
 
 void run_attn(AttnOptions o) {
@@ -100,6 +244,22 @@ void run_attn(AttnOptions o) {
                                  " has heads 0.." + std::to_string(layouts[size_t(l)].heads - 1));
   }
 
+  // --query ROW,COL: a query patch, on the query grid of every selected layer that has it.
+  if (!o.query.empty()) {
+    if (o.query.size() != 2 || o.query[0] < 0 || o.query[1] < 0)
+      throw std::runtime_error("attn: --query " + joined(o.query) + ": give ROW,COL, two numbers from 0");
+    std::string grids;
+    bool found = false;
+    for (int64_t l : layers) {
+      const models::AttentionLayout& a = layouts[size_t(l)];
+      found |= o.query[0] < a.query_rows && o.query[1] < a.query_cols;
+      grids += (grids.empty() ? "" : ", ") + std::to_string(a.query_rows) + "x" + std::to_string(a.query_cols);
+    }
+    if (!found)
+      throw std::runtime_error("attn: --query " + joined(o.query) + ": no selected layer's query grid has it (layers " +
+                               joined(layers) + ": " + grids + ")");
+  }
+
   std::vector<Image> images;
   for (const std::string& path : o.images) images.push_back(decode_image(path));
   const Tensor pixels = preprocess_batch(images, proc);
@@ -132,9 +292,11 @@ void run_attn(AttnOptions o) {
       for (int64_t h = 0; h < a.heads; ++h) kept.push_back(h);
     else p = index_select(p, 1, Tensor::from(kept, {int64_t(kept.size())}));
     tensors["layer." + std::to_string(l) + ".attention_probs"] = p.contiguous();
+    train::AttentionStatistics stats(a, kept);
+    stats.add(captured(l));
     layer_meta.push_back({{"layer", l}, {"stage", a.stage}, {"query_grid", {a.query_rows, a.query_cols}},
                           {"key_grid", {a.key_rows, a.key_cols}}, {"cls_token", a.cls}, {"scale", a.scale},
-                          {"heads", kept}, {"heads_total", a.heads}});
+                          {"heads", kept}, {"heads_total", a.heads}, {"statistics", stats.to_json()}});
   }
 
   json method = {{"fuse", o.fuse}, {"discard", o.discard}, {"heads", o.heads}, {"layers", rollout}};
@@ -193,6 +355,8 @@ void run_attn(AttnOptions o) {
   save_safetensors(st, tensors, metadata);
   write_file_atomic((fs::path(o.out) / "attn.json").string(), meta.dump(2) + "\n");
 
+  const std::string page = write_pictures(o, layouts, layers, rollout, captured, pixels, tensors, meta);
+
   if (o.json) {
     std::cout << meta.dump(2) << "\n";
     return;
@@ -204,6 +368,7 @@ void run_attn(AttnOptions o) {
   for (const json& p : predictions)
     std::cout << "  " << p["file"].get<std::string>() << "  " << p["label"].get<std::string>() << "  "
               << p["prob"].get<double>() << "\n";
+  std::cout << "wrote " << page << "\n";
 }
 
 }  // namespace
@@ -223,6 +388,9 @@ void add_attn(CLI::App& app) {
   sub->add_option("--discard", o->discard, "Share of each fused matrix's lowest entries rollout zeroes, in [0, 1)")
       ->capture_default_str();
   sub->add_option("--device", o->device, "cpu (the only device for now)");
+  sub->add_option("--query", o->query, "ROW,COL: also map that query patch's attention, in every selected layer "
+                                       "whose query grid has it")
+      ->delimiter(',');
   sub->add_flag("--json", o->json, "Print attn.json's content instead of a summary");
   sub->add_option("--out", o->out, "Output folder (created)");
   sub->add_option("images", o->images, "Image files");

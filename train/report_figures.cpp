@@ -39,89 +39,95 @@ namespace {
 constexpr double kTitle = 18, kAxis = 15, kLabel = 14, kSmallLabel = 11, kCount = 20, kSmall = 12;
 const Rgb kInk{33, 37, 41}, kMuted{108, 117, 125}, kWhite{255, 255, 255}, kRule{173, 181, 189};
 
-enum class Align { Left, Centre, Right };
+}  // namespace
 
-// A cairo image surface with the few drawing calls the figure needs; text through cairo's own font
-// selection, which asks fontconfig for the family (any sans face stands in when DejaVu Sans is absent).
-class Canvas {
- public:
-  Canvas(int width, int height)
-      : surface_(cairo_image_surface_create(CAIRO_FORMAT_RGB24, width, height), cairo_surface_destroy),
-        cr_(cairo_create(surface_.get()), cairo_destroy) {
-    fill(0, 0, width, height, kWhite);
-  }
+Canvas::Canvas(int width, int height)
+    : surface_(cairo_image_surface_create(CAIRO_FORMAT_RGB24, width, height), cairo_surface_destroy),
+      cr_(cairo_create(surface_.get()), cairo_destroy) {
+  fill(0, 0, width, height, kWhite);
+}
 
-  void fill(double x0, double y0, double x1, double y1, Rgb c) {
-    colour(c);
-    cairo_rectangle(cr_.get(), x0, y0, x1 - x0, y1 - y0);
-    cairo_fill(cr_.get());
-  }
+void Canvas::fill(double x0, double y0, double x1, double y1, Rgb c) {
+  colour(c);
+  cairo_rectangle(cr_.get(), x0, y0, x1 - x0, y1 - y0);
+  cairo_fill(cr_.get());
+}
 
-  void font(double size, bool bold = false) {
-    cairo_select_font_face(cr_.get(), "DejaVu Sans", CAIRO_FONT_SLANT_NORMAL,
-                           bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
-    cairo_set_font_size(cr_.get(), size);
-  }
-  // The advance of s in the current font.
-  double width(const std::string& s) {
-    cairo_text_extents_t e;
-    cairo_text_extents(cr_.get(), s.c_str(), &e);
-    return e.x_advance;
-  }
-  // The height of a digit above the baseline, for centring numbers in a box.
-  double digit_height() {
-    cairo_text_extents_t e;
-    cairo_text_extents(cr_.get(), "0", &e);
-    return -e.y_bearing;
-  }
-  // Baseline to baseline.
-  double line_height() {
-    cairo_font_extents_t e;
-    cairo_font_extents(cr_.get(), &e);
-    return e.height;
-  }
+void Canvas::font(double size, bool bold) {
+  cairo_select_font_face(cr_.get(), "DejaVu Sans", CAIRO_FONT_SLANT_NORMAL,
+                         bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
+  cairo_set_font_size(cr_.get(), size);
+}
 
-  // s with its baseline at y, aligned on x; `up` turns it to read bottom to top about (x, y).
-  void text(double x, double y, const std::string& s, Rgb c, Align align = Align::Left, bool up = false) {
-    const double w = width(s), dx = align == Align::Left ? 0 : align == Align::Centre ? -w / 2 : -w;
-    cairo_save(cr_.get());
-    cairo_translate(cr_.get(), x, y);
-    if (up) cairo_rotate(cr_.get(), -M_PI / 2);
-    cairo_move_to(cr_.get(), dx, 0);
-    colour(c);
-    cairo_show_text(cr_.get(), s.c_str());
-    cairo_restore(cr_.get());
+double Canvas::width(const std::string& s) {
+  cairo_text_extents_t e;
+  cairo_text_extents(cr_.get(), s.c_str(), &e);
+  return e.x_advance;
+}
+
+double Canvas::digit_height() {
+  cairo_text_extents_t e;
+  cairo_text_extents(cr_.get(), "0", &e);
+  return -e.y_bearing;
+}
+
+double Canvas::line_height() {
+  cairo_font_extents_t e;
+  cairo_font_extents(cr_.get(), &e);
+  return e.height;
+}
+
+void Canvas::text(double x, double y, const std::string& s, Rgb c, Align align, bool up) {
+  const double w = width(s), dx = align == Align::Left ? 0 : align == Align::Centre ? -w / 2 : -w;
+  cairo_save(cr_.get());
+  cairo_translate(cr_.get(), x, y);
+  if (up) cairo_rotate(cr_.get(), -M_PI / 2);
+  cairo_move_to(cr_.get(), dx, 0);
+  colour(c);
+  cairo_show_text(cr_.get(), s.c_str());
+  cairo_restore(cr_.get());
+}
+
+void Canvas::scale_bar(int x0, int x1, int y0, int y1) {
+  for (int x = x0; x < x1; ++x) fill(x, y0, x + 1, y1, blues(double(x - x0) / double(x1 - x0 - 1)));
+  cairo_set_line_width(cr_.get(), 1);
+  colour(kRule);
+  cairo_rectangle(cr_.get(), x0 - 0.5, y0 - 0.5, x1 - x0 + 1, y1 - y0 + 1);
+  cairo_stroke(cr_.get());
+}
+
+// RGB24 keeps each pixel as a native-endian 32-bit 0x00RRGGBB word; rows are `stride` bytes apart.
+void Canvas::pixels(int x, int y, int w, int h, const std::vector<Rgb>& rgb) {
+  cairo_surface_flush(surface_.get());
+  unsigned char* data = cairo_image_surface_get_data(surface_.get());
+  const int stride = cairo_image_surface_get_stride(surface_.get());
+  for (int r = 0; r < h; ++r) {
+    auto* row = reinterpret_cast<uint32_t*>(data + size_t(y + r) * size_t(stride)) + x;
+    for (int c = 0; c < w; ++c) {
+      const Rgb p = rgb[size_t(r) * size_t(w) + size_t(c)];
+      row[c] = uint32_t(p.r) << 16 | uint32_t(p.g) << 8 | uint32_t(p.b);
+    }
   }
+  cairo_surface_mark_dirty(surface_.get());
+}
 
-  // A horizontal colour bar from x0 to x1: the palette sampled once per pixel column.
-  void scale_bar(int x0, int x1, int y0, int y1) {
-    for (int x = x0; x < x1; ++x) fill(x, y0, x + 1, y1, blues(double(x - x0) / double(x1 - x0 - 1)));
-    cairo_set_line_width(cr_.get(), 1);
-    colour(kRule);
-    cairo_rectangle(cr_.get(), x0 - 0.5, y0 - 0.5, x1 - x0 + 1, y1 - y0 + 1);
-    cairo_stroke(cr_.get());
-  }
+std::string Canvas::png(const std::string& who, const std::string& name) {
+  cairo_surface_flush(surface_.get());
+  if (cairo_status_t s = cairo_status(cr_.get()); s != CAIRO_STATUS_SUCCESS)
+    throw std::runtime_error(who + ": cannot draw " + name + ": " + cairo_status_to_string(s));
+  std::string out;
+  auto append = [](void* closure, const unsigned char* data, unsigned int size) {
+    static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(data), size);
+    return CAIRO_STATUS_SUCCESS;
+  };
+  if (cairo_status_t s = cairo_surface_write_to_png_stream(surface_.get(), append, &out); s != CAIRO_STATUS_SUCCESS)
+    throw std::runtime_error(who + ": cannot encode " + name + ": " + cairo_status_to_string(s));
+  return out;
+}
 
-  std::string png() {
-    cairo_surface_flush(surface_.get());
-    if (cairo_status_t s = cairo_status(cr_.get()); s != CAIRO_STATUS_SUCCESS)
-      throw std::runtime_error(std::string("report: cannot draw confusion_matrix.png: ") + cairo_status_to_string(s));
-    std::string out;
-    auto append = [](void* closure, const unsigned char* data, unsigned int size) {
-      static_cast<std::string*>(closure)->append(reinterpret_cast<const char*>(data), size);
-      return CAIRO_STATUS_SUCCESS;
-    };
-    if (cairo_status_t s = cairo_surface_write_to_png_stream(surface_.get(), append, &out); s != CAIRO_STATUS_SUCCESS)
-      throw std::runtime_error(std::string("report: cannot encode confusion_matrix.png: ") + cairo_status_to_string(s));
-    return out;
-  }
+void Canvas::colour(Rgb c) { cairo_set_source_rgb(cr_.get(), c.r / 255.0, c.g / 255.0, c.b / 255.0); }
 
- private:
-  void colour(Rgb c) { cairo_set_source_rgb(cr_.get(), c.r / 255.0, c.g / 255.0, c.b / 255.0); }
-
-  std::unique_ptr<cairo_surface_t, void (*)(cairo_surface_t*)> surface_;
-  std::unique_ptr<cairo_t, void (*)(cairo_t*)> cr_;
-};
+namespace {
 
 // A class name broken at '_' into at most 3 lines (glioma / tumor), or whole.
 std::vector<std::string> name_parts(const std::string& name) {

@@ -10,6 +10,12 @@
 
 #include "train/report_files.h"
 
+#if TESSERA_HAS_CAIRO
+#include <cairo.h>
+
+#include <memory>
+#endif
+
 namespace tessera::train {
 
 struct Rgb { uint8_t r, g, b; };
@@ -23,6 +29,37 @@ double row_share(const std::vector<int64_t>& row, size_t j);
 
 // Why this build draws no PNG figures (one sentence), or "" when it draws them.
 std::string_view figures_unavailable();
+
+#if TESSERA_HAS_CAIRO
+// The figures' drawing surface, for the train layer's own sources only (CMake defines TESSERA_HAS_CAIRO for
+// them alone): a cairo image surface with the few drawing calls the figures need; text through cairo's own
+// font selection, which asks fontconfig for the family (any sans face stands in when DejaVu Sans is absent).
+enum class Align { Left, Centre, Right };
+
+class Canvas {
+ public:
+  Canvas(int width, int height);
+  void fill(double x0, double y0, double x1, double y1, Rgb c);
+  void font(double size, bool bold = false);
+  double width(const std::string& s);  // the advance of s in the current font
+  double digit_height();               // a digit's height above the baseline, for centring numbers
+  double line_height();                // baseline to baseline
+  // s with its baseline at y, aligned on x; `up` turns it to read bottom to top about (x, y).
+  void text(double x, double y, const std::string& s, Rgb c, Align align = Align::Left, bool up = false);
+  // A horizontal colour bar from x0 to x1: the confusion palette sampled once per pixel column.
+  void scale_bar(int x0, int x1, int y0, int y1);
+  // w x h pixels, row-major, with their top-left corner at (x, y) (inside the canvas).
+  void pixels(int x, int y, int w, int h, const std::vector<Rgb>& rgb);
+  // The PNG's bytes; a failure throws "WHO: cannot draw NAME: why".
+  std::string png(const std::string& who = "report", const std::string& name = "confusion_matrix.png");
+
+ private:
+  void colour(Rgb c);
+
+  std::unique_ptr<cairo_surface_t, void (*)(cairo_surface_t*)> surface_;
+  std::unique_ptr<cairo_t, void (*)(cairo_t*)> cr_;
+};
+#endif
 
 // confusion_matrix.png's bytes: the matrix shaded by row share with each cell's count and share, class
 // names on both axes, a colour scale. About 684 x 520 px for a few classes with short names; wider for long
