@@ -309,12 +309,17 @@ void run_bench(const BenchCli& o) {
 
   // ---- the profile: a few more steps under the profiler (not the timed ones: it synchronises on CUDA)
   std::unique_ptr<profile::Profiler> profiler;
+  std::vector<ProfileRow> by_op, by_layer;
+  double op_seconds = 0;  // per profiled step
   if (o.profile || !o.trace.empty()) {
     work.step();  // one step whose backend wrappers and layer names are made, then forgotten
     profiler = std::make_unique<profile::Profiler>(/*keep_events=*/!o.trace.empty());
     for (int64_t i = 0; i < o.profile_steps; ++i) work.step();
     finish(device);
     if (!o.trace.empty()) profiler->write_trace(o.trace);
+    by_op = profile_rows(*profiler, false, o.profile_steps);
+    by_layer = profile_rows(*profiler, true, o.profile_steps);
+    op_seconds = profiler->overall().seconds / double(o.profile_steps);
   }
 
   nlohmann::json j = {
@@ -327,12 +332,9 @@ void run_bench(const BenchCli& o) {
       {"forward_flops_per_image", forward_flops}, {"flops_per_step", step_flops},
       {"gflops_per_second", achieved / 1e9}, {"peak_memory_bytes", peak_memory}, {"ceiling", ceiling},
       {"config", config_json(config)}};
-  if (profiler) {
-    const double op_seconds = profiler->overall().seconds / double(o.profile_steps);
+  if (profiler)
     j["profile"] = {{"steps", o.profile_steps}, {"op_seconds_per_step", op_seconds},
-                    {"by_op", rows_json(profile_rows(*profiler, false, o.profile_steps))},
-                    {"by_layer", rows_json(profile_rows(*profiler, true, o.profile_steps))}};
-  }
+                    {"by_op", rows_json(by_op)}, {"by_layer", rows_json(by_layer)}};
   if (o.json) {
     std::cout << j.dump() << "\n";
     return;
@@ -354,12 +356,11 @@ void run_bench(const BenchCli& o) {
   std::printf("peak memory: %.1f MiB (%s)\n", double(peak_memory) / (1 << 20),
               device == Device::CUDA ? "device memory in use, high-water mark" : "resident set, high-water mark");
   if (profiler) {
-    const double op_seconds = profiler->overall().seconds / double(o.profile_steps);
     std::printf("\nprofile: %lld steps under the profiler; backend calls take %.2f ms per step, %.1f%% of the "
                 "median step (the rest: allocation, the autograd tape, host-side glue)\n",
                 static_cast<long long>(o.profile_steps), op_seconds * 1e3, 100 * op_seconds / median);
-    print_profile_table("op family", profile_rows(*profiler, false, o.profile_steps), median, true);
-    print_profile_table("layer", profile_rows(*profiler, true, o.profile_steps), median, false);
+    print_profile_table("op family", by_op, median, true);
+    print_profile_table("layer", by_layer, median, false);
     if (!o.trace.empty()) std::printf("\ntrace: %s (open in https://ui.perfetto.dev or chrome://tracing)\n", o.trace.c_str());
   }
 }

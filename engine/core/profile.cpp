@@ -37,11 +37,6 @@ Profiler* Profiler::active() {
   return p && p->thread_ == std::this_thread::get_id() ? p : nullptr;
 }
 
-void Profiler::clear() {
-  totals_.clear();
-  events_.clear();
-}
-
 int32_t Profiler::layer_id(const std::string& name) {
   auto [it, inserted] = layer_index_.emplace(name, int32_t(layers_.size()));
   if (inserted) layers_.push_back(name);

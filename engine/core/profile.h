@@ -61,8 +61,6 @@ class Profiler {
   Profiler(const Profiler&) = delete;
   Profiler& operator=(const Profiler&) = delete;
 
-  // Forgets what was recorded so far (the warm-up), keeps the layer names.
-  void clear();
 
   struct Key {
     std::string op;
