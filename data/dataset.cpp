@@ -9,6 +9,8 @@
 #include <set>
 #include <system_error>
 
+#include "engine/core/fileio.h"
+#include "engine/core/parallel.h"
 #include "engine/core/philox.h"
 
 namespace tessera {
@@ -75,6 +77,27 @@ bool is_image_file(const std::string& path) {
   std::string ext = fs::path(path).extension().string();
   for (char& c : ext) c = char(std::tolower(static_cast<unsigned char>(c)));
   return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp";
+}
+
+std::string fingerprint(const DatasetSplit& split, const std::string& root) {
+  std::vector<std::string> lines(split.samples.size());
+  parallel_for(int64_t(lines.size()), 8, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const std::string& path = split.samples[size_t(i)].path;
+      const std::string rel = std::filesystem::path(path).lexically_relative(root).generic_string();
+      std::error_code ec;
+      const uintmax_t bytes = std::filesystem::file_size(path, ec);
+      try {
+        lines[size_t(i)] = rel + "\t" + std::to_string(bytes) + "\t" + sha256_file(path) + "\n";
+      } catch (const FileError&) {
+        lines[size_t(i)] = rel + "\tunreadable\n";
+      }
+    }
+  });
+  std::sort(lines.begin(), lines.end());  // independent of the class order the split was scanned in
+  std::string text;
+  for (const std::string& line : lines) text += line;
+  return sha256_hex(text);
 }
 
 DatasetSplit scan_folder(const std::string& root, const std::vector<std::string>& classes) {

@@ -38,6 +38,12 @@ struct DatasetSplit {
 // True for a file name ending in .jpg/.jpeg/.png/.bmp (case-insensitive).
 bool is_image_file(const std::string& path);
 
+// A data set folder's identity: the SHA-256 of one line per image file of `split`, sorted —
+// "<path relative to root>\t<bytes>\t<SHA-256 of the bytes>", or "<path>\tunreadable" for a file that
+// cannot be read. Adding, removing, renaming or changing any image changes it; moving or copying the folder
+// does not. Reads every file once, on the thread pool.
+std::string fingerprint(const DatasetSplit& split, const std::string& root);
+
 // Scans ROOT/<class>/*. With `classes` empty: every non-hidden folder under root is a class, sorted.
 // With `classes` given: exactly those, in that order (other folders are ignored); each must exist.
 // Errors: root missing or not a folder, a given class missing or listed twice, a class folder without

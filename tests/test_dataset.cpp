@@ -18,6 +18,7 @@
 
 #include "data/augment.h"
 #include "data/dataset.h"
+#include "engine/core/fileio.h"
 #include "engine/core/parallel.h"
 #include "tests/errors.h"
 #include "tests/temp_dir.h"
@@ -235,6 +236,40 @@ TEST_CASE("dataset: a corrupt file is skipped with a warning naming it") {
   std::string warning;
   CHECK_FALSE(try_decode(Sample{(r / "gone.png").string(), 0}, warning));
   CHECK(contains(warning, "gone.png"));
+}
+
+TEST_CASE("dataset: the fingerprint names the images, not where they lie or how they were scanned") {
+  TempDir t("fingerprint");
+  const fs::path r = t.path / "data";
+  write_image(r / "a" / "one.png", pattern(7, 5));
+  write_image(r / "a" / "two.png", pattern(7, 5, 1));
+  write_image(r / "b" / "three.png", pattern(7, 5, 2));
+  const std::string base = fingerprint(scan_folder(r.string()), r.string());
+  CHECK(base.size() == 64);
+  // A copy elsewhere, scanned with the classes in another order: the same images, the same fingerprint.
+  fs::copy(r, t.path / "copy", fs::copy_options::recursive);
+  CHECK(fingerprint(scan_folder((t.path / "copy").string(), {"b", "a"}), (t.path / "copy").string()) == base);
+  // Every change to an image's bytes, name or class, and an added image, changes it.
+  auto changed = [&](auto&& change) {
+    fs::remove_all(t.path / "edit");
+    fs::copy(r, t.path / "edit", fs::copy_options::recursive);
+    change(t.path / "edit");
+    return fingerprint(scan_folder((t.path / "edit").string()), (t.path / "edit").string()) != base;
+  };
+  CHECK(changed([](const fs::path& d) {
+    std::fstream f(d / "a" / "one.png", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(40);
+    f.put('\x7f');
+  }));
+  CHECK(changed([](const fs::path& d) { fs::rename(d / "a" / "two.png", d / "a" / "deux.png"); }));
+  CHECK(changed([](const fs::path& d) { fs::rename(d / "a" / "two.png", d / "b" / "two.png"); }));
+  CHECK(changed([](const fs::path& d) { write_image(d / "b" / "four.png", pattern(7, 5, 3)); }));
+  // The SHA-256 is the standard one: the empty string's and "abc"'s digests (FIPS 180-4's examples).
+  CHECK(sha256_hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  CHECK(sha256_hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  write_text(t.path / "abc.txt", "abc");
+  CHECK(sha256_file((t.path / "abc.txt").string()) == sha256_hex("abc"));
+  CHECK_THROWS_WITH(sha256_file((t.path / "gone").string()), doctest::Contains("gone: cannot open"));
 }
 
 TEST_CASE("dataset: stratified split - sizes, proportions, disjoint, covering, seeded") {

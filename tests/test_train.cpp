@@ -54,7 +54,9 @@ TEST_CASE("trainer state round-trips and a damaged one is refused with the file 
   s.epoch = 3, s.global_step = 216, s.rng_seed = 0xFFFFFFFFFFFFFFF1ULL, s.rng_offset = 123456789012345ULL;
   s.metrics_bytes = 4096, s.best_epoch = 2, s.best_val_accuracy = 0.875;
   s.epoch_metrics = {{"event", "epoch"}, {"epoch", 3}};
+  s.data_fingerprints = {{"Training", "0a1b"}, {"Testing", "2c3d"}};
   TrainerState back = state_from_json(state_to_json(s), "x");
+  CHECK(back.data_fingerprints == s.data_fingerprints);
   CHECK(back.rng_seed == s.rng_seed);  // a full 64-bit seed survives JSON
   CHECK(back.rng_offset == s.rng_offset);
   CHECK(back.global_step == 216);
@@ -62,6 +64,9 @@ TEST_CASE("trainer state round-trips and a damaged one is refused with the file 
   nlohmann::json bad = state_to_json(s);
   bad["best_epoch"] = 7;  // after the last epoch
   CHECK_THROWS_WITH(state_from_json(bad, "ck/trainer_state.json"), doctest::Contains("ck/trainer_state.json: bad trainer state"));
+  nlohmann::json old = state_to_json(s);
+  old["version"] = 1;  // before data fingerprints
+  CHECK_THROWS_WITH(state_from_json(old, "ck/trainer_state.json"), doctest::Contains("version 1, not 2"));
 }
 
 TEST_CASE("preprocessor_config.json round-trips both processors and rejects what it cannot run") {
@@ -242,6 +247,57 @@ TEST_CASE("evaluation finds each class folder by name in the model's labels; a m
   // A folder the model has no class for is refused, naming it.
   fs::create_directories(dir.path / "Testing" / "zebra");
   CHECK_THROWS_WITH(scan_by_name(dir / "Testing", names, "the model"), doctest::Contains("zebra"));
+}
+
+TEST_CASE("a checkpoint proves its integrity: SHA256SUMS, checked before any file is trusted") {
+  testing::TempDir dir("sums");
+  CheckpointFixture f;
+  const fs::path ck = f.save(dir.path.string(), 1, true);
+  CHECK(verify_checkpoint(ck.string()));
+  const std::string sums = read_file((ck / "SHA256SUMS").string());
+  for (const char* name : {"config.json", "model.safetensors", "optimizer.safetensors", "preprocessor_config.json",
+                           "trainer_state.json"})
+    CHECK(sums.find("  " + std::string(name) + "\n") != std::string::npos);
+  CHECK(sums.find(sha256_file((ck / "model.safetensors").string()) + "  model.safetensors\n") != std::string::npos);
+  // One flipped byte anywhere in a weight file: every reader refuses it, naming the file.
+  const std::string model = read_file((ck / "model.safetensors").string());
+  std::string flipped = model;
+  flipped[flipped.size() - 3] ^= 0x10;  // in the last tensor's data: still a valid safetensors file
+  write_file_atomic((ck / "model.safetensors").string(), flipped);
+  CHECK_THROWS_WITH(resolve_checkpoint(dir.path.string()), doctest::Contains("model.safetensors: damaged"));
+  CHECK_THROWS_WITH(last_checkpoint(dir.path.string()), doctest::Contains("model.safetensors: damaged"));
+  write_file_atomic((ck / "model.safetensors").string(), model);
+  CHECK(verify_checkpoint(ck.string()));
+  // A removed file, a removed or garbled SHA256SUMS.
+  const std::string state = read_file((ck / "trainer_state.json").string());
+  fs::remove(ck / "trainer_state.json");
+  CHECK_THROWS_WITH(verify_checkpoint(ck.string()), doctest::Contains("trainer_state.json: missing"));
+  write_file_atomic((ck / "trainer_state.json").string(), state);
+  fs::remove(ck / "SHA256SUMS");
+  CHECK_THROWS_WITH(verify_checkpoint(ck.string()), doctest::Contains("SHA256SUMS: missing"));
+  write_file_atomic((ck / "SHA256SUMS").string(), "not a sum  config.json\n");
+  CHECK_THROWS_WITH(verify_checkpoint(ck.string()), doctest::Contains("line 1 is not"));
+  write_file_atomic((ck / "SHA256SUMS").string(), std::string(64, 'a') + "  ../../etc/passwd\n");
+  CHECK_THROWS_WITH(verify_checkpoint(ck.string()), doctest::Contains("line 1 is not"));
+  // A model folder from elsewhere (config.json + model.safetensors only) has nothing to verify.
+  fs::create_directories(dir.path / "hf");
+  fs::copy_file(ck / "config.json", dir.path / "hf" / "config.json");
+  fs::copy_file(ck / "model.safetensors", dir.path / "hf" / "model.safetensors");
+  CHECK_FALSE(verify_checkpoint((dir.path / "hf").string()));
+  CHECK(resolve_checkpoint((dir.path / "hf").string()) == (dir.path / "hf").string());
+}
+
+TEST_CASE("the novel list names the data it was made for") {
+  const std::string text = novel_list_text("ab12", {"Testing/x/1.jpg", "Testing/y/2.jpg"});
+  testing::TempDir dir("novel");
+  write_file_atomic(dir / "novel.txt", text);
+  const auto list = load_novel_list(dir / "novel.txt");
+  REQUIRE(list);
+  CHECK(list->fingerprint == "ab12");
+  CHECK(list->paths == std::set<std::string>{"Testing/x/1.jpg", "Testing/y/2.jpg"});
+  write_file_atomic(dir / "old.txt", "Testing/x/1.jpg\n");  // an older tessera's list: no fingerprint
+  CHECK(load_novel_list(dir / "old.txt")->fingerprint.empty());
+  CHECK_FALSE(load_novel_list(dir / "gone.txt"));
 }
 
 TEST_CASE("resume: a missing folder, a lost last link, and a run with no complete checkpoint") {

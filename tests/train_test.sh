@@ -187,5 +187,47 @@ expect_error "no step per epoch" "--max-train-samples 1" -- "${EDGE[@]}" --max-t
 expect_error "a negative drop path" "--drop-path must be a rate in [0, 1)" -- "${EDGE[@]}" --drop-path -0.5
 expect_error "a negative seed" "--seed must be >= 0" -- "${EDGE[@]}" --seed -1
 
+# Damaged runs: whatever a resume or an evaluation reads is verified before it is trusted. Each case damages a
+# copy of one run killed after its first epoch; each must end in one line naming the file, exit 1.
+cp -r "$DIR/whole/synthetic-data" "$DIR/dmg-data"
+"$BIN" train --recipe cpu --data "$DIR/dmg-data" --image-size 32 --epochs 2 --max-train-samples 32 --batch-size 16 \
+  --no-progress --out "$DIR/dmg" --halt-after-steps 3 >"$DIR/dmg.log" 2>&1
+damaged() { rm -rf "$DIR/dmg-$1" && cp -a "$DIR/dmg" "$DIR/dmg-$1"; }
+resign() { (cd "$1" && sha256sum $(cut -c67- SHA256SUMS) > SHA256SUMS); }  # new sums over an edited file
+(cd "$DIR/dmg/last" && sha256sum -c --quiet SHA256SUMS) && pass "a checkpoint's SHA256SUMS checks with sha256sum -c" \
+  || fail "sha256sum -c of a checkpoint"
+damaged flip && printf '\x01' | dd of="$DIR/dmg-flip/last/model.safetensors" bs=1 seek=300 conv=notrunc 2>/dev/null
+expect_error "resume refuses a flipped byte in the weights" "model.safetensors: damaged" -- train --resume "$DIR/dmg-flip"
+expect_error "eval refuses a flipped byte in the weights" "model.safetensors: damaged" -- eval --checkpoint "$DIR/dmg-flip" --data "$DIR/dmg-data"
+expect_error "predict refuses a flipped byte in the weights" "model.safetensors: damaged" -- predict --checkpoint "$DIR/dmg-flip" "$img"
+damaged step && sed -i 's/"global_step": 2,/"global_step": 4,/' "$DIR/dmg-step/last/trainer_state.json"
+expect_error "resume refuses an edited trainer_state.json" "trainer_state.json: damaged" -- train --resume "$DIR/dmg-step"
+resign "$DIR/dmg-step/last"
+expect_error "... and, with its checksum forged, one whose step disagrees" "says step 4 after epoch 1" -- train --resume "$DIR/dmg-step"
+damaged short && truncate -s 100 "$DIR/dmg-short/metrics.jsonl"
+expect_error "resume refuses a metrics.jsonl shorter than the checkpoint says" "metrics.jsonl: shorter" -- train --resume "$DIR/dmg-short"
+damaged line && sed -i 's/"best":true/"best":null/' "$DIR/dmg-line/metrics.jsonl"  # the same length
+expect_error "resume refuses a changed epoch line in metrics.jsonl" "is not epoch 1's record" -- train --resume "$DIR/dmg-line"
+damaged sums && rm "$DIR/dmg-sums/last/SHA256SUMS"
+expect_error "resume refuses a checkpoint without SHA256SUMS" "no complete checkpoint" -- train --resume "$DIR/dmg-sums"
+# The data changed between the kill and the resume: refused, unless --allow-data-change (then it says so).
+damaged changed && cp "$(ls "$DIR"/dmg-data/Training/disc/*.png | head -1)" "$(ls "$DIR"/dmg-data/Training/disc/*.png | tail -1)"
+expect_error "resume refuses changed data" "Training changed since the run's last checkpoint" -- train --resume "$DIR/dmg-changed"
+"$BIN" train --resume "$DIR/dmg-changed" --allow-data-change --no-progress >"$DIR/allowed.log" 2>&1 \
+  && grep -q "^warning: .*Training changed since the run's last checkpoint" "$DIR/allowed.log" && grep -q "^epoch 2/2 " "$DIR/allowed.log" \
+  && pass "--allow-data-change resumes changed data, with a warning" || { fail "--allow-data-change"; tail -3 "$DIR/allowed.log"; }
+# Forged checksums over files from elsewhere still disagree with each other: the moments of epoch 2, the
+# state of another epoch.
+damaged moments && cp "$DIR/dmg-changed/checkpoint-epoch-002/optimizer.safetensors" "$DIR/dmg-moments/last/" && resign "$DIR/dmg-moments/last"
+expect_error "resume refuses moments that took another number of steps" "its parameters took 4 steps" -- train --resume "$DIR/dmg-moments"
+damaged epoch && sed -i 's/"epoch": 1,/"epoch": 2,/' "$DIR/dmg-epoch/last/trainer_state.json" && resign "$DIR/dmg-epoch/last"
+expect_error "resume refuses a state whose epoch is not its folder's" "says epoch 2, but it lies in checkpoint-epoch-001" -- train --resume "$DIR/dmg-epoch"
+# A novel list is used only on the images it was made for (corrupt-data's Testing has one file more).
+expect_error "eval refuses a --novel list made for other data" "was made for other images" -- \
+  eval --checkpoint "$DIR/whole" --data "$DIR/corrupt-data" --novel "$DIR/whole/novel_testing.txt"
+"$BIN" eval --checkpoint "$DIR/whole" --data "$DIR/corrupt-data" >"$DIR/other.txt" 2>&1 \
+  && grep -q "no novel-subset accuracy: .*novel_testing.txt was made for other images" "$DIR/other.txt" \
+  && pass "eval does not apply the run's novel list to other data, and says why" || { fail "eval's novel list on other data"; tail -3 "$DIR/other.txt"; }
+
 echo "$failures failure(s)"
 [ "$failures" -eq 0 ]

@@ -8,10 +8,14 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <string>
 
 #include "data/audit.h"
+#include "data/dataset.h"
+#include "engine/core/fileio.h"
+#include "train/evaluate.h"
 #include "tools/cli.h"
 
 namespace tessera::cli {
@@ -26,16 +30,21 @@ struct AuditCliOptions {
 
 std::string split_name(const std::string& s) { return s.empty() ? "(flat)" : s; }
 
-// One path per line, relative to ROOT; the parent folder is created.
+// The novel list (train/evaluate.h's format: the Testing folder's fingerprint, then one path per line
+// relative to ROOT); the parent folder is created. Nothing is written for data without a Testing folder.
 void write_novel(const AuditReport& r, const std::string& out) {
-  std::filesystem::path p(out);
+  namespace fs = std::filesystem;
+  const fs::path testing = fs::path(r.root) / "Testing";
+  std::vector<std::string> classes;  // Testing's class folders, as eval scans them
+  for (const ClassCount& c : r.counts)
+    if (c.split == "Testing") classes.push_back(c.label);
+  if (classes.empty()) return;
+  const std::string fp = fingerprint(scan_by_name(testing.string(), classes, "the audit"), testing.string());
+  std::set<std::string> paths;
+  for (int i : r.novel) paths.insert(r.images[size_t(i)].path);
   std::error_code ec;
-  if (p.has_parent_path()) std::filesystem::create_directories(p.parent_path(), ec);
-  std::ofstream f(p);
-  if (!f) throw std::runtime_error("data audit: cannot write " + out + (ec ? ": " + ec.message() : ""));
-  for (int i : r.novel) f << r.images[size_t(i)].path << "\n";
-  f.close();
-  if (!f) throw std::runtime_error("data audit: error writing " + out);
+  if (fs::path(out).has_parent_path()) fs::create_directories(fs::path(out).parent_path(), ec);
+  write_file_atomic(out, train::novel_list_text(fp, paths));
 }
 
 nlohmann::ordered_json to_json(const AuditReport& r, const std::string& out) {

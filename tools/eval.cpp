@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
+#include <set>
 
 #include "data/dataset.h"
 #include "engine/core/fileio.h"
@@ -49,7 +51,8 @@ void run_eval(const EvalCli& o) {
   while (int64_t(classes.size()) > used && classes.back() == "LABEL_" + std::to_string(classes.size() - 1))
     classes.pop_back();
 
-  // The novel list: --novel, else the one a training run wrote beside its checkpoints, else the audit's.
+  // The novel list: --novel, else the one a training run wrote beside its checkpoints, else the audit's —
+  // used only when it was made for exactly these images (its fingerprint is this split's).
   std::string novel_path = o.novel;
   if (novel_path.empty()) {
     novel_path = "audit/novel_testing.txt";
@@ -59,7 +62,22 @@ void run_eval(const EvalCli& o) {
         break;
       }
   }
-  const auto novel = train::load_novel_list(novel_path);
+  std::optional<std::set<std::string>> novel;
+  std::string novel_note;  // why there is no novel-subset accuracy
+  if (auto list = train::load_novel_list(novel_path)) {
+    const std::string here = fingerprint(split, split_root.string());
+    if (list->fingerprint == here) {
+      novel = std::move(list->paths);
+    } else {
+      novel_note = novel_path + " was made for other images (" +
+                   (list->fingerprint.empty() ? std::string("it names no data fingerprint")
+                                              : "data fingerprint " + list->fingerprint.substr(0, 12) + "…") +
+                   ", while " + split_root.string() + " has " + here.substr(0, 12) + "…)";
+      if (!o.novel.empty()) throw std::runtime_error("eval: --novel " + novel_note);
+    }
+  } else {
+    novel_note = novel_path + " does not exist";
+  }
   train::EvalOptions eo;
   eo.batch_size = o.batch_size;
   eo.workers = o.workers;
@@ -77,8 +95,8 @@ void run_eval(const EvalCli& o) {
   }
   std::cout << "checkpoint " << dir << "\n" << train::format_eval(r, o.split.empty() ? o.data : o.split);
   if (!novel)
-    std::cout << "\n(no novel-subset accuracy: " << novel_path << " does not exist; `tessera data audit " << o.data
-              << "` writes it)\n";
+    std::cout << "\n(no novel-subset accuracy: " << novel_note << "; `tessera data audit " << o.data
+              << "` writes a list for this data)\n";
 }
 
 }  // namespace

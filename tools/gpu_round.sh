@@ -12,7 +12,7 @@
 # Carrying: the GPU machine has nvcc, CMake, ninja, PyTorch, transformers and timm, but neither the Debian
 # libraries (stb, libjpeg-turbo, doctest, Google Benchmark, nlohmann-json, CLI11) nor ../shared. Stage both
 # here first and carry them (git-ignored) with the working tree, 64 MiB in all:
-#   bash ../shared/gpu/stage-deps.sh && bash tools/stage_jpeg.sh       # writes .deps (libjpeg: +0.7 MB)
+#   bash ../shared/gpu/stage-deps.sh && bash tools/stage_libs.sh       # writes .deps (libjpeg, libcrypto)
 #   mkdir -p .data && cp -r ../shared/datasets/brain-tumor-mri .data/    # the training data
 #   run(command="bash tools/gpu_round.sh", carry=[".deps", ".data"], timeout_s=600)
 # Measured here (2026-11-29): .deps 5.3 MB + .data 38.4 MB + the tree 3.0 MB = 46.7 MB (44.5 MiB) of 64 MiB.
@@ -520,8 +520,8 @@ torch.backends.cudnn.version(), "transformers", transformers.__version__)' 2>&1 
   [ $have_gpu = 1 ] && timeout 30 nvidia-smi -q > "$OUT/nvidia-smi-q.txt" 2>&1
   RC=0
   [ -d .deps/usr/include ] || { RC=1; WHY="no .deps: run bash ../shared/gpu/stage-deps.sh here and carry .deps"; }
-  [ -f .deps/usr/include/jpeglib.h ] || [ -f /usr/include/jpeglib.h ] || \
-    WHY="${WHY:+$WHY; }no libjpeg headers: run bash tools/stage_jpeg.sh after stage-deps.sh and carry .deps"
+  { [ -f .deps/usr/include/jpeglib.h ] && [ -f .deps/usr/include/openssl/evp.h ]; } || { [ -f /usr/include/jpeglib.h ] && [ -f /usr/include/openssl/evp.h ]; } || \
+    WHY="${WHY:+$WHY; }no libjpeg or OpenSSL headers: run bash tools/stage_libs.sh after stage-deps.sh and carry .deps"
   [ $dry = 0 ] && [ $have_gpu = 0 ] && WHY="${WHY:+$WHY; }NO GPU FOUND (nvidia-smi -L failed): GPU steps skip"
 }
 
@@ -544,9 +544,10 @@ fi
 
 step_configure() {
   LOG=$LOGS/configure.log
-  # stage-deps.sh starts .deps without libjpeg-turbo: add it where this machine has the packages.
-  if [ -d .deps/usr ] && [ ! -f .deps/usr/include/jpeglib.h ] && dpkg -s libjpeg62-turbo-dev > /dev/null 2>&1; then
-    run_logged 60 "$LOG" bash tools/stage_jpeg.sh
+  # stage-deps.sh starts .deps without libjpeg-turbo and libcrypto: add them where this machine has the packages.
+  if [ -d .deps/usr ] && { [ ! -f .deps/usr/include/jpeglib.h ] || [ ! -f .deps/usr/include/openssl/evp.h ]; } &&
+     dpkg -s libjpeg62-turbo-dev libssl-dev > /dev/null 2>&1; then
+    run_logged 60 "$LOG" bash tools/stage_libs.sh
   fi
   run_logged "$LIMIT" "$LOG" cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTESSERA_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCHS" -DCMAKE_PREFIX_PATH="$deps" "${cudnn_args[@]}"

@@ -4,7 +4,7 @@
 # without it the build is CPU-only.
 set -euo pipefail
 packages=(cmake ninja-build g++ pkg-config libstb-dev doctest-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
-          libjpeg62-turbo-dev libcairo2-dev fonts-dejavu-core)
+          libjpeg62-turbo-dev libssl-dev libcairo2-dev fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <sstream>
 
 #include "engine/core/fileio.h"
 
@@ -15,18 +16,20 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 nlohmann::json state_to_json(const TrainerState& s) {
-  return {{"format", "tessera.trainer_state"}, {"version", 1},
+  return {{"format", "tessera.trainer_state"}, {"version", 2},
           {"epoch", s.epoch}, {"global_step", s.global_step},
           {"rng", {{"seed", s.rng_seed}, {"offset", s.rng_offset}}},
           {"metrics_bytes", s.metrics_bytes},
           {"best_epoch", s.best_epoch}, {"best_val_accuracy", s.best_val_accuracy},
-          {"epoch_metrics", s.epoch_metrics}};
+          {"epoch_metrics", s.epoch_metrics}, {"data_fingerprints", s.data_fingerprints}};
 }
 
 TrainerState state_from_json(const nlohmann::json& j, const std::string& source) {
   try {
-    if (j.at("format") != "tessera.trainer_state" || j.at("version") != 1)
-      throw std::runtime_error("not a tessera trainer state (format/version)");
+    if (j.at("format") != "tessera.trainer_state")
+      throw std::runtime_error("not a tessera trainer state (format)");
+    if (j.at("version") != 2)
+      throw std::runtime_error("version " + j.at("version").dump() + ", not 2 (written by another tessera version)");
     TrainerState s;
     s.epoch = j.at("epoch").get<int64_t>();
     s.global_step = j.at("global_step").get<int64_t>();
@@ -36,6 +39,7 @@ TrainerState state_from_json(const nlohmann::json& j, const std::string& source)
     s.best_epoch = j.at("best_epoch").get<int64_t>();
     s.best_val_accuracy = j.at("best_val_accuracy").get<double>();
     s.epoch_metrics = j.at("epoch_metrics");
+    s.data_fingerprints = j.at("data_fingerprints").get<std::map<std::string, std::string>>();
     if (s.epoch < 1 || s.global_step < 0 || s.metrics_bytes < 0 || s.best_epoch < 0 || s.best_epoch > s.epoch)
       throw std::runtime_error("inconsistent values");
     return s;
@@ -71,6 +75,19 @@ std::string link_target(const fs::path& link) {
   return fs::read_symlink(link, ec).filename().string();
 }
 
+constexpr const char* kChecksumFile = "SHA256SUMS";
+
+// SHA256SUMS in sha256sum's format ("<64 hex digits>  <name>"), one line per file of the folder, sorted.
+void write_checksums(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.is_regular_file() && entry.path().filename() != kChecksumFile) names.push_back(entry.path().filename());
+  std::sort(names.begin(), names.end());
+  std::string text;
+  for (const std::string& n : names) text += sha256_file((dir / n).string()) + "  " + n + "\n";
+  write_file_atomic((dir / kChecksumFile).string(), text);
+}
+
 bool is_checkpoint_dir(const fs::path& p) {
   std::error_code ec;
   return fs::is_regular_file(p / "model.safetensors", ec) && fs::is_regular_file(p / "config.json", ec);
@@ -81,7 +98,7 @@ bool is_checkpoint_dir(const fs::path& p) {
 bool is_complete_checkpoint(const fs::path& p) {
   std::error_code ec;
   for (const char* f : {"config.json", "model.safetensors", "optimizer.safetensors", "preprocessor_config.json",
-                        "trainer_state.json"})
+                        "trainer_state.json", kChecksumFile})
     if (!fs::is_regular_file(p / f, ec)) return false;
   return true;
 }
@@ -107,6 +124,7 @@ std::string save_checkpoint(const std::string& run_dir, const models::Model& mod
     save_optimizer(optimizer, (tmp / "optimizer.safetensors").string());
     write_file_atomic((tmp / "preprocessor_config.json").string(), processor_to_json(processor).dump(2) + "\n");
     write_file_atomic((tmp / "trainer_state.json").string(), state_to_json(state).dump(2) + "\n");
+    write_checksums(tmp);  // last: a folder with a complete SHA256SUMS holds every file it lists
     fs::remove_all(final_dir, ec);  // a stale copy of this epoch from a run killed after writing it
     fs::rename(tmp, final_dir, ec);
     if (ec) throw FileError(final_dir.string() + ": cannot move the checkpoint into place: " + ec.message());
@@ -133,13 +151,46 @@ std::string save_checkpoint(const std::string& run_dir, const models::Model& mod
   return final_dir.string();
 }
 
+bool verify_checkpoint(const std::string& dir) {
+  const fs::path d(dir), sums = d / kChecksumFile;
+  std::error_code ec;
+  if (!fs::exists(d / "trainer_state.json", ec) && !fs::exists(sums, ec)) return false;  // not written by train
+  if (!fs::exists(sums, ec))
+    throw std::runtime_error(sums.string() + ": missing, so the checkpoint's files cannot be verified (a "
+                             "training checkpoint always has one; this folder was altered or written by an "
+                             "older tessera)");
+  const std::string text = read_file(sums.string());
+  std::istringstream in(text);
+  int listed = 0;
+  for (std::string line; std::getline(in, line);) {
+    // "<64 hex>  <name>" (sha256sum's text mode), name a plain file name in this folder.
+    const bool hex = line.size() > 66 && line.compare(64, 2, "  ") == 0 &&
+                     line.find_first_not_of("0123456789abcdef") >= 64;
+    const std::string name = hex ? line.substr(66) : "";
+    if (!hex || name.find('/') != std::string::npos || name == "." || name == "..")
+      throw std::runtime_error(sums.string() + ": line " + std::to_string(listed + 1) + " is not \"<sha256>  <file name>\"");
+    const fs::path file = d / name;
+    if (!fs::is_regular_file(file, ec))
+      throw std::runtime_error(file.string() + ": missing (" + kChecksumFile + " lists it)");
+    const std::string actual = sha256_file(file.string());
+    if (actual != line.substr(0, 64))
+      throw std::runtime_error(file.string() + ": damaged: its SHA-256 is " + actual.substr(0, 12) + "…, not the " +
+                               line.substr(0, 12) + "… recorded when the checkpoint was written");
+    ++listed;
+  }
+  for (const char* needed : {"config.json", "model.safetensors"})
+    if (text.find(std::string("  ") + needed + "\n") == std::string::npos)
+      throw std::runtime_error(sums.string() + ": does not list " + needed);
+  return true;
+}
+
 std::string resolve_checkpoint(const std::string& path) {
   const fs::path p(path);
   std::error_code ec;
   if (!fs::exists(p, ec)) throw std::runtime_error(path + ": no such checkpoint or run directory");
-  if (is_checkpoint_dir(p)) return p.string();
+  if (is_checkpoint_dir(p)) return verify_checkpoint(p.string()), p.string();
   for (const char* link : {"best", "last"})
-    if (is_checkpoint_dir(p / link)) return (p / link).string();
+    if (is_checkpoint_dir(p / link)) return verify_checkpoint((p / link).string()), (p / link).string();
   throw std::runtime_error(path + ": neither a checkpoint (config.json + model.safetensors) nor a run "
                            "directory with a best or last checkpoint");
 }
@@ -150,7 +201,7 @@ std::string last_checkpoint(const std::string& run_dir, std::ostream& notes) {
     throw std::runtime_error(run_dir + ": no checkpoint to resume from: the folder does not exist (--resume names "
                              "a run directory)");
   const fs::path p = fs::path(run_dir) / "last";
-  if (is_complete_checkpoint(p)) return p.string();
+  if (is_complete_checkpoint(p)) return verify_checkpoint(p.string()), p.string();
   // The link can be lost (removed by hand, a copy that dropped links) while the checkpoints are intact:
   // continue from the newest complete one. Names are zero-padded, so the greatest name is the newest.
   std::string newest;
@@ -163,6 +214,7 @@ std::string last_checkpoint(const std::string& run_dir, std::ostream& notes) {
                              "complete checkpoint-epoch-NNN exists: the run was stopped before its first epoch ended)");
   notes << "note: " << p.string() << " is missing or incomplete; resuming from " << newest
         << ", the newest complete checkpoint\n";
+  verify_checkpoint((fs::path(run_dir) / newest).string());
   return (fs::path(run_dir) / newest).string();
 }
 

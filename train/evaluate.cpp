@@ -189,12 +189,22 @@ std::string format_eval(const EvalResult& r, const std::string& split) {
   return s.str();
 }
 
-std::optional<std::set<std::string>> load_novel_list(const std::string& path) {
+constexpr std::string_view kNovelHeader = "# Testing fingerprint ";
+
+std::string novel_list_text(const std::string& testing_fingerprint, const std::set<std::string>& paths) {
+  std::string text = std::string(kNovelHeader) + testing_fingerprint + "\n";
+  for (const std::string& p : paths) text += p + "\n";
+  return text;
+}
+
+std::optional<NovelList> load_novel_list(const std::string& path) {
   if (!fs::exists(path)) return std::nullopt;
   std::istringstream in(read_file(path));
-  std::set<std::string> out;
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.insert(line);
+  NovelList out;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(kNovelHeader, 0) == 0 && out.paths.empty()) out.fingerprint = line.substr(kNovelHeader.size());
+    else if (!line.empty()) out.paths.insert(line);
+  }
   return out;
 }
 

@@ -59,9 +59,17 @@ nlohmann::json eval_to_json(const EvalResult& r, const std::string& split, const
 // Accuracy, the per-class report and the confusion matrix as text.
 std::string format_eval(const EvalResult& r, const std::string& split);
 
-// The novel list: one path per line relative to the data root. nullopt when the file does not exist;
-// throws FileError when it exists but cannot be read.
-std::optional<std::set<std::string>> load_novel_list(const std::string& path);
+// The novel list ("novel_testing.txt"): a first line "# Testing fingerprint <hex>" naming the Testing folder
+// it was computed for (data/dataset.h's fingerprint), then one path per line relative to the data root. A
+// list is used only on the data it names: a list from another data set, or a changed one, would silently
+// mark the wrong images novel.
+struct NovelList {
+  std::string fingerprint;  // "" in a list without the first line (an older tessera's): never matches
+  std::set<std::string> paths;
+};
+std::string novel_list_text(const std::string& testing_fingerprint, const std::set<std::string>& paths);
+// nullopt when the file does not exist; throws FileError when it exists but cannot be read.
+std::optional<NovelList> load_novel_list(const std::string& path);
 // `path` relative to `root` with '/' separators (the novel list's form), or path itself when outside.
 std::string relative_to(const std::string& path, const std::string& root);
 

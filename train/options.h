@@ -120,6 +120,7 @@ struct TrainOptions {
   Parsed<Precision> precision = "fp32";     // fp32 | bf16
   std::string out = "runs/latest";
   std::string resume;               // a run directory (its last checkpoint) to continue
+  bool allow_data_change = false;   // --resume over a data set whose fingerprint changed
   int64_t log_every = 10;           // steps between metrics.jsonl step lines
   bool progress = true;             // the progress bar on stderr
   int64_t halt_after_steps = 0;     // tests: exit abruptly (as if killed) after this many steps in total
@@ -292,6 +293,9 @@ void for_each_option(F&& f) {
   f(Option<std::string>{.name = "resume", .flags = "--resume",
                         .help = "Continue the run in this directory from its last checkpoint", .member = &O::resume,
                         .resume_may_change = true, .in_run_json = false});
+  f(Option<bool>{.name = "allow_data_change", .flags = "--allow-data-change",
+                 .help = "With --resume: continue although the data set changed since the last checkpoint",
+                 .member = &O::allow_data_change, .resume_may_change = true, .in_run_json = false});
   f(Option<int64_t>{"log_every", "--log-every", "Steps between metrics.jsonl step lines", &O::log_every,
                     at_least_1<int64_t>});
   f(Option<bool>{.name = "progress", .flags = "!--no-progress", .help = "No progress bar",

@@ -126,6 +126,7 @@ struct RunData {
   std::vector<std::string> classes;
   std::vector<Sample> train, val, test;  // test empty for a flat folder
   std::set<std::string> val_novel, test_novel;  // paths relative to root
+  std::map<std::string, std::string> fingerprints;  // by split folder ("Training", "Testing"; "" when flat)
 };
 
 RunData load_data(const TrainOptions& o) {
@@ -134,10 +135,13 @@ RunData load_data(const TrainOptions& o) {
   DatasetSplit all;
   if (detect_layout(o.data) == Layout::Split) {
     SplitLayout s = load_split_layout(o.data);
+    d.fingerprints["Training"] = fingerprint(s.train, (fs::path(o.data) / "Training").string());
+    d.fingerprints["Testing"] = fingerprint(s.test, (fs::path(o.data) / "Testing").string());
     all = std::move(s.train);
     d.test = std::move(s.test.samples);
   } else {
     all = scan_folder(o.data);
+    d.fingerprints[""] = fingerprint(all, o.data);
   }
   d.classes = all.classes;
   const AuditReport audit = audit_dataset(o.data);
@@ -192,7 +196,10 @@ ProcessorConfig eval_processor(const models::ModelConfig& c, const TrainOptions&
 std::unique_ptr<models::Model> build_model(const TrainOptions& o, const std::vector<std::string>& classes) {
   models::ModelConfig config;
   std::string weights_file = o.weights;
-  if (!o.weights.empty() && fs::is_directory(o.weights)) weights_file = (fs::path(o.weights) / "model.safetensors").string();
+  if (!o.weights.empty() && fs::is_directory(o.weights)) {
+    verify_checkpoint(o.weights);  // a training checkpoint's files are checked before they are trusted
+    weights_file = (fs::path(o.weights) / "model.safetensors").string();
+  }
   if (!o.config.empty()) config = models::load_config(o.config);
   else if (!o.weights.empty() && fs::is_directory(o.weights)) config = models::load_config((fs::path(o.weights) / "config.json").string());
   else config = models::preset_config(o.model);
@@ -418,6 +425,60 @@ void write_run_json(const Run& r, const std::string& command_line) {
   write_file_atomic((fs::path(o.out) / "run.json").string(), run.dump(2) + "\n");
 }
 
+// What a resume reads beyond the checkpoint's own files (SHA256SUMS covers those) must agree with them:
+// trainer_state.json's epoch with the folder's name and the step count it implies, the optimizer's step
+// counters, metrics.jsonl (its length at that epoch and that epoch's line), and the data, whose
+// fingerprints must be those the run was given unless --allow-data-change. Each mismatch is one line
+// naming the file; the data's ends with what to do.
+void check_resumed_state(Run& r, const fs::path& checkpoint, int64_t steps_per_epoch, std::ostream& log) {
+  const TrainerState& s = r.state;
+  const std::string state_file = (checkpoint / "trainer_state.json").string();
+  char name[64];
+  std::snprintf(name, sizeof name, "checkpoint-epoch-%03lld", static_cast<long long>(s.epoch));
+  const std::string folder = fs::canonical(checkpoint).filename().string();
+  if (folder != name)
+    throw std::runtime_error(state_file + ": says epoch " + std::to_string(s.epoch) + ", but it lies in " + folder);
+  if (s.global_step != s.epoch * steps_per_epoch)
+    throw std::runtime_error(state_file + ": says step " + std::to_string(s.global_step) + " after epoch " +
+                             std::to_string(s.epoch) + ", but epochs have " + std::to_string(steps_per_epoch) +
+                             " steps here (the run's data or options differ from the checkpoint's)");
+  int64_t optimizer_steps = 0;
+  for (const auto& p : r.optimizer->states()) optimizer_steps = std::max(optimizer_steps, p.step);
+  if (optimizer_steps != s.global_step)
+    throw std::runtime_error((checkpoint / "optimizer.safetensors").string() + ": its parameters took " +
+                             std::to_string(optimizer_steps) + " steps, but " + state_file + " says " +
+                             std::to_string(s.global_step));
+  const std::string metrics = (fs::path(r.o.out) / "metrics.jsonl").string();
+  std::error_code ec;
+  const auto size = fs::file_size(metrics, ec);
+  if (ec || int64_t(size) < s.metrics_bytes)
+    throw std::runtime_error(metrics + ": " + (ec ? "missing" : "shorter (" + std::to_string(size) + " bytes)") +
+                             " than the " + std::to_string(s.metrics_bytes) + " bytes it had when " + state_file +
+                             " was written");
+  const std::string text = read_file(metrics).substr(0, size_t(s.metrics_bytes));
+  const size_t start = text.empty() ? 0 : text.rfind('\n', text.size() - 2) + 1;  // npos + 1 = 0
+  json last;
+  try {
+    last = json::parse(text.substr(start));
+  } catch (const json::exception&) {
+  }
+  if (last != s.epoch_metrics)
+    throw std::runtime_error(metrics + ": its line at byte " + std::to_string(start) + " is not epoch " +
+                             std::to_string(s.epoch) + "'s record in " + state_file + " (the file was changed)");
+  for (const auto& [split, now] : r.data.fingerprints) {
+    const auto then = s.data_fingerprints.find(split);
+    if (then != s.data_fingerprints.end() && then->second == now) continue;
+    const std::string folder_name = (fs::path(r.o.data) / split).string();
+    const std::string what = folder_name + " changed since the run's last checkpoint (data fingerprint " +
+                             (then == s.data_fingerprints.end() ? "none" : then->second.substr(0, 12) + "…") +
+                             " then, " + now.substr(0, 12) + "… now)";
+    if (!r.o.allow_data_change)
+      throw std::runtime_error("train --resume: " + what + ": the split, the validation and its metrics would "
+                               "no longer be the run's; continue anyway with --allow-data-change");
+    log << "warning: " << what << "; continuing as --allow-data-change asks\n";
+  }
+}
+
 // Setup: the options, the device, the data, the model, the loader, the optimizer and schedule, and for
 // --resume the last checkpoint's weights, moments and state; a new run records run.json.
 void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::string& command_line) {
@@ -481,11 +542,13 @@ void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::stri
     if (r.ema) r.ema->load((checkpoint / "model.safetensors").string());
     load_optimizer(*r.optimizer, (checkpoint / "optimizer.safetensors").string());
     r.state = resumed->state;
+    check_resumed_state(r, checkpoint, steps_per_epoch, log);
     r.gen.set_state(r.state.rng_seed, r.state.rng_offset);
     log << "resuming " << o.out << " after epoch " << r.state.epoch << " (step " << r.state.global_step << ")\n";
   } else {
     write_run_json(r, command_line);
   }
+  r.state.data_fingerprints = r.data.fingerprints;  // every checkpoint records the data it was trained on
   r.metrics = std::make_unique<MetricsLog>((fs::path(o.out) / "metrics.jsonl").string(), resumed ? r.state.metrics_bytes : 0);
 
   log << "train: " << (o.config.empty() ? o.model : o.config) << " (" << r.model->num_parameters() << " parameters"
@@ -697,9 +760,7 @@ void end_epoch(Run& r, int64_t epoch, const EpochTotals& t, Clock::time_point ep
 // The novel subset of Testing (RunData), written to the run directory for eval_Testing.json to name.
 std::string write_novel_list(const Run& r) {
   const std::string list_file = (fs::path(r.o.out) / "novel_testing.txt").string();
-  std::string text;
-  for (const std::string& path : r.data.test_novel) text += path + "\n";
-  write_file_atomic(list_file, text);
+  write_file_atomic(list_file, novel_list_text(r.data.fingerprints.at("Testing"), r.data.test_novel));
   return list_file;
 }
 

@@ -12,13 +12,20 @@
 //
 // The run directory (--out) holds, besides the report files (train/report.h):
 //   run.json, metrics.jsonl, eval_Testing.json
-//   checkpoint-epoch-NNN/   config.json, model.safetensors, optimizer.safetensors, trainer_state.json
+//   checkpoint-epoch-NNN/   config.json, model.safetensors, optimizer.safetensors, trainer_state.json,
+//                           preprocessor_config.json, SHA256SUMS (every other file's SHA-256, written last)
 //                           (with --ema: model.safetensors is the weights' moving average, the model the run
 //                           selects and delivers, and raw_model.safetensors the weights being trained)
 //   last -> checkpoint-epoch-NNN, best -> checkpoint-epoch-MMM   (symbolic links, replaced atomically)
 // A checkpoint is written into a hidden temporary folder and renamed into place, then the links are
 // switched, then checkpoints that are neither last nor best are removed: a run killed at any instant
 // leaves a complete last checkpoint (or none yet), and `--resume RUN_DIR` continues from it.
+//
+// Integrity. What a resume, eval or predict reads is verified before it is trusted: the checkpoint against
+// its SHA256SUMS, trainer_state.json against the folder's epoch, the step count, the optimizer's step
+// counters and metrics.jsonl, and the data against the fingerprints the checkpoint recorded (a changed
+// data set is refused unless --allow-data-change). novel_testing.txt names the Testing fingerprint it was
+// computed for and is applied to no other data.
 //
 // Determinism. Everything random is keyed by the seed: the split, the initial weights, the loader's
 // order and augmentation (keyed by epoch), mixup/CutMix (keyed by step), and dropout/drop-path (one

@@ -8,10 +8,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+#include <openssl/evp.h>
 
 namespace tessera {
 
@@ -77,6 +79,50 @@ std::string read_file(const std::string& path) {
   s << in.rdbuf();
   if (in.bad()) throw FileError(path + ": cannot read");
   return s.str();
+}
+
+namespace {
+
+// One SHA-256 computation; `feed` hands it the bytes piece by piece through the callback it is given.
+template <class Feed>
+std::string sha256_of(Feed&& feed) {
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) throw std::runtime_error("sha256: cannot start");
+  feed([&](const void* p, size_t n) {
+    if (EVP_DigestUpdate(ctx.get(), p, n) != 1) throw std::runtime_error("sha256: cannot update");
+  });
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (EVP_DigestFinal_ex(ctx.get(), digest, &len) != 1) throw std::runtime_error("sha256: cannot finish");
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) out += {hex[digest[i] >> 4], hex[digest[i] & 15]};
+  return out;
+}
+
+}  // namespace
+
+std::string sha256_hex(std::string_view bytes) {
+  return sha256_of([&](auto&& update) { update(bytes.data(), bytes.size()); });
+}
+
+std::string sha256_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw FileError(path + ": cannot open: " + std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  std::vector<char> buffer(size_t(1) << 20);
+  return sha256_of([&](auto&& update) {
+    for (;;) {
+      const ssize_t n = ::read(fd, buffer.data(), buffer.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw FileError(path + ": cannot read: " + std::strerror(errno));
+      if (n == 0) return;
+      update(buffer.data(), size_t(n));
+    }
+  });
 }
 
 std::string json_error_text(const std::exception& e) {

@@ -24,6 +24,13 @@ std::string read_file(const std::string& path);
 // The file parsed as JSON; throws FileError "PATH: not valid JSON: <why>" (or naming PATH when it cannot
 // be read).
 nlohmann::json read_json(const std::string& path);
+// SHA-256 (OpenSSL's libcrypto) as 64 lowercase hex digits, the form sha256sum prints, so a user can check
+// a checkpoint's SHA256SUMS with `sha256sum -c` too.
+std::string sha256_hex(std::string_view bytes);
+// Of a file's bytes, read in 1 MiB pieces (memory stays flat for a file of any size); throws FileError
+// naming PATH when it cannot be opened or read.
+std::string sha256_file(const std::string& path);
+
 // A JSON library error without its "[json.exception.parse_error.101] " prefix: the part a reader needs.
 std::string json_error_text(const std::exception& e);
 
