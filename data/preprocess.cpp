@@ -46,6 +46,7 @@ nlohmann::json processor_to_json(const ProcessorConfig& c) {
     j["size"] = {{"height", c.height}, {"width", c.width}};
   }
   if (c.per_image_standardize) j["tessera_per_image_standardize"] = true;
+  if (c.crop_foreground) j["tessera_crop_foreground"] = true;
   return j;
 }
 
@@ -80,11 +81,13 @@ ProcessorConfig processor_from_json(const nlohmann::json& j, const std::string& 
       if (r != 2 && r != 3) throw bad("resample " + std::to_string(r) + ": only 2 (bilinear) and 3 (bicubic)");
       c.filter = r == 3 ? Filter::Bicubic : Filter::Bilinear;
     }
-    if (j.contains("tessera_per_image_standardize")) {
-      const nlohmann::json& f = j.at("tessera_per_image_standardize");
-      if (!f.is_boolean()) throw bad("tessera_per_image_standardize must be true or false, got " + f.dump());
-      c.per_image_standardize = f.get<bool>();
-    }
+    for (auto [key, flag] : {std::pair{"tessera_per_image_standardize", &c.per_image_standardize},
+                             std::pair{"tessera_crop_foreground", &c.crop_foreground}})
+      if (j.contains(key)) {
+        const nlohmann::json& f = j.at(key);
+        if (!f.is_boolean()) throw bad(std::string(key) + " must be true or false, got " + f.dump());
+        *flag = f.get<bool>();
+      }
   } catch (const nlohmann::json::exception& e) {
     throw bad(e.what());
   }
@@ -103,7 +106,47 @@ void validate(const ProcessorConfig& cfg) {
     throw std::invalid_argument("processor config: channels must be 1 or 3, got " + std::to_string(cfg.channels));
 }
 
-Image processor_resize(const Image& image, const ProcessorConfig& cfg) {
+Image crop_to_foreground(const Image& image) {
+  const int w = image.width, h = image.height;
+  auto luma = [&](int x, int y) {
+    const uint8_t* p = image.pixel(x, y);
+    return (19595u * p[0] + 38470u * p[1] + 7471u * p[2] + 0x8000u) >> 16;  // Pillow's rgb2l
+  };
+  uint32_t brightest = 0;
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) brightest = std::max(brightest, luma(x, y));
+  if (brightest == 0) return image;
+  const uint32_t threshold = brightest / 10;
+  std::vector<int> per_row(size_t(h), 0), per_col(size_t(w), 0);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x)
+      if (luma(x, y) > threshold) ++per_row[size_t(y)], ++per_col[size_t(x)];
+  // Along one axis: the first and last index with more than 1 % of the foreground pixels before and after
+  // it (the 1st and 99th percentiles of their coordinate).
+  auto span = [](const std::vector<int>& counts) {
+    int64_t total = 0;
+    for (int c : counts) total += c;
+    const int64_t skip = total / 100;
+    int first = 0, last = int(counts.size()) - 1;
+    for (int64_t seen = counts[0]; seen <= skip;) seen += counts[size_t(++first)];
+    for (int64_t seen = counts[size_t(last)]; seen <= skip;) seen += counts[size_t(--last)];
+    return std::pair{first, last};
+  };
+  const auto [top, bottom] = span(per_row);
+  const auto [left, right] = span(per_col);
+  const int side = std::min({std::max(bottom - top + 1, right - left + 1), w, h});
+  // Centred on the box (twice the centre, to stay in integers), then moved inside the image.
+  const int x0 = std::clamp((left + right + 1 - side) / 2, 0, w - side);
+  const int y0 = std::clamp((top + bottom + 1 - side) / 2, 0, h - side);
+  Image out(side, side);
+  for (int y = 0; y < side; ++y)
+    std::copy_n(image.pixel(x0, y0 + y), size_t(side) * 3, out.pixel(0, y));
+  return out;
+}
+
+Image processor_resize(const Image& input, const ProcessorConfig& cfg) {
+  const Image cropped = cfg.crop_foreground ? crop_to_foreground(input) : Image();
+  const Image& image = cfg.crop_foreground ? cropped : input;
   if (cfg.height <= 0 || cfg.width <= 0)
     throw ImageError("preprocess: output size must be positive, got " + std::to_string(cfg.width) + "x" +
                      std::to_string(cfg.height));

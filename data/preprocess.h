@@ -48,6 +48,7 @@ struct ProcessorConfig {
   std::array<double, 3> mean{0.5, 0.5, 0.5}, std{0.5, 0.5, 0.5};
   int channels = 3;                    // 1 or 3 output planes; not in the JSON (the model config has it)
   bool per_image_standardize = false;  // JSON "tessera_per_image_standardize", written only when true
+  bool crop_foreground = false;        // JSON "tessera_crop_foreground", written only when true: see below
 
   static ProcessorConfig vit(int size = 224);  // google/vit-base-patch16-224's preprocessor_config.json
   static ProcessorConfig cvt(int size = 224);  // microsoft/cvt-13's preprocessor_config.json
@@ -68,7 +69,18 @@ ProcessorConfig processor_config(Processor p, int size = 224);
 // where it is used).
 void validate(const ProcessorConfig& cfg);
 
+// The square around the image's foreground (crop_foreground). Foreground: the pixels brighter than a tenth
+// of the image's brightest luma. Its box: from the 1st to the 99th percentile of their coordinates along
+// each axis. The square: the box's longer side (at most the image's shorter side), centred on the box and
+// moved inside the image. Scans are framed differently by different scanners and sites — in the brain-tumour set the
+// head fills ~65 % of the frame's area in one source and ~87 % in the other — so a model can learn the
+// framing as a shortcut for the class; cropping to the head removes that difference. The tenth of the
+// maximum follows the image's own brightness (a brighter scanner moves it too); the percentiles ignore
+// stray bright pixels and small burnt-in labels. An image with no such pixel (all black) is returned unchanged.
+Image crop_to_foreground(const Image& image);
+
 // The resized (and cropped) 8-bit image the processor normalises: exposed for tests and inspection.
+// With crop_foreground, crop_to_foreground comes first.
 Image processor_resize(const Image& image, const ProcessorConfig& cfg);
 
 // f32 [channels, height, width], CHW, on the CPU.

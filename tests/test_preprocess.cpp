@@ -602,3 +602,54 @@ TEST_CASE("preprocess: tessera_per_image_standardize in preprocessor_config.json
     }
   }
 }
+
+TEST_CASE("preprocess: tessera_crop_foreground round-trips, and only it changes") {
+  const nlohmann::json j = processor_to_json(ProcessorConfig::cvt(64));
+  CHECK_FALSE(j.contains("tessera_crop_foreground"));
+  ProcessorConfig on = ProcessorConfig::cvt(64);
+  on.crop_foreground = true;
+  nlohmann::json k = processor_to_json(on);
+  CHECK(k.at("tessera_crop_foreground") == true);
+  CHECK(processor_from_json(k, "p.json").crop_foreground);
+  k.erase("tessera_crop_foreground");
+  CHECK(k.dump() == j.dump());
+  k["tessera_crop_foreground"] = "yes";
+  CHECK_THROWS_WITH(processor_from_json(k, "p.json"), doctest::Contains("tessera_crop_foreground must be true or false"));
+}
+
+TEST_CASE("preprocess: crop_to_foreground takes the square around the head, ignoring stray pixels") {
+  // A 200×120 black frame with a gray 60 (wide) × 40 (tall) "head" at x 100..159, y 30..69, one stray
+  // bright pixel (a burnt-in label's dot) far away, and faint noise under a tenth of the head's level.
+  Image im(200, 120);
+  auto paint = [&](int x, int y, uint8_t v) { std::fill_n(im.pixel(x, y), 3, v); };
+  for (int y = 0; y < 120; ++y)
+    for (int x = 0; x < 200; ++x) paint(x, y, uint8_t((x * 7 + y * 3) % 9));  // noise 0..8 < 120 / 10
+  for (int y = 30; y < 70; ++y)
+    for (int x = 100; x < 160; ++x) paint(x, y, 120);
+  paint(5, 110, 255);  // one pixel: under 1 % of a row or column
+  Image c = crop_to_foreground(im);
+  // The box is 60 × 40: a 60-pixel square centred on it (x 100..159, y 20..79).
+  REQUIRE(c.width == 60);
+  REQUIRE(c.height == 60);
+  CHECK(c.pixel(0, 10)[0] == 120);   // (100, 30): the head's top-left corner
+  CHECK(c.pixel(59, 49)[0] == 120);  // (159, 69): its bottom-right corner
+  CHECK(c.pixel(0, 9)[0] == im.pixel(100, 29)[0]);  // the row above it, black padding from the frame
+  // A box at the border: the square is moved inside the image, not padded.
+  Image edge(100, 100);
+  for (int y = 0; y < 30; ++y)
+    for (int x = 80; x < 100; ++x) std::fill_n(edge.pixel(x, y), 3, uint8_t(200));
+  Image e = crop_to_foreground(edge);
+  CHECK(e.width == 30);
+  CHECK(e.pixel(29, 0)[0] == 200);  // (99, 0)
+  CHECK(e.pixel(10, 0)[0] == 200);  // (80, 0): the square spans x 70..99
+  CHECK(e.pixel(9, 0)[0] == 0);
+  // All black: unchanged. A foreground wider than the image is tall: limited to the shorter side.
+  CHECK(crop_to_foreground(Image(17, 9)).width == 17);
+  Image wide(50, 10);
+  std::fill(wide.rgb.begin(), wide.rgb.end(), uint8_t(90));
+  CHECK(crop_to_foreground(wide).width == 10);
+  // In the processor: the crop first, then the resize.
+  ProcessorConfig cfg = ProcessorConfig::vit(16);
+  cfg.crop_foreground = true;
+  CHECK(processor_resize(im, cfg).rgb == resize(c, 16, 16, cfg.filter, cfg.pass_order).rgb);
+}

@@ -190,6 +190,7 @@ ProcessorConfig eval_processor(const models::ModelConfig& c, const TrainOptions&
                                                                   : ProcessorConfig::cvt(o.image_size);
   p.channels = int(models::num_channels(c));
   p.per_image_standardize = o.per_image_norm;
+  p.crop_foreground = o.crop_foreground;
   return p;
 }
 
@@ -396,6 +397,15 @@ std::unique_ptr<DataLoader> make_train_loader(const Run& r, std::ostream& log) {
   } else {
     cfg.augment = aug;
     cfg.prepare = study::pre_resize(o);
+  }
+  // The foreground crop comes before augmentation (and is cached with the decoded image), as it comes
+  // first in evaluation's processor; the processor after augmentation only normalises.
+  if (cfg.processor.crop_foreground) {
+    cfg.prepare = [pre = cfg.prepare](Image& im, int64_t i) {
+      if (pre) pre(im, i);
+      im = crop_to_foreground(im);
+    };
+    cfg.processor.crop_foreground = false;
   }
   cfg.batch_size = o.batch_size;
   // A last batch of one image cannot train CvT's BatchNorm (no variance; torch refuses it too): drop it.
