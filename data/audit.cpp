@@ -18,6 +18,7 @@
 #include <map>
 #include <stdexcept>
 
+#include "data/dataset.h"
 #include "data/image.h"
 #include "engine/core/fileio.h"
 #include "engine/core/parallel.h"
@@ -40,10 +41,11 @@ constexpr int kThumb = 32;   // detail thumbnail side: 1024 luma values per imag
 constexpr int kCoarse = 8;   // the coarse version subtracted from it (each value covers 4×4 thumbnail pixels)
 constexpr int kThumbN = kThumb * kThumb;
 
-bool is_image_name(const fs::path& p) {
-  std::string ext = p.extension().string();
-  for (char& c : ext) c = char(std::tolower(static_cast<unsigned char>(c)));
-  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".bmp";
+// An entry named like an image that is not a folder: a regular file, or one whose type cannot be known (a
+// symbolic link loop, a dangling link), which is kept so that reading it reports it as unreadable.
+bool is_image_entry(const fs::directory_entry& e) {
+  std::error_code ec;
+  return is_image_file(e.path().string()) && !e.is_directory(ec);
 }
 
 struct Found {
@@ -53,8 +55,9 @@ struct Found {
 // Sorted subdirectories of `dir` (the class folders).
 std::vector<fs::path> subdirs(const fs::path& dir) {
   std::vector<fs::path> out;
+  std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_directory()) out.push_back(e.path());
+    if (e.is_directory(ec)) out.push_back(e.path());
   std::sort(out.begin(), out.end());
   return out;
 }
@@ -72,8 +75,8 @@ std::vector<Found> walk(const fs::path& root) {
   for (const auto& [split, dir] : split_dirs)
     for (const fs::path& cls : subdirs(dir))
       for (const auto& e : fs::directory_iterator(cls))
-        if (e.is_regular_file() && is_image_name(e.path()))
-          out.push_back({fs::relative(e.path(), root).generic_string(), split, cls.filename().string()});
+        if (is_image_entry(e))
+          out.push_back({e.path().lexically_relative(root).generic_string(), split, cls.filename().string()});
   std::sort(out.begin(), out.end(), [](const Found& a, const Found& b) { return a.path < b.path; });
   if (out.empty())
     throw std::runtime_error("data audit: " + root.string() +

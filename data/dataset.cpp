@@ -56,9 +56,11 @@ std::vector<std::string> sub_folders(const fs::path& dir) {
 
 std::vector<std::string> images_in(const fs::path& dir) {
   std::vector<std::string> paths;
+  // Not only regular files: an image-named entry whose type cannot be known (a symbolic link loop, a
+  // dangling link) is kept, so that decoding it skips it with a warning naming it and it is counted.
   for (const auto& e : list_dir(dir)) {
     std::error_code ec;
-    if (e.is_regular_file(ec) && is_image_file(e.path().string())) paths.push_back(e.path().string());
+    if (is_image_file(e.path().string()) && !e.is_directory(ec)) paths.push_back(e.path().string());
   }
   std::sort(paths.begin(), paths.end());
   return paths;

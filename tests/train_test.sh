@@ -150,6 +150,21 @@ if grep -Eq "^unreadable files skipped: train (1, validation 0|0, validation 1),
   pass "the summary counts unreadable files of Training and Testing"
 else fail "unreadable files in the summary"; tail -5 "$DIR/corrupt.log"; fi
 
+# A symbolic link loop named like an image and file names that are not UTF-8 (Training and Testing): the loop
+# is skipped with a warning naming it and counted; the run ends, and its JSON files hold U+FFFD for the bytes.
+cp -r "$DIR/whole/synthetic-data" "$DIR/odd-names"
+ln -s loopb.png "$DIR/odd-names/Training/disc/loopa.png" && ln -s loopa.png "$DIR/odd-names/Training/disc/loopb.png"
+cp "$DIR/odd-names/Training/ring/ring_000.png" "$DIR/odd-names/Training/ring/$(printf 'bad\xff\xfe.png')"
+cp "$DIR/odd-names/Testing/disc/disc_000.png" "$DIR/odd-names/Testing/disc/$(printf 't\xff.png')"
+"$BIN" train --recipe cpu --data "$DIR/odd-names" --image-size 32 --epochs 1 --batch-size 64 --no-progress \
+  --out "$DIR/odd-run" >"$DIR/odd-names.log" 2>&1
+rc=$?
+if [ "$rc" -eq 0 ] && grep -q "skipping unreadable image: .*loopa.png: .*symbolic links" "$DIR/odd-names.log" \
+   && grep -Eq "^unreadable files skipped: train [12], validation [01], Testing 0$" "$DIR/odd-names.log" \
+   && grep -q "$(printf 't\xef\xbf\xbd.png')" "$DIR/odd-run/eval_Testing.json" && [ -s "$DIR/odd-run/report.html" ]; then
+  pass "a link loop is skipped and counted; names that are not UTF-8 survive into the JSON"
+else fail "link loop / non-UTF-8 names: exit $rc"; tail -3 "$DIR/odd-names.log"; fi
+
 # Errors: one line, exit 1.
 expect_error() {  # NAME WORD -- ARGS...
   local name=$1 word=$2; shift 3

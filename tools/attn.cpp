@@ -346,19 +346,19 @@ void run_attn(AttnOptions o) {
                      {"predictions", predictions},
                      {"method", method}};
   std::map<std::string, std::string> metadata;
-  for (auto it = meta.begin(); it != meta.end(); ++it) metadata[it.key()] = it.value().dump();
+  for (auto it = meta.begin(); it != meta.end(); ++it) metadata[it.key()] = dump_json(it.value());
 
   std::error_code ec;
   fs::create_directories(o.out, ec);
   if (ec) throw std::runtime_error("attn: --out " + o.out + ": cannot create the folder: " + ec.message());
   const std::string st = (fs::path(o.out) / "attn.safetensors").string();
   save_safetensors(st, tensors, metadata);
-  write_file_atomic((fs::path(o.out) / "attn.json").string(), meta.dump(2) + "\n");
+  write_file_atomic((fs::path(o.out) / "attn.json").string(), dump_json(meta, 2) + "\n");
 
   const std::string page = write_pictures(o, layouts, layers, rollout, captured, pixels, tensors, meta);
 
   if (o.json) {
-    std::cout << meta.dump(2) << "\n";
+    std::cout << dump_json(meta, 2) << "\n";
     return;
   }
   std::cout << "wrote " << st << ": " << layers.size() << " layer" << (layers.size() == 1 ? "" : "s") << " ("

@@ -90,7 +90,7 @@ void run_eval(const EvalCli& o) {
     eo.tta_hflip = read_json(run_json.string()).at("options").value("tta", false);
   train::EvalResult r = train::evaluate(*model, split.samples, classes, processor, eo);
   if (o.json) {
-    std::cout << train::eval_to_json(r, o.split, dir, novel ? novel_path : "").dump(2) << "\n";
+    std::cout << dump_json(train::eval_to_json(r, o.split, dir, novel ? novel_path : ""), 2) << "\n";
     return;
   }
   std::cout << "checkpoint " << dir << "\n" << train::format_eval(r, o.split.empty() ? o.data : o.split);

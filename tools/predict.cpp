@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/preprocess.h"
+#include "engine/core/fileio.h"
 #include "engine/ops.h"
 #include "engine/safetensors.h"
 #include "models/model.h"
@@ -101,7 +102,7 @@ void run_predict(PredictOptions o) {
       std::cout << "  " << std::fixed << std::setprecision(4) << p(order[size_t(r)]) << "  "
                 << label(order[size_t(r)]) << "\n";
   }
-  if (o.json) std::cout << out.dump(2) << "\n";
+  if (o.json) std::cout << dump_json(out, 2) << "\n";
 }
 
 }  // namespace

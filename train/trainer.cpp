@@ -261,7 +261,7 @@ class MetricsLog {
     if (!out_) throw FileError(path_ + ": cannot open for appending");
   }
   void write(const json& j) {
-    out_ << j.dump() << "\n";
+    out_ << dump_json(j) << "\n";
     out_.flush();
     if (!out_) throw FileError(path_ + ": cannot write");
   }
@@ -432,7 +432,7 @@ void write_run_json(const Run& r, const std::string& command_line) {
                         {"counts", {{"train", counts_of(r.data.train, C)}, {"validation", counts_of(r.data.val, C)},
                                     {"Testing", counts_of(r.data.test, C)}}}}},
               {"options", options_to_json(o)}};
-  write_file_atomic((fs::path(o.out) / "run.json").string(), run.dump(2) + "\n");
+  write_file_atomic((fs::path(o.out) / "run.json").string(), dump_json(run, 2) + "\n");
 }
 
 // What a resume reads beyond the checkpoint's own files (SHA256SUMS covers those) must agree with them:
@@ -785,7 +785,7 @@ void final_evaluation(const Run& r, TrainSummary& summary, std::ostream& log) {
     const std::string novel_file = write_novel_list(r);
     EvalResult test = evaluate_split(r, *best, r.data.test, &r.data.test_novel);
     write_file_atomic((fs::path(r.o.out) / "eval_Testing.json").string(),
-                      eval_to_json(test, "Testing", best_dir, novel_file).dump(1) + "\n");
+                      dump_json(eval_to_json(test, "Testing", best_dir, novel_file), 1) + "\n");
     log << "\nbest epoch " << r.state.best_epoch << " (validation accuracy " << r.state.best_val_accuracy << ")\n"
         << format_eval(test, "Testing");
     summary.test_accuracy = test.report.accuracy;

@@ -125,6 +125,10 @@ std::string sha256_file(const std::string& path) {
   });
 }
 
+std::string dump_json(const nlohmann::json& j, int indent) {
+  return j.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 std::string json_error_text(const std::exception& e) {
   std::string s = e.what();
   size_t p = s.find("] ");

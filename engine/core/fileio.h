@@ -31,6 +31,11 @@ std::string sha256_hex(std::string_view bytes);
 // naming PATH when it cannot be opened or read.
 std::string sha256_file(const std::string& path);
 
+// JSON text that any string survives: bytes that are not UTF-8 (a Linux file name may be any bytes) are
+// written as U+FFFD instead of failing the whole write. For files that name images (run.json, metrics,
+// evaluations, predictions); trainer_state.json stays strict (it names no file).
+std::string dump_json(const nlohmann::json& j, int indent = -1);
+
 // A JSON library error without its "[json.exception.parse_error.101] " prefix: the part a reader needs.
 std::string json_error_text(const std::exception& e);
 
