@@ -150,6 +150,68 @@ if grep -Eq "^unreadable files skipped: train (1, validation 0|0, validation 1),
   pass "the summary counts unreadable files of Training and Testing"
 else fail "unreadable files in the summary"; tail -5 "$DIR/corrupt.log"; fi
 
+# Faults during checkpoint writes, each ending in a clean error or a resume bit-identical to the run never
+# interrupted: kills inside epoch 2's checkpoint write (after the weights are in its temporary folder; after
+# the folder is in place, before the links move), kills at moments spread over a run, and a full disk.
+FAULT=(--recipe cpu --synthetic --image-size 32 --epochs 3 --max-train-samples 32 --batch-size 16 --no-progress)
+start=$(date +%s%N)
+"$BIN" train "${FAULT[@]}" --out "$DIR/fault-ref" >"$DIR/fault-ref.log" 2>&1 || fail "the faults' reference run"
+ref_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+same_as_ref() {
+  cmp -s "$DIR/fault-ref/last/model.safetensors" "$1/last/model.safetensors" &&
+    cmp -s "$DIR/fault-ref/last/optimizer.safetensors" "$1/last/optimizer.safetensors"
+}
+for stage in files links; do
+  "$BIN" train "${FAULT[@]}" --out "$DIR/fault-$stage" --halt-in-checkpoint "2:$stage" >"$DIR/fault-$stage.log" 2>&1
+  rc=$?
+  last=$(readlink "$DIR/fault-$stage/last")
+  "$BIN" train --resume "$DIR/fault-$stage" --no-progress >>"$DIR/fault-$stage.log" 2>&1
+  if [ "$rc" -eq 137 ] && [ "$last" = checkpoint-epoch-001 ] && same_as_ref "$DIR/fault-$stage" \
+     && ! ls -a "$DIR/fault-$stage" | grep -q '\.tmp-'; then
+    pass "killed inside a checkpoint write ($stage): resumed from the one before, bit-identical"
+  else fail "killed inside a checkpoint write ($stage): exit $rc, last '$last'"; tail -3 "$DIR/fault-$stage.log"; fi
+done
+for share in 25 45 65 85; do  # kill -9 at that share of the reference run's time
+  run="$DIR/kill-$share"
+  "$BIN" train "${FAULT[@]}" --out "$run" >"$run.log" 2>&1 &
+  pid=$!
+  sleep "$(awk -v ms="$ref_ms" -v s="$share" 'BEGIN { printf "%.3f", ms * s / 100000 }')"
+  kill -9 "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  if [ ! -e "$run/last" ] && ! ls "$run" | grep -q '^checkpoint-epoch-'; then
+    # Killed before the first checkpoint: nothing to resume, and resume says so.
+    "$BIN" train --resume "$run" --no-progress >>"$run.log" 2>&1
+    [ $? -eq 1 ] && grep -q "stopped before its first epoch ended" "$run.log" && pass "killed at $share % (before any checkpoint): resume says so" \
+      || { fail "killed at $share % before any checkpoint"; tail -2 "$run.log"; }
+  else
+    grep -q '^best epoch' "$run.log" || "$BIN" train --resume "$run" --no-progress >>"$run.log" 2>&1
+    same_as_ref "$run" && pass "killed at $share % of the run: resumed bit-identical" \
+      || { fail "killed at $share % of the run: resume differs"; tail -3 "$run.log"; }
+  fi
+done
+# A full disk: a 45 MB file system holds epoch 1's checkpoint (27 MB) but not epoch 2's beside it. Where a
+# tmpfs cannot be mounted, a file-size limit (ulimit -f) makes the first checkpoint's write fail instead.
+mkdir -p "$DIR/small-disk"
+if mount -t tmpfs -o size=45m tmpfs "$DIR/small-disk" 2>/dev/null; then
+  "$BIN" train "${FAULT[@]}" --out "$DIR/small-disk/run" >"$DIR/disk-full.log" 2>&1
+  rc=$?
+  last=$(readlink "$DIR/small-disk/run/last")
+  leftovers=$(ls -a "$DIR/small-disk/run" | grep -c '\.tmp-')
+  cp -a "$DIR/small-disk/run" "$DIR/disk-full" && umount "$DIR/small-disk"
+  "$BIN" train --resume "$DIR/disk-full" --no-progress >>"$DIR/disk-full.log" 2>&1
+  if [ "$rc" -eq 1 ] && grep -q "^tessera: error: .*No space left on device" "$DIR/disk-full.log" && [ "$last" = checkpoint-epoch-001 ] \
+     && [ "$leftovers" -eq 0 ] && same_as_ref "$DIR/disk-full"; then
+    pass "a full disk: one-line error, no partial checkpoint left, resumed elsewhere bit-identical"
+  else fail "full disk: exit $rc, last '$last', $leftovers leftovers"; tail -3 "$DIR/disk-full.log"; fi
+else
+  (trap '' XFSZ; ulimit -f 15000; "$BIN" train "${FAULT[@]}" --out "$DIR/file-limit" >"$DIR/file-limit.log" 2>&1)
+  rc=$?
+  if [ "$rc" -eq 1 ] && grep -q "^tessera: error: .*optimizer.safetensors" "$DIR/file-limit.log" \
+     && ! ls -a "$DIR/file-limit" | grep -q '\.tmp-' && [ ! -e "$DIR/file-limit/last" ]; then
+    pass "a write failure (no tmpfs here: a file-size limit): one-line error naming the file, nothing partial left"
+  else fail "write failure under ulimit -f: exit $rc"; tail -3 "$DIR/file-limit.log"; fi
+fi
+
 # A symbolic link loop named like an image and file names that are not UTF-8 (Training and Testing): the loop
 # is skipped with a warning naming it and counted; the run ends, and its JSON files hold U+FFFD for the bytes.
 cp -r "$DIR/whole/synthetic-data" "$DIR/odd-names"

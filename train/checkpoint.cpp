@@ -107,7 +107,7 @@ bool is_complete_checkpoint(const fs::path& p) {
 
 std::string save_checkpoint(const std::string& run_dir, const models::Model& model, const AdamW& optimizer,
                             const ProcessorConfig& processor, const TrainerState& state, bool is_best,
-                            const WeightEma* ema) {
+                            const WeightEma* ema, const std::function<void(std::string_view stage)>& at_stage) {
   char name[64];
   std::snprintf(name, sizeof name, "checkpoint-epoch-%03lld", static_cast<long long>(state.epoch));
   const fs::path root(run_dir), final_dir = root / name;
@@ -122,6 +122,7 @@ std::string save_checkpoint(const std::string& run_dir, const models::Model& mod
       ema->save((tmp / "model.safetensors").string());
     }
     save_optimizer(optimizer, (tmp / "optimizer.safetensors").string());
+    if (at_stage) at_stage("files");
     write_file_atomic((tmp / "preprocessor_config.json").string(), processor_to_json(processor).dump(2) + "\n");
     write_file_atomic((tmp / "trainer_state.json").string(), state_to_json(state).dump(2) + "\n");
     write_checksums(tmp);  // last: a folder with a complete SHA256SUMS holds every file it lists
@@ -135,6 +136,7 @@ std::string save_checkpoint(const std::string& run_dir, const models::Model& mod
     throw;
   }
   fsync_dir(root);
+  if (at_stage) at_stage("links");
 
   point_link(root, "last", name);
   if (is_best) point_link(root, "best", name);

@@ -1,9 +1,11 @@
 // Training checkpoints on disk (the layout is described in train/trainer.h).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -40,9 +42,12 @@ TrainerState state_from_json(const nlohmann::json& j, const std::string& source)
 // With `ema` (--ema), model.safetensors holds the weights' moving average (WeightEma::save: its update
 // count and decay in the metadata), the model the run selects and every reader of the checkpoint gets,
 // and raw_model.safetensors the weights being trained, which a resumed run continues from.
+// `at_stage` (fault injection for tests; may not return) is called with "files" once the weights and
+// moments are in the temporary folder, and with "links" once the folder is in place, before the links move.
 std::string save_checkpoint(const std::string& run_dir, const models::Model& model, const AdamW& optimizer,
                             const ProcessorConfig& processor, const TrainerState& state, bool is_best,
-                            const WeightEma* ema = nullptr);
+                            const WeightEma* ema = nullptr,
+                            const std::function<void(std::string_view stage)>& at_stage = {});
 
 // Checks a checkpoint folder against its SHA256SUMS before anything in it is trusted: every listed file
 // present with the recorded SHA-256, config.json and model.safetensors among them. A folder without

@@ -125,6 +125,7 @@ struct TrainOptions {
   int64_t log_every = 10;           // steps between metrics.jsonl step lines
   bool progress = true;             // the progress bar on stderr
   int64_t halt_after_steps = 0;     // tests: exit abruptly (as if killed) after this many steps in total
+  std::string halt_in_checkpoint;   // tests: "EPOCH:STAGE", exit abruptly inside that epoch's checkpoint write
 };
 
 // One row of the table.
@@ -304,6 +305,11 @@ void for_each_option(F&& f) {
                     at_least_1<int64_t>});
   f(Option<bool>{.name = "progress", .flags = "!--no-progress", .help = "No progress bar",
                  .member = &O::progress, .resume_may_change = true, .in_run_json = false});
+  f(Option<std::string>{.name = "halt_in_checkpoint", .flags = "--halt-in-checkpoint",
+                        .help = "Testing aid: EPOCH:STAGE, exit abruptly inside that epoch's checkpoint write "
+                                "(STAGE: files, after the weights and moments; links, after the folder is in place)",
+                        .member = &O::halt_in_checkpoint, .resume_may_change = true, .in_run_json = false,
+                        .hidden = true});
   f(Option<int64_t>{.name = "halt_after_steps", .flags = "--halt-after-steps",
                     .help = "Testing aid: exit abruptly after N steps, as if killed", .member = &O::halt_after_steps,
                     .problem = non_negative<int64_t>, .resume_may_change = true, .in_run_json = false,

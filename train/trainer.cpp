@@ -764,7 +764,14 @@ void end_epoch(Run& r, int64_t epoch, const EpochTotals& t, Clock::time_point ep
   r.state.rng_seed = r.gen.seed(), r.state.rng_offset = r.gen.offset();
   r.state.metrics_bytes = r.metrics->bytes();
   r.state.epoch_metrics = line;
-  save_checkpoint(r.o.out, *r.model, *r.optimizer, r.eval_processor, r.state, best, r.ema.get());
+  // --halt-in-checkpoint EPOCH:STAGE (tests): end as a kill would, inside this checkpoint's write.
+  auto halt = [&](std::string_view stage) {
+    if (r.o.halt_in_checkpoint == std::to_string(epoch) + ":" + std::string(stage)) {
+      log.flush();
+      std::_Exit(137);
+    }
+  };
+  save_checkpoint(r.o.out, *r.model, *r.optimizer, r.eval_processor, r.state, best, r.ema.get(), halt);
 }
 
 // The novel subset of Testing (RunData), written to the run directory for eval_Testing.json to name.
