@@ -32,7 +32,14 @@
 #define STBI_NO_PIC
 #define STBI_NO_STDIO
 #define STBI_FAILURE_USERMSG
+// Debian's stb_image 2.27 copies a zero-length PNG chunk with memcpy(NULL, src, 0) (found by fuzz_image:
+// tests/fuzz/corpus/image/png-empty-idat.png): harmless on glibc, yet undefined behaviour, which UBSan
+// rightly stops on. stb's code is not ours to change: inside it, memcpy is this wrapper, which skips
+// empty copies.
+static void* stb_memcpy(void* to, const void* from, size_t n) { return n ? std::memcpy(to, from, n) : to; }
+#define memcpy stb_memcpy
 #include <stb_image.h>
+#undef memcpy
 
 // Pillow is compiled without FMA contraction (x86-64 baseline), and the weights must round exactly like
 // its doubles do: a fused multiply-add in the filter polynomials or the center computation could move a

@@ -263,7 +263,7 @@ Tensor max(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
   for (int64_t d : r.perm) permuted.push_back(x.size(d));
   int64_t R = r.rows.size(1);
   DType dt = x.dtype();
-  return record("max", {x}, out, [=](const Tensor& g) {
+  return record("max", {x}, out, [=, idx = idx](const Tensor& g) {  // (a structured binding is captured by name)
     // One-hot of the winning position in each reduced group, scaled by the group's gradient.
     Tensor positions = Tensor::arange(R, dt, g.device()).reshape({1, R});
     Tensor onehot = eq(positions, idx.to(dt).reshape({-1, 1}));

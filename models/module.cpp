@@ -231,7 +231,7 @@ void Module::load_state_dict(const std::map<std::string, Tensor>& tensors, const
                                                                                        {"vit.", "ViT"}}) {
       if (prefix == own + ".") continue;
       size_t n = size_t(std::count_if(unexpected.begin(), unexpected.end(),
-                                      [&](const std::string& s) { return s.rfind(prefix, 0) == 0; }));
+                                      [&, &prefix = prefix](const std::string& s) { return s.rfind(prefix, 0) == 0; }));
       if (n > 0 && n * 2 >= unexpected.size())
         os << " (it looks like a " << arch << " checkpoint, expected " << arch_name() << ")";
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): installs what is missing, builds, runs every test, then builds the
-# CPU code again under AddressSanitizer + UndefinedBehaviorSanitizer and runs the tests there too.
+# CPU code again under AddressSanitizer + UndefinedBehaviorSanitizer and runs the tests there too, then
+# builds the libraries with clang for libFuzzer and runs each fuzzer, time-boxed (tests/fuzz/).
 # Without a GPU the CUDA code is still compiled and linked; CUDA tests skip and say why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +23,12 @@ echo "== tests (build-sanitize/)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp:print_suppressions=0 \
   ctest --test-dir build-sanitize -j"$jobs" --timeout 900 --output-on-failure
+
+echo "== build (build-fuzz/: clang, ASan + UBSan + libFuzzer: the libraries and tests/fuzz/)"
+cmake -S . -B build-fuzz -G Ninja -DTESSERA_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang > /dev/null
+ninja -C build-fuzz -j"$jobs"
+echo "== fuzzers (build-fuzz/)"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp:print_suppressions=0 \
+  ctest --test-dir build-fuzz -j"$jobs" --output-on-failure

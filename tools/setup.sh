@@ -3,7 +3,7 @@
 # The CUDA Toolkit (nvcc, cuBLAS, cuDNN) is expected under /usr/local/cuda and is optional:
 # without it the build is CPU-only.
 set -euo pipefail
-packages=(cmake ninja-build g++ pkg-config libstb-dev doctest-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
+packages=(cmake ninja-build g++ clang pkg-config libstb-dev doctest-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev
           libjpeg62-turbo-dev libssl-dev libcairo2-dev fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
