@@ -302,13 +302,15 @@ class RunLock {
   int fd_ = -1;
 };
 
-// SIGINT / SIGTERM: the handler only records the signal and restores the default action, so the loop stops
-// after the step in progress (train_epoch checks between steps) and a second signal ends the process at once.
+// SIGINT / SIGTERM: the handler only records the signal and restores the default action of both, so the
+// loop stops after the step in progress (train_epoch checks between steps) and a second signal, either one,
+// ends the process at once.
 std::atomic<int> pending_signal{0};
+constexpr int kSignals[2] = {SIGINT, SIGTERM};
 
 extern "C" void record_signal(int sig) {
   pending_signal.store(sig);
-  ::signal(sig, SIG_DFL);
+  for (int s : kSignals) ::signal(s, SIG_DFL);
 }
 
 // Installs the handler for a run's life and puts back what was there before.
@@ -328,7 +330,6 @@ class SignalGuard {
   SignalGuard& operator=(const SignalGuard&) = delete;
 
  private:
-  static constexpr int kSignals[2] = {SIGINT, SIGTERM};
   struct sigaction previous_[2];
 };
 
