@@ -5,7 +5,6 @@
 // The facts come from data/audit.h (audit_dataset); this file only presents them and writes the list.
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <memory>
 #include <set>

@@ -105,13 +105,18 @@ bool is_complete_checkpoint(const fs::path& p) {
 
 }  // namespace
 
+std::string checkpoint_name(int64_t epoch) {
+  char name[64];
+  std::snprintf(name, sizeof name, "checkpoint-epoch-%03lld", static_cast<long long>(epoch));
+  return name;
+}
+
 std::string save_checkpoint(const std::string& run_dir, const models::Model& model, const AdamW& optimizer,
                             const ProcessorConfig& processor, const TrainerState& state, bool is_best,
                             const WeightEma* ema, const std::function<void(std::string_view stage)>& at_stage) {
-  char name[64];
-  std::snprintf(name, sizeof name, "checkpoint-epoch-%03lld", static_cast<long long>(state.epoch));
+  const std::string name = checkpoint_name(state.epoch);
   const fs::path root(run_dir), final_dir = root / name;
-  const fs::path tmp = root / (std::string(".") + name + ".tmp-" + std::to_string(::getpid()));
+  const fs::path tmp = root / ("." + name + ".tmp-" + std::to_string(::getpid()));
   std::error_code ec;
   fs::remove_all(tmp, ec);
   try {

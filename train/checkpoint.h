@@ -49,6 +49,9 @@ std::string save_checkpoint(const std::string& run_dir, const models::Model& mod
                             const WeightEma* ema = nullptr,
                             const std::function<void(std::string_view stage)>& at_stage = {});
 
+// The folder of the checkpoint after `epoch`: "checkpoint-epoch-NNN" (zero-padded, so names sort by epoch).
+std::string checkpoint_name(int64_t epoch);
+
 // Checks a checkpoint folder against its SHA256SUMS before anything in it is trusted: every listed file
 // present with the recorded SHA-256, config.json and model.safetensors among them. A folder without
 // trainer_state.json and SHA256SUMS is a model from elsewhere (a Hugging Face download): nothing to verify,

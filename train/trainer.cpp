@@ -444,10 +444,8 @@ void write_run_json(const Run& r, const std::string& command_line) {
 void check_resumed_state(Run& r, const fs::path& checkpoint, int64_t steps_per_epoch, std::ostream& log) {
   const TrainerState& s = r.state;
   const std::string state_file = (checkpoint / "trainer_state.json").string();
-  char name[64];
-  std::snprintf(name, sizeof name, "checkpoint-epoch-%03lld", static_cast<long long>(s.epoch));
   const std::string folder = fs::canonical(checkpoint).filename().string();
-  if (folder != name)
+  if (folder != checkpoint_name(s.epoch))
     throw std::runtime_error(state_file + ": says epoch " + std::to_string(s.epoch) + ", but it lies in " + folder);
   if (s.global_step != s.epoch * steps_per_epoch)
     throw std::runtime_error(state_file + ": says step " + std::to_string(s.global_step) + " after epoch " +
