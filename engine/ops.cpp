@@ -441,4 +441,14 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index) {
   });
 }
 
+// ================================================================ watching the graph
+Tensor with_gradient_hook(const Tensor& x, std::function<void(const Tensor&)> hook) {
+  TS_CHECK(x.defined() && hook, "with_gradient_hook: needs a defined tensor and a hook");
+  if (!needs_grad({&x})) return x;
+  return record("gradient_hook", {x}, x.detach(), [hook = std::move(hook)](const Tensor& g) {
+    hook(g);
+    return Grads{g};
+  });
+}
+
 }  // namespace tessera

@@ -106,4 +106,10 @@ std::vector<Tensor> split(const Tensor& x, const std::vector<int64_t>& sizes, in
 std::vector<Tensor> split(const Tensor& x, int64_t chunk, int64_t dim);  // equal chunks, last may be short
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
 
+// ---- watching the graph ----
+// x itself (the same storage and values) with `hook` called on d(loss)/d(x) when a backward pass reaches it;
+// the gradient flows on unchanged. When x is not recorded (no grad mode, or nothing upstream requires
+// grad) there is no gradient to see: x is returned and the hook never fires.
+Tensor with_gradient_hook(const Tensor& x, std::function<void(const Tensor&)> hook);
+
 }  // namespace tessera

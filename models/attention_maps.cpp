@@ -1,5 +1,8 @@
 #include "models/attention_maps.h"
 
+#include "engine/ops.h"
+#include "engine/random.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -97,10 +100,24 @@ const char* head_fusion_name(HeadFusion fusion) {
   return "?";
 }
 
-// F[b, i, t] = mean / max / min over h in `heads` of P[b, h, i, t].
-Tensor fuse_heads(const Tensor& probs, HeadFusion fusion, const std::vector<int64_t>& heads) {
-  check_shape(probs, 4, "attention probabilities");
-  const int64_t B = probs.size(0), H = probs.size(1), Tq = probs.size(2), Tk = probs.size(3);
+MapMethod parse_map_method(const std::string& name) {
+  for (MapMethod m : {MapMethod::Rollout, MapMethod::GradRollout, MapMethod::Relevance})
+    if (name == map_method_name(m)) return m;
+  throw std::invalid_argument("unknown map method '" + name + "' (known: rollout, grad-rollout, relevance)");
+}
+
+const char* map_method_name(MapMethod method) {
+  switch (method) {
+    case MapMethod::Rollout: return "rollout";
+    case MapMethod::GradRollout: return "grad-rollout";
+    case MapMethod::Relevance: return "relevance";
+  }
+  return "?";
+}
+
+namespace {
+// The listed heads (all of the H when empty), each checked to exist.
+std::vector<int64_t> selected_heads(int64_t H, const std::vector<int64_t>& heads) {
   std::vector<int64_t> hs = heads;
   if (hs.empty())
     for (int64_t h = 0; h < H; ++h) hs.push_back(h);
@@ -108,6 +125,15 @@ Tensor fuse_heads(const Tensor& probs, HeadFusion fusion, const std::vector<int6
     if (h < 0 || h >= H)
       throw std::invalid_argument("head " + std::to_string(h) + " does not exist: the layer has " +
                                   std::to_string(H) + " head" + (H == 1 ? "" : "s"));
+  return hs;
+}
+}  // namespace
+
+// F[b, i, t] = mean / max / min over h in `heads` of P[b, h, i, t].
+Tensor fuse_heads(const Tensor& probs, HeadFusion fusion, const std::vector<int64_t>& heads) {
+  check_shape(probs, 4, "attention probabilities");
+  const int64_t B = probs.size(0), H = probs.size(1), Tq = probs.size(2), Tk = probs.size(3);
+  const std::vector<int64_t> hs = selected_heads(H, heads);
   const std::vector<double> p = probs.to_vector<double>();
   const int64_t plane = Tq * Tk;
   std::vector<double> f(size_t(B * plane));
@@ -119,6 +145,32 @@ Tensor fuse_heads(const Tensor& probs, HeadFusion fusion, const std::vector<int6
         acc = fusion == HeadFusion::Mean ? acc + x : fusion == HeadFusion::Max ? std::max(acc, x) : std::min(acc, x);
       }
       f[size_t(b * plane + e)] = fusion == HeadFusion::Mean ? acc / double(hs.size()) : acc;
+    }
+  return Tensor::from(f, {B, Tq, Tk});
+}
+
+// grad-rollout: F = max(0, (1/|hs|)·Σ_h P_h ⊙ G_h); relevance: F = (1/|hs|)·Σ_h max(0, G_h ⊙ P_h).
+Tensor weigh_heads_by_gradient(const Tensor& probs, const Tensor& grads, MapMethod method,
+                               const std::vector<int64_t>& heads) {
+  check_shape(probs, 4, "attention probabilities");
+  if (!needs_gradients(method)) throw std::invalid_argument("rollout weighs no heads by gradients");
+  if (!grads.defined() || grads.shape() != probs.shape())
+    throw std::invalid_argument("attention gradients " + (grads.defined() ? grads.str() : std::string("missing")) +
+                                " do not match the probabilities " + probs.str());
+  const int64_t B = probs.size(0), H = probs.size(1), Tq = probs.size(2), Tk = probs.size(3);
+  const std::vector<int64_t> hs = selected_heads(H, heads);
+  const std::vector<double> p = probs.to_vector<double>(), g = grads.to_vector<double>();
+  const int64_t plane = Tq * Tk;
+  const bool relu_each = method == MapMethod::Relevance;
+  std::vector<double> f(size_t(B * plane));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t e = 0; e < plane; ++e) {
+      double acc = 0;
+      for (int64_t h : hs) {
+        const size_t i = size_t((b * H + h) * plane + e);
+        acc += relu_each ? std::max(0.0, p[i] * g[i]) : p[i] * g[i];
+      }
+      f[size_t(b * plane + e)] = std::max(0.0, acc / double(hs.size()));
     }
   return Tensor::from(f, {B, Tq, Tk});
 }
@@ -242,39 +294,74 @@ Tensor rollout_cls_row(const std::vector<Tensor>& matrices, double discard) {
   return Tensor::from(out, {B, T});
 }
 
-Rollout attention_rollout(const std::vector<Tensor>& probs, const std::vector<AttentionLayout>& layouts,
-                          const RolloutOptions& options) {
+Tensor relevance_cls_row(const std::vector<Tensor>& matrices) {
+  if (matrices.empty()) throw std::invalid_argument("relevance needs at least one layer");
+  check_shape(matrices[0], 3, "relevance matrix");
+  const int64_t B = matrices[0].size(0), T = matrices[0].size(1), n = T * T;
+  std::vector<std::vector<double>> m;
+  for (const Tensor& a : matrices) {
+    if (a.shape() != Shape{B, T, T})
+      throw std::invalid_argument("relevance matrices differ in shape: " + a.str() + " and " + matrices[0].str());
+    m.push_back(a.to_vector<double>());
+  }
+  // e_0ᵀ (I + Ā_L) ⋯ (I + Ā_1): the row vector times each factor from the last layer down, r ← r + r·Ā.
+  std::vector<double> out(size_t(B * T)), r(static_cast<size_t>(T)), next(static_cast<size_t>(T));
+  for (int64_t b = 0; b < B; ++b) {
+    std::fill(r.begin(), r.end(), 0.0);
+    r[0] = 1.0;
+    for (size_t l = m.size(); l-- > 0;) {
+      next = r;
+      const double* a = m[l].data() + b * n;
+      for (int64_t i = 0; i < T; ++i)
+        for (int64_t j = 0; j < T; ++j) next[size_t(j)] += r[size_t(i)] * a[i * T + j];
+      r.swap(next);
+    }
+    std::copy(r.begin(), r.end(), out.begin() + b * T);
+  }
+  return Tensor::from(out, {B, T});
+}
+
+AttentionMap attention_map(const std::vector<Tensor>& probs, const std::vector<Tensor>& grads,
+                           const std::vector<AttentionLayout>& layouts, const MapOptions& options) {
+  const std::string name = map_method_name(options.method);
   if (probs.size() != layouts.size() || probs.empty())
-    throw std::invalid_argument("rollout: " + std::to_string(probs.size()) + " captured layers for " +
+    throw std::invalid_argument(name + ": " + std::to_string(probs.size()) + " captured layers for " +
                                 std::to_string(layouts.size()) + " layouts");
+  const bool weighted = needs_gradients(options.method);
+  if (weighted && grads.size() != probs.size())
+    throw std::invalid_argument(name + " needs the gradients of every layer: " + std::to_string(grads.size()) +
+                                " for " + std::to_string(probs.size()) + " layers");
   const AttentionLayout& last = layouts.back();
-  if (!last.cls) throw std::invalid_argument("rollout needs a cls token; layer " + std::to_string(last.layer) + " has none");
-  Rollout out;
+  if (!last.cls) throw std::invalid_argument(name + " needs a cls token; layer " + std::to_string(last.layer) + " has none");
+  AttentionMap out;
   std::vector<Tensor> matrices;
   for (size_t l = 0; l < probs.size(); ++l) {
     const AttentionLayout& a = layouts[l];
     if (a.queries() != last.queries() || !a.cls)
-      throw std::invalid_argument("rollout: layers " + std::to_string(a.layer) + " and " +
+      throw std::invalid_argument(name + ": layers " + std::to_string(a.layer) + " and " +
                                   std::to_string(last.layer) + " do not share a token grid with a cls token");
     Tensor fused;
     try {
-      fused = fuse_heads(probs[l], options.fusion, options.heads);
+      fused = weighted ? weigh_heads_by_gradient(probs[l], grads[l], options.method, options.heads)
+                       : fuse_heads(probs[l], options.fusion, options.heads);
     } catch (const std::invalid_argument& e) {
       throw std::invalid_argument("layer " + std::to_string(a.layer) + ": " + e.what());
     }
-    // cls mass: (1/Tq)·Σ_i F[b, i, 0].
-    const std::vector<double> f = fused.to_vector<double>();
-    const int64_t B = fused.size(0), Tq = fused.size(1), Tk = fused.size(2);
-    std::vector<double> mass(size_t(B), 0.0);
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t i = 0; i < Tq; ++i) mass[size_t(b)] += f[size_t((b * Tq + i) * Tk)];
-      mass[size_t(b)] /= double(Tq);
+    if (!weighted) {  // cls mass: (1/Tq)·Σ_i F[b, i, 0]
+      const std::vector<double> f = fused.to_vector<double>();
+      const int64_t B = fused.size(0), Tq = fused.size(1), Tk = fused.size(2);
+      std::vector<double> mass(size_t(B), 0.0);
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t i = 0; i < Tq; ++i) mass[size_t(b)] += f[size_t((b * Tq + i) * Tk)];
+        mass[size_t(b)] /= double(Tq);
+      }
+      out.cls_mass.push_back(mass);
     }
-    out.cls_mass.push_back(mass);
     matrices.push_back(carry_to_queries(fused, a));
   }
   // map[b, r, c] = R[0, 1 + r·cols + c] / max over (r, c); an all-zero row stays zero.
-  const Tensor row = rollout_cls_row(matrices, options.discard);
+  const Tensor row = options.method == MapMethod::Relevance ? relevance_cls_row(matrices)
+                                                            : rollout_cls_row(matrices, options.discard);
   const int64_t B = row.size(0), T = row.size(1), P = T - 1;
   const std::vector<double> r = row.to_vector<double>();
   std::vector<float> map(size_t(B * P));
@@ -285,6 +372,111 @@ Rollout attention_rollout(const std::vector<Tensor>& probs, const std::vector<At
   }
   out.map = Tensor::from(map, {B, last.query_rows, last.query_cols});
   return out;
+}
+
+namespace {
+// For one analysis pass: the model's parameters stop requiring grad (the gradients wanted are the
+// activations', and no parameter should receive or accumulate one) and `hooks` are set; both are undone when
+// the pass ends, by an exception too.
+class AnalysisPass {
+ public:
+  AnalysisPass(Model& model, const AttentionHooks& hooks) : model_(model) {
+    for (const auto& e : model.entries()) {
+      Tensor t = e.tensor;
+      had_grad_.push_back(t.requires_grad());
+      t.set_requires_grad(false);
+    }
+    model.set_attention_hooks(&hooks);
+  }
+  ~AnalysisPass() {
+    model_.set_attention_hooks(nullptr);
+    for (size_t i = 0; i < had_grad_.size(); ++i) {
+      Tensor t = model_.entries()[i].tensor;
+      t.set_requires_grad(had_grad_[i]);
+    }
+  }
+  AnalysisPass(const AnalysisPass&) = delete;
+  AnalysisPass& operator=(const AnalysisPass&) = delete;
+
+ private:
+  Model& model_;
+  std::vector<bool> had_grad_;
+};
+}  // namespace
+
+AttentionGradients attention_gradients(Model& model, const Tensor& pixels, const std::vector<int64_t>& layers,
+                                       const std::vector<int64_t>& classes) {
+  const int64_t B = pixels.size(0);
+  if (!classes.empty() && int64_t(classes.size()) != B)
+    throw std::invalid_argument(std::to_string(classes.size()) + " classes for " + std::to_string(B) + " images");
+  AttentionGradients out;
+  AttentionHooks hooks;
+  hooks.layers = layers;
+  hooks.forward = [&](int64_t layer, AttentionPart part, const Tensor& x) {
+    if (part == AttentionPart::Probs) out.probs[layer] = x.detach().to(DType::f32);
+  };
+  hooks.backward = [&](int64_t layer, AttentionPart part, const Tensor& g) {
+    if (part == AttentionPart::Probs) out.grads[layer] = g.to(DType::f32);
+  };
+  AnalysisPass pass(model, hooks);
+  // The input is the graph's one leaf that requires grad: the backward reaches every attention layer.
+  Tensor x = pixels.detach();
+  x.set_requires_grad(true);
+  Generator unused(0);  // eval mode draws nothing
+  out.logits = model.forward(x, /*training=*/false, unused);
+  out.classes = classes;
+  if (out.classes.empty())
+    for (int64_t c : argmax(out.logits, 1).to_vector<int64_t>()) out.classes.push_back(c);
+  const int64_t C = out.logits.size(1);
+  for (int64_t c : out.classes)
+    if (c < 0 || c >= C)
+      throw std::invalid_argument("class " + std::to_string(c) + " does not exist: the model has " +
+                                  std::to_string(C) + " classes");
+  // y = Σ_b logits[b, c_b], as the sum of the logits times a one-hot matrix.
+  std::vector<double> onehot(size_t(B * C), 0.0);
+  for (int64_t b = 0; b < B; ++b) onehot[size_t(b * C + out.classes[size_t(b)])] = 1.0;
+  const Tensor select = Tensor::from(onehot, {B, C}).to(out.logits.dtype()).to(out.logits.device());
+  sum(mul(out.logits, select)).backward();
+  out.logits = out.logits.detach().to(DType::f32);
+  return out;
+}
+
+std::map<int64_t, std::vector<double>> head_importance_sums(Model& model, const Tensor& pixels, const Tensor& labels) {
+  const int64_t B = pixels.size(0);
+  AttentionHooks hooks;
+  for (const AttentionLayout& a : attention_layouts(model.config(), pixels.size(2), pixels.size(3))) {
+    Tensor gate = Tensor::ones({B, a.heads}, model.compute_dtype(), model.device());
+    gate.set_requires_grad(true);
+    hooks.gates[a.layer] = gate;
+  }
+  {
+    AnalysisPass pass(model, hooks);
+    Generator unused(0);  // eval mode draws nothing
+    const Tensor logits = model.forward(pixels, /*training=*/false, unused);
+    // The summed loss, so that each image's gate gradient is its own ∂L_b/∂g (the mean would scale it by 1/B).
+    mul(cross_entropy(logits, labels), double(B)).backward();
+  }
+  std::map<int64_t, std::vector<double>> out;
+  for (const auto& [layer, gate] : hooks.gates) {
+    const std::vector<double> g = gate.grad().to_vector<double>();
+    const int64_t H = gate.size(1);
+    std::vector<double> s(size_t(H), 0.0);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h) s[size_t(h)] += std::abs(g[size_t(b * H + h)]);
+    out[layer] = s;
+  }
+  return out;
+}
+
+std::map<int64_t, std::vector<double>> normalise_importance(std::map<int64_t, std::vector<double>> importance) {
+  for (auto& [layer, v] : importance) {
+    double n = 0;
+    for (double x : v) n += x * x;
+    n = std::sqrt(n);
+    if (n > 0)
+      for (double& x : v) x /= n;
+  }
+  return importance;
 }
 
 }  // namespace tessera::models

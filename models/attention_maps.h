@@ -1,5 +1,7 @@
-// Attention probabilities as data: where each layer's queries and keys sit on the image, and attention
-// rollout over them (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers").
+// Attention probabilities as data: where each layer's queries and keys sit on the image, and the maps made
+// from them: attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers"),
+// gradient-weighted rollout (jacobgil/vit-explain) and relevance (Chefer, Gur & Wolf 2021, "Generic
+// Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers").
 //
 // ViT: every layer attends over the same 1 + rows·cols tokens (cls first), and rollout is the published
 // recipe. CvT: queries sit on the stage's token grid, but keys and values come from a stride-2 convolution
@@ -10,11 +12,13 @@
 // 3136 × 3136 products at 224 px).
 #pragma once
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "engine/core/tensor.h"
 #include "models/config.h"
+#include "models/model.h"
 
 namespace tessera::models {
 
@@ -61,23 +65,65 @@ Tensor carry_to_queries(const Tensor& fused, const AttentionLayout& layout);
 // R[0, :] of R = Â_L ⋯ Â_1 (f64, (B, T)), where Â_l is A_l with its lowest `discard` share zeroed, plus I,
 // normalised by rows. 0 <= discard < 1.
 Tensor rollout_cls_row(const std::vector<Tensor>& matrices, double discard);
+// Relevance's row of the cls token over the same: R[0, :] of R = (I + Ā_L) ⋯ (I + Ā_1), which is
+// R ← R + Ā_l·R applied layer by layer from R = I (no normalisation, no discard).
+Tensor relevance_cls_row(const std::vector<Tensor>& matrices);
 
-struct RolloutOptions {
-  HeadFusion fusion = HeadFusion::Mean;
-  double discard = 0;          // share of each fused matrix's entries zeroed, [0, 1)
-  std::vector<int64_t> heads;  // fused heads (all when empty)
+// How a map is made from the layers' probabilities A (B, heads, Tq, Tk) and, for the gradient methods,
+// their gradients ∇A = ∂y_c/∂A of the chosen class's logit. Each gives one matrix Ā per layer, carried to
+// the query grid (Ā·S; the identity for ViT), then a cls row R[0, patches] scaled to max 1:
+//   rollout       Ā = fuse over heads of A (mean, max or min), then rollout_cls_row (Abnar & Zuidema)
+//   grad-rollout  Ā = ReLU(mean over heads of A ⊙ ∇A), then rollout_cls_row (vit-explain)
+//   relevance     Ā = mean over heads of ReLU(∇A ⊙ A), then relevance_cls_row (Chefer et al.)
+enum class MapMethod { Rollout, GradRollout, Relevance };
+// "rollout", "grad-rollout", "relevance"; anything else throws std::invalid_argument naming the word.
+MapMethod parse_map_method(const std::string& name);
+const char* map_method_name(MapMethod method);
+inline bool needs_gradients(MapMethod method) { return method != MapMethod::Rollout; }
+
+// The gradient methods' head weighting: f64 (B, Tq, Tk) from probs and grads (B, heads, Tq, Tk), over the
+// listed heads (all when empty).
+Tensor weigh_heads_by_gradient(const Tensor& probs, const Tensor& grads, MapMethod method,
+                               const std::vector<int64_t>& heads = {});
+
+struct MapOptions {
+  MapMethod method = MapMethod::Rollout;
+  HeadFusion fusion = HeadFusion::Mean;  // rollout only: the gradient methods' formulas fix the mean
+  double discard = 0;          // rollout and grad-rollout: share of each matrix's entries zeroed, [0, 1)
+  std::vector<int64_t> heads;  // the heads used (all when empty)
 };
 
-struct Rollout {
+struct AttentionMap {
   Tensor map;  // f32 (B, rows, cols): R[cls, patches] on the query grid, scaled to max 1 per image
-  // Per layer, per image: the mean over query rows of the fused attention on the cls key, the share of
-  // the attention that stays with the cls token and is not placed on the image.
+  // Rollout only: per layer, per image, the mean over query rows of the fused attention on the cls key,
+  // the share of the attention that stays with the cls token and is not placed on the image.
   std::vector<std::vector<double>> cls_mass;
 };
-// The whole method over the captured probabilities (B, heads, Tq, Tk) of rollout_layers(), in order, with
-// their layouts: fuse the heads, carry each layer to the query grid (A · S, the identity for ViT), then
-// rollout_cls_row. Throws std::invalid_argument for a bad option or a head a layer does not have.
-Rollout attention_rollout(const std::vector<Tensor>& probs, const std::vector<AttentionLayout>& layouts,
-                          const RolloutOptions& options);
+// The method over the probabilities (and for the gradient methods their gradients, one per layer) of
+// rollout_layers(), in order, with their layouts. Throws std::invalid_argument for a bad option, a head a
+// layer does not have, or missing gradients.
+AttentionMap attention_map(const std::vector<Tensor>& probs, const std::vector<Tensor>& grads,
+                           const std::vector<AttentionLayout>& layouts, const MapOptions& options);
+
+// One forward and backward of `model` in eval mode on pixels (B, C, H, W): the listed layers'
+// probabilities and their gradients ∂y/∂A, y = Σ_b logits[b, classes[b]] (images do not interact in eval
+// mode, so each image's slice is the gradient of its own logit). `classes` holds one class per image, or
+// is empty for each image's predicted class. Gradients stay off the model's parameters.
+struct AttentionGradients {
+  Tensor logits;                        // (B, classes) f32
+  std::vector<int64_t> classes;         // the class explained, per image
+  std::map<int64_t, Tensor> probs, grads;  // layer -> (B, heads, Tq, Tk)
+};
+AttentionGradients attention_gradients(Model& model, const Tensor& pixels, const std::vector<int64_t>& layers,
+                                       const std::vector<int64_t>& classes = {});
+
+// Michel, Levy & Neubig 2019 ("Are Sixteen Heads Really Better than One?"): head h's importance is
+// E_x |∂L/∂g_h| for a gate g_h = 1 on its context, = |Σ ⟨ctx_h, ∂L/∂ctx_h⟩|, L the cross-entropy of the
+// labels. One forward and backward in eval mode with a (B, heads) gate per layer; returns, per layer,
+// the sum over this batch's images of |∂L_b/∂g_h| (f64), to be accumulated over a data set and then divided
+// by the image count and normalised (normalise_importance).
+std::map<int64_t, std::vector<double>> head_importance_sums(Model& model, const Tensor& pixels, const Tensor& labels);
+// Each layer's vector divided by its L2 norm (a zero vector stays zero).
+std::map<int64_t, std::vector<double>> normalise_importance(std::map<int64_t, std::vector<double>> importance);
 
 }  // namespace tessera::models

@@ -26,9 +26,9 @@ class Model : public Module {
   // runs in the parameters' dtype, and the logits come back in the parameters' dtype for the loss.
   void set_compute_dtype(DType dt);
   DType compute_dtype() const { return compute_dtype_ ? *compute_dtype_ : dtype(); }
-  // Records the attention probabilities of the chosen layers during the following forward passes (into
-  // capture->probs, appended); nullptr stops. The capture must outlive its use.
-  void set_attention_capture(AttentionCapture* capture) { capture_ = capture; }
+  // Hooks on the attention of the following forward and backward passes (module.h AttentionHooks);
+  // nullptr removes them. The hooks must outlive their use.
+  void set_attention_hooks(const AttentionHooks* hooks) { hooks_ = hooks; }
   int64_t num_labels() const { return models::num_labels(config()); }
   // Name prefix of the classification head ("classifier.").
   static constexpr const char* kHeadPrefix = "classifier.";
@@ -37,17 +37,13 @@ class Model : public Module {
   std::optional<DType> compute_dtype_;
 
  protected:
-  // The layer's attention with its probabilities recorded when the capture asks for this layer.
+  // Attention layer `layer` (numbered through the model), under the hooks if any.
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale, int64_t layer) const {
-    if (!capture_ || !capture_->wants(layer)) return multi_head_attention(q, k, v, heads, scale);
-    Tensor probs;
-    Tensor out = multi_head_attention(q, k, v, heads, scale, &probs);
-    capture_->probs.emplace_back(layer, probs);
-    return out;
+    return multi_head_attention(q, k, v, heads, scale, hooks_, layer);
   }
 
  private:
-  AttentionCapture* capture_ = nullptr;
+  const AttentionHooks* hooks_ = nullptr;
 };
 
 // A model of `config` with its tensors allocated but NOT initialised (call init_weights or load); cheap

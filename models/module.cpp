@@ -41,8 +41,28 @@ Tensor BatchNorm2d::operator()(const Tensor& x, bool training) const {
   return cast_to(y, x.dtype());
 }
 
+const char* attention_part_name(AttentionPart part) {
+  switch (part) {
+    case AttentionPart::Query: return "query";
+    case AttentionPart::Key: return "key";
+    case AttentionPart::Value: return "value";
+    case AttentionPart::Probs: return "attention_probs";
+    case AttentionPart::Context: return "context";
+  }
+  return "?";
+}
+
+AttentionHooks capture_probabilities(std::vector<std::pair<int64_t, Tensor>>& out, std::vector<int64_t> layers) {
+  AttentionHooks hooks;
+  hooks.layers = std::move(layers);
+  hooks.forward = [&out](int64_t layer, AttentionPart part, const Tensor& x) {
+    if (part == AttentionPart::Probs) out.emplace_back(layer, x);
+  };
+  return hooks;
+}
+
 Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale,
-                            Tensor* probs) {
+                            const AttentionHooks* hooks, int64_t layer) {
   const int64_t B = q.size(0), Tq = q.size(1), C = q.size(2), Tk = k.size(1);
   TS_CHECK(C % heads == 0, "multi_head_attention: " + std::to_string(C) + " channels do not split into " +
                                std::to_string(heads) + " heads");
@@ -50,9 +70,41 @@ Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, i
   auto split_heads = [&](const Tensor& x, int64_t T) {  // (B, T, C) -> (B, heads, T, D)
     return x.reshape({B, T, heads, D}).permute({0, 2, 1, 3});
   };
-  const Tensor qh = split_heads(q, Tq), kh = split_heads(k, Tk);
-  Tensor ctx = scaled_dot_product_attention(qh, kh, split_heads(v, Tk), scale);  // (B, heads, Tq, D)
-  if (probs) *probs = attention_probabilities(qh, kh, scale);                   // (B, heads, Tq, Tk)
+  const bool watched = hooks && hooks->wants(layer);
+  const Tensor* gate = nullptr;
+  if (hooks)
+    if (auto it = hooks->gates.find(layer); it != hooks->gates.end()) gate = &it->second;
+  // Shows a part to the forward hook and, through a gradient hook, its gradient to the backward one.
+  auto show = [&](AttentionPart part, Tensor x) {
+    if (!watched) return x;
+    if (hooks->forward) hooks->forward(layer, part, x);
+    if (hooks->backward)
+      x = with_gradient_hook(x, [backward = hooks->backward, layer, part](const Tensor& g) { backward(layer, part, g); });
+    return x;
+  };
+  const Tensor qh = show(AttentionPart::Query, split_heads(q, Tq));
+  const Tensor kh = show(AttentionPart::Key, split_heads(k, Tk));
+  const Tensor vh = show(AttentionPart::Value, split_heads(v, Tk));
+  Tensor ctx;  // (B, heads, Tq, D)
+  if (watched && hooks->backward) {
+    // The composition the fused op equals, so that the probabilities are in the graph.
+    const Tensor probs = show(AttentionPart::Probs, softmax(mul(matmul(qh, kh.transpose(-1, -2)), scale), -1));
+    ctx = matmul(probs, vh);
+  } else {
+    ctx = scaled_dot_product_attention(qh, kh, vh, scale);
+    if (watched && hooks->forward) hooks->forward(layer, AttentionPart::Probs, attention_probabilities(qh, kh, scale));
+  }
+  if (gate) {
+    const bool per_image = gate->dim() == 2;
+    TS_CHECK((gate->dim() == 1 || (per_image && gate->size(0) == B)) && gate->size(-1) == heads,
+             "attention gate of layer " + std::to_string(layer) + ": expected (" + std::to_string(heads) +
+                 ") or (" + std::to_string(B) + ", " + std::to_string(heads) + "), got " + gate->str());
+    TS_CHECK(gate->device() == ctx.device(), "attention gate of layer " + std::to_string(layer) + " is on " +
+                                                 device_name(gate->device()) + ", the model on " +
+                                                 device_name(ctx.device()));
+    ctx = mul(ctx, cast_to(*gate, ctx.dtype()).reshape({per_image ? B : 1, heads, 1, 1}));
+  }
+  ctx = show(AttentionPart::Context, ctx);
   return ctx.permute({0, 2, 1, 3}).reshape({B, Tq, C});  // (B, Tq, C), head i owns channels [iD, iD + D)
 }
 

@@ -7,6 +7,7 @@
 // the Trainer's weight-decay rule needs (engine/optim.h).
 #pragma once
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -61,24 +62,49 @@ struct BatchNorm2d {
   Tensor operator()(const Tensor& x, bool training) const;  // (B, C, H, W)
 };
 
-// Multi-head attention core shared by CvT and ViT: q (B, Tq, C), k and v (B, Tk, C), heads own consecutive
-// channel blocks of C/heads; returns softmax(q·kᵀ·scale)·v merged back to (B, Tq, C).
-// When `probs` is given, it also receives the attention probabilities (B, heads, Tq, Tk), computed apart
-// from the fused attention (attention_probabilities), so asking for them never slows the normal path.
-Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale,
-                            Tensor* probs = nullptr);
+// What an attention hook is shown of one layer's attention op.
+enum class AttentionPart {
+  Query,    // (B, heads, Tq, D), the heads split
+  Key,      // (B, heads, Tk, D)
+  Value,    // (B, heads, Tk, D)
+  Probs,    // (B, heads, Tq, Tk) softmax(q·kᵀ·scale)
+  Context,  // (B, heads, Tq, D) probs·v after the head gate, before the heads are merged
+};
+const char* attention_part_name(AttentionPart part);
 
-// Which attention layers to record during forward, and what was recorded. Layers are numbered through the
-// whole model in order (CvT: stage 0's layers first); each entry of `probs` is (layer, (B, heads, Tq, Tk)).
-// CvT's keys and values come from strided projections, so Tk < Tq there (stage 3's token 0 is the cls
-// token in both).
-struct AttentionCapture {
-  std::vector<int64_t> layers;  // empty: every layer
-  std::vector<std::pair<int64_t, Tensor>> probs;
+// Hooks on the attention op of chosen layers: the API `tessera attn` is built on. Layers are numbered
+// through the whole model in order (CvT: stage 0's layers first); CvT's keys and values come from strided
+// projections, so Tk < Tq there (stage 3's token 0 is the cls token in both).
+// - forward(layer, part, x): each hooked layer's parts in the order listed above. Without `backward`, the
+//   layer's output still comes from the fused attention and the probabilities are computed apart for the
+//   hook (f32 at least; engine/ops.h attention_probabilities), so reading them never changes the result.
+// - backward(layer, part, dx): d(loss)/d(part) when a backward pass reaches it (Context first, Query last).
+//   Setting it runs the hooked layers' attention as separate ops (scores, softmax, the product with v),
+//   so that the probabilities are a node of the graph and have a gradient.
+// - gates[layer]: a (heads) or (B, heads) tensor of factors on each head's context (0 removes the head),
+//   in forward and backward, on the model's device and in any float dtype. A gate that requires grad
+//   receives ∂L/∂g_h = Σ ⟨ctx_h, ∂L/∂(g_h·ctx_h)⟩, which at g = 1 is the head importance of Michel et al.
+//   2019 (a (B, heads) gate gives it per image). Gates apply whatever `layers` says.
+// With no hooks set (Model::set_attention_hooks(nullptr)) or none for a layer, that layer runs the fused op.
+struct AttentionHooks {
+  std::vector<int64_t> layers;  // the layers the callbacks see; empty: every layer
+  std::function<void(int64_t layer, AttentionPart part, const Tensor& x)> forward, backward;
+  std::map<int64_t, Tensor> gates;
   bool wants(int64_t layer) const {
-    return layers.empty() || std::find(layers.begin(), layers.end(), layer) != layers.end();
+    return (forward || backward) &&
+           (layers.empty() || std::find(layers.begin(), layers.end(), layer) != layers.end());
   }
 };
+
+// Hooks that append each chosen layer's probabilities (layer, (B, heads, Tq, Tk)) to `out` in forward.
+// `out` must outlive the hooks' use.
+AttentionHooks capture_probabilities(std::vector<std::pair<int64_t, Tensor>>& out, std::vector<int64_t> layers = {});
+
+// Multi-head attention core shared by CvT and ViT: q (B, Tq, C), k and v (B, Tk, C), heads own consecutive
+// channel blocks of C/heads; returns softmax(q·kᵀ·scale)·v merged back to (B, Tq, C). `hooks` (optional)
+// watch or gate it as layer `layer`.
+Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale,
+                            const AttentionHooks* hooks = nullptr, int64_t layer = 0);
 
 // (B, C, H, W) -> (B, H·W, C), token t = h·W + w; and back.
 Tensor nchw_to_tokens(const Tensor& x);

@@ -148,6 +148,15 @@ if [ "$rc" -eq 0 ]; then expect_out "attn.safetensors tensors" '^layer\.0\.atten
   '^layer\.5\.attention_probs +F32 +\[1, 3, 197, 50\] ' '^rollout +F32 +\[1, 14, 14\] '
 else fail "inspect attn.safetensors: exit code $rc"; fi
 if grep -q '"predictions"' "$ATTN/attn.json" 2>/dev/null; then pass "attn.json"; else fail "attn.json missing or without predictions"; fi
+# The gradient methods: grad-rollout and relevance maps beside rollout, for a class given by name.
+run attn --checkpoint "$TINY" --layers 5 --method rollout,grad-rollout,relevance --class 1 --out "$ATTN-grad" "$PNG"
+if [ "$rc" -eq 0 ]; then
+  expect_out "attn gradient maps" '^wrote .*attn\.safetensors: 1 layer \(5\), rollout \[1, 14, 14\], grad_rollout \[1, 14, 14\], relevance \[1, 14, 14\]$'
+  if grep -q '"explained"' "$ATTN-grad/attn.json" && grep -q 'Chefer' "$ATTN-grad/index.html"; then pass "attn gradient maps described"
+  else fail "attn: the explained class or the relevance formula is missing"; fi
+else fail "attn --method grad-rollout,relevance: exit code $rc"; fi
+run attn --checkpoint "$TINY" --method rollout,saliency --out "$ATTN" "$PNG"; expect_error "attn unknown method" "--method 'saliency'"
+run attn --checkpoint "$TINY" --method relevance --class 9 --out "$ATTN" "$PNG"; expect_error "attn unknown class" "--class 9"
 run attn --checkpoint "$TINY" --layers 6 --out "$ATTN" "$PNG"; expect_error "attn unknown layer" "--layers 6"
 run attn --checkpoint "$TINY" --layers 5 --heads 3 --out "$ATTN" "$PNG"; expect_error "attn unknown head" "--heads 3"
 run attn --checkpoint "$TINY" --discard 1 --out "$ATTN" "$PNG"; expect_error "attn bad discard" "--discard"

@@ -37,6 +37,14 @@ constexpr double kProbTol = 1e-4;
 const double kMapTol = std::ldexp(1.0, -24) + 1e-12;
 // cls mass: float64 means of the same float32 numbers on both sides.
 constexpr double kMassTol = 1e-12;
+// Gradients ∂y/∂A = (∂y/∂ctx)·vᵀ: the float32 forward and backward give each a relative error of a few
+// 1e-6 of its terms' scale (as the scores above), so |Δ∂A| ≲ 1e-5·max|∂A| (measured: ≤ 4e-7 of it). A wrong
+// layer, class, transpose or scale moves them by O(max|∂A|).
+constexpr double kGradTol = 1e-5;
+// Head importance, unit-normalised per layer: each per-image gate gradient is a sum of Tq·D products
+// ⟨ctx, ∂L/∂ctx⟩ carrying a relative error of ~1e-6 of Σ|terms|; 1e-5 leaves a factor 10 for cancellation
+// in those sums (measured: ≤ 3e-7). A wrong loss, sign or a mix-up of images or heads moves values by ≥ 1e-2.
+constexpr double kImportanceTol = 1e-5;
 
 double max_abs_diff(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape()) return INFINITY;
@@ -60,6 +68,11 @@ struct AttnFixture {
       (n.rfind("fixture.", 0) == 0 ? ref[n.substr(8)] : weights[n]) = t;
   }
   Tensor pixels() const { return ref.at("pixel_values"); }
+  std::unique_ptr<Model> model() const {  // the fixture's weights in a tessera model
+    auto m = make_model(config);
+    m->load_state_dict(weights, "fixture");
+    return m;
+  }
   std::vector<AttentionLayout> layouts() const {
     return attention_layouts(config, pixels().size(2), pixels().size(3));
   }
@@ -108,21 +121,21 @@ TEST_CASE("attention probabilities equal transformers' (fixtures)") {
   for (const char* name : {"vit", "cvt"}) {
     INFO(name);
     AttnFixture fx(name);
-    auto model = make_model(fx.config);
-    model->load_state_dict(fx.weights, name);
-    AttentionCapture capture;
+    auto model = fx.model();
+    std::vector<std::pair<int64_t, Tensor>> captured;
+    const AttentionHooks capture = capture_probabilities(captured);
     Generator gen(0);
     {
       NoGradGuard ng;
-      model->set_attention_capture(&capture);
+      model->set_attention_hooks(&capture);
       model->forward(fx.pixels(), false, gen);
-      model->set_attention_capture(nullptr);
+      model->set_attention_hooks(nullptr);
     }
     const auto layouts = fx.layouts();
-    REQUIRE(capture.probs.size() == layouts.size());
+    REQUIRE(captured.size() == layouts.size());
     std::vector<Tensor> ours;
     double worst = 0;  // over the rolled-out layers
-    for (const auto& [layer, p] : capture.probs) {
+    for (const auto& [layer, p] : captured) {
       const AttentionLayout& a = layouts[size_t(layer)];
       const Tensor& want = fx.ref.at("probs." + std::to_string(layer));
       CHECK(p.shape() == Shape{2, a.heads, a.queries(), a.keys()});
@@ -141,7 +154,7 @@ TEST_CASE("attention probabilities equal transformers' (fixtures)") {
     std::vector<Tensor> rolled;
     for (int64_t l : fx.rollout) rolled.push_back(ours[size_t(l)]);
     const auto rl = pick(layouts, fx.rollout);
-    const Rollout r = attention_rollout(rolled, rl, {});
+    const AttentionMap r = attention_map(rolled, {}, rl, {});
     std::vector<Tensor> carried;
     for (size_t i = 0; i < rolled.size(); ++i) carried.push_back(carry_to_queries(fuse_heads(rolled[i], HeadFusion::Mean), rl[i]));
     const auto row = rollout_cls_row(carried, 0).to_vector<double>();
@@ -163,10 +176,10 @@ TEST_CASE("rollout equals the numpy rollout on the same probabilities") {
     CHECK(rollout_layers(layouts) == fx.rollout);
     for (const auto& [fuse, discard] : std::vector<std::pair<std::string, std::string>>{{"mean", "0.0"}, {"max", "0.6"}}) {
       INFO(name << " " << fuse << " discard " << discard);
-      RolloutOptions o;
+      MapOptions o;
       o.fusion = parse_head_fusion(fuse);
       o.discard = std::stod(discard);
-      const Rollout r = attention_rollout(fx.probs(fx.rollout), pick(layouts, fx.rollout), o);
+      const AttentionMap r = attention_map(fx.probs(fx.rollout), {}, pick(layouts, fx.rollout), o);
       const std::string key = fuse + "_" + discard;
       const Tensor& want = fx.ref.at("rollout." + key);
       CHECK(r.map.dtype() == DType::f32);
@@ -177,6 +190,96 @@ TEST_CASE("rollout equals the numpy rollout on the same probabilities") {
       const auto mv = mass.to_vector<double>();
       for (size_t l = 0; l < r.cls_mass.size(); ++l)
         for (size_t b = 0; b < 2; ++b) CHECK(std::abs(r.cls_mass[l][b] - mv[l * 2 + b]) <= kMassTol);
+    }
+  }
+}
+
+TEST_CASE("grad rollout and relevance equal numpy's on the same probabilities and gradients") {
+  for (const char* name : {"vit", "cvt"}) {
+    AttnFixture fx(name);
+    const auto layouts = pick(fx.layouts(), fx.rollout);
+    std::vector<Tensor> grads;
+    for (int64_t l : fx.rollout) grads.push_back(fx.ref.at("grads." + std::to_string(l)));
+    for (const char* discard : {"0.0", "0.6"}) {
+      INFO(name << " grad-rollout, discard " << discard);
+      const AttentionMap r = attention_map(fx.probs(fx.rollout), grads, layouts,
+                                           {MapMethod::GradRollout, HeadFusion::Mean, std::stod(discard), {}});
+      CHECK(max_abs_diff(r.map, fx.ref.at(std::string("grad_rollout.") + discard)) <= kMapTol);
+      CHECK(r.cls_mass.empty());
+    }
+    INFO(name << " relevance");
+    const AttentionMap r = attention_map(fx.probs(fx.rollout), grads, layouts, {MapMethod::Relevance, HeadFusion::Mean, 0, {}});
+    CHECK(max_abs_diff(r.map, fx.ref.at("relevance")) <= kMapTol);
+    CHECK(max(r.map).item() == 1.0);
+  }
+}
+
+TEST_CASE("attention gradients and head importance equal transformers' (fixtures)") {
+  for (const char* name : {"vit", "cvt"}) {
+    INFO(name);
+    AttnFixture fx(name);
+    auto model = fx.model();
+    const auto layouts = fx.layouts();
+    const std::vector<int64_t> classes = fx.ref.at("target_class").to_vector<int64_t>();
+    const AttentionGradients g = attention_gradients(*model, fx.pixels(), {}, classes);
+    CHECK(g.classes == classes);
+    REQUIRE(g.grads.size() == layouts.size());
+    for (const auto& [layer, grad] : g.grads) {
+      const Tensor& want = fx.ref.at("grads." + std::to_string(layer));
+      const double scale = max(abs(want)).item(), d = max_abs_diff(grad, want);
+      MESSAGE(std::string(name) << " layer " << layer << ": max |dA tessera - transformers| = " << d << " of max |dA| " << scale);
+      CHECK(d <= kGradTol * scale);
+      CHECK(max_abs_diff(g.probs.at(layer), fx.ref.at("probs." + std::to_string(layer))) <= kProbTol);
+    }
+    for (const auto& p : model->parameters()) CHECK_FALSE(p.tensor.grad().defined());  // no parameter touched
+    CHECK(model->parameters()[0].tensor.requires_grad());                              // and all restored
+
+    // The maps from tessera's own probabilities and gradients (no discard: continuous in its inputs).
+    // Each entry of a layer's matrix Ā (a mean over heads of P⊙∂P, after or before a ReLU, both 1-Lipschitz)
+    // moves by at most η = δP·max|∂P| + δG (P ≤ 1), δP and δG the largest differences just measured, and
+    // carrying by S (row-stochastic) keeps that bound. Grad rollout: a row of Ā + I sums to ≥ 1, so each
+    // normalised row moves by ≤ 2·T·η in sum, the product of L such matrices by ≤ 2·L·T·η per row, and the
+    // map, divided by its peak p, by ≤ 4·L·T·η / p. Relevance: the cls row of Π(I + Ā_l), each factor with
+    // row sums ≤ ρ = 1 + T·max Ā, moves by ≤ L·ρ^(L−1)·T·η, and the map by twice that over its peak p.
+    std::vector<Tensor> probs, grads;
+    double eta = 0, max_weight = 0;
+    for (int64_t l : fx.rollout) {
+      probs.push_back(g.probs.at(l)), grads.push_back(g.grads.at(l));
+      const std::string key = std::to_string(l);
+      eta = std::max(eta, max_abs_diff(probs.back(), fx.ref.at("probs." + key)) * max(abs(grads.back())).item() +
+                              max_abs_diff(grads.back(), fx.ref.at("grads." + key)));
+    }
+    const auto rl = pick(layouts, fx.rollout);
+    const double L = double(rl.size()), T = double(rl.back().queries());
+    for (MapMethod m : {MapMethod::GradRollout, MapMethod::Relevance}) {
+      std::vector<Tensor> carried;
+      for (size_t i = 0; i < rl.size(); ++i) {
+        carried.push_back(carry_to_queries(weigh_heads_by_gradient(probs[i], grads[i], m), rl[i]));
+        max_weight = std::max(max_weight, max(carried.back()).item());
+      }
+      const auto row = (m == MapMethod::Relevance ? relevance_cls_row(carried) : rollout_cls_row(carried, 0)).to_vector<double>();
+      double peak = INFINITY;  // the smaller of the images' peaks bounds both
+      for (size_t b = 0; b < 2; ++b)
+        peak = std::min(peak, *std::max_element(row.begin() + long(b * size_t(T) + 1), row.begin() + long((b + 1) * size_t(T))));
+      const double rho = 1 + T * max_weight;
+      const double tol = (m == MapMethod::Relevance ? 2 * L * std::pow(rho, L - 1) * T * eta : 4 * L * T * eta) / peak + kMapTol;
+      const AttentionMap r = attention_map(probs, grads, rl, {m, HeadFusion::Mean, 0, {}});
+      const double d = max_abs_diff(r.map, fx.ref.at(m == MapMethod::Relevance ? "relevance" : "grad_rollout.0.0"));
+      MESSAGE(std::string(name) << " " << std::string(map_method_name(m)) << " from tessera's gradients: max diff " << d
+                                << " (tolerance " << tol << ")");
+      CHECK(d <= tol);
+    }
+
+    const auto sums = head_importance_sums(*model, fx.pixels(), fx.ref.at("labels"));
+    const auto importance = normalise_importance(sums);
+    REQUIRE(importance.size() == layouts.size());
+    for (const auto& [layer, v] : importance) {
+      const auto want = fx.ref.at("importance." + std::to_string(layer)).to_vector<double>();
+      REQUIRE(v.size() == want.size());
+      for (size_t h = 0; h < v.size(); ++h) {
+        INFO("layer " << layer << " head " << h << ": " << v[h] << " vs " << want[h]);
+        CHECK(std::abs(v[h] - want[h]) <= kImportanceTol);
+      }
     }
   }
 }
@@ -207,7 +310,7 @@ TEST_CASE("S = I (stride 1, kernel 1, padding 0): the CvT path reduces exactly t
         const double peak = *std::max_element(row.begin() + b * T + 1, row.begin() + (b + 1) * T);
         for (int64_t t = 1; t < T; ++t) want.push_back(float(row[size_t(b * T + t)] / peak));
       }
-      const Rollout r = attention_rollout(probs, layouts, {f, discard, {0, 2}});
+      const AttentionMap r = attention_map(probs, {}, layouts, {MapMethod::Rollout, f, discard, {0, 2}});
       CHECK(r.map.shape() == Shape{2, 3, 4});
       CHECK(r.map.to_vector<float>() == want);
     }
@@ -282,8 +385,26 @@ TEST_CASE("attention maps: bad input is refused with the reason") {
   a.cls = true, a.query_rows = a.query_cols = 2, a.key_rows = a.key_cols = 1;
   CHECK(contains(error_of([&] { carry_to_queries(f, a); }), "does not match"));
   a.key_rows = a.key_cols = 2;
-  CHECK(contains(error_of([&] { attention_rollout({p, p}, {a}, {}); }), "2 captured layers for 1 layouts"));
-  CHECK(contains(error_of([&] { attention_rollout({p}, {a}, {HeadFusion::Mean, 0, {7}}); }), "layer 0: head 7"));
+  CHECK(contains(error_of([&] { attention_map({p, p}, {}, {a}, {}); }), "2 captured layers for 1 layouts"));
+  CHECK(contains(error_of([&] { attention_map({p}, {}, {a}, {MapMethod::Rollout, HeadFusion::Mean, 0, {7}}); }), "layer 0: head 7"));
+  CHECK(contains(error_of([&] { attention_map({p}, {}, {a}, {MapMethod::Relevance, HeadFusion::Mean, 0, {}}); }),
+                 "relevance needs the gradients of every layer: 0 for 1 layers"));
+  CHECK(contains(error_of([&] { weigh_heads_by_gradient(p, p.select(1, 0), MapMethod::GradRollout); }), "do not match"));
+  CHECK(contains(error_of([] { parse_map_method("saliency"); }), "unknown map method 'saliency'"));
   a.cls = false;
-  CHECK(contains(error_of([&] { attention_rollout({p}, {a}, {}); }), "needs a cls token"));
+  CHECK(contains(error_of([&] { attention_map({p}, {}, {a}, {}); }), "needs a cls token"));
+  CHECK(relevance_cls_row({f}).shape() == Shape{1, 5});
+  CHECK(contains(error_of([] { relevance_cls_row({}); }), "at least one layer"));
+}
+
+TEST_CASE("attention gradients: a class the model lacks is refused, and the model is left as it was") {
+  AttnFixture fx("vit");
+  auto model = fx.model();
+  CHECK(contains(error_of([&] { attention_gradients(*model, fx.pixels(), {}, {0, 3}); }), "class 3 does not exist: the model has 3 classes"));
+  CHECK(contains(error_of([&] { attention_gradients(*model, fx.pixels(), {}, {0}); }), "1 classes for 2 images"));
+  for (const auto& p : model->parameters()) CHECK(p.tensor.requires_grad());
+  Generator gen(0);
+  NoGradGuard ng;  // no hooks left behind: the plain forward is the fused one, bit for bit
+  const auto once = model->forward(fx.pixels(), false, gen).to_vector<float>();
+  CHECK(model->forward(fx.pixels(), false, gen).to_vector<float>() == once);
 }

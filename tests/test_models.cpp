@@ -700,16 +700,17 @@ TEST_CASE("attention capture: every layer's and head's probabilities, without ch
     Tensor x = random_images(3, 2, 32, 32);
     Generator g1(1), g2(1);
     const auto plain = model->forward(x, false, g1).to_vector<float>();
-    AttentionCapture all;
-    model->set_attention_capture(&all);
+    std::vector<std::pair<int64_t, Tensor>> all;
+    const AttentionHooks capture_all = capture_probabilities(all);
+    model->set_attention_hooks(&capture_all);
     CHECK(model->forward(x, false, g2).to_vector<float>() == plain);  // recording changes nothing
-    model->set_attention_capture(nullptr);
+    model->set_attention_hooks(nullptr);
 
     const bool vit = std::holds_alternative<VitConfig>(config);
     const size_t layers = vit ? 2 : 1 + 2 + 3;
-    REQUIRE(all.probs.size() == layers);
+    REQUIRE(all.size() == layers);
     for (size_t i = 0; i < layers; ++i) {
-      const auto& [layer, p] = all.probs[i];
+      const auto& [layer, p] = all[i];
       CHECK(layer == int64_t(i));
       REQUIRE(p.dim() == 4);
       CHECK(p.size(0) == 2);
@@ -726,13 +727,109 @@ TEST_CASE("attention capture: every layer's and head's probabilities, without ch
       for (double r : rows.to_vector<double>()) CHECK(r == doctest::Approx(1.0).epsilon(1e-6));
       CHECK(-max(neg(p)).item() >= 0);  // no negative probability
     }
-    AttentionCapture some;
-    some.layers = {1};
-    model->set_attention_capture(&some);
+    std::vector<std::pair<int64_t, Tensor>> some;
+    const AttentionHooks capture_some = capture_probabilities(some, {1});
+    model->set_attention_hooks(&capture_some);
     model->forward(x, false, g2);
-    model->set_attention_capture(nullptr);
-    REQUIRE(some.probs.size() == 1);
-    CHECK(some.probs[0].first == 1);
-    CHECK(some.probs[0].second.to_vector<float>() == all.probs[1].second.to_vector<float>());
+    model->set_attention_hooks(nullptr);
+    REQUIRE(some.size() == 1);
+    CHECK(some[0].first == 1);
+    CHECK(some[0].second.to_vector<float>() == all[1].second.to_vector<float>());
+  }
+}
+
+TEST_CASE("attention hooks: the composed path equals the fused one, gates remove heads, gate gradients are head importance") {
+  for (const ModelConfig& config : {ModelConfig(tiny_vit()), ModelConfig(tiny_cvt())}) {
+    INFO(model_type(config));
+    const bool vit = std::holds_alternative<VitConfig>(config);
+    auto model = make_model(config, 8);
+    const Tensor x = random_images(5, 2, 32, 32);
+    const size_t layers = vit ? 2 : 1 + 2 + 3;
+    Generator gen(1);
+    // Logits and every parameter's gradient of Σ logits², under `hooks`.
+    auto run = [&](const AttentionHooks* hooks) {
+      for (const auto& p : model->parameters()) Tensor(p.tensor).zero_grad();
+      model->set_attention_hooks(hooks);
+      const Tensor y = model->forward(x, false, gen);
+      sum(mul(y, y)).backward();
+      model->set_attention_hooks(nullptr);
+      std::vector<double> grads;
+      for (const auto& p : model->parameters())
+        for (double g : p.tensor.grad().to_vector<double>()) grads.push_back(g);
+      return std::pair{y.to_vector<double>(), grads};
+    };
+    auto max_rel = [](const std::vector<double>& a, const std::vector<double>& b) {
+      double d = 0, s = 0;
+      for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(a[i] - b[i])), s = std::max(s, std::abs(b[i]));
+      return d / s;
+    };
+    const auto [fused_logits, fused_grads] = run(nullptr);
+
+    // A backward hook runs the composition (scores, softmax, product) instead of the fused op: equal up to
+    // float32 rounding, whose relative error after these few layers is ~1e-6 of the values' scale (as for
+    // the parity tests); 1e-4 still fails on any missing scale, transpose or head mix-up (O(1)).
+    std::vector<std::pair<int64_t, AttentionPart>> seen;
+    AttentionHooks watch;
+    watch.backward = [&](int64_t layer, AttentionPart part, const Tensor&) { seen.emplace_back(layer, part); };
+    const auto [composed_logits, composed_grads] = run(&watch);
+    CHECK(max_rel(composed_logits, fused_logits) <= 1e-4);
+    CHECK(max_rel(composed_grads, fused_grads) <= 1e-4);
+    // Every part of every layer, each layer's context before its probabilities before its query.
+    REQUIRE(seen.size() == layers * 5);
+    for (size_t l = 0; l < layers; ++l) {
+      auto at = [&](AttentionPart part) {
+        return std::find(seen.begin(), seen.end(), std::pair{int64_t(l), part}) - seen.begin();
+      };
+      for (AttentionPart part : {AttentionPart::Key, AttentionPart::Value}) CHECK(at(part) < int64_t(seen.size()));
+      CHECK(at(AttentionPart::Context) < at(AttentionPart::Probs));
+      CHECK(at(AttentionPart::Probs) < at(AttentionPart::Query));
+    }
+
+    // Gates of 1 change nothing (the fused path, times exactly 1).
+    AttentionHooks ones;
+    for (size_t l = 0; l < layers; ++l) ones.gates[int64_t(l)] = Tensor::ones({vit ? 2 : tiny_cvt().num_heads[l == 0 ? 0 : l < 3 ? 1 : 2]});
+    CHECK(run(&ones).first == fused_logits);
+
+    // A zero gate removes head 0 of layer 1 (both models have 2 heads there): its context is 0 in forward.
+    AttentionHooks mask;
+    mask.layers = {1};
+    mask.gates[1] = Tensor::from(std::vector<float>{0, 1}, {2});
+    Tensor context;
+    mask.forward = [&](int64_t, AttentionPart part, const Tensor& t) {
+      if (part == AttentionPart::Context) context = t;
+    };
+    CHECK(run(&mask).first != fused_logits);
+    REQUIRE(context.defined());
+    CHECK(max(abs(context.select(1, 0))).item() == 0.0);
+    CHECK(max(abs(context.select(1, 1))).item() > 0.0);
+
+    // A (B, heads) gate that requires grad receives ∂L/∂g[b, h] = Σ ⟨ctx[b, h], ∂L/∂ctx[b, h]⟩ (at g = 1 the
+    // gated context is the context), computed here from the hooks' own forward and backward views.
+    AttentionHooks importance;
+    importance.layers = {1};
+    Tensor gate = Tensor::ones({2, 2});
+    gate.set_requires_grad(true);
+    importance.gates[1] = gate;
+    Tensor dcontext;
+    importance.forward = mask.forward;
+    importance.backward = [&](int64_t, AttentionPart part, const Tensor& g) {
+      if (part == AttentionPart::Context) dcontext = g;
+    };
+    run(&importance);
+    REQUIRE(dcontext.defined());
+    // The gate's gradient is a float32 sum of those Tq·D products: its error is ≲ Tq·D·2^-24 of the sum of
+    // their magnitudes, < 1e-5 of it at these sizes.
+    const Tensor terms = mul(context.to(DType::f64), dcontext.to(DType::f64));
+    const auto want = sum(terms, {2, 3}).to_vector<double>(), scale = sum(abs(terms), {2, 3}).to_vector<double>();
+    const auto got = gate.grad().to_vector<double>();
+    REQUIRE(got.size() == 4);
+    for (size_t i = 0; i < 4; ++i) CHECK(std::abs(got[i] - want[i]) <= 1e-5 * scale[i]);
+
+    // A gate of the wrong shape or on another device is refused, naming the layer.
+    AttentionHooks bad;
+    bad.gates[0] = Tensor::ones({3, 1});
+    model->set_attention_hooks(&bad);
+    CHECK_THROWS_WITH_AS(model->forward(x, false, gen), doctest::Contains("attention gate of layer 0: expected"), TensorError);
+    model->set_attention_hooks(nullptr);
   }
 }

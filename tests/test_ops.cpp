@@ -157,3 +157,25 @@ TEST_CASE("parallel_for covers every index exactly once and propagates exception
   });
   CHECK(inner == 12);
 }
+
+TEST_CASE("with_gradient_hook: the identity, whose hook sees the gradient flowing through it") {
+  Tensor x = Tensor::from(std::vector<float>{1, -2, 3}, {3});
+  x.set_requires_grad(true);
+  std::vector<double> seen;
+  int calls = 0;
+  const Tensor y = with_gradient_hook(x, [&](const Tensor& g) { seen = g.to_vector<double>(), ++calls; });
+  CHECK(y.to_vector<float>() == x.to_vector<float>());
+  sum(mul(mul(y, y), 3.0)).backward();  // d/dy = 6y
+  CHECK(calls == 1);
+  CHECK(seen == std::vector<double>{6, -12, 18});
+  CHECK(x.grad().to_vector<double>() == seen);  // passed on unchanged
+  {
+    NoGradGuard ng;  // nothing recorded: no gradient to see
+    const Tensor z = with_gradient_hook(x, [&](const Tensor&) { ++calls; });
+    CHECK(z.impl() == x.impl());
+  }
+  const Tensor c = Tensor::from(std::vector<float>{1}, {1});  // requires no grad: returned as is
+  CHECK_FALSE(with_gradient_hook(c, [&](const Tensor&) { ++calls; }).requires_grad());
+  CHECK(calls == 1);
+  CHECK_THROWS_AS(with_gradient_hook(x, nullptr), TensorError);
+}

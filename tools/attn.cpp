@@ -1,14 +1,17 @@
-// `tessera attn`: a model's attention probabilities for some images, written as data, with the attention
-// rollout map of the last stage (CvT) or the patch grid (ViT). The math is models/attention_maps.h.
+// `tessera attn`: a model's attention probabilities for some images, written as data, with maps over the
+// last stage (CvT) or the patch grid (ViT): attention rollout, gradient-weighted rollout and relevance
+// (--method). The math is models/attention_maps.h.
 //
 // DIR/attn.safetensors holds float32 tensors
 //   layer.{L}.attention_probs   [images, heads kept, queries, keys] for every selected layer L
-//   rollout                     [images, rows, cols] the cls row of the rollout on the query grid, max 1
+//   rollout, grad_rollout, relevance
+//                               [images, rows, cols] each method's cls row on the query grid, max 1
 // and __metadata__ whose values are JSON text: "layers" (per layer: stage, query_grid and key_grid as
 // [rows, cols], cls_token, scale, heads kept, heads_total), "images" (the paths), "preprocessing" (the
 // processor's preprocessor_config.json fields and channels), "model" (type, source, config), "predictions"
-// (per image: file, index, label, prob) and "method" (name, fuse, discard, heads, the rolled-out layers,
-// grid, and cls_mass: per layer, per image, the mean attention on the cls key). Each layer also carries
+// (per image: file, index, label, prob, and explained: the class whose logit the gradient methods follow)
+// and "maps" (per method: name, tensor, formula, fuse, discard, heads, the layers used, grid; rollout also
+// cls_mass: per layer, per image, the mean attention on the cls key). Each layer also carries
 // "statistics": per kept head, the entropy, mean attention distance and cls share over all the images
 // (train/attention_page.h). DIR/attn.json holds the same metadata as one JSON object.
 //
@@ -39,6 +42,10 @@ using nlohmann::json;
 
 struct AttnOptions {
   std::string model, weights, checkpoint, config, device, out, fuse = "mean";
+  std::string methods = "maps,rollout", target = "predicted";
+  // From `methods`, once checked: the per-layer maps, and the maps over the rolled-out layers in order.
+  bool layer_maps = false;
+  std::vector<models::MapMethod> map_methods;
   std::vector<int64_t> layers, heads, query;
   double discard = 0;
   bool json = false;
@@ -89,7 +96,7 @@ std::string write_pictures(const AttnOptions& o, const std::vector<models::Atten
     sec.prob = predictions[size_t(b)]["prob"].get<double>();
     sec.input = picture(stem + "input.png", train::input_png(im, file + " as the model saw it"),
                         "input, " + grid(im.height, im.width) + " px");
-    for (int64_t l : layers) {
+    for (int64_t l : o.layer_maps ? layers : std::vector<int64_t>{}) {
       const models::AttentionLayout& a = layouts[size_t(l)];
       const Tensor p = captured(l).select(0, b);
       const std::string name = stem + "layer" + std::to_string(l), title = "layer " + std::to_string(l);
@@ -121,22 +128,17 @@ std::string write_pictures(const AttnOptions& o, const std::vector<models::Atten
       }
       sec.rows.push_back(std::move(row));
     }
-    if (!rollout.empty()) {
+    for (const json& m : meta["maps"]) {
       const models::AttentionLayout& last = layouts[size_t(rollout.back())];
-      train::HeatMap m{last.query_rows, last.query_cols, last.query_origin, last.query_step,
-                       tensors.at("rollout").select(0, b).to(DType::f64).contiguous().to_vector<double>()};
+      const std::string tensor = m["tensor"].get<std::string>();
+      train::HeatMap h{last.query_rows, last.query_cols, last.query_origin, last.query_step,
+                       tensors.at(tensor).select(0, b).to(DType::f64).contiguous().to_vector<double>()};
       train::FigureRow row;
-      row.title = "attention rollout over layers " + joined(rollout);
-      const std::string common = "R = Â_L ⋯ Â_1 over those layers, map = R[cls, patches] on the " +
-                                 grid(last.query_rows, last.query_cols) + " query grid, scaled to max 1 (fuse_heads: " +
-                                 o.fuse + " over " + mean_of + "; discard " + json(o.discard).dump() + ").";
-      row.method = last.kernel == 1 && last.stride == 1
-                       ? "Â_l = norm_rows(fuse_heads(A_l) + I), " + common
-                       : "Â_l = norm_rows(fuse_heads(A_l)·S + I), where S (Tk × Tq) spreads key (a, b) uniformly over "
-                         "the query positions of its " + std::to_string(last.kernel) + "×" + std::to_string(last.kernel) +
-                         " receptive field (stride " + std::to_string(last.stride) + ", padding " +
-                         std::to_string(last.padding) + ") and the cls key onto the cls query; " + common;
-      row.figures.push_back(picture(stem + "rollout.png", train::heat_map_png(im, m, "rollout"), "rollout"));
+      row.title = m["title"].get<std::string>();
+      if (m.contains("explained")) row.title += " · explaining " + m["explained"][size_t(b)].get<std::string>();
+      row.method = m["formula"].get<std::string>();
+      row.figures.push_back(picture(stem + tensor + ".png", train::heat_map_png(im, h, m["name"].get<std::string>()),
+                                    m["name"].get<std::string>()));
       sec.rows.push_back(std::move(row));
     }
     if (!o.query.empty()) {
@@ -200,19 +202,34 @@ void run_attn(AttnOptions o) {
     throw std::runtime_error("attn: --device " + o.device + ": attention maps run on the CPU only for now");
   if (!(o.discard >= 0 && o.discard < 1))
     throw std::runtime_error("attn: --discard " + json(o.discard).dump() + " is outside [0, 1)");
-  models::RolloutOptions rollout_options;
+  models::MapOptions map_options;
   try {
-    rollout_options.fusion = models::parse_head_fusion(o.fuse);
+    map_options.fusion = models::parse_head_fusion(o.fuse);
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(std::string("attn: --fuse: ") + e.what());
+  }
+  for (size_t start = 0; start <= o.methods.size();) {
+    const size_t end = std::min(o.methods.find(',', start), o.methods.size());
+    const std::string word = o.methods.substr(start, end - start);
+    start = end + 1;
+    if (word == "maps") {
+      o.layer_maps = true;
+      continue;
+    }
+    try {
+      const models::MapMethod m = models::parse_map_method(word);
+      if (std::find(o.map_methods.begin(), o.map_methods.end(), m) == o.map_methods.end()) o.map_methods.push_back(m);
+    } catch (const std::invalid_argument&) {
+      throw std::runtime_error("attn: --method '" + word + "': known methods are maps, rollout, grad-rollout, relevance");
+    }
   }
   // Repeats would duplicate heads in the file and weigh them twice in the fusion.
   for (std::vector<int64_t>* v : {&o.layers, &o.heads}) {
     std::sort(v->begin(), v->end());
     v->erase(std::unique(v->begin(), v->end()), v->end());
   }
-  rollout_options.discard = o.discard;
-  rollout_options.heads = o.heads;
+  map_options.discard = o.discard;
+  map_options.heads = o.heads;
 
   std::string processor_dir;
   if (!o.checkpoint.empty()) {
@@ -223,6 +240,24 @@ void run_attn(AttnOptions o) {
   const ProcessorConfig proc =
       processor_dir.empty() ? default_processor(config) : train::checkpoint_processor(processor_dir, config);
   const auto layouts = models::attention_layouts(config, proc.height, proc.width);
+  const std::vector<std::string> labels = std::visit([](const auto& c) { return c.id2label; }, config);
+  auto label_of = [&](int64_t c) { return c < int64_t(labels.size()) ? labels[size_t(c)] : "LABEL_" + std::to_string(c); };
+
+  // --class: an index or a label name, or "predicted" (each image's own most probable class).
+  std::optional<int64_t> explained_class;
+  if (o.target != "predicted") {
+    for (size_t c = 0; c < labels.size(); ++c)
+      if (labels[c] == o.target) explained_class = int64_t(c);
+    if (!explained_class && !o.target.empty() && o.target.find_first_not_of("0123456789") == std::string::npos &&
+        o.target.size() < 10 && std::stoll(o.target) < int64_t(labels.size()))
+      explained_class = std::stoll(o.target);
+    if (!explained_class) {
+      std::string known;
+      for (const std::string& l : labels) known += (known.empty() ? "" : ", ") + l;
+      throw std::runtime_error("attn: --class " + o.target + ": not a class of the model (predicted, 0.." +
+                               std::to_string(labels.size() - 1) + ", or one of " + known + ")");
+    }
+  }
 
   // The layers written (all by default) and their heads; a layer or head the model lacks is an error.
   std::vector<int64_t> layers = o.layers;
@@ -265,20 +300,32 @@ void run_attn(AttnOptions o) {
   const Tensor pixels = preprocess_batch(images, proc);
   std::unique_ptr<models::Model> model = models::load_model(config, o.weights);
 
-  models::AttentionCapture capture;
-  capture.layers = layers;
-  capture.layers.insert(capture.layers.end(), rollout.begin(), rollout.end());
+  // One pass: in eval mode without gradients, or, for the gradient methods, a forward and backward with the
+  // probabilities in the graph (models/attention_maps.h attention_gradients).
+  std::vector<int64_t> watched = layers;
+  watched.insert(watched.end(), rollout.begin(), rollout.end());
+  const bool gradients = !rollout.empty() && std::any_of(o.map_methods.begin(), o.map_methods.end(), models::needs_gradients);
+  std::map<int64_t, Tensor> recorded, recorded_grads;
+  std::vector<int64_t> explained;  // per image, the class the gradient methods explain
   Tensor logits;
-  {
+  if (gradients) {
+    std::vector<int64_t> classes;
+    if (explained_class) classes.assign(size_t(pixels.size(0)), *explained_class);
+    models::AttentionGradients g = models::attention_gradients(*model, pixels, watched, classes);
+    logits = g.logits.to(DType::f64);
+    recorded = std::move(g.probs), recorded_grads = std::move(g.grads), explained = std::move(g.classes);
+  } else {
+    std::vector<std::pair<int64_t, Tensor>> probs;
+    const models::AttentionHooks capture = models::capture_probabilities(probs, watched);
     NoGradGuard no_grad;
     Generator unused(0);  // eval mode draws nothing
-    model->set_attention_capture(&capture);
+    model->set_attention_hooks(&capture);
     logits = model->forward(pixels, /*training=*/false, unused).to(DType::f64);
-    model->set_attention_capture(nullptr);
+    model->set_attention_hooks(nullptr);
+    for (auto& [l, p] : probs) recorded[l] = p;
   }
   auto captured = [&](int64_t layer) {
-    for (const auto& [l, p] : capture.probs)
-      if (l == layer) return p;
+    if (auto it = recorded.find(layer); it != recorded.end()) return it->second;
     throw std::logic_error("attn: layer " + std::to_string(layer) + " was not captured");
   };
 
@@ -299,30 +346,72 @@ void run_attn(AttnOptions o) {
                           {"heads", kept}, {"heads_total", a.heads}, {"statistics", stats.to_json()}});
   }
 
-  json method = {{"fuse", o.fuse}, {"discard", o.discard}, {"heads", o.heads}, {"layers", rollout}};
-  if (rollout.empty()) {
-    method["name"] = "none: the last stage has no cls token, so there is no rollout map";
-  } else {
-    std::vector<Tensor> probs;
+  // The maps over the rolled-out layers, one per method.
+  json maps = json::array();
+  if (!rollout.empty() && !o.map_methods.empty()) {
+    std::vector<Tensor> probs, grads;
     std::vector<models::AttentionLayout> rolled;
     for (int64_t l : rollout) {
       probs.push_back(captured(l));
+      if (gradients) grads.push_back(recorded_grads.at(l));
       rolled.push_back(layouts[size_t(l)]);
     }
-    models::Rollout r = models::attention_rollout(probs, rolled, rollout_options);
-    tensors["rollout"] = r.map;
-    const bool cvt = std::holds_alternative<models::CvtConfig>(config);
-    method["name"] = cvt ? "attention rollout over the last stage, key-grid attention carried to the query grid "
-                           "(tessera's method, models/attention_maps.h)"
-                         : "attention rollout (Abnar & Zuidema 2020)";
-    method["grid"] = {rolled.back().query_rows, rolled.back().query_cols};
-    json mass = json::object();
-    for (size_t i = 0; i < rollout.size(); ++i) mass[std::to_string(rollout[i])] = r.cls_mass[i];
-    method["cls_mass"] = mass;  // per rolled-out layer, per image
+    const models::AttentionLayout& last = rolled.back();
+    const bool carried = !(last.kernel == 1 && last.stride == 1);
+    auto grid = [](int64_t r, int64_t c) { return std::to_string(r) + "×" + std::to_string(c); };
+    const std::string heads = o.heads.empty() ? "all heads" : "heads " + joined(o.heads);
+    // How Ā_l reaches the query grid: ·S for CvT (its keys sit on a coarser grid).
+    const std::string carry = carried ? "·S" : "";
+    const std::string transport =
+        carried ? " S (Tk × Tq) spreads key (a, b) uniformly over the query positions of its " + std::to_string(last.kernel) +
+                      "×" + std::to_string(last.kernel) + " receptive field (stride " + std::to_string(last.stride) +
+                      ", padding " + std::to_string(last.padding) + ") and the cls key onto the cls query (tessera's method "
+                      "for queries and keys on different grids, models/attention_maps.h)."
+                : "";
+    const std::string map_of = " The map is R[cls, patches] on the " + grid(last.query_rows, last.query_cols) +
+                               " query grid, scaled to max 1.";
+    const std::string discard = json(o.discard).dump();
+    for (models::MapMethod m : o.map_methods) {
+      models::MapOptions mo = map_options;
+      mo.method = m;
+      const models::AttentionMap r = models::attention_map(probs, grads, rolled, mo);
+      std::string name = models::map_method_name(m), tensor = name;
+      std::replace(tensor.begin(), tensor.end(), '-', '_');
+      tensors[tensor] = r.map;
+      json entry = {{"name", name}, {"tensor", tensor}, {"layers", rollout}, {"heads", o.heads},
+                    {"grid", {last.query_rows, last.query_cols}}};
+      if (m == models::MapMethod::Rollout) {
+        entry["title"] = "attention rollout over layers " + joined(rollout);
+        entry["fuse"] = o.fuse, entry["discard"] = o.discard;
+        entry["formula"] = "Abnar & Zuidema 2020: Ā_l = fuse_heads(A_l)" + carry + " (" + o.fuse + " over " + heads +
+                           "), Â_l = norm_rows(Ā_l + I) after zeroing the lowest " + discard +
+                           " share of Ā_l's entries (never the cls token's own), R = Â_L ⋯ Â_1." + transport + map_of;
+        json mass = json::object();
+        for (size_t i = 0; i < rollout.size(); ++i) mass[std::to_string(rollout[i])] = r.cls_mass[i];
+        entry["cls_mass"] = mass;  // per rolled-out layer, per image
+      } else {
+        json names = json::array();
+        for (int64_t c : explained) names.push_back(label_of(c));
+        entry["explained"] = names;
+        if (m == models::MapMethod::GradRollout) {
+          entry["title"] = "gradient-weighted rollout over layers " + joined(rollout);
+          entry["discard"] = o.discard;
+          entry["formula"] = "vit-explain's grad rollout: Ā_l = ReLU(mean over " + heads + " of A_l ⊙ ∂y_c/∂A_l)" + carry +
+                             ", y_c the explained class's logit; Â_l = norm_rows(Ā_l + I) after zeroing the lowest " +
+                             discard + " share of Ā_l's entries (never the cls token's own), R = Â_L ⋯ Â_1." +
+                             transport + map_of;
+        } else {
+          entry["title"] = "relevance over layers " + joined(rollout);
+          entry["formula"] = "Chefer, Gur & Wolf 2021: Ā_l = mean over " + heads + " of ReLU(∂y_c/∂A_l ⊙ A_l)" + carry +
+                             ", y_c the explained class's logit; R ← R + Ā_l·R layer by layer from R = I." + transport +
+                             map_of;
+        }
+      }
+      maps.push_back(entry);
+    }
   }
 
   // Predictions: the most probable class per image.
-  const std::vector<std::string> labels = std::visit([](const auto& c) { return c.id2label; }, config);
   const Tensor probs = softmax(logits, -1);
   const std::vector<double> pv = probs.to_vector<double>();
   const int64_t n = probs.size(0), classes = probs.size(1);
@@ -330,9 +419,9 @@ void run_attn(AttnOptions o) {
   for (int64_t i = 0; i < n; ++i) {
     const auto row = pv.begin() + i * classes;
     const int64_t best = int64_t(std::max_element(row, row + classes) - row);
-    predictions.push_back({{"file", o.images[size_t(i)]}, {"index", best},
-                           {"label", best < int64_t(labels.size()) ? labels[size_t(best)] : "LABEL_" + std::to_string(best)},
-                           {"prob", row[best]}});
+    json p = {{"file", o.images[size_t(i)]}, {"index", best}, {"label", label_of(best)}, {"prob", row[best]}};
+    if (!explained.empty()) p["explained"] = {{"index", explained[size_t(i)]}, {"label", label_of(explained[size_t(i)])}};
+    predictions.push_back(p);
   }
 
   json preprocessing = processor_to_json(proc);
@@ -344,7 +433,7 @@ void run_attn(AttnOptions o) {
                                 {"source", o.checkpoint.empty() ? o.weights : o.checkpoint},
                                 {"config", models::config_to_json(config)}}},
                      {"predictions", predictions},
-                     {"method", method}};
+                     {"maps", maps}};
   std::map<std::string, std::string> metadata;
   for (auto it = meta.begin(); it != meta.end(); ++it) metadata[it.key()] = dump_json(it.value());
 
@@ -363,7 +452,8 @@ void run_attn(AttnOptions o) {
   }
   std::cout << "wrote " << st << ": " << layers.size() << " layer" << (layers.size() == 1 ? "" : "s") << " ("
             << joined(layers) << ")";
-  if (tensors.count("rollout")) std::cout << ", rollout " << shape_str(tensors.at("rollout").shape());
+  for (const json& m : maps)
+    std::cout << ", " << m["tensor"].get<std::string>() << " " << shape_str(tensors.at(m["tensor"].get<std::string>()).shape());
   std::cout << "\n";
   for (const json& p : predictions)
     std::cout << "  " << p["file"].get<std::string>() << "  " << p["label"].get<std::string>() << "  "
@@ -376,7 +466,8 @@ void run_attn(AttnOptions o) {
 void add_attn(CLI::App& app) {
   auto o = std::make_shared<AttnOptions>();
   CLI::App* sub = app.add_subcommand(
-      "attn", "Write a model's attention probabilities and its rollout map for images (DIR/attn.safetensors)");
+      "attn", "Write a model's attention probabilities and its rollout, grad-rollout and relevance maps for images "
+              "(DIR/attn.safetensors, DIR/index.html)");
   sub->add_option("--checkpoint", o->checkpoint, "A training run directory (its best checkpoint) or a checkpoint directory");
   sub->add_option("--model", o->model, "Preset (cvt-13, vit-b16, ...); default: config.json beside the weights");
   sub->add_option("--weights", o->weights, "model.safetensors (Hugging Face layout), instead of --checkpoint");
@@ -384,8 +475,14 @@ void add_attn(CLI::App& app) {
   sub->add_option("--layers", o->layers, "Layers to write, numbered through the model (default: all)")->delimiter(',');
   sub->add_option("--heads", o->heads, "Heads to keep, in the written layers and the rollout (default: all)")
       ->delimiter(',');
+  sub->add_option("--method", o->methods,
+                  "What to draw, comma-separated: maps (each selected layer's attention), rollout, grad-rollout, relevance")
+      ->capture_default_str();
+  sub->add_option("--class", o->target, "The class grad-rollout and relevance explain: predicted, an index or a label")
+      ->capture_default_str();
   sub->add_option("--fuse", o->fuse, "How rollout fuses heads: mean, max or min")->capture_default_str();
-  sub->add_option("--discard", o->discard, "Share of each fused matrix's lowest entries rollout zeroes, in [0, 1)")
+  sub->add_option("--discard", o->discard,
+                  "Share of each matrix's lowest entries rollout and grad-rollout zero, in [0, 1)")
       ->capture_default_str();
   sub->add_option("--device", o->device, "cpu (the only device for now)");
   sub->add_option("--query", o->query, "ROW,COL: also map that query patch's attention, in every selected layer "

@@ -21,12 +21,25 @@ for those weights up to float64 rounding; they are stored as float32. One file p
   fixture.rollout.<fuse>_<discard>   (2, rows, cols) float64 rollout map computed here in numpy from the
                                      stored float32 probabilities, for the settings in SETTINGS
   fixture.cls_mass.<fuse>_<discard>  (rolled-out layers, 2) mean over query rows of the fused cls column
+  fixture.target_class               (2,) int64: the class whose logit the gradient methods explain, per
+                                     image (image 0 its predicted class, image 1 another)
+  fixture.grads.<layer>              (2, heads, Tq, Tk) d(sum over images of logit[b, target_class[b]]) / d(probs)
+  fixture.grad_rollout.<discard>     (2, rows, cols) float64 gradient-weighted rollout (vit-explain) from the
+                                     stored float32 probabilities and gradients, for DISCARDS
+  fixture.relevance                  (2, rows, cols) float64 relevance (Chefer et al. 2021) from the same
+  fixture.labels                     (2,) int64 labels for the head importance
+  fixture.importance.<layer>         (heads,) Michel et al.'s head importance of every layer: the mean over
+                                     images of |<ctx_h, dL/dctx_h>| = |<P_h, dL/dP_h>| (ctx_h = P_h V_h, so the
+                                     two inner products are equal), L the summed cross-entropy of `labels`,
+                                     normalised to unit L2 norm per layer
 Metadata: "config" (config.json text), "rollout_layers" and "settings" (JSON).
 
 The numpy rollout is written independently of tessera's: full T x T products, R = Â_L ... Â_1 with
 Â = (A + I) / 2 normalised by rows, A = fused heads (CvT: times the transport S built below from the
 config), the lowest ⌊discard·T²⌋ entries of each A zeroed except A[0, 0] (vit-explain's rule, per image,
-ties to the lower flat index), map = R[0, 1:] / max.
+ties to the lower flat index), map = R[0, 1:] / max. Grad rollout replaces the fused heads by
+ReLU(mean over heads of A * dA); relevance uses A_bar = mean over heads of ReLU(dA * A) and R <- R + A_bar @ R
+from R = I (no normalisation, no discard); both carry A_bar through S like rollout.
 """
 import json
 import os
@@ -42,6 +55,7 @@ import make_model_fixtures  # this folder: the script's own directory is on sys.
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(os.path.dirname(HERE), "tests", "fixtures", "attention")
 SETTINGS = [("mean", 0.0), ("max", 0.6)]
+DISCARDS = [0.0, 0.6]
 
 
 def labels(n):
@@ -73,22 +87,30 @@ def transport(q_rows, q_cols, k_rows, k_cols, kernel, stride, padding, cls):
     return S
 
 
-def rollout(probs, transports, fuse, discard, rows, cols):
+def carry(fused, S):
+    """A = F·S summed key by key in a fixed order, so that query positions that the same keys cover with the
+    same weights (CvT's grid edges) get bitwise equal entries: a BLAS product may round them apart, and
+    discard would then break their tie differently."""
+    A = np.zeros((fused.shape[0], S.shape[1]))
+    for t in range(S.shape[0]):
+        A += np.outer(fused[:, t], S[t])
+    return A
+
+
+def rollout(probs, transports, fuse, discard, rows, cols, grads=None):
+    """Rollout of the fused heads; with grads, vit-explain's grad rollout (fuse ignored)."""
     batch, T = probs[0].shape[0], probs[0].shape[2]
     maps, mass = [], []
     for b in range(batch):
         R = np.eye(T)
         m = []
-        for P, S in zip(probs, transports):
-            fused = getattr(P[b].astype(np.float64), fuse)(axis=0)
+        for layer, (P, S) in enumerate(zip(probs, transports)):
+            if grads is None:
+                fused = getattr(P[b].astype(np.float64), fuse)(axis=0)
+            else:
+                fused = np.maximum((P[b] * grads[layer][b]).mean(axis=0), 0.0)
             m.append(fused[:, 0].mean())
-            # A = F·S summed key by key in a fixed order, so that query positions that the same keys cover
-            # with the same weights (CvT's grid edges) get bitwise equal entries: a BLAS product may round
-            # them apart, and discard would then break their tie differently.
-            A = np.zeros((fused.shape[0], S.shape[1]))
-            for t in range(S.shape[0]):
-                A += np.outer(fused[:, t], S[t])
-            A = A.reshape(-1)
+            A = carry(fused, S).reshape(-1)
             k = int(A.size * discard)
             idx = np.argsort(A, kind="stable")[:k]
             A[idx[idx != 0]] = 0.0
@@ -99,6 +121,19 @@ def rollout(probs, transports, fuse, discard, rows, cols):
         maps.append((row / row.max()).reshape(rows, cols))
         mass.append(m)
     return np.stack(maps), np.array(mass).T
+
+
+def relevance(probs, grads, transports, rows, cols):
+    batch, T = probs[0].shape[0], probs[0].shape[2]
+    maps = []
+    for b in range(batch):
+        R = np.eye(T)
+        for P, G, S in zip(probs, grads, transports):
+            A = carry(np.maximum(G[b] * P[b], 0.0).mean(axis=0), S)
+            R = R + A @ R
+        row = R[0, 1:]
+        maps.append((row / row.max()).reshape(rows, cols))
+    return np.stack(maps)
 
 
 def conv_out(n, k, s, p):
@@ -118,10 +153,21 @@ def make(name, model, config, pixel_shape, gen, capture, extra):
     weights = checkpoint_tensors(model)
     pixel_values = torch.randn(pixel_shape, generator=gen)
     model = model.double().eval()
-    with torch.no_grad():
-        probs = capture(model, pixel_values.double())
-    probs = [p.float().contiguous() for p in probs]
-    out = {"fixture.pixel_values": pixel_values}
+    # One forward with the probabilities in the graph: the gradient of the chosen logits, then (a second
+    # forward) of the loss for the head importance.
+    x = pixel_values.double()
+    logits, probs = capture(model, x)
+    target = torch.tensor([int(logits[0].argmax()), (int(logits[1].argmax()) + 1) % logits.shape[1]])
+    grads = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), probs)
+    labels = torch.tensor([2, 0])
+    logits2, probs2 = capture(model, x)
+    loss_grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits2, labels, reduction="sum"), probs2)
+    out = {"fixture.pixel_values": pixel_values, "fixture.target_class": target, "fixture.labels": labels}
+    for i, (p, g, lg) in enumerate(zip(probs2, grads, loss_grads)):
+        out[f"fixture.grads.{i}"] = g.float().contiguous()
+        imp = (p.detach() * lg).sum(dim=(2, 3)).abs().mean(dim=0)  # (heads,)
+        out[f"fixture.importance.{i}"] = imp / imp.norm()
+    probs = [p.detach().float().contiguous() for p in probs]
     for i, p in enumerate(probs):
         out[f"fixture.probs.{i}"] = p
 
@@ -145,6 +191,11 @@ def make(name, model, config, pixel_shape, gen, capture, extra):
         m, mass = rollout(stored, transports, fuse, discard, rows, cols)
         out[f"fixture.rollout.{fuse}_{discard}"] = torch.from_numpy(m)
         out[f"fixture.cls_mass.{fuse}_{discard}"] = torch.from_numpy(mass.copy())
+    stored_grads = [out[f"fixture.grads.{l}"].numpy().astype(np.float64) for l in layers]
+    for discard in DISCARDS:
+        m, _ = rollout(stored, transports, "mean", discard, rows, cols, grads=stored_grads)
+        out[f"fixture.grad_rollout.{discard}"] = torch.from_numpy(m)
+    out["fixture.relevance"] = torch.from_numpy(relevance(stored, stored_grads, transports, rows, cols))
 
     tensors = dict(weights)
     tensors.update({k: v.contiguous() for k, v in out.items()})
@@ -159,20 +210,23 @@ def make(name, model, config, pixel_shape, gen, capture, extra):
           f"{[round(x, 3) for x in peak]}")
 
 
+# (logits, every layer's probabilities as nodes of the graph that produced the logits).
 def vit_capture(model, x):
-    return model(x, output_attentions=True).attentions
+    # The eager attention returns the tensor its product with v used: the dropout is the identity in eval.
+    out = model(x, output_attentions=True)
+    return out.logits, list(out.attentions)
 
 
 def cvt_capture(model, x):
     # CvtSelfAttention: probs = softmax(scores); probs = self.dropout(probs). The dropout's input is the
-    # softmax output; in eval mode the dropout is the identity.
+    # softmax output; in eval mode the dropout returns it unchanged, and the product with v uses it.
     got = []
-    hooks = [m.attention.attention.dropout.register_forward_hook(lambda mod, inp, out: got.append(inp[0].detach()))
+    hooks = [m.attention.attention.dropout.register_forward_hook(lambda mod, inp, out: got.append(inp[0]))
              for stage in model.cvt.encoder.stages for m in stage.layers]
-    model(x)
+    logits = model(x).logits
     for h in hooks:
         h.remove()
-    return got
+    return logits, got
 
 
 def main():
