@@ -6,6 +6,7 @@
 #include <benchmark/benchmark.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "engine/ops.h"
@@ -60,6 +61,50 @@ void infer_step(benchmark::State& state, const std::string& preset, int64_t batc
   state.counters["img/s"] = benchmark::Counter(double(batch) * double(state.iterations()), benchmark::Counter::kIsRate);
 }
 
+// Inference under attention hooks (models/module.h), against the plain forward in the same run: `none` is
+// the fused path with no hooks set, `unwatched` sets hooks that watch no layer (what registering costs:
+// nothing but a lookup per layer), `gates` multiplies every head by a gate of 1, `capture` reads every
+// layer's probabilities (computed apart from the fused op), `backward` adds the gradient pass that grad
+// rollout and relevance need (the composed attention, forward and backward).
+void hooked_infer(benchmark::State& state, const std::string& preset, int64_t batch, int64_t image_size,
+                  const std::string& hooks_kind) {
+  Setup s = make_setup(preset, batch, image_size);
+  Generator gen(11);
+  models::AttentionHooks hooks;
+  std::vector<std::pair<int64_t, Tensor>> captured;
+  if (hooks_kind == "unwatched") {
+    hooks.layers = {-1};
+    hooks.forward = [](int64_t, models::AttentionPart, const Tensor&) {};
+  } else if (hooks_kind == "capture") {
+    hooks = models::capture_probabilities(captured);
+  } else if (hooks_kind == "backward") {
+    hooks.backward = [](int64_t, models::AttentionPart, const Tensor&) {};
+  }
+  if (hooks_kind == "gates") {  // one gate of 1 per head of every layer, the shapes the model has
+    std::vector<std::pair<int64_t, Tensor>> probe;
+    const models::AttentionHooks shapes = models::capture_probabilities(probe);
+    s.model->set_attention_hooks(&shapes);
+    {
+      NoGradGuard no_grad;
+      s.model->forward(s.images.slice(0, 0, 1), false, gen);
+    }
+    for (const auto& [l, p] : probe) hooks.gates[l] = Tensor::ones({p.size(1)});
+  }
+  s.model->set_attention_hooks(hooks_kind == "none" ? nullptr : &hooks);
+  Tensor images = s.images;
+  if (hooks_kind == "backward") images.set_requires_grad(true);
+  for (auto _ : state) {
+    captured.clear();
+    std::optional<NoGradGuard> no_grad;
+    if (hooks_kind != "backward") no_grad.emplace();
+    Tensor logits = s.model->forward(images, /*training=*/false, gen);
+    if (hooks_kind == "backward") sum(logits).backward();
+    benchmark::DoNotOptimize(logits);
+  }
+  s.model->set_attention_hooks(nullptr);
+  state.counters["img/s"] = benchmark::Counter(double(batch) * double(state.iterations()), benchmark::Counter::kIsRate);
+}
+
 // The cpu recipe's model and batch (cvt-tiny, 64 px, batch 32); CvT-13 and ViT-B/16 at 224 px, small batches.
 BENCHMARK_CAPTURE(train_step, cvt_tiny_64px_b32, "cvt-tiny", 32, 64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(train_step, cvt13_224px_b4, "cvt-13", 4, 224)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -67,6 +112,12 @@ BENCHMARK_CAPTURE(train_step, vit_b16_224px_b2, "vit-b16", 2, 224)->Unit(benchma
 BENCHMARK_CAPTURE(infer_step, cvt_tiny_64px_b32, "cvt-tiny", 32, 64)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(infer_step, cvt13_224px_b8, "cvt-13", 8, 224)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_CAPTURE(infer_step, vit_b16_224px_b8, "vit-b16", 8, 224)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+BENCHMARK_CAPTURE(hooked_infer, cvt_tiny_64px_b32_none, "cvt-tiny", 32, 64, "none")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(hooked_infer, cvt_tiny_64px_b32_unwatched, "cvt-tiny", 32, 64, "unwatched")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(hooked_infer, cvt_tiny_64px_b32_gates, "cvt-tiny", 32, 64, "gates")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(hooked_infer, cvt_tiny_64px_b32_capture, "cvt-tiny", 32, 64, "capture")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_CAPTURE(hooked_infer, cvt_tiny_64px_b32_backward, "cvt-tiny", 32, 64, "backward")->Unit(benchmark::kMillisecond)->UseRealTime();
 
 }  // namespace
 

@@ -405,13 +405,14 @@ class AnalysisPass {
 }  // namespace
 
 AttentionGradients attention_gradients(Model& model, const Tensor& pixels, const std::vector<int64_t>& layers,
-                                       const std::vector<int64_t>& classes) {
+                                       const std::vector<int64_t>& classes, const std::map<int64_t, Tensor>& gates) {
   const int64_t B = pixels.size(0);
   if (!classes.empty() && int64_t(classes.size()) != B)
     throw std::invalid_argument(std::to_string(classes.size()) + " classes for " + std::to_string(B) + " images");
   AttentionGradients out;
   AttentionHooks hooks;
   hooks.layers = layers;
+  hooks.gates = gates;
   hooks.forward = [&](int64_t layer, AttentionPart part, const Tensor& x) {
     if (part == AttentionPart::Probs) out.probs[layer] = x.detach().to(DType::f32);
   };

@@ -108,14 +108,16 @@ AttentionMap attention_map(const std::vector<Tensor>& probs, const std::vector<T
 // One forward and backward of `model` in eval mode on pixels (B, C, H, W): the listed layers'
 // probabilities and their gradients ∂y/∂A, y = Σ_b logits[b, classes[b]] (images do not interact in eval
 // mode, so each image's slice is the gradient of its own logit). `classes` holds one class per image, or
-// is empty for each image's predicted class. Gradients stay off the model's parameters.
+// is empty for each image's predicted class; `gates` (AttentionHooks::gates) mask or scale heads during the
+// pass. Gradients stay off the model's parameters.
 struct AttentionGradients {
   Tensor logits;                        // (B, classes) f32
   std::vector<int64_t> classes;         // the class explained, per image
   std::map<int64_t, Tensor> probs, grads;  // layer -> (B, heads, Tq, Tk)
 };
 AttentionGradients attention_gradients(Model& model, const Tensor& pixels, const std::vector<int64_t>& layers,
-                                       const std::vector<int64_t>& classes = {});
+                                       const std::vector<int64_t>& classes = {},
+                                       const std::map<int64_t, Tensor>& gates = {});
 
 // Michel, Levy & Neubig 2019 ("Are Sixteen Heads Really Better than One?"): head h's importance is
 // E_x |∂L/∂g_h| for a gate g_h = 1 on its context, = |Σ ⟨ctx_h, ∂L/∂ctx_h⟩|, L the cross-entropy of the

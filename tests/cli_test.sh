@@ -178,5 +178,32 @@ then pass "attn heat maps"; else fail "attn: a heat map under png/ is missing or
 run attn --checkpoint "$TINY" --query 3 --out "$ATTN" "$PNG"; expect_error "attn bad query" "--query 3"
 run attn --checkpoint "$TINY" --layers 5 --query 20,2 --out "$ATTN" "$PNG"; expect_error "attn query off every grid" "--query 20,2"
 
+# tessera attn --data: a labelled folder streamed through the model (statistics per layer, head and class, the
+# mean rollout per class, head importance, a masked head's effect), and what --data refuses.
+LABELLED="$DIR/labelled"
+mkdir -p "$LABELLED/glioma_tumor" "$LABELLED/no_tumor"
+cp "$PNG" "$LABELLED/glioma_tumor/a.png"; cp "$PNG" "$LABELLED/glioma_tumor/b.png"; cp "$PNG" "$LABELLED/no_tumor/c.png"
+printf 'not an image' >"$LABELLED/no_tumor/broken.png"
+run attn --checkpoint "$TINY" --data "$LABELLED" --split "" --method rollout,importance --mask-heads 5:1 --batch-size 2 --out "$ATTN-data"
+if [ "$rc" -eq 0 ]; then
+  expect_out "attn --data summary" '^.*labelled: 3 images \(1 skipped\), accuracy [0-9.]+, loss [0-9.]+ \(without the masked heads: accuracy [0-9.]+, loss [0-9.]+\)$' \
+    '^wrote .*statistics\.csv, .*attn\.json, .*attn\.safetensors$'
+  # 6 layers of 1 + 2 + 2 + 3 + 3 + 3 heads: 14 rows for "all" and as many per class present (2 classes), 42 + header.
+  if [ "$(wc -l <"$ATTN-data/statistics.csv")" -eq 43 ] && grep -q '^5,2,1,all,3,' "$ATTN-data/statistics.csv" &&
+     grep -q '^5,2,1,no_tumor,1,' "$ATTN-data/statistics.csv"; then pass "attn --data statistics.csv"
+  else fail "attn --data: statistics.csv does not hold every layer, head and class"; fi
+  if grep -q '"masking"' "$ATTN-data/attn.json" && grep -q '"importance"' "$ATTN-data/attn.json" &&
+     grep -q 'Head importance by depth' "$ATTN-data/index.html" && grep -q 'Heads masked' "$ATTN-data/index.html"
+  then pass "attn --data importance and masking"; else fail "attn --data: importance or masking missing"; fi
+else fail "attn --data: exit code $rc"; fi
+run inspect "$ATTN-data/attn.safetensors"
+if [ "$rc" -eq 0 ]; then expect_out "attn --data mean maps" '^rollout\.mean\.glioma_tumor +F32 +\[14, 14\] ' '^rollout\.mean\.no_tumor +F32 +\[14, 14\] '
+else fail "inspect attn --data's attn.safetensors: exit code $rc"; fi
+run attn --checkpoint "$TINY" --data "$LABELLED" --split "" --out "$ATTN-data" "$PNG"; expect_error "attn --data and images" "not both"
+run attn --checkpoint "$TINY" --data "$LABELLED" --split "" --method relevance --out "$ATTN-data"; expect_error "attn --data relevance" "single images"
+run attn --checkpoint "$TINY" --data "$LABELLED" --out "$ATTN-data"; expect_error "attn --data missing split" "Testing"
+run attn --checkpoint "$TINY" --mask-heads 5:7 --out "$ATTN" "$PNG"; expect_error "attn mask unknown head" "--mask-heads 5:7"
+run attn --checkpoint "$TINY" --mask-heads 5 --out "$ATTN" "$PNG"; expect_error "attn mask bad pair" "LAYER:HEAD"
+
 if [ "$failures" -ne 0 ]; then echo "$failures check(s) failed"; exit 1; fi
 echo "all CLI checks passed"

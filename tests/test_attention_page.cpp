@@ -184,4 +184,21 @@ TEST_CASE("page: images, their figures and the statistics table") {
   CHECK(contains(page, "no PNG"));
   // The layer's row: entropy ln 5 = 1.609, normalised 1, distance 0.2·(32 + 16·√2) = 10.9 px, cls share 0.2.
   CHECK(contains(page, "<td>0</td><td>0</td><td>mean</td><td>1.609</td><td>1.000</td><td>10.9</td><td>0.200</td>"));
+  // The statistics against depth, one dot per head (2 heads: two dots in each chart).
+  CHECK(contains(page, "Mean attention distance by depth"));
+  CHECK(contains(page, "Attention entropy by depth"));
+  CHECK(!contains(page, "Head importance by depth"));  // no importance in meta: no chart
+  CHECK(!contains(page, "Heads masked"));
+
+  // A data set's page: a class section with its summary, the importance chart, the masking result.
+  nlohmann::json data_meta = meta;
+  data_meta["layers"][0]["importance"] = {0.6, 0.8};
+  data_meta["masking"] = {{"description", "layer 0 head 1 zeroed"}, {"accuracy", 0.9}, {"accuracy_masked", 0.5},
+                          {"loss", 0.3}, {"loss_masked", 1.2}, {"images", 40}};
+  ImageSection cls{"class tabby (40 images)", "", 0, {"mean input", ""}, {}, "accuracy 0.9000 on this class"};
+  const std::string data_page = attention_page(data_meta, {cls}, "");
+  CHECK(contains(data_page, "accuracy 0.9000 on this class"));
+  CHECK(!contains(data_page, "prediction:"));
+  CHECK(contains(data_page, "Head importance by depth"));
+  CHECK(contains(data_page, "accuracy 0.9000 → 0.5000, mean loss 0.3000 → 1.2000 over 40 images"));
 }

@@ -23,6 +23,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "data/dataset.h"
 #include "data/preprocess.h"
 #include "engine/core/fileio.h"
 #include "engine/ops.h"
@@ -43,8 +44,10 @@ using nlohmann::json;
 struct AttnOptions {
   std::string model, weights, checkpoint, config, device, out, fuse = "mean";
   std::string methods = "maps,rollout", target = "predicted";
+  std::string data, split = "Testing", mask_heads;
+  int64_t batch_size = 16;
   // From `methods`, once checked: the per-layer maps, and the maps over the rolled-out layers in order.
-  bool layer_maps = false;
+  bool layer_maps = false, importance = false;
   std::vector<models::MapMethod> map_methods;
   std::vector<int64_t> layers, heads, query;
   double discard = 0;
@@ -191,12 +194,282 @@ std::string write_pictures(const AttnOptions& o, const std::vector<models::Atten
   return path + " (" + how + ")";
 }
 
+// ---------------------------------------------------------------- a data set (--data)
+
+struct DataRun {
+  const AttnOptions& o;
+  const models::ModelConfig& config;
+  const ProcessorConfig& proc;
+  const std::vector<models::AttentionLayout>& layouts;
+  const std::vector<int64_t>& layers;   // whose statistics are kept
+  const std::vector<int64_t>& rollout;  // the rolled-out layers (empty: no cls token)
+  const models::MapOptions& map_options;
+  const std::map<int64_t, Tensor>& gates;  // --mask-heads
+  const std::string& masked;
+  models::Model& model;
+};
+
+// Streams a labelled folder through the model a batch at a time, keeping only running sums: per layer and
+// head the statistics (overall and per class), per class the mean rollout map and mean input, accuracy and
+// loss (with and without --mask-heads), and the heads' importance (--method importance). Memory does not grow
+// with the folder: each batch's probabilities are dropped once summarised.
+void run_on_data(const DataRun& r) {
+  namespace fs = std::filesystem;
+  const AttnOptions& o = r.o;
+  if (std::any_of(o.map_methods.begin(), o.map_methods.end(), models::needs_gradients))
+    throw std::runtime_error("attn: --method grad-rollout and relevance draw single images; with --data use rollout, "
+                             "importance and the statistics");
+  const fs::path split_root = o.split.empty() ? fs::path(o.data) : fs::path(o.data) / o.split;
+  if (!fs::is_directory(split_root))
+    throw std::runtime_error("attn: " + split_root.string() + " is not a folder (--data ROOT --split NAME)");
+  const std::vector<std::string> names = std::visit([](const auto& c) { return c.id2label; }, r.config);
+  const DatasetSplit split = scan_by_name(split_root.string(), names, "the model");
+  const int64_t C = int64_t(names.size());
+
+  // Running sums.
+  auto stats_of = [&] {
+    std::vector<train::AttentionStatistics> v;
+    for (int64_t l : r.layers) v.emplace_back(r.layouts[size_t(l)], o.heads);
+    return v;
+  };
+  std::vector<train::AttentionStatistics> overall = stats_of();
+  std::vector<std::vector<train::AttentionStatistics>> by_class;
+  for (int64_t c = 0; c < C; ++c) by_class.push_back(stats_of());
+  const bool maps = !r.rollout.empty() && !o.map_methods.empty();
+  const models::AttentionLayout* last = r.rollout.empty() ? nullptr : &r.layouts[size_t(r.rollout.back())];
+  const int64_t cells = last ? last->query_rows * last->query_cols : 0;
+  std::vector<std::vector<double>> map_sum(static_cast<size_t>(C), std::vector<double>(static_cast<size_t>(cells), 0.0));
+  std::vector<std::vector<double>> pixel_sum(static_cast<size_t>(C));
+  std::vector<int64_t> seen(size_t(C), 0), correct(size_t(C), 0), correct_unmasked(size_t(C), 0);
+  double loss = 0, loss_unmasked = 0;
+  std::map<int64_t, std::vector<double>> importance;
+  int64_t skipped = 0;
+
+  std::vector<std::pair<int64_t, Tensor>> probs;
+  models::AttentionHooks hooks = models::capture_probabilities(probs, r.layers);
+  hooks.layers.insert(hooks.layers.end(), r.rollout.begin(), r.rollout.end());
+  hooks.gates = r.gates;
+  for (size_t start = 0; start < split.samples.size(); start += size_t(o.batch_size)) {
+    std::vector<Image> images;
+    std::vector<int64_t> labels;
+    for (size_t i = start; i < std::min(split.samples.size(), start + size_t(o.batch_size)); ++i) {
+      std::string warning;
+      if (auto im = try_decode(split.samples[i], warning)) {
+        images.push_back(std::move(*im));
+        labels.push_back(split.samples[i].label);
+      } else {
+        std::cerr << "attn: skipped " << warning << "\n";
+        ++skipped;
+      }
+    }
+    if (images.empty()) continue;
+    const int64_t B = int64_t(images.size());
+    const Tensor pixels = preprocess_batch(images, r.proc), target = Tensor::from(labels, {B});
+    images.clear();
+    Generator unused(0);  // eval mode draws nothing
+    auto score = [&](const Tensor& logits, std::vector<int64_t>& right, double& loss_sum) {
+      loss_sum += cross_entropy(logits, target).item() * double(B);
+      const std::vector<int64_t> pred = argmax(logits, 1).to_vector<int64_t>();
+      for (int64_t b = 0; b < B; ++b) right[size_t(labels[size_t(b)])] += pred[size_t(b)] == labels[size_t(b)];
+    };
+    {
+      NoGradGuard no_grad;
+      probs.clear();
+      r.model.set_attention_hooks(&hooks);
+      const Tensor logits = r.model.forward(pixels, /*training=*/false, unused);
+      r.model.set_attention_hooks(nullptr);
+      score(logits, correct, loss);
+      if (!r.gates.empty()) score(r.model.forward(pixels, /*training=*/false, unused), correct_unmasked, loss_unmasked);
+    }
+    std::map<int64_t, Tensor> by_layer(probs.begin(), probs.end());
+    probs.clear();
+    for (size_t i = 0; i < r.layers.size(); ++i) {
+      const Tensor& p = by_layer.at(r.layers[i]);
+      overall[i].add(p);
+      for (int64_t c = 0; c < C; ++c) {
+        std::vector<int64_t> mine;
+        for (int64_t b = 0; b < B; ++b)
+          if (labels[size_t(b)] == c) mine.push_back(b);
+        if (!mine.empty()) by_class[size_t(c)][i].add(index_select(p, 0, Tensor::from(mine, {int64_t(mine.size())})));
+      }
+    }
+    std::vector<double> map_values;
+    if (maps) {
+      std::vector<Tensor> rolled_probs;
+      std::vector<models::AttentionLayout> rolled;
+      for (int64_t l : r.rollout) rolled_probs.push_back(by_layer.at(l)), rolled.push_back(r.layouts[size_t(l)]);
+      map_values = models::attention_map(rolled_probs, {}, rolled, r.map_options).map.to_vector<double>();
+    }
+    const std::vector<double> px = pixels.to(DType::f64).contiguous().to_vector<double>();
+    const size_t plane = px.size() / size_t(B);
+    for (int64_t b = 0; b < B; ++b) {
+      const size_t c = size_t(labels[size_t(b)]);
+      ++seen[c];
+      if (pixel_sum[c].empty()) pixel_sum[c].assign(plane, 0.0);
+      for (size_t k = 0; k < plane; ++k) pixel_sum[c][k] += px[size_t(b) * plane + k];
+      for (int64_t k = 0; maps && k < cells; ++k) map_sum[c][size_t(k)] += map_values[size_t(b * cells + k)];
+    }
+    if (o.importance)
+      for (auto& [l, v] : models::head_importance_sums(r.model, pixels, target)) {
+        auto& acc = importance[l];
+        if (acc.empty()) acc.assign(v.size(), 0.0);
+        for (size_t h = 0; h < v.size(); ++h) acc[h] += v[h];
+      }
+  }
+  int64_t total = 0, right = 0, right_unmasked = 0;
+  for (int64_t c = 0; c < C; ++c)
+    total += seen[size_t(c)], right += correct[size_t(c)], right_unmasked += correct_unmasked[size_t(c)];
+  if (total == 0) throw std::runtime_error("attn: " + split_root.string() + ": no image could be read");
+  if (o.importance) importance = models::normalise_importance(importance);
+
+  // attn.safetensors: the mean maps per class; attn.json and statistics.csv: the rest.
+  std::map<std::string, Tensor> tensors;
+  json classes = json::array();
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t n = seen[size_t(c)];
+    classes.push_back({{"name", names[size_t(c)]}, {"images", n},
+                       {"accuracy", n ? json(double(correct[size_t(c)]) / double(n)) : json()}});
+    if (!n || !maps) continue;
+    std::vector<float> mean(static_cast<size_t>(cells));
+    for (int64_t k = 0; k < cells; ++k) mean[size_t(k)] = float(map_sum[size_t(c)][size_t(k)] / double(n));
+    tensors["rollout.mean." + names[size_t(c)]] = Tensor::from(mean, {last->query_rows, last->query_cols});
+  }
+  json layer_meta = json::array();
+  std::string csv = "layer,stage,head,class,images,entropy_nats,entropy_normalised,mean_distance_px,cls_share,importance\n";
+  for (size_t i = 0; i < r.layers.size(); ++i) {
+    const int64_t l = r.layers[i];
+    const models::AttentionLayout& a = r.layouts[size_t(l)];
+    json per_class = json::object();
+    for (int64_t c = 0; c < C; ++c)
+      if (seen[size_t(c)]) per_class[names[size_t(c)]] = by_class[size_t(c)][i].to_json();
+    json entry = {{"layer", l}, {"stage", a.stage}, {"query_grid", {a.query_rows, a.query_cols}},
+                  {"key_grid", {a.key_rows, a.key_cols}}, {"cls_token", a.cls}, {"heads_total", a.heads},
+                  {"statistics", overall[i].to_json()}, {"statistics_by_class", per_class}};
+    if (o.importance) entry["importance"] = importance.at(l);
+    auto rows = [&](const std::string& cls, const train::AttentionStatistics& st, bool with_importance) {
+      const json j = st.to_json();
+      for (size_t h = 0; h < j["heads"].size(); ++h) {
+        const int64_t head = j["heads"][h].get<int64_t>();
+        auto v = [&](const char* key) { return j[key][h].is_number() ? train::fmt("%.6g", j[key][h].get<double>()) : ""; };
+        csv += std::to_string(l) + "," + std::to_string(a.stage) + "," + std::to_string(head) + "," + cls + "," +
+               std::to_string(j["images"].get<int64_t>()) + "," + v("entropy_nats") + "," + v("entropy_normalised") +
+               "," + v("mean_distance_px") + "," + v("cls_share") + "," +
+               (with_importance ? train::fmt("%.6g", importance.at(l)[size_t(head)]) : "") + "\n";
+      }
+    };
+    rows("all", overall[i], o.importance);
+    for (int64_t c = 0; c < C; ++c)
+      if (seen[size_t(c)]) rows(names[size_t(c)], by_class[size_t(c)][i], false);
+    layer_meta.push_back(entry);
+  }
+  json preprocessing = processor_to_json(r.proc);
+  preprocessing["channels"] = r.proc.channels;
+  json meta = {{"model", {{"type", models::model_type(r.config)},
+                          {"source", o.checkpoint.empty() ? o.weights : o.checkpoint},
+                          {"config", models::config_to_json(r.config)}}},
+               {"data", {{"root", o.data}, {"split", o.split}, {"images", total}, {"skipped", skipped},
+                         {"accuracy", double(right) / double(total)}, {"loss", loss / double(total)},
+                         {"classes", classes}}},
+               {"preprocessing", preprocessing},
+               {"layers", layer_meta}};
+  if (maps)
+    meta["maps"] = json::array({{{"name", "rollout"}, {"tensor", "rollout.mean.<class>"}, {"layers", r.rollout},
+                                 {"fuse", o.fuse}, {"discard", o.discard}, {"heads", o.heads},
+                                 {"formula", "the mean over a class's images of each image's attention rollout map "
+                                             "(scaled to max 1 per image)"}}});
+  if (!r.gates.empty())
+    meta["masking"] = {{"heads", o.mask_heads}, {"images", total},
+                       {"description", "Each pass of this run had " + r.masked + " zeroed (a gate of 0 on the "
+                                       "head's context); the statistics and maps are of that model. Accuracy and mean "
+                                       "cross-entropy without and with the mask:"},
+                       {"accuracy", double(right_unmasked) / double(total)}, {"accuracy_masked", double(right) / double(total)},
+                       {"loss", loss_unmasked / double(total)}, {"loss_masked", loss / double(total)}};
+  if (o.importance) {  // per layer under "layers"[i]["importance"] too; here with the method
+    json by_layer = json::object();
+    for (const auto& [l, v] : importance) by_layer[std::to_string(l)] = v;
+    meta["importance"] = {{"method", "Michel, Levy & Neubig 2019: per head the mean over images of |dL/dg_h| for a gate "
+                                     "g_h = 1 on its context (no head masked), L the cross-entropy of the image's "
+                                     "label; unit L2 norm per layer"},
+                          {"layers", by_layer}};
+  }
+
+  std::error_code ec;
+  fs::create_directories(o.out, ec);
+  if (ec) throw std::runtime_error("attn: --out " + o.out + ": cannot create the folder: " + ec.message());
+  std::map<std::string, std::string> metadata;
+  for (auto it = meta.begin(); it != meta.end(); ++it) metadata[it.key()] = dump_json(it.value());
+  const std::string st = (fs::path(o.out) / "attn.safetensors").string();
+  if (!tensors.empty()) save_safetensors(st, tensors, metadata);
+  write_file_atomic((fs::path(o.out) / "attn.json").string(), dump_json(meta, 2) + "\n");
+  write_file_atomic((fs::path(o.out) / "statistics.csv").string(), csv);
+
+  // The page: per class its mean input and mean rollout map, then the statistics, charts and masking.
+  const std::string png_dir = (fs::path(o.out) / "png").string();
+  const bool drawing = train::figures_unavailable().empty();
+  if (drawing) fs::create_directories(png_dir, ec);
+  std::vector<train::ImageSection> sections;
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t n = seen[size_t(c)];
+    if (!n) continue;
+    std::vector<double> mean_px = pixel_sum[size_t(c)];
+    for (double& v : mean_px) v /= double(n);
+    const Tensor mean_image = Tensor::from(mean_px, {1, r.proc.channels, r.proc.height, r.proc.width});
+    const train::InputImage im = train::input_image(mean_image, 0);
+    auto picture = [&](const std::string& name, std::optional<std::string> bytes, const std::string& caption) {
+      train::Figure f{caption, ""};
+      if (bytes) {
+        write_file_atomic(png_dir + "/" + name, *bytes);
+        f.src = "data:image/png;base64," + train::base64(*bytes);
+      }
+      return f;
+    };
+    train::ImageSection sec;
+    sec.file = "class " + names[size_t(c)] + " (" + std::to_string(n) + " images)";
+    sec.summary = train::fmt("accuracy %.4f on this class", double(correct[size_t(c)]) / double(n));
+    sec.input = picture("class" + std::to_string(c) + "_input.png",
+                        train::input_png(im, "mean input of " + names[size_t(c)]), "the class's mean input");
+    if (maps) {
+      train::HeatMap h{last->query_rows, last->query_cols, last->query_origin, last->query_step,
+                       tensors.at("rollout.mean." + names[size_t(c)]).to(DType::f64).contiguous().to_vector<double>()};
+      train::FigureRow row;
+      row.title = "mean attention rollout over layers " + joined(r.rollout);
+      row.method = meta["maps"][0]["formula"].get<std::string>() + ", over the class's mean input.";
+      row.figures.push_back(picture("class" + std::to_string(c) + "_rollout.png",
+                                    train::heat_map_png(im, h, "mean rollout · " + names[size_t(c)]), "mean rollout"));
+      sec.rows.push_back(std::move(row));
+    }
+    sections.push_back(std::move(sec));
+  }
+  const std::string note = drawing ? "Streamed over " + std::to_string(total) + " images of " + split_root.string() +
+                                         (skipped ? " (" + std::to_string(skipped) + " unreadable, skipped)" : "") +
+                                         "; statistics.csv holds every layer, head and class."
+                                   : "No pictures: " + std::string(train::figures_unavailable()) + ".";
+  const std::string page = (fs::path(o.out) / "index.html").string();
+  write_file_atomic(page, train::attention_page(meta, sections, note));
+
+  if (o.json) {
+    std::cout << dump_json(meta, 2) << "\n";
+    return;
+  }
+  using train::fmt;
+  std::cout << split_root.string() << ": " << total << " images" << (skipped ? " (" + std::to_string(skipped) + " skipped)" : "")
+            << ", accuracy " << fmt("%.4f", double(right) / double(total)) << ", loss " << fmt("%.4f", loss / double(total));
+  if (!r.gates.empty())
+    std::cout << " (without the masked heads: accuracy " << fmt("%.4f", double(right_unmasked) / double(total))
+              << ", loss " << fmt("%.4f", loss_unmasked / double(total)) << ")";
+  std::cout << "\nwrote " << (fs::path(o.out) / "statistics.csv").string() << ", "
+            << (fs::path(o.out) / "attn.json").string() << (tensors.empty() ? "" : ", " + st) << "\nwrote " << page << "\n";
+}
+
 void run_attn(AttnOptions o) {
   namespace fs = std::filesystem;
   // Every option is checked before the model loads, so a typo costs nothing.
   if (o.checkpoint.empty() == o.weights.empty())
     throw std::runtime_error("attn: give --weights FILE or --checkpoint DIR (exactly one)");
-  if (o.images.empty()) throw std::runtime_error("attn: no images given");
+  if (o.images.empty() && o.data.empty()) throw std::runtime_error("attn: no images given (IMAGE... or --data ROOT)");
+  if (!o.images.empty() && !o.data.empty())
+    throw std::runtime_error("attn: give images or --data ROOT, not both");
+  if (o.batch_size < 1) throw std::runtime_error("attn: --batch-size must be at least 1");
   if (o.out.empty()) throw std::runtime_error("attn: give --out DIR");
   if (!o.device.empty() && o.device != "cpu")
     throw std::runtime_error("attn: --device " + o.device + ": attention maps run on the CPU only for now");
@@ -212,15 +485,15 @@ void run_attn(AttnOptions o) {
     const size_t end = std::min(o.methods.find(',', start), o.methods.size());
     const std::string word = o.methods.substr(start, end - start);
     start = end + 1;
-    if (word == "maps") {
-      o.layer_maps = true;
+    if (word == "maps" || word == "importance") {
+      (word == "maps" ? o.layer_maps : o.importance) = true;
       continue;
     }
     try {
       const models::MapMethod m = models::parse_map_method(word);
       if (std::find(o.map_methods.begin(), o.map_methods.end(), m) == o.map_methods.end()) o.map_methods.push_back(m);
     } catch (const std::invalid_argument&) {
-      throw std::runtime_error("attn: --method '" + word + "': known methods are maps, rollout, grad-rollout, relevance");
+      throw std::runtime_error("attn: --method '" + word + "': known methods are maps, rollout, grad-rollout, relevance, importance");
     }
   }
   // Repeats would duplicate heads in the file and weigh them twice in the fusion.
@@ -279,6 +552,34 @@ void run_attn(AttnOptions o) {
                                  " has heads 0.." + std::to_string(layouts[size_t(l)].heads - 1));
   }
 
+  // --mask-heads L:H,...: those heads' contexts are multiplied by 0 in every pass (AttentionHooks::gates).
+  std::map<int64_t, Tensor> gates;
+  std::string masked;  // "layer L head H, ..." for the page
+  for (size_t start = 0; !o.mask_heads.empty() && start <= o.mask_heads.size();) {
+    const size_t end = std::min(o.mask_heads.find(',', start), o.mask_heads.size());
+    const std::string item = o.mask_heads.substr(start, end - start);
+    start = end + 1;
+    const size_t colon = item.find(':');
+    auto bad = [&](const std::string& why) { return std::runtime_error("attn: --mask-heads " + item + ": " + why); };
+    int64_t l = -1, h = -1;
+    try {
+      size_t used = 0;
+      if (colon == std::string::npos) throw std::invalid_argument("no colon");
+      l = std::stoll(item.substr(0, colon), &used);
+      if (used != colon) throw std::invalid_argument("layer");
+      h = std::stoll(item.substr(colon + 1), &used);
+      if (used != item.size() - colon - 1) throw std::invalid_argument("head");
+    } catch (const std::exception&) {
+      throw bad("give LAYER:HEAD pairs, like 3:0,3:2");
+    }
+    if (l < 0 || l >= count) throw bad("the model has layers 0.." + std::to_string(count - 1));
+    const int64_t H = layouts[size_t(l)].heads;
+    if (h < 0 || h >= H) throw bad("layer " + std::to_string(l) + " has heads 0.." + std::to_string(H - 1));
+    if (!gates.count(l)) gates[l] = Tensor::ones({H});
+    gates[l].data<float>()[h] = 0.0f;
+    masked += (masked.empty() ? "" : ", ") + std::string("layer ") + std::to_string(l) + " head " + std::to_string(h);
+  }
+
   // --query ROW,COL: a query patch, on the query grid of every selected layer that has it.
   if (!o.query.empty()) {
     if (o.query.size() != 2 || o.query[0] < 0 || o.query[1] < 0)
@@ -295,10 +596,15 @@ void run_attn(AttnOptions o) {
                                joined(layers) + ": " + grids + ")");
   }
 
+  std::unique_ptr<models::Model> model = models::load_model(config, o.weights);
+  if (!o.data.empty()) {
+    DataRun run{o, config, proc, layouts, layers, rollout, map_options, gates, masked, *model};
+    run_on_data(run);
+    return;
+  }
   std::vector<Image> images;
   for (const std::string& path : o.images) images.push_back(decode_image(path));
   const Tensor pixels = preprocess_batch(images, proc);
-  std::unique_ptr<models::Model> model = models::load_model(config, o.weights);
 
   // One pass: in eval mode without gradients, or, for the gradient methods, a forward and backward with the
   // probabilities in the graph (models/attention_maps.h attention_gradients).
@@ -311,12 +617,13 @@ void run_attn(AttnOptions o) {
   if (gradients) {
     std::vector<int64_t> classes;
     if (explained_class) classes.assign(size_t(pixels.size(0)), *explained_class);
-    models::AttentionGradients g = models::attention_gradients(*model, pixels, watched, classes);
+    models::AttentionGradients g = models::attention_gradients(*model, pixels, watched, classes, gates);
     logits = g.logits.to(DType::f64);
     recorded = std::move(g.probs), recorded_grads = std::move(g.grads), explained = std::move(g.classes);
   } else {
     std::vector<std::pair<int64_t, Tensor>> probs;
-    const models::AttentionHooks capture = models::capture_probabilities(probs, watched);
+    models::AttentionHooks capture = models::capture_probabilities(probs, watched);
+    capture.gates = gates;
     NoGradGuard no_grad;
     Generator unused(0);  // eval mode draws nothing
     model->set_attention_hooks(&capture);
@@ -490,6 +797,12 @@ void add_attn(CLI::App& app) {
       ->delimiter(',');
   sub->add_flag("--json", o->json, "Print attn.json's content instead of a summary");
   sub->add_option("--out", o->out, "Output folder (created)");
+  sub->add_option("--data", o->data, "A labelled folder: streamed statistics per layer, head and class instead of images");
+  sub->add_option("--split", o->split, "With --data: the split folder under ROOT (\"\" for a flat ROOT/<class>)")
+      ->capture_default_str();
+  sub->add_option("--batch-size", o->batch_size, "With --data: images per forward pass")->capture_default_str();
+  sub->add_option("--mask-heads", o->mask_heads, "LAYER:HEAD,...: run with those heads zeroed (with --data: "
+                                                  "accuracy and loss with and without them)");
   sub->add_option("images", o->images, "Image files");
   sub->callback([o] { run_attn(*o); });
 }

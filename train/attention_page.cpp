@@ -6,6 +6,7 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "train/report_charts.h"
 #include "train/report_text.h"
 
 namespace tessera::train {
@@ -267,6 +268,7 @@ section{background:#fff;border:1px solid #dee2e6;border-radius:8px;padding:18px 
 .missing{width:132px;height:60px;border:1px dashed #adb5bd;border-radius:4px;display:flex;align-items:center;justify-content:center}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums} td,th{padding:3px 10px;text-align:right}
 thead th{border-bottom:2px solid #dee2e6} td:first-child,th:first-child{text-align:left}
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:12px;margin-top:12px}
 )css";
 
 // A figure: click the thumbnail to see it at full size (a hidden checkbox toggles the size; no script).
@@ -312,19 +314,44 @@ std::string statistics_table(const json& layers) {
   return summary + "</tbody></table><details><summary>every head</summary>" + detail + "</tbody></table></details>";
 }
 
+// The statistics (and the importance, when there) against depth: one dot per head at its layer's index.
+std::string depth_charts(const json& layers) {
+  auto chart = [&](const std::string& title, const std::string& ylabel, const std::string& key, bool importance) {
+    Chart c;
+    c.title = title, c.xlabel = "layer", c.ylabel = ylabel, c.integer_x = true;
+    Series dots;
+    dots.name = "one dot per head", dots.color = "#4c78a8", dots.stroke = 0, dots.dots = true;
+    for (const json& l : layers) {
+      const json& values = importance ? field(l, "importance") : field(field(l, "statistics"), key.c_str());
+      if (!values.is_array()) continue;
+      for (const json& v : values)
+        if (v.is_number()) dots.points.emplace_back(field(l, "layer").get<double>(), v.get<double>());
+    }
+    c.series.push_back(dots);
+    return line_chart(c);
+  };
+  std::string s = chart("Mean attention distance by depth", "input pixels", "mean_distance_px", false) +
+                  chart("Attention entropy by depth", "entropy / ln Tk", "entropy_normalised", false) +
+                  chart("Share of attention on the cls token by depth", "share", "cls_share", false) +
+                  chart("Head importance by depth (Michel et al. 2019, unit norm per layer)", "importance", "", true);
+  return s.empty() ? "" : "<div class='charts'>" + s + "</div>";
+}
+
 }  // namespace
 
 std::string attention_page(const json& meta, const std::vector<ImageSection>& images, const std::string& note) {
   const json& model = field(meta, "model");
   std::string s = "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>tessera attn — " +
-                  esc(text_of(field(model, "type"))) + "</title><style>" + kStyle + "</style></head><body><main>";
+                  esc(text_of(field(model, "type"))) + "</title><style>" + kStyle + kChartStyle + "</style></head><body><main>";
   s += "<h1>Attention maps</h1><p class='sub'>" + esc(text_of(field(model, "type"))) + " · " +
        esc(text_of(field(model, "source"))) + " · " + std::to_string(images.size()) + " image" +
        (images.size() == 1 ? "" : "s") + "</p>";
   s += "<p class='note'>" + esc(note) + "</p>";
   for (const ImageSection& im : images) {
-    s += "<section><h2>" + esc(im.file) + "</h2><p>prediction: <b>" + esc(im.label) + "</b> (probability " +
-         fmt("%.4f", im.prob) + ")</p><div class='figs'>" + figure(im.input) + "</div>";
+    s += "<section><h2>" + esc(im.file) + "</h2><p>" +
+         (im.summary.empty() ? "prediction: <b>" + esc(im.label) + "</b> (probability " + fmt("%.4f", im.prob) + ")"
+                             : esc(im.summary)) +
+         "</p><div class='figs'>" + figure(im.input) + "</div>";
     for (const FigureRow& row : im.rows) {
       s += "<h3>" + esc(row.title) + "</h3><p class='method'>" + esc(row.method) + "</p><div class='figs'>";
       for (const Figure& f : row.figures) s += figure(f);
@@ -337,7 +364,12 @@ std::string attention_page(const json& meta, const std::vector<ImageSection>& im
        "divided by ln T<sub>k</sub> (1 is uniform); the mean attention distance Σ<sub>k</sub> p<sub>qk</sub>·‖centre(q) − "
        "centre(k)‖ over the patch keys, with receptive-field centres in input pixels (the cls key adds nothing); "
        "and the share of attention on the cls key.</p>" +
-       statistics_table(field(meta, "layers")) + "</section>";
+       statistics_table(field(meta, "layers")) + depth_charts(field(meta, "layers")) + "</section>";
+  if (const json& m = field(meta, "masking"); m.is_object())
+    s += "<section><h2>Heads masked</h2><p class='method'>" + esc(text_of(field(m, "description"))) + "</p><p>" +
+         "accuracy " + number(field(m, "accuracy"), "%.4f") + " → " + number(field(m, "accuracy_masked"), "%.4f") +
+         ", mean loss " + number(field(m, "loss"), "%.4f") + " → " + number(field(m, "loss_masked"), "%.4f") + " over " +
+         text_of(field(m, "images")) + " images</p></section>";
   return s + "</main></body></html>\n";
 }
 

@@ -93,8 +93,11 @@ struct ImageSection {
   double prob = 0;
   Figure input;
   std::vector<FigureRow> rows;
+  std::string summary;  // when set, shown instead of the prediction (a class's mean over a data set)
 };
 // meta: attn.json's object; note: how the PNGs are stored (embedded or beside the page), or why there are none.
+// Below the table, the statistics against depth as charts (one dot per head), and, when meta holds them,
+// the heads' importance ("importance" per layer) and the result of masking heads ("masking").
 std::string attention_page(const nlohmann::json& meta, const std::vector<ImageSection>& images, const std::string& note);
 
 }  // namespace tessera::train

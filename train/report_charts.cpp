@@ -37,6 +37,12 @@ const char* kPalette[] = {"#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2",
 
 }  // namespace
 
+const char* const kChartStyle = R"css(
+svg.chart{width:100%;height:auto;border:1px solid #e9ecef;border-radius:6px}
+svg text{font-size:12px;fill:#495057} svg .title{font-size:14px;font-weight:600;fill:#212529} svg .label{fill:#212529}
+svg .grid{stroke:#e9ecef} svg .axis{stroke:#868e96;fill:none} svg .best{stroke:#c92a2a;stroke-dasharray:5 3}
+)css";
+
 std::string line_chart(const Chart& c) {
   const double W = 600, H = 320, L = 66, R = 20, B = 48;
   double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;

@@ -8,6 +8,9 @@
 
 namespace tessera::train {
 
+// The CSS the charts need, for the <style> of any page that shows them.
+extern const char* const kChartStyle;
+
 struct Series {
   std::string name, color;
   std::vector<std::pair<double, double>> points;  // non-finite values are skipped

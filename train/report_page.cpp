@@ -57,9 +57,6 @@ pre{background:#f1f3f5;padding:10px 12px;border-radius:6px;white-space:pre-wrap;
 .card b{display:block;font-size:22px;font-variant-numeric:tabular-nums} .card span{color:#6c757d;font-size:12px}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:12px}
 .bars-row{display:grid;grid-template-columns:repeat(auto-fit,minmax(340px,1fr));gap:12px}
-svg.chart{width:100%;height:auto;border:1px solid #e9ecef;border-radius:6px}
-svg text{font-size:12px;fill:#495057} svg .title{font-size:14px;font-weight:600;fill:#212529} svg .label{fill:#212529}
-svg .grid{stroke:#e9ecef} svg .axis{stroke:#868e96;fill:none} svg .best{stroke:#c92a2a;stroke-dasharray:5 3}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums} td,th{padding:4px 10px}
 .report td,.report thead th{text-align:right} .report td:first-child{text-align:left}
 .report thead th{border-bottom:2px solid #dee2e6} .report tr.sep td{padding-top:10px;border-top:1px solid #dee2e6}
@@ -186,7 +183,7 @@ std::string report_page(const json& run, const Metrics& m, const std::optional<E
 
   std::string h = "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
                   "content='width=device-width,initial-scale=1'><title>" + esc(model) + " training report — tessera</title><style>" +
-                  kStyle + "</style></head><body><main>";
+                  kStyle + kChartStyle + "</style></head><body><main>";
   if (field(data, "synthetic").is_boolean() && data["synthetic"].get<bool>())
     h += "<div class='banner'>SYNTHETIC DATA — this run trained and was evaluated on generated images, not the "
          "real data set. Its numbers say nothing about real performance.</div>";
