@@ -15,6 +15,7 @@
 #include "tests/temp_dir.h"
 #include "train/report.h"
 #include "train/report_figures.h"
+#include "train/report_figures.h"
 
 using namespace tessera;
 using json = nlohmann::json;
@@ -144,6 +145,27 @@ TEST_CASE("report: a self-contained page with the run's numbers, charts, matrix 
   CHECK(count(html, "<figure class='wrong'") == 2);
   CHECK(html.find("could not be read") != std::string::npos);
   CHECK(html.find("img3.png") != std::string::npos);
+  // No checkpoint in this run folder: the attention section says why it has no maps.
+  CHECK(html.find("No attention maps: the checkpoint could not be read") != std::string::npos);
+}
+
+TEST_CASE("report: where the model looked — rollout and relevance over the shown Testing images") {
+  TempDir dir("report-attention");
+  make_run(dir);
+  // The evaluated checkpoint: the tiny CvT fixture (a Hugging Face folder: nothing to verify, loads as is).
+  fs::copy(fs::path(TESSERA_SOURCE_DIR) / "tests/fixtures/models/tiny-cvt", dir / "best", fs::copy_options::recursive);
+  train::write_report(dir.path.string());
+  const std::string html = read_file(dir / "report.html");
+  CHECK(html.find("Where the model looked") != std::string::npos);
+  if (!train::figures_unavailable().empty()) {
+    CHECK(html.find("No attention maps: ") != std::string::npos);
+    return;
+  }
+  CHECK(html.find("Relevance (Chefer et al. 2021)") != std::string::npos);
+  // The 5 readable images, each with its rollout and relevance map as PNGs, after the 5 JPEG thumbnails.
+  CHECK(count(html, "<img class='attn'") == 10);
+  CHECK(count(html, "<figure class='wrong'") == 4);  // 2 wrong thumbnails, and their 2 map pairs
+  CHECK(html.find("No attention maps") == std::string::npos);
 }
 
 TEST_CASE("report: confusion_matrix.png is a PNG of the matrix, inlined in the page") {

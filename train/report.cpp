@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "engine/core/fileio.h"
+#include "train/report_attention.h"
 #include "train/report_figures.h"
 #include "train/report_files.h"
 #include "train/report_page.h"
@@ -28,7 +29,9 @@ void write_report(const std::string& run_dir) {
   if (fs::exists(eval_path)) eval = read_eval(eval_path);
   const std::optional<std::string> png = eval ? confusion_matrix_png(*eval) : std::nullopt;
   if (eval && !png) std::cerr << "report: no confusion_matrix.png: " << figures_unavailable() << "\n";
-  const std::string html = report_page(run, metrics, eval, png, run_dir);
+  std::optional<ReportAttention> attention;
+  if (eval) attention = report_attention(*eval, run_dir);
+  const std::string html = report_page(run, metrics, eval, png, run_dir, attention ? &*attention : nullptr);
   if (png) write_file_atomic((dir / "confusion_matrix.png").string(), *png);
   write_file_atomic((dir / "report.html").string(), html);
 }

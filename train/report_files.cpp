@@ -121,4 +121,17 @@ Eval read_eval(const std::string& path) {
   return e;
 }
 
+std::vector<size_t> shown_predictions(const Eval& e, int per_kind) {
+  std::vector<size_t> out;
+  for (size_t c = 0; c < e.classes.size(); ++c)
+    for (const bool right : {true, false}) {
+      int shown = 0;
+      for (size_t i = 0; i < e.predictions.size() && shown < per_kind; ++i) {
+        const Prediction& p = e.predictions[i];
+        if (size_t(p.label) == c && (p.label == p.pred) == right) out.push_back(i), ++shown;
+      }
+    }
+  return out;
+}
+
 }  // namespace tessera::train

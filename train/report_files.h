@@ -53,5 +53,8 @@ struct Eval {
 };
 // Throws naming the file when a field is missing or mistyped, or the matrix is not one row per class.
 Eval read_eval(const std::string& path);
+// The Testing images the report shows: for each class, up to `per_kind` correct and `per_kind` wrong
+// predictions in file order, as indices into e.predictions (correct first within a class).
+std::vector<size_t> shown_predictions(const Eval& e, int per_kind = 4);
 
 }  // namespace tessera::train

@@ -69,6 +69,7 @@ img.cmpng{max-width:100%;border:1px solid #e9ecef;border-radius:6px}
 figure{margin:0;width:132px;padding:4px;border:3px solid #2b8a3e;border-radius:6px;background:#f8f9fa}
 figure.wrong{border-color:#c92a2a;background:#fff5f5}
 figure .img{height:112px;display:flex;align-items:center;justify-content:center}
+figure .pair{display:flex;gap:4px} img.attn{width:170px;height:auto}
 figcaption{font-size:11px;line-height:1.35;margin-top:4px}
 figcaption .file{font-weight:600;white-space:nowrap;text-overflow:ellipsis;overflow:hidden} figcaption .bad{color:#c92a2a;font-weight:700}
 .tag{background:#364fc7;color:#fff;border-radius:3px;padding:0 4px;font-size:10px}
@@ -125,51 +126,79 @@ std::string confusion_table(const Eval& e) {
   return s + "</table>";
 }
 
-// For each class, up to 4 correct and 4 wrong Testing images in file order, as ~112 px JPEG thumbnails.
+// A shown image's caption: file, true and predicted class, probability, novelty.
+std::string caption(const Eval& e, const Prediction& p) {
+  const bool right = p.label == p.pred;
+  return "<figcaption><div class='file'>" + esc(fs::path(p.path).filename().string()) + "</div>true: " +
+         breakable(e.classes[size_t(p.label)]) + "<br>" + (right ? "&#10003; pred: " : "<span class='bad'>&#10007; pred: ") +
+         breakable(e.classes[size_t(p.pred)]) + (right ? "" : "</span>") + "<br>" +
+         (std::isfinite(p.prob) ? "p = " + fmt("%.2f", p.prob) : "") + (p.novel ? " <span class='tag'>novel</span>" : "") +
+         "</figcaption>";
+}
+
+// For each class, up to 4 correct and 4 wrong Testing images in file order (shown_predictions), as ~112 px
+// JPEG thumbnails.
 std::string thumbnails(const Eval& e) {
-  constexpr int kPerKind = 4, kSize = 112;
+  constexpr int kSize = 112;
+  std::vector<int64_t> total(e.classes.size(), 0), correct(e.classes.size(), 0);
+  for (const Prediction& p : e.predictions)
+    if (size_t(p.label) < e.classes.size()) ++total[size_t(p.label)], correct[size_t(p.label)] += p.label == p.pred;
+  std::vector<std::string> figs(e.classes.size());
   std::string s, skipped;
-  for (size_t c = 0; c < e.classes.size(); ++c) {
-    int shown[2] = {0, 0}, total = 0, correct = 0;
-    std::string figs[2];
-    for (const Prediction& p : e.predictions) {
-      if (size_t(p.label) != c) continue;
-      const bool right = p.label == p.pred;
-      ++total, correct += right;
-      if (shown[right] == kPerKind) continue;
-      Image im;
-      try {
-        im = decode_image(p.path);
-      } catch (const ImageError& err) {
-        skipped += "<li>" + esc(err.what()) + "</li>";
-        continue;
-      }
-      const double f = std::min(1.0, double(kSize) / std::max(im.width, im.height));
-      im = resize(im, std::max(1, int(std::lround(im.width * f))), std::max(1, int(std::lround(im.height * f))), Filter::Bilinear);
-      ++shown[right];
-      const std::string file = fs::path(p.path).filename().string();
-      figs[right] += std::string("<figure class='") + (right ? "right" : "wrong") + "' title='" + esc(p.path) +
-                     "'><div class='img'><img alt='" + esc(file) + "' width='" + std::to_string(im.width) +
-                     "' height='" + std::to_string(im.height) + "' src='data:image/jpeg;base64," +
-                     base64(jpeg(im)) + "'></div><figcaption><div class='file'>" + esc(file) +
-                     "</div>true: " + breakable(e.classes[size_t(p.label)]) + "<br>" +
-                     (right ? "&#10003; pred: " : "<span class='bad'>&#10007; pred: ") +
-                     breakable(e.classes[size_t(p.pred)]) + (right ? "" : "</span>") + "<br>" +
-                     (std::isfinite(p.prob) ? "p = " + fmt("%.2f", p.prob) : "") +
-                     (p.novel ? " <span class='tag'>novel</span>" : "") + "</figcaption></figure>";
+  for (size_t i : shown_predictions(e)) {
+    const Prediction& p = e.predictions[i];
+    const bool right = p.label == p.pred;
+    Image im;
+    try {
+      im = decode_image(p.path);
+    } catch (const ImageError& err) {
+      skipped += "<li>" + esc(err.what()) + "</li>";
+      continue;
     }
-    s += "<h3>" + esc(e.classes[c]) + " <span class='sub'>— " + std::to_string(correct) + " of " +
-         std::to_string(total) + " correct</span></h3>";
-    s += total == 0 ? "<p class='sub'>No predictions for this class.</p>" : "<div class='thumbs'>" + figs[1] + figs[0] + "</div>";
+    const double f = std::min(1.0, double(kSize) / std::max(im.width, im.height));
+    im = resize(im, std::max(1, int(std::lround(im.width * f))), std::max(1, int(std::lround(im.height * f))), Filter::Bilinear);
+    const std::string file = fs::path(p.path).filename().string();
+    figs[size_t(p.label)] += std::string("<figure class='") + (right ? "right" : "wrong") + "' title='" + esc(p.path) +
+                             "'><div class='img'><img alt='" + esc(file) + "' width='" + std::to_string(im.width) +
+                             "' height='" + std::to_string(im.height) + "' src='data:image/jpeg;base64," +
+                             base64(jpeg(im)) + "'></div>" + caption(e, p) + "</figure>";
+  }
+  for (size_t c = 0; c < e.classes.size(); ++c) {
+    s += "<h3>" + esc(e.classes[c]) + " <span class='sub'>— " + std::to_string(correct[c]) + " of " +
+         std::to_string(total[c]) + " correct</span></h3>";
+    s += total[c] == 0 ? "<p class='sub'>No predictions for this class.</p>" : "<div class='thumbs'>" + figs[c] + "</div>";
   }
   if (!skipped.empty()) s += "<p class='note'>Images that could not be read were skipped:</p><ul>" + skipped + "</ul>";
+  return s;
+}
+
+// The same images' rollout and relevance maps, per class.
+std::string attention_maps(const Eval& e, const ReportAttention& a) {
+  if (!a.note.empty()) return "<p class='note'>" + esc(a.note) + "</p>";
+  std::vector<std::string> figs(e.classes.size());
+  for (size_t i : shown_predictions(e)) {
+    const Prediction& p = e.predictions[i];
+    const auto it = a.by_path.find(p.path);
+    if (it == a.by_path.end()) continue;
+    auto img = [](const std::string& png, const char* what) {
+      return png.empty() ? std::string() : std::string("<img class='attn' alt='") + what + "' src='data:image/png;base64," +
+                                               base64(png) + "'>";
+    };
+    figs[size_t(p.label)] += std::string("<figure class='") + (p.label == p.pred ? "right" : "wrong") + "' title='" +
+                             esc(p.path) + "'><div class='pair'>" + img(it->second.rollout_png, "rollout") +
+                             img(it->second.relevance_png, "relevance") + "</div>" + caption(e, p) + "</figure>";
+  }
+  std::string s = "<p class='sub'>" + esc(a.method) + "</p>";
+  for (size_t c = 0; c < e.classes.size(); ++c)
+    if (!figs[c].empty()) s += "<h3>" + esc(e.classes[c]) + "</h3><div class='thumbs'>" + figs[c] + "</div>";
   return s;
 }
 
 }  // namespace
 
 std::string report_page(const json& run, const Metrics& m, const std::optional<Eval>& e,
-                        const std::optional<std::string>& png, const std::string& run_dir) {
+                        const std::optional<std::string>& png, const std::string& run_dir,
+                        const ReportAttention* attention) {
   std::vector<std::string> classes;
   if (field(run, "classes").is_array())
     for (const json& c : run["classes"]) classes.push_back(text_of(c));
@@ -307,7 +336,10 @@ std::string report_page(const json& run, const Metrics& m, const std::optional<E
   if (e) h += "<p class='sub'>Per class, up to 4 correct (green) and 4 wrong (red) predictions in file order; "
               "the number is the predicted class's probability.</p>" + thumbnails(*e);
   else h += "<p class='note'>No evaluation yet.</p>";
-  h += "</section><p class='sub'>Written by tessera " TESSERA_VERSION " (tessera report).</p></main></body></html>\n";
+  h += "</section>";
+  if (e && attention)
+    h += "<section><h2>Where the model looked</h2>" + attention_maps(*e, *attention) + "</section>";
+  h += "<p class='sub'>Written by tessera " TESSERA_VERSION " (tessera report).</p></main></body></html>\n";
   return h;
 }
 
