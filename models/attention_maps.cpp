@@ -41,6 +41,8 @@ std::vector<AttentionLayout> attention_layouts(const ModelConfig& config, int64_
     for (int64_t l = 0; l < v->num_hidden_layers; ++l) {
       AttentionLayout a;
       a.layer = l, a.heads = v->num_attention_heads, a.cls = true;
+      a.input_rows = height, a.input_cols = width;
+      a.embed_kernel = a.embed_stride = v->patch_size, a.embed_padding = 0;
       a.query_rows = a.key_rows = rows, a.query_cols = a.key_cols = cols;
       a.scale = 1.0 / std::sqrt(double(v->hidden_size / v->num_attention_heads));  // head_dim^-0.5
       a.query_origin = a.key_origin = double(v->patch_size) / 2;  // patch r covers rows P·r .. P·r + P − 1
@@ -53,6 +55,7 @@ std::vector<AttentionLayout> attention_layouts(const ModelConfig& config, int64_
   int64_t H = height, W = width, layer = 0;
   std::pair<double, double> tokens{0.5, 1.0};  // the stage's token centres, starting from the pixels
   for (size_t s = 0; s < 3; ++s) {
+    const int64_t input_rows = H, input_cols = W;
     H = conv_out(H, c.patch_sizes[s], c.patch_stride[s], c.patch_padding[s]);  // the stage's token grid
     W = conv_out(W, c.patch_sizes[s], c.patch_stride[s], c.patch_padding[s]);
     tokens = conv_centres(tokens, c.patch_sizes[s], c.patch_stride[s], c.patch_padding[s]);
@@ -68,6 +71,8 @@ std::vector<AttentionLayout> attention_layouts(const ModelConfig& config, int64_
       a.key_cols = conv_out(W, c.kernel_qkv[s], c.stride_kv[s], c.padding_kv[s]);
       a.scale = std::pow(double(c.embed_dim[s]), -0.5);  // CvT scales by the whole stage width
       a.kernel = c.kernel_qkv[s], a.stride = c.stride_kv[s], a.padding = c.padding_kv[s];
+      a.input_rows = input_rows, a.input_cols = input_cols;
+      a.embed_kernel = c.patch_sizes[s], a.embed_stride = c.patch_stride[s], a.embed_padding = c.patch_padding[s];
       std::tie(a.query_origin, a.query_step) = conv_centres(tokens, c.kernel_qkv[s], c.stride_q[s], c.padding_q[s]);
       std::tie(a.key_origin, a.key_step) = conv_centres(tokens, c.kernel_qkv[s], c.stride_kv[s], c.padding_kv[s]);
       out.push_back(a);
@@ -177,28 +182,39 @@ Tensor weigh_heads_by_gradient(const Tensor& probs, const Tensor& grads, MapMeth
 
 namespace {
 
-// The nonzeros of S's row for each key: (query token, weight). Key (a, b) covers query rows
-// R = [a·s − p, a·s − p + k − 1] ∩ [0, rows) and columns C alike; S[key][(r, c)] = 1 / (|R|·|C|).
-std::vector<std::vector<std::pair<int64_t, double>>> transport_rows(const AttentionLayout& l) {
-  std::vector<std::vector<std::pair<int64_t, double>>> rows(size_t(l.keys()));
-  const int64_t cls = l.cls;
-  if (l.cls) rows[0] = {{0, 1.0}};
-  auto span = [&](int64_t a, int64_t n) {  // the in-bounds query range of key coordinate a
-    return std::pair<int64_t, int64_t>{std::max<int64_t>(a * l.stride - l.padding, 0),
-                                       std::min<int64_t>(a * l.stride - l.padding + l.kernel, n)};
+// A convolution's receptive fields as a transport: for each output token (a, b) of an out_rows × out_cols
+// grid, the in-bounds input positions it covers, R = [a·s − p, a·s − p + k − 1] ∩ [0, in_rows) and columns
+// C alike, each with weight 1 / (|R|·|C|). Tokens are numbered from `first` on both sides (1 past a cls
+// token). Throws when a token covers nothing (`what` names the layer or stage).
+std::vector<std::vector<std::pair<int64_t, double>>> receptive_rows(int64_t out_rows, int64_t out_cols, int64_t in_rows,
+                                                                    int64_t in_cols, int64_t kernel, int64_t stride,
+                                                                    int64_t padding, int64_t first, const std::string& what) {
+  std::vector<std::vector<std::pair<int64_t, double>>> rows(size_t(first + out_rows * out_cols));
+  auto span = [&](int64_t a, int64_t n) {  // the in-bounds input range of output coordinate a
+    return std::pair<int64_t, int64_t>{std::max<int64_t>(a * stride - padding, 0),
+                                       std::min<int64_t>(a * stride - padding + kernel, n)};
   };
-  for (int64_t a = 0; a < l.key_rows; ++a)
-    for (int64_t b = 0; b < l.key_cols; ++b) {
-      const auto [r0, r1] = span(a, l.query_rows);
-      const auto [c0, c1] = span(b, l.query_cols);
+  for (int64_t a = 0; a < out_rows; ++a)
+    for (int64_t b = 0; b < out_cols; ++b) {
+      const auto [r0, r1] = span(a, in_rows);
+      const auto [c0, c1] = span(b, in_cols);
       if (r1 <= r0 || c1 <= c0)
-        throw std::invalid_argument("layer " + std::to_string(l.layer) + ": key (" + std::to_string(a) + ", " +
-                                    std::to_string(b) + ") covers no query position");
+        throw std::invalid_argument(what + ": token (" + std::to_string(a) + ", " + std::to_string(b) +
+                                    ") covers no position of the grid below it");
       const double w = 1.0 / double((r1 - r0) * (c1 - c0));
-      auto& row = rows[size_t(cls + a * l.key_cols + b)];
+      auto& row = rows[size_t(first + a * out_cols + b)];
       for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = c0; c < c1; ++c) row.emplace_back(cls + r * l.query_cols + c, w);
+        for (int64_t c = c0; c < c1; ++c) row.emplace_back(first + r * in_cols + c, w);
     }
+  return rows;
+}
+
+// The nonzeros of S's row for each key: the key convolution's receptive fields over the query grid; the cls
+// key maps to the cls query.
+std::vector<std::vector<std::pair<int64_t, double>>> transport_rows(const AttentionLayout& l) {
+  auto rows = receptive_rows(l.key_rows, l.key_cols, l.query_rows, l.query_cols, l.kernel, l.stride, l.padding,
+                             int64_t(l.cls), "layer " + std::to_string(l.layer) + " key");
+  if (l.cls) rows[0] = {{0, 1.0}};
   return rows;
 }
 
@@ -371,6 +387,113 @@ AttentionMap attention_map(const std::vector<Tensor>& probs, const std::vector<T
     for (int64_t p = 0; p < P; ++p) map[size_t(b * P + p)] = float(peak > 0 ? rb[p] / peak : 0.0);
   }
   out.map = Tensor::from(map, {B, last.query_rows, last.query_cols});
+  return out;
+}
+
+PixelMaps attention_map_to_pixels(const std::vector<Tensor>& probs, const std::vector<Tensor>& grads,
+                                  const std::vector<AttentionLayout>& layouts, const MapOptions& options) {
+  const std::string name = map_method_name(options.method);
+  if (probs.size() != layouts.size() || probs.empty())
+    throw std::invalid_argument(name + " to pixels: " + std::to_string(probs.size()) + " captured layers for " +
+                                std::to_string(layouts.size()) + " layouts");
+  for (size_t i = 0; i < layouts.size(); ++i)
+    if (layouts[i].layer != int64_t(i))
+      throw std::invalid_argument(name + " to pixels needs every layer in order; got layer " +
+                                  std::to_string(layouts[i].layer) + " at position " + std::to_string(i));
+  const bool weighted = needs_gradients(options.method), relevance = options.method == MapMethod::Relevance;
+  if (weighted && grads.size() != probs.size())
+    throw std::invalid_argument(name + " needs the gradients of every layer: " + std::to_string(grads.size()) +
+                                " for " + std::to_string(probs.size()) + " layers");
+  if (options.discard != 0)
+    throw std::invalid_argument(name + " to pixels takes no discard (it never forms the matrices discard ranks)");
+  const AttentionLayout& last = layouts.back();
+  if (!last.cls) throw std::invalid_argument(name + " needs a cls token; layer " + std::to_string(last.layer) + " has none");
+  check_shape(probs[0], 4, "attention probabilities");
+  const int64_t B = probs[0].size(0);
+  std::vector<std::vector<double>> r(size_t(B), std::vector<double>(size_t(last.queries()), 0.0));
+  for (auto& rb : r) rb[0] = 1.0;  // e_cls
+  PixelMaps out;
+  out.stages.resize(size_t(last.stage + 1));
+  out.cls_dropped.assign(size_t(B), 0.0);
+  auto scaled = [&](const std::vector<std::vector<double>>& v, size_t from, int64_t rows, int64_t cols) {
+    std::vector<float> m(size_t(B * rows * cols));
+    for (int64_t b = 0; b < B; ++b) {
+      const double* vb = v[size_t(b)].data() + from;
+      const double peak = *std::max_element(vb, vb + rows * cols);
+      for (int64_t k = 0; k < rows * cols; ++k) m[size_t(b * rows * cols + k)] = float(peak > 0 ? vb[k] / peak : 0.0);
+    }
+    return Tensor::from(m, {B, rows, cols});
+  };
+  size_t l = layouts.size();
+  for (int64_t stage = last.stage; stage >= 0; --stage) {
+    const size_t stage_end = l;
+    while (l > 0 && layouts[l - 1].stage == stage) {  // r ← r·M_l, the stage's layers last first
+      const AttentionLayout& a = layouts[--l];
+      Tensor fused;
+      try {
+        fused = weighted ? weigh_heads_by_gradient(probs[l], grads[l], options.method, options.heads)
+                         : fuse_heads(probs[l], options.fusion, options.heads);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument("layer " + std::to_string(a.layer) + ": " + e.what());
+      }
+      const int64_t Tq = a.queries(), Tk = a.keys();
+      if (fused.size(0) != B || fused.size(1) != Tq || fused.size(2) != Tk)
+        throw std::invalid_argument("layer " + std::to_string(a.layer) + ": attention " + probs[l].str() +
+                                    " does not match its layout's " + std::to_string(Tq) + " queries and " +
+                                    std::to_string(Tk) + " keys");
+      const std::vector<double> f = fused.to_vector<double>();
+      const auto rows = transport_rows(a);
+      std::vector<double> v(static_cast<size_t>(Tk));
+      for (int64_t b = 0; b < B; ++b) {
+        const double* F = f.data() + b * Tq * Tk;
+        std::vector<double>& u = r[size_t(b)];
+        if (!relevance)  // ρ_i = Σ_j (Ā·S)[i, j] + 1 = Σ_t Ā[i, t] + 1, S's rows summing to 1
+          for (int64_t i = 0; i < Tq; ++i) {
+            double rho = 1;
+            for (int64_t t = 0; t < Tk; ++t) rho += F[i * Tk + t];
+            u[size_t(i)] /= rho;
+          }
+        std::fill(v.begin(), v.end(), 0.0);
+        for (int64_t i = 0; i < Tq; ++i)
+          if (u[size_t(i)] != 0)
+            for (int64_t t = 0; t < Tk; ++t) v[size_t(t)] += u[size_t(i)] * F[i * Tk + t];
+        for (int64_t t = 0; t < Tk; ++t)  // u + v·S: the identity's share, then the keys' spread over queries
+          for (const auto& [j, w] : rows[size_t(t)]) u[size_t(j)] += v[size_t(t)] * w;
+      }
+    }
+    if (l == stage_end) throw std::invalid_argument(name + " to pixels: stage " + std::to_string(stage) + " has no layer");
+    const AttentionLayout& a = layouts[l];  // the stage's first layer: its query grid is the stage's token grid
+    out.stages[size_t(stage)] = scaled(r, size_t(a.cls), a.query_rows, a.query_cols);
+    if (a.cls)
+      for (int64_t b = 0; b < B; ++b) {  // the cls token has no ancestor below: its share is dropped
+        std::vector<double>& rb = r[size_t(b)];
+        double total = 0;
+        for (double x : rb) total += x;
+        if (stage == last.stage) out.cls_dropped[size_t(b)] = total > 0 ? rb[0] / total : 0.0;
+        rb.erase(rb.begin());
+      }
+    // Down through the stage's embedding convolution to the grid below (the pixels for stage 0).
+    const auto embed = receptive_rows(a.query_rows, a.query_cols, a.input_rows, a.input_cols, a.embed_kernel,
+                                      a.embed_stride, a.embed_padding, 0, "stage " + std::to_string(stage) + " embedding");
+    const bool below_cls = l > 0 && layouts[l - 1].cls;
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<double> next(size_t(int64_t(below_cls) + a.input_rows * a.input_cols), 0.0);
+      for (size_t t = 0; t < embed.size(); ++t)
+        for (const auto& [j, w] : embed[t]) next[size_t(int64_t(below_cls) + j)] += r[size_t(b)][t] * w;
+      r[size_t(b)] = std::move(next);
+    }
+    if (stage == 0) {
+      // Each pixel's value is the weighted mean of the tokens covering it (divided by E's column sum), not
+      // their summed mass: overlapping receptive fields would otherwise print their overlap as a grid.
+      std::vector<double> coverage(size_t(a.input_rows * a.input_cols), 0.0);
+      for (const auto& row : embed)
+        for (const auto& [j, w] : row) coverage[size_t(j)] += w;
+      for (auto& rb : r)
+        for (size_t j = 0; j < rb.size(); ++j) rb[j] = coverage[j] > 0 ? rb[j] / coverage[j] : 0.0;
+      out.pixels = scaled(r, 0, a.input_rows, a.input_cols);
+      break;
+    }
+  }
   return out;
 }
 

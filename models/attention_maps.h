@@ -36,6 +36,11 @@ struct AttentionLayout {
   // sits at (query_origin + query_step·r, query_origin + query_step·c), key (a, b) alike. A convolution
   // (kernel k, stride s, padding p) turns its input grid's (origin o, step d) into (o + d·((k − 1)/2 − p), d·s).
   double query_origin = 0.5, query_step = 1, key_origin = 0.5, key_step = 1;
+  // Where the stage's tokens come from: a convolution (kernel, stride, padding) over the previous stage's
+  // token grid, or over the pixels for the first stage (ViT: its patch embedding). Token (a, b) covers input
+  // rows a·stride − padding .. a·stride − padding + kernel − 1 (columns alike); the query grid is the token
+  // grid (CvT's queries are unstrided).
+  int64_t input_rows = 0, input_cols = 0, embed_kernel = 1, embed_stride = 1, embed_padding = 0;
   int64_t queries() const { return int64_t(cls) + query_rows * query_cols; }
   int64_t keys() const { return int64_t(cls) + key_rows * key_cols; }
 };
@@ -104,6 +109,25 @@ struct AttentionMap {
 // layer does not have, or missing gradients.
 AttentionMap attention_map(const std::vector<Tensor>& probs, const std::vector<Tensor>& grads,
                            const std::vector<AttentionLayout>& layouts, const MapOptions& options);
+
+// tessera's maps through every stage down to the pixels, for CvT's stages 1-2, which have no cls token of
+// their own (and for ViT, down from its patches). The cls row r of the last stage's product (as in
+// attention_map, without discard) is carried down: at a stage boundary the cls entry is dropped (the
+// stage-3 cls token has no ancestor in stage 2; `cls_dropped` reports its share of r) and every token's
+// entry is spread uniformly over the in-bounds positions of its embedding convolution's receptive field (E,
+// rows summing to 1), then multiplied through that stage's layers, last first; on the pixels, each pixel
+// gets the E-weighted mean of the tokens covering it (overlapping fields would otherwise draw a grid). Only
+// the row vector is propagated: r·M_l is computed as ((r ⊘ ρ)·Ā_l)·S_l + r ⊘ ρ (ρ_i: row i's sum of
+// Ā_l·S_l + I; relevance uses r·Ā_l·S_l + r), so no Tq × Tq matrix is formed (3136² at 224 px). Needs
+// every layer's probabilities
+// (and gradients for the gradient methods) in layer order.
+struct PixelMaps {
+  Tensor pixels;                  // f32 (B, height, width), scaled to max 1 per image
+  std::vector<Tensor> stages;     // per stage, f32 (B, rows, cols): r on its token grid, scaled to max 1
+  std::vector<double> cls_dropped;  // per image: the cls entry's share of r when leaving the last stage
+};
+PixelMaps attention_map_to_pixels(const std::vector<Tensor>& probs, const std::vector<Tensor>& grads,
+                                  const std::vector<AttentionLayout>& layouts, const MapOptions& options);
 
 // One forward and backward of `model` in eval mode on pixels (B, C, H, W): the listed layers'
 // probabilities and their gradients ∂y/∂A, y = Σ_b logits[b, classes[b]] (images do not interact in eval

@@ -284,6 +284,52 @@ TEST_CASE("attention gradients and head importance equal transformers' (fixtures
   }
 }
 
+TEST_CASE("maps down to the pixels equal numpy's dense chain through every stage") {
+  for (const char* name : {"vit", "cvt"}) {
+    AttnFixture fx(name);
+    const auto layouts = fx.layouts();
+    std::vector<int64_t> all;
+    for (const auto& a : layouts) all.push_back(a.layer);
+    std::vector<Tensor> grads;
+    for (int64_t l : all) grads.push_back(fx.ref.at("grads." + std::to_string(l)));
+    for (MapMethod m : {MapMethod::Rollout, MapMethod::GradRollout, MapMethod::Relevance}) {
+      std::string key = map_method_name(m);
+      std::replace(key.begin(), key.end(), '-', '_');
+      INFO(name << " " << key);
+      const PixelMaps p = attention_map_to_pixels(fx.probs(all), grads, layouts, {m, HeadFusion::Mean, 0, {}});
+      // Both sides in float64 from the same float32 inputs; the row-vector products and numpy's dense
+      // matrices sum in different orders (≤ 140-term sums over ≤ 6 layers: ~1e-13 relative), and the maps are
+      // stored in float32: kMapTol.
+      CHECK(max_abs_diff(p.pixels, fx.ref.at("to_pixels." + key)) <= kMapTol);
+      REQUIRE(p.stages.size() == (std::string(name) == "vit" ? 1u : 3u));
+      for (size_t s = 0; s < p.stages.size(); ++s)
+        CHECK(max_abs_diff(p.stages[s], fx.ref.at("to_pixels." + key + ".stage" + std::to_string(s))) <= kMapTol);
+      const auto dropped = fx.ref.at("to_pixels." + key + ".cls_dropped").to_vector<double>();
+      for (size_t b = 0; b < 2; ++b) CHECK(std::abs(p.cls_dropped[b] - dropped[b]) <= 1e-12);
+      // The last stage's map is the one attention_map gives (the same products, one as matrices).
+      const AttentionMap last = attention_map(fx.probs(fx.rollout), m == MapMethod::Rollout ? std::vector<Tensor>{} : [&] {
+        std::vector<Tensor> g;
+        for (int64_t l : fx.rollout) g.push_back(grads[size_t(l)]);
+        return g;
+      }(), pick(layouts, fx.rollout), {m, HeadFusion::Mean, 0, {}});
+      CHECK(max_abs_diff(p.stages.back(), last.map) <= kMapTol);
+    }
+  }
+}
+
+TEST_CASE("maps down to the pixels: bad input is refused with the reason") {
+  AttnFixture fx("cvt");
+  const auto layouts = fx.layouts();
+  std::vector<int64_t> all;
+  for (const auto& a : layouts) all.push_back(a.layer);
+  CHECK(contains(error_of([&] { attention_map_to_pixels(fx.probs(fx.rollout), {}, pick(layouts, fx.rollout), {}); }),
+                 "needs every layer in order"));
+  CHECK(contains(error_of([&] { attention_map_to_pixels(fx.probs(all), {}, layouts, {MapMethod::Rollout, HeadFusion::Mean, 0.5, {}}); }),
+                 "takes no discard"));
+  CHECK(contains(error_of([&] { attention_map_to_pixels(fx.probs(all), {}, layouts, {MapMethod::Relevance, HeadFusion::Mean, 0, {}}); }),
+                 "needs the gradients of every layer"));
+}
+
 TEST_CASE("S = I (stride 1, kernel 1, padding 0): the CvT path reduces exactly to the ViT formulas") {
   AttentionLayout a;
   a.cls = true, a.heads = 3, a.query_rows = a.key_rows = 3, a.query_cols = a.key_cols = 4;

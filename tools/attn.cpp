@@ -141,7 +141,18 @@ std::string write_pictures(const AttnOptions& o, const std::vector<models::Atten
       if (m.contains("explained")) row.title += " · explaining " + m["explained"][size_t(b)].get<std::string>();
       row.method = m["formula"].get<std::string>();
       row.figures.push_back(picture(stem + tensor + ".png", train::heat_map_png(im, h, m["name"].get<std::string>()),
-                                    m["name"].get<std::string>()));
+                                    m["name"].get<std::string>() + ", last stage"));
+      if (m.contains("pixels") && m["pixels"]["tensor"].is_string()) {
+        const std::string pt = m["pixels"]["tensor"].get<std::string>();
+        const train::HeatMap px{im.height, im.width, 0.5, 1.0,
+                                tensors.at(pt).select(0, b).to(DType::f64).contiguous().to_vector<double>()};
+        row.method += " Second picture: " + m["pixels"]["formula"].get<std::string>() +
+                      train::fmt(" Here the cls entry held %.3f of the row.", m["pixels"]["cls_dropped"][size_t(b)].get<double>());
+        std::string file = pt;
+        std::replace(file.begin(), file.end(), '.', '_');
+        row.figures.push_back(picture(stem + file + ".png", train::heat_map_png(im, px, m["name"].get<std::string>() + " · pixels"),
+                                      m["name"].get<std::string>() + ", every stage, on the pixels"));
+      }
       sec.rows.push_back(std::move(row));
     }
     if (!o.query.empty()) {
@@ -610,6 +621,10 @@ void run_attn(AttnOptions o) {
   // probabilities in the graph (models/attention_maps.h attention_gradients).
   std::vector<int64_t> watched = layers;
   watched.insert(watched.end(), rollout.begin(), rollout.end());
+  // CvT's maps also go down through every stage to the pixels: that needs every layer.
+  const bool to_pixels = !rollout.empty() && !o.map_methods.empty() && layouts.back().stage > 0;
+  if (to_pixels)
+    for (const auto& a : layouts) watched.push_back(a.layer);
   const bool gradients = !rollout.empty() && std::any_of(o.map_methods.begin(), o.map_methods.end(), models::needs_gradients);
   std::map<int64_t, Tensor> recorded, recorded_grads;
   std::vector<int64_t> explained;  // per image, the class the gradient methods explain
@@ -713,6 +728,25 @@ void run_attn(AttnOptions o) {
                              ", y_c the explained class's logit; R ← R + Ā_l·R layer by layer from R = I." + transport +
                              map_of;
         }
+      }
+      if (to_pixels && o.discard == 0) {
+        std::vector<Tensor> all_probs, all_grads;
+        for (const auto& a : layouts) {
+          all_probs.push_back(captured(a.layer));
+          if (gradients) all_grads.push_back(recorded_grads.at(a.layer));
+        }
+        const models::PixelMaps pm = models::attention_map_to_pixels(all_probs, all_grads, layouts, mo);
+        tensors[tensor + ".pixels"] = pm.pixels;
+        entry["pixels"] = {{"tensor", tensor + ".pixels"},
+                           {"cls_dropped", pm.cls_dropped},  // per image
+                           {"formula", "tessera's chain through every stage: the cls row r of the last stage's "
+                                       "product, its cls entry dropped (no ancestor below; cls_dropped is its share), "
+                                       "is spread over each token's embedding receptive field (E, rows summing to 1) "
+                                       "and multiplied through the stage below, layer by layer, down to the pixels; "
+                                       "scaled to max 1."}};
+      } else if (to_pixels) {
+        entry["pixels"] = {{"tensor", nullptr}, {"why", "no map on the pixels with --discard (it would rank Tq × Tq "
+                                                        "matrices the chain never forms)"}};
       }
       maps.push_back(entry);
     }

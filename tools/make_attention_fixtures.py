@@ -27,6 +27,11 @@ for those weights up to float64 rounding; they are stored as float32. One file p
   fixture.grad_rollout.<discard>     (2, rows, cols) float64 gradient-weighted rollout (vit-explain) from the
                                      stored float32 probabilities and gradients, for DISCARDS
   fixture.relevance                  (2, rows, cols) float64 relevance (Chefer et al. 2021) from the same
+  fixture.to_pixels.<method>         (2, H, W) float64: the map carried through every stage down to the pixels
+                                     (models/attention_maps.h attention_map_to_pixels), for rollout (mean),
+                                     grad_rollout and relevance, computed here with dense matrices
+  fixture.to_pixels.<method>.stage<s>  (2, rows, cols) the same row on stage s's token grid, max 1
+  fixture.to_pixels.<method>.cls_dropped  (2,) the cls entry's share of the row when leaving the last stage
   fixture.labels                     (2,) int64 labels for the head importance
   fixture.importance.<layer>         (heads,) Michel et al.'s head importance of every layer: the mean over
                                      images of |<ctx_h, dL/dctx_h>| = |<P_h, dL/dP_h>| (ctx_h = P_h V_h, so the
@@ -136,6 +141,44 @@ def relevance(probs, grads, transports, rows, cols):
     return np.stack(maps)
 
 
+def to_pixels(probs, grads, stages, method):
+    """Every layer, last first, with dense matrices: r <- r @ M_l (M = rownorm(F S + I), or I + F S for
+    relevance), then per stage boundary the cls entry dropped and r @ E (the embedding's receptive fields).
+    stages: [(layer indices, S, E, rows, cols, cls)] first stage first."""
+    batch = probs[0].shape[0]
+    pix, stage_maps, dropped = [], [[] for _ in stages], []
+    for b in range(batch):
+        r = None
+        for s in reversed(range(len(stages))):
+            layers, S, E, rows, cols, cls = stages[s]
+            if r is None:
+                r = np.zeros(S.shape[1])
+                r[0] = 1.0
+            for l in reversed(layers):
+                P = probs[l][b].astype(np.float64)
+                if method == "rollout":
+                    F = P.mean(axis=0)
+                elif method == "grad_rollout":
+                    F = np.maximum((P * grads[l][b]).mean(axis=0), 0.0)
+                else:
+                    F = np.maximum(grads[l][b] * P, 0.0).mean(axis=0)
+                M = carry(F, S) + np.eye(S.shape[1])
+                if method != "relevance":
+                    M = M / M.sum(axis=-1, keepdims=True)
+                r = r @ M
+            c = int(cls)
+            stage_maps[s].append((r[c:] / r[c:].max()).reshape(rows, cols))
+            if cls:
+                if s == len(stages) - 1:
+                    dropped.append(r[0] / r.sum())
+                r = r[1:]
+            r = r @ E
+            last_E = E
+        r = r / last_E.sum(axis=0)  # on the pixels: the E-weighted mean of the covering tokens, not their mass
+        pix.append(r / r.max())
+    return pix, [np.stack(m) for m in stage_maps], np.array(dropped)
+
+
 def conv_out(n, k, s, p):
     return (n + 2 * p - k) // s + 1
 
@@ -196,6 +239,33 @@ def make(name, model, config, pixel_shape, gen, capture, extra):
         m, _ = rollout(stored, transports, "mean", discard, rows, cols, grads=stored_grads)
         out[f"fixture.grad_rollout.{discard}"] = torch.from_numpy(m)
     out["fixture.relevance"] = torch.from_numpy(relevance(stored, stored_grads, transports, rows, cols))
+
+    # Every stage down to the pixels.
+    H, W = pixel_shape[2], pixel_shape[3]
+    all_probs = [p.numpy().astype(np.float64) for p in probs]
+    all_grads = [out[f"fixture.grads.{l}"].numpy().astype(np.float64) for l in range(len(probs))]
+    stages = []
+    if name == "vit":
+        r_, c_ = H // config.patch_size, W // config.patch_size
+        E = transport(H, W, r_, c_, config.patch_size, config.patch_size, 0, False)
+        stages.append((list(range(config.num_hidden_layers)), np.eye(1 + r_ * c_), E, r_, c_, True))
+    else:
+        h, w, first = H, W, 0
+        for st in range(3):
+            k, s_, p_ = config.patch_sizes[st], config.patch_stride[st], config.patch_padding[st]
+            h2, w2 = conv_out(h, k, s_, p_), conv_out(w, k, s_, p_)
+            E = transport(h, w, h2, w2, k, s_, p_, False)
+            kq, skv, pkv = config.kernel_qkv[st], config.stride_kv[st], config.padding_kv[st]
+            S = transport(h2, w2, conv_out(h2, kq, skv, pkv), conv_out(w2, kq, skv, pkv), kq, skv, pkv, config.cls_token[st])
+            stages.append((list(range(first, first + config.depth[st])), S, E, h2, w2, config.cls_token[st]))
+            first += config.depth[st]
+            h, w = h2, w2
+    for method in ("rollout", "grad_rollout", "relevance"):
+        pix, stage_maps, dropped = to_pixels(all_probs, all_grads, stages, method)
+        out[f"fixture.to_pixels.{method}"] = torch.from_numpy(np.stack(pix).reshape(-1, H, W))
+        for st, m in enumerate(stage_maps):
+            out[f"fixture.to_pixels.{method}.stage{st}"] = torch.from_numpy(m)
+        out[f"fixture.to_pixels.{method}.cls_dropped"] = torch.from_numpy(dropped)
 
     tensors = dict(weights)
     tensors.update({k: v.contiguous() for k, v in out.items()})
