@@ -337,18 +337,40 @@ Tensor relevance_cls_row(const std::vector<Tensor>& matrices) {
   return Tensor::from(out, {B, T});
 }
 
-AttentionMap attention_map(const std::vector<Tensor>& probs, const std::vector<Tensor>& grads,
-                           const std::vector<AttentionLayout>& layouts, const MapOptions& options) {
-  const std::string name = map_method_name(options.method);
+namespace {
+// The checks attention_map and attention_map_to_pixels share: a layout per captured layer, gradients for the
+// gradient methods, a cls token in the last layer.
+void check_map_inputs(const std::string& name, const std::vector<Tensor>& probs, const std::vector<Tensor>& grads,
+                      const std::vector<AttentionLayout>& layouts, MapMethod method) {
   if (probs.size() != layouts.size() || probs.empty())
     throw std::invalid_argument(name + ": " + std::to_string(probs.size()) + " captured layers for " +
                                 std::to_string(layouts.size()) + " layouts");
+  if (needs_gradients(method) && grads.size() != probs.size())
+    throw std::invalid_argument(std::string(map_method_name(method)) + " needs the gradients of every layer: " +
+                                std::to_string(grads.size()) + " for " + std::to_string(probs.size()) + " layers");
+  if (!layouts.back().cls)
+    throw std::invalid_argument(std::string(map_method_name(method)) + " needs a cls token; layer " +
+                                std::to_string(layouts.back().layer) + " has none");
+}
+
+// Layer l's heads as one matrix Ā (B, Tq, Tk): fused (rollout) or weighed by the gradients.
+Tensor layer_matrix(const std::vector<Tensor>& probs, const std::vector<Tensor>& grads, size_t l,
+                    const AttentionLayout& a, const MapOptions& options) {
+  try {
+    return needs_gradients(options.method) ? weigh_heads_by_gradient(probs[l], grads[l], options.method, options.heads)
+                                           : fuse_heads(probs[l], options.fusion, options.heads);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument("layer " + std::to_string(a.layer) + ": " + e.what());
+  }
+}
+}  // namespace
+
+AttentionMap attention_map(const std::vector<Tensor>& probs, const std::vector<Tensor>& grads,
+                           const std::vector<AttentionLayout>& layouts, const MapOptions& options) {
+  const std::string name = map_method_name(options.method);
+  check_map_inputs(name, probs, grads, layouts, options.method);
   const bool weighted = needs_gradients(options.method);
-  if (weighted && grads.size() != probs.size())
-    throw std::invalid_argument(name + " needs the gradients of every layer: " + std::to_string(grads.size()) +
-                                " for " + std::to_string(probs.size()) + " layers");
   const AttentionLayout& last = layouts.back();
-  if (!last.cls) throw std::invalid_argument(name + " needs a cls token; layer " + std::to_string(last.layer) + " has none");
   AttentionMap out;
   std::vector<Tensor> matrices;
   for (size_t l = 0; l < probs.size(); ++l) {
@@ -356,13 +378,7 @@ AttentionMap attention_map(const std::vector<Tensor>& probs, const std::vector<T
     if (a.queries() != last.queries() || !a.cls)
       throw std::invalid_argument(name + ": layers " + std::to_string(a.layer) + " and " +
                                   std::to_string(last.layer) + " do not share a token grid with a cls token");
-    Tensor fused;
-    try {
-      fused = weighted ? weigh_heads_by_gradient(probs[l], grads[l], options.method, options.heads)
-                       : fuse_heads(probs[l], options.fusion, options.heads);
-    } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument("layer " + std::to_string(a.layer) + ": " + e.what());
-    }
+    const Tensor fused = layer_matrix(probs, grads, l, a, options);
     if (!weighted) {  // cls mass: (1/Tq)·Σ_i F[b, i, 0]
       const std::vector<double> f = fused.to_vector<double>();
       const int64_t B = fused.size(0), Tq = fused.size(1), Tk = fused.size(2);
@@ -392,22 +408,16 @@ AttentionMap attention_map(const std::vector<Tensor>& probs, const std::vector<T
 
 PixelMaps attention_map_to_pixels(const std::vector<Tensor>& probs, const std::vector<Tensor>& grads,
                                   const std::vector<AttentionLayout>& layouts, const MapOptions& options) {
-  const std::string name = map_method_name(options.method);
-  if (probs.size() != layouts.size() || probs.empty())
-    throw std::invalid_argument(name + " to pixels: " + std::to_string(probs.size()) + " captured layers for " +
-                                std::to_string(layouts.size()) + " layouts");
+  const std::string name = std::string(map_method_name(options.method)) + " to pixels";
+  check_map_inputs(name, probs, grads, layouts, options.method);
   for (size_t i = 0; i < layouts.size(); ++i)
     if (layouts[i].layer != int64_t(i))
-      throw std::invalid_argument(name + " to pixels needs every layer in order; got layer " +
+      throw std::invalid_argument(name + " needs every layer in order; got layer " +
                                   std::to_string(layouts[i].layer) + " at position " + std::to_string(i));
-  const bool weighted = needs_gradients(options.method), relevance = options.method == MapMethod::Relevance;
-  if (weighted && grads.size() != probs.size())
-    throw std::invalid_argument(name + " needs the gradients of every layer: " + std::to_string(grads.size()) +
-                                " for " + std::to_string(probs.size()) + " layers");
+  const bool relevance = options.method == MapMethod::Relevance;
   if (options.discard != 0)
-    throw std::invalid_argument(name + " to pixels takes no discard (it never forms the matrices discard ranks)");
+    throw std::invalid_argument(name + " takes no discard (it never forms the matrices discard ranks)");
   const AttentionLayout& last = layouts.back();
-  if (!last.cls) throw std::invalid_argument(name + " needs a cls token; layer " + std::to_string(last.layer) + " has none");
   check_shape(probs[0], 4, "attention probabilities");
   const int64_t B = probs[0].size(0);
   std::vector<std::vector<double>> r(size_t(B), std::vector<double>(size_t(last.queries()), 0.0));
@@ -429,13 +439,7 @@ PixelMaps attention_map_to_pixels(const std::vector<Tensor>& probs, const std::v
     const size_t stage_end = l;
     while (l > 0 && layouts[l - 1].stage == stage) {  // r ← r·M_l, the stage's layers last first
       const AttentionLayout& a = layouts[--l];
-      Tensor fused;
-      try {
-        fused = weighted ? weigh_heads_by_gradient(probs[l], grads[l], options.method, options.heads)
-                         : fuse_heads(probs[l], options.fusion, options.heads);
-      } catch (const std::invalid_argument& e) {
-        throw std::invalid_argument("layer " + std::to_string(a.layer) + ": " + e.what());
-      }
+      const Tensor fused = layer_matrix(probs, grads, l, a, options);
       const int64_t Tq = a.queries(), Tk = a.keys();
       if (fused.size(0) != B || fused.size(1) != Tq || fused.size(2) != Tk)
         throw std::invalid_argument("layer " + std::to_string(a.layer) + ": attention " + probs[l].str() +
@@ -461,7 +465,7 @@ PixelMaps attention_map_to_pixels(const std::vector<Tensor>& probs, const std::v
           for (const auto& [j, w] : rows[size_t(t)]) u[size_t(j)] += v[size_t(t)] * w;
       }
     }
-    if (l == stage_end) throw std::invalid_argument(name + " to pixels: stage " + std::to_string(stage) + " has no layer");
+    if (l == stage_end) throw std::invalid_argument(name + ": stage " + std::to_string(stage) + " has no layer");
     const AttentionLayout& a = layouts[l];  // the stage's first layer: its query grid is the stage's token grid
     out.stages[size_t(stage)] = scaled(r, size_t(a.cls), a.query_rows, a.query_cols);
     if (a.cls)
