@@ -200,7 +200,12 @@ run inspect "$ATTN-data/attn.safetensors"
 if [ "$rc" -eq 0 ]; then expect_out "attn --data mean maps" '^rollout\.mean\.glioma_tumor +F32 +\[14, 14\] ' '^rollout\.mean\.no_tumor +F32 +\[14, 14\] '
 else fail "inspect attn --data's attn.safetensors: exit code $rc"; fi
 run attn --checkpoint "$TINY" --data "$LABELLED" --split "" --out "$ATTN-data" "$PNG"; expect_error "attn --data and images" "not both"
-run attn --checkpoint "$TINY" --data "$LABELLED" --split "" --method relevance --out "$ATTN-data"; expect_error "attn --data relevance" "single images"
+run attn --checkpoint "$TINY" --data "$LABELLED" --split "" --method rollout,relevance --class label --out "$ATTN-rel"
+if [ "$rc" -eq 0 ]; then
+  run inspect "$ATTN-rel/attn.safetensors"
+  expect_out "attn --data gradient maps" '^relevance\.mean\.glioma_tumor +F32 +\[14, 14\] ' '^rollout\.mean\.no_tumor +F32 +\[14, 14\] '
+else fail "attn --data --method rollout,relevance --class label: exit code $rc"; fi
+run attn --checkpoint "$TINY" --class label --out "$ATTN" "$PNG"; expect_error "attn --class label without --data" "--class label"
 run attn --checkpoint "$TINY" --data "$LABELLED" --out "$ATTN-data"; expect_error "attn --data missing split" "Testing"
 run attn --checkpoint "$TINY" --mask-heads 5:7 --out "$ATTN" "$PNG"; expect_error "attn mask unknown head" "--mask-heads 5:7"
 run attn --checkpoint "$TINY" --mask-heads 5 --out "$ATTN" "$PNG"; expect_error "attn mask bad pair" "LAYER:HEAD"

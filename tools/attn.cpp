@@ -55,6 +55,13 @@ struct AttnOptions {
   std::vector<std::string> images;
 };
 
+// A method's tensor name in attn.safetensors: grad-rollout -> grad_rollout.
+std::string map_tensor(models::MapMethod m) {
+  std::string t = models::map_method_name(m);
+  std::replace(t.begin(), t.end(), '-', '_');
+  return t;
+}
+
 // Embedded in index.html below this total; above it the page links png/ instead, so it stays quick to open.
 constexpr size_t kEmbedLimit = 20u << 20;
 
@@ -217,19 +224,19 @@ struct DataRun {
   const models::MapOptions& map_options;
   const std::map<int64_t, Tensor>& gates;  // --mask-heads
   const std::string& masked;
+  const std::optional<int64_t>& explained_class;  // --class as an index; none: predicted, or each label
   models::Model& model;
 };
 
 // Streams a labelled folder through the model a batch at a time, keeping only running sums: per layer and
-// head the statistics (overall and per class), per class the mean rollout map and mean input, accuracy and
+// head the statistics (overall and per class), per class the mean map of each --method (the gradient
+// methods from one forward and backward per batch) and the mean input, accuracy and
 // loss (with and without --mask-heads), and the heads' importance (--method importance). Memory does not grow
 // with the folder: each batch's probabilities are dropped once summarised.
 void run_on_data(const DataRun& r) {
   namespace fs = std::filesystem;
   const AttnOptions& o = r.o;
-  if (std::any_of(o.map_methods.begin(), o.map_methods.end(), models::needs_gradients))
-    throw std::runtime_error("attn: --method grad-rollout and relevance draw single images; with --data use rollout, "
-                             "importance and the statistics");
+  const bool gradients = std::any_of(o.map_methods.begin(), o.map_methods.end(), models::needs_gradients);
   const fs::path split_root = o.split.empty() ? fs::path(o.data) : fs::path(o.data) / o.split;
   if (!fs::is_directory(split_root))
     throw std::runtime_error("attn: " + split_root.string() + " is not a folder (--data ROOT --split NAME)");
@@ -249,7 +256,9 @@ void run_on_data(const DataRun& r) {
   const bool maps = !r.rollout.empty() && !o.map_methods.empty();
   const models::AttentionLayout* last = r.rollout.empty() ? nullptr : &r.layouts[size_t(r.rollout.back())];
   const int64_t cells = last ? last->query_rows * last->query_cols : 0;
-  std::vector<std::vector<double>> map_sum(static_cast<size_t>(C), std::vector<double>(static_cast<size_t>(cells), 0.0));
+  // map_sum[method][class]: the sum of the class's images' maps.
+  std::vector<std::vector<std::vector<double>>> map_sum(
+      o.map_methods.size(), std::vector<std::vector<double>>(static_cast<size_t>(C), std::vector<double>(static_cast<size_t>(cells), 0.0)));
   std::vector<std::vector<double>> pixel_sum(static_cast<size_t>(C));
   std::vector<int64_t> seen(size_t(C), 0), correct(size_t(C), 0), correct_unmasked(size_t(C), 0);
   double loss = 0, loss_unmasked = 0;
@@ -283,17 +292,29 @@ void run_on_data(const DataRun& r) {
       const std::vector<int64_t> pred = argmax(logits, 1).to_vector<int64_t>();
       for (int64_t b = 0; b < B; ++b) right[size_t(labels[size_t(b)])] += pred[size_t(b)] == labels[size_t(b)];
     };
-    {
+    // One pass for the probabilities (with their gradients when a gradient method is asked for).
+    std::map<int64_t, Tensor> by_layer, grads_by_layer;
+    if (gradients) {
+      std::vector<int64_t> classes;  // predicted: empty
+      if (o.target == "label") classes = labels;
+      else if (r.explained_class) classes.assign(size_t(B), *r.explained_class);
+      models::AttentionGradients g = models::attention_gradients(r.model, pixels, hooks.layers, classes, r.gates);
+      by_layer = std::move(g.probs), grads_by_layer = std::move(g.grads);
+      score(g.logits, correct, loss);
+    } else {
       NoGradGuard no_grad;
       probs.clear();
       r.model.set_attention_hooks(&hooks);
       const Tensor logits = r.model.forward(pixels, /*training=*/false, unused);
       r.model.set_attention_hooks(nullptr);
       score(logits, correct, loss);
-      if (!r.gates.empty()) score(r.model.forward(pixels, /*training=*/false, unused), correct_unmasked, loss_unmasked);
+      by_layer.insert(probs.begin(), probs.end());
+      probs.clear();
     }
-    std::map<int64_t, Tensor> by_layer(probs.begin(), probs.end());
-    probs.clear();
+    if (!r.gates.empty()) {
+      NoGradGuard no_grad;
+      score(r.model.forward(pixels, /*training=*/false, unused), correct_unmasked, loss_unmasked);
+    }
     for (size_t i = 0; i < r.layers.size(); ++i) {
       const Tensor& p = by_layer.at(r.layers[i]);
       overall[i].add(p);
@@ -304,12 +325,19 @@ void run_on_data(const DataRun& r) {
         if (!mine.empty()) by_class[size_t(c)][i].add(index_select(p, 0, Tensor::from(mine, {int64_t(mine.size())})));
       }
     }
-    std::vector<double> map_values;
+    std::vector<std::vector<double>> map_values;  // per method, (B, cells)
     if (maps) {
-      std::vector<Tensor> rolled_probs;
+      std::vector<Tensor> rolled_probs, rolled_grads;
       std::vector<models::AttentionLayout> rolled;
-      for (int64_t l : r.rollout) rolled_probs.push_back(by_layer.at(l)), rolled.push_back(r.layouts[size_t(l)]);
-      map_values = models::attention_map(rolled_probs, {}, rolled, r.map_options).map.to_vector<double>();
+      for (int64_t l : r.rollout) {
+        rolled_probs.push_back(by_layer.at(l)), rolled.push_back(r.layouts[size_t(l)]);
+        if (gradients) rolled_grads.push_back(grads_by_layer.at(l));
+      }
+      for (models::MapMethod m : o.map_methods) {
+        models::MapOptions mo = r.map_options;
+        mo.method = m;
+        map_values.push_back(models::attention_map(rolled_probs, rolled_grads, rolled, mo).map.to_vector<double>());
+      }
     }
     const std::vector<double> px = pixels.to(DType::f64).contiguous().to_vector<double>();
     const size_t plane = px.size() / size_t(B);
@@ -318,7 +346,8 @@ void run_on_data(const DataRun& r) {
       ++seen[c];
       if (pixel_sum[c].empty()) pixel_sum[c].assign(plane, 0.0);
       for (size_t k = 0; k < plane; ++k) pixel_sum[c][k] += px[size_t(b) * plane + k];
-      for (int64_t k = 0; maps && k < cells; ++k) map_sum[c][size_t(k)] += map_values[size_t(b * cells + k)];
+      for (size_t m = 0; m < map_values.size(); ++m)
+        for (int64_t k = 0; k < cells; ++k) map_sum[m][c][size_t(k)] += map_values[m][size_t(b * cells + k)];
     }
     if (o.importance)
       for (auto& [l, v] : models::head_importance_sums(r.model, pixels, target)) {
@@ -340,10 +369,12 @@ void run_on_data(const DataRun& r) {
     const int64_t n = seen[size_t(c)];
     classes.push_back({{"name", names[size_t(c)]}, {"images", n},
                        {"accuracy", n ? json(double(correct[size_t(c)]) / double(n)) : json()}});
-    if (!n || !maps) continue;
-    std::vector<float> mean(static_cast<size_t>(cells));
-    for (int64_t k = 0; k < cells; ++k) mean[size_t(k)] = float(map_sum[size_t(c)][size_t(k)] / double(n));
-    tensors["rollout.mean." + names[size_t(c)]] = Tensor::from(mean, {last->query_rows, last->query_cols});
+    for (size_t m = 0; n && maps && m < o.map_methods.size(); ++m) {
+      std::vector<float> mean(static_cast<size_t>(cells));
+      for (int64_t k = 0; k < cells; ++k) mean[size_t(k)] = float(map_sum[m][size_t(c)][size_t(k)] / double(n));
+      tensors[map_tensor(o.map_methods[m]) + ".mean." + names[size_t(c)]] =
+          Tensor::from(mean, {last->query_rows, last->query_cols});
+    }
   }
   json layer_meta = json::array();
   std::string csv = "layer,stage,head,class,images,entropy_nats,entropy_normalised,mean_distance_px,cls_share,importance\n";
@@ -383,11 +414,21 @@ void run_on_data(const DataRun& r) {
                          {"classes", classes}}},
                {"preprocessing", preprocessing},
                {"layers", layer_meta}};
-  if (maps)
-    meta["maps"] = json::array({{{"name", "rollout"}, {"tensor", "rollout.mean.<class>"}, {"layers", r.rollout},
-                                 {"fuse", o.fuse}, {"discard", o.discard}, {"heads", o.heads},
-                                 {"formula", "the mean over a class's images of each image's attention rollout map "
-                                             "(scaled to max 1 per image)"}}});
+  meta["maps"] = json::array();
+  for (size_t m = 0; maps && m < o.map_methods.size(); ++m) {
+    json entry = {{"name", models::map_method_name(o.map_methods[m])},
+                  {"tensor", map_tensor(o.map_methods[m]) + ".mean.<class>"}, {"layers", r.rollout}, {"heads", o.heads},
+                  {"formula", "the mean over a class's images of each image's " +
+                                  std::string(models::map_method_name(o.map_methods[m])) +
+                                  " map (scaled to max 1 per image; models/README.md has the formula)"}};
+    if (o.map_methods[m] == models::MapMethod::Rollout) entry["fuse"] = o.fuse;
+    if (o.map_methods[m] != models::MapMethod::Relevance) entry["discard"] = o.discard;
+    if (models::needs_gradients(o.map_methods[m]))
+      entry["explained"] = o.target == "label" ? "each image's label"
+                           : r.explained_class ? names[size_t(*r.explained_class)]
+                                               : "each image's predicted class";
+    meta["maps"].push_back(entry);
+  }
   if (!r.gates.empty())
     meta["masking"] = {{"heads", o.mask_heads}, {"images", total},
                        {"description", "Each pass of this run had " + r.masked + " zeroed (a gate of 0 on the "
@@ -440,13 +481,18 @@ void run_on_data(const DataRun& r) {
     sec.input = picture("class" + std::to_string(c) + "_input.png",
                         train::input_png(im, "mean input of " + names[size_t(c)]), "the class's mean input");
     if (maps) {
-      train::HeatMap h{last->query_rows, last->query_cols, last->query_origin, last->query_step,
-                       tensors.at("rollout.mean." + names[size_t(c)]).to(DType::f64).contiguous().to_vector<double>()};
       train::FigureRow row;
-      row.title = "mean attention rollout over layers " + joined(r.rollout);
-      row.method = meta["maps"][0]["formula"].get<std::string>() + ", over the class's mean input.";
-      row.figures.push_back(picture("class" + std::to_string(c) + "_rollout.png",
-                                    train::heat_map_png(im, h, "mean rollout · " + names[size_t(c)]), "mean rollout"));
+      row.title = "mean maps over layers " + joined(r.rollout);
+      row.method = "Each: the mean over the class's images of each image's map (scaled to max 1 per image), "
+                   "drawn over the class's mean input.";
+      for (size_t m = 0; m < o.map_methods.size(); ++m) {
+        const std::string tensor = map_tensor(o.map_methods[m]), method = models::map_method_name(o.map_methods[m]);
+        train::HeatMap h{last->query_rows, last->query_cols, last->query_origin, last->query_step,
+                         tensors.at(tensor + ".mean." + names[size_t(c)]).to(DType::f64).contiguous().to_vector<double>()};
+        row.figures.push_back(picture("class" + std::to_string(c) + "_" + tensor + ".png",
+                                      train::heat_map_png(im, h, "mean " + method + " · " + names[size_t(c)]),
+                                      "mean " + method));
+      }
       sec.rows.push_back(std::move(row));
     }
     sections.push_back(std::move(sec));
@@ -529,7 +575,9 @@ void run_attn(AttnOptions o) {
 
   // --class: an index or a label name, or "predicted" (each image's own most probable class).
   std::optional<int64_t> explained_class;
-  if (o.target != "predicted") {
+  if (o.target == "label" && o.data.empty())
+    throw std::runtime_error("attn: --class label explains each image's label, which only --data gives");
+  if (o.target != "predicted" && o.target != "label") {
     for (size_t c = 0; c < labels.size(); ++c)
       if (labels[c] == o.target) explained_class = int64_t(c);
     if (!explained_class && !o.target.empty() && o.target.find_first_not_of("0123456789") == std::string::npos &&
@@ -609,7 +657,7 @@ void run_attn(AttnOptions o) {
 
   std::unique_ptr<models::Model> model = models::load_model(config, o.weights);
   if (!o.data.empty()) {
-    DataRun run{o, config, proc, layouts, layers, rollout, map_options, gates, masked, *model};
+    DataRun run{o, config, proc, layouts, layers, rollout, map_options, gates, masked, explained_class, *model};
     run_on_data(run);
     return;
   }
@@ -697,8 +745,7 @@ void run_attn(AttnOptions o) {
       models::MapOptions mo = map_options;
       mo.method = m;
       const models::AttentionMap r = models::attention_map(probs, grads, rolled, mo);
-      std::string name = models::map_method_name(m), tensor = name;
-      std::replace(tensor.begin(), tensor.end(), '-', '_');
+      const std::string name = models::map_method_name(m), tensor = map_tensor(m);
       tensors[tensor] = r.map;
       json entry = {{"name", name}, {"tensor", tensor}, {"layers", rollout}, {"heads", o.heads},
                     {"grid", {last.query_rows, last.query_cols}}};
@@ -819,7 +866,9 @@ void add_attn(CLI::App& app) {
   sub->add_option("--method", o->methods,
                   "What to draw, comma-separated: maps (each selected layer's attention), rollout, grad-rollout, relevance")
       ->capture_default_str();
-  sub->add_option("--class", o->target, "The class grad-rollout and relevance explain: predicted, an index or a label")
+  sub->add_option("--class", o->target,
+                  "The class grad-rollout and relevance explain: predicted, an index or a class name, or (with "
+                  "--data) label, each image's own")
       ->capture_default_str();
   sub->add_option("--fuse", o->fuse, "How rollout fuses heads: mean, max or min")->capture_default_str();
   sub->add_option("--discard", o->discard,
