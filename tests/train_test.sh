@@ -69,17 +69,19 @@ for sig in INT TERM; do
     pass "SIG$sig stops the run with exit $want and says how to resume"
   else fail "SIG$sig: exit $rc (want $want)"; tail -2 "$DIR/signal-$sig.log"; fi
 done
-# A second signal ends the run at once, without waiting for the step in progress. Both land early in one
-# step (sent right after metrics.jsonl shows the step before it, 0.2 s apart, in steps of about a second
-# here: 160 px, 32 images), so the first one's orderly stop never gets to say where it stopped.
-"$BIN" train --recipe cpu --synthetic --image-size 160 --epochs 200 --max-train-samples 128 --batch-size 32 \
+# A second signal ends the run at once, without waiting for the step in progress. Both land inside one
+# step, so the first one's orderly stop never gets to say where it stopped: metrics.jsonl shows a step's line
+# just before that step checks for a signal, so the first is sent 0.3 s after the line (inside the next
+# step) and the second 0.2 s later, in steps of about 1.8 s here (192 px, 32 images; 1.25 s at 160 px
+# was too close on an idle machine).
+"$BIN" train --recipe cpu --synthetic --image-size 192 --epochs 200 --max-train-samples 128 --batch-size 32 \
   --log-every 1 --no-progress --out "$DIR/signal-twice" >"$DIR/signal-twice.log" 2>&1 &
 pid=$!
 steps() { local n; n=$(grep -c '"event":"step"' "$DIR/signal-twice/metrics.jsonl" 2>/dev/null); echo "${n:-0}"; }
 for _ in $(seq 3000); do [ "$(steps)" -ge 1 ] && break; sleep 0.02; done
 first=$(steps)
 for _ in $(seq 3000); do [ "$(steps)" -gt "$first" ] && break; sleep 0.02; done
-kill -INT "$pid"; sleep 0.2; kill -INT "$pid"
+sleep 0.3; kill -INT "$pid"; sleep 0.2; kill -INT "$pid"
 wait "$pid"
 rc=$?
 if [ "$rc" -eq 130 ] && ! grep -q "stopped by SIG" "$DIR/signal-twice.log"; then
