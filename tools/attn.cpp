@@ -6,6 +6,7 @@
 //   layer.{L}.attention_probs   [images, heads kept, queries, keys] for every selected layer L
 //   rollout, grad_rollout, relevance
 //                               [images, rows, cols] each method's cls row on the query grid, max 1
+//   rollout.pixels, ...         [images, H, W] CvT: the same carried through every stage to the pixels
 // and __metadata__ whose values are JSON text: "layers" (per layer: stage, query_grid and key_grid as
 // [rows, cols], cls_token, scale, heads kept, heads_total), "images" (the paths), "preprocessing" (the
 // processor's preprocessor_config.json fields and channels), "model" (type, source, config), "predictions"
@@ -17,6 +18,12 @@
 //
 // DIR/png/ holds the heat maps (train/attention_page.h draws them; a build without cairo draws none) and
 // DIR/index.html shows them per image with the method of each, and the statistics.
+//
+// With --data ROOT (run_on_data) a labelled folder is streamed instead: DIR/statistics.csv (per layer, head
+// and class: entropy, mean distance, cls share, and importance), DIR/attn.safetensors with each method's
+// mean map per class ("<method>.mean.<class>"), DIR/attn.json ("data": counts and accuracy per class,
+// "layers" with "statistics", "statistics_by_class" and "importance", "maps", "masking", "importance") and
+// DIR/index.html (the class means, the statistics against depth, the masking result).
 #include <algorithm>
 #include <filesystem>
 #include <iostream>
