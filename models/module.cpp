@@ -41,17 +41,6 @@ Tensor BatchNorm2d::operator()(const Tensor& x, bool training) const {
   return cast_to(y, x.dtype());
 }
 
-const char* attention_part_name(AttentionPart part) {
-  switch (part) {
-    case AttentionPart::Query: return "query";
-    case AttentionPart::Key: return "key";
-    case AttentionPart::Value: return "value";
-    case AttentionPart::Probs: return "attention_probs";
-    case AttentionPart::Context: return "context";
-  }
-  return "?";
-}
-
 AttentionHooks capture_probabilities(std::vector<std::pair<int64_t, Tensor>>& out, std::vector<int64_t> layers) {
   AttentionHooks hooks;
   hooks.layers = std::move(layers);

@@ -70,7 +70,6 @@ enum class AttentionPart {
   Probs,    // (B, heads, Tq, Tk) softmax(q·kᵀ·scale)
   Context,  // (B, heads, Tq, D) probs·v after the head gate, before the heads are merged
 };
-const char* attention_part_name(AttentionPart part);
 
 // Hooks on the attention op of chosen layers: the API `tessera attn` is built on. Layers are numbered
 // through the whole model in order (CvT: stage 0's layers first); CvT's keys and values come from strided
