@@ -29,6 +29,17 @@ void BM_tessera_gemm(benchmark::State& state) {
   set_flops(state, M, N, K);
 }
 
+// A weight gradient: dW [out, in] = dYᵀ·X over every token of a batch ({M, K, N} = {out, tokens, in}; both
+// operands stored [tokens, ·], the first used transposed). Few output tiles, a deep sum.
+void BM_tessera_gemm_weight_grad(benchmark::State& state) {
+  int64_t M = state.range(0), K = state.range(1), N = state.range(2);
+  Generator gen(1);
+  Tensor dy = gen.uniform({K, M}), x = gen.uniform({K, N});
+  Tensor dyt = dy.transpose(0, 1);
+  for (auto _ : state) benchmark::DoNotOptimize(matmul(dyt, x).raw_data());
+  set_flops(state, M, N, K);
+}
+
 // The floor: i-k-j loop order (unit-stride inner loop, which the compiler vectorises), one thread.
 void BM_naive_gemm(benchmark::State& state) {
   int64_t M = state.range(0), K = state.range(1), N = state.range(2);
@@ -52,8 +63,16 @@ void shapes(benchmark::internal::Benchmark* b) {
   b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
+// {out, tokens, in}: cvt-tiny's first stage at 64 px, batch 32 (8192 tokens of 32 channels, its MLP's 32→128),
+// and CvT-13's last stage over a batch of 8 (1,576 tokens, 384→384).
+void weight_grad_shapes(benchmark::internal::Benchmark* b) {
+  b->Args({32, 8192, 32})->Args({128, 8192, 32})->Args({384, 1576, 384});
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
 }  // namespace
 
 BENCHMARK(BM_tessera_gemm)->Apply(shapes);
+BENCHMARK(BM_tessera_gemm_weight_grad)->Apply(weight_grad_shapes);
 BENCHMARK(BM_naive_gemm)->Apply(shapes);
 BENCHMARK_MAIN();

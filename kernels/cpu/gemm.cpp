@@ -66,6 +66,22 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
       c[i][1] += a * b1;
     }
   }
+  if (rows == MR && cols == NR) {  // a whole tile: vector stores (with a shallow K they are most of the work)
+    const v8 va = v8{} + alpha, vb = v8{} + beta;
+    for (int64_t i = 0; i < MR; ++i) {
+      float* out = C + i * ldc;
+      for (int64_t h = 0; h < 2; ++h) {
+        v8 r = va * c[i][h];
+        if (beta != 0.f) {  // beta 0: never read C
+          v8 old;
+          std::memcpy(&old, out + 8 * h, sizeof(v8));
+          r += vb * old;
+        }
+        std::memcpy(out + 8 * h, &r, sizeof(v8));
+      }
+    }
+    return;
+  }
   float tile[MR][NR];
   std::memcpy(tile, c, sizeof(tile));
   for (int64_t i = 0; i < rows; ++i)
@@ -75,12 +91,51 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
     }
 }
 
+// Depth slices for a deep product with few output tiles: 4 packed panels each.
+constexpr int64_t KSLICE = 4 * KC;
+
+Operand depth_window(const Operand& X, int64_t k0, bool depth_is_row) {  // op(X) from depth k0 on
+  const bool rows = depth_is_row != X.trans;  // is the depth index a row of the stored matrix?
+  return {X.p + (rows ? k0 * X.ld : k0), X.ld, X.trans};
+}
+
+void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
+              float beta, bool parallel);
+
+// C = alpha·Σ_s (A·B over depth slice s) + beta·C, the slices in parallel into private buffers and added in
+// slice order. Weight gradients need it: dW [out, in] = dYᵀ·X sums over every token of the batch (depth in
+// the thousands) into a few tiles, which the tile loop would leave to one thread. The split depends on the
+// shape alone, never on the thread count, so every machine computes the same sums.
+void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K,
+                          float alpha, float beta) {
+  const int64_t slices = (K + KSLICE - 1) / KSLICE;
+  std::vector<float> partial(size_t(slices * M * N));
+  parallel_for(slices, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t k0 = s * KSLICE;
+      gemm_f32(depth_window(A, k0, false), depth_window(B, k0, true), partial.data() + s * M * N, M, N,
+               std::min(KSLICE, K - k0), 1.f, 0.f, false);
+    }
+  });
+  parallel_for(M, std::max<int64_t>(1, 4096 / N), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      for (int64_t j = 0; j < N; ++j) {
+        float sum = 0.f;
+        for (int64_t s = 0; s < slices; ++s) sum += partial[size_t((s * M + i) * N + j)];
+        float& out = C[i * N + j];
+        out = beta == 0.f ? alpha * sum : alpha * sum + beta * out;
+      }
+  });
+}
+
 void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
               float beta, bool parallel) {
   if (K == 0) {
     for (int64_t i = 0; i < M * N; ++i) C[i] = beta == 0.f ? 0.f : beta * C[i];
     return;
   }
+  if (parallel && K >= 2 * KSLICE && ((M + MC - 1) / MC) * ((N + NC_TASK - 1) / NC_TASK) < 4)
+    return gemm_f32_depth_split(A, B, C, M, N, K, alpha, beta);
   int64_t n_panels = (N + NR - 1) / NR;
   std::vector<float, std::allocator<float>> Bp(size_t(n_panels * NR * std::min(K, KC)));
   int64_t m_tasks = (M + MC - 1) / MC, n_tasks = (N + NC_TASK - 1) / NC_TASK;
