@@ -38,6 +38,21 @@ void check_vec(const char* op, const char* what, const Tensor& t, int64_t n, con
 
 bool wants_grad(const Tensor& t) { return t.defined() && t.requires_grad() && grad_enabled(); }
 
+// x [N, C, H, W] whose memory is [N, H, W, C] (any batch stride): a view of tokens [N, H·W, C] as an image,
+// which is how CvT's projections see the token grid. Depthwise conv2d and batch_norm2d keep such an input
+// channels-last (Backend::depthwise_conv2d_nhwc, batch_norm_nhwc) and return it so, so the chain tokens →
+// conv → norm → tokens never transposes.
+bool channels_last(const Tensor& x) {
+  if (x.dim() != 4 || x.size(1) < 2) return false;
+  const Shape& st = x.strides();
+  return st[1] == 1 && (x.size(3) == 1 || st[3] == x.size(1)) && (x.size(2) == 1 || st[2] == x.size(3) * x.size(1));
+}
+
+// The kernels' view of a channels-last x: contiguous [N, H, W, C] (a copy only for a sparse batch stride).
+Tensor plain_nhwc(const Tensor& x) { return plain(x.permute({0, 2, 3, 1})); }
+// A contiguous [N, H, W, C] seen as [N, C, H, W].
+Tensor as_nchw(const Tensor& nhwc) { return nhwc.defined() ? nhwc.permute({0, 3, 1, 2}) : nhwc; }
+
 }  // namespace
 
 // ================================================================ conv2d
@@ -85,8 +100,35 @@ std::pair<int64_t, int64_t> check_conv2d(const char* op_name, const Tensor& x, c
 
 }  // namespace
 
+namespace {
+
+Tensor depthwise_conv2d_channels_last(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                      const Conv2dArgs& a, int64_t Ho, int64_t Wo) {
+  Tensor xc = plain_nhwc(x), wc = plain(weight), bc = plain(bias);
+  Tensor y = Tensor::empty({x.size(0), Ho, Wo, x.size(1)}, x.dtype(), x.device());
+  if (y.numel() > 0) backend(x.device()).depthwise_conv2d_nhwc(xc, wc, bc, a, y);
+  const bool gx = wants_grad(x), gw = wants_grad(weight), gb = wants_grad(bias);
+  return record("conv2d", {x, weight, bias}, as_nchw(y), [xc, wc, a, gx, gw, gb](const Tensor& g) {
+    Tensor dy = plain_nhwc(g), dx, dw, db;
+    if (gx) dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
+    if (gw) dw = Tensor::empty(wc.shape(), wc.dtype(), wc.device());
+    if (gb) db = Tensor::empty({wc.size(0)}, wc.dtype(), wc.device());
+    if (dy.numel() > 0) {
+      backend(xc.device()).depthwise_conv2d_nhwc_backward(dy, xc, wc, a, dx, dw, db);
+    } else {
+      for (Tensor* t : {&dx, &dw, &db})
+        if (t->defined()) t->fill_(0);
+    }
+    return std::vector<Tensor>{as_nchw(dx), dw, db};
+  });
+}
+
+}  // namespace
+
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a) {
   const auto [Ho, Wo] = check_conv2d("conv2d", x, weight, bias, a);
+  if (a.groups == x.size(1) && weight.size(0) == x.size(1) && channels_last(x))
+    return depthwise_conv2d_channels_last(x, weight, bias, a, Ho, Wo);
   Tensor xc = plain(x), wc = plain(weight), bc = plain(bias);
   Tensor y = Tensor::empty({x.size(0), weight.size(0), Ho, Wo}, x.dtype(), x.device());
   if (y.numel() > 0) backend(x.device()).conv2d(xc, wc, bc, a, y);
@@ -140,9 +182,13 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, T
     invstd = pow(add(running_var.detach().to(x.device()).to(sdt), eps), -0.5).contiguous();
   }
 
-  Tensor xc = plain(x), wc = plain(weight), bc = plain(bias);
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  if (x.numel() > 0) backend(x.device()).batch_norm(xc, wc, bc, mean, invstd, eps, training, y);
+  const bool nhwc = channels_last(x);
+  Tensor xc = nhwc ? plain_nhwc(x) : plain(x), wc = plain(weight), bc = plain(bias);
+  Tensor y = Tensor::empty(xc.shape(), x.dtype(), x.device());
+  if (x.numel() > 0) {
+    if (nhwc) backend(x.device()).batch_norm_nhwc(xc, wc, bc, mean, invstd, eps, training, y);
+    else backend(x.device()).batch_norm(xc, wc, bc, mean, invstd, eps, training, y);
+  }
 
   if (training) {
     NoGradGuard ng;
@@ -164,19 +210,21 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, T
   }
 
   const bool gx = wants_grad(x), gw = wants_grad(weight), gb = wants_grad(bias);
-  return record("batch_norm2d", {x, weight, bias}, y,
-                [xc, wc, mean, invstd, training, gx, gw, gb](const Tensor& g) {
-                  Tensor dy = plain(g), dx, dw, db;
+  return record("batch_norm2d", {x, weight, bias}, nhwc ? as_nchw(y) : y,
+                [xc, wc, mean, invstd, training, gx, gw, gb, nhwc, C](const Tensor& g) {
+                  Tensor dy = nhwc ? plain_nhwc(g) : plain(g), dx, dw, db;
                   if (gx) dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
-                  if (gw) dw = Tensor::empty({xc.size(1)}, xc.dtype(), xc.device());
-                  if (gb) db = Tensor::empty({xc.size(1)}, xc.dtype(), xc.device());
+                  if (gw) dw = Tensor::empty({C}, xc.dtype(), xc.device());
+                  if (gb) db = Tensor::empty({C}, xc.dtype(), xc.device());
                   if (xc.numel() > 0) {
-                    backend(xc.device()).batch_norm_backward(dy, xc, wc, mean, invstd, training, dx, dw, db);
+                    Backend& be = backend(xc.device());
+                    if (nhwc) be.batch_norm_nhwc_backward(dy, xc, wc, mean, invstd, training, dx, dw, db);
+                    else be.batch_norm_backward(dy, xc, wc, mean, invstd, training, dx, dw, db);
                   } else {
                     for (Tensor* t : {&dw, &db})
                       if (t->defined()) t->fill_(0);
                   }
-                  return std::vector<Tensor>{dx, dw, db};
+                  return std::vector<Tensor>{nhwc ? as_nchw(dx) : dx, dw, db};
                 });
 }
 

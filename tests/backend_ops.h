@@ -472,24 +472,29 @@ inline Entry conv2d_entry() {
         }
   int n = 0;
   for (const auto& [c, tags] : cs)
-    for (bool bias : {true, false}) {
-      if (!bias && (tags & kOdd) == kOdd && (tags & kGrad) == 0 && (n++ & 1)) continue;  // odd sizes: alternate
-      Case k;
-      k.name = c.str() + (bias ? " bias" : "");
-      k.tags = tags;
-      k.make = [c, bias](Generator& g) {
-        // x as the NCHW view of an NHWC leaf: a non-contiguous input.
-        Inputs in{{uni(g, {c.N, c.H, c.W, c.Cin}, -1, 1)}, {uni(g, {c.Cout, c.Cin / c.groups, c.kh, c.kw}, -0.5, 0.5)}};
-        if (bias) in.push_back({uni(g, {c.Cout}, -0.5, 0.5)});
-        return in;
-      };
-      k.call = [c, bias](const std::vector<Tensor>& in) {
-        return conv2d(in[0].permute({0, 3, 1, 2}), in[1], bias ? in[2] : Tensor(), c.args());
-      };
-      const double K = double(c.Cin / c.groups * c.kh * c.kw), P = double(c.N * c.Ho() * c.Wo());
-      k.len = {K + 1, double(c.Cout / c.groups * c.kh * c.kw) + 1, P + 1, P + 1};
-      e.cases.push_back(k);
-    }
+    for (bool bias : {true, false})
+      for (bool nhwc : {true, false}) {
+        // x as the NCHW view of an NHWC leaf: a non-contiguous input, which a depthwise conv (multiplier 1)
+        // keeps channels-last (Backend::depthwise_conv2d_nhwc); those also run from a contiguous NCHW x.
+        const bool depthwise = c.groups == c.Cin && c.Cout == c.Cin;
+        if (!nhwc && !depthwise) continue;
+        if (!bias && (tags & kOdd) == kOdd && (tags & kGrad) == 0 && (n++ & 1)) continue;  // odd sizes: alternate
+        Case k;
+        k.name = c.str() + (bias ? " bias" : "") + (depthwise ? (nhwc ? " channels-last" : " NCHW") : "");
+        k.tags = tags;
+        k.make = [c, bias, nhwc](Generator& g) {
+          Inputs in{{nhwc ? uni(g, {c.N, c.H, c.W, c.Cin}, -1, 1) : uni(g, {c.N, c.Cin, c.H, c.W}, -1, 1)},
+                    {uni(g, {c.Cout, c.Cin / c.groups, c.kh, c.kw}, -0.5, 0.5)}};
+          if (bias) in.push_back({uni(g, {c.Cout}, -0.5, 0.5)});
+          return in;
+        };
+        k.call = [c, bias, nhwc](const std::vector<Tensor>& in) {
+          return conv2d(nhwc ? in[0].permute({0, 3, 1, 2}) : in[0], in[1], bias ? in[2] : Tensor(), c.args());
+        };
+        const double K = double(c.Cin / c.groups * c.kh * c.kw), P = double(c.N * c.Ho() * c.Wo());
+        k.len = {K + 1, double(c.Cout / c.groups * c.kh * c.kw) + 1, P + 1, P + 1};
+        e.cases.push_back(k);
+      }
   // Only x, then only the weight requires grad (grouped, then depthwise): the kernels skip the gradients
   // nobody asked for.
   for (auto [c, only] : std::vector<std::pair<ConvShape, int>>{{{2, 4, 9, 7, 6, 3, 3, 2, 2, 1, 1, 2}, 0},
@@ -526,7 +531,8 @@ inline Entry batch_norm_entry() {
   for (Shape s : std::vector<Shape>{{1, 3, 1, 1}, {2, 5, 1, 1}, {1, 7, 3, 5}, {2, 4, 17, 17}, {3, 2, 33, 31}})
     for (bool training : {true, false})
       for (bool affine : {true, false})
-        if (!(training && s[0] * s[2] * s[3] == 1)) bs.push_back({s, training, affine, false, kOdd});
+        for (bool nhwc : {false, true})  // channels-last memory takes Backend::batch_norm_nhwc
+          if (!(training && s[0] * s[2] * s[3] == 1)) bs.push_back({s, training, affine, nhwc, kOdd});
   for (Shape s : std::vector<Shape>{{2, 64, 56, 56}, {2, 384, 14, 14}})
     for (bool training : {true, false}) bs.push_back({s, training, true, false, kCuda | kModel});
   for (const B& b : bs) {
@@ -727,7 +733,9 @@ inline Entry conv_embedding_entry() {
           if (std::min(H, W) + 2 * p < kk) continue;
           for (auto [cin, C] : {std::array<int64_t, 2>{1, 1}, {3, 7}, {5, 33}, {3, 64}, {5, 200}}) {
             ++seed;  // bias and affine alternate independently
-            es.push_back({2, cin, H, W, C, kk, s, p, (seed & 1) != 0, (seed & 2) != 0, kCuda});
+            // Every edge of the tiling (CUDA) and of the im2row gather (CPU): kernels wider than the padded
+            // row's remainder, strides past the kernel, no padding.
+            es.push_back({2, cin, H, W, C, kk, s, p, (seed & 1) != 0, (seed & 2) != 0, kOdd});
           }
         }
   for (const Em& m : es) {

@@ -4,6 +4,8 @@
 // gradients are the op registry's grad mode (tests/backend_ops.h, tests/test_backend_ops.cpp).
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -230,8 +232,29 @@ TEST_CASE("conv_embedding equals conv2d, the token layout and layer_norm compose
     auto fused = [&](const std::vector<Tensor>& in) {
       return conv_embedding(in[0], in[1], in[2], c.stride, c.pad, in[3], in[4], 1e-5);
     };
-    // The same kernels in the same order on the CPU: equal, not just close.
-    CHECK(fused({x, w, b, lw, lb}).to_vector<double>() == composed({x, w, b, lw, lb}).to_vector<double>());
+    // The CPU's embedding is one GEMM in the token layout, the composite a GEMM per sample: the K-term conv
+    // sums are added in other orders. In f64 a sum of K terms errs by at most (K + 2)·2^-53·Σ|terms| in any
+    // order, so the pre-norm values differ by E ≤ 2·(K + 2)·2^-53·S (S the largest Σ|terms|: the conv of |x|,
+    // |w|, |b|); the norm moves a token by at most 2·E·rstd·(1 + |x̂|)·|γ| (rstd and x̂ from the composite).
+    const std::vector<double> got = fused({x, w, b, lw, lb}).to_vector<double>();
+    const std::vector<double> ref = composed({x, w, b, lw, lb}).to_vector<double>();
+    const std::vector<double> terms = conv2d(abs(x), abs(w), abs(b), c.stride, c.pad).to_vector<double>();
+    const Tensor pre = conv2d(x, w, b, c.stride, c.pad).flatten(2).transpose(1, 2).contiguous();  // [N, P, C]
+    const std::vector<double> pv = pre.to_vector<double>(), gamma = lw.to_vector<double>();
+    const double E = 2 * double(c.Cin * c.k * c.k + 2) * std::ldexp(1.0, -53) *
+                     *std::max_element(terms.begin(), terms.end());
+    REQUIRE(got.size() == ref.size());
+    for (size_t t = 0; t * size_t(c.C) < ref.size(); ++t) {
+      double mu = 0, var = 0;
+      for (int64_t ch = 0; ch < c.C; ++ch) mu += pv[t * size_t(c.C) + size_t(ch)] / double(c.C);
+      for (int64_t ch = 0; ch < c.C; ++ch) var += std::pow(pv[t * size_t(c.C) + size_t(ch)] - mu, 2) / double(c.C);
+      const double rstd = 1 / std::sqrt(var + 1e-5);
+      for (int64_t ch = 0; ch < c.C; ++ch) {
+        const size_t i = t * size_t(c.C) + size_t(ch);
+        const double xhat = (pv[i] - mu) * rstd;
+        CHECK(std::abs(got[i] - ref[i]) <= 2 * E * rstd * (1 + std::abs(xhat)) * std::abs(gamma[size_t(ch)]));
+      }
+    }
   }
   // Only the norm's parameters require grad (a frozen convolution), and a non-contiguous image.
   Tensor x = gen.uniform({2, 9, 9, 3}, -1, 1, DType::f64).permute({0, 3, 1, 2});
@@ -240,6 +263,82 @@ TEST_CASE("conv_embedding equals conv2d, the token layout and layer_norm compose
                        doctest::Contains("conv_embedding: ln_weight"), TensorError);
   CHECK_THROWS_WITH_AS(conv_embedding(x, Tensor::zeros({4, 2, 3, 3}, DType::f64), Tensor(), 2, 1, Tensor(), Tensor(), 1e-5),
                        doctest::Contains("conv_embedding: weight expects"), TensorError);
+}
+
+// ================================================================ channels-last depthwise conv and batch norm
+// Backend::depthwise_conv2d_nhwc and batch_norm_nhwc: the CPU's own loops against the composite every other
+// device falls back to (copies to NCHW, the primitive, copies back), both in f64; and the op layer keeps a
+// channels-last input channels-last. Tolerance: each side's sums of L terms err by at most (L + 2)·2^-53 of
+// Σ|terms| in any order; |terms| ≤ 1 here (inputs in [-1, 1], weights in [-0.5, 0.5]), so 2·(L + 2)·2^-53·L
+// bounds the difference (L: 10 conv terms, or the 3·9·9 = 243 rows of a channel's statistics, whose
+// normalised values and gradients stay O(1) at these spreads; factor 4 for the chained formulas).
+TEST_CASE("channels-last depthwise conv2d and batch norm equal the NCHW composite, and stay channels-last") {
+  Generator gen(21);
+  Backend& be = cpu_backend();
+  const double u = std::ldexp(1.0, -53);
+  auto close = [](const Tensor& a, const Tensor& b, double tol) {
+    const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+    double worst = 0;
+    for (size_t i = 0; i < x.size(); ++i) worst = std::max(worst, std::abs(x[i] - y[i]));
+    INFO("max |difference| " << worst << " tolerance " << tol);
+    CHECK(worst <= tol);
+  };
+  for (auto [stride, pad] : {std::array<int64_t, 2>{1, 1}, {2, 1}, {2, 0}, {3, 2}}) {
+    INFO("stride " << stride << " pad " << pad);
+    Conv2dArgs a;
+    a.stride_h = a.stride_w = stride;
+    a.pad_h = a.pad_w = pad;
+    a.groups = 5;
+    const int64_t Ho = (9 + 2 * pad - 3) / stride + 1, Wo = (8 + 2 * pad - 3) / stride + 1;
+    Tensor x = gen.uniform({3, 9, 8, 5}, -1, 1, DType::f64), w = gen.uniform({5, 1, 3, 3}, -0.5, 0.5, DType::f64);
+    Tensor b = gen.uniform({5}, -0.5, 0.5, DType::f64), dy = gen.uniform({3, Ho, Wo, 5}, -1, 1, DType::f64);
+    Tensor y = Tensor::empty({3, Ho, Wo, 5}, DType::f64), y_ref = Tensor::empty({3, Ho, Wo, 5}, DType::f64);
+    be.depthwise_conv2d_nhwc(x, w, b, a, y);
+    be.Backend::depthwise_conv2d_nhwc(x, w, b, a, y_ref);
+    const double conv_tol = 2 * 12 * u * 10;
+    close(y, y_ref, conv_tol);
+    std::array<Tensor, 3> got{Tensor::empty(x.shape(), DType::f64), Tensor::empty(w.shape(), DType::f64), Tensor::empty({5}, DType::f64)};
+    std::array<Tensor, 3> ref{Tensor::empty(x.shape(), DType::f64), Tensor::empty(w.shape(), DType::f64), Tensor::empty({5}, DType::f64)};
+    be.depthwise_conv2d_nhwc_backward(dy, x, w, a, got[0], got[1], got[2]);
+    be.Backend::depthwise_conv2d_nhwc_backward(dy, x, w, a, ref[0], ref[1], ref[2]);
+    close(got[0], ref[0], conv_tol);
+    const double rows = double(3 * Ho * Wo);  // dweight and dbias sum over every output pixel
+    close(got[1], ref[1], 2 * (rows + 2) * u * rows);
+    close(got[2], ref[2], 2 * (rows + 2) * u * rows);
+  }
+  for (bool training : {true, false}) {
+    INFO((training ? "train" : "eval"));
+    Tensor x = gen.uniform({3, 9, 9, 4}, -1, 1, DType::f64), dy = gen.uniform({3, 9, 9, 4}, -1, 1, DType::f64);
+    Tensor w = gen.uniform({4}, 0.5, 1.5, DType::f64), b = gen.uniform({4}, -0.5, 0.5, DType::f64);
+    auto stats = [&] {
+      return std::array<Tensor, 2>{training ? Tensor::empty({4}, DType::f64) : gen.uniform({4}, -0.1, 0.1, DType::f64),
+                                   training ? Tensor::empty({4}, DType::f64) : gen.uniform({4}, 1.5, 2.0, DType::f64)};
+    };
+    std::array<Tensor, 2> s = stats(), s_ref = {s[0].clone(), s[1].clone()};
+    Tensor y = Tensor::empty(x.shape(), DType::f64), y_ref = Tensor::empty(x.shape(), DType::f64);
+    be.batch_norm_nhwc(x, w, b, s[0], s[1], 1e-5, training, y);
+    be.Backend::batch_norm_nhwc(x, w, b, s_ref[0], s_ref[1], 1e-5, training, y_ref);
+    const double tol = 4 * 2 * (243 + 2) * u * 243;
+    close(s[0], s_ref[0], tol);
+    close(s[1], s_ref[1], tol);
+    close(y, y_ref, tol);
+    std::array<Tensor, 3> got{Tensor::empty(x.shape(), DType::f64), Tensor::empty({4}, DType::f64), Tensor::empty({4}, DType::f64)};
+    std::array<Tensor, 3> ref{Tensor::empty(x.shape(), DType::f64), Tensor::empty({4}, DType::f64), Tensor::empty({4}, DType::f64)};
+    be.batch_norm_nhwc_backward(dy, x, w, s[0], s[1], training, got[0], got[1], got[2]);
+    be.Backend::batch_norm_nhwc_backward(dy, x, w, s_ref[0], s_ref[1], training, ref[0], ref[1], ref[2]);
+    for (size_t i = 0; i < 3; ++i) close(got[i], ref[i], tol);
+  }
+  // The op layer: a channels-last x gives a channels-last y (tokens again without a copy), an NCHW x an NCHW y.
+  Tensor tokens = gen.uniform({2, 7 * 6, 5}, -1, 1, DType::f64);             // [N, H·W, C]
+  Tensor grid = tokens.transpose(1, 2).reshape({2, 5, 7, 6});               // [N, C, H, W], channels-last
+  CHECK(grid.storage() == tokens.storage());
+  Tensor w = gen.uniform({5, 1, 3, 3}, -0.5, 0.5, DType::f64);
+  Tensor y = conv2d(grid, w, Tensor(), 2, 1, 5);
+  CHECK(y.flatten(2).transpose(1, 2).is_contiguous());
+  CHECK(conv2d(grid.contiguous(), w, Tensor(), 2, 1, 5).is_contiguous());
+  Tensor n = batch_norm2d(y, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), true);
+  CHECK(n.flatten(2).transpose(1, 2).is_contiguous());
+  close(n, batch_norm2d(y.contiguous(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), true), 4 * 2 * (24 + 2) * u * 24);  // 2·4·3 rows
 }
 
 // ================================================================ batch norm

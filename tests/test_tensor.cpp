@@ -94,6 +94,49 @@ TEST_CASE("views share storage and never copy") {
   CHECK(base.to_vector<double>() == std::vector<double>{1, 5, 0, 2, 5, 0, 3, 5, 0});
 }
 
+// Every element of a strided copy against its address computed by hand: the CPU copy merges dims, and
+// copies whose source is contiguous along another dim than the output go in tiles (odd sizes leave partial
+// tiles on both sides). Values are the source's storage indices, so a misplaced element names itself.
+TEST_CASE("contiguous() of permuted, sliced and broadcast views, element by element") {
+  struct View { Shape base; std::vector<int64_t> perm; int64_t sliced_dim, start; };
+  const std::vector<View> views = {
+      {{32, 17, 33}, {0, 2, 1}, -1, 0},     // tokens -> image: [N, T, C] as [N, C, T]
+      {{3, 70, 40}, {0, 2, 1}, 1, 1},       // the same past a cls token (a slice of T)
+      {{2, 5, 7, 9}, {0, 3, 1, 2}, -1, 0},  // NHWC as NCHW
+      {{4, 6, 3, 8}, {0, 2, 1, 3}, 2, 1},   // head split [B, T, H, D] -> [B, H, T, D], sliced
+      {{65, 33}, {1, 0}, -1, 0},            // a plain transpose with partial tiles
+      {{2, 1, 33, 1, 31}, {4, 1, 2, 3, 0}, 2, 2},
+  };
+  for (const View& v : views) {
+    INFO("base " << Tensor::empty(v.base).str() << " perm " << v.perm[0] << v.perm[1] << v.perm.back());
+    for (DType dt : {DType::f32, DType::i64}) {
+      Tensor base = Tensor::arange(shape_numel(v.base)).to(dt).reshape(v.base);
+      Tensor x = v.sliced_dim < 0 ? base : base.slice(v.sliced_dim, v.start, base.size(v.sliced_dim));
+      x = x.permute(v.perm);
+      const std::vector<double> got = x.contiguous().to_vector<double>();
+      REQUIRE(got.size() == size_t(x.numel()));
+      std::vector<int64_t> index(size_t(x.dim()), 0);
+      bool all = true;
+      for (size_t e = 0; e < got.size(); ++e) {
+        int64_t addr = x.offset();
+        for (size_t d = 0; d < index.size(); ++d) addr += index[d] * x.strides()[d];
+        all = all && got[e] == double(addr);
+        for (int64_t d = x.dim() - 1; d >= 0 && ++index[size_t(d)] == x.size(d); --d) index[size_t(d)] = 0;
+      }
+      CHECK(all);
+    }
+  }
+  // A broadcast source (stride 0) into a transposed destination, and a copy between two strided views.
+  Tensor col = Tensor::arange(40).reshape({40, 1}).expand({40, 33});
+  Tensor dst = Tensor::zeros({33, 40});
+  dst.transpose(0, 1).copy_(col);
+  const std::vector<double> dv = dst.to_vector<double>();
+  bool broadcast_ok = true;
+  for (int64_t i = 0; i < 33; ++i)
+    for (int64_t j = 0; j < 40; ++j) broadcast_ok = broadcast_ok && dv[size_t(i * 40 + j)] == double(j);
+  CHECK(broadcast_ok);
+}
+
 TEST_CASE("bad shapes give clear errors") {
   Tensor t = Tensor::zeros({2, 3});
   CHECK_THROWS_WITH_AS(t.reshape({4, 2}), doctest::Contains("does not hold 6 elements"), TensorError);

@@ -169,6 +169,17 @@ struct Conv2dArgs {
   (const Tensor& dtokens, const Tensor& x, const Tensor& weight, const Conv2dArgs& a, const Tensor& pre_norm, \
    const Tensor& ln_weight, const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,            \
    Tensor& dbias, Tensor& dln_weight, Tensor& dln_bias)
+// Depthwise convolution (groups = Cin = Cout) and batch norm on channels-last memory: x, y, dy, dx
+// contiguous [N, H, W, C]; weight [C, 1, kh, kw]; everything else as conv2d and batch_norm. CvT's q/k/v
+// projections run on the token grid between layers that want tokens [N, H·W, C], which is this layout:
+// these spare the two transposes around each. Composite: copies to [N, C, H, W], the primitive, copies back.
+#define TS_PARAMS_depthwise_conv2d_nhwc \
+  (const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a, Tensor& y)
+#define TS_PARAMS_depthwise_conv2d_nhwc_backward                                                    \
+  (const Tensor& dy, const Tensor& x, const Tensor& weight, const Conv2dArgs& a, Tensor& dx, Tensor& dweight, \
+   Tensor& dbias)
+#define TS_PARAMS_batch_norm_nhwc TS_PARAMS_batch_norm
+#define TS_PARAMS_batch_norm_nhwc_backward TS_PARAMS_batch_norm_backward
 // Gradient clipping's two passes over a list of tensors (floating, contiguous, on this device).
 // sum_of_squares: out (f64, one element) = Σ over every element of every tensor of x², squares and sums in
 // f64, in a fixed order (the same result on every run). scale: every tensor multiplied in place by factor
@@ -179,6 +190,7 @@ struct Conv2dArgs {
 
 #define TESSERA_FUSED_OPS(X)                                                                           \
   X(bias_gelu) X(bias_gelu_backward) X(drop_path) X(conv_embedding) X(conv_embedding_backward) \
+  X(depthwise_conv2d_nhwc) X(depthwise_conv2d_nhwc_backward) X(batch_norm_nhwc) X(batch_norm_nhwc_backward) \
   X(sum_of_squares) X(scale)
 
 #define TS_PURE(op) virtual void op TS_PARAMS_##op = 0;

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <memory>
+#include <type_traits>
 #include <nlohmann/json.hpp>
 
 #include "engine/core/backend.h"
@@ -218,6 +219,22 @@ class TimingBackend final : public Backend {
     inner_.conv_embedding_backward(dtokens, x, weight, a, pre_norm, ln_weight, mean, rstd, dx, dweight, dbias,
                                    dln_weight, dln_bias);
   }
+  void depthwise_conv2d_nhwc TS_PARAMS_depthwise_conv2d_nhwc override {
+    TS_TIMED(depthwise_conv2d_nhwc, conv_pass_flops(weight, y.shape()));  // the count is layout-free
+    inner_.depthwise_conv2d_nhwc(x, weight, bias, a, y);
+  }
+  void depthwise_conv2d_nhwc_backward TS_PARAMS_depthwise_conv2d_nhwc_backward override {
+    TS_TIMED(depthwise_conv2d_nhwc_backward, conv_backward_flops(dy, weight, dx, dweight));
+    inner_.depthwise_conv2d_nhwc_backward(dy, x, weight, a, dx, dweight, dbias);
+  }
+  void batch_norm_nhwc TS_PARAMS_batch_norm_nhwc override {
+    TS_TIMED(batch_norm_nhwc, 0);
+    inner_.batch_norm_nhwc(x, weight, bias, mean, invstd, eps, training, y);
+  }
+  void batch_norm_nhwc_backward TS_PARAMS_batch_norm_nhwc_backward override {
+    TS_TIMED(batch_norm_nhwc_backward, 0);
+    inner_.batch_norm_nhwc_backward(dy, x, weight, mean, invstd, training, dx, dweight, dbias);
+  }
   void sum_of_squares TS_PARAMS_sum_of_squares override { TS_TIMED(sum_of_squares, 0); inner_.sum_of_squares(xs, out); }
   void scale TS_PARAMS_scale override { TS_TIMED(scale, 0); inner_.scale(xs, factor); }
 #undef TS_TIMED
@@ -225,6 +242,14 @@ class TimingBackend final : public Backend {
  private:
   Backend& inner_;
 };
+
+// A fused op left out above would silently run the base class's composite under the profiler, timing
+// another computation than the one profiled (a missing primitive cannot compile: they are pure virtual).
+#define TS_TIMED_HERE(op)                                                                          \
+  static_assert(std::is_same_v<decltype(&TimingBackend::op), void(TimingBackend::*) TS_PARAMS_##op>, \
+                "profile: TimingBackend must forward " #op);
+TESSERA_FUSED_OPS(TS_TIMED_HERE)
+#undef TS_TIMED_HERE
 
 }  // namespace
 

@@ -23,7 +23,48 @@ void CpuBackend::fill(Tensor& out, double value) {
   });
 }
 
+namespace {
+
+// A copy that reads along one dim and writes along another (a transpose: tokens to an image and back, head
+// splits): walked row by row, every read lands on a new cache line. When the output's last dim is
+// contiguous and the source's is not, but some other dim q of the source is, the (q, last) plane goes in
+// 32 × 32 tiles, which keep both the lines read and the lines written in L1. Returns false for other copies.
+template <typename T> bool copy_transposed(const Tensor& src, Tensor& out) {
+  const Walk<2> w = coalesce<2>(out.shape(), {&src.strides(), &out.strides()});
+  const int64_t rank = int64_t(w.shape.size()), last = rank - 1;
+  if (rank < 2 || w.strides[1][size_t(last)] != 1 || w.strides[0][size_t(last)] == 1) return false;
+  int64_t q = -1;
+  for (int64_t d = 0; d < last; ++d)
+    if (w.strides[0][size_t(d)] == 1) q = d;
+  if (q < 0) return false;
+  constexpr int64_t kTile = 32;
+  const int64_t nq = w.shape[size_t(q)], nl = w.shape[size_t(last)];
+  const int64_t tq = (nq + kTile - 1) / kTile, tl = (nl + kTile - 1) / kTile, outer = shape_numel(w.shape) / (nq * nl);
+  const int64_t src_l = w.strides[0][size_t(last)], out_q = w.strides[1][size_t(q)];
+  const T* s = static_cast<const T*>(src.storage()->data) + src.offset();
+  T* d = static_cast<T*>(out.storage()->data) + out.offset();
+  parallel_for(outer * tq * tl, 8, [&](int64_t t0, int64_t t1) {  // 8 tiles (8K elements) or more a chunk
+    for (int64_t t = t0; t < t1; ++t) {
+      const std::array<int64_t, 2> off = outer_offsets(w, t / (tq * tl), q, last);
+      const int64_t a0 = (t / tl % tq) * kTile, b0 = (t % tl) * kTile;
+      const int64_t a1 = std::min(nq, a0 + kTile), b1 = std::min(nl, b0 + kTile);
+      for (int64_t a = a0; a < a1; ++a) {
+        const T* sa = s + off[0] + a;
+        T* da = d + off[1] + a * out_q;
+        for (int64_t b = b0; b < b1; ++b) da[b] = sa[b * src_l];
+      }
+    }
+  });
+  return true;
+}
+
+}  // namespace
+
 void CpuBackend::copy(const Tensor& src, Tensor& out) {
+  if (src.dtype() == out.dtype()) {
+    const bool done = visit_dtype(src.dtype(), [&](auto tag) { return copy_transposed<decltype(tag)>(src, out); });
+    if (done) return;
+  }
   visit_dtype(src.dtype(), [&](auto stag) {
     using S = decltype(stag);
     visit_dtype(out.dtype(), [&](auto dtag) {

@@ -14,6 +14,12 @@ class CpuBackend final : public Backend {
   TESSERA_PRIMITIVES(TS_OVERRIDE)
   TS_OVERRIDE(bias_gelu)  // one pass instead of the composite's bias add, GELU and column reduction
   TS_OVERRIDE(bias_gelu_backward)
+  TS_OVERRIDE(conv_embedding)  // the convolution as one GEMM straight into the token layout
+  TS_OVERRIDE(conv_embedding_backward)
+  TS_OVERRIDE(depthwise_conv2d_nhwc)  // loops along the contiguous channels
+  TS_OVERRIDE(depthwise_conv2d_nhwc_backward)
+  TS_OVERRIDE(batch_norm_nhwc)
+  TS_OVERRIDE(batch_norm_nhwc_backward)
   TS_OVERRIDE(sum_of_squares)  // one parallel pass per tensor, no f64 copies
   TS_OVERRIDE(scale)
 };

@@ -116,43 +116,27 @@ void CpuBackend::bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) {
   });
 }
 
-// dx = dy·GELU'(x + bias) and dbias = Σ_rows dx in one pass. Column blocks own their dbias sums (in double,
-// over the rounded dx values, as the composite's reduce), so every thread walks all rows of its block.
+// dx = dy·GELU'(x + bias), row-parallel like the forward (the inner loop vectorises), then dbias = Σ_rows dx
+// over the rounded dx values in double, as the composite's reduce.
 void CpuBackend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Tensor& bias, Tensor& dx,
                                     Tensor& dbias) {
   TS_CHECK(dy.is_contiguous() && x.is_contiguous() && bias.is_contiguous() && (!dx.defined() || dx.is_contiguous()),
            "bias_gelu_backward: dy, x, bias and dx must be contiguous");
+  if (!dx.defined() && !dbias.defined()) return;
   visit_float(x.dtype(), "bias_gelu_backward", [&](auto tag) {
     using T = decltype(tag);
     const int64_t rows = x.size(0), C = x.size(1);
+    const Tensor g = dx.defined() ? dx : Tensor::empty(x.shape(), x.dtype());
     const T *pdy = dy.data<T>(), *px = x.data<T>(), *pb = bias.data<T>();
-    T* pdx = dx.defined() ? dx.data<T>() : nullptr;
-    T* pdb = dbias.defined() ? dbias.data<T>() : nullptr;
-    constexpr BinaryOp kGrad = BinaryOp::GeluBackward;
-    if (!pdb) {
-      if (!pdx) return;
-      parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < C; ++c) pdx[r * C + c] = binary_op<T, kGrad>(T(px[r * C + c] + pb[c]), pdy[r * C + c]);
-      });
-      return;
-    }
-    constexpr int64_t kBlock = 64;
-    parallel_for((C + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
-      double acc[kBlock];
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t c0 = b * kBlock, n = std::min(C, c0 + kBlock) - c0;
-        std::fill(acc, acc + n, 0.0);
-        for (int64_t r = 0; r < rows; ++r)
-          for (int64_t k = 0; k < n; ++k) {
-            const int64_t i = r * C + c0 + k;
-            const T g = binary_op<T, kGrad>(T(px[i] + pb[c0 + k]), pdy[i]);
-            if (pdx) pdx[i] = g;
-            acc[k] += double(g);
-          }
-        for (int64_t k = 0; k < n; ++k) pdb[c0 + k] = T(acc[k]);
-      }
+    T* pg = g.data<T>();
+    parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < C; ++c)
+          pg[r * C + c] = binary_op<T, BinaryOp::GeluBackward>(T(px[r * C + c] + pb[c]), pdy[r * C + c]);
     });
+    if (!dbias.defined()) return;
+    const std::vector<double> sums = column_sums(pg, rows, C);
+    for (int64_t c = 0; c < C; ++c) dbias.data<T>()[c] = T(sums[size_t(c)]);
   });
 }
 

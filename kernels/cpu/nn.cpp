@@ -3,8 +3,9 @@
 // its storage allows. The op layer (engine/ops_nn.cpp) validates shapes and hands over contiguous tensors.
 //
 // Parallelism: rows / channels / samples that own disjoint outputs run through parallel_for. Reductions
-// that cross those units (layer-norm dweight, attention dK/dV, ...) are either re-partitioned by the
-// output they write (column blocks) or done by the GEMM, so no two threads ever write one element.
+// that cross those units (layer-norm dweight, bias gradients, attention dK/dV, ...) are either partial sums
+// over fixed blocks of rows added in order (sum_over_rows, kernels/cpu/strided.h) or done by the GEMM, so no
+// two threads ever write one element and no result depends on the thread count.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/strided.h"
 #include "kernels/cpu/vector_math.h"
 #include "engine/core/parallel.h"
 
@@ -181,30 +183,20 @@ void CpuBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Te
       });
     }
     if (dweight.defined() || dbias.defined()) {
-      // Sums over rows, partitioned by column blocks so each thread owns its outputs; within a block the
-      // row loop reads contiguous runs of x and dy.
+      // Σ dy·x̂ and Σ dy over the rows, side by side.
       T *pdw = mut_or_null<T>(dweight), *pdb = mut_or_null<T>(dbias);
-      constexpr int64_t kBlock = 64;
-      parallel_for((C + kBlock - 1) / kBlock, 1, [&](int64_t b0, int64_t b1) {
-        std::vector<double> aw(kBlock), ab(kBlock);
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t c0 = b * kBlock, c1 = std::min(C, c0 + kBlock);
-          std::fill(aw.begin(), aw.end(), 0.0);
-          std::fill(ab.begin(), ab.end(), 0.0);
-          for (int64_t r = 0; r < rows; ++r) {
-            const double mu = sm.get(r), rs = sr.get(r);
-            const T *xr = px + r * C, *gr = pg + r * C;
-            for (int64_t c = c0; c < c1; ++c) {
-              aw[size_t(c - c0)] += double(gr[c]) * (double(xr[c]) - mu) * rs;
-              ab[size_t(c - c0)] += double(gr[c]);
-            }
-          }
-          for (int64_t c = c0; c < c1; ++c) {
-            if (pdw) pdw[c] = T(aw[size_t(c - c0)]);
-            if (pdb) pdb[c] = T(ab[size_t(c - c0)]);
-          }
+      const std::vector<double> sums = sum_over_rows(rows, 2 * C, [&](int64_t r, double* __restrict acc) {
+        const double mu = sm.get(r), rs = sr.get(r);
+        const T *xr = px + r * C, *gr = pg + r * C;
+        for (int64_t c = 0; c < C; ++c) {
+          acc[c] += double(gr[c]) * (double(xr[c]) - mu) * rs;
+          acc[C + c] += double(gr[c]);
         }
       });
+      for (int64_t c = 0; c < C; ++c) {
+        if (pdw) pdw[c] = T(sums[size_t(c)]);
+        if (pdb) pdb[c] = T(sums[size_t(C + c)]);
+      }
     }
   });
 }
@@ -225,7 +217,8 @@ ConvGeom conv_geom(const Tensor& x, const Tensor& w, const Tensor& y, const Conv
   ConvGeom g;
   g.N = x.size(0); g.Cin = x.size(1); g.H = x.size(2); g.W = x.size(3);
   g.Cout = w.size(0); g.kh = w.size(2); g.kw = w.size(3);
-  g.Ho = y.size(2); g.Wo = y.size(3);
+  g.Ho = y.defined() ? y.size(2) : (g.H + 2 * a.pad_h - g.kh) / a.stride_h + 1;
+  g.Wo = y.defined() ? y.size(3) : (g.W + 2 * a.pad_w - g.kw) / a.stride_w + 1;
   g.groups = a.groups; g.Cg = g.Cin / a.groups; g.Coutg = g.Cout / a.groups;
   g.sh = a.stride_h; g.sw = a.stride_w; g.ph = a.pad_h; g.pw = a.pad_w;
   return g;
@@ -437,7 +430,141 @@ void depthwise_backward(const ConvGeom& g, const T* dy, const T* x, const T* w, 
   });
 }
 
+// Channels-last depthwise (Backend::depthwise_conv2d_nhwc): every inner loop runs along the channels, which
+// are contiguous, so it vectorises for any image size and stride, and no phase planes are needed. The weight
+// is transposed to [taps, C] first. An output pixel starts from the bias and adds its taps in (i, j) order.
+template <typename T> std::vector<T> taps_by_channel(const ConvGeom& g, const T* w) {
+  const int64_t taps = g.kh * g.kw;
+  std::vector<T> wt(size_t(taps * g.Cin));
+  for (int64_t c = 0; c < g.Cin; ++c)
+    for (int64_t t = 0; t < taps; ++t) wt[size_t(t * g.Cin + c)] = w[c * taps + t];
+  return wt;
+}
+
+// fn(i, j, ih, iw) for each tap of output pixel (oh, ow) that reads inside the image, in (i, j) order.
+template <typename F> void for_each_tap(const ConvGeom& g, int64_t oh, int64_t ow, const F& fn) {
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t ih = oh * g.sh - g.ph + i;
+    if (ih < 0 || ih >= g.H) continue;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t iw = ow * g.sw - g.pw + j;
+      if (iw >= 0 && iw < g.W) fn(i, j, ih, iw);
+    }
+  }
+}
+
+template <typename T>
+void depthwise_nhwc_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
+  const int64_t C = g.Cin;
+  const std::vector<T> wt = taps_by_channel(g, w);
+  parallel_for(g.N * g.Ho, std::max<int64_t>(1, 8192 / std::max<int64_t>(g.Wo * C * g.kh * g.kw, 1)),
+               [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.Ho, oh = r % g.Ho;
+      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+        T* __restrict out = y + (r * g.Wo + ow) * C;
+        if (b) std::copy(b, b + C, out);
+        else std::fill(out, out + C, T(0));
+        for_each_tap(g, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
+          const T* __restrict in = x + ((n * g.H + ih) * g.W + iw) * C;
+          const T* __restrict wr = wt.data() + (i * g.kw + j) * C;
+          for (int64_t c = 0; c < C; ++c) out[c] += wr[c] * in[c];
+        });
+      }
+    }
+  });
+}
+
+// dx by gathering (input pixel (ih, iw) collects the taps that read it, in (i, j) order), parallel over
+// image rows; dweight and dbias as per-sample sums in double, added over the samples in order, so the result
+// does not depend on the thread count.
+template <typename T>
+void depthwise_nhwc_backward(const ConvGeom& g, const T* dy, const T* x, const T* w, T* dx, T* dw, T* db) {
+  const int64_t C = g.Cin, taps = g.kh * g.kw;
+  if (dx) {
+    const std::vector<T> wt = taps_by_channel(g, w);
+    parallel_for(g.N * g.H, std::max<int64_t>(1, 8192 / std::max<int64_t>(g.W * C * taps, 1)),
+                 [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / g.H, ih = r % g.H;
+        for (int64_t iw = 0; iw < g.W; ++iw) {
+          T* __restrict out = dx + (r * g.W + iw) * C;
+          std::fill(out, out + C, T(0));
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t hs = ih + g.ph - i;  // = oh·sh for the output row that reads this pixel with tap row i
+            if (hs < 0 || hs % g.sh != 0 || hs / g.sh >= g.Ho) continue;
+            for (int64_t j = 0; j < g.kw; ++j) {
+              const int64_t ws = iw + g.pw - j;
+              if (ws < 0 || ws % g.sw != 0 || ws / g.sw >= g.Wo) continue;
+              const T* __restrict gin = dy + ((n * g.Ho + hs / g.sh) * g.Wo + ws / g.sw) * C;
+              const T* __restrict wr = wt.data() + (i * g.kw + j) * C;
+              for (int64_t c = 0; c < C; ++c) out[c] += wr[c] * gin[c];
+            }
+          }
+        }
+      }
+    });
+  }
+  if (!dw && !db) return;
+  const int64_t width = (taps + 1) * C;  // per sample: Σ dy·x for each tap, then Σ dy
+  std::vector<double> part(size_t(g.N * width), 0.0);
+  parallel_for(g.N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      double* __restrict acc = part.data() + n * width;
+      for (int64_t oh = 0; oh < g.Ho; ++oh)
+        for (int64_t ow = 0; ow < g.Wo; ++ow) {
+          const T* __restrict gout = dy + ((n * g.Ho + oh) * g.Wo + ow) * C;
+          double* __restrict bsum = acc + taps * C;
+          for (int64_t c = 0; c < C; ++c) bsum[c] += double(gout[c]);
+          if (!dw) continue;
+          for_each_tap(g, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
+            const T* __restrict in = x + ((n * g.H + ih) * g.W + iw) * C;
+            double* __restrict a = acc + (i * g.kw + j) * C;
+            for (int64_t c = 0; c < C; ++c) a[c] += double(gout[c]) * double(in[c]);
+          });
+        }
+    }
+  });
+  for (int64_t k = 0; k < width; ++k) {
+    double sum = 0;
+    for (int64_t n = 0; n < g.N; ++n) sum += part[size_t(n * width + k)];
+    const int64_t t = k / C, c = k % C;
+    if (t < taps && dw) dw[c * taps + t] = T(sum);
+    if (t == taps && db) db[c] = T(sum);
+  }
+}
+
+// The geometry of a channels-last depthwise conv: x [N, H, W, C], y or dy [N, Ho, Wo, C].
+ConvGeom nhwc_geom(const Tensor& x, const Tensor& w, const Tensor& y, const Conv2dArgs& a) {
+  TS_CHECK(a.groups == x.size(3) && w.size(0) == x.size(3) && w.size(1) == 1,
+           "depthwise_conv2d_nhwc: weight " + w.str() + " must be [C, 1, kh, kw] for x " + x.str());
+  ConvGeom g;
+  g.N = x.size(0); g.H = x.size(1); g.W = x.size(2); g.Cin = g.Cout = g.groups = x.size(3);
+  g.kh = w.size(2); g.kw = w.size(3); g.Ho = y.size(1); g.Wo = y.size(2);
+  g.Cg = g.Coutg = 1;
+  g.sh = a.stride_h; g.sw = a.stride_w; g.ph = a.pad_h; g.pw = a.pad_w;
+  return g;
+}
+
 }  // namespace
+
+void CpuBackend::depthwise_conv2d_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                       const Conv2dArgs& a, Tensor& y) {
+  visit_float(x.dtype(), "depthwise_conv2d_nhwc", [&](auto tag) {
+    using T = decltype(tag);
+    depthwise_nhwc_forward(nhwc_geom(x, weight, y, a), x.data<T>(), weight.data<T>(), data_or_null<T>(bias),
+                           y.data<T>());
+  });
+}
+
+void CpuBackend::depthwise_conv2d_nhwc_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                                const Conv2dArgs& a, Tensor& dx, Tensor& dweight, Tensor& dbias) {
+  visit_float(x.dtype(), "depthwise_conv2d_nhwc_backward", [&](auto tag) {
+    using T = decltype(tag);
+    depthwise_nhwc_backward(nhwc_geom(x, weight, dy, a), dy.data<T>(), x.data<T>(), weight.data<T>(),
+                            mut_or_null<T>(dx), mut_or_null<T>(dweight), mut_or_null<T>(dbias));
+  });
+}
 
 void CpuBackend::conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
                         Tensor& y) {
@@ -522,6 +649,133 @@ void CpuBackend::conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor
   });
 }
 
+// ================================================================ conv token embedding
+// The composite (engine/core/fused.cpp) convolves sample by sample into an image [N, C, Ho, Wo] (GEMMs of
+// only C rows, one sample at a time) and then transposes it into tokens. Here the convolution goes straight
+// to the token layout as one GEMM per chunk of samples: im2row gathers each output pixel's receptive field
+// into a row of K = Cin·kh·kw (columns in the weight's own (c, i, j) order) and pre_norm [pixels, C] =
+// bias + rows · weightᵀ, a GEMM with thousands of rows. Backward keeps the layout: dbias = Σ_pixels dpre,
+// dweight = dpreᵀ · rows (summed over the chunks) and drows = dpre · weight, scattered back (row2im).
+namespace {
+
+// Samples per chunk, so that a chunk's rows [samples·P, K] stay near 16 MiB of f32 however large the batch.
+int64_t embedding_chunk(const ConvGeom& g) {
+  return std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(g.P() * g.K(), 1), 1, std::max<int64_t>(g.N, 1));
+}
+
+// rows [(n − n0)·P + oh·Wo + ow, (c·kh + i)·kw + j] = x[n, c, oh·sh − ph + i, ow·sw − pw + j] (0 outside).
+template <typename T> void im2row(const ConvGeom& g, const T* x, int64_t n0, int64_t n1, T* rows) {
+  const int64_t P = g.P(), K = g.K();
+  parallel_for((n1 - n0) * P, std::max<int64_t>(1, 4096 / std::max<int64_t>(K, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = n0 + r / P, oh = r % P / g.Wo, ow = r % P % g.Wo;
+      const int64_t iw0 = ow * g.sw - g.pw, j0 = std::max<int64_t>(0, -iw0), j1 = std::min(g.kw, g.W - iw0);
+      T* row = rows + r * K;
+      for (int64_t c = 0; c < g.Cin; ++c)
+        for (int64_t i = 0; i < g.kh; ++i) {
+          T* out = row + (c * g.kh + i) * g.kw;
+          const int64_t ih = oh * g.sh - g.ph + i;
+          if (ih < 0 || ih >= g.H || j0 >= j1) { std::fill(out, out + g.kw, T(0)); continue; }
+          const T* in = x + ((n * g.Cin + c) * g.H + ih) * g.W;  // the input row; tap j reads column iw0 + j
+          std::fill(out, out + j0, T(0));
+          std::copy(in + iw0 + j0, in + iw0 + j1, out + j0);
+          std::fill(out + j1, out + g.kw, T(0));
+        }
+    }
+  });
+}
+
+// The adjoint of im2row into dx (zeroed here): samples own disjoint parts of dx, so they run in parallel,
+// each adding its rows in order.
+template <typename T> void row2im(const ConvGeom& g, const T* rows, int64_t n0, int64_t n1, T* dx) {
+  const int64_t P = g.P(), K = g.K(), image = g.Cin * g.H * g.W;
+  parallel_for(n1 - n0, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      T* dxn = dx + (n0 + s) * image;
+      std::fill(dxn, dxn + image, T(0));
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t oh = p / g.Wo, ow = p % g.Wo;
+        const int64_t iw0 = ow * g.sw - g.pw, j0 = std::max<int64_t>(0, -iw0), j1 = std::min(g.kw, g.W - iw0);
+        const T* row = rows + (s * P + p) * K;
+        for (int64_t c = 0; c < g.Cin; ++c)
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t ih = oh * g.sh - g.ph + i;
+            if (ih < 0 || ih >= g.H) continue;
+            const T* in = row + (c * g.kh + i) * g.kw;
+            T* out = dxn + (c * g.H + ih) * g.W;
+            for (int64_t j = j0; j < j1; ++j) out[iw0 + j] += in[j];
+          }
+      }
+    }
+  });
+}
+
+ConvGeom embedding_geom(const Tensor& x, const Tensor& weight, const Conv2dArgs& a) {
+  TS_CHECK(a.groups == 1, "conv_embedding: groups must be 1, got " + std::to_string(a.groups));
+  return conv_geom(x, weight, Tensor(), a);
+}
+
+}  // namespace
+
+void CpuBackend::conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
+                                const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens,
+                                Tensor& pre_norm, Tensor& mean, Tensor& rstd) {
+  visit_float(x.dtype(), "conv_embedding", [&](auto tag) {
+    using T = decltype(tag);
+    const ConvGeom g = embedding_geom(x, weight, a);
+    const int64_t P = g.P(), K = g.K(), C = g.Cout, chunk = embedding_chunk(g);
+    const T* pb = data_or_null<T>(bias);
+    T* pre = pre_norm.data<T>();
+    Tensor rows = Tensor::empty({chunk * P, K}, x.dtype());
+    for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
+      const int64_t n1 = std::min(g.N, n0 + chunk), M = (n1 - n0) * P;
+      im2row(g, x.data<T>(), n0, n1, rows.data<T>());
+      if (pb)  // the GEMM adds onto the bias (beta = 1)
+        parallel_for(M, row_grain(C), [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) std::copy(pb, pb + C, pre + (n0 * P + r) * C);
+        });
+      run_gemm(false, true, 1, M, C, K, 1.0, pb ? 1.0 : 0.0, rows, 0, weight, 0, window(pre_norm, n0 * P * C, {M * C}), 0);
+    }
+    Tensor pre_rows = pre_norm.reshape({g.N * P, C}), token_rows = tokens.reshape({g.N * P, C});
+    layer_norm(pre_rows, ln_weight, ln_bias, eps, token_rows, mean, rstd);
+  });
+}
+
+void CpuBackend::conv_embedding_backward(const Tensor& dtokens, const Tensor& x, const Tensor& weight,
+                                         const Conv2dArgs& a, const Tensor& pre_norm, const Tensor& ln_weight,
+                                         const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
+                                         Tensor& dbias, Tensor& dln_weight, Tensor& dln_bias) {
+  visit_float(x.dtype(), "conv_embedding_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const ConvGeom g = embedding_geom(x, weight, a);
+    const int64_t P = g.P(), K = g.K(), C = g.Cout, chunk = embedding_chunk(g), pixels = g.N * P;
+    const bool conv_grads = dx.defined() || dweight.defined() || dbias.defined();
+    Tensor dpre = conv_grads ? Tensor::empty({pixels, C}, x.dtype()) : Tensor();
+    layer_norm_backward(dtokens.reshape({pixels, C}), pre_norm.reshape({pixels, C}), ln_weight, mean, rstd, dpre,
+                        dln_weight, dln_bias);
+    if (!conv_grads) return;
+    const T* pg = dpre.data<T>();
+    if (dbias.defined()) {
+      const std::vector<double> sums = column_sums(pg, pixels, C);
+      for (int64_t c = 0; c < C; ++c) dbias.data<T>()[c] = T(sums[size_t(c)]);
+    }
+    if (!dx.defined() && !dweight.defined()) return;
+    Tensor rows = Tensor::empty({chunk * P, K}, x.dtype());
+    for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
+      const int64_t n1 = std::min(g.N, n0 + chunk), M = (n1 - n0) * P;
+      const Tensor dpre_chunk = window(dpre, n0 * P * C, {M * C});
+      if (dweight.defined()) {  // dweight [C, K] (+)= dpreᵀ [C, M] · rows [M, K]
+        im2row(g, x.data<T>(), n0, n1, rows.data<T>());
+        run_gemm(true, false, 1, C, K, M, 1.0, n0 == 0 ? 0.0 : 1.0, dpre_chunk, 0, rows, 0, dweight, 0);
+      }
+      if (dx.defined()) {  // drows [M, K] = dpre [M, C] · weight [C, K]; rows is free again
+        run_gemm(false, false, 1, M, K, C, 1.0, 0.0, dpre_chunk, 0, weight, 0, rows, 0);
+        row2im(g, rows.data<T>(), n0, n1, dx.data<T>());
+      }
+    }
+  });
+}
+
 // ================================================================ batch norm
 void CpuBackend::batch_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& mean,
                             Tensor& invstd, double eps, bool training, Tensor& y) {
@@ -600,6 +854,88 @@ void CpuBackend::batch_norm_backward(const Tensor& dy, const Tensor& x, const Te
             dc[p] = T(w * is * (double(gc[p]) - a - (double(xc[p]) - mu) * is * b));
         }
       }
+    });
+  });
+}
+
+// Batch norm on channels-last memory (Backend::batch_norm_nhwc): x is [rows, C] with the statistics per
+// column (sum_over_rows); the normalisation runs row by row along the contiguous channels.
+
+void CpuBackend::batch_norm_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& mean,
+                                 Tensor& invstd, double eps, bool training, Tensor& y) {
+  visit_float(x.dtype(), "batch_norm_nhwc", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t C = x.size(-1), rows = x.numel() / std::max<int64_t>(C, 1);
+    const T *px = x.data<T>(), *pw = data_or_null<T>(weight), *pb = data_or_null<T>(bias);
+    T* py = y.data<T>();
+    Stat sm(mean, "batch_norm_nhwc"), si(invstd, "batch_norm_nhwc");
+    std::vector<double> mu(static_cast<size_t>(C)), is(static_cast<size_t>(C));
+    if (training) {  // batch mean and biased variance over the rows, two passes
+      mu = sum_over_rows(rows, C, [&](int64_t r, double* __restrict acc) {
+        for (int64_t c = 0; c < C; ++c) acc[c] += double(px[r * C + c]);
+      });
+      for (double& m : mu) m /= double(rows);
+      const std::vector<double> var = sum_over_rows(rows, C, [&](int64_t r, double* __restrict acc) {
+        for (int64_t c = 0; c < C; ++c) { const double d = double(px[r * C + c]) - mu[size_t(c)]; acc[c] += d * d; }
+      });
+      for (int64_t c = 0; c < C; ++c) {
+        is[size_t(c)] = 1.0 / std::sqrt(var[size_t(c)] / double(rows) + eps);
+        sm.set(c, mu[size_t(c)]);
+        si.set(c, is[size_t(c)]);
+      }
+    } else {
+      for (int64_t c = 0; c < C; ++c) mu[size_t(c)] = sm.get(c), is[size_t(c)] = si.get(c);
+    }
+    // y = x·scale + shift with scale = w·invstd, shift = b − μ·scale
+    std::vector<double> scale(static_cast<size_t>(C)), shift(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c) {
+      scale[size_t(c)] = (pw ? double(pw[c]) : 1.0) * is[size_t(c)];
+      shift[size_t(c)] = (pb ? double(pb[c]) : 0.0) - mu[size_t(c)] * scale[size_t(c)];
+    }
+    parallel_for(rows, row_grain(C), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < C; ++c) py[r * C + c] = T(double(px[r * C + c]) * scale[size_t(c)] + shift[size_t(c)]);
+    });
+  });
+}
+
+void CpuBackend::batch_norm_nhwc_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
+                                          const Tensor& mean, const Tensor& invstd, bool training, Tensor& dx,
+                                          Tensor& dweight, Tensor& dbias) {
+  visit_float(x.dtype(), "batch_norm_nhwc_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t C = x.size(-1), rows = x.numel() / std::max<int64_t>(C, 1);
+    const T *px = x.data<T>(), *pg = dy.data<T>(), *pw = data_or_null<T>(weight);
+    T *pdx = mut_or_null<T>(dx), *pdw = mut_or_null<T>(dweight), *pdb = mut_or_null<T>(dbias);
+    Stat sm(mean, "batch_norm_nhwc_backward"), si(invstd, "batch_norm_nhwc_backward");
+    std::vector<double> mu(static_cast<size_t>(C)), is(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c) mu[size_t(c)] = sm.get(c), is[size_t(c)] = si.get(c);
+    // Σ dy and Σ dy·x̂ over the rows, side by side
+    const std::vector<double> s = sum_over_rows(rows, 2 * C, [&](int64_t r, double* __restrict acc) {
+      for (int64_t c = 0; c < C; ++c) {
+        const double g = double(pg[r * C + c]);
+        acc[c] += g;
+        acc[C + c] += g * (double(px[r * C + c]) - mu[size_t(c)]) * is[size_t(c)];
+      }
+    });
+    for (int64_t c = 0; c < C; ++c) {
+      if (pdw) pdw[c] = T(s[size_t(C + c)]);
+      if (pdb) pdb[c] = T(s[size_t(c)]);
+    }
+    if (!pdx) return;
+    // Train: dx = w·invstd·(dy − mean(dy) − x̂·mean(dy⊙x̂)); eval: the statistics are constants, dx = w·invstd·dy.
+    std::vector<double> k(static_cast<size_t>(C)), a(static_cast<size_t>(C)), b(static_cast<size_t>(C));
+    for (int64_t c = 0; c < C; ++c) {
+      k[size_t(c)] = (pw ? double(pw[c]) : 1.0) * is[size_t(c)];
+      a[size_t(c)] = training ? s[size_t(c)] / double(rows) : 0.0;
+      b[size_t(c)] = training ? s[size_t(C + c)] / double(rows) : 0.0;
+    }
+    parallel_for(rows, row_grain(C), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t c = 0; c < C; ++c) {
+          const size_t u = size_t(c);
+          pdx[r * C + c] = T(k[u] * (double(pg[r * C + c]) - a[u] - (double(px[r * C + c]) - mu[u]) * is[u] * b[u]));
+        }
     });
   });
 }
