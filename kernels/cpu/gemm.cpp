@@ -28,26 +28,41 @@ struct Operand {  // element (r, c) of op(X) for a contiguous row-major X
 };
 
 // Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row micro-panels, k-major inside each: dst[(i/MR)*kc*MR + k*MR + i%MR].
+// Whole panels get loops without per-element branches: for a transposed A each k is MR consecutive floats,
+// otherwise MR rows are read side by side.
 void pack_a(const Operand& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst) {
   for (int64_t ir = 0; ir < mc; ir += MR) {
     float* panel = dst + (ir / MR) * kc * MR;
-    int64_t rows = std::min(MR, mc - ir);
-    for (int64_t k = 0; k < kc; ++k)
-      for (int64_t i = 0; i < MR; ++i) panel[k * MR + i] = i < rows ? A.at(i0 + ir + i, k0 + k) : 0.f;
+    const int64_t rows = std::min(MR, mc - ir);
+    if (rows == MR && A.trans) {
+      for (int64_t k = 0; k < kc; ++k) std::memcpy(panel + k * MR, A.p + (k0 + k) * A.ld + i0 + ir, MR * sizeof(float));
+    } else if (rows == MR) {
+      const float* r = A.p + (i0 + ir) * A.ld + k0;
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t i = 0; i < MR; ++i) panel[k * MR + i] = r[i * A.ld + k];
+    } else {
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t i = 0; i < MR; ++i) panel[k * MR + i] = i < rows ? A.at(i0 + ir + i, k0 + k) : 0.f;
+    }
   }
 }
 
-// Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-column panels: dst[(j/NR)*kc*NR + k*NR + j%NR].
+// Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-column panels: dst[(j/NR)*kc*NR + k*NR + j%NR]. Whole panels: a
+// row of B is NR consecutive floats; a transposed B (a linear layer's weight) is read along its rows.
 void pack_b(const Operand& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst) {
   for (int64_t jr = 0; jr < nc; jr += NR) {
     float* panel = dst + (jr / NR) * kc * NR;
-    int64_t cols = std::min(NR, nc - jr);
-    for (int64_t k = 0; k < kc; ++k) {
-      if (!B.trans && cols == NR) {
-        std::memcpy(panel + k * NR, B.p + (k0 + k) * B.ld + j0 + jr, NR * sizeof(float));
-        continue;
+    const int64_t cols = std::min(NR, nc - jr);
+    if (cols == NR && !B.trans) {
+      for (int64_t k = 0; k < kc; ++k) std::memcpy(panel + k * NR, B.p + (k0 + k) * B.ld + j0 + jr, NR * sizeof(float));
+    } else if (cols == NR) {
+      for (int64_t j = 0; j < NR; ++j) {
+        const float* r = B.p + (j0 + jr + j) * B.ld + k0;
+        for (int64_t k = 0; k < kc; ++k) panel[k * NR + j] = r[k];
       }
-      for (int64_t j = 0; j < NR; ++j) panel[k * NR + j] = j < cols ? B.at(k0 + k, j0 + jr + j) : 0.f;
+    } else {
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t j = 0; j < NR; ++j) panel[k * NR + j] = j < cols ? B.at(k0 + k, j0 + jr + j) : 0.f;
     }
   }
 }
