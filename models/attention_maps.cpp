@@ -29,6 +29,16 @@ void check_shape(const Tensor& t, int64_t dims, const char* what) {
                                 (t.defined() ? t.str() : std::string("undefined")));
 }
 
+// A layer's fused matrix (B, Tq, Tk) must match its layout's queries and keys (and B images when B ≥ 0).
+void check_fused_shape(const Tensor& fused, const AttentionLayout& layout, int64_t B = -1) {
+  check_shape(fused, 3, "fused attention");
+  const int64_t Tq = layout.queries(), Tk = layout.keys();
+  if ((B >= 0 && fused.size(0) != B) || fused.size(1) != Tq || fused.size(2) != Tk)
+    throw std::invalid_argument("layer " + std::to_string(layout.layer) + ": attention " + fused.str() +
+                                " does not match its layout's " + std::to_string(Tq) + " queries and " +
+                                std::to_string(Tk) + " keys");
+}
+
 }  // namespace
 
 std::vector<AttentionLayout> attention_layouts(const ModelConfig& config, int64_t height, int64_t width) {
@@ -233,12 +243,8 @@ Tensor key_to_query_transport(const AttentionLayout& layout) {
 // so the product costs Tq·Tk·kernel², never a dense Tq × Tk × Tq one. With S = I every M[b, i, j] is
 // 0 + F[b, i, j]·1, F exactly.
 Tensor carry_to_queries(const Tensor& fused, const AttentionLayout& layout) {
-  check_shape(fused, 3, "fused attention");
+  check_fused_shape(fused, layout);
   const int64_t B = fused.size(0), Tq = layout.queries(), Tk = layout.keys();
-  if (fused.size(1) != Tq || fused.size(2) != Tk)
-    throw std::invalid_argument("layer " + std::to_string(layout.layer) + ": attention " + fused.str() +
-                                " does not match its layout's " + std::to_string(Tq) + " queries and " +
-                                std::to_string(Tk) + " keys");
   const auto rows = transport_rows(layout);
   const std::vector<double> f = fused.to_vector<double>();
   std::vector<double> m(size_t(B * Tq * Tq), 0.0);
@@ -252,19 +258,53 @@ Tensor carry_to_queries(const Tensor& fused, const AttentionLayout& layout) {
   return Tensor::from(m, {B, Tq, Tq});
 }
 
+namespace {
+
+// The matrices of every layer as flat B × T × T vectors, after checking they agree in shape.
+std::vector<std::vector<double>> layer_matrices(const std::vector<Tensor>& matrices, const char* what, int64_t& B,
+                                                int64_t& T) {
+  if (matrices.empty()) throw std::invalid_argument(std::string(what) + " needs at least one layer");
+  check_shape(matrices[0], 3, what);
+  B = matrices[0].size(0), T = matrices[0].size(1);
+  std::vector<std::vector<double>> flat;
+  for (const Tensor& m : matrices) {
+    if (m.shape() != Shape{B, T, T})
+      throw std::invalid_argument(std::string(what) + " matrices differ in shape: " + m.str() + " and " +
+                                  matrices[0].str());
+    flat.push_back(m.to_vector<double>());
+  }
+  return flat;
+}
+
+// e_0ᵀ F_L ⋯ F_1 per image, F_l = factors[l] (+ I when plus_identity): the row vector times each factor from
+// the last layer down, O(L·T²), so no T × T product is ever formed.
+Tensor cls_row_through(const std::vector<std::vector<double>>& factors, int64_t B, int64_t T, bool plus_identity) {
+  std::vector<double> out(size_t(B * T)), r(static_cast<size_t>(T)), next(static_cast<size_t>(T));
+  for (int64_t b = 0; b < B; ++b) {
+    std::fill(r.begin(), r.end(), 0.0);
+    r[0] = 1.0;
+    for (size_t l = factors.size(); l-- > 0;) {
+      if (plus_identity) next = r;
+      else std::fill(next.begin(), next.end(), 0.0);
+      const double* f = factors[l].data() + b * T * T;
+      for (int64_t i = 0; i < T; ++i)
+        for (int64_t j = 0; j < T; ++j) next[size_t(j)] += r[size_t(i)] * f[i * T + j];
+      r.swap(next);
+    }
+    std::copy(r.begin(), r.end(), out.begin() + b * T);
+  }
+  return Tensor::from(out, {B, T});
+}
+
+}  // namespace
+
 Tensor rollout_cls_row(const std::vector<Tensor>& matrices, double discard) {
   if (!(discard >= 0 && discard < 1))
     throw std::invalid_argument("discard ratio " + std::to_string(discard) + " is outside [0, 1)");
-  if (matrices.empty()) throw std::invalid_argument("rollout needs at least one layer");
-  check_shape(matrices[0], 3, "rollout matrix");
-  const int64_t B = matrices[0].size(0), T = matrices[0].size(1), n = T * T;
-  // Â_l for every layer and image, flattened T × T.
-  std::vector<std::vector<double>> hat;
-  for (const Tensor& m : matrices) {
-    check_shape(m, 3, "rollout matrix");
-    if (m.shape() != Shape{B, T, T})
-      throw std::invalid_argument("rollout matrices differ in shape: " + m.str() + " and " + matrices[0].str());
-    std::vector<double> a = m.to_vector<double>();
+  int64_t B = 0, T = 0;
+  std::vector<std::vector<double>> hat = layer_matrices(matrices, "rollout", B, T);
+  const int64_t n = T * T;
+  for (std::vector<double>& a : hat) {  // Â_l for every layer and image
     // Discard (vit-explain): the k = ⌊n·discard⌋ smallest of the n = T² entries are zeroed, except flat
     // index 0, the cls token's attention to itself. Ties go to the lower index (numpy's stable argsort), so
     // the choice is reproducible.
@@ -289,52 +329,14 @@ Tensor rollout_cls_row(const std::vector<Tensor>& matrices, double discard) {
         for (int64_t j = 0; j < T; ++j) s += row[j];
         for (int64_t j = 0; j < T; ++j) row[j] /= s;
       }
-    hat.push_back(std::move(a));
   }
-  // R[0, :] = e_0ᵀ Â_L ⋯ Â_1, as a row vector times each matrix from the last layer down: O(L·T²) and no
-  // T × T product is formed.
-  std::vector<double> out(size_t(B * T));
-  std::vector<double> r(static_cast<size_t>(T)), next(static_cast<size_t>(T));
-  for (int64_t b = 0; b < B; ++b) {
-    std::fill(r.begin(), r.end(), 0.0);
-    r[0] = 1.0;
-    for (size_t l = hat.size(); l-- > 0;) {
-      std::fill(next.begin(), next.end(), 0.0);
-      const double* h = hat[l].data() + b * n;
-      for (int64_t i = 0; i < T; ++i)
-        for (int64_t j = 0; j < T; ++j) next[size_t(j)] += r[size_t(i)] * h[i * T + j];
-      r.swap(next);
-    }
-    std::copy(r.begin(), r.end(), out.begin() + b * T);
-  }
-  return Tensor::from(out, {B, T});
+  return cls_row_through(hat, B, T, false);  // R[0, :] = e_0ᵀ Â_L ⋯ Â_1
 }
 
 Tensor relevance_cls_row(const std::vector<Tensor>& matrices) {
-  if (matrices.empty()) throw std::invalid_argument("relevance needs at least one layer");
-  check_shape(matrices[0], 3, "relevance matrix");
-  const int64_t B = matrices[0].size(0), T = matrices[0].size(1), n = T * T;
-  std::vector<std::vector<double>> m;
-  for (const Tensor& a : matrices) {
-    if (a.shape() != Shape{B, T, T})
-      throw std::invalid_argument("relevance matrices differ in shape: " + a.str() + " and " + matrices[0].str());
-    m.push_back(a.to_vector<double>());
-  }
-  // e_0ᵀ (I + Ā_L) ⋯ (I + Ā_1): the row vector times each factor from the last layer down, r ← r + r·Ā.
-  std::vector<double> out(size_t(B * T)), r(static_cast<size_t>(T)), next(static_cast<size_t>(T));
-  for (int64_t b = 0; b < B; ++b) {
-    std::fill(r.begin(), r.end(), 0.0);
-    r[0] = 1.0;
-    for (size_t l = m.size(); l-- > 0;) {
-      next = r;
-      const double* a = m[l].data() + b * n;
-      for (int64_t i = 0; i < T; ++i)
-        for (int64_t j = 0; j < T; ++j) next[size_t(j)] += r[size_t(i)] * a[i * T + j];
-      r.swap(next);
-    }
-    std::copy(r.begin(), r.end(), out.begin() + b * T);
-  }
-  return Tensor::from(out, {B, T});
+  int64_t B = 0, T = 0;
+  const std::vector<std::vector<double>> bars = layer_matrices(matrices, "relevance", B, T);
+  return cls_row_through(bars, B, T, true);  // e_0ᵀ (I + Ā_L) ⋯ (I + Ā_1)
 }
 
 namespace {
@@ -440,11 +442,8 @@ PixelMaps attention_map_to_pixels(const std::vector<Tensor>& probs, const std::v
     while (l > 0 && layouts[l - 1].stage == stage) {  // r ← r·M_l, the stage's layers last first
       const AttentionLayout& a = layouts[--l];
       const Tensor fused = layer_matrix(probs, grads, l, a, options);
+      check_fused_shape(fused, a, B);
       const int64_t Tq = a.queries(), Tk = a.keys();
-      if (fused.size(0) != B || fused.size(1) != Tq || fused.size(2) != Tk)
-        throw std::invalid_argument("layer " + std::to_string(a.layer) + ": attention " + probs[l].str() +
-                                    " does not match its layout's " + std::to_string(Tq) + " queries and " +
-                                    std::to_string(Tk) + " keys");
       const std::vector<double> f = fused.to_vector<double>();
       const auto rows = transport_rows(a);
       std::vector<double> v(static_cast<size_t>(Tk));

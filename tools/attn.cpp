@@ -148,8 +148,7 @@ std::string write_pictures(const AttnOptions& o, const std::vector<models::Atten
     for (const json& m : meta["maps"]) {
       const models::AttentionLayout& last = layouts[size_t(rollout.back())];
       const std::string tensor = m["tensor"].get<std::string>();
-      train::HeatMap h{last.query_rows, last.query_cols, last.query_origin, last.query_step,
-                       tensors.at(tensor).select(0, b).to(DType::f64).contiguous().to_vector<double>()};
+      const train::HeatMap h = train::query_grid_map(tensors.at(tensor).select(0, b), last);
       train::FigureRow row;
       row.title = m["title"].get<std::string>();
       if (m.contains("explained")) row.title += " · explaining " + m["explained"][size_t(b)].get<std::string>();
@@ -158,8 +157,7 @@ std::string write_pictures(const AttnOptions& o, const std::vector<models::Atten
                                     m["name"].get<std::string>() + ", last stage"));
       if (m.contains("pixels") && m["pixels"]["tensor"].is_string()) {
         const std::string pt = m["pixels"]["tensor"].get<std::string>();
-        const train::HeatMap px{im.height, im.width, 0.5, 1.0,
-                                tensors.at(pt).select(0, b).to(DType::f64).contiguous().to_vector<double>()};
+        const train::HeatMap px = train::pixel_map(tensors.at(pt).select(0, b), im.height, im.width);
         row.method += " Second picture: " + m["pixels"]["formula"].get<std::string>() +
                       train::fmt(" Here the cls entry held %.3f of the row.", m["pixels"]["cls_dropped"][size_t(b)].get<double>());
         std::string file = pt;
@@ -494,8 +492,7 @@ void run_on_data(const DataRun& r) {
                    "drawn over the class's mean input.";
       for (size_t m = 0; m < o.map_methods.size(); ++m) {
         const std::string tensor = map_tensor(o.map_methods[m]), method = models::map_method_name(o.map_methods[m]);
-        train::HeatMap h{last->query_rows, last->query_cols, last->query_origin, last->query_step,
-                         tensors.at(tensor + ".mean." + names[size_t(c)]).to(DType::f64).contiguous().to_vector<double>()};
+        const train::HeatMap h = train::query_grid_map(tensors.at(tensor + ".mean." + names[size_t(c)]), *last);
         row.figures.push_back(picture("class" + std::to_string(c) + "_" + tensor + ".png",
                                       train::heat_map_png(im, h, "mean " + method + " · " + names[size_t(c)]),
                                       "mean " + method));

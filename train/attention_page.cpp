@@ -119,6 +119,15 @@ HeatMap query_map(const Tensor& p, const models::AttentionLayout& a, const std::
   return m;
 }
 
+HeatMap query_grid_map(const Tensor& values, const models::AttentionLayout& layout) {
+  return {layout.query_rows, layout.query_cols, layout.query_origin, layout.query_step,
+          values.to(DType::f64).contiguous().to_vector<double>()};
+}
+
+HeatMap pixel_map(const Tensor& values, int64_t height, int64_t width) {
+  return {height, width, 0.5, 1.0, values.to(DType::f64).contiguous().to_vector<double>()};
+}
+
 HeatMap key_map(const Tensor& p, const models::AttentionLayout& a, const std::vector<int64_t>& heads) {
   const std::vector<int64_t> hs = all_heads(heads, p.defined() && p.dim() == 3 ? p.size(0) : 0);
   const std::vector<double> v = one_image(p, a, hs);

@@ -59,6 +59,10 @@ struct HeatMap {
 //   key_map    the attention each key position receives, Σ_q p[q, k] over every query
 HeatMap query_map(const Tensor& p, const models::AttentionLayout& layout, const std::vector<int64_t>& heads, int64_t q);
 HeatMap key_map(const Tensor& p, const models::AttentionLayout& layout, const std::vector<int64_t>& heads);
+// One image's map from models/attention_maps.h (any dtype): on the query grid of `layout` (attention_map's
+// rows·cols), or on the input's pixels (attention_map_to_pixels' height·width, a cell per pixel).
+HeatMap query_grid_map(const Tensor& values, const models::AttentionLayout& layout);
+HeatMap pixel_map(const Tensor& values, int64_t height, int64_t width);
 
 // The preprocessed input as the model saw it: image i of pixels (N, C, H, W), C = 1 or 3, stretched to
 // [0, 1] by its own minimum and maximum (so the normalisation's offset and scale drop out), as RGB.

@@ -73,9 +73,7 @@ ReportAttention report_attention(const Eval& e, const std::string& run_dir) {
     for (size_t b = 0; b < preds.size(); ++b) {
       const InputImage im = input_image(pixels, int64_t(b));
       auto draw = [&](const Tensor& maps, const char* title) {
-        const HeatMap h{last.query_rows, last.query_cols, last.query_origin, last.query_step,
-                        maps.select(0, int64_t(b)).to(DType::f64).contiguous().to_vector<double>()};
-        return heat_map_png(im, h, title).value_or("");
+        return heat_map_png(im, query_grid_map(maps.select(0, int64_t(b)), last), title).value_or("");
       };
       out.by_path[preds[b]->path] = {draw(rollout_map, "rollout"), draw(relevance_map, "relevance")};
     }
