@@ -82,7 +82,9 @@ Tensor Cvt::layer_forward(const Layer& L, size_t s, int64_t index, const Tensor&
     cls_h = h.slice(1, 0, 1);                    // (B, 1, C): skips the conv projections
     spatial = h.slice(1, 1, T);                  // (B, H·W, C)
   }
-  Tensor img = tokens_to_nchw(spatial, H, W);    // (B, C, H, W)
+  // (B, C, H, W) as a view of the tokens (channels-last memory): the depthwise convs and batch norms below
+  // keep that layout (engine/ops_nn.cpp), so their outputs are tokens again without a transpose.
+  Tensor img = tokens_to_nchw(spatial, H, W);
   auto project = [&](const ConvProjection& p) {  // (B, T', C), T' = H'·W' of the (strided) conv
     Tensor t = nchw_to_tokens(p.normalization(p.convolution(img), training));
     return cls ? concat({cls_h, t}, 1) : t;

@@ -2,7 +2,9 @@
 // High-Performance Matrix Multiplication", 2008): B is packed into KC×NR panels that stay in L2/L3, A
 // into MR×KC micro-panels that stay in L1, and a 6×16 register-tile micro-kernel written with GCC vector
 // extensions (AVX2/FMA with -march=native, SSE otherwise) does the arithmetic. Tiles of C are spread over
-// the thread pool. fp64 is a plain reference loop (used by the float64 gradient checks).
+// the thread pool; a deep product with few tiles splits its depth instead (gemm_f32_depth_split), and one
+// too small to repay the packing runs in place (gemm_direct). fp64 is a plain reference loop (used by the
+// float64 gradient checks).
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -143,12 +145,50 @@ void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t 
   });
 }
 
+// Products too small to repay packing (a small model's per-head attention products: 17 × 5 over 64,
+// 64 × 16 over 32), computed in place. With B's rows contiguous (B not transposed) a row of C gathers
+// A(i, k)·B[k, :] along the row; with both operands contiguous along k, each element is a dot product in
+// kLanes independent partial sums (the loop vectorises without reassociating), added in a fixed order.
+constexpr int64_t kDirectMax = 32768;  // M·N·K
+void gemm_direct(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
+                 float beta) {
+  auto store = [&](float& out, float v) { out = beta == 0.f ? alpha * v : alpha * v + beta * out; };
+  if (!B.trans) {
+    std::vector<float> row(static_cast<size_t>(N));
+    for (int64_t i = 0; i < M; ++i) {
+      std::fill(row.begin(), row.end(), 0.f);
+      for (int64_t k = 0; k < K; ++k) {
+        const float a = A.at(i, k), *b = B.p + k * B.ld;
+        for (int64_t j = 0; j < N; ++j) row[size_t(j)] += a * b[j];
+      }
+      for (int64_t j = 0; j < N; ++j) store(C[i * N + j], row[size_t(j)]);
+    }
+    return;
+  }
+  constexpr int64_t kLanes = 8;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      float lane[kLanes] = {};
+      int64_t k = 0;
+      if (!A.trans) {
+        const float *a = A.p + i * A.ld, *b = B.p + j * B.ld;
+        for (; k + kLanes <= K; k += kLanes)
+          for (int64_t l = 0; l < kLanes; ++l) lane[l] += a[k + l] * b[k + l];
+      }
+      for (; k < K; ++k) lane[k % kLanes] += A.at(i, k) * B.at(k, j);
+      float sum = 0.f;
+      for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
+      store(C[i * N + j], sum);
+    }
+}
+
 void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
               float beta, bool parallel) {
   if (K == 0) {
     for (int64_t i = 0; i < M * N; ++i) C[i] = beta == 0.f ? 0.f : beta * C[i];
     return;
   }
+  if (M * N * K <= kDirectMax) return gemm_direct(A, B, C, M, N, K, alpha, beta);
   if (parallel && K >= 2 * KSLICE && ((M + MC - 1) / MC) * ((N + NC_TASK - 1) / NC_TASK) < 4)
     return gemm_f32_depth_split(A, B, C, M, N, K, alpha, beta);
   int64_t n_panels = (N + NR - 1) / NR;
