@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job (README): installs what is missing, builds, and trains CvT on the reference data set.
 #   With a GPU the models can use: the default recipe, a from-scratch CvT-13 (train/trainer.cpp).
-#   Otherwise: the cpu recipe, a from-scratch CvT for the CPU (cvt-tiny at 64 px, 30 epochs), under 10 minutes
+#   Otherwise: the cpu recipe, a from-scratch CvT for the CPU (cvt-tiny at 64 px, 40 epochs), under 10 minutes
 #   on 2 cores.
 # Either way the run directory ends with report.html, confusion_matrix.png, metrics.jsonl and the best
 # checkpoint. A new run never overwrites an old one: it goes to runs/main, or when that holds a run already,
