@@ -48,7 +48,7 @@ import time
 import warnings
 
 DEFAULT_SIZE = {"cvt-tiny": 64, "cvt-13": 224, "vit-b16": 224}  # the sizes tessera's presets are used at
-CONTENDERS = ["tessera", "torch-eager", "torch-bf16", "torch-compile", "timm", "onnxruntime"]
+CONTENDERS = ["tessera", "tessera-bf16", "torch-eager", "torch-bf16", "torch-compile", "timm", "onnxruntime"]
 TESSERA_KEYS = ["model", "mode", "device", "precision", "batch", "image_size", "threads", "steps", "warmup",
                 "step_seconds_median", "step_seconds_min", "step_seconds_max", "step_seconds_p25",
                 "step_seconds_p75", "images_per_second", "forward_flops_per_image", "flops_per_step",
@@ -113,10 +113,11 @@ def others_cpu(before, after):
 
 
 # ---------------------------------------------------------------------------------------------------- tessera
-def run_tessera(args, model, mode, batch, size, threads):
+def run_tessera(args, model, mode, batch, size, threads, precision="fp32"):
     """One `tessera bench --json` process: its JSON object, checked against the schema and the request."""
     cmd = [args.tessera, "bench", mode, "--model", model, "--batch", str(batch), "--image-size", str(size),
-           "--threads", str(threads), "--steps", str(args.steps), "--warmup", str(args.warmup), "--json"]
+           "--threads", str(threads), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--precision", precision, "--json"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}: {short(p.stderr or p.stdout)}")
@@ -127,7 +128,7 @@ def run_tessera(args, model, mode, batch, size, threads):
     missing = [k for k in TESSERA_KEYS if k not in out]
     if missing:
         raise RuntimeError(f"{args.tessera} bench --json: missing field(s) {', '.join(missing)}")
-    asked = dict(model=model, mode=mode, batch=batch, image_size=size, threads=threads)
+    asked = dict(model=model, mode=mode, batch=batch, image_size=size, threads=threads, precision=precision)
     wrong = [f"{k} {out[k]!r} (asked {v!r})" for k, v in asked.items() if out[k] != v]
     if wrong:
         raise RuntimeError(f"{args.tessera} bench --json: {', '.join(wrong)}")
@@ -420,10 +421,12 @@ def measure_row(args, model, mode, batch, size, threads):
                       images_per_second=batch / m, gflops_per_second=flops / m / 1e9 if flops else None,
                       peak_memory_bytes=max(x["peak_memory_bytes"] for x in cr["rounds"]))
         rec["contenders"][c] = cr
-    tess = res.get("tessera", {})
+    tess, tess16 = res.get("tessera", {}), res.get("tessera-bf16", {})
     for c, cr in res.items():
         if tess.get("step_seconds") and cr.get("step_seconds"):
             cr["tessera_speedup"] = cr["step_seconds"] / tess["step_seconds"]  # > 1: tessera faster
+        if tess16.get("step_seconds") and cr.get("step_seconds"):
+            cr["tessera_bf16_speedup"] = cr["step_seconds"] / tess16["step_seconds"]  # > 1: tessera's bf16 faster
         if tess.get("peak_memory_bytes") and cr.get("peak_memory_bytes"):
             cr["tessera_memory_ratio"] = tess["peak_memory_bytes"] / cr["peak_memory_bytes"]  # < 1: tessera smaller
     for w in workers.values():
@@ -438,13 +441,14 @@ def measure_round(args, rec, cr, c, workers, onnx_dir):
         return
     model, mode, batch, size, threads = (rec[k] for k in ("model", "mode", "batch", "image_size", "threads"))
     try:
-        if c == "tessera":
-            out = run_tessera(args, model, mode, batch, size, threads)
+        if c in ("tessera", "tessera-bf16"):
+            out = run_tessera(args, model, mode, batch, size, threads, "bf16" if c == "tessera-bf16" else "fp32")
             raw = {k: v for k, v in out.items() if k != "config"}  # the config once per row is enough
             stats = {k: out["step_seconds_" + k] for k in ("median", "min", "p25", "p75", "max")}
             cr["rounds"].append(dict(stats, peak_memory_bytes=out["peak_memory_bytes"], json=raw))
-            rec.setdefault("tessera", raw)  # flops and parameters: the same every round
-            rec["config"] = out["config"]
+            if c == "tessera":
+                rec.setdefault("tessera", raw)  # flops and parameters: the same every round
+                rec["config"] = out["config"]
             return
         if "config" not in rec:
             raise Skip("needs tessera's config, and `tessera bench` did not run (see its row)")
@@ -480,7 +484,7 @@ def thread_scaling(recs):
 def print_table(rows):
     low = min(rec["threads"] for rec in rows)
     head = ["model", "mode", "batch", "size", "threads", "contender", "ms/step", "round spread ms", "images/s",
-            "GFLOP/s", "tessera/x", f"{low}→N scaling", "peak MiB", "peak tessera/x", "first step s"]
+            "GFLOP/s", "tessera/x", "tessera-bf16/x", f"{low}→N scaling", "peak MiB", "peak tessera/x", "first step s"]
     body, notes = [], []
     fmt = lambda v, spec: format(v, spec) if v else ""
     for rec in rows:
@@ -490,13 +494,14 @@ def print_table(rows):
             key = [rec["model"], rec["mode"], str(rec["batch"]), str(rec["image_size"]), str(rec["threads"]), c]
             first = fmt(cr.get("first_step_seconds"), ".1f")
             if cr["status"] != "ok":
-                body.append(key + [cr["status"]] + [""] * 7 + [first])
+                body.append(key + [cr["status"]] + [""] * 8 + [first])
                 notes.append(f"{' '.join(key)}: {cr['status']}: {cr['reason']}")
                 continue
             body.append(key + [f"{cr['step_seconds'] * 1e3:.1f}",
                                f"{cr['round_medians_min'] * 1e3:.1f}-{cr['round_medians_max'] * 1e3:.1f}",
                                f"{cr['images_per_second']:.1f}", fmt(cr.get("gflops_per_second"), ".1f"),
-                               fmt(cr.get("tessera_speedup"), ".2f"), fmt(cr.get("thread_scaling"), ".2f"),
+                               fmt(cr.get("tessera_speedup"), ".2f"), fmt(cr.get("tessera_bf16_speedup"), ".2f"),
+                               fmt(cr.get("thread_scaling"), ".2f"),
                                f"{cr['peak_memory_bytes'] / 2 ** 20:.0f}", fmt(cr.get("tessera_memory_ratio"), ".2f"),
                                first])
     widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
@@ -506,7 +511,8 @@ def print_table(rows):
         print(line(r))
     print("\n".join([
         "\nms/step: median over rounds of each round's median step; round spread: the lowest and highest round median;",
-        "tessera/x: the contender's ms / tessera's (> 1: tessera faster); GFLOP/s: tessera's flops_per_step / ms/step;",
+        "tessera/x: the contender's ms / tessera's (> 1: tessera faster); tessera-bf16/x: the same against",
+        "  tessera's bf16 step (--precision bf16; read it on the torch-bf16 row); GFLOP/s: tessera's flops_per_step / ms/step;",
         f"{low}→N scaling: the contender's ms at {low} thread(s) / its ms at this row's thread count;",
         "peak MiB: the high-water mark of the contender's process's resident set (VmHWM), tessera's as well: it",
         "  includes the model, its optimizer state, the first step and the framework itself (interpreter, libraries,",
@@ -518,7 +524,7 @@ def print_table(rows):
         print("  " + n)
 
 
-COLORS = ["#000000", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]  # tessera in black
+COLORS = ["#000000", "#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]  # tessera black, its bf16 grey
 
 
 def write_svg(rows, path):
@@ -649,7 +655,7 @@ def parse_args():
             bad.append(f"{name}: must be >= {low}, got {v}")
     bad += [f"--batches: batch must be >= 1, got {b}" for b in args.batches if b < 1]
     bad += [f"--threads: thread count must be >= 1, got {t}" for t in args.threads if t < 1]
-    if "tessera" in args.contenders and not os.access(args.tessera, os.X_OK):
+    if {"tessera", "tessera-bf16"} & set(args.contenders) and not os.access(args.tessera, os.X_OK):
         bad.append(f"--tessera: {args.tessera} is not an executable (build it with `ninja -C build-cpu tessera`)")
     if bad:
         ap.error("; ".join(bad))
@@ -659,9 +665,9 @@ def parse_args():
 def main():
     args = parse_args()
     if importlib.util.find_spec("torch") is None:
-        for c in [c for c in args.contenders if c != "tessera"]:
+        for c in [c for c in args.contenders if not c.startswith("tessera")]:
             print(f"{c}: skipped: torch is not installed")
-        args.contenders = [c for c in args.contenders if c == "tessera"]
+        args.contenders = [c for c in args.contenders if c.startswith("tessera")]
     meta = machine_info(args)
     print(f"# {meta['cpu_model']}, threads {','.join(map(str, args.threads))}, torch {meta['versions']['torch']}, "
           f"transformers {meta['versions']['transformers']}, commit {meta['commit']}, {meta['date']}", flush=True)

@@ -175,9 +175,12 @@ Tensor clamp(const Tensor& x, double lo, double hi) {
   Tensor out = unary_raw(UnaryOp::Clamp, x, lo, hi);
   Tensor xd = x.detach();
   return record("clamp", {x}, out, [xd, lo, hi](const Tensor& g) {
-    Tensor inside = mul(binary_raw(BinaryOp::Ge, xd, scalar_like(lo, xd), "clamp"),
-                        binary_raw(BinaryOp::Ge, scalar_like(hi, xd), xd, "clamp"));
-    return Grads{mul(g, inside)};
+    // Compared in at least fp32, as the forward compares: a bound rounded to bf16 (0.8 -> 0.80078125)
+    // would let through an x the forward clamped.
+    const Tensor xc = dtype_size(xd.dtype()) < 4 ? xd.to(DType::f32) : xd;
+    Tensor inside = mul(binary_raw(BinaryOp::Ge, xc, scalar_like(lo, xc), "clamp"),
+                        binary_raw(BinaryOp::Ge, scalar_like(hi, xc), xc, "clamp"));
+    return Grads{mul(g, inside.to(g.dtype()))};
   });
 }
 
@@ -264,9 +267,11 @@ Tensor max(const Tensor& x, std::vector<int64_t> dims, bool keepdim) {
   int64_t R = r.rows.size(1);
   DType dt = x.dtype();
   return record("max", {x}, out, [=, idx = idx](const Tensor& g) {  // (a structured binding is captured by name)
-    // One-hot of the winning position in each reduced group, scaled by the group's gradient.
-    Tensor positions = Tensor::arange(R, dt, g.device()).reshape({1, R});
-    Tensor onehot = eq(positions, idx.to(dt).reshape({-1, 1}));
+    // One-hot of the winning position in each reduced group, scaled by the group's gradient. Positions are
+    // compared where they are exact integers (bf16 holds them only up to 256).
+    const DType exact = R < (int64_t(1) << 24) ? DType::f32 : DType::f64;
+    Tensor positions = Tensor::arange(R, exact, g.device()).reshape({1, R});
+    Tensor onehot = eq(positions, idx.to(exact).reshape({-1, 1})).to(dt);
     Tensor gx = mul(onehot, g.contiguous().reshape({-1, 1}));
     return Grads{gx.reshape(permuted).permute(inverse)};
   });

@@ -427,10 +427,11 @@ Tensor masked_scale(const Tensor& x, double p, bool training, Generator& gen, co
   Tensor mask;
   {
     NoGradGuard ng;
-    // 1 with probability keep, scaled so E[y] = x; x's dtype so the product is one same-dtype mul.
-    mask = mul(gen.bernoulli(mask_shape, keep, x.dtype(), x.device()), 1.0 / keep);
+    mask = gen.bernoulli(mask_shape, keep, x.dtype(), x.device());  // 1 with probability keep, else 0
   }
-  return mul(x, mask);  // mul's backward multiplies the gradient by the same mask
+  // x·mask is exact; the scale that makes E[y] = x is then applied in fp32 with one rounding (a mask
+  // holding 1/keep in bf16 would round the scale itself: 1/0.6 -> 1.6640625).
+  return mul(mul(x, mask), 1.0 / keep);
 }
 
 }  // namespace

@@ -92,7 +92,7 @@ using TolRule = std::function<Tol(const TolCtx&)>;
 
 struct Entry {
   std::string name;
-  std::vector<DType> cuda_dtypes;  // the CPU runs f32 and f64 for every entry
+  std::vector<DType> cuda_dtypes;  // the CPU runs f32 and f64 for every entry, and bf16 where this lists it
   bool differentiable = true;
   bool multilinear = false;  // the magnitude M is computed (see the top of the file)
   TolRule tol;
@@ -211,7 +211,8 @@ inline Entry binary(const std::string& name, Tensor (*f)(const Tensor&, const Te
                     double ahi, double blo, double bhi, bool differentiable = true) {
   Entry e{name, kAllFloat, differentiable, kind == 'a', nullptr, {}};
   e.tol = [kind](const TolCtx& c) {
-    if (kind == 'x') return c.which == 0 ? Tol{} : Tol{2 * c.gamma() * c.L, 0, 0};  // Σ of ≤ L values |W| ≤ 1
+    // Σ of ≤ L values |W| ≤ 1, rounded once more to a 16-bit gradient
+    if (kind == 'x') return c.which == 0 ? Tol{} : Tol{2 * c.gamma() * c.L, c.uo(), 0};
     if (kind == 'a') return Tol{0, c.uo(), c.which == 0 ? 2 * c.fn() : 2 * c.gamma() + c.uo()};
     // mul, div, pow: a few correctly rounded (or ≤ 4 ulp) operations; the gradients chain 2–3 of them
     // (a/b² = (a/b)/b, a^b·log a) and sum over broadcast dims.
@@ -243,11 +244,13 @@ inline Entry binary(const std::string& name, Tensor (*f)(const Tensor&, const Te
 // ---------------------------------------------------------------- reductions
 inline Entry reduction(const std::string& name, bool is_max) {
   Entry e{name, kAllFloat, true, !is_max, nullptr, {}};
-  // sum/mean: γ_L·Σ|x| (M), then one rounding of a 16-bit result; the gradient broadcasts W (exact, or one
-  // multiply by 1/L for mean). max: exact, its gradient a copy of W.
-  e.tol = [is_max](const TolCtx& c) {
+  // sum/mean: γ_L·Σ|x| (M), then one rounding of a 16-bit result (mean: two, the sum's and the scaled
+  // one's); the gradient broadcasts W (exact, or one multiply by 1/L for mean). max: exact, its gradient a
+  // copy of W.
+  const bool is_mean = name == "mean";
+  e.tol = [is_max, is_mean](const TolCtx& c) {
     if (is_max) return Tol{};
-    return c.which == 0 ? Tol{0, c.uo(), 2 * c.gamma()} : Tol{0, 2 * c.u(), 0};
+    return c.which == 0 ? Tol{0, (is_mean ? 2 : 1) * c.uo(), 2 * c.gamma()} : Tol{0, 2 * c.u(), 0};
   };
   struct R { Shape s; std::vector<int64_t> dims; bool keep; View v; std::string name; unsigned tags; };
   auto perm = [](const Tensor& t) { return t.permute({1, 0, 2}); };
@@ -322,8 +325,10 @@ inline Entry argmax_entry() {
 
 // ---------------------------------------------------------------- matmul / linear
 // K-term dot products: γ_K·Σ|a||b| (M); a 16-bit output rounds once more (uo). dA sums N terms, dB sums
-// M·batch terms. f64 on CUDA, f32 everywhere: true fp32 products (MatmulPrecision::Highest, the default).
-inline Tol gemm_tol(const TolCtx& c) { return Tol{0, c.uo(), 2 * c.gamma()}; }
+// M·batch terms; the gradient of an operand broadcast over the batch is a sum of per-matrix products, each
+// rounded to a 16-bit type before the sum: uo·Σ|partials| ≤ uo·M more. f64 on CUDA, f32 everywhere: true
+// fp32 products (MatmulPrecision::Highest, the default).
+inline Tol gemm_tol(const TolCtx& c) { return Tol{0, c.uo(), 2 * c.gamma() + (c.which == 0 ? 0 : c.uo())}; }
 
 inline Entry matmul_entry() {
   Entry e{"matmul", kAllFloat, true, true, gemm_tol, {}};
@@ -344,6 +349,9 @@ inline Entry matmul_entry() {
       {{3, 17, 23}, {3, 23, 19}, same, same, {23, 19, 51}, "[3,17,23] @ [3,23,19]", kOdd},
       {{2, 1, 7, 33}, {3, 5, 33}, same, tl, {33, 5, 21}, "[2,1,7,33] @ [3,33,5]ᵀ", kOdd},
       {{97, 300}, {300, 257}, same, same, {300, 257, 97}, "[97,300] @ [300,257]", kOdd},
+      // Depth over one packed panel (the CPU's fp32 256, bf16 512), and deep with a single tile (depth slices).
+      {{40, 700}, {700, 70}, same, same, {700, 70, 40}, "[40,700] @ [700,70] (depth over a panel)", kOdd},
+      {{2100, 9}, {17, 2100}, tl, tl, {2100, 17, 9}, "[2100,9]ᵀ @ [17,2100]ᵀ (deep, one tile: depth slices)", kOdd},
       {{256, 1024}, {1024, 256}, same, same, {1024, 256, 256}, "[256,1024] @ [1024,256]", kCuda},
       {{2, 12, 197, 64}, {2, 12, 197, 64}, same, tl, {64, 197, 197 * 24}, "ViT-B/16 scores [2,12,197,64] @ kᵀ",
        kCuda | kModel},

@@ -135,7 +135,10 @@ else fail "bench --profile: exit code $rc"; fi
 run bench fly --model cvt-tiny; expect_error "bench bad mode" "fly"
 run bench train --model cvt-tiny --batch 0; expect_error "bench bad batch" "--batch"
 run bench train --model cvt-99; expect_error "bench unknown model" "cvt-99"
-run bench train --model cvt-tiny --precision bf16; expect_error "bench bf16 on the CPU" "bf16"
+run bench train --model cvt-tiny --batch 2 --image-size 32 --steps 1 --warmup 0 --precision bf16 --json
+if [ "$rc" -eq 0 ]; then expect_out "bench bf16 on the CPU" '"precision":"bf16"' '"device":"cpu"'
+else fail "bench bf16 on the CPU: exit code $rc"; fi
+run bench train --model cvt-tiny --precision fp8; expect_error "bench bad precision" "fp8"
 
 # tessera attn: the tiny CvT's attention probabilities (stage 1 and the last layer) and the rollout map of its
 # last stage (14 x 14 at 224 px), then bad layers, heads and options.

@@ -2,12 +2,14 @@
 //  grad     float64 central finite differences on the CPU for every differentiable op (tests/gradcheck.h);
 //  compare  each non-CPU backend against the CPU reference: the op's output and its input gradients in
 //           every supported dtype against the CPU in f64 on the same (already rounded) inputs, with the
-//           entry's tolerance rule. The CPU itself in f32 is run the same way, so the machinery and the f32
-//           rules are exercised on every machine; the CUDA part skips, saying why, where no GPU is usable.
+//           entry's tolerance rule. The CPU itself in f32 and bf16 is run the same way, so the machinery
+//           and the f32 and bf16 rules are exercised on every machine; the CUDA part skips, saying why,
+//           where no GPU is usable.
 // A failure names the op, the case and the dtype, and prints the largest errors and the first elements out
 // of tolerance.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -146,6 +148,28 @@ TEST_CASE("op registry, compare: the CPU in f32 against the CPU in f64") {
   for (const Entry& e : registry())
     for (const Case& c : e.cases)
       if (c.tags & kCpu) compare_case(e, c, DType::f32, Device::CPU, 2000 + uint64_t(checked++));
+  MESSAGE(checked << " cases compared");
+}
+
+// bf16 on the CPU keeps the contract's rule for 16-bit data (fp32 arithmetic, one rounding per result:
+// kernels/cpu/bf16.cpp), so each entry is held to the same bf16 tolerance as on CUDA. GEMM entries run
+// twice: with the processor's bf16 dot products (where it has them) and widened to fp32.
+TEST_CASE("op registry, compare: the CPU in bf16 against the CPU in f64") {
+  int checked = 0;
+  for (const bool dot : {true, false}) {
+    if (dot && !cpu_has_avx512_bf16()) {
+      MESSAGE("bf16 dot products skipped: this processor lacks AVX512-BF16; the widened path runs below");
+      continue;
+    }
+    set_cpu_bf16_dot_products(dot);
+    for (const Entry& e : registry()) {
+      if (std::find(e.cuda_dtypes.begin(), e.cuda_dtypes.end(), DType::bf16) == e.cuda_dtypes.end()) continue;
+      if (!dot && !e.multilinear) continue;  // only the GEMM path differs
+      for (const Case& c : e.cases)
+        if (c.tags & kCpu) compare_case(e, c, DType::bf16, Device::CPU, 5000 + uint64_t(checked++));
+    }
+  }
+  set_cpu_bf16_dot_products(true);
   MESSAGE(checked << " cases compared");
 }
 

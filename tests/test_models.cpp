@@ -18,6 +18,7 @@
 #include "models/model.h"
 #include "models/vit.h"
 #include "engine/core/backend.h"
+#include "tests/bf16_step.h"
 #include "tests/cuda_test_util.h"
 #include "tests/gradcheck.h"
 #include "tests/temp_dir.h"
@@ -832,4 +833,10 @@ TEST_CASE("attention hooks: the composed path equals the fused one, gates remove
     CHECK_THROWS_WITH_AS(model->forward(x, false, gen), doctest::Contains("attention gate of layer 0: expected"), TensorError);
     model->set_attention_hooks(nullptr);
   }
+}
+
+// The CPU's bf16 path (kernels/cpu/bf16.cpp and the bf16 GEMM) at model level: mixed precision as a GPU
+// runs it, held to the rounding-error model's tolerance (tests/bf16_step.h).
+TEST_CASE("models: a bf16 training step of CvT and of ViT agrees with fp32 on the CPU") {
+  tessera::testing::check_bf16_steps(Device::CPU);
 }

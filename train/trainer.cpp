@@ -496,8 +496,6 @@ void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::stri
   TrainOptions& o = r.o;
   validate(o);
   r.device = resolve_device(*o.device, log);
-  if (*o.precision == Precision::BF16 && r.device != Device::CUDA)
-    throw std::runtime_error("train: --precision bf16 needs --device cuda (the CPU backend computes in fp32 and fp64)");
   r.compute = *o.precision == Precision::BF16 ? DType::bf16 : DType::f32;
 
   // A new run never starts over an old one: its checkpoints and links would mix with the new run's.

@@ -1,7 +1,7 @@
 // The one dispatch point between the differentiable ops (engine/ops*.cpp) and the kernels.
 //
 // A Backend implements the same narrow op set for one device: the CPU reference (kernels/cpu/, every op,
-// fp32 and fp64, the oracle every other backend is tested against) and CUDA (kernels/cuda/). Ops receive
+// fp32 and fp64, the oracle every other backend is tested against; bf16 computed in fp32) and CUDA (kernels/cuda/). Ops receive
 // tensors that already live on the backend's device, with outputs allocated by the caller. The contract
 // lives here, in the tensor core, because the core's own copies and fills run on it; the implementations
 // live a layer up and register themselves (register_backend, below).

@@ -1,4 +1,4 @@
-// The CPU backend's instance and its memory ops: fill, strided copy with dtype conversion, random.
+// The CPU backend's memory ops: fill, strided copy with dtype conversion, random.
 #include <cmath>
 
 #include "engine/core/philox.h"
@@ -6,11 +6,6 @@
 #include "kernels/cpu/strided.h"
 
 namespace tessera {
-
-Backend& cpu_backend() {
-  static CpuBackend instance;
-  return instance;
-}
 
 void CpuBackend::fill(Tensor& out, double value) {
   visit_dtype(out.dtype(), [&](auto tag) {

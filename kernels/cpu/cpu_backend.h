@@ -1,6 +1,8 @@
-// The CPU reference backend: every op of engine/core/backend.h, in fp32 and fp64 (copy/fill: every dtype).
-// Obvious code first; the GEMM is cache-blocked and multithreaded so the CPU path is usable, and the
-// other hot loops run in parallel over rows or channels (engine/core/parallel.h).
+// The CPU reference backend: every op of engine/core/backend.h, in fp32 and fp64 (copy/fill: every dtype;
+// gemm also bf16). bf16 tensors reach the other ops through CpuBf16 (bf16.cpp), the CPU's registered
+// backend, which widens them to fp32 around these kernels. Obvious code first; the GEMM is cache-blocked
+// and multithreaded so the CPU path is usable, and the other hot loops run in parallel over rows or
+// channels (engine/core/parallel.h).
 // Method bodies live with their op family: elementwise.cpp, reduce.cpp, gemm.cpp, nn.cpp, index.cpp, ...
 #pragma once
 #include "engine/core/backend.h"

@@ -3,11 +3,17 @@
 // into MR×KC micro-panels that stay in L1, and a 6×16 register-tile micro-kernel written with GCC vector
 // extensions (AVX2/FMA with -march=native, SSE otherwise) does the arithmetic. Tiles of C are spread over
 // the thread pool; a deep product with few tiles splits its depth instead (gemm_f32_depth_split), and one
-// too small to repay the packing runs in place (gemm_direct). fp64 is a plain reference loop (used by the
-// float64 gradient checks).
+// too small to repay the packing runs in place (gemm_direct). bf16: the same blocking around AVX512-BF16
+// dot products where the processor has them, else widened to fp32 (gemm_bf16, below). fp64 is a plain
+// reference loop (used by the float64 gradient checks).
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "kernels/cpu/cpu_backend.h"
 #include "engine/core/parallel.h"
@@ -119,6 +125,19 @@ Operand depth_window(const Operand& X, int64_t k0, bool depth_is_row) {  // op(X
 void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
               float beta, bool parallel);
 
+// One depth panel's two phases: pack every B panel, then run the tiles, across the pool or (a batch of
+// matrices already spread over the threads) here.
+template <typename Pack, typename Tiles>
+void pack_then_tiles(bool parallel, int64_t panels, const Pack& pack, int64_t tasks, const Tiles& tiles) {
+  if (parallel) {
+    parallel_for(panels, 4, pack);
+    parallel_for(tasks, 1, tiles);
+  } else {
+    pack(0, panels);
+    tiles(0, tasks);
+  }
+}
+
 // C = alpha·Σ_s (A·B over depth slice s) + beta·C, the slices in parallel into private buffers and added in
 // slice order. Weight gradients need it: dW [out, in] = dYᵀ·X sums over every token of the batch (depth in
 // the thousands) into a few tiles, which the tile loop would leave to one thread. The split depends on the
@@ -216,14 +235,181 @@ void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N
                          alpha, beta_k);
       }
     };
-    if (parallel) {
-      parallel_for(n_panels, 4, pack_panels);
-      parallel_for(m_tasks * n_tasks, 1, tiles);
-    } else {
-      pack_panels(0, n_panels);
-      tiles(0, m_tasks * n_tasks);
+    pack_then_tiles(parallel, n_panels, pack_panels, m_tasks * n_tasks, tiles);
+  }
+}
+
+
+// ---------------------------------------------------------------- bf16
+// bf16 operands, fp32 sums, one rounding of each result: C = bf16(alpha·Σ + beta·C), the contract's rule
+// for 16-bit data. The products go to an fp32 buffer P; one pass then applies alpha and beta and rounds.
+// Two ways to P:
+//  native: AVX512-BF16's VDPBF16PS multiplies a pair of bf16 along the depth in each 32-bit lane and adds
+//    both products to that lane's fp32 sum, twice the fp32 FMA's multiplies per instruction. The panels
+//    therefore hold depth pairs: B as 32-bit words (B[2q, j], B[2q+1, j]) for depth pair q and column j,
+//    NR16 = 32 columns (two 512-bit vectors) per pair; A as words (A[i, 2q], A[i, 2q+1]), MR16 = 8 rows per
+//    pair, each broadcast to every lane. An odd depth pads its last pair with a zero.
+//  widened: the operands converted to fp32 for gemm_f32 (no AVX512-BF16, or a product too small to
+//    repay packing). Same products (exact in fp32), another summation order.
+constexpr int64_t MR16 = 8, NR16 = 32;
+constexpr int64_t KC16 = 512;      // depth per packed panel: a 32-column B panel is 32 KiB, an A panel 8 KiB
+constexpr int64_t MC16 = 96;       // rows per task (12 micro-panels)
+constexpr int64_t NC16_TASK = 256; // columns per task (8 panels)
+
+struct Operand16 {  // element (r, c) of op(X) for a contiguous row-major bf16 X
+  const uint16_t* p;
+  int64_t ld;
+  bool trans;
+  int64_t rows, cols;  // of op(X): reads outside are zero (the padding of edge panels and odd depths)
+  uint16_t at(int64_t r, int64_t c) const {
+    if (r >= rows || c >= cols) return 0;
+    return trans ? p[c * ld + r] : p[r * ld + c];
+  }
+  uint32_t pair(int64_t r, int64_t c) const {  // (X(r, c), X(r, c + 1)) along the depth, c the row's depth
+    return uint32_t(at(r, c)) | uint32_t(at(r, c + 1)) << 16;
+  }
+};
+
+std::atomic<int> g_bf16_dot_products{-1};  // -1: not yet decided (the processor's answer), 0 off, 1 on
+
+bool processor_has_avx512_bf16() {
+#if defined(__x86_64__)
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+// op(A)[i0:i0+mc, k0:k0+kc] as MR16-row panels of depth pairs: dst[(i/MR16)·pairs·MR16 + q·MR16 + i%MR16].
+void pack_a16(const Operand16& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, uint32_t* dst) {
+  const int64_t pairs = (kc + 1) / 2;
+  for (int64_t ir = 0; ir < mc; ir += MR16) {
+    uint32_t* panel = dst + (ir / MR16) * pairs * MR16;
+    for (int64_t q = 0; q < pairs; ++q)
+      for (int64_t i = 0; i < MR16; ++i)
+        panel[q * MR16 + i] = ir + i < mc && 2 * q < kc ? (2 * q + 1 < kc ? A.pair(i0 + ir + i, k0 + 2 * q)
+                                                                          : uint32_t(A.at(i0 + ir + i, k0 + 2 * q)))
+                                                        : 0u;
+  }
+}
+
+// op(B)[k0:k0+kc, j0:j0+NR16] as one panel of depth pairs: dst[q·NR16 + j] = (B[k0+2q, j], B[k0+2q+1, j]).
+void pack_b16(const Operand16& B, int64_t k0, int64_t kc, int64_t j0, uint32_t* dst) {
+  const int64_t pairs = (kc + 1) / 2;
+  for (int64_t q = 0; q < pairs; ++q) {
+    const int64_t k = k0 + 2 * q;
+    const bool second = 2 * q + 1 < kc;
+    for (int64_t j = 0; j < NR16; ++j)
+      dst[q * NR16 + j] = uint32_t(B.at(k, j0 + j)) | (second ? uint32_t(B.at(k + 1, j0 + j)) << 16 : 0u);
+  }
+}
+
+#if defined(__x86_64__)
+// P[0:rows, 0:cols] (+)= Ap·Bp for one MR16×NR16 tile; `accumulate`: add to P (a later depth panel).
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void micro_kernel_bf16(
+    int64_t pairs, const uint32_t* Ap, const uint32_t* Bp, float* P, int64_t ldp, int64_t rows, int64_t cols,
+    bool accumulate) {
+  __m512 c[MR16][2];
+  for (int64_t i = 0; i < MR16; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
+  for (int64_t q = 0; q < pairs; ++q) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(Bp + q * NR16);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(Bp + q * NR16 + 16);
+    for (int64_t i = 0; i < MR16; ++i) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(Ap[q * MR16 + i]));
+      c[i][0] = _mm512_dpbf16_ps(c[i][0], a, b0);
+      c[i][1] = _mm512_dpbf16_ps(c[i][1], a, b1);
     }
   }
+  const __mmask16 m0 = cols >= 16 ? __mmask16(0xffff) : __mmask16((1u << cols) - 1);
+  const __mmask16 m1 = cols >= 32 ? __mmask16(0xffff) : cols > 16 ? __mmask16((1u << (cols - 16)) - 1) : 0;
+  for (int64_t i = 0; i < MR16; ++i) {
+    if (i >= rows) break;
+    float* out = P + i * ldp;
+    if (accumulate) {
+      c[i][0] = _mm512_add_ps(c[i][0], _mm512_maskz_loadu_ps(m0, out));
+      c[i][1] = _mm512_add_ps(c[i][1], _mm512_maskz_loadu_ps(m1, out + 16));
+    }
+    _mm512_mask_storeu_ps(out, m0, c[i][0]);
+    _mm512_mask_storeu_ps(out + 16, m1, c[i][1]);
+  }
+}
+#endif
+
+// P = op(A)·op(B) in fp32 with the native kernel (the caller checked the processor).
+void products_bf16_native(const Operand16& A, const Operand16& B, float* P, int64_t M, int64_t N, int64_t K,
+                          bool parallel) {
+#if defined(__x86_64__)
+  const int64_t n_panels = (N + NR16 - 1) / NR16, m_tasks = (M + MC16 - 1) / MC16,
+                n_tasks = (N + NC16_TASK - 1) / NC16_TASK;
+  std::vector<uint32_t> Bp(size_t(n_panels * NR16 * ((std::min(K, KC16) + 1) / 2)));
+  for (int64_t k0 = 0; k0 < K; k0 += KC16) {
+    const int64_t kc = std::min(KC16, K - k0), pairs = (kc + 1) / 2;
+    auto pack_panels = [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) pack_b16(B, k0, kc, p * NR16, Bp.data() + p * pairs * NR16);
+    };
+    auto tiles = [&](int64_t t0, int64_t t1) {
+      std::vector<uint32_t> Ap(size_t(MC16 * pairs));
+      int64_t packed_i0 = -1;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t i0 = (t / n_tasks) * MC16, j0 = (t % n_tasks) * NC16_TASK;
+        const int64_t mc = std::min(MC16, M - i0), nc = std::min(NC16_TASK, N - j0);
+        if (i0 != packed_i0) pack_a16(A, i0, mc, k0, kc, Ap.data());
+        packed_i0 = i0;
+        for (int64_t jr = 0; jr < nc; jr += NR16)
+          for (int64_t ir = 0; ir < mc; ir += MR16)
+            micro_kernel_bf16(pairs, Ap.data() + (ir / MR16) * pairs * MR16, Bp.data() + ((j0 + jr) / NR16) * pairs * NR16,
+                              P + (i0 + ir) * N + j0 + jr, N, std::min(MR16, mc - ir), std::min(NR16, nc - jr), k0 > 0);
+      }
+    };
+    pack_then_tiles(parallel, n_panels, pack_panels, m_tasks * n_tasks, tiles);
+  }
+#else
+  (void)A, (void)B, (void)P, (void)M, (void)N, (void)K, (void)parallel;
+  fail("gemm: the bf16 dot-product kernel needs an x86-64 processor");
+#endif
+}
+
+// op(X) widened to fp32, stored as X is (same ld, same transposition).
+std::vector<float> widen(const Operand16& X) {
+  const int64_t stored_rows = X.trans ? X.cols : X.rows;
+  std::vector<float> wide(size_t(stored_rows * X.ld));
+  for (size_t i = 0; i < wide.size(); ++i) wide[i] = bf16_to_float(bf16_t{X.p[i]});
+  return wide;
+}
+
+void gemm_bf16(const Operand16& A, const Operand16& B, bf16_t* C, int64_t M, int64_t N, int64_t K, float alpha,
+               float beta, bool parallel) {
+  std::vector<float> P(size_t(M * N), 0.f);
+  const bool few_tiles = ((M + MC16 - 1) / MC16) * ((N + NC16_TASK - 1) / NC16_TASK) < 4;
+  if (K == 0) {
+  } else if (!cpu_bf16_dot_products() || M * N * K <= kDirectMax) {
+    const std::vector<float> a = widen(A), b = widen(B);
+    gemm_f32({a.data(), A.ld, A.trans}, {b.data(), B.ld, B.trans}, P.data(), M, N, K, 1.f, 0.f, parallel);
+  } else if (parallel && K >= 2 * KSLICE && few_tiles) {  // weight gradients: depth slices, as gemm_f32 does
+    const int64_t slices = (K + KSLICE - 1) / KSLICE;
+    std::vector<float> partial(size_t(slices * M * N));
+    parallel_for(slices, 1, [&](int64_t s0, int64_t s1) {
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t k0 = s * KSLICE, kc = std::min(KSLICE, K - k0);
+        Operand16 a = A, b = B;  // the slice's window: depth k0..k0+kc
+        a.p += A.trans ? k0 * A.ld : k0, a.cols = kc;
+        b.p += B.trans ? k0 : k0 * B.ld, b.rows = kc;
+        products_bf16_native(a, b, partial.data() + s * M * N, M, N, kc, false);
+      }
+    });
+    for (int64_t s = 0; s < slices; ++s)  // in slice order
+      for (int64_t i = 0; i < M * N; ++i) P[size_t(i)] += partial[size_t(s * M * N + i)];
+  } else {
+    products_bf16_native(A, B, P.data(), M, N, K, parallel);
+  }
+  auto round_rows = [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0 * N; i < i1 * N; ++i) {
+      const float old = beta == 0.f ? 0.f : beta * bf16_to_float(C[i]);  // beta 0: never read C
+      C[i] = float_to_bf16(alpha * P[size_t(i)] + old);
+    }
+  };
+  if (parallel) parallel_for(M, std::max<int64_t>(1, 16384 / N), round_rows);
+  else round_rows(0, M);
 }
 
 template <typename T>
@@ -251,11 +437,18 @@ void CpuBackend::gemm(const GemmArgs& g) {
                              g.K, g.alpha, g.beta);
     return;
   }
-  TS_CHECK(g.A.dtype() == DType::f32, std::string("gemm on the CPU supports f32 and f64, not ") +
-                                          dtype_name(g.A.dtype()));
+  TS_CHECK(g.A.dtype() == DType::f32 || g.A.dtype() == DType::bf16,
+           std::string("gemm on the CPU supports f32, f64 and bf16, not ") + dtype_name(g.A.dtype()));
   auto run = [&](int64_t b, bool parallel) {
-    Operand A{g.A.data<float>() + b * g.stride_a, g.trans_a ? g.M : g.K, g.trans_a};
-    Operand B{g.B.data<float>() + b * g.stride_b, g.trans_b ? g.K : g.N, g.trans_b};
+    const int64_t lda = g.trans_a ? g.M : g.K, ldb = g.trans_b ? g.K : g.N;
+    if (g.A.dtype() == DType::bf16) {
+      const uint16_t *a = &g.A.data<bf16_t>()->bits + b * g.stride_a, *bb = &g.B.data<bf16_t>()->bits + b * g.stride_b;
+      gemm_bf16({a, lda, g.trans_a, g.M, g.K}, {bb, ldb, g.trans_b, g.K, g.N}, g.C.data<bf16_t>() + b * g.stride_c,
+                g.M, g.N, g.K, float(g.alpha), float(g.beta), parallel);
+      return;
+    }
+    Operand A{g.A.data<float>() + b * g.stride_a, lda, g.trans_a};
+    Operand B{g.B.data<float>() + b * g.stride_b, ldb, g.trans_b};
     gemm_f32(A, B, g.C.data<float>() + b * g.stride_c, g.M, g.N, g.K, float(g.alpha), float(g.beta), parallel);
   };
   // Many small matrices (attention heads): one matrix per thread. Few large ones: tiles per thread.
@@ -265,6 +458,13 @@ void CpuBackend::gemm(const GemmArgs& g) {
   } else {
     for (int64_t b = 0; b < g.batch; ++b) run(b, true);
   }
+}
+
+bool cpu_has_avx512_bf16() { return processor_has_avx512_bf16(); }
+void set_cpu_bf16_dot_products(bool use) { g_bf16_dot_products = use && processor_has_avx512_bf16() ? 1 : 0; }
+bool cpu_bf16_dot_products() {
+  if (g_bf16_dot_products < 0) g_bf16_dot_products = processor_has_avx512_bf16() ? 1 : 0;
+  return g_bf16_dot_products == 1;
 }
 
 }  // namespace tessera
