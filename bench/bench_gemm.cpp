@@ -1,5 +1,6 @@
-// CPU GEMM playground: tessera's packed, multithreaded fp32 GEMM against a naive triple loop (the floor),
-// on shapes the models use. Reports GFLOP/s (2·M·N·K per product). The CUDA GEMMs are cuBLAS itself and
+// CPU GEMM playground: tessera's packed, multithreaded GEMM in fp32 and in bf16 (the processor's AVX512-BF16
+// dot products, and the same operands widened to fp32: the fallback) against a naive triple loop (the
+// floor), on shapes the models use. Reports GFLOP/s (2·M·N·K per product). The CUDA GEMMs are cuBLAS itself and
 // are measured with the CUDA kernels.
 //   build/bin/bench_gemm [--benchmark_filter=...]
 #include <benchmark/benchmark.h>
@@ -9,6 +10,7 @@
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "engine/core/parallel.h"
+#include "kernels/devices.h"
 
 using namespace tessera;
 
@@ -20,10 +22,24 @@ void set_flops(benchmark::State& state, int64_t M, int64_t N, int64_t K) {
   state.counters["threads"] = num_threads();
 }
 
-void BM_tessera_gemm(benchmark::State& state) {
+enum class Kind { fp32, bf16_dot, bf16_widened };
+
+// Sets the bf16 kernel for the benchmark; false (and a skip) where the processor lacks the dot products.
+bool use(benchmark::State& state, Kind kind) {
+  set_cpu_bf16_dot_products(kind != Kind::bf16_widened);
+  if (kind == Kind::bf16_dot && !cpu_bf16_dot_products()) {
+    state.SkipWithError("this processor lacks AVX512-BF16");
+    return false;
+  }
+  return true;
+}
+
+template <Kind kind> void BM_tessera_gemm(benchmark::State& state) {
+  if (!use(state, kind)) return;
   int64_t M = state.range(0), K = state.range(1), N = state.range(2);
+  const DType dt = kind == Kind::fp32 ? DType::f32 : DType::bf16;
   Generator gen(1);
-  Tensor a = gen.uniform({M, K}), b = gen.uniform({N, K});
+  Tensor a = gen.uniform({M, K}).to(dt), b = gen.uniform({N, K}).to(dt);
   Tensor bt = b.transpose(0, 1);  // linear's layout: weight [out, in] used transposed, no copy
   for (auto _ : state) benchmark::DoNotOptimize(matmul(a, bt).raw_data());
   set_flops(state, M, N, K);
@@ -31,10 +47,12 @@ void BM_tessera_gemm(benchmark::State& state) {
 
 // A weight gradient: dW [out, in] = dYᵀ·X over every token of a batch ({M, K, N} = {out, tokens, in}; both
 // operands stored [tokens, ·], the first used transposed). Few output tiles, a deep sum.
-void BM_tessera_gemm_weight_grad(benchmark::State& state) {
+template <Kind kind> void BM_tessera_gemm_weight_grad(benchmark::State& state) {
+  if (!use(state, kind)) return;
   int64_t M = state.range(0), K = state.range(1), N = state.range(2);
+  const DType dt = kind == Kind::fp32 ? DType::f32 : DType::bf16;
   Generator gen(1);
-  Tensor dy = gen.uniform({K, M}), x = gen.uniform({K, N});
+  Tensor dy = gen.uniform({K, M}).to(dt), x = gen.uniform({K, N}).to(dt);
   Tensor dyt = dy.transpose(0, 1);
   for (auto _ : state) benchmark::DoNotOptimize(matmul(dyt, x).raw_data());
   set_flops(state, M, N, K);
@@ -57,9 +75,10 @@ void BM_naive_gemm(benchmark::State& state) {
 }
 
 // {M, K, N}: one ViT-B/16 image's qkv-sized projection (197 tokens, 768→768), its MLP (768→3072),
-// CvT-13 stage 1 over one image (3136 tokens, 64→256), and a square 512³.
+// CvT-13 stage 1 over one image (3136 tokens, 64→256), and the squares 512³ and 1024³ (the ceiling `tessera
+// bench` reports).
 void shapes(benchmark::internal::Benchmark* b) {
-  b->Args({197, 768, 768})->Args({197, 768, 3072})->Args({3136, 64, 256})->Args({512, 512, 512});
+  b->Args({197, 768, 768})->Args({197, 768, 3072})->Args({3136, 64, 256})->Args({512, 512, 512})->Args({1024, 1024, 1024});
   b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
@@ -72,7 +91,11 @@ void weight_grad_shapes(benchmark::internal::Benchmark* b) {
 
 }  // namespace
 
-BENCHMARK(BM_tessera_gemm)->Apply(shapes);
-BENCHMARK(BM_tessera_gemm_weight_grad)->Apply(weight_grad_shapes);
+BENCHMARK(BM_tessera_gemm<Kind::fp32>)->Apply(shapes);
+BENCHMARK(BM_tessera_gemm<Kind::bf16_dot>)->Apply(shapes);
+BENCHMARK(BM_tessera_gemm<Kind::bf16_widened>)->Apply(shapes);
+BENCHMARK(BM_tessera_gemm_weight_grad<Kind::fp32>)->Apply(weight_grad_shapes);
+BENCHMARK(BM_tessera_gemm_weight_grad<Kind::bf16_dot>)->Apply(weight_grad_shapes);
+BENCHMARK(BM_tessera_gemm_weight_grad<Kind::bf16_widened>)->Apply(weight_grad_shapes);
 BENCHMARK(BM_naive_gemm)->Apply(shapes);
 BENCHMARK_MAIN();

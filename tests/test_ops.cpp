@@ -8,7 +8,9 @@
 
 #include "engine/ops.h"
 #include "engine/random.h"
+#include "engine/core/backend.h"
 #include "engine/core/parallel.h"
+#include "kernels/devices.h"
 #include "tests/gradcheck.h"
 
 using namespace tessera;
@@ -98,6 +100,47 @@ TEST_CASE("matmul f32 matches a naive loop at edge and blocked sizes, any transp
     CHECK_CLOSE(matmul(at, bt).to(DType::f64), expect, atol, 0);
     CHECK_CLOSE(matmul(a, bt).to(DType::f64), expect, atol, 0);
   }
+}
+
+// The CPU's bf16 GEMM through the backend, where the op layer never goes (alpha, beta ≠ 0, a broadcast
+// matrix): integers in [-3, 3] make every product and sum exact in fp32 and alpha 0.5, beta −1.5 keep the
+// epilogue exact, so the result must equal the exact one rounded once to bf16. Layouts cover both
+// transpositions, edge tiles, depth over one panel (512) and K = 0; each runs with the processor's dot
+// products (where it has them) and widened.
+TEST_CASE("gemm in bf16 on the CPU: exact on integer data, alpha and beta, every layout, both kernels") {
+  struct Case { int64_t batch, M, N, K; bool ta, tb, broadcast_b; double alpha, beta; };
+  const Case cases[] = {{1, 7, 33, 65, false, false, false, 1, 0},     {1, 33, 70, 65, true, false, false, 0.5, -1.5},
+                        {1, 64, 64, 64, false, true, false, 1, 1},      {1, 33, 1023, 7, true, true, false, 1, 0},
+                        {3, 17, 40, 123, false, true, true, 0.5, -1.5}, {2, 100, 96, 1000, true, false, false, 1, 1},
+                        {2, 5, 6, 0, false, false, false, 1, 0.5}};
+  Generator g(62);
+  auto ints = [&](const Shape& s) {
+    std::vector<double> v = g.uniform(s, 0, 1, DType::f64).to_vector<double>();
+    for (double& x : v) x = std::floor(-3 + 7 * x);
+    return Tensor::from(v, s, DType::f64);
+  };
+  for (const bool dot : {true, false}) {
+    set_cpu_bf16_dot_products(dot);
+    for (const Case& c : cases) {
+      INFO((cpu_bf16_dot_products() ? "dot products" : "widened") << ": batch " << c.batch << " M " << c.M << " N "
+                                                                    << c.N << " K " << c.K << " ta " << c.ta << " tb "
+                                                                    << c.tb << " beta " << c.beta);
+      Tensor A = ints({c.batch, c.ta ? c.K : c.M, c.ta ? c.M : c.K});
+      Tensor B = ints({c.broadcast_b ? 1 : c.batch, c.tb ? c.N : c.K, c.tb ? c.K : c.N});
+      Tensor C0 = ints({c.batch, c.M, c.N});
+      auto run = [&](DType dt) {
+        GemmArgs a;
+        a.trans_a = c.ta, a.trans_b = c.tb, a.batch = c.batch, a.M = c.M, a.N = c.N, a.K = c.K;
+        a.alpha = c.alpha, a.beta = c.beta;
+        a.A = A.to(dt), a.B = B.to(dt), a.C = C0.to(dt).clone();  // the f64 run must not write into C0
+        a.stride_a = c.M * c.K, a.stride_b = c.broadcast_b ? 0 : c.K * c.N, a.stride_c = c.M * c.N;
+        backend(Device::CPU).gemm(a);
+        return a.C;
+      };
+      CHECK(run(DType::bf16).to_vector<double>() == run(DType::f64).to(DType::bf16).to_vector<double>());
+    }
+  }
+  set_cpu_bf16_dot_products(true);
 }
 
 TEST_CASE("matmul: batches, broadcasting, vectors") {

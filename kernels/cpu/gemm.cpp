@@ -281,10 +281,26 @@ bool processor_has_avx512_bf16() {
 }
 
 // op(A)[i0:i0+mc, k0:k0+kc] as MR16-row panels of depth pairs: dst[(i/MR16)·pairs·MR16 + q·MR16 + i%MR16].
+// A whole panel of a row-major A reads each pair as one 32-bit word, of a transposed A (a weight gradient's
+// dYᵀ) interleaves two rows; edges go element by element, zero-padded.
 void pack_a16(const Operand16& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, uint32_t* dst) {
   const int64_t pairs = (kc + 1) / 2;
   for (int64_t ir = 0; ir < mc; ir += MR16) {
     uint32_t* panel = dst + (ir / MR16) * pairs * MR16;
+    if (!A.trans && ir + MR16 <= mc && kc % 2 == 0) {
+      for (int64_t i = 0; i < MR16; ++i) {
+        const uint16_t* row = A.p + (i0 + ir + i) * A.ld + k0;
+        for (int64_t q = 0; q < pairs; ++q) std::memcpy(panel + q * MR16 + i, row + 2 * q, 4);
+      }
+      continue;
+    }
+    if (A.trans && ir + MR16 <= mc && kc % 2 == 0) {
+      for (int64_t q = 0; q < pairs; ++q) {
+        const uint16_t *r0 = A.p + (k0 + 2 * q) * A.ld + i0 + ir, *r1 = r0 + A.ld;
+        for (int64_t i = 0; i < MR16; ++i) panel[q * MR16 + i] = uint32_t(r0[i]) | uint32_t(r1[i]) << 16;
+      }
+      continue;
+    }
     for (int64_t q = 0; q < pairs; ++q)
       for (int64_t i = 0; i < MR16; ++i)
         panel[q * MR16 + i] = ir + i < mc && 2 * q < kc ? (2 * q + 1 < kc ? A.pair(i0 + ir + i, k0 + 2 * q)
@@ -294,8 +310,24 @@ void pack_a16(const Operand16& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc
 }
 
 // op(B)[k0:k0+kc, j0:j0+NR16] as one panel of depth pairs: dst[q·NR16 + j] = (B[k0+2q, j], B[k0+2q+1, j]).
+// A whole panel: a transposed B (a linear layer's weight) holds each pair as one 32-bit word; a row-major B
+// interleaves two rows.
 void pack_b16(const Operand16& B, int64_t k0, int64_t kc, int64_t j0, uint32_t* dst) {
   const int64_t pairs = (kc + 1) / 2;
+  if (j0 + NR16 <= B.cols && kc % 2 == 0) {
+    if (B.trans) {
+      for (int64_t j = 0; j < NR16; ++j) {
+        const uint16_t* row = B.p + (j0 + j) * B.ld + k0;
+        for (int64_t q = 0; q < pairs; ++q) std::memcpy(dst + q * NR16 + j, row + 2 * q, 4);
+      }
+    } else {
+      for (int64_t q = 0; q < pairs; ++q) {
+        const uint16_t *r0 = B.p + (k0 + 2 * q) * B.ld + j0, *r1 = r0 + B.ld;
+        for (int64_t j = 0; j < NR16; ++j) dst[q * NR16 + j] = uint32_t(r0[j]) | uint32_t(r1[j]) << 16;
+      }
+    }
+    return;
+  }
   for (int64_t q = 0; q < pairs; ++q) {
     const int64_t k = k0 + 2 * q;
     const bool second = 2 * q + 1 < kc;
@@ -304,11 +336,40 @@ void pack_b16(const Operand16& B, int64_t k0, int64_t kc, int64_t j0, uint32_t* 
   }
 }
 
+// Where a tile's sums go. Not the last depth panel: into the fp32 buffer P (stored by the first panel,
+// added to by the others). The last: P's earlier sums added, then C = bf16(alpha·sum + beta·C) straight from
+// the registers (a product of one panel, most of a small model's, never touches P).
+struct TileOut {
+  float* P;  // the tile's corner in P (row stride ldp); null when the product has one panel
+  int64_t ldp;
+  bool first, last;
+  bf16_t* C;  // the tile's corner in C (row stride ldc)
+  int64_t ldc;
+  float alpha, beta;
+};
+
 #if defined(__x86_64__)
-// P[0:rows, 0:cols] (+)= Ap·Bp for one MR16×NR16 tile; `accumulate`: add to P (a later depth panel).
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void micro_kernel_bf16(
-    int64_t pairs, const uint32_t* Ap, const uint32_t* Bp, float* P, int64_t ldp, int64_t rows, int64_t cols,
-    bool accumulate) {
+#define TS_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+// 16 lanes of alpha·v + beta·C rounded to bf16 (to nearest, ties to even; NaN kept quiet: float_to_bf16's
+// rule, vectorised) and stored where `m` says.
+TS_AVX512_BF16 inline void store_bf16(bf16_t* c, __mmask16 m, __m512 v, float alpha, float beta) {
+  v = _mm512_mul_ps(v, _mm512_set1_ps(alpha));
+  if (beta != 0.f) {  // beta 0: never read C
+    const __m512i old = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, c)), 16);
+    v = _mm512_fmadd_ps(_mm512_castsi512_ps(old), _mm512_set1_ps(beta), v);
+  }
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+  _mm256_mask_storeu_epi16(c, m, _mm512_cvtepi32_epi16(r));
+}
+
+// One MR16×NR16 tile (rows × cols of it real) of Ap·Bp over `pairs` depth pairs, sent where `out` says.
+TS_AVX512_BF16 void micro_kernel_bf16(int64_t pairs, const uint32_t* Ap, const uint32_t* Bp, int64_t rows,
+                                      int64_t cols, const TileOut& out) {
   __m512 c[MR16][2];
   for (int64_t i = 0; i < MR16; ++i) c[i][0] = c[i][1] = _mm512_setzero_ps();
   for (int64_t q = 0; q < pairs; ++q) {
@@ -320,28 +381,45 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void micro_kernel_bf16(
       c[i][1] = _mm512_dpbf16_ps(c[i][1], a, b1);
     }
   }
+  // The sums leave the registers through a buffer: an epilogue indexing c[i] up to a run-time `rows`
+  // would make the compiler keep c in memory, storing all 16 accumulators on every step of the loop above.
+  alignas(64) float tile[MR16][NR16];
+  for (int64_t i = 0; i < MR16; ++i) {
+    _mm512_store_ps(tile[i], c[i][0]);
+    _mm512_store_ps(tile[i] + 16, c[i][1]);
+  }
   const __mmask16 m0 = cols >= 16 ? __mmask16(0xffff) : __mmask16((1u << cols) - 1);
   const __mmask16 m1 = cols >= 32 ? __mmask16(0xffff) : cols > 16 ? __mmask16((1u << (cols - 16)) - 1) : 0;
-  for (int64_t i = 0; i < MR16; ++i) {
-    if (i >= rows) break;
-    float* out = P + i * ldp;
-    if (accumulate) {
-      c[i][0] = _mm512_add_ps(c[i][0], _mm512_maskz_loadu_ps(m0, out));
-      c[i][1] = _mm512_add_ps(c[i][1], _mm512_maskz_loadu_ps(m1, out + 16));
+  for (int64_t i = 0; i < rows; ++i) {
+    __m512 lo = _mm512_load_ps(tile[i]), hi = _mm512_load_ps(tile[i] + 16);
+    if (!out.first) {
+      const float* p = out.P + i * out.ldp;
+      lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m0, p));
+      hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m1, p + 16));
     }
-    _mm512_mask_storeu_ps(out, m0, c[i][0]);
-    _mm512_mask_storeu_ps(out + 16, m1, c[i][1]);
+    if (out.last) {
+      bf16_t* row = out.C + i * out.ldc;
+      store_bf16(row, m0, lo, out.alpha, out.beta);
+      if (m1) store_bf16(row + 16, m1, hi, out.alpha, out.beta);
+    } else {
+      float* p = out.P + i * out.ldp;
+      _mm512_mask_storeu_ps(p, m0, lo);
+      _mm512_mask_storeu_ps(p + 16, m1, hi);
+    }
   }
 }
 #endif
 
-// P = op(A)·op(B) in fp32 with the native kernel (the caller checked the processor).
-void products_bf16_native(const Operand16& A, const Operand16& B, float* P, int64_t M, int64_t N, int64_t K,
-                          bool parallel) {
+// C = bf16(alpha·op(A)·op(B) + beta·C), or (C null) the fp32 sums op(A)·op(B) into `sums` [M, N], with the
+// native kernel (the caller checked the processor).
+void gemm_bf16_native(const Operand16& A, const Operand16& B, bf16_t* C, float* sums, int64_t M, int64_t N,
+                      int64_t K, float alpha, float beta, bool parallel) {
 #if defined(__x86_64__)
   const int64_t n_panels = (N + NR16 - 1) / NR16, m_tasks = (M + MC16 - 1) / MC16,
                 n_tasks = (N + NC16_TASK - 1) / NC16_TASK;
   std::vector<uint32_t> Bp(size_t(n_panels * NR16 * ((std::min(K, KC16) + 1) / 2)));
+  std::vector<float> own(!sums && K > KC16 ? size_t(M * N) : 0);  // earlier panels' sums, stored before read
+  float* P = sums ? sums : own.empty() ? nullptr : own.data();
   for (int64_t k0 = 0; k0 < K; k0 += KC16) {
     const int64_t kc = std::min(KC16, K - k0), pairs = (kc + 1) / 2;
     auto pack_panels = [&](int64_t p0, int64_t p1) {
@@ -356,15 +434,19 @@ void products_bf16_native(const Operand16& A, const Operand16& B, float* P, int6
         if (i0 != packed_i0) pack_a16(A, i0, mc, k0, kc, Ap.data());
         packed_i0 = i0;
         for (int64_t jr = 0; jr < nc; jr += NR16)
-          for (int64_t ir = 0; ir < mc; ir += MR16)
-            micro_kernel_bf16(pairs, Ap.data() + (ir / MR16) * pairs * MR16, Bp.data() + ((j0 + jr) / NR16) * pairs * NR16,
-                              P + (i0 + ir) * N + j0 + jr, N, std::min(MR16, mc - ir), std::min(NR16, nc - jr), k0 > 0);
+          for (int64_t ir = 0; ir < mc; ir += MR16) {
+            const int64_t i = i0 + ir, j = j0 + jr;
+            const TileOut out{P ? P + i * N + j : nullptr, N, k0 == 0, !sums && k0 + kc == K,
+                              C ? C + i * N + j : nullptr, N, alpha, beta};
+            micro_kernel_bf16(pairs, Ap.data() + (ir / MR16) * pairs * MR16, Bp.data() + (j / NR16) * pairs * NR16,
+                              std::min(MR16, mc - ir), std::min(NR16, nc - jr), out);
+          }
       }
     };
     pack_then_tiles(parallel, n_panels, pack_panels, m_tasks * n_tasks, tiles);
   }
 #else
-  (void)A, (void)B, (void)P, (void)M, (void)N, (void)K, (void)parallel;
+  (void)A, (void)B, (void)C, (void)sums, (void)M, (void)N, (void)K, (void)alpha, (void)beta, (void)parallel;
   fail("gemm: the bf16 dot-product kernel needs an x86-64 processor");
 #endif
 }
@@ -377,15 +459,27 @@ std::vector<float> widen(const Operand16& X) {
   return wide;
 }
 
+// C = bf16(alpha·P + beta·C) over M×N, P the fp32 sums.
+void round_into(const float* P, bf16_t* C, int64_t M, int64_t N, float alpha, float beta) {
+  parallel_for(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0 * N; i < i1 * N; ++i) {
+      const float old = beta == 0.f ? 0.f : beta * bf16_to_float(C[i]);  // beta 0: never read C
+      C[i] = float_to_bf16(alpha * P[i] + old);
+    }
+  });
+}
+
 void gemm_bf16(const Operand16& A, const Operand16& B, bf16_t* C, int64_t M, int64_t N, int64_t K, float alpha,
                float beta, bool parallel) {
-  std::vector<float> P(size_t(M * N), 0.f);
   const bool few_tiles = ((M + MC16 - 1) / MC16) * ((N + NC16_TASK - 1) / NC16_TASK) < 4;
+  if (K > 0 && cpu_bf16_dot_products() && M * N * K > kDirectMax && !(parallel && K >= 2 * KSLICE && few_tiles))
+    return gemm_bf16_native(A, B, C, nullptr, M, N, K, alpha, beta, parallel);
+  std::vector<float> P(size_t(M * N), 0.f);
   if (K == 0) {
-  } else if (!cpu_bf16_dot_products() || M * N * K <= kDirectMax) {
+  } else if (!cpu_bf16_dot_products() || M * N * K <= kDirectMax) {  // widened
     const std::vector<float> a = widen(A), b = widen(B);
     gemm_f32({a.data(), A.ld, A.trans}, {b.data(), B.ld, B.trans}, P.data(), M, N, K, 1.f, 0.f, parallel);
-  } else if (parallel && K >= 2 * KSLICE && few_tiles) {  // weight gradients: depth slices, as gemm_f32 does
+  } else {  // weight gradients: depth slices in parallel, as gemm_f32 does, added in slice order
     const int64_t slices = (K + KSLICE - 1) / KSLICE;
     std::vector<float> partial(size_t(slices * M * N));
     parallel_for(slices, 1, [&](int64_t s0, int64_t s1) {
@@ -394,22 +488,15 @@ void gemm_bf16(const Operand16& A, const Operand16& B, bf16_t* C, int64_t M, int
         Operand16 a = A, b = B;  // the slice's window: depth k0..k0+kc
         a.p += A.trans ? k0 * A.ld : k0, a.cols = kc;
         b.p += B.trans ? k0 : k0 * B.ld, b.rows = kc;
-        products_bf16_native(a, b, partial.data() + s * M * N, M, N, kc, false);
+        gemm_bf16_native(a, b, nullptr, partial.data() + s * M * N, M, N, kc, 1.f, 0.f, false);
       }
     });
-    for (int64_t s = 0; s < slices; ++s)  // in slice order
-      for (int64_t i = 0; i < M * N; ++i) P[size_t(i)] += partial[size_t(s * M * N + i)];
-  } else {
-    products_bf16_native(A, B, P.data(), M, N, K, parallel);
+    parallel_for(M * N, 4096, [&](int64_t i0, int64_t i1) {  // each element summed in slice order
+      for (int64_t s = 0; s < slices; ++s)
+        for (int64_t i = i0; i < i1; ++i) P[size_t(i)] += partial[size_t(s * M * N + i)];
+    });
   }
-  auto round_rows = [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0 * N; i < i1 * N; ++i) {
-      const float old = beta == 0.f ? 0.f : beta * bf16_to_float(C[i]);  // beta 0: never read C
-      C[i] = float_to_bf16(alpha * P[size_t(i)] + old);
-    }
-  };
-  if (parallel) parallel_for(M, std::max<int64_t>(1, 16384 / N), round_rows);
-  else round_rows(0, M);
+  round_into(P.data(), C, M, N, alpha, beta);
 }
 
 template <typename T>
