@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "engine/core/philox.h"
+#include "engine/core/parallel.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/strided.h"
 
@@ -55,7 +56,36 @@ template <typename T> bool copy_transposed(const Tensor& src, Tensor& out) {
 
 }  // namespace
 
+namespace {
+
+// bf16 <-> fp32 between contiguous tensors, in parallel: the conversions mixed precision makes at every
+// cast and around every widened op (bf16.cpp). Returns false for other copies.
+bool convert_bf16_contiguous(const Tensor& src, Tensor& out) {
+  if (!src.is_contiguous() || !out.is_contiguous()) return false;
+  const int64_t n = out.numel();
+  if (src.dtype() == DType::bf16 && out.dtype() == DType::f32) {
+    const bf16_t* s = src.data<bf16_t>();
+    float* d = out.data<float>();
+    parallel_for(n, 16384, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) d[i] = bf16_to_float(s[i]);
+    });
+    return true;
+  }
+  if (src.dtype() == DType::f32 && out.dtype() == DType::bf16) {
+    const float* s = src.data<float>();
+    bf16_t* d = out.data<bf16_t>();
+    parallel_for(n, 16384, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) d[i] = float_to_bf16(s[i]);
+    });
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
 void CpuBackend::copy(const Tensor& src, Tensor& out) {
+  if (convert_bf16_contiguous(src, out)) return;
   if (src.dtype() == out.dtype()) {
     const bool done = visit_dtype(src.dtype(), [&](auto tag) { return copy_transposed<decltype(tag)>(src, out); });
     if (done) return;
@@ -72,6 +102,10 @@ void CpuBackend::copy(const Tensor& src, Tensor& out) {
           for (int64_t i = 0; i < n; ++i) d[off[1] + i * st[1]] = s[off[0] + i * st[0]];
         } else if constexpr (std::is_same_v<S, float> && std::is_same_v<D, double>) {
           for (int64_t i = 0; i < n; ++i) d[off[1] + i * st[1]] = s[off[0] + i * st[0]];
+        } else if constexpr (std::is_same_v<S, bf16_t> && std::is_same_v<D, float>) {
+          for (int64_t i = 0; i < n; ++i) d[off[1] + i * st[1]] = bf16_to_float(s[off[0] + i * st[0]]);
+        } else if constexpr (std::is_same_v<S, float> && std::is_same_v<D, bf16_t>) {
+          for (int64_t i = 0; i < n; ++i) d[off[1] + i * st[1]] = float_to_bf16(s[off[0] + i * st[0]]);
         } else {
           for (int64_t i = 0; i < n; ++i) d[off[1] + i * st[1]] = from_double<D>(to_double(s[off[0] + i * st[0]]));
         }
