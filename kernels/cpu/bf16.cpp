@@ -3,8 +3,8 @@
 // to fp32 on the way in (exact: every bf16 value is an fp32 value), the fp32 kernel runs, and each bf16
 // output is rounded once on the way out. A fused op is widened whole, so its intermediates stay in fp32 as
 // in a fused kernel. Ops that handle bf16 themselves go straight through: the GEMM (bf16 products with fp32
-// sums, AVX512-BF16 where the processor has it, gemm.cpp), copy, fill, index_select and AdamW's bf16
-// gradients. Widening costs a conversion pass per operand; where that shows in a profile, an op earns a
+// sums, AVX512-BF16 where the processor has it, gemm.cpp), the elementwise ops and bias + GELU (fp32
+// arithmetic on bf16 loads, elementwise.cpp), copy, fill, index_select and AdamW's bf16 gradients. Widening costs a conversion pass per operand; where that shows in a profile, an op earns a
 // native bf16 kernel and its line here becomes a plain forward.
 #include <deque>
 
@@ -60,6 +60,10 @@ class CpuBf16 final : public Backend {
   void gemm TS_PARAMS_gemm override { k_.gemm(args); }
   void index_select TS_PARAMS_index_select override { k_.index_select(src, index, out); }
   void adamw TS_PARAMS_adamw override { k_.adamw(params, s); }  // fp32 masters, bf16 gradients read directly
+  void unary TS_PARAMS_unary override { k_.unary(op, x, out, alpha, beta); }
+  void binary TS_PARAMS_binary override { k_.binary(op, a, b, out); }
+  void bias_gelu TS_PARAMS_bias_gelu override { k_.bias_gelu(x, bias, y); }
+  void bias_gelu_backward TS_PARAMS_bias_gelu_backward override { k_.bias_gelu_backward(dy, x, bias, dx, dbias); }
 
   // Widened.
 #define TS_WIDENED(call) \
@@ -67,8 +71,6 @@ class CpuBf16 final : public Backend {
   call;                  \
   w.finish();
   void random TS_PARAMS_random override { TS_WIDENED(k_.random(kind, w.out(out), a, b, seed, offset)) }
-  void unary TS_PARAMS_unary override { TS_WIDENED(k_.unary(op, w.in(x), w.out(out), alpha, beta)) }
-  void binary TS_PARAMS_binary override { TS_WIDENED(k_.binary(op, w.in(a), w.in(b), w.out(out))) }
   void reduce TS_PARAMS_reduce override { TS_WIDENED(k_.reduce(op, w.in(x), w.out(out), indices)) }
   void softmax TS_PARAMS_softmax override { TS_WIDENED(k_.softmax(w.in(x), w.out(y), log)) }
   void softmax_backward TS_PARAMS_softmax_backward override {
@@ -108,10 +110,6 @@ class CpuBf16 final : public Backend {
   }
   void index_add TS_PARAMS_index_add override { TS_WIDENED(k_.index_add(w.in(src), index, w.out(out, true))) }
 
-  void bias_gelu TS_PARAMS_bias_gelu override { TS_WIDENED(k_.bias_gelu(w.in(x), w.in(bias), w.out(y))) }
-  void bias_gelu_backward TS_PARAMS_bias_gelu_backward override {
-    TS_WIDENED(k_.bias_gelu_backward(w.in(dy), w.in(x), w.in(bias), w.out(dx), w.out(dbias)))
-  }
   void drop_path TS_PARAMS_drop_path override {
     TS_WIDENED(k_.drop_path(w.in(x), w.in(keep_mask), scale, w.in(residual), w.out(out)))
   }

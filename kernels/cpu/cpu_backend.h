@@ -5,6 +5,9 @@
 // channels (engine/core/parallel.h).
 // Method bodies live with their op family: elementwise.cpp, reduce.cpp, gemm.cpp, nn.cpp, index.cpp, ...
 #pragma once
+#include <type_traits>
+#include <utility>
+
 #include "engine/core/backend.h"
 #include "kernels/devices.h"
 
@@ -31,6 +34,25 @@ template <typename F> decltype(auto) visit_float(DType dt, const char* op, F&& f
   if (dt == DType::f32) return f(float{});
   if (dt == DType::f64) return f(double{});
   fail(std::string(op) + " on the CPU supports f32 and f64, not " + dtype_name(dt));
+}
+
+// A kernel that stores bf16 itself (the elementwise ops: widening their operands would cost more than
+// they do) computes in Compute<T>, loading through widen() and storing through narrow(): fp32 arithmetic,
+// one rounding per stored result, the contract's rule for 16-bit data. For float and double both are the
+// identity.
+template <typename T> using Compute = std::conditional_t<std::is_same_v<T, bf16_t>, float, T>;
+template <typename T> [[gnu::always_inline]] inline Compute<T> widen(T v) {
+  if constexpr (std::is_same_v<T, bf16_t>) return bf16_to_float(v);
+  else return v;
+}
+template <typename T> [[gnu::always_inline]] inline T narrow(Compute<T> v) {
+  if constexpr (std::is_same_v<T, bf16_t>) return float_to_bf16(v);
+  else return v;
+}
+// visit_float, and bf16 as bf16_t.
+template <typename F> decltype(auto) visit_float_or_bf16(DType dt, const char* op, F&& f) {
+  if (dt == DType::bf16) return f(bf16_t{});
+  return visit_float(dt, op, std::forward<F>(f));
 }
 
 }  // namespace tessera

@@ -47,21 +47,22 @@ template <typename T, BinaryOp Op> [[gnu::always_inline]] inline T binary_op(T a
 
 void CpuBackend::unary(UnaryOp op, const Tensor& x, Tensor& out, double alpha, double beta) {
   TS_CHECK(x.dtype() == out.dtype(), "unary: dtype mismatch");
-  visit_float(x.dtype(), "unary op", [&](auto tag) {
+  visit_float_or_bf16(x.dtype(), "unary op", [&](auto tag) {
     using T = decltype(tag);
+    using C = Compute<T>;
     const T* px = static_cast<const T*>(x.storage()->data) + x.offset();
     T* po = static_cast<T*>(out.storage()->data) + out.offset();
-    const T a = T(alpha), b = T(beta);
+    const C a = C(alpha), b = C(beta);
     with_unary(op, [&](auto k) {
       constexpr UnaryOp Op = decltype(k)::value;
       for_each_row<2>(out.shape(), {&x.strides(), &out.strides()}, [&](auto off, auto st, int64_t n) {
         const T* rx = px + off[0];
         T* ro = po + off[1];
         if (st[0] == 1 && st[1] == 1) {
-          for (int64_t i = 0; i < n; ++i) ro[i] = unary_op<T, Op>(rx[i], a, b);
+          for (int64_t i = 0; i < n; ++i) ro[i] = narrow<T>(unary_op<C, Op>(widen(rx[i]), a, b));
           return;
         }
-        for (int64_t i = 0; i < n; ++i) ro[i * st[1]] = unary_op<T, Op>(rx[i * st[0]], a, b);
+        for (int64_t i = 0; i < n; ++i) ro[i * st[1]] = narrow<T>(unary_op<C, Op>(widen(rx[i * st[0]]), a, b));
       });
     });
   });
@@ -69,8 +70,9 @@ void CpuBackend::unary(UnaryOp op, const Tensor& x, Tensor& out, double alpha, d
 
 void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& out) {
   TS_CHECK(a.dtype() == out.dtype() && b.dtype() == out.dtype(), "binary: dtype mismatch");
-  visit_float(out.dtype(), "binary op", [&](auto tag) {
+  visit_float_or_bf16(out.dtype(), "binary op", [&](auto tag) {
     using T = decltype(tag);
+    using C = Compute<T>;
     const T* pa = static_cast<const T*>(a.storage()->data) + a.offset();
     const T* pb = static_cast<const T*>(b.storage()->data) + b.offset();
     T* po = static_cast<T*>(out.storage()->data) + out.offset();
@@ -83,27 +85,27 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& o
                         T* ro = po + off[2];
                         if (st[0] == 1 && st[2] == 1) {
                           if (st[1] == 1) {
-                            for (int64_t i = 0; i < n; ++i) ro[i] = binary_op<T, Op>(ra[i], rb[i]);
+                            for (int64_t i = 0; i < n; ++i) ro[i] = narrow<T>(binary_op<C, Op>(widen(ra[i]), widen(rb[i])));
                             return;
                           }
                           if (st[1] == 0) {  // b constant along the row (a per-row scalar)
-                            const T s = rb[0];
-                            for (int64_t i = 0; i < n; ++i) ro[i] = binary_op<T, Op>(ra[i], s);
+                            const C s = widen(rb[0]);
+                            for (int64_t i = 0; i < n; ++i) ro[i] = narrow<T>(binary_op<C, Op>(widen(ra[i]), s));
                             return;
                           }
                         }
                         for (int64_t i = 0; i < n; ++i)
-                          ro[i * st[2]] = binary_op<T, Op>(ra[i * st[0]], rb[i * st[1]]);
+                          ro[i * st[2]] = narrow<T>(binary_op<C, Op>(widen(ra[i * st[0]]), widen(rb[i * st[1]])));
                       });
     });
   });
 }
 
 // GELU(x + bias) in one pass: the composite first materialises x + bias. The sum is rounded to T before
-// the GELU, as there.
+// the GELU, as there (so the bf16 results equal the composite's).
 void CpuBackend::bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) {
   TS_CHECK(x.is_contiguous() && bias.is_contiguous() && y.is_contiguous(), "bias_gelu: x, bias and y must be contiguous");
-  visit_float(x.dtype(), "bias_gelu", [&](auto tag) {
+  visit_float_or_bf16(x.dtype(), "bias_gelu", [&](auto tag) {
     using T = decltype(tag);
     const int64_t rows = x.size(0), C = x.size(1);
     const T *px = x.data<T>(), *pb = bias.data<T>();
@@ -111,7 +113,8 @@ void CpuBackend::bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) {
     parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t c = 0; c < C; ++c)
-          py[r * C + c] = unary_op<T, UnaryOp::Gelu>(T(px[r * C + c] + pb[c]), T(0), T(0));
+          py[r * C + c] = narrow<T>(unary_op<Compute<T>, UnaryOp::Gelu>(
+              widen(narrow<T>(widen(px[r * C + c]) + widen(pb[c]))), 0, 0));
     });
   });
 }
@@ -123,8 +126,9 @@ void CpuBackend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Ten
   TS_CHECK(dy.is_contiguous() && x.is_contiguous() && bias.is_contiguous() && (!dx.defined() || dx.is_contiguous()),
            "bias_gelu_backward: dy, x, bias and dx must be contiguous");
   if (!dx.defined() && !dbias.defined()) return;
-  visit_float(x.dtype(), "bias_gelu_backward", [&](auto tag) {
+  visit_float_or_bf16(x.dtype(), "bias_gelu_backward", [&](auto tag) {
     using T = decltype(tag);
+    using F = Compute<T>;
     const int64_t rows = x.size(0), C = x.size(1);
     const Tensor g = dx.defined() ? dx : Tensor::empty(x.shape(), x.dtype());
     const T *pdy = dy.data<T>(), *px = x.data<T>(), *pb = bias.data<T>();
@@ -132,11 +136,12 @@ void CpuBackend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Ten
     parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t c = 0; c < C; ++c)
-          pg[r * C + c] = binary_op<T, BinaryOp::GeluBackward>(T(px[r * C + c] + pb[c]), pdy[r * C + c]);
+          pg[r * C + c] = narrow<T>(binary_op<F, BinaryOp::GeluBackward>(
+              widen(narrow<T>(widen(px[r * C + c]) + widen(pb[c]))), widen(pdy[r * C + c])));
     });
     if (!dbias.defined()) return;
     const std::vector<double> sums = column_sums(pg, rows, C);
-    for (int64_t c = 0; c < C; ++c) dbias.data<T>()[c] = T(sums[size_t(c)]);
+    for (int64_t c = 0; c < C; ++c) dbias.data<T>()[c] = narrow<T>(F(sums[size_t(c)]));
   });
 }
 

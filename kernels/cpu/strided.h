@@ -90,7 +90,7 @@ template <typename RowFn> std::vector<double> sum_over_rows(int64_t rows, int64_
 // The column sums of a contiguous [rows, C] matrix (bias gradients), in double.
 template <typename T> std::vector<double> column_sums(const T* x, int64_t rows, int64_t C) {
   return sum_over_rows(rows, C, [&](int64_t r, double* __restrict acc) {
-    for (int64_t c = 0; c < C; ++c) acc[c] += double(x[r * C + c]);
+    for (int64_t c = 0; c < C; ++c) acc[c] += to_double(x[r * C + c]);
   });
 }
 
