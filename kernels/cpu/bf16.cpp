@@ -3,8 +3,9 @@
 // to fp32 on the way in (exact: every bf16 value is an fp32 value), the fp32 kernel runs, and each bf16
 // output is rounded once on the way out. A fused op is widened whole, so its intermediates stay in fp32 as
 // in a fused kernel. Ops that handle bf16 themselves go straight through: the GEMM (bf16 products with fp32
-// sums, AVX512-BF16 where the processor has it, gemm.cpp), the elementwise ops and bias + GELU (fp32
-// arithmetic on bf16 loads, elementwise.cpp), copy, fill, index_select and AdamW's bf16 gradients. Widening costs a conversion pass per operand; where that shows in a profile, an op earns a
+// sums, AVX512-BF16 where the processor has it, gemm.cpp), attention (its products on that GEMM, scores in
+// fp32, nn.cpp), the elementwise ops and bias + GELU (fp32 arithmetic on bf16 loads, elementwise.cpp),
+// copy, fill, index_select and AdamW's bf16 gradients. Widening costs a conversion pass per operand; where that shows in a profile, an op earns a
 // native bf16 kernel and its line here becomes a plain forward.
 #include <deque>
 
@@ -64,6 +65,10 @@ class CpuBf16 final : public Backend {
   void binary TS_PARAMS_binary override { k_.binary(op, a, b, out); }
   void bias_gelu TS_PARAMS_bias_gelu override { k_.bias_gelu(x, bias, y); }
   void bias_gelu_backward TS_PARAMS_bias_gelu_backward override { k_.bias_gelu_backward(dy, x, bias, dx, dbias); }
+  void attention TS_PARAMS_attention override { k_.attention(q, k, v, scale, out, lse); }
+  void attention_backward TS_PARAMS_attention_backward override {
+    k_.attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv);
+  }
 
   // Widened.
 #define TS_WIDENED(call) \
@@ -93,13 +98,6 @@ class CpuBf16 final : public Backend {
   void batch_norm_backward TS_PARAMS_batch_norm_backward override {
     TS_WIDENED(k_.batch_norm_backward(w.in(dy), w.in(x), w.in(weight), mean, invstd, training, w.out(dx),
                                       w.out(dweight), w.out(dbias)))
-  }
-  void attention TS_PARAMS_attention override {
-    TS_WIDENED(k_.attention(w.in(q), w.in(k), w.in(v), scale, w.out(out), lse))
-  }
-  void attention_backward TS_PARAMS_attention_backward override {
-    TS_WIDENED(k_.attention_backward(w.in(dout), w.in(q), w.in(k), w.in(v), w.in(out), lse, scale, w.out(dq),
-                                     w.out(dk), w.out(dv)))
   }
   void cross_entropy TS_PARAMS_cross_entropy override {
     TS_WIDENED(k_.cross_entropy(w.in(logits), target, w.in(weight), label_smoothing, ignore_index, w.out(loss)))

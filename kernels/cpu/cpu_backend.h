@@ -29,6 +29,10 @@ class CpuBackend final : public Backend {
   TS_OVERRIDE(scale)
 };
 
+// gemm with bf16 A and B and an fp32 C (beta 0): attention's scores, which its softmax reads in fp32. The
+// contract's gemm keeps one dtype; this is for the CPU's own kernels.
+void gemm_bf16_into_f32(const GemmArgs& g);
+
 // Calls f(T{}) for T = float or double, and fails naming `op` for any other dtype.
 template <typename F> decltype(auto) visit_float(DType dt, const char* op, F&& f) {
   if (dt == DType::f32) return f(float{});

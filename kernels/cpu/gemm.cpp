@@ -469,17 +469,21 @@ void round_into(const float* P, bf16_t* C, int64_t M, int64_t N, float alpha, fl
   });
 }
 
-void gemm_bf16(const Operand16& A, const Operand16& B, bf16_t* C, int64_t M, int64_t N, int64_t K, float alpha,
-               float beta, bool parallel) {
+// C = bf16(alpha·op(A)·op(B) + beta·C); or, C32 given instead of C, C32 = alpha·op(A)·op(B) in fp32 (beta 0).
+void gemm_bf16(const Operand16& A, const Operand16& B, bf16_t* C, float* C32, int64_t M, int64_t N, int64_t K,
+               float alpha, float beta, bool parallel) {
   const bool few_tiles = ((M + MC16 - 1) / MC16) * ((N + NC16_TASK - 1) / NC16_TASK) < 4;
-  if (K > 0 && cpu_bf16_dot_products() && M * N * K > kDirectMax && !(parallel && K >= 2 * KSLICE && few_tiles))
-    return gemm_bf16_native(A, B, C, nullptr, M, N, K, alpha, beta, parallel);
-  std::vector<float> P(size_t(M * N), 0.f);
+  const bool native = K > 0 && cpu_bf16_dot_products() && M * N * K > kDirectMax;
+  const bool split = parallel && K >= 2 * KSLICE && few_tiles;
+  if (native && !split && C) return gemm_bf16_native(A, B, C, nullptr, M, N, K, alpha, beta, parallel);
+  std::vector<float> own(C32 ? 0 : size_t(M * N), 0.f);
+  float* P = C32 ? C32 : own.data();  // the fp32 sums
   if (K == 0) {
-  } else if (!cpu_bf16_dot_products() || M * N * K <= kDirectMax) {  // widened
+    std::fill(P, P + M * N, 0.f);
+  } else if (!native) {  // widened
     const std::vector<float> a = widen(A), b = widen(B);
-    gemm_f32({a.data(), A.ld, A.trans}, {b.data(), B.ld, B.trans}, P.data(), M, N, K, 1.f, 0.f, parallel);
-  } else {  // weight gradients: depth slices in parallel, as gemm_f32 does, added in slice order
+    gemm_f32({a.data(), A.ld, A.trans}, {b.data(), B.ld, B.trans}, P, M, N, K, 1.f, 0.f, parallel);
+  } else if (split) {  // weight gradients: depth slices in parallel, as gemm_f32 does, added in slice order
     const int64_t slices = (K + KSLICE - 1) / KSLICE;
     std::vector<float> partial(size_t(slices * M * N));
     parallel_for(slices, 1, [&](int64_t s0, int64_t s1) {
@@ -491,12 +495,33 @@ void gemm_bf16(const Operand16& A, const Operand16& B, bf16_t* C, int64_t M, int
         gemm_bf16_native(a, b, nullptr, partial.data() + s * M * N, M, N, kc, 1.f, 0.f, false);
       }
     });
+    std::fill(P, P + M * N, 0.f);
     parallel_for(M * N, 4096, [&](int64_t i0, int64_t i1) {  // each element summed in slice order
       for (int64_t s = 0; s < slices; ++s)
-        for (int64_t i = i0; i < i1; ++i) P[size_t(i)] += partial[size_t(s * M * N + i)];
+        for (int64_t i = i0; i < i1; ++i) P[i] += partial[size_t(s * M * N + i)];
     });
+  } else {
+    gemm_bf16_native(A, B, nullptr, P, M, N, K, 1.f, 0.f, parallel);
   }
-  round_into(P.data(), C, M, N, alpha, beta);
+  if (!C32) return round_into(P, C, M, N, alpha, beta);
+  if (alpha != 1.f)
+    for (int64_t i = 0; i < M * N; ++i) C32[i] *= alpha;
+}
+
+// The batch: many small matrices (attention heads) one per thread; few large ones with their tiles spread.
+template <typename Run> void each_matrix(const GemmArgs& g, const Run& run) {
+  const bool small = g.M * g.N * g.K < (int64_t(1) << 21);
+  if (g.batch >= num_threads() && small) {
+    parallel_for(g.batch, 1, [&](int64_t b0, int64_t b1) { for (int64_t b = b0; b < b1; ++b) run(b, false); });
+  } else {
+    for (int64_t b = 0; b < g.batch; ++b) run(b, true);
+  }
+}
+
+std::pair<Operand16, Operand16> operands16(const GemmArgs& g, int64_t b) {
+  const int64_t lda = g.trans_a ? g.M : g.K, ldb = g.trans_b ? g.K : g.N;
+  return {{&g.A.data<bf16_t>()->bits + b * g.stride_a, lda, g.trans_a, g.M, g.K},
+          {&g.B.data<bf16_t>()->bits + b * g.stride_b, ldb, g.trans_b, g.K, g.N}};
 }
 
 template <typename T>
@@ -526,25 +551,26 @@ void CpuBackend::gemm(const GemmArgs& g) {
   }
   TS_CHECK(g.A.dtype() == DType::f32 || g.A.dtype() == DType::bf16,
            std::string("gemm on the CPU supports f32, f64 and bf16, not ") + dtype_name(g.A.dtype()));
-  auto run = [&](int64_t b, bool parallel) {
-    const int64_t lda = g.trans_a ? g.M : g.K, ldb = g.trans_b ? g.K : g.N;
+  each_matrix(g, [&](int64_t b, bool parallel) {
     if (g.A.dtype() == DType::bf16) {
-      const uint16_t *a = &g.A.data<bf16_t>()->bits + b * g.stride_a, *bb = &g.B.data<bf16_t>()->bits + b * g.stride_b;
-      gemm_bf16({a, lda, g.trans_a, g.M, g.K}, {bb, ldb, g.trans_b, g.K, g.N}, g.C.data<bf16_t>() + b * g.stride_c,
-                g.M, g.N, g.K, float(g.alpha), float(g.beta), parallel);
-      return;
+      const auto [A, B] = operands16(g, b);
+      return gemm_bf16(A, B, g.C.data<bf16_t>() + b * g.stride_c, nullptr, g.M, g.N, g.K, float(g.alpha),
+                       float(g.beta), parallel);
     }
-    Operand A{g.A.data<float>() + b * g.stride_a, lda, g.trans_a};
-    Operand B{g.B.data<float>() + b * g.stride_b, ldb, g.trans_b};
+    Operand A{g.A.data<float>() + b * g.stride_a, g.trans_a ? g.M : g.K, g.trans_a};
+    Operand B{g.B.data<float>() + b * g.stride_b, g.trans_b ? g.K : g.N, g.trans_b};
     gemm_f32(A, B, g.C.data<float>() + b * g.stride_c, g.M, g.N, g.K, float(g.alpha), float(g.beta), parallel);
-  };
-  // Many small matrices (attention heads): one matrix per thread. Few large ones: tiles per thread.
-  bool small = g.M * g.N * g.K < (int64_t(1) << 21);
-  if (g.batch >= num_threads() && small) {
-    parallel_for(g.batch, 1, [&](int64_t b0, int64_t b1) { for (int64_t b = b0; b < b1; ++b) run(b, false); });
-  } else {
-    for (int64_t b = 0; b < g.batch; ++b) run(b, true);
-  }
+  });
+}
+
+void gemm_bf16_into_f32(const GemmArgs& g) {
+  TS_CHECK(g.A.dtype() == DType::bf16 && g.B.dtype() == DType::bf16 && g.C.dtype() == DType::f32 && g.beta == 0,
+           "gemm_bf16_into_f32: A and B bf16, C f32, beta 0");
+  if (g.M == 0 || g.N == 0) return;
+  each_matrix(g, [&](int64_t b, bool parallel) {
+    const auto [A, B] = operands16(g, b);
+    gemm_bf16(A, B, nullptr, g.C.data<float>() + b * g.stride_c, g.M, g.N, g.K, float(g.alpha), 0.f, parallel);
+  });
 }
 
 bool cpu_has_avx512_bf16() { return processor_has_avx512_bf16(); }

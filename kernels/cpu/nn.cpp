@@ -57,7 +57,17 @@ void run_gemm(bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K, 
   g.alpha = alpha; g.beta = beta;
   g.A = A; g.B = B; g.C = C;
   g.stride_a = sa; g.stride_b = sb; g.stride_c = sc;
+  if (A.dtype() == DType::bf16 && C.dtype() == DType::f32) return gemm_bf16_into_f32(g);  // bf16 attention's scores
   cpu_backend().gemm(g);
+}
+
+// `t` in dtype dt: itself, or a rounded copy (bf16 attention's probabilities and score gradients, rounded
+// once for their products with bf16 operands, as a fused attention kernel rounds them).
+Tensor stored_as(const Tensor& t, DType dt) {
+  if (t.dtype() == dt) return t;
+  Tensor r = Tensor::empty(t.shape(), dt);
+  cpu_backend().copy(t, r);
+  return r;
 }
 
 }  // namespace
@@ -1019,25 +1029,27 @@ template <typename T> T exp_shifted(double x, double l) {
 
 }  // namespace
 
+// bf16 heads: scores, probabilities and their gradients in fp32 (Compute<T>), products of bf16 operands
+// (the probabilities and score gradients rounded once to bf16 for theirs), outputs rounded once.
 void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& out,
                            Tensor& lse) {
-  visit_float(q.dtype(), "attention", [&](auto tag) {
-    using T = decltype(tag);
+  visit_float_or_bf16(q.dtype(), "attention", [&](auto tag) {
+    using C = Compute<decltype(tag)>;
     const int64_t BH = q.size(0) * q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
     Stat sl(lse, "attention");
-    for_heads(BH, Tq, Tk, q.dtype(), 1, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
+    for_heads(BH, Tq, Tk, dtype_of<C>::value, 1, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
       Tensor& S = buf[0];
       // S = scale · Q Kᵀ
       run_gemm(false, true, nb, Tq, Tk, D, scale, 0.0, window(q, h0 * Tq * D, {nb * Tq * D}), Tq * D,
                window(k, h0 * Tk * D, {nb * Tk * D}), Tk * D, S, Tq * Tk);
       // P = exp(S − lse) row by row, lse = max + log Σ exp(S − max)
-      T* ps = S.data<T>();
+      C* ps = S.data<C>();
       parallel_for(nb * Tq, row_grain(Tk), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) sl.set(h0 * Tq + r, softmax_row(ps + r * Tk, Tk));
       });
       // out = P V
-      run_gemm(false, false, nb, Tq, D, Tk, 1.0, 0.0, S, Tq * Tk, window(v, h0 * Tk * D, {nb * Tk * D}), Tk * D,
-               window(out, h0 * Tq * D, {nb * Tq * D}), Tq * D);
+      run_gemm(false, false, nb, Tq, D, Tk, 1.0, 0.0, stored_as(S, q.dtype()), Tq * Tk,
+               window(v, h0 * Tk * D, {nb * Tk * D}), Tk * D, window(out, h0 * Tq * D, {nb * Tq * D}), Tq * D);
     });
   });
 }
@@ -1045,11 +1057,12 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, do
 void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                                     const Tensor& out, const Tensor& lse, double scale, Tensor& dq,
                                     Tensor& dk, Tensor& dv) {
-  visit_float(q.dtype(), "attention_backward", [&](auto tag) {
+  visit_float_or_bf16(q.dtype(), "attention_backward", [&](auto tag) {
     using T = decltype(tag);
+    using C = Compute<T>;
     const int64_t BH = q.size(0) * q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
     Stat sl(lse, "attention_backward");
-    for_heads(BH, Tq, Tk, q.dtype(), 2, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
+    for_heads(BH, Tq, Tk, dtype_of<C>::value, 2, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
       Tensor &P = buf[0], &dS = buf[1];
       auto qw = [&](const Tensor& t) { return window(t, h0 * Tq * D, {nb * Tq * D}); };
       auto kw = [&](const Tensor& t) { return window(t, h0 * Tk * D, {nb * Tk * D}); };
@@ -1058,25 +1071,26 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
       // dP = dO Vᵀ
       run_gemm(false, true, nb, Tq, Tk, D, 1.0, 0.0, qw(dout), Tq * D, kw(v), Tk * D, dS, Tq * Tk);
       const T *pdo = dout.data<T>() + h0 * Tq * D, *po = out.data<T>() + h0 * Tq * D;
-      T *pp = P.data<T>(), *pds = dS.data<T>();
+      C *pp = P.data<C>(), *pds = dS.data<C>();
       parallel_for(nb * Tq, row_grain(Tk + D), [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
           const double l = sl.get(h0 * Tq + r);
           double di = 0;  // rowsum(dO ⊙ O) = Σ_j P_ij dP_ij
-          for (int64_t d = 0; d < D; ++d) di += double(pdo[r * D + d]) * double(po[r * D + d]);
-          T *prow = pp + r * Tk, *drow = pds + r * Tk;
+          for (int64_t d = 0; d < D; ++d) di += to_double(pdo[r * D + d]) * to_double(po[r * D + d]);
+          C *prow = pp + r * Tk, *drow = pds + r * Tk;
           for (int64_t j = 0; j < Tk; ++j) {
-            prow[j] = exp_shifted<T>(double(prow[j]), l);
-            drow[j] = T(double(prow[j]) * (double(drow[j]) - di));  // dS = P ⊙ (dP − D_i)
+            prow[j] = exp_shifted<C>(double(prow[j]), l);
+            drow[j] = C(double(prow[j]) * (double(drow[j]) - di));  // dS = P ⊙ (dP − D_i)
           }
         }
       });
       if (dv.defined())  // dV = Pᵀ dO
-        run_gemm(true, false, nb, Tk, D, Tq, 1.0, 0.0, P, Tq * Tk, qw(dout), Tq * D, kw(dv), Tk * D);
+        run_gemm(true, false, nb, Tk, D, Tq, 1.0, 0.0, stored_as(P, q.dtype()), Tq * Tk, qw(dout), Tq * D, kw(dv), Tk * D);
+      const Tensor dSs = dq.defined() || dk.defined() ? stored_as(dS, q.dtype()) : dS;
       if (dq.defined())  // dQ = scale · dS K
-        run_gemm(false, false, nb, Tq, D, Tk, scale, 0.0, dS, Tq * Tk, kw(k), Tk * D, qw(dq), Tq * D);
+        run_gemm(false, false, nb, Tq, D, Tk, scale, 0.0, dSs, Tq * Tk, kw(k), Tk * D, qw(dq), Tq * D);
       if (dk.defined())  // dK = scale · dSᵀ Q
-        run_gemm(true, false, nb, Tk, D, Tq, scale, 0.0, dS, Tq * Tk, qw(q), Tq * D, kw(dk), Tk * D);
+        run_gemm(true, false, nb, Tk, D, Tq, scale, 0.0, dSs, Tq * Tk, qw(q), Tq * D, kw(dk), Tk * D);
     });
   });
 }
