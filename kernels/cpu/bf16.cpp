@@ -4,7 +4,8 @@
 // output is rounded once on the way out. A fused op is widened whole, so its intermediates stay in fp32 as
 // in a fused kernel. Ops that handle bf16 themselves go straight through: the GEMM (bf16 products with fp32
 // sums, AVX512-BF16 where the processor has it, gemm.cpp), attention (its products on that GEMM, scores in
-// fp32, nn.cpp), the elementwise ops and bias + GELU (fp32 arithmetic on bf16 loads, elementwise.cpp),
+// fp32, nn.cpp), the conv embedding's forward (one bf16 GEMM into the stored pre_norm), layer norm (fp64
+// statistics of bf16 loads), the elementwise ops and bias + GELU (fp32 arithmetic on bf16 loads, elementwise.cpp),
 // copy, fill, index_select and AdamW's bf16 gradients. Widening costs a conversion pass per operand; where that shows in a profile, an op earns a
 // native bf16 kernel and its line here becomes a plain forward.
 #include <deque>
@@ -66,6 +67,13 @@ class CpuBf16 final : public Backend {
   void bias_gelu TS_PARAMS_bias_gelu override { k_.bias_gelu(x, bias, y); }
   void bias_gelu_backward TS_PARAMS_bias_gelu_backward override { k_.bias_gelu_backward(dy, x, bias, dx, dbias); }
   void attention TS_PARAMS_attention override { k_.attention(q, k, v, scale, out, lse); }
+  void layer_norm TS_PARAMS_layer_norm override { k_.layer_norm(x, weight, bias, eps, y, mean, rstd); }
+  void layer_norm_backward TS_PARAMS_layer_norm_backward override {
+    k_.layer_norm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias);
+  }
+  void conv_embedding TS_PARAMS_conv_embedding override {
+    k_.conv_embedding(x, weight, bias, a, ln_weight, ln_bias, eps, tokens, pre_norm, mean, rstd);
+  }
   void attention_backward TS_PARAMS_attention_backward override {
     k_.attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv);
   }
@@ -80,13 +88,6 @@ class CpuBf16 final : public Backend {
   void softmax TS_PARAMS_softmax override { TS_WIDENED(k_.softmax(w.in(x), w.out(y), log)) }
   void softmax_backward TS_PARAMS_softmax_backward override {
     TS_WIDENED(k_.softmax_backward(w.in(y), w.in(dy), w.out(dx), log))
-  }
-  void layer_norm TS_PARAMS_layer_norm override {
-    TS_WIDENED(k_.layer_norm(w.in(x), w.in(weight), w.in(bias), eps, w.out(y), mean, rstd))
-  }
-  void layer_norm_backward TS_PARAMS_layer_norm_backward override {
-    TS_WIDENED(k_.layer_norm_backward(w.in(dy), w.in(x), w.in(weight), mean, rstd, w.out(dx), w.out(dweight),
-                                      w.out(dbias)))
   }
   void conv2d TS_PARAMS_conv2d override { TS_WIDENED(k_.conv2d(w.in(x), w.in(weight), w.in(bias), a, w.out(y))) }
   void conv2d_backward TS_PARAMS_conv2d_backward override {
@@ -110,17 +111,6 @@ class CpuBf16 final : public Backend {
 
   void drop_path TS_PARAMS_drop_path override {
     TS_WIDENED(k_.drop_path(w.in(x), w.in(keep_mask), scale, w.in(residual), w.out(out)))
-  }
-  // The contract normalises the stored pre_norm (as the composite's layer_norm does): normalising the
-  // fp32 convolution before its rounding would hand the backward statistics that disagree with the pre_norm
-  // it reads, which over one channel (x − mean = 0 exactly) turns rounding noise into gradients.
-  void conv_embedding TS_PARAMS_conv_embedding override {
-    TS_WIDENED(k_.conv_embedding(w.in(x), w.in(weight), w.in(bias), a, w.in(ln_weight), w.in(ln_bias), eps,
-                                 w.out(tokens), w.out(pre_norm), mean, rstd))
-    if (!is_bf16(pre_norm)) return;
-    const int64_t C = pre_norm.size(2);
-    Tensor rows = tokens.reshape({-1, C});
-    layer_norm(pre_norm.reshape({-1, C}), ln_weight, ln_bias, eps, rows, mean, rstd);
   }
   void conv_embedding_backward TS_PARAMS_conv_embedding_backward override {
     TS_WIDENED(k_.conv_embedding_backward(w.in(dtokens), w.in(x), w.in(weight), a, w.in(pre_norm), w.in(ln_weight),

@@ -131,7 +131,7 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& dy, Tensor& dx,
 // ================================================================ layer norm
 void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, double eps, Tensor& y,
                             Tensor& mean, Tensor& rstd) {
-  visit_float(x.dtype(), "layer_norm", [&](auto tag) {
+  visit_float_or_bf16(x.dtype(), "layer_norm", [&](auto tag) {
     using T = decltype(tag);
     const int64_t C = x.size(-1), rows = C ? x.numel() / C : 0;
     const T *px = x.data<T>(), *pw = data_or_null<T>(weight), *pb = data_or_null<T>(bias);
@@ -143,18 +143,18 @@ void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor&
         T* yr = py + r * C;
         // Two passes (mean, then squared deviations): no cancellation when |mean| >> std.
         double mu = 0, var = 0;
-        for (int64_t c = 0; c < C; ++c) mu += double(xr[c]);
+        for (int64_t c = 0; c < C; ++c) mu += to_double(xr[c]);
         mu /= double(C);
-        for (int64_t c = 0; c < C; ++c) { double d = double(xr[c]) - mu; var += d * d; }
+        for (int64_t c = 0; c < C; ++c) { double d = to_double(xr[c]) - mu; var += d * d; }
         var /= double(C);  // biased, as torch.nn.LayerNorm
         const double rs = 1.0 / std::sqrt(var + eps);
         sm.set(r, mu);
         sr.set(r, rs);
         for (int64_t c = 0; c < C; ++c) {
-          double v = (double(xr[c]) - mu) * rs;
-          if (pw) v *= double(pw[c]);
-          if (pb) v += double(pb[c]);
-          yr[c] = T(v);
+          double v = (to_double(xr[c]) - mu) * rs;
+          if (pw) v *= to_double(pw[c]);
+          if (pb) v += to_double(pb[c]);
+          yr[c] = from_double<T>(v);
         }
       }
     });
@@ -164,7 +164,7 @@ void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor&
 void CpuBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                                      const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
                                      Tensor& dbias) {
-  visit_float(x.dtype(), "layer_norm_backward", [&](auto tag) {
+  visit_float_or_bf16(x.dtype(), "layer_norm_backward", [&](auto tag) {
     using T = decltype(tag);
     const int64_t C = x.size(-1), rows = C ? x.numel() / C : 0;
     const T *px = x.data<T>(), *pg = dy.data<T>(), *pw = data_or_null<T>(weight);
@@ -179,15 +179,15 @@ void CpuBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Te
           const double mu = sm.get(r), rs = sr.get(r);
           double sg = 0, sgx = 0;
           for (int64_t c = 0; c < C; ++c) {
-            double g = double(gr[c]) * (pw ? double(pw[c]) : 1.0);
+            double g = to_double(gr[c]) * (pw ? to_double(pw[c]) : 1.0);
             sg += g;
-            sgx += g * (double(xr[c]) - mu) * rs;
+            sgx += g * (to_double(xr[c]) - mu) * rs;
           }
           sg /= double(C);
           sgx /= double(C);
           for (int64_t c = 0; c < C; ++c) {
-            double g = double(gr[c]) * (pw ? double(pw[c]) : 1.0);
-            dr[c] = T(rs * (g - sg - (double(xr[c]) - mu) * rs * sgx));
+            double g = to_double(gr[c]) * (pw ? to_double(pw[c]) : 1.0);
+            dr[c] = from_double<T>(rs * (g - sg - (to_double(xr[c]) - mu) * rs * sgx));
           }
         }
       });
@@ -199,13 +199,13 @@ void CpuBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Te
         const double mu = sm.get(r), rs = sr.get(r);
         const T *xr = px + r * C, *gr = pg + r * C;
         for (int64_t c = 0; c < C; ++c) {
-          acc[c] += double(gr[c]) * (double(xr[c]) - mu) * rs;
-          acc[C + c] += double(gr[c]);
+          acc[c] += to_double(gr[c]) * (to_double(xr[c]) - mu) * rs;
+          acc[C + c] += to_double(gr[c]);
         }
       });
       for (int64_t c = 0; c < C; ++c) {
-        if (pdw) pdw[c] = T(sums[size_t(c)]);
-        if (pdb) pdb[c] = T(sums[size_t(C + c)]);
+        if (pdw) pdw[c] = from_double<T>(sums[size_t(c)]);
+        if (pdb) pdb[c] = from_double<T>(sums[size_t(C + c)]);
       }
     }
   });
@@ -727,10 +727,12 @@ ConvGeom embedding_geom(const Tensor& x, const Tensor& weight, const Conv2dArgs&
 
 }  // namespace
 
+// bf16: the GEMM rounds each convolution output (bias included) once into pre_norm, and the norm reads
+// exactly those stored values, as the contract asks.
 void CpuBackend::conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
                                 const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens,
                                 Tensor& pre_norm, Tensor& mean, Tensor& rstd) {
-  visit_float(x.dtype(), "conv_embedding", [&](auto tag) {
+  visit_float_or_bf16(x.dtype(), "conv_embedding", [&](auto tag) {
     using T = decltype(tag);
     const ConvGeom g = embedding_geom(x, weight, a);
     const int64_t P = g.P(), K = g.K(), C = g.Cout, chunk = embedding_chunk(g);
