@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <numeric>
 #include <sstream>
 
 #include "engine/core/autograd.h"
@@ -13,6 +14,19 @@ namespace tessera::models {
 // ---------------------------------------------------------------- layers
 Tensor cast_to(const Tensor& p, DType dt) {
   if (!p.defined() || p.dtype() == dt) return p;
+  // A dense tensor in another memory order keeps it (CvT's channels-last token grid through the fp32 batch
+  // norm and back): the cast runs on the view that is contiguous, and the result is permuted back.
+  if (!p.is_contiguous() && p.dim() > 1) {
+    std::vector<int64_t> order(size_t(p.dim()));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p.strides()[size_t(a)] > p.strides()[size_t(b)]; });
+    const Tensor dense = p.permute(order);
+    if (dense.is_contiguous()) {
+      std::vector<int64_t> inverse(order.size());
+      for (size_t i = 0; i < order.size(); ++i) inverse[size_t(order[i])] = int64_t(i);
+      return dense.to(dt).permute(inverse);
+    }
+  }
   return p.to(dt);  // differentiable: the gradient reaches the master tensor in its own dtype
 }
 

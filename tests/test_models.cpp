@@ -840,3 +840,20 @@ TEST_CASE("attention hooks: the composed path equals the fused one, gates remove
 TEST_CASE("models: a bf16 training step of CvT and of ViT agrees with fp32 on the CPU") {
   tessera::testing::check_bf16_steps(Device::CPU);
 }
+
+// Mixed precision's casts keep a dense tensor's memory order: CvT's channels-last token grid stays
+// channels-last through the fp32 batch norm (else its kernels see NCHW and transpose), values and
+// gradients unchanged.
+TEST_CASE("cast_to keeps a channels-last tensor channels-last, values and gradient exact") {
+  Generator g(3);
+  Tensor nhwc = g.uniform({2, 3, 4, 5}, -1, 1, DType::f32);  // memory [N, H, W, C]
+  nhwc.set_requires_grad(true);
+  Tensor x = nhwc.permute({0, 3, 1, 2});                                             // viewed [N, C, H, W]
+  Tensor y = cast_to(x, DType::bf16);
+  CHECK(y.shape() == x.shape());
+  CHECK(y.strides() == x.strides());
+  CHECK(y.to(DType::f64).to_vector<double>() == x.to(DType::bf16).to(DType::f64).to_vector<double>());
+  sum(mul(y.to(DType::f32), Tensor::scalar(2.0, DType::f32))).backward();
+  for (double v : nhwc.grad().to_vector<double>()) CHECK(v == 2.0);
+  CHECK(cast_to(nhwc, DType::bf16).is_contiguous());  // a contiguous tensor stays contiguous
+}

@@ -5,7 +5,7 @@
 // in a fused kernel. Ops that handle bf16 themselves go straight through: the GEMM (bf16 products with fp32
 // sums, AVX512-BF16 where the processor has it, gemm.cpp), attention (its products on that GEMM, scores in
 // fp32, nn.cpp), the conv embedding's forward (one bf16 GEMM into the stored pre_norm), layer norm (fp64
-// statistics of bf16 loads), the elementwise ops and bias + GELU (fp32 arithmetic on bf16 loads, elementwise.cpp),
+// statistics of bf16 loads), the channels-last depthwise convolution (fp32 rows), the elementwise ops and bias + GELU (fp32 arithmetic on bf16 loads, elementwise.cpp),
 // copy, fill, index_select and AdamW's bf16 gradients. Widening costs a conversion pass per operand; where that shows in a profile, an op earns a
 // native bf16 kernel and its line here becomes a plain forward.
 #include <deque>
@@ -74,6 +74,10 @@ class CpuBf16 final : public Backend {
   void conv_embedding TS_PARAMS_conv_embedding override {
     k_.conv_embedding(x, weight, bias, a, ln_weight, ln_bias, eps, tokens, pre_norm, mean, rstd);
   }
+  void depthwise_conv2d_nhwc TS_PARAMS_depthwise_conv2d_nhwc override { k_.depthwise_conv2d_nhwc(x, weight, bias, a, y); }
+  void depthwise_conv2d_nhwc_backward TS_PARAMS_depthwise_conv2d_nhwc_backward override {
+    k_.depthwise_conv2d_nhwc_backward(dy, x, weight, a, dx, dweight, dbias);
+  }
   void attention_backward TS_PARAMS_attention_backward override {
     k_.attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv);
   }
@@ -116,13 +120,6 @@ class CpuBf16 final : public Backend {
     TS_WIDENED(k_.conv_embedding_backward(w.in(dtokens), w.in(x), w.in(weight), a, w.in(pre_norm), w.in(ln_weight),
                                           mean, rstd, w.out(dx), w.out(dweight), w.out(dbias), w.out(dln_weight),
                                           w.out(dln_bias)))
-  }
-  void depthwise_conv2d_nhwc TS_PARAMS_depthwise_conv2d_nhwc override {
-    TS_WIDENED(k_.depthwise_conv2d_nhwc(w.in(x), w.in(weight), w.in(bias), a, w.out(y)))
-  }
-  void depthwise_conv2d_nhwc_backward TS_PARAMS_depthwise_conv2d_nhwc_backward override {
-    TS_WIDENED(k_.depthwise_conv2d_nhwc_backward(w.in(dy), w.in(x), w.in(weight), a, w.out(dx), w.out(dweight),
-                                                 w.out(dbias)))
   }
   void batch_norm_nhwc TS_PARAMS_batch_norm_nhwc override {
     TS_WIDENED(k_.batch_norm_nhwc(w.in(x), w.in(weight), w.in(bias), mean, invstd, eps, training, w.out(y)))

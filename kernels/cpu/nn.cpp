@@ -443,13 +443,29 @@ void depthwise_backward(const ConvGeom& g, const T* dy, const T* x, const T* w, 
 // Channels-last depthwise (Backend::depthwise_conv2d_nhwc): every inner loop runs along the channels, which
 // are contiguous, so it vectorises for any image size and stride, and no phase planes are needed. The weight
 // is transposed to [taps, C] first. An output pixel starts from the bias and adds its taps in (i, j) order.
-template <typename T> std::vector<T> taps_by_channel(const ConvGeom& g, const T* w) {
+// bf16 data accumulates each pixel in an fp32 row and rounds it once.
+template <typename T> std::vector<Compute<T>> taps_by_channel(const ConvGeom& g, const T* w) {
   const int64_t taps = g.kh * g.kw;
-  std::vector<T> wt(size_t(taps * g.Cin));
+  std::vector<Compute<T>> wt(size_t(taps * g.Cin));
   for (int64_t c = 0; c < g.Cin; ++c)
-    for (int64_t t = 0; t < taps; ++t) wt[size_t(t * g.Cin + c)] = w[c * taps + t];
+    for (int64_t t = 0; t < taps; ++t) wt[size_t(t * g.Cin + c)] = widen(w[c * taps + t]);
   return wt;
 }
+
+// The row a pixel accumulates in: the output itself, or (bf16) an fp32 row rounded into it by `done`.
+template <typename T> struct PixelRow {
+  using F = Compute<T>;
+  std::vector<F> wide;
+  explicit PixelRow(int64_t C) : wide(std::is_same_v<T, F> ? 0 : size_t(C)) {}
+  F* at(T* out) {
+    if constexpr (std::is_same_v<T, F>) return out;
+    else return wide.data();
+  }
+  void done(T* out, int64_t C) {
+    if constexpr (!std::is_same_v<T, F>)
+      for (int64_t c = 0; c < C; ++c) out[c] = narrow<T>(wide[size_t(c)]);
+  }
+};
 
 // fn(i, j, ih, iw) for each tap of output pixel (oh, ow) that reads inside the image, in (i, j) order.
 template <typename F> void for_each_tap(const ConvGeom& g, int64_t oh, int64_t ow, const F& fn) {
@@ -465,21 +481,24 @@ template <typename F> void for_each_tap(const ConvGeom& g, int64_t oh, int64_t o
 
 template <typename T>
 void depthwise_nhwc_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
+  using F = Compute<T>;
   const int64_t C = g.Cin;
-  const std::vector<T> wt = taps_by_channel(g, w);
+  const std::vector<F> wt = taps_by_channel(g, w);
   parallel_for(g.N * g.Ho, std::max<int64_t>(1, 8192 / std::max<int64_t>(g.Wo * C * g.kh * g.kw, 1)),
                [&](int64_t r0, int64_t r1) {
+    PixelRow<T> row(C);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.Ho, oh = r % g.Ho;
       for (int64_t ow = 0; ow < g.Wo; ++ow) {
-        T* __restrict out = y + (r * g.Wo + ow) * C;
-        if (b) std::copy(b, b + C, out);
-        else std::fill(out, out + C, T(0));
+        T* y_pixel = y + (r * g.Wo + ow) * C;
+        F* __restrict out = row.at(y_pixel);
+        for (int64_t c = 0; c < C; ++c) out[c] = b ? widen(b[c]) : F(0);
         for_each_tap(g, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
           const T* __restrict in = x + ((n * g.H + ih) * g.W + iw) * C;
-          const T* __restrict wr = wt.data() + (i * g.kw + j) * C;
-          for (int64_t c = 0; c < C; ++c) out[c] += wr[c] * in[c];
+          const F* __restrict wr = wt.data() + (i * g.kw + j) * C;
+          for (int64_t c = 0; c < C; ++c) out[c] += wr[c] * widen(in[c]);
         });
+        row.done(y_pixel, C);
       }
     }
   });
@@ -490,16 +509,19 @@ void depthwise_nhwc_forward(const ConvGeom& g, const T* x, const T* w, const T* 
 // does not depend on the thread count.
 template <typename T>
 void depthwise_nhwc_backward(const ConvGeom& g, const T* dy, const T* x, const T* w, T* dx, T* dw, T* db) {
+  using F = Compute<T>;
   const int64_t C = g.Cin, taps = g.kh * g.kw;
   if (dx) {
-    const std::vector<T> wt = taps_by_channel(g, w);
+    const std::vector<F> wt = taps_by_channel(g, w);
     parallel_for(g.N * g.H, std::max<int64_t>(1, 8192 / std::max<int64_t>(g.W * C * taps, 1)),
                  [&](int64_t r0, int64_t r1) {
+      PixelRow<T> row(C);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / g.H, ih = r % g.H;
         for (int64_t iw = 0; iw < g.W; ++iw) {
-          T* __restrict out = dx + (r * g.W + iw) * C;
-          std::fill(out, out + C, T(0));
+          T* dx_pixel = dx + (r * g.W + iw) * C;
+          F* __restrict out = row.at(dx_pixel);
+          std::fill(out, out + C, F(0));
           for (int64_t i = 0; i < g.kh; ++i) {
             const int64_t hs = ih + g.ph - i;  // = oh·sh for the output row that reads this pixel with tap row i
             if (hs < 0 || hs % g.sh != 0 || hs / g.sh >= g.Ho) continue;
@@ -507,10 +529,11 @@ void depthwise_nhwc_backward(const ConvGeom& g, const T* dy, const T* x, const T
               const int64_t ws = iw + g.pw - j;
               if (ws < 0 || ws % g.sw != 0 || ws / g.sw >= g.Wo) continue;
               const T* __restrict gin = dy + ((n * g.Ho + hs / g.sh) * g.Wo + ws / g.sw) * C;
-              const T* __restrict wr = wt.data() + (i * g.kw + j) * C;
-              for (int64_t c = 0; c < C; ++c) out[c] += wr[c] * gin[c];
+              const F* __restrict wr = wt.data() + (i * g.kw + j) * C;
+              for (int64_t c = 0; c < C; ++c) out[c] += wr[c] * widen(gin[c]);
             }
           }
+          row.done(dx_pixel, C);
         }
       }
     });
@@ -525,12 +548,12 @@ void depthwise_nhwc_backward(const ConvGeom& g, const T* dy, const T* x, const T
         for (int64_t ow = 0; ow < g.Wo; ++ow) {
           const T* __restrict gout = dy + ((n * g.Ho + oh) * g.Wo + ow) * C;
           double* __restrict bsum = acc + taps * C;
-          for (int64_t c = 0; c < C; ++c) bsum[c] += double(gout[c]);
+          for (int64_t c = 0; c < C; ++c) bsum[c] += to_double(gout[c]);
           if (!dw) continue;
           for_each_tap(g, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
             const T* __restrict in = x + ((n * g.H + ih) * g.W + iw) * C;
             double* __restrict a = acc + (i * g.kw + j) * C;
-            for (int64_t c = 0; c < C; ++c) a[c] += double(gout[c]) * double(in[c]);
+            for (int64_t c = 0; c < C; ++c) a[c] += to_double(gout[c]) * to_double(in[c]);
           });
         }
     }
@@ -539,8 +562,8 @@ void depthwise_nhwc_backward(const ConvGeom& g, const T* dy, const T* x, const T
     double sum = 0;
     for (int64_t n = 0; n < g.N; ++n) sum += part[size_t(n * width + k)];
     const int64_t t = k / C, c = k % C;
-    if (t < taps && dw) dw[c * taps + t] = T(sum);
-    if (t == taps && db) db[c] = T(sum);
+    if (t < taps && dw) dw[c * taps + t] = from_double<T>(sum);
+    if (t == taps && db) db[c] = from_double<T>(sum);
   }
 }
 
@@ -560,7 +583,7 @@ ConvGeom nhwc_geom(const Tensor& x, const Tensor& w, const Tensor& y, const Conv
 
 void CpuBackend::depthwise_conv2d_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias,
                                        const Conv2dArgs& a, Tensor& y) {
-  visit_float(x.dtype(), "depthwise_conv2d_nhwc", [&](auto tag) {
+  visit_float_or_bf16(x.dtype(), "depthwise_conv2d_nhwc", [&](auto tag) {
     using T = decltype(tag);
     depthwise_nhwc_forward(nhwc_geom(x, weight, y, a), x.data<T>(), weight.data<T>(), data_or_null<T>(bias),
                            y.data<T>());
@@ -569,7 +592,7 @@ void CpuBackend::depthwise_conv2d_nhwc(const Tensor& x, const Tensor& weight, co
 
 void CpuBackend::depthwise_conv2d_nhwc_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                                                 const Conv2dArgs& a, Tensor& dx, Tensor& dweight, Tensor& dbias) {
-  visit_float(x.dtype(), "depthwise_conv2d_nhwc_backward", [&](auto tag) {
+  visit_float_or_bf16(x.dtype(), "depthwise_conv2d_nhwc_backward", [&](auto tag) {
     using T = decltype(tag);
     depthwise_nhwc_backward(nhwc_geom(x, weight, dy, a), dy.data<T>(), x.data<T>(), weight.data<T>(),
                             mut_or_null<T>(dx), mut_or_null<T>(dweight), mut_or_null<T>(dbias));
