@@ -69,9 +69,14 @@ void Backend::conv_embedding_backward(const Tensor& dtokens, const Tensor& x, co
 }
 
 namespace {
+// A new contiguous [N, C, H, W] for an [N, H, W, C] tensor (undefined for an undefined one).
+Tensor empty_nchw(const Tensor& nhwc) {
+  if (!nhwc.defined()) return Tensor();
+  return Tensor::empty({nhwc.size(0), nhwc.size(3), nhwc.size(1), nhwc.size(2)}, nhwc.dtype(), nhwc.device());
+}
 // [N, H, W, C] (any strides) -> a new contiguous [N, C, H, W], and back into a contiguous [N, H, W, C].
 Tensor to_nchw(Backend& be, const Tensor& nhwc) {
-  Tensor out = Tensor::empty({nhwc.size(0), nhwc.size(3), nhwc.size(1), nhwc.size(2)}, nhwc.dtype(), nhwc.device());
+  Tensor out = empty_nchw(nhwc);
   be.copy(nhwc.permute({0, 3, 1, 2}), out);
   return out;
 }
@@ -83,21 +88,21 @@ void from_nchw(Backend& be, const Tensor& nchw, Tensor& nhwc) {
 
 void Backend::depthwise_conv2d_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
                                     Tensor& y) {
-  Tensor y_nchw = Tensor::empty({y.size(0), y.size(3), y.size(1), y.size(2)}, y.dtype(), y.device());
+  Tensor y_nchw = empty_nchw(y);
   conv2d(to_nchw(*this, x), weight, bias, a, y_nchw);
   from_nchw(*this, y_nchw, y);
 }
 
 void Backend::depthwise_conv2d_nhwc_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                                              const Conv2dArgs& a, Tensor& dx, Tensor& dweight, Tensor& dbias) {
-  Tensor dx_nchw = dx.defined() ? Tensor::empty({x.size(0), x.size(3), x.size(1), x.size(2)}, x.dtype(), x.device()) : Tensor();
+  Tensor dx_nchw = empty_nchw(dx);
   conv2d_backward(to_nchw(*this, dy), to_nchw(*this, x), weight, a, dx_nchw, dweight, dbias);
   if (dx.defined()) from_nchw(*this, dx_nchw, dx);
 }
 
 void Backend::batch_norm_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& mean,
                               Tensor& invstd, double eps, bool training, Tensor& y) {
-  Tensor y_nchw = Tensor::empty({y.size(0), y.size(3), y.size(1), y.size(2)}, y.dtype(), y.device());
+  Tensor y_nchw = empty_nchw(y);
   batch_norm(to_nchw(*this, x), weight, bias, mean, invstd, eps, training, y_nchw);
   from_nchw(*this, y_nchw, y);
 }
@@ -105,7 +110,7 @@ void Backend::batch_norm_nhwc(const Tensor& x, const Tensor& weight, const Tenso
 void Backend::batch_norm_nhwc_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
                                        const Tensor& invstd, bool training, Tensor& dx, Tensor& dweight,
                                        Tensor& dbias) {
-  Tensor dx_nchw = dx.defined() ? Tensor::empty({x.size(0), x.size(3), x.size(1), x.size(2)}, x.dtype(), x.device()) : Tensor();
+  Tensor dx_nchw = empty_nchw(dx);
   batch_norm_backward(to_nchw(*this, dy), to_nchw(*this, x), weight, mean, invstd, training, dx_nchw, dweight, dbias);
   if (dx.defined()) from_nchw(*this, dx_nchw, dx);
 }

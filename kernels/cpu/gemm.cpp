@@ -75,6 +75,11 @@ void pack_b(const Operand& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, fl
   }
 }
 
+// out = alpha·v + beta·out, where beta 0 never reads out (C may be uninitialised).
+inline void store_scaled(float& out, float v, float alpha, float beta) {
+  out = beta == 0.f ? alpha * v : alpha * v + beta * out;
+}
+
 // C[0:rows, 0:cols] = alpha·(Ap·Bp) + beta·C, for one MR×NR tile.
 void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int64_t rows,
                   int64_t cols, float alpha, float beta) {
@@ -108,10 +113,7 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
   float tile[MR][NR];
   std::memcpy(tile, c, sizeof(tile));
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) {
-      float& out = C[i * ldc + j];
-      out = beta == 0.f ? alpha * tile[i][j] : alpha * tile[i][j] + beta * out;  // beta 0: never read C
-    }
+    for (int64_t j = 0; j < cols; ++j) store_scaled(C[i * ldc + j], tile[i][j], alpha, beta);
 }
 
 // Depth slices for a deep product with few output tiles: 4 packed panels each.
@@ -158,8 +160,7 @@ void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t 
       for (int64_t j = 0; j < N; ++j) {
         float sum = 0.f;
         for (int64_t s = 0; s < slices; ++s) sum += partial[size_t((s * M + i) * N + j)];
-        float& out = C[i * N + j];
-        out = beta == 0.f ? alpha * sum : alpha * sum + beta * out;
+        store_scaled(C[i * N + j], sum, alpha, beta);
       }
   });
 }
@@ -171,7 +172,6 @@ void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t 
 constexpr int64_t kDirectMax = 32768;  // M·N·K
 void gemm_direct(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
                  float beta) {
-  auto store = [&](float& out, float v) { out = beta == 0.f ? alpha * v : alpha * v + beta * out; };
   if (!B.trans) {
     std::vector<float> row(static_cast<size_t>(N));
     for (int64_t i = 0; i < M; ++i) {
@@ -180,7 +180,7 @@ void gemm_direct(const Operand& A, const Operand& B, float* C, int64_t M, int64_
         const float a = A.at(i, k), *b = B.p + k * B.ld;
         for (int64_t j = 0; j < N; ++j) row[size_t(j)] += a * b[j];
       }
-      for (int64_t j = 0; j < N; ++j) store(C[i * N + j], row[size_t(j)]);
+      for (int64_t j = 0; j < N; ++j) store_scaled(C[i * N + j], row[size_t(j)], alpha, beta);
     }
     return;
   }
@@ -197,7 +197,7 @@ void gemm_direct(const Operand& A, const Operand& B, float* C, int64_t M, int64_
       for (; k < K; ++k) lane[k % kLanes] += A.at(i, k) * B.at(k, j);
       float sum = 0.f;
       for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
-      store(C[i * N + j], sum);
+      store_scaled(C[i * N + j], sum, alpha, beta);
     }
 }
 
