@@ -100,51 +100,33 @@ std::pair<int64_t, int64_t> check_conv2d(const char* op_name, const Tensor& x, c
 
 }  // namespace
 
-namespace {
-
-Tensor depthwise_conv2d_channels_last(const Tensor& x, const Tensor& weight, const Tensor& bias,
-                                      const Conv2dArgs& a, int64_t Ho, int64_t Wo) {
-  Tensor xc = plain_nhwc(x), wc = plain(weight), bc = plain(bias);
-  Tensor y = Tensor::empty({x.size(0), Ho, Wo, x.size(1)}, x.dtype(), x.device());
-  if (y.numel() > 0) backend(x.device()).depthwise_conv2d_nhwc(xc, wc, bc, a, y);
-  const bool gx = wants_grad(x), gw = wants_grad(weight), gb = wants_grad(bias);
-  return record("conv2d", {x, weight, bias}, as_nchw(y), [xc, wc, a, gx, gw, gb](const Tensor& g) {
-    Tensor dy = plain_nhwc(g), dx, dw, db;
-    if (gx) dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
-    if (gw) dw = Tensor::empty(wc.shape(), wc.dtype(), wc.device());
-    if (gb) db = Tensor::empty({wc.size(0)}, wc.dtype(), wc.device());
-    if (dy.numel() > 0) {
-      backend(xc.device()).depthwise_conv2d_nhwc_backward(dy, xc, wc, a, dx, dw, db);
-    } else {
-      for (Tensor* t : {&dx, &dw, &db})
-        if (t->defined()) t->fill_(0);
-    }
-    return std::vector<Tensor>{as_nchw(dx), dw, db};
-  });
-}
-
-}  // namespace
-
+// A depthwise conv of a channels-last x stays channels-last (Backend::depthwise_conv2d_nhwc), as
+// batch_norm2d does; every other conv runs on NCHW.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a) {
   const auto [Ho, Wo] = check_conv2d("conv2d", x, weight, bias, a);
-  if (a.groups == x.size(1) && weight.size(0) == x.size(1) && channels_last(x))
-    return depthwise_conv2d_channels_last(x, weight, bias, a, Ho, Wo);
-  Tensor xc = plain(x), wc = plain(weight), bc = plain(bias);
-  Tensor y = Tensor::empty({x.size(0), weight.size(0), Ho, Wo}, x.dtype(), x.device());
-  if (y.numel() > 0) backend(x.device()).conv2d(xc, wc, bc, a, y);
+  const bool nhwc = a.groups == x.size(1) && weight.size(0) == x.size(1) && channels_last(x);
+  Tensor xc = nhwc ? plain_nhwc(x) : plain(x), wc = plain(weight), bc = plain(bias);
+  Tensor y = nhwc ? Tensor::empty({x.size(0), Ho, Wo, x.size(1)}, x.dtype(), x.device())
+                  : Tensor::empty({x.size(0), weight.size(0), Ho, Wo}, x.dtype(), x.device());
+  if (y.numel() > 0) {
+    if (nhwc) backend(x.device()).depthwise_conv2d_nhwc(xc, wc, bc, a, y);
+    else backend(x.device()).conv2d(xc, wc, bc, a, y);
+  }
   const bool gx = wants_grad(x), gw = wants_grad(weight), gb = wants_grad(bias);
-  return record("conv2d", {x, weight, bias}, y, [xc, wc, a, gx, gw, gb](const Tensor& g) {
-    Tensor dy = plain(g), dx, dw, db;
+  return record("conv2d", {x, weight, bias}, nhwc ? as_nchw(y) : y, [xc, wc, a, gx, gw, gb, nhwc](const Tensor& g) {
+    Tensor dy = nhwc ? plain_nhwc(g) : plain(g), dx, dw, db;
     if (gx) dx = Tensor::empty(xc.shape(), xc.dtype(), xc.device());
     if (gw) dw = Tensor::empty(wc.shape(), wc.dtype(), wc.device());
     if (gb) db = Tensor::empty({wc.size(0)}, wc.dtype(), wc.device());
     if (dy.numel() > 0) {
-      backend(xc.device()).conv2d_backward(dy, xc, wc, a, dx, dw, db);
+      Backend& be = backend(xc.device());
+      if (nhwc) be.depthwise_conv2d_nhwc_backward(dy, xc, wc, a, dx, dw, db);
+      else be.conv2d_backward(dy, xc, wc, a, dx, dw, db);
     } else {  // no output pixels: nothing flows back
       for (Tensor* t : {&dx, &dw, &db})
         if (t->defined()) t->fill_(0);
     }
-    return std::vector<Tensor>{dx, dw, db};
+    return std::vector<Tensor>{nhwc ? as_nchw(dx) : dx, dw, db};
   });
 }
 
