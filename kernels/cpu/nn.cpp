@@ -708,11 +708,11 @@ template <typename T> void im2row(const ConvGeom& g, const T* x, int64_t n0, int
         for (int64_t i = 0; i < g.kh; ++i) {
           T* out = row + (c * g.kh + i) * g.kw;
           const int64_t ih = oh * g.sh - g.ph + i;
-          if (ih < 0 || ih >= g.H || j0 >= j1) { std::fill(out, out + g.kw, T(0)); continue; }
+          if (ih < 0 || ih >= g.H || j0 >= j1) { std::fill(out, out + g.kw, T{}); continue; }
           const T* in = x + ((n * g.Cin + c) * g.H + ih) * g.W;  // the input row; tap j reads column iw0 + j
-          std::fill(out, out + j0, T(0));
+          std::fill(out, out + j0, T{});
           std::copy(in + iw0 + j0, in + iw0 + j1, out + j0);
-          std::fill(out + j1, out + g.kw, T(0));
+          std::fill(out + j1, out + g.kw, T{});
         }
     }
   });
