@@ -19,7 +19,9 @@ CpuPeak cpu_fma_peak(int threads, double seconds = 0.3);
 
 // bf16 GEMMs on the CPU multiply with the processor's AVX512-BF16 dot products where it has them (asked at
 // run time); otherwise, or switched off (tests and benchmarks cover and time both ways), the operands are
-// widened to fp32 for the fp32 kernel. Either way: exact products, fp32 sums, one rounding per result.
+// widened to fp32 for the fp32 kernel. Either way: exact products, fp32 sums, one rounding per result —
+// except that the dot-product instruction treats subnormal inputs and products (|x| < 2^-126) as zero, as
+// the processor manuals document; the widened path keeps them.
 bool cpu_has_avx512_bf16();
 void set_cpu_bf16_dot_products(bool use);  // true is ignored where the processor lacks them
 bool cpu_bf16_dot_products();

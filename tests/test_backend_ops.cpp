@@ -152,19 +152,21 @@ TEST_CASE("op registry, compare: the CPU in f32 against the CPU in f64") {
 }
 
 // bf16 on the CPU keeps the contract's rule for 16-bit data (fp32 arithmetic, one rounding per result:
-// kernels/cpu/bf16.cpp), so each entry is held to the same bf16 tolerance as on CUDA. GEMM entries run
-// twice: with the processor's bf16 dot products (where it has them) and widened to fp32.
+// kernels/cpu/bf16.cpp), so each entry is held to the same bf16 tolerance as on CUDA. Every entry runs
+// with the processor's bf16 dot products in the GEMMs (where it has them; else widened), then the entries
+// whose kernels multiply on the GEMM run again with it widened to fp32.
 TEST_CASE("op registry, compare: the CPU in bf16 against the CPU in f64") {
   int checked = 0;
+  const bool has_dot = cpu_has_avx512_bf16();
+  if (!has_dot) MESSAGE("bf16 dot products skipped: this processor lacks AVX512-BF16; the widened path runs");
   for (const bool dot : {true, false}) {
-    if (dot && !cpu_has_avx512_bf16()) {
-      MESSAGE("bf16 dot products skipped: this processor lacks AVX512-BF16; the widened path runs below");
-      continue;
-    }
+    if (dot && !has_dot) continue;
     set_cpu_bf16_dot_products(dot);
     for (const Entry& e : registry()) {
       if (std::find(e.cuda_dtypes.begin(), e.cuda_dtypes.end(), DType::bf16) == e.cuda_dtypes.end()) continue;
-      if (!dot && !e.multilinear) continue;  // only the GEMM path differs
+      const bool on_gemm = e.multilinear || e.name == "scaled_dot_product_attention" ||
+                           e.name == "attention_probabilities" || e.name == "conv_embedding";
+      if (!dot && has_dot && !on_gemm) continue;  // the widened GEMM is all that differs
       for (const Case& c : e.cases)
         if (c.tags & kCpu) compare_case(e, c, DType::bf16, Device::CPU, 5000 + uint64_t(checked++));
     }

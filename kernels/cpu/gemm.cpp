@@ -272,9 +272,10 @@ struct Operand16 {  // element (r, c) of op(X) for a contiguous row-major bf16 X
 
 std::atomic<int> g_bf16_dot_products{-1};  // -1: not yet decided (the processor's answer), 0 off, 1 on
 
-bool processor_has_avx512_bf16() {
+bool processor_has_avx512_bf16() {  // and the AVX-512 subsets the kernel's loads, masks and stores use
 #if defined(__x86_64__)
-  return __builtin_cpu_supports("avx512bf16");
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
 #else
   return false;
 #endif
