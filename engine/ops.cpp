@@ -72,11 +72,19 @@ Tensor sub(const Tensor& a, const Tensor& b) {
   });
 }
 
+namespace {
+// The backward of mul, div and pow in a 16-bit dtype runs in fp32 and rounds each gradient once: a gradient
+// chains several products and, for an operand broadcast over the output, sums many terms, each of which
+// would otherwise be rounded to 16 bits first (an error of u·Σ|terms|, however small the sum).
+Tensor at_least_f32(const Tensor& t) { return dtype_size(t.dtype()) < 4 ? t.to(DType::f32) : t; }
+}  // namespace
+
 Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor out = binary_raw(BinaryOp::Mul, a, b, "mul");
   Tensor ad = a.detach(), bd = b.detach();
   return record("mul", {a, b}, out, [ad, bd](const Tensor& g) {
-    return Grads{sum_to(mul(g, bd), ad.shape()), sum_to(mul(g, ad), bd.shape())};
+    const Tensor G = at_least_f32(g), A = at_least_f32(ad), B = at_least_f32(bd);
+    return Grads{sum_to(mul(G, B), ad.shape()).to(g.dtype()), sum_to(mul(G, A), bd.shape()).to(g.dtype())};
   });
 }
 
@@ -84,8 +92,9 @@ Tensor div(const Tensor& a, const Tensor& b) {
   Tensor out = binary_raw(BinaryOp::Div, a, b, "div");
   Tensor ad = a.detach(), bd = b.detach();
   return record("div", {a, b}, out, [ad, bd](const Tensor& g) {
-    Tensor ga = div(g, bd);
-    return Grads{sum_to(ga, ad.shape()), sum_to(neg(mul(ga, div(ad, bd))), bd.shape())};
+    const Tensor G = at_least_f32(g), A = at_least_f32(ad), B = at_least_f32(bd);
+    Tensor ga = div(G, B);
+    return Grads{sum_to(ga, ad.shape()).to(g.dtype()), sum_to(neg(mul(ga, div(A, B))), bd.shape()).to(g.dtype())};
   });
 }
 
@@ -103,9 +112,11 @@ Tensor pow(const Tensor& a, const Tensor& b) {
   Tensor out = binary_raw(BinaryOp::Pow, a, b, "pow");
   Tensor ad = a.detach(), bd = b.detach(), od = out.detach();
   return record("pow", {a, b}, out, [ad, bd, od](const Tensor& g) {
-    Tensor ga = mul(g, mul(bd, pow(ad, sub(bd, scalar_like(1, bd)))));
-    Tensor gb = mul(g, mul(od, log(ad)));
-    return Grads{sum_to(ga, ad.shape()), sum_to(gb, bd.shape())};
+    const Tensor G = at_least_f32(g), A = at_least_f32(ad), B = at_least_f32(bd);
+    const Tensor O = od.dtype() == A.dtype() ? od : pow(A, B);  // a 16-bit output recomputed, not its rounding
+    Tensor ga = mul(G, mul(B, pow(A, sub(B, scalar_like(1, B)))));
+    Tensor gb = mul(G, mul(O, log(A)));
+    return Grads{sum_to(ga, ad.shape()).to(g.dtype()), sum_to(gb, bd.shape()).to(g.dtype())};
   });
 }
 
