@@ -188,7 +188,7 @@ Tensor clamp(const Tensor& x, double lo, double hi) {
   return record("clamp", {x}, out, [xd, lo, hi](const Tensor& g) {
     // Compared in at least fp32, as the forward compares: a bound rounded to bf16 (0.8 -> 0.80078125)
     // would let through an x the forward clamped.
-    const Tensor xc = dtype_size(xd.dtype()) < 4 ? xd.to(DType::f32) : xd;
+    const Tensor xc = at_least_f32(xd);
     Tensor inside = mul(binary_raw(BinaryOp::Ge, xc, scalar_like(lo, xc), "clamp"),
                         binary_raw(BinaryOp::Ge, scalar_like(hi, xc), xc, "clamp"));
     return Grads{mul(g, inside.to(g.dtype()))};

@@ -62,23 +62,16 @@ namespace {
 // cast and around every widened op (bf16.cpp). Returns false for other copies.
 bool convert_bf16_contiguous(const Tensor& src, Tensor& out) {
   if (!src.is_contiguous() || !out.is_contiguous()) return false;
-  const int64_t n = out.numel();
-  if (src.dtype() == DType::bf16 && out.dtype() == DType::f32) {
-    const bf16_t* s = src.data<bf16_t>();
-    float* d = out.data<float>();
-    parallel_for(n, 16384, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) d[i] = bf16_to_float(s[i]);
+  auto convert = [&](const auto* s, auto* d, auto f) {
+    parallel_for(out.numel(), 16384, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) d[i] = f(s[i]);
     });
     return true;
-  }
-  if (src.dtype() == DType::f32 && out.dtype() == DType::bf16) {
-    const float* s = src.data<float>();
-    bf16_t* d = out.data<bf16_t>();
-    parallel_for(n, 16384, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) d[i] = float_to_bf16(s[i]);
-    });
-    return true;
-  }
+  };
+  if (src.dtype() == DType::bf16 && out.dtype() == DType::f32)
+    return convert(src.data<bf16_t>(), out.data<float>(), bf16_to_float);
+  if (src.dtype() == DType::f32 && out.dtype() == DType::bf16)
+    return convert(src.data<float>(), out.data<bf16_t>(), float_to_bf16);
   return false;
 }
 

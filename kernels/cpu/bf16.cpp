@@ -5,8 +5,9 @@
 // in a fused kernel. Ops that handle bf16 themselves go straight through: the GEMM (bf16 products with fp32
 // sums, AVX512-BF16 where the processor has it, gemm.cpp), attention (its products on that GEMM, scores in
 // fp32, nn.cpp), the conv embedding's forward (one bf16 GEMM into the stored pre_norm), layer norm (fp64
-// statistics of bf16 loads), the channels-last depthwise convolution (fp32 rows), the elementwise ops and bias + GELU (fp32 arithmetic on bf16 loads, elementwise.cpp),
-// copy, fill, index_select and AdamW's bf16 gradients. Widening costs a conversion pass per operand; where that shows in a profile, an op earns a
+// statistics of bf16 loads), the channels-last depthwise convolution (fp32 rows), the elementwise ops and
+// bias + GELU (fp32 arithmetic on bf16 loads, elementwise.cpp), copy, fill, index_select and AdamW's bf16
+// gradients. Widening costs a conversion pass per operand; where that shows in a profile, an op earns a
 // native bf16 kernel and its line here becomes a plain forward.
 #include <deque>
 

@@ -141,7 +141,7 @@ void CpuBackend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Ten
     });
     if (!dbias.defined()) return;
     const std::vector<double> sums = column_sums(pg, rows, C);
-    for (int64_t c = 0; c < C; ++c) dbias.data<T>()[c] = narrow<T>(F(sums[size_t(c)]));
+    for (int64_t c = 0; c < C; ++c) dbias.data<T>()[c] = from_double<T>(sums[size_t(c)]);
   });
 }
 
