@@ -173,10 +173,12 @@ TEST_CASE("page: images, their figures and the statistics table") {
   AttentionStatistics s(a, {});
   s.add(probs_of(1, 12, 5, 5, [](auto...) { return 0.2; }));
   const nlohmann::json meta = {{"model", {{"type", "vit"}, {"source", "w.safetensors"}}},
+                               {"images", {"a<b>.png"}},
                                {"layers", {{{"layer", 0}, {"stage", 0}, {"statistics", s.to_json()}}}}};
   ImageSection im{"a<b>.png", "tabby", 0.75, {"input", "data:image/png;base64,AAAA"}, {}};
   im.rows.push_back({"layer 0", "p[cls, k]", {{"head 0", "png/0_layer0_head0.png"}, {"mean", ""}}});
   const std::string page = attention_page(meta, {im}, "embedded");
+  CHECK(contains(page, "vit · w.safetensors · 1 image</p>"));
   CHECK(contains(page, "a&lt;b&gt;.png"));
   CHECK(contains(page, "<b>tabby</b> (probability 0.7500)"));
   CHECK(contains(page, "src='data:image/png;base64,AAAA'"));
@@ -193,10 +195,13 @@ TEST_CASE("page: images, their figures and the statistics table") {
   // A data set's page: a class section with its summary, the importance chart, the masking result.
   nlohmann::json data_meta = meta;
   data_meta["layers"][0]["importance"] = {0.6, 0.8};
+  data_meta.erase("images");
+  data_meta["data"] = {{"root", "set"}, {"split", "Testing"}, {"images", 40}};
   data_meta["masking"] = {{"description", "layer 0 head 1 zeroed"}, {"accuracy", 0.9}, {"accuracy_masked", 0.5},
                           {"loss", 0.3}, {"loss_masked", 1.2}, {"images", 40}};
   ImageSection cls{"class tabby (40 images)", "", 0, {"mean input", ""}, {}, "accuracy 0.9000 on this class"};
   const std::string data_page = attention_page(data_meta, {cls}, "");
+  CHECK(contains(data_page, "vit · w.safetensors · 40 images</p>"));  // the data set's, not the one class section
   CHECK(contains(data_page, "accuracy 0.9000 on this class"));
   CHECK(!contains(data_page, "prediction:"));
   CHECK(contains(data_page, "Head importance by depth"));

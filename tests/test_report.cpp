@@ -164,7 +164,8 @@ TEST_CASE("report: where the model looked — rollout and relevance over the sho
   CHECK(html.find("Relevance (Chefer et al. 2021)") != std::string::npos);
   // The 5 readable images, each with its rollout and relevance map as PNGs, after the 5 JPEG thumbnails.
   CHECK(count(html, "<img class='attn'") == 10);
-  CHECK(count(html, "<figure class='wrong'") == 4);  // 2 wrong thumbnails, and their 2 map pairs
+  CHECK(count(html, "<figure class='wrong'") == 2);  // 2 wrong thumbnails
+  CHECK(count(html, "<figure class='maps wrong'") == 2);  // and their 2 map pairs, as wide as the pair
   CHECK(html.find("No attention maps") == std::string::npos);
 }
 

@@ -272,9 +272,9 @@ section{background:#fff;border:1px solid #dee2e6;border-radius:8px;padding:18px 
 .sub,.method{color:#6c757d} .method{font-size:13px;margin:0 0 6px} .note{background:#fff9db;border:1px solid #ffe066;padding:8px 12px;border-radius:6px}
 .figs{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}
 .fig{display:flex;flex-direction:column;font-size:11px;color:#495057;cursor:zoom-in}
-.fig input{display:none} .fig img{width:132px;border:1px solid #e9ecef;border-radius:4px}
-.fig input:checked+img{width:auto;max-width:100%;cursor:zoom-out}
-.missing{width:132px;height:60px;border:1px dashed #adb5bd;border-radius:4px;display:flex;align-items:center;justify-content:center}
+.fig input{display:none} .fig img{height:120px;width:auto;border:1px solid #e9ecef;border-radius:4px}
+.fig input:checked+img{height:auto;max-width:100%;cursor:zoom-out}
+.missing{width:132px;height:120px;border:1px dashed #adb5bd;border-radius:4px;display:flex;align-items:center;justify-content:center}
 table{border-collapse:collapse;font-variant-numeric:tabular-nums} td,th{padding:3px 10px;text-align:right}
 thead th{border-bottom:2px solid #dee2e6} td:first-child,th:first-child{text-align:left}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(460px,1fr));gap:12px;margin-top:12px}
@@ -352,9 +352,11 @@ std::string attention_page(const json& meta, const std::vector<ImageSection>& im
   const json& model = field(meta, "model");
   std::string s = "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>tessera attn — " +
                   esc(text_of(field(model, "type"))) + "</title><style>" + kStyle + kChartStyle + "</style></head><body><main>";
+  // The images the page speaks for: a data set's count (its sections are classes) or the files given.
+  const json& data_images = field(field(meta, "data"), "images");
+  const int64_t n = data_images.is_number_integer() ? data_images.get<int64_t>() : int64_t(field(meta, "images").size());
   s += "<h1>Attention maps</h1><p class='sub'>" + esc(text_of(field(model, "type"))) + " · " +
-       esc(text_of(field(model, "source"))) + " · " + std::to_string(images.size()) + " image" +
-       (images.size() == 1 ? "" : "s") + "</p>";
+       esc(text_of(field(model, "source"))) + " · " + std::to_string(n) + " image" + (n == 1 ? "" : "s") + "</p>";
   s += "<p class='note'>" + esc(note) + "</p>";
   for (const ImageSection& im : images) {
     s += "<section><h2>" + esc(im.file) + "</h2><p>" +

@@ -69,7 +69,8 @@ img.cmpng{max-width:100%;border:1px solid #e9ecef;border-radius:6px}
 figure{margin:0;width:132px;padding:4px;border:3px solid #2b8a3e;border-radius:6px;background:#f8f9fa}
 figure.wrong{border-color:#c92a2a;background:#fff5f5}
 figure .img{height:112px;display:flex;align-items:center;justify-content:center}
-figure .pair{display:flex;gap:4px} img.attn{width:170px;height:auto}
+figure.maps{width:auto} figure.maps figcaption{max-width:304px}
+figure .pair{display:flex;gap:4px} img.attn{width:150px;height:auto}
 figcaption{font-size:11px;line-height:1.35;margin-top:4px}
 figcaption .file{font-weight:600;white-space:nowrap;text-overflow:ellipsis;overflow:hidden} figcaption .bad{color:#c92a2a;font-weight:700}
 .tag{background:#364fc7;color:#fff;border-radius:3px;padding:0 4px;font-size:10px}
@@ -184,7 +185,7 @@ std::string attention_maps(const Eval& e, const ReportAttention& a) {
       return png.empty() ? std::string() : std::string("<img class='attn' alt='") + what + "' src='data:image/png;base64," +
                                                base64(png) + "'>";
     };
-    figs[size_t(p.label)] += std::string("<figure class='") + (p.label == p.pred ? "right" : "wrong") + "' title='" +
+    figs[size_t(p.label)] += std::string("<figure class='maps ") + (p.label == p.pred ? "right" : "wrong") + "' title='" +
                              esc(p.path) + "'><div class='pair'>" + img(it->second.rollout_png, "rollout") +
                              img(it->second.relevance_png, "relevance") + "</div>" + caption(e, p) + "</figure>";
   }
