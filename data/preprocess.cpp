@@ -2,6 +2,7 @@
 #include "data/preprocess.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -47,6 +48,7 @@ nlohmann::json processor_to_json(const ProcessorConfig& c) {
   }
   if (c.per_image_standardize) j["tessera_per_image_standardize"] = true;
   if (c.crop_foreground) j["tessera_crop_foreground"] = true;
+  if (c.equalize) j["tessera_equalize"] = true;
   return j;
 }
 
@@ -82,7 +84,8 @@ ProcessorConfig processor_from_json(const nlohmann::json& j, const std::string& 
       c.filter = r == 3 ? Filter::Bicubic : Filter::Bilinear;
     }
     for (auto [key, flag] : {std::pair{"tessera_per_image_standardize", &c.per_image_standardize},
-                             std::pair{"tessera_crop_foreground", &c.crop_foreground}})
+                             std::pair{"tessera_crop_foreground", &c.crop_foreground},
+                             std::pair{"tessera_equalize", &c.equalize}})
       if (j.contains(key)) {
         const nlohmann::json& f = j.at(key);
         if (!f.is_boolean()) throw bad(std::string(key) + " must be true or false, got " + f.dump());
@@ -144,9 +147,35 @@ Image crop_to_foreground(const Image& image) {
   return out;
 }
 
+Image equalize(const Image& image) {
+  std::array<std::array<uint8_t, 256>, 3> lut;
+  const size_t pixels = size_t(image.width) * size_t(image.height);
+  for (size_t band = 0; band < 3; ++band) {
+    std::array<uint64_t, 256> h{};
+    for (size_t i = 0; i < pixels; ++i) ++h[image.rgb[i * 3 + band]];
+    int occupied = 0, highest = 0;
+    for (int v = 0; v < 256; ++v)
+      if (h[size_t(v)]) ++occupied, highest = v;
+    const uint64_t step = (pixels - h[size_t(highest)]) / 255;
+    for (int v = 0; v < 256; ++v) lut[band][size_t(v)] = uint8_t(v);
+    if (occupied <= 1 || step == 0) continue;
+    uint64_t below = step / 2;  // Pillow's rounding offset, then the pixels darker than the level
+    for (size_t v = 0; v < 256; ++v) {
+      lut[band][v] = uint8_t(std::min<uint64_t>(below / step, 255));  // Image.point clips to 8 bits
+      below += h[v];
+    }
+  }
+  Image out = image;
+  for (size_t i = 0; i < pixels * 3; ++i) out.rgb[i] = lut[i % 3][image.rgb[i]];
+  return out;
+}
+
 Image processor_resize(const Image& input, const ProcessorConfig& cfg) {
-  const Image cropped = cfg.crop_foreground ? crop_to_foreground(input) : Image();
-  const Image& image = cfg.crop_foreground ? cropped : input;
+  Image prepared;  // the crop and then the equalisation, each when asked for
+  const Image* source = &input;
+  if (cfg.crop_foreground) prepared = crop_to_foreground(*source), source = &prepared;
+  if (cfg.equalize) prepared = equalize(*source), source = &prepared;
+  const Image& image = *source;
   if (cfg.height <= 0 || cfg.width <= 0)
     throw ImageError("preprocess: output size must be positive, got " + std::to_string(cfg.width) + "x" +
                      std::to_string(cfg.height));

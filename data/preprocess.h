@@ -49,6 +49,7 @@ struct ProcessorConfig {
   int channels = 3;                    // 1 or 3 output planes; not in the JSON (the model config has it)
   bool per_image_standardize = false;  // JSON "tessera_per_image_standardize", written only when true
   bool crop_foreground = false;        // JSON "tessera_crop_foreground", written only when true: see below
+  bool equalize = false;               // JSON "tessera_equalize", written only when true: see below
 
   static ProcessorConfig vit(int size = 224);  // google/vit-base-patch16-224's preprocessor_config.json
   static ProcessorConfig cvt(int size = 224);  // microsoft/cvt-13's preprocessor_config.json
@@ -80,8 +81,17 @@ void validate(const ProcessorConfig& cfg);
 // burnt-in labels. An image with no such pixel (all black) is returned unchanged.
 Image crop_to_foreground(const Image& image);
 
+// Histogram equalisation (equalize), Pillow's ImageOps.equalize exactly: per band, with h the band's
+// 256-bin histogram and step = (pixels - the count of the highest occupied level) / 255 (integer
+// division), level i maps to min(255, (step / 2 + h[0] + ... + h[i-1]) / step); a band with one occupied
+// level or step 0 is left unchanged. Every level's new value is its share of the pixels darker than it, so
+// the output's histogram is close to flat whatever the scanner's contrast curve was: it removes a monotone
+// intensity mapping between sources (gamma, windowing), which a mean and standard deviation (per-image
+// standardisation) do not.
+Image equalize(const Image& image);
+
 // The resized (and cropped) 8-bit image the processor normalises: exposed for tests and inspection.
-// With crop_foreground, crop_to_foreground comes first.
+// With crop_foreground, crop_to_foreground comes first, then equalize with equalize.
 Image processor_resize(const Image& image, const ProcessorConfig& cfg);
 
 // f32 [channels, height, width], CHW, on the CPU.

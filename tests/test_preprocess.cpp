@@ -603,18 +603,49 @@ TEST_CASE("preprocess: tessera_per_image_standardize in preprocessor_config.json
   }
 }
 
-TEST_CASE("preprocess: tessera_crop_foreground round-trips, and only it changes") {
+TEST_CASE("preprocess: tessera_crop_foreground and tessera_equalize round-trip, and only they change") {
   const nlohmann::json j = processor_to_json(ProcessorConfig::cvt(64));
-  CHECK_FALSE(j.contains("tessera_crop_foreground"));
-  ProcessorConfig on = ProcessorConfig::cvt(64);
-  on.crop_foreground = true;
-  nlohmann::json k = processor_to_json(on);
-  CHECK(k.at("tessera_crop_foreground") == true);
-  CHECK(processor_from_json(k, "p.json").crop_foreground);
-  k.erase("tessera_crop_foreground");
-  CHECK(k.dump() == j.dump());
-  k["tessera_crop_foreground"] = "yes";
-  CHECK_THROWS_WITH(processor_from_json(k, "p.json"), doctest::Contains("tessera_crop_foreground must be true or false"));
+  for (auto [key, flag] : {std::pair{"tessera_crop_foreground", &ProcessorConfig::crop_foreground},
+                           std::pair{"tessera_equalize", &ProcessorConfig::equalize}}) {
+    CAPTURE(key);
+    CHECK_FALSE(j.contains(key));
+    ProcessorConfig on = ProcessorConfig::cvt(64);
+    on.*flag = true;
+    nlohmann::json k = processor_to_json(on);
+    CHECK(k.at(key) == true);
+    CHECK(processor_from_json(k, "p.json").*flag);
+    k.erase(key);
+    CHECK(k.dump() == j.dump());
+    k[key] = "yes";
+    const std::string complaint = std::string(key) + " must be true or false";
+    CHECK_THROWS_WITH(processor_from_json(k, "p.json"), doctest::Contains(complaint.c_str()));
+  }
+}
+
+TEST_CASE("preprocess: equalize gives Pillow's ImageOps.equalize exactly, and comes after the crop") {
+  // Every decoded fixture image, and edge cases: one level, two levels, step 0, levels clipped at 255.
+  const SafetensorsFile eq((kFixtures / "equalize.safetensors").string());
+  int cases = 0;
+  for (const auto& info : eq.tensors()) {
+    if (info.name.rfind("input/", 0) != 0) continue;
+    const std::string name = info.name.substr(6);
+    CAPTURE(name);
+    const Image in = image_from(eq.get(info.name));
+    CHECK(equalize(in).rgb == image_from(eq.get("equalized/" + name)).rgb);
+    ++cases;
+  }
+  CHECK(cases >= 13);
+  // In the processor: the crop, the equalisation, then the resize.
+  Image im(40, 30);
+  for (int y = 0; y < 30; ++y)
+    for (int x = 0; x < 40; ++x) std::fill_n(im.pixel(x, y), 3, uint8_t(x >= 10 && x < 30 && y >= 5 ? 40 + x + y : 0));
+  ProcessorConfig cfg = ProcessorConfig::vit(12);
+  cfg.crop_foreground = cfg.equalize = true;
+  const Image expect = resize(equalize(crop_to_foreground(im)), 12, 12, cfg.filter, cfg.pass_order);
+  CHECK(processor_resize(im, cfg).rgb == expect.rgb);
+  CHECK(expect.rgb != resize(crop_to_foreground(equalize(im)), 12, 12, cfg.filter, cfg.pass_order).rgb);
+  cfg.crop_foreground = false;
+  CHECK(processor_resize(im, cfg).rgb == resize(equalize(im), 12, 12, cfg.filter, cfg.pass_order).rgb);
 }
 
 TEST_CASE("preprocess: crop_to_foreground takes the square around the head, ignoring stray pixels") {

@@ -140,11 +140,15 @@ STUDY=(--recipe study --weights "$FIXTURE" --synthetic --image-size 32 --epochs 
 "$BIN" train "${STUDY[@]}" --keep-imagenet-head --out "$DIR/kept" >"$DIR/kept.log" 2>&1 \
   && grep -q '"keep_imagenet_head": true' "$DIR/kept/run.json" && pass "--keep-imagenet-head runs" || { fail "--keep-imagenet-head"; cat "$DIR/kept.log"; }
 
-# 33 images in batches of 16 leave a last batch of 1, which batch norm cannot train on: it is dropped.
+# 33 images in batches of 16 leave a last batch of 1, which batch norm cannot train on: it is dropped. The
+# same run equalises its images, and its checkpoint says so, so that eval, predict and attn do too.
 "$BIN" train --recipe cpu --synthetic --image-size 32 --epochs 1 --max-train-samples 33 --batch-size 16 --no-progress \
-  --out "$DIR/odd" >"$DIR/odd.log" 2>&1 && grep -q "dropping each epoch's last batch of 1 image" "$DIR/odd.log" \
+  --equalize --out "$DIR/odd" >"$DIR/odd.log" 2>&1 && grep -q "dropping each epoch's last batch of 1 image" "$DIR/odd.log" \
   && grep -q "1 epochs × 2 steps of 16" "$DIR/odd.log" && pass "a last batch of one image is dropped for CvT" \
   || { fail "a last batch of one image"; cat "$DIR/odd.log"; }
+grep -q '"tessera_equalize": true' "$DIR/odd/last/preprocessor_config.json" \
+  && ! grep -q tessera_equalize "$DIR/whole/last/preprocessor_config.json" \
+  && pass "--equalize reaches the checkpoint's preprocessor_config.json" || fail "--equalize in preprocessor_config.json"
 
 # A run whose last link was lost (and which a kill left a temporary checkpoint folder in) resumes from its
 # newest complete checkpoint, saying so on stderr, and removes the leftover, saying so.

@@ -21,6 +21,11 @@ Pillow/transformers version):
                                                step, and resize itself is checked exactly above)
     real/<k>/...                   the same for a few real dataset JPEGs, which stay outside the repo:
                                    decoded_s16 = decoded[::16, ::16], vit224s, cvt224s, size = [H, W]
+  equalize.safetensors U8 tensors of Pillow's ImageOps.equalize (tessera_equalize):
+    input/<k>, equalized/<k>       [H,W,3] u8  every decoded/<img> above, and small edge cases: one level
+                                               (unchanged), two levels, fewer pixels than levels (step 0:
+                                               unchanged), and a few pixels spread so that the last levels
+                                               map past 255 before Image.point clips them
 """
 import argparse
 import os
@@ -28,7 +33,7 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 import PIL
 from safetensors.numpy import save_file
 
@@ -139,6 +144,27 @@ def run(proc, rgb):
     return proc(Image.fromarray(rgb, "RGB"), return_tensors="np")["pixel_values"][0].astype(np.float32)
 
 
+def equalize_cases(decoded, rng):
+    cases = dict(decoded)
+    cases["one_level"] = np.full((5, 7, 3), 77, np.uint8)
+    two = np.zeros((32, 32, 3), np.uint8)  # half black: step 2, level 200 maps to 513 // 2 -> 255
+    two[16:, :] = 200
+    cases["two_levels"] = two
+    cases["step0"] = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)  # 99 pixels: step = 0
+    # Band 0: 300 pixels, 260 on level 255 (the highest, left out of step) and 40 below: step = 40 // 255
+    # = 0 -> unchanged; band 1: many distinct low levels and a few high ones, so n // step passes 255.
+    clip = np.zeros((20, 26, 3), np.uint8)
+    clip[..., 0] = np.where(np.arange(520).reshape(20, 26) < 40, 3, 255)
+    clip[..., 1] = (np.arange(520).reshape(20, 26) % 254).astype(np.uint8)
+    clip[..., 2] = rng.integers(0, 4, (20, 26)) * 60
+    cases["clip"] = clip
+    out = {}
+    for k, rgb in cases.items():
+        out[f"input/{k}"] = np.ascontiguousarray(rgb)
+        out[f"equalized/{k}"] = np.array(ImageOps.equalize(Image.fromarray(rgb, "RGB")))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default="/work/shared/datasets/brain-tumor-mri")
@@ -187,6 +213,9 @@ def main():
     meta["small_vit"], meta["small_cvt"] = str(SMALL_VIT), str(SMALL_CVT)
     save_file({k: np.ascontiguousarray(v) for k, v in t.items()}, os.path.join(OUT, "expected.safetensors"), meta)
     os.chmod(os.path.join(OUT, "expected.safetensors"), 0o644)
+    eq = equalize_cases({k[len("decoded/"):]: v for k, v in t.items() if k.startswith("decoded/")}, rng)
+    save_file(eq, os.path.join(OUT, "equalize.safetensors"), {"pillow": PIL.__version__})
+    os.chmod(os.path.join(OUT, "equalize.safetensors"), 0o644)
     total = sum(os.path.getsize(os.path.join(OUT, f)) for f in os.listdir(OUT))
     print(f"wrote {len(t)} tensors, {len(files)} images, {total / 1024:.0f} KB in {OUT}")
 

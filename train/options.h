@@ -99,6 +99,7 @@ struct TrainOptions {
   bool per_image_norm = false;   // standardise each image by its own mean and std (not fixed constants)
   int image_size = 224;
   bool crop_foreground = false;  // every image cropped to the square around its foreground first
+  bool equalize = false;         // every image's histogram equalised (after the crop)
   bool static_augment = false;   // the study's mistake: one fixed augmented copy per image, made once
   double rotation = 15, crop_scale_min = 0.8, brightness = 0.2, contrast = 0.2, p_vflip = 0.5;
   double gamma = 0, blur = 0, noise = 0, erase = 0;  // scanner-like intensity changes and random erasing
@@ -231,6 +232,9 @@ void for_each_option(F&& f) {
   f(Option<bool>{"crop_foreground", "--crop-foreground",
                  "Crop each image to the square around its foreground (the head) first, in training and "
                  "evaluation (tessera_crop_foreground in preprocessor_config.json)", &O::crop_foreground});
+  f(Option<bool>{"equalize", "--equalize",
+                 "Equalise each image's histogram (after the crop), in training and evaluation "
+                 "(tessera_equalize in preprocessor_config.json)", &O::equalize});
   f(Option<bool>{"per_image_norm", "--per-image-norm",
                  "Standardise each image by its own mean and std (scanner-independent intensities)",
                  &O::per_image_norm});

@@ -191,6 +191,7 @@ ProcessorConfig eval_processor(const models::ModelConfig& c, const TrainOptions&
   p.channels = int(models::num_channels(c));
   p.per_image_standardize = o.per_image_norm;
   p.crop_foreground = o.crop_foreground;
+  p.equalize = o.equalize;
   return p;
 }
 
@@ -399,14 +400,16 @@ std::unique_ptr<DataLoader> make_train_loader(const Run& r, std::ostream& log) {
     cfg.augment = aug;
     cfg.prepare = study::pre_resize(o);
   }
-  // The foreground crop comes before augmentation (and is cached with the decoded image), as it comes
-  // first in evaluation's processor; the processor after augmentation only normalises.
-  if (cfg.processor.crop_foreground) {
-    cfg.prepare = [pre = cfg.prepare](Image& im, int64_t i) {
+  // The foreground crop and the equalisation come before augmentation (and are cached with the decoded
+  // image), as they come first in evaluation's processor; the processor after augmentation only normalises.
+  if (cfg.processor.crop_foreground || cfg.processor.equalize) {
+    cfg.prepare = [pre = cfg.prepare, crop = cfg.processor.crop_foreground,
+                   flatten = cfg.processor.equalize](Image& im, int64_t i) {
       if (pre) pre(im, i);
-      im = crop_to_foreground(im);
+      if (crop) im = crop_to_foreground(im);
+      if (flatten) im = equalize(im);
     };
-    cfg.processor.crop_foreground = false;
+    cfg.processor.crop_foreground = cfg.processor.equalize = false;
   }
   cfg.batch_size = o.batch_size;
   // A last batch of one image cannot train CvT's BatchNorm (no variance; torch refuses it too): drop it.
