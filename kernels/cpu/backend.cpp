@@ -25,8 +25,8 @@ namespace {
 // splits): walked row by row, every read lands on a new cache line. When the output's last dim is
 // contiguous and the source's is not, but some other dim q of the source is, the (q, last) plane goes in
 // 32 × 32 tiles, which keep both the lines read and the lines written in L1. Returns false for other copies.
-template <typename T> bool copy_transposed(const Tensor& src, Tensor& out) {
-  const Walk<2> w = coalesce<2>(out.shape(), {&src.strides(), &out.strides()});
+// w: the copy's coalesced walk, source first.
+template <typename T> bool copy_transposed(const Walk<2>& w, const Tensor& src, Tensor& out) {
   const int64_t rank = int64_t(w.shape.size()), last = rank - 1;
   if (rank < 2 || w.strides[1][size_t(last)] != 1 || w.strides[0][size_t(last)] == 1) return false;
   int64_t q = -1;
@@ -79,8 +79,9 @@ bool convert_bf16_contiguous(const Tensor& src, Tensor& out) {
 
 void CpuBackend::copy(const Tensor& src, Tensor& out) {
   if (convert_bf16_contiguous(src, out)) return;
+  const Walk<2> w = coalesce<2>(out.shape(), {&src.strides(), &out.strides()});
   if (src.dtype() == out.dtype()) {
-    const bool done = visit_dtype(src.dtype(), [&](auto tag) { return copy_transposed<decltype(tag)>(src, out); });
+    const bool done = visit_dtype(src.dtype(), [&](auto tag) { return copy_transposed<decltype(tag)>(w, src, out); });
     if (done) return;
   }
   visit_dtype(src.dtype(), [&](auto stag) {
@@ -89,7 +90,7 @@ void CpuBackend::copy(const Tensor& src, Tensor& out) {
       using D = decltype(dtag);
       const S* s = static_cast<const S*>(src.storage()->data) + src.offset();
       D* d = static_cast<D*>(out.storage()->data) + out.offset();
-      for_each_row<2>(out.shape(), {&src.strides(), &out.strides()}, [&](auto off, auto st, int64_t n) {
+      for_each_row(w, [&](auto off, auto st, int64_t n) {
         if constexpr (std::is_same_v<S, D>) {
           if (st[0] == 1 && st[1] == 1) { std::memcpy(d + off[1], s + off[0], size_t(n) * sizeof(S)); return; }
           for (int64_t i = 0; i < n; ++i) d[off[1] + i * st[1]] = s[off[0] + i * st[0]];

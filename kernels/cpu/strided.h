@@ -55,9 +55,7 @@ std::array<int64_t, K> outer_offsets(const Walk<K>& w, int64_t r, int64_t skip_a
 
 // fn(offsets, inner_strides, n): process n elements of one row; offsets[t] is tensor t's element offset of
 // the row's first element, inner_strides[t] its stride along the row.
-template <size_t K, typename F>
-void for_each_row(const Shape& full_shape, const std::array<const Shape*, K>& full_strides, F&& fn) {
-  const Walk<K> w = coalesce(full_shape, full_strides);
+template <size_t K, typename F> void for_each_row(const Walk<K>& w, F&& fn) {
   const int64_t rank = int64_t(w.shape.size());
   const int64_t inner = rank ? w.shape.back() : 1;
   const int64_t rows = rank ? (inner ? shape_numel(w.shape) / inner : 0) : 1;
@@ -68,6 +66,10 @@ void for_each_row(const Shape& full_shape, const std::array<const Shape*, K>& fu
   parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) fn(outer_offsets(w, r, rank - 1, -1), inner_strides, inner);
   });
+}
+template <size_t K, typename F>
+void for_each_row(const Shape& full_shape, const std::array<const Shape*, K>& full_strides, F&& fn) {
+  for_each_row(coalesce(full_shape, full_strides), fn);
 }
 
 // Sums over the rows of a [rows, width] computation, in double: add_row(r, acc) adds row r into acc[0, width).
