@@ -165,6 +165,9 @@ run attn --checkpoint "$TINY" --layers 5 --heads 3 --out "$ATTN" "$PNG"; expect_
 run attn --checkpoint "$TINY" --discard 1 --out "$ATTN" "$PNG"; expect_error "attn bad discard" "--discard"
 run attn --checkpoint "$TINY" --fuse median --out "$ATTN" "$PNG"; expect_error "attn bad fuse" "median"
 run attn --checkpoint "$TINY" --out "$ATTN"; expect_error "attn no images" "no images"
+run attn --checkpoint "$TINY" --device tpu --out "$ATTN" "$PNG"; expect_error "attn bad device" "tpu"
+if "$BIN" --version | grep -q '^CUDA: built, device'; then echo "skip: attn --device cuda error (a GPU is present)"
+else run attn --checkpoint "$TINY" --device cuda --out "$ATTN" "$PNG"; expect_error "attn --device cuda without a GPU says why" "--device cuda"; fi
 run attn --checkpoint "$TINY" --out "$ATTN" "$DIR/missing.png"; expect_error "attn unreadable image" "missing.png"
 
 # tessera attn's page and heat maps: index.html with the statistics; PNGs unless the build has no cairo (the

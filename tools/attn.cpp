@@ -24,6 +24,11 @@
 // mean map per class ("<method>.mean.<class>"), DIR/attn.json ("data": counts and accuracy per class,
 // "layers" with "statistics", "statistics_by_class" and "importance", "maps", "masking", "importance") and
 // DIR/index.html (the class means, the statistics against depth, the masking result).
+//
+// --device cuda runs the passes (forward, and backward for the gradient methods) on the GPU with the
+// probabilities composed there (softmax(q·kᵀ·scale), as on the CPU); each batch's probabilities and
+// gradients then come to the host, where the maps and statistics are computed by the same code as on the
+// CPU. tools/gpu_round.sh's attn step compares the two devices' attn.safetensors.
 #include <algorithm>
 #include <filesystem>
 #include <iostream>
@@ -41,6 +46,7 @@
 #include "train/attention_page.h"
 #include "train/checkpoint.h"
 #include "train/report_text.h"
+#include "train/trainer.h"
 
 namespace tessera::cli {
 
@@ -231,6 +237,7 @@ struct DataRun {
   const std::string& masked;
   const std::optional<int64_t>& explained_class;  // --class as an index; none: predicted, or each label
   models::Model& model;
+  Device device;  // the model's; the probabilities come back to the host for the running sums
 };
 
 // Streams a labelled folder through the model a batch at a time, keeping only running sums: per layer and
@@ -289,7 +296,8 @@ void run_on_data(const DataRun& r) {
     }
     if (images.empty()) continue;
     const int64_t B = int64_t(images.size());
-    const Tensor pixels = preprocess_batch(images, r.proc), target = Tensor::from(labels, {B});
+    const Tensor pixels = preprocess_batch(images, r.proc);
+    const Tensor on_device = pixels.to(r.device), target = Tensor::from(labels, {B}).to(r.device);
     images.clear();
     Generator unused(0);  // eval mode draws nothing
     auto score = [&](const Tensor& logits, std::vector<int64_t>& right, double& loss_sum) {
@@ -303,22 +311,24 @@ void run_on_data(const DataRun& r) {
       std::vector<int64_t> classes;  // predicted: empty
       if (o.target == "label") classes = labels;
       else if (r.explained_class) classes.assign(size_t(B), *r.explained_class);
-      models::AttentionGradients g = models::attention_gradients(r.model, pixels, hooks.layers, classes, r.gates);
+      models::AttentionGradients g = models::attention_gradients(r.model, on_device, hooks.layers, classes, r.gates);
       by_layer = std::move(g.probs), grads_by_layer = std::move(g.grads);
       score(g.logits, correct, loss);
     } else {
       NoGradGuard no_grad;
       probs.clear();
       r.model.set_attention_hooks(&hooks);
-      const Tensor logits = r.model.forward(pixels, /*training=*/false, unused);
+      const Tensor logits = r.model.forward(on_device, /*training=*/false, unused);
       r.model.set_attention_hooks(nullptr);
       score(logits, correct, loss);
       by_layer.insert(probs.begin(), probs.end());
       probs.clear();
     }
+    for (auto* m : {&by_layer, &grads_by_layer})
+      for (auto& [l, t] : *m) t = t.to(Device::CPU);
     if (!r.gates.empty()) {
       NoGradGuard no_grad;
-      score(r.model.forward(pixels, /*training=*/false, unused), correct_unmasked, loss_unmasked);
+      score(r.model.forward(on_device, /*training=*/false, unused), correct_unmasked, loss_unmasked);
     }
     for (size_t i = 0; i < r.layers.size(); ++i) {
       const Tensor& p = by_layer.at(r.layers[i]);
@@ -355,7 +365,7 @@ void run_on_data(const DataRun& r) {
         for (int64_t k = 0; k < cells; ++k) map_sum[m][c][size_t(k)] += map_values[m][size_t(b * cells + k)];
     }
     if (o.importance)
-      for (auto& [l, v] : models::head_importance_sums(r.model, pixels, target)) {
+      for (auto& [l, v] : models::head_importance_sums(r.model, on_device, target)) {
         auto& acc = importance[l];
         if (acc.empty()) acc.assign(v.size(), 0.0);
         for (size_t h = 0; h < v.size(); ++h) acc[h] += v[h];
@@ -532,8 +542,7 @@ void run_attn(AttnOptions o) {
     throw std::runtime_error("attn: give images or --data ROOT, not both");
   if (o.batch_size < 1) throw std::runtime_error("attn: --batch-size must be at least 1");
   if (o.out.empty()) throw std::runtime_error("attn: give --out DIR");
-  if (!o.device.empty() && o.device != "cpu")
-    throw std::runtime_error("attn: --device " + o.device + ": attention maps run on the CPU only for now");
+  const Device device = train::resolve_device(train::parse_device(o.device), std::cerr);
   if (!(o.discard >= 0 && o.discard < 1))
     throw std::runtime_error("attn: --discard " + json(o.discard).dump() + " is outside [0, 1)");
   models::MapOptions map_options;
@@ -639,7 +648,7 @@ void run_attn(AttnOptions o) {
     const int64_t H = layouts[size_t(l)].heads;
     if (h < 0 || h >= H) throw bad("layer " + std::to_string(l) + " has heads 0.." + std::to_string(H - 1));
     if (!gates.count(l)) gates[l] = Tensor::ones({H});
-    gates[l].data<float>()[h] = 0.0f;
+    gates[l].data<float>()[h] = 0.0f;  // on the host; moved to the model's device below
     masked += (masked.empty() ? "" : ", ") + std::string("layer ") + std::to_string(l) + " head " + std::to_string(h);
   }
 
@@ -660,8 +669,10 @@ void run_attn(AttnOptions o) {
   }
 
   std::unique_ptr<models::Model> model = models::load_model(config, o.weights);
+  model->to(device);
+  for (auto& [l, g] : gates) g = g.to(device);
   if (!o.data.empty()) {
-    DataRun run{o, config, proc, layouts, layers, rollout, map_options, gates, masked, explained_class, *model};
+    DataRun run{o, config, proc, layouts, layers, rollout, map_options, gates, masked, explained_class, *model, device};
     run_on_data(run);
     return;
   }
@@ -684,8 +695,8 @@ void run_attn(AttnOptions o) {
   if (gradients) {
     std::vector<int64_t> classes;
     if (explained_class) classes.assign(size_t(pixels.size(0)), *explained_class);
-    models::AttentionGradients g = models::attention_gradients(*model, pixels, watched, classes, gates);
-    logits = g.logits.to(DType::f64);
+    models::AttentionGradients g = models::attention_gradients(*model, pixels.to(device), watched, classes, gates);
+    logits = g.logits.to(Device::CPU).to(DType::f64);
     recorded = std::move(g.probs), recorded_grads = std::move(g.grads), explained = std::move(g.classes);
   } else {
     std::vector<std::pair<int64_t, Tensor>> probs;
@@ -694,10 +705,12 @@ void run_attn(AttnOptions o) {
     NoGradGuard no_grad;
     Generator unused(0);  // eval mode draws nothing
     model->set_attention_hooks(&capture);
-    logits = model->forward(pixels, /*training=*/false, unused).to(DType::f64);
+    logits = model->forward(pixels.to(device), /*training=*/false, unused).to(Device::CPU).to(DType::f64);
     model->set_attention_hooks(nullptr);
     for (auto& [l, p] : probs) recorded[l] = p;
   }
+  for (auto* m : {&recorded, &recorded_grads})  // the analysis below runs on the host
+    for (auto& [l, t] : *m) t = t.to(Device::CPU);
   auto captured = [&](int64_t layer) {
     if (auto it = recorded.find(layer); it != recorded.end()) return it->second;
     throw std::logic_error("attn: layer " + std::to_string(layer) + " was not captured");
@@ -878,7 +891,8 @@ void add_attn(CLI::App& app) {
   sub->add_option("--discard", o->discard,
                   "Share of each matrix's lowest entries rollout and grad-rollout zero, in [0, 1)")
       ->capture_default_str();
-  sub->add_option("--device", o->device, "cpu (the only device for now)");
+  sub->add_option("--device", o->device,
+                  "cuda or cpu (default: cuda when present and verified); the probabilities are analysed on the host");
   sub->add_option("--query", o->query, "ROW,COL: also map that query patch's attention, in every selected layer "
                                        "whose query grid has it")
       ->delimiter(',');

@@ -77,6 +77,7 @@ selfcheck          any      5    60   tessera selfcheck
 backend_ops        any     20   150   test_backend_ops: every op on CUDA against the CPU reference
 cuda_models        any     20   150   test_cuda_models: transformers fixtures through CUDA, bf16 step vs fp32
 cuda_tests         any     30   180   the other CUDA test programs (test_cuda*, test_kernel_math)
+attn               any     10    60   tessera attn --device cuda against --device cpu: every tensor of attn.safetensors
 ctest              any     30   150   ctest, without the programs this round already ran
 bench              any     60   200   bench_* programs, Google Benchmark JSON each
 model_bench        any     40   120   tessera bench: whole-model step, MFU, memory, per-op/per-layer profile + trace
@@ -600,6 +601,58 @@ step_cuda_tests() {
     if [ $((end - SECONDS)) -lt 10 ]; then record "cuda_tests:$p" skipped "out of time" 0 - ""; continue; fi
     run_doctest "cuda_tests:$p" "$p" "$end"
   done
+}
+
+# tessera attn on the GPU against the CPU: the tiny CvT's every layer, rollout, grad rollout and relevance,
+# with a head masked, on two images; every tensor of attn.safetensors must agree. Both runs are fp32 with
+# exact fp32 products (no tf32 unless a matmul precision asks for it), so they differ only in summation
+# order: ~1e-6 on a probability. Bounds: 1e-4 on the probabilities, 1e-3 on the maps (scaled to max 1;
+# the gradient methods' ReLU can zero a near-zero entry on one device and not the other).
+step_attn() {
+  LOG=$LOGS/attn.log
+  local why; why=$(missing_why tessera)
+  [ -n "$why" ] && { RC=1; WHY=$why; return; }
+  local dev=cpu dir=$OUT/attn fixtures=tests/fixtures
+  [ $have_gpu = 1 ] && dev=cuda
+  rm -rf "$dir"
+  local args=(attn --weights $fixtures/models/tiny-cvt/model.safetensors --method maps,rollout,grad-rollout,relevance
+              --mask-heads 5:0 $fixtures/preprocess/rgb_96x64.jpg $fixtures/preprocess/gray_80x56.jpg)
+  run_logged "$LIMIT" "$LOG" "$BUILD/bin/tessera" "${args[@]}" --device cpu --out "$dir/cpu" &&
+    run_logged "$LIMIT" "$LOG" "$BUILD/bin/tessera" "${args[@]}" --device $dev --out "$dir/$dev"
+  RC=$?
+  if [ $RC != 0 ]; then WHY="tessera attn failed (logs/attn.log)"; return; fi
+  python3 - "$dir/cpu/attn.safetensors" "$dir/$dev/attn.safetensors" >> "$LOG" 2>&1 <<'PY'
+import array, json, struct, sys
+def load(path):  # safetensors by hand (standard library only): an 8-byte header length, JSON, F32 data
+    with open(path, "rb") as fh:
+        data = fh.read()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__" or t["dtype"] != "F32":
+            continue
+        a, b = t["data_offsets"]
+        out[name] = array.array("f", data[8 + n + a:8 + n + b])
+    return out
+cpu, dev = load(sys.argv[1]), load(sys.argv[2])
+bad = sorted(set(cpu) ^ set(dev))
+for name in sorted(set(cpu) & set(dev)):
+    worst = max((abs(x - y) for x, y in zip(cpu[name], dev[name])), default=0.0)
+    bound = 1e-4 if name.endswith("attention_probs") else 1e-3
+    ok = len(cpu[name]) == len(dev[name]) and worst <= bound
+    print(f"{name}: {len(cpu[name])} values, max |cpu - device| {worst:.3g} (bound {bound:g}) {'ok' if ok else 'FAIL'}")
+    if not ok:
+        bad.append(name)
+print("tensors in one file only or outside their bound:", bad or "none")
+sys.exit(1 if bad else 0)
+PY
+  RC=$?
+  [ $RC != 0 ] && WHY="attn.safetensors differ between cpu and $dev (logs/attn.log)"
+  # 30 MB of probabilities and pictures stay behind: attn.json (statistics, predictions) and the page come back.
+  find "$dir" \( -name '*.safetensors' -o -name png \) -prune -exec rm -rf {} +
+  [ "$dev" = cuda ] && rm -f "$dir/cpu/index.html"
+  [ $have_gpu = 0 ] && WHY="${WHY:+$WHY; }no GPU: cpu against cpu (checks the step itself)"
 }
 
 step_ctest() {
