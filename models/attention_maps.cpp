@@ -531,16 +531,22 @@ class AnalysisPass {
 }  // namespace
 
 AttentionGradients attention_gradients(Model& model, const Tensor& pixels, const std::vector<int64_t>& layers,
-                                       const std::vector<int64_t>& classes, const std::map<int64_t, Tensor>& gates) {
+                                       const std::vector<int64_t>& classes, const std::map<int64_t, Tensor>& gates,
+                                       const std::vector<int64_t>& query_key_layers) {
   const int64_t B = pixels.size(0);
   if (!classes.empty() && int64_t(classes.size()) != B)
     throw std::invalid_argument(std::to_string(classes.size()) + " classes for " + std::to_string(B) + " images");
   AttentionGradients out;
   AttentionHooks hooks;
   hooks.layers = layers;
+  hooks.layers.insert(hooks.layers.end(), query_key_layers.begin(), query_key_layers.end());
+  if (!query_key_layers.empty()) hooks.probability_layers = layers;  // (empty `layers` alone: every layer)
   hooks.gates = gates;
+  auto among = [](const std::vector<int64_t>& v, int64_t l) { return std::find(v.begin(), v.end(), l) != v.end(); };
   hooks.forward = [&](int64_t layer, AttentionPart part, const Tensor& x) {
     if (part == AttentionPart::Probs) out.probs[layer] = x.detach().to(DType::f32);
+    if (part == AttentionPart::Query && among(query_key_layers, layer)) out.queries[layer] = x.detach();
+    if (part == AttentionPart::Key && among(query_key_layers, layer)) out.keys[layer] = x.detach();
   };
   hooks.backward = [&](int64_t layer, AttentionPart part, const Tensor& g) {
     if (part == AttentionPart::Probs) out.grads[layer] = g.to(DType::f32);

@@ -133,15 +133,19 @@ PixelMaps attention_map_to_pixels(const std::vector<Tensor>& probs, const std::v
 // probabilities and their gradients ∂y/∂A, y = Σ_b logits[b, classes[b]] (images do not interact in eval
 // mode, so each image's slice is the gradient of its own logit). `classes` holds one class per image, or
 // is empty for each image's predicted class; `gates` (AttentionHooks::gates) mask or scale heads during the
-// pass. Gradients stay off the model's parameters.
+// pass. Gradients stay off the model's parameters. `query_key_layers`: further layers whose split heads q
+// (B, heads, Tq, D) and k (B, heads, Tk, D) the same pass returns, detached, without forming their
+// probabilities (for statistics streamed from q and k).
 struct AttentionGradients {
   Tensor logits;                        // (B, classes) f32
   std::vector<int64_t> classes;         // the class explained, per image
   std::map<int64_t, Tensor> probs, grads;  // layer -> (B, heads, Tq, Tk)
+  std::map<int64_t, Tensor> queries, keys;  // query_key_layers -> (B, heads, T, D)
 };
 AttentionGradients attention_gradients(Model& model, const Tensor& pixels, const std::vector<int64_t>& layers,
                                        const std::vector<int64_t>& classes = {},
-                                       const std::map<int64_t, Tensor>& gates = {});
+                                       const std::map<int64_t, Tensor>& gates = {},
+                                       const std::vector<int64_t>& query_key_layers = {});
 
 // Michel, Levy & Neubig 2019 ("Are Sixteen Heads Really Better than One?"): head h's importance is
 // E_x |∂L/∂g_h| for a gate g_h = 1 on its context, = |Σ ⟨ctx_h, ∂L/∂ctx_h⟩|, L the cross-entropy of the

@@ -89,13 +89,14 @@ Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, i
   const Tensor kh = show(AttentionPart::Key, split_heads(k, Tk));
   const Tensor vh = show(AttentionPart::Value, split_heads(v, Tk));
   Tensor ctx;  // (B, heads, Tq, D)
-  if (watched && hooks->backward) {
+  const bool probabilities = hooks && hooks->shows_probabilities(layer);
+  if (probabilities && hooks->backward) {
     // The composition the fused op equals, so that the probabilities are in the graph.
     const Tensor probs = show(AttentionPart::Probs, softmax(mul(matmul(qh, kh.transpose(-1, -2)), scale), -1));
     ctx = matmul(probs, vh);
   } else {
     ctx = scaled_dot_product_attention(qh, kh, vh, scale);
-    if (watched && hooks->forward) hooks->forward(layer, AttentionPart::Probs, attention_probabilities(qh, kh, scale));
+    if (probabilities && hooks->forward) hooks->forward(layer, AttentionPart::Probs, attention_probabilities(qh, kh, scale));
   }
   if (gate) {
     const bool per_image = gate->dim() == 2;

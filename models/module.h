@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -84,14 +85,22 @@ enum class AttentionPart {
 //   in forward and backward, on the model's device and in any float dtype. A gate that requires grad
 //   receives ∂L/∂g_h = Σ ⟨ctx_h, ∂L/∂(g_h·ctx_h)⟩, which at g = 1 is the head importance of Michel et al.
 //   2019 (a (B, heads) gate gives it per image). Gates apply whatever `layers` says.
+// - probability_layers: when set, only these hooked layers form and show their probabilities (Probs); the
+//   others show q, k, v and the context from the fused op, which never forms Tq × Tk (a caller that
+//   summarises attention from q and k, train/attention_page.h add_streamed, needs no more).
 // With no hooks set (Model::set_attention_hooks(nullptr)) or none for a layer, that layer runs the fused op.
 struct AttentionHooks {
   std::vector<int64_t> layers;  // the layers the callbacks see; empty: every layer
   std::function<void(int64_t layer, AttentionPart part, const Tensor& x)> forward, backward;
   std::map<int64_t, Tensor> gates;
+  std::optional<std::vector<int64_t>> probability_layers;  // unset: every hooked layer
   bool wants(int64_t layer) const {
     return (forward || backward) &&
            (layers.empty() || std::find(layers.begin(), layers.end(), layer) != layers.end());
+  }
+  bool shows_probabilities(int64_t layer) const {
+    return wants(layer) && (!probability_layers || std::find(probability_layers->begin(), probability_layers->end(),
+                                                             layer) != probability_layers->end());
   }
 };
 

@@ -284,6 +284,34 @@ TEST_CASE("attention gradients and head importance equal transformers' (fixtures
   }
 }
 
+TEST_CASE("attention gradients: further layers give q and k in the same pass, and no probabilities") {
+  AttnFixture fx("cvt");
+  auto model = fx.model();
+  const auto layouts = fx.layouts();
+  const std::vector<int64_t> classes = fx.ref.at("target_class").to_vector<int64_t>();
+  const AttentionGradients plain = attention_gradients(*model, fx.pixels(), fx.rollout, classes);
+  const AttentionGradients g = attention_gradients(*model, fx.pixels(), fx.rollout, classes, {}, {0, 1});
+  // The rolled-out layers as before, bit for bit; layers 0 and 1 only as q and k.
+  REQUIRE(g.probs.size() == fx.rollout.size());
+  for (int64_t l : fx.rollout) {
+    CHECK(max_abs_diff(g.probs.at(l), plain.probs.at(l)) == 0);
+    CHECK(max_abs_diff(g.grads.at(l), plain.grads.at(l)) == 0);
+  }
+  CHECK(g.queries.size() == 2);
+  CHECK(g.keys.size() == 2);
+  for (int64_t l : {0, 1}) {
+    const AttentionLayout& a = layouts[size_t(l)];
+    const Tensor &q = g.queries.at(l), &k = g.keys.at(l);
+    CHECK(q.size(1) == a.heads);
+    CHECK(q.size(2) == a.queries());
+    CHECK(k.size(2) == a.keys());
+    CHECK_FALSE(q.requires_grad());
+    // They are the layer's: softmax(q·kᵀ·scale) is transformers' probabilities.
+    const Tensor p = softmax(mul(matmul(q, k.transpose(-1, -2)), a.scale), -1);
+    CHECK(max_abs_diff(p, fx.ref.at("probs." + std::to_string(l))) <= kProbTol);
+  }
+}
+
 TEST_CASE("maps down to the pixels equal numpy's dense chain through every stage") {
   for (const char* name : {"vit", "cvt"}) {
     AttnFixture fx(name);

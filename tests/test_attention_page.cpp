@@ -6,6 +6,8 @@
 #include <cmath>
 #include <functional>
 
+#include "engine/ops.h"
+#include "engine/random.h"
 #include "models/attention_maps.h"
 #include "models/config.h"
 #include "tests/errors.h"
@@ -120,6 +122,39 @@ TEST_CASE("statistics: images added one at a time give the same means as all at 
   CHECK(std::isnan(AttentionStatistics(a, {}).heads()[0].entropy));
   CHECK(contains(error_of([&] { all.add(probs_of(1, 12, 5, 4, norm)); }), "layer 0"));
   CHECK(contains(error_of([&] { AttentionStatistics(a, {12}).add(t); }), "head 12"));
+}
+
+TEST_CASE("statistics streamed from q and k, a chunk of query rows at a time, equal those of the probabilities") {
+  // Every layout kind: ViT (cls, one grid), CvT's stage 1 (no cls; 16 × 16 queries, 8 × 8 keys at 64 px)
+  // and stage 3 (cls; 4 × 4 queries, 2 × 2 keys). Random f64 q and k, some heads, chunks of 1, 7 and all rows.
+  const auto cvt = models::attention_layouts(models::preset_config("cvt-tiny"), 64, 64);
+  for (const models::AttentionLayout& a : {vit_2x2(), cvt.front(), cvt.back()}) {
+    CAPTURE(a.layer);
+    const int64_t B = 2, D = 5, Tq = a.queries(), Tk = a.keys();
+    Generator gen(11);
+    const Tensor q = gen.normal({B, a.heads, Tq, D}, 0, 2, DType::f64), k = gen.normal({B, a.heads, Tk, D}, 0, 1, DType::f64);
+    const double scale = 0.7;
+    const std::vector<int64_t> heads = a.heads > 1 ? std::vector<int64_t>{a.heads - 1, 0} : std::vector<int64_t>{};
+    AttentionStatistics whole(a, heads);
+    whole.add(softmax(mul(matmul(q, k.transpose(-1, -2)), scale), -1));
+    for (int64_t rows : {int64_t(1), int64_t(7), int64_t(4096)}) {
+      CAPTURE(rows);
+      AttentionStatistics streamed(a, heads);
+      streamed.add_streamed(q, k, scale, rows);
+      CHECK(streamed.to_json()["images"] == B);
+      for (size_t h = 0; h < whole.heads().size(); ++h) {
+        const auto w = whole.heads()[h], t = streamed.heads()[h];
+        // entropy as lse − Σ p·s against −Σ p·ln p: both f64, terms ≤ ~10 in size: 1e-12 holds.
+        CHECK(std::abs(w.entropy - t.entropy) < kTol);
+        CHECK(std::abs(w.distance - t.distance) < kTol);
+        CHECK(std::abs(w.cls_share - t.cls_share) < kTol);
+      }
+    }
+  }
+  AttentionStatistics s(vit_2x2(), {});
+  Generator gen(1);
+  const Tensor q = gen.normal({1, 12, 5, 4}, 0, 1, DType::f64), k = gen.normal({1, 12, 4, 4}, 0, 1, DType::f64);
+  CHECK(contains(error_of([&] { s.add_streamed(q, k, 1.0); }), "layer 0"));
 }
 
 TEST_CASE("maps: the cls or a query's row, and the attention each key receives") {

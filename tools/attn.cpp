@@ -25,10 +25,15 @@
 // "layers" with "statistics", "statistics_by_class" and "importance", "maps", "masking", "importance") and
 // DIR/index.html (the class means, the statistics against depth, the masking result).
 //
+// With --data the statistics come from each layer's q and k, a chunk of query rows at a time
+// (train/attention_page.h add_streamed): no layer's Tq × Tk probabilities are formed for them, on either
+// device; only the rolled-out layers' are, for the maps.
+//
 // --device cuda runs the passes (forward, and backward for the gradient methods) on the GPU with the
-// probabilities composed there (softmax(q·kᵀ·scale), as on the CPU); each batch's probabilities and
-// gradients then come to the host, where the maps and statistics are computed by the same code as on the
-// CPU. tools/gpu_round.sh's attn step compares the two devices' attn.safetensors.
+// probabilities composed there (softmax(q·kᵀ·scale), as on the CPU) and the streamed statistics computed
+// there by the same ops; the probabilities and gradients the maps need come to the host, where the maps are
+// made by the same code as on the CPU. tools/gpu_round.sh's attn step compares the two devices'
+// attn.safetensors.
 #include <algorithm>
 #include <filesystem>
 #include <iostream>
@@ -277,10 +282,20 @@ void run_on_data(const DataRun& r) {
   std::map<int64_t, std::vector<double>> importance;
   int64_t skipped = 0;
 
-  std::vector<std::pair<int64_t, Tensor>> probs;
-  models::AttentionHooks hooks = models::capture_probabilities(probs, r.layers);
+  // Each batch's statistics come from the layers' q and k (AttentionStatistics::add_streamed), so no layer's
+  // Tq × Tk probabilities are formed for them; only the rolled-out layers' are, for the maps.
+  std::map<int64_t, Tensor> by_layer, grads_by_layer, queries, keys;
+  models::AttentionHooks hooks;
+  hooks.layers = r.layers;
   hooks.layers.insert(hooks.layers.end(), r.rollout.begin(), r.rollout.end());
+  hooks.probability_layers = r.rollout;
   hooks.gates = r.gates;
+  hooks.forward = [&](int64_t l, models::AttentionPart part, const Tensor& x) {
+    const bool kept = std::find(r.layers.begin(), r.layers.end(), l) != r.layers.end();
+    if (part == models::AttentionPart::Probs) by_layer[l] = x;
+    if (part == models::AttentionPart::Query && kept) queries[l] = x;
+    if (part == models::AttentionPart::Key && kept) keys[l] = x;
+  };
   for (size_t start = 0; start < split.samples.size(); start += size_t(o.batch_size)) {
     std::vector<Image> images;
     std::vector<int64_t> labels;
@@ -305,39 +320,42 @@ void run_on_data(const DataRun& r) {
       const std::vector<int64_t> pred = argmax(logits, 1).to_vector<int64_t>();
       for (int64_t b = 0; b < B; ++b) right[size_t(labels[size_t(b)])] += pred[size_t(b)] == labels[size_t(b)];
     };
-    // One pass for the probabilities (with their gradients when a gradient method is asked for).
-    std::map<int64_t, Tensor> by_layer, grads_by_layer;
+    // One pass for q, k and the rolled-out probabilities (with their gradients when a gradient method is
+    // asked for).
+    for (auto* m : {&by_layer, &grads_by_layer, &queries, &keys}) m->clear();
     if (gradients) {
       std::vector<int64_t> classes;  // predicted: empty
       if (o.target == "label") classes = labels;
       else if (r.explained_class) classes.assign(size_t(B), *r.explained_class);
-      models::AttentionGradients g = models::attention_gradients(r.model, on_device, hooks.layers, classes, r.gates);
+      models::AttentionGradients g = models::attention_gradients(r.model, on_device, r.rollout, classes, r.gates, r.layers);
       by_layer = std::move(g.probs), grads_by_layer = std::move(g.grads);
+      queries = std::move(g.queries), keys = std::move(g.keys);
       score(g.logits, correct, loss);
     } else {
       NoGradGuard no_grad;
-      probs.clear();
       r.model.set_attention_hooks(&hooks);
       const Tensor logits = r.model.forward(on_device, /*training=*/false, unused);
       r.model.set_attention_hooks(nullptr);
       score(logits, correct, loss);
-      by_layer.insert(probs.begin(), probs.end());
-      probs.clear();
     }
-    for (auto* m : {&by_layer, &grads_by_layer})
+    for (auto* m : {&by_layer, &grads_by_layer})  // the maps are made on the host
       for (auto& [l, t] : *m) t = t.to(Device::CPU);
     if (!r.gates.empty()) {
       NoGradGuard no_grad;
       score(r.model.forward(on_device, /*training=*/false, unused), correct_unmasked, loss_unmasked);
     }
     for (size_t i = 0; i < r.layers.size(); ++i) {
-      const Tensor& p = by_layer.at(r.layers[i]);
-      overall[i].add(p);
+      const int64_t l = r.layers[i];
+      const Tensor &q = queries.at(l), &k = keys.at(l);
+      const double scale = r.layouts[size_t(l)].scale;
+      overall[i].add_streamed(q, k, scale);
       for (int64_t c = 0; c < C; ++c) {
         std::vector<int64_t> mine;
         for (int64_t b = 0; b < B; ++b)
           if (labels[size_t(b)] == c) mine.push_back(b);
-        if (!mine.empty()) by_class[size_t(c)][i].add(index_select(p, 0, Tensor::from(mine, {int64_t(mine.size())})));
+        if (mine.empty()) continue;
+        const Tensor images_of_c = Tensor::from(mine, {int64_t(mine.size())}).to(r.device);
+        by_class[size_t(c)][i].add_streamed(index_select(q, 0, images_of_c), index_select(k, 0, images_of_c), scale);
       }
     }
     std::vector<std::vector<double>> map_values;  // per method, (B, cells)

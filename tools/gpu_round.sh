@@ -649,9 +649,43 @@ sys.exit(1 if bad else 0)
 PY
   RC=$?
   [ $RC != 0 ] && WHY="attn.safetensors differ between cpu and $dev (logs/attn.log)"
+  # --data: the statistics streamed from q and k on each device, over 5 Testing images of each class.
+  if [ -d "$DATA/Testing" ]; then
+    local c
+    for c in "$DATA"/Testing/*/; do
+      mkdir -p "$dir/data/$(basename "$c")"
+      find "$c" -maxdepth 1 -type f | sort | head -5 | xargs -I{} cp {} "$dir/data/$(basename "$c")/"
+    done
+    local data_args=(attn --weights $fixtures/models/tiny-cvt/model.safetensors --data "$dir/data" --split ""
+                     --method rollout,importance --mask-heads 5:0)
+    if run_logged "$LIMIT" "$LOG" "$BUILD/bin/tessera" "${data_args[@]}" --device cpu --out "$dir/data-cpu" &&
+       run_logged "$LIMIT" "$LOG" "$BUILD/bin/tessera" "${data_args[@]}" --device $dev --out "$dir/data-$dev"; then
+      python3 - "$dir/data-cpu/statistics.csv" "$dir/data-$dev/statistics.csv" >> "$LOG" 2>&1 <<'PY'
+import csv, sys
+a, b = (list(csv.reader(open(p))) for p in sys.argv[1:3])
+worst, where = 0.0, None
+for ra, rb in zip(a[1:], b[1:]):
+    for name, x, y in zip(a[0], ra, rb):
+        try:
+            d = abs(float(x) - float(y)) / max(abs(float(x)), 1e-6)
+        except ValueError:
+            d = 0.0 if x == y else float("inf")
+        if d > worst:
+            worst, where = d, (ra[:4], name, x, y)
+# fp32 statistics summed in another order: ~1e-6 relative; the csv prints 6 digits.
+ok = len(a) == len(b) and a[0] == b[0] and worst <= 1e-4
+print(f"statistics.csv: {len(a) - 1} rows, worst relative difference {worst:.3g} at {where}: {'ok' if ok else 'FAIL'}")
+sys.exit(0 if ok else 1)
+PY
+      [ $? != 0 ] && RC=1 WHY="${WHY:+$WHY; }statistics.csv differs between cpu and $dev (logs/attn.log)"
+    else
+      RC=1 WHY="${WHY:+$WHY; }tessera attn --data failed (logs/attn.log)"
+    fi
+    rm -rf "$dir/data"
+  fi
   # 30 MB of probabilities and pictures stay behind: attn.json (statistics, predictions) and the page come back.
   find "$dir" \( -name '*.safetensors' -o -name png \) -prune -exec rm -rf {} +
-  [ "$dev" = cuda ] && rm -f "$dir/cpu/index.html"
+  [ "$dev" = cuda ] && rm -f "$dir/cpu/index.html" "$dir/data-cpu/index.html"
   [ $have_gpu = 0 ] && WHY="${WHY:+$WHY; }no GPU: cpu against cpu (checks the step itself)"
 }
 

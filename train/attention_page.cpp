@@ -6,6 +6,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "engine/core/autograd.h"
+#include "engine/ops.h"
 #include "train/report_charts.h"
 #include "train/report_text.h"
 
@@ -84,6 +86,56 @@ void AttentionStatistics::add(const Tensor& probs) {
     ++images_;
     queries_ += Tq - cls;
   }
+}
+
+void AttentionStatistics::add_streamed(const Tensor& q, const Tensor& k, double scale, int64_t rows) {
+  const models::AttentionLayout& a = layout_;
+  const int64_t Tq = a.queries(), Tk = a.keys(), cls = a.cls;
+  auto bad = [&](const std::string& why) {
+    return std::invalid_argument("layer " + std::to_string(a.layer) + ": streamed attention statistics " + why);
+  };
+  if (!q.defined() || !k.defined() || q.dim() != 4 || k.dim() != 4)
+    throw bad("need q (B, heads, Tq, D) and k (B, heads, Tk, D)");
+  const int64_t B = q.size(0);
+  if (q.size(1) != a.heads || q.size(2) != Tq || k.shape() != Shape{B, a.heads, Tk, q.size(3)} || rows < 1)
+    throw bad("need q (B, " + std::to_string(a.heads) + ", " + std::to_string(Tq) + ", D) and k (B, " +
+              std::to_string(a.heads) + ", " + std::to_string(Tk) + ", D); got " + q.str() + " and " + k.str());
+  NoGradGuard no_grad;
+  const DType dt = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const Tensor kept = Tensor::from(heads_, {int64_t(heads_.size())}).to(q.device());
+  const Tensor qh = index_select(q.detach().to(dt), 1, kept), kt = index_select(k.detach().to(dt), 1, kept).transpose(-1, -2);
+  const int64_t H = int64_t(heads_.size());
+  for (int64_t r0 = cls; r0 < Tq; r0 += rows) {
+    const int64_t r1 = std::min(Tq, r0 + rows), n = r1 - r0;
+    // d[i, k]: query r0 + i to key k, in input pixels; the cls key has no place and adds nothing.
+    std::vector<double> d(size_t(n * Tk), 0.0);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t qi = r0 + i - cls;
+      const double qy = a.query_origin + a.query_step * double(qi / a.query_cols),
+                   qx = a.query_origin + a.query_step * double(qi % a.query_cols);
+      for (int64_t key = cls; key < Tk; ++key) {
+        const int64_t ki = key - cls;
+        d[size_t(i * Tk + key)] = std::hypot(a.key_origin + a.key_step * double(ki / a.key_cols) - qy,
+                                             a.key_origin + a.key_step * double(ki % a.key_cols) - qx);
+      }
+    }
+    const Tensor s = mul(matmul(qh.slice(2, r0, r1), kt), scale);  // (B, H, n, Tk)
+    const Tensor top = max(s, {-1}, true);
+    const Tensor lse = tessera::add(top, log(sum(exp(sub(s, top)), {-1}, true)));
+    const Tensor p = exp(sub(s, lse));
+    const Tensor entropy = sub(lse, sum(mul(p, s), {-1}, true));
+    const Tensor distance = mul(p, Tensor::from(d, {n, Tk}).to(dt).to(q.device()));
+    auto per_head = [&](const Tensor& x) { return sum(x, {0, 2, 3}).to_vector<double>(); };
+    const std::vector<double> e = per_head(entropy), dist = per_head(distance);
+    const std::vector<double> share = cls ? per_head(p.slice(3, 0, 1)) : std::vector<double>(size_t(H), 0.0);
+    for (int64_t j = 0; j < H; ++j) {
+      sums_[size_t(j)].entropy += e[size_t(j)];
+      sums_[size_t(j)].distance += dist[size_t(j)];
+      sums_[size_t(j)].cls_share += share[size_t(j)];
+    }
+  }
+  images_ += B;
+  queries_ += B * (Tq - cls);
 }
 
 std::vector<AttentionStatistics::Head> AttentionStatistics::heads() const {
