@@ -537,17 +537,10 @@ AttentionGradients attention_gradients(Model& model, const Tensor& pixels, const
   if (!classes.empty() && int64_t(classes.size()) != B)
     throw std::invalid_argument(std::to_string(classes.size()) + " classes for " + std::to_string(B) + " images");
   AttentionGradients out;
-  AttentionHooks hooks;
-  hooks.layers = layers;
-  hooks.layers.insert(hooks.layers.end(), query_key_layers.begin(), query_key_layers.end());
-  if (!query_key_layers.empty()) hooks.probability_layers = layers;  // (empty `layers` alone: every layer)
+  AttentionCapture kept;
+  AttentionHooks hooks = capture_attention(kept, query_key_layers,
+                                           layers.empty() ? std::nullopt : std::optional(layers));  // empty: all
   hooks.gates = gates;
-  auto among = [](const std::vector<int64_t>& v, int64_t l) { return std::find(v.begin(), v.end(), l) != v.end(); };
-  hooks.forward = [&](int64_t layer, AttentionPart part, const Tensor& x) {
-    if (part == AttentionPart::Probs) out.probs[layer] = x.detach().to(DType::f32);
-    if (part == AttentionPart::Query && among(query_key_layers, layer)) out.queries[layer] = x.detach();
-    if (part == AttentionPart::Key && among(query_key_layers, layer)) out.keys[layer] = x.detach();
-  };
   hooks.backward = [&](int64_t layer, AttentionPart part, const Tensor& g) {
     if (part == AttentionPart::Probs) out.grads[layer] = g.to(DType::f32);
   };
@@ -571,6 +564,7 @@ AttentionGradients attention_gradients(Model& model, const Tensor& pixels, const
   const Tensor select = Tensor::from(onehot, {B, C}).to(out.logits.dtype()).to(out.logits.device());
   sum(mul(out.logits, select)).backward();
   out.logits = out.logits.detach().to(DType::f32);
+  out.probs = std::move(kept.probs), out.queries = std::move(kept.queries), out.keys = std::move(kept.keys);
   return out;
 }
 

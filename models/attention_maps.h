@@ -135,7 +135,8 @@ PixelMaps attention_map_to_pixels(const std::vector<Tensor>& probs, const std::v
 // is empty for each image's predicted class; `gates` (AttentionHooks::gates) mask or scale heads during the
 // pass. Gradients stay off the model's parameters. `query_key_layers`: further layers whose split heads q
 // (B, heads, Tq, D) and k (B, heads, Tk, D) the same pass returns, detached, without forming their
-// probabilities (for statistics streamed from q and k).
+// probabilities (for statistics streamed from q and k). An empty `layers` means every layer's probabilities
+// and gradients, with or without query-key layers.
 struct AttentionGradients {
   Tensor logits;                        // (B, classes) f32
   std::vector<int64_t> classes;         // the class explained, per image

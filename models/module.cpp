@@ -64,6 +64,24 @@ AttentionHooks capture_probabilities(std::vector<std::pair<int64_t, Tensor>>& ou
   return hooks;
 }
 
+AttentionHooks capture_attention(AttentionCapture& out, std::vector<int64_t> query_key_layers,
+                                 std::optional<std::vector<int64_t>> probability_layers) {
+  AttentionHooks hooks;
+  if (probability_layers) {
+    hooks.layers = *probability_layers;
+    hooks.layers.insert(hooks.layers.end(), query_key_layers.begin(), query_key_layers.end());
+    if (hooks.layers.empty()) return hooks;  // nothing to keep: no callback, every layer fused
+    hooks.probability_layers = std::move(probability_layers);
+  }
+  hooks.forward = [&out, qk = std::move(query_key_layers)](int64_t layer, AttentionPart part, const Tensor& x) {
+    const bool split = std::find(qk.begin(), qk.end(), layer) != qk.end();
+    if (part == AttentionPart::Probs) out.probs[layer] = x.detach().to(DType::f32);
+    else if (split && part == AttentionPart::Query) out.queries[layer] = x.detach();
+    else if (split && part == AttentionPart::Key) out.keys[layer] = x.detach();
+  };
+  return hooks;
+}
+
 Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale,
                             const AttentionHooks* hooks, int64_t layer) {
   const int64_t B = q.size(0), Tq = q.size(1), C = q.size(2), Tk = k.size(1);

@@ -108,6 +108,16 @@ struct AttentionHooks {
 // `out` must outlive the hooks' use.
 AttentionHooks capture_probabilities(std::vector<std::pair<int64_t, Tensor>>& out, std::vector<int64_t> layers = {});
 
+// What capture_attention keeps from a forward pass, per layer, detached: the split heads q (B, heads, Tq, D)
+// and k (B, heads, Tk, D) of its query-key layers and the probabilities (f32) of its probability layers.
+struct AttentionCapture {
+  std::map<int64_t, Tensor> queries, keys, probs;
+};
+// Hooks that fill `out` in forward. Only `probability_layers` form their probabilities (unset: every layer
+// does, and every layer is hooked); the query-key layers run the fused op. `out` must outlive the hooks' use.
+AttentionHooks capture_attention(AttentionCapture& out, std::vector<int64_t> query_key_layers,
+                                 std::optional<std::vector<int64_t>> probability_layers);
+
 // Multi-head attention core shared by CvT and ViT: q (B, Tq, C), k and v (B, Tk, C), heads own consecutive
 // channel blocks of C/heads; returns softmax(q·kᵀ·scale)·v merged back to (B, Tq, C). `hooks` (optional)
 // watch or gate it as layer `layer`.

@@ -312,6 +312,33 @@ TEST_CASE("attention gradients: further layers give q and k in the same pass, an
   }
 }
 
+TEST_CASE("capture_attention: q and k of some layers, the probabilities of others, in a forward pass") {
+  AttnFixture fx("cvt");
+  auto model = fx.model();
+  const auto layouts = fx.layouts();
+  for (bool with_probabilities : {true, false}) {
+    CAPTURE(with_probabilities);
+    AttentionCapture kept;
+    const AttentionHooks hooks =
+        capture_attention(kept, {0, 1}, with_probabilities ? fx.rollout : std::vector<int64_t>{});
+    NoGradGuard no_grad;
+    Generator unused(0);
+    model->set_attention_hooks(&hooks);
+    model->forward(fx.pixels(), /*training=*/false, unused);
+    model->set_attention_hooks(nullptr);
+    CHECK(kept.probs.size() == (with_probabilities ? fx.rollout.size() : 0));
+    for (const auto& [l, p] : kept.probs) CHECK(max_abs_diff(p, fx.ref.at("probs." + std::to_string(l))) <= kProbTol);
+    REQUIRE(kept.queries.size() == 2);
+    REQUIRE(kept.keys.size() == 2);
+    for (int64_t l : {0, 1}) {
+      const Tensor p = softmax(mul(matmul(kept.queries.at(l), kept.keys.at(l).transpose(-1, -2)), layouts[size_t(l)].scale), -1);
+      CHECK(max_abs_diff(p, fx.ref.at("probs." + std::to_string(l))) <= kProbTol);
+    }
+  }
+  AttentionCapture none;
+  CHECK_FALSE(capture_attention(none, {}, std::vector<int64_t>{}).wants(0));  // nothing asked: nothing hooked
+}
+
 TEST_CASE("maps down to the pixels equal numpy's dense chain through every stage") {
   for (const char* name : {"vit", "cvt"}) {
     AttnFixture fx(name);

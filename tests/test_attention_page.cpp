@@ -155,6 +155,33 @@ TEST_CASE("statistics streamed from q and k, a chunk of query rows at a time, eq
   Generator gen(1);
   const Tensor q = gen.normal({1, 12, 5, 4}, 0, 1, DType::f64), k = gen.normal({1, 12, 4, 4}, 0, 1, DType::f64);
   CHECK(contains(error_of([&] { s.add_streamed(q, k, 1.0); }), "layer 0"));
+  const Tensor k5 = gen.normal({1, 12, 5, 4}, 0, 1, DType::f64);
+  CHECK(contains(error_of([&] { s.add_streamed(q, k5, 1.0, 0); }), "rows per chunk must be at least 1"));
+  CHECK(contains(error_of([&] { AttentionStatistics(vit_2x2(), {12}).add_streamed(q, k5, 1.0); }), "head 12 does not exist"));
+  // Large scores (a peaked head): the entropy from the shifted scores stays exact in f32 too.
+  AttentionStatistics peaked64(vit_2x2(), {}), peaked32(vit_2x2(), {});
+  peaked64.add_streamed(mul(q, 40.0), k5, 1.0);
+  peaked32.add_streamed(mul(q, 40.0).to(DType::f32), k5.to(DType::f32), 1.0);
+  for (size_t h = 0; h < 12; ++h)  // f32: scores up to ~400 rounded at 2^-24 relative: ~3e-5 on exp's argument
+    CHECK(std::abs(peaked64.heads()[h].entropy - peaked32.heads()[h].entropy) < 1e-4);
+}
+
+TEST_CASE("statistics: the sums of two parts merged equal those of the whole") {
+  const models::AttentionLayout a = vit_2x2();
+  Generator gen(5);
+  const Tensor q = gen.normal({3, 12, 5, 4}, 0, 1, DType::f64), k = gen.normal({3, 12, 5, 4}, 0, 1, DType::f64);
+  AttentionStatistics whole(a, {3, 7}), first(a, {3, 7}), rest(a, {3, 7});
+  whole.add_streamed(q, k, 0.5);
+  first.add_streamed(q.slice(0, 0, 1), k.slice(0, 0, 1), 0.5);
+  rest.add_streamed(q.slice(0, 1, 3), k.slice(0, 1, 3), 0.5);
+  first.merge(rest);
+  CHECK(first.to_json()["images"] == 3);
+  for (size_t h = 0; h < 2; ++h) {
+    CHECK(std::abs(first.heads()[h].entropy - whole.heads()[h].entropy) < kTol);
+    CHECK(std::abs(first.heads()[h].distance - whole.heads()[h].distance) < kTol);
+    CHECK(std::abs(first.heads()[h].cls_share - whole.heads()[h].cls_share) < kTol);
+  }
+  CHECK(contains(error_of([&] { first.merge(AttentionStatistics(a, {3})); }), "other heads"));
 }
 
 TEST_CASE("maps: the cls or a query's row, and the attention each key receives") {

@@ -253,7 +253,6 @@ struct DataRun {
 void run_on_data(const DataRun& r) {
   namespace fs = std::filesystem;
   const AttnOptions& o = r.o;
-  const bool gradients = std::any_of(o.map_methods.begin(), o.map_methods.end(), models::needs_gradients);
   const fs::path split_root = o.split.empty() ? fs::path(o.data) : fs::path(o.data) / o.split;
   if (!fs::is_directory(split_root))
     throw std::runtime_error("attn: " + split_root.string() + " is not a folder (--data ROOT --split NAME)");
@@ -271,6 +270,7 @@ void run_on_data(const DataRun& r) {
   std::vector<std::vector<train::AttentionStatistics>> by_class;
   for (int64_t c = 0; c < C; ++c) by_class.push_back(stats_of());
   const bool maps = !r.rollout.empty() && !o.map_methods.empty();
+  const bool gradients = maps && std::any_of(o.map_methods.begin(), o.map_methods.end(), models::needs_gradients);
   const models::AttentionLayout* last = r.rollout.empty() ? nullptr : &r.layouts[size_t(r.rollout.back())];
   const int64_t cells = last ? last->query_rows * last->query_cols : 0;
   // map_sum[method][class]: the sum of the class's images' maps.
@@ -283,19 +283,12 @@ void run_on_data(const DataRun& r) {
   int64_t skipped = 0;
 
   // Each batch's statistics come from the layers' q and k (AttentionStatistics::add_streamed), so no layer's
-  // Tq × Tk probabilities are formed for them; only the rolled-out layers' are, for the maps.
-  std::map<int64_t, Tensor> by_layer, grads_by_layer, queries, keys;
-  models::AttentionHooks hooks;
-  hooks.layers = r.layers;
-  hooks.layers.insert(hooks.layers.end(), r.rollout.begin(), r.rollout.end());
-  hooks.probability_layers = r.rollout;
+  // Tq × Tk probabilities are formed for them; only the rolled-out layers' are, and only for the maps.
+  models::AttentionCapture captured;
+  models::AttentionHooks hooks =
+      models::capture_attention(captured, r.layers, maps ? r.rollout : std::vector<int64_t>{});
   hooks.gates = r.gates;
-  hooks.forward = [&](int64_t l, models::AttentionPart part, const Tensor& x) {
-    const bool kept = std::find(r.layers.begin(), r.layers.end(), l) != r.layers.end();
-    if (part == models::AttentionPart::Probs) by_layer[l] = x;
-    if (part == models::AttentionPart::Query && kept) queries[l] = x;
-    if (part == models::AttentionPart::Key && kept) keys[l] = x;
-  };
+  std::map<int64_t, Tensor> grads_by_layer;
   for (size_t start = 0; start < split.samples.size(); start += size_t(o.batch_size)) {
     std::vector<Image> images;
     std::vector<int64_t> labels;
@@ -322,14 +315,14 @@ void run_on_data(const DataRun& r) {
     };
     // One pass for q, k and the rolled-out probabilities (with their gradients when a gradient method is
     // asked for).
-    for (auto* m : {&by_layer, &grads_by_layer, &queries, &keys}) m->clear();
+    captured = {}, grads_by_layer.clear();
     if (gradients) {
       std::vector<int64_t> classes;  // predicted: empty
       if (o.target == "label") classes = labels;
       else if (r.explained_class) classes.assign(size_t(B), *r.explained_class);
       models::AttentionGradients g = models::attention_gradients(r.model, on_device, r.rollout, classes, r.gates, r.layers);
-      by_layer = std::move(g.probs), grads_by_layer = std::move(g.grads);
-      queries = std::move(g.queries), keys = std::move(g.keys);
+      captured = {std::move(g.queries), std::move(g.keys), std::move(g.probs)};
+      grads_by_layer = std::move(g.grads);
       score(g.logits, correct, loss);
     } else {
       NoGradGuard no_grad;
@@ -338,17 +331,17 @@ void run_on_data(const DataRun& r) {
       r.model.set_attention_hooks(nullptr);
       score(logits, correct, loss);
     }
-    for (auto* m : {&by_layer, &grads_by_layer})  // the maps are made on the host
+    for (auto* m : {&captured.probs, &grads_by_layer})  // the maps are made on the host
       for (auto& [l, t] : *m) t = t.to(Device::CPU);
     if (!r.gates.empty()) {
       NoGradGuard no_grad;
       score(r.model.forward(on_device, /*training=*/false, unused), correct_unmasked, loss_unmasked);
     }
+    // Per class (every image has one), then the classes' sums into the total: each score computed once.
     for (size_t i = 0; i < r.layers.size(); ++i) {
       const int64_t l = r.layers[i];
-      const Tensor &q = queries.at(l), &k = keys.at(l);
+      const Tensor &q = captured.queries.at(l), &k = captured.keys.at(l);
       const double scale = r.layouts[size_t(l)].scale;
-      overall[i].add_streamed(q, k, scale);
       for (int64_t c = 0; c < C; ++c) {
         std::vector<int64_t> mine;
         for (int64_t b = 0; b < B; ++b)
@@ -363,7 +356,7 @@ void run_on_data(const DataRun& r) {
       std::vector<Tensor> rolled_probs, rolled_grads;
       std::vector<models::AttentionLayout> rolled;
       for (int64_t l : r.rollout) {
-        rolled_probs.push_back(by_layer.at(l)), rolled.push_back(r.layouts[size_t(l)]);
+        rolled_probs.push_back(captured.probs.at(l)), rolled.push_back(r.layouts[size_t(l)]);
         if (gradients) rolled_grads.push_back(grads_by_layer.at(l));
       }
       for (models::MapMethod m : o.map_methods) {
@@ -389,6 +382,8 @@ void run_on_data(const DataRun& r) {
         for (size_t h = 0; h < v.size(); ++h) acc[h] += v[h];
       }
   }
+  for (size_t i = 0; i < r.layers.size(); ++i)
+    for (int64_t c = 0; c < C; ++c) overall[i].merge(by_class[size_t(c)][i]);
   int64_t total = 0, right = 0, right_unmasked = 0;
   for (int64_t c = 0; c < C; ++c)
     total += seen[size_t(c)], right += correct[size_t(c)], right_unmasked += correct_unmasked[size_t(c)];

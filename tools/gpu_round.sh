@@ -612,16 +612,19 @@ step_attn() {
   LOG=$LOGS/attn.log
   local why; why=$(missing_why tessera)
   [ -n "$why" ] && { RC=1; WHY=$why; return; }
-  local dev=cpu dir=$OUT/attn fixtures=tests/fixtures
+  # The reference on the CPU and the run on the device in separate folders (without a GPU the run is a
+  # second CPU run: the comparison still reads two files). The four passes share the step's time.
+  local dev=cpu dir=$OUT/attn fixtures=tests/fixtures end=$((SECONDS + LIMIT))
   [ $have_gpu = 1 ] && dev=cuda
+  attn_left() { echo $((end - SECONDS > 1 ? end - SECONDS : 1)); }
   rm -rf "$dir"
   local args=(attn --weights $fixtures/models/tiny-cvt/model.safetensors --method maps,rollout,grad-rollout,relevance
               --mask-heads 5:0 $fixtures/preprocess/rgb_96x64.jpg $fixtures/preprocess/gray_80x56.jpg)
-  run_logged "$LIMIT" "$LOG" "$BUILD/bin/tessera" "${args[@]}" --device cpu --out "$dir/cpu" &&
-    run_logged "$LIMIT" "$LOG" "$BUILD/bin/tessera" "${args[@]}" --device $dev --out "$dir/$dev"
+  run_logged "$(attn_left)" "$LOG" "$BUILD/bin/tessera" "${args[@]}" --device cpu --out "$dir/reference-cpu" &&
+    run_logged "$(attn_left)" "$LOG" "$BUILD/bin/tessera" "${args[@]}" --device $dev --out "$dir/run-$dev"
   RC=$?
   if [ $RC != 0 ]; then WHY="tessera attn failed (logs/attn.log)"; return; fi
-  python3 - "$dir/cpu/attn.safetensors" "$dir/$dev/attn.safetensors" >> "$LOG" 2>&1 <<'PY'
+  python3 - "$dir/reference-cpu/attn.safetensors" "$dir/run-$dev/attn.safetensors" >> "$LOG" 2>&1 <<'PY'
 import array, json, struct, sys
 def load(path):  # safetensors by hand (standard library only): an 8-byte header length, JSON, F32 data
     with open(path, "rb") as fh:
@@ -658,9 +661,9 @@ PY
     done
     local data_args=(attn --weights $fixtures/models/tiny-cvt/model.safetensors --data "$dir/data" --split ""
                      --method rollout,importance --mask-heads 5:0)
-    if run_logged "$LIMIT" "$LOG" "$BUILD/bin/tessera" "${data_args[@]}" --device cpu --out "$dir/data-cpu" &&
-       run_logged "$LIMIT" "$LOG" "$BUILD/bin/tessera" "${data_args[@]}" --device $dev --out "$dir/data-$dev"; then
-      python3 - "$dir/data-cpu/statistics.csv" "$dir/data-$dev/statistics.csv" >> "$LOG" 2>&1 <<'PY'
+    if run_logged "$(attn_left)" "$LOG" "$BUILD/bin/tessera" "${data_args[@]}" --device cpu --out "$dir/data-reference-cpu" &&
+       run_logged "$(attn_left)" "$LOG" "$BUILD/bin/tessera" "${data_args[@]}" --device $dev --out "$dir/data-run-$dev"; then
+      python3 - "$dir/data-reference-cpu/statistics.csv" "$dir/data-run-$dev/statistics.csv" >> "$LOG" 2>&1 <<'PY'
 import csv, sys
 a, b = (list(csv.reader(open(p))) for p in sys.argv[1:3])
 worst, where = 0.0, None
@@ -685,7 +688,7 @@ PY
   fi
   # 30 MB of probabilities and pictures stay behind: attn.json (statistics, predictions) and the page come back.
   find "$dir" \( -name '*.safetensors' -o -name png \) -prune -exec rm -rf {} +
-  [ "$dev" = cuda ] && rm -f "$dir/cpu/index.html" "$dir/data-cpu/index.html"
+  rm -f "$dir/reference-cpu/index.html" "$dir/data-reference-cpu/index.html"
   [ $have_gpu = 0 ] && WHY="${WHY:+$WHY; }no GPU: cpu against cpu (checks the step itself)"
 }
 

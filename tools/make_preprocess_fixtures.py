@@ -151,8 +151,9 @@ def equalize_cases(decoded, rng):
     two[16:, :] = 200
     cases["two_levels"] = two
     cases["step0"] = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)  # 99 pixels: step = 0
-    # Band 0: 300 pixels, 260 on level 255 (the highest, left out of step) and 40 below: step = 40 // 255
-    # = 0 -> unchanged; band 1: many distinct low levels and a few high ones, so n // step passes 255.
+    # Band 0: 520 pixels, 480 on level 255 (the highest, left out of step) and 40 on level 3: step =
+    # 40 // 255 = 0 -> unchanged. Band 1: every level 0..253 two or three times: step = (520 - 2) // 255 = 2,
+    # and the last levels' n // step passes 255 before the clip. Band 2: four levels at random.
     clip = np.zeros((20, 26, 3), np.uint8)
     clip[..., 0] = np.where(np.arange(520).reshape(20, 26) < 40, 3, 255)
     clip[..., 1] = (np.arange(520).reshape(20, 26) % 254).astype(np.uint8)

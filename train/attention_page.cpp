@@ -46,6 +46,22 @@ std::vector<double> one_image(const Tensor& p, const models::AttentionLayout& a,
   return p.to(DType::f64).contiguous().to_vector<double>();
 }
 
+// d[i·Tk + k]: the distance in input pixels from patch query r0 + i (token r0 + i; r0 ≥ cls) to key k's
+// receptive-field centre, for the queries r0 .. r1 − 1; the cls key has no place on the image: 0.
+std::vector<double> query_key_distances(const models::AttentionLayout& a, int64_t r0, int64_t r1) {
+  const int64_t Tk = a.keys(), cls = a.cls;
+  std::vector<double> d(size_t((r1 - r0) * Tk), 0.0);
+  for (int64_t i = 0; i < r1 - r0; ++i) {
+    const int64_t qi = r0 + i - cls;
+    const double qy = a.query_origin + a.query_step * double(qi / a.query_cols),
+                 qx = a.query_origin + a.query_step * double(qi % a.query_cols);
+    for (int64_t k = cls; k < Tk; ++k)
+      d[size_t(i * Tk + k)] = std::hypot(a.key_origin + a.key_step * double((k - cls) / a.key_cols) - qy,
+                                         a.key_origin + a.key_step * double((k - cls) % a.key_cols) - qx);
+  }
+  return d;
+}
+
 HeatMap key_grid(const models::AttentionLayout& a) {
   HeatMap m;
   m.rows = a.key_rows, m.cols = a.key_cols, m.origin = a.key_origin, m.step = a.key_step;
@@ -63,22 +79,17 @@ void AttentionStatistics::add(const Tensor& probs) {
   if (!probs.defined() || probs.dim() != 4)
     throw std::invalid_argument("layer " + std::to_string(a.layer) + ": attention statistics need (B, heads, Tq, Tk) probabilities");
   const int64_t Tq = a.queries(), Tk = a.keys(), cls = a.cls;
-  // Key centres, patch keys only.
-  std::vector<double> ky, kx;
-  for (int64_t r = 0; r < a.key_rows; ++r)
-    for (int64_t c = 0; c < a.key_cols; ++c)
-      ky.push_back(a.key_origin + a.key_step * double(r)), kx.push_back(a.key_origin + a.key_step * double(c));
+  const std::vector<double> d = query_key_distances(a, cls, Tq);
   for (int64_t b = 0; b < probs.size(0); ++b) {
     const std::vector<double> p = one_image(probs.select(0, b), a, heads_);
     for (size_t j = 0; j < heads_.size(); ++j)
       for (int64_t q = cls; q < Tq; ++q) {
         const double* row = p.data() + (heads_[j] * Tq + q) * Tk;
-        const double qy = a.query_origin + a.query_step * double((q - cls) / a.query_cols),
-                     qx = a.query_origin + a.query_step * double((q - cls) % a.query_cols);
+        const double* dq = d.data() + (q - cls) * Tk;
         double entropy = 0, distance = 0;
         for (int64_t k = 0; k < Tk; ++k)
           if (row[k] > 0) entropy -= row[k] * std::log(row[k]);  // 0·ln 0 = 0
-        for (int64_t k = cls; k < Tk; ++k) distance += row[k] * std::hypot(ky[size_t(k - cls)] - qy, kx[size_t(k - cls)] - qx);
+        for (int64_t k = cls; k < Tk; ++k) distance += row[k] * dq[k];
         sums_[j].entropy += entropy;
         sums_[j].distance += distance;
         if (a.cls) sums_[j].cls_share += row[0];
@@ -92,41 +103,32 @@ void AttentionStatistics::add_streamed(const Tensor& q, const Tensor& k, double 
   const models::AttentionLayout& a = layout_;
   const int64_t Tq = a.queries(), Tk = a.keys(), cls = a.cls;
   auto bad = [&](const std::string& why) {
-    return std::invalid_argument("layer " + std::to_string(a.layer) + ": streamed attention statistics " + why);
+    return std::invalid_argument("layer " + std::to_string(a.layer) + ": streamed attention statistics: " + why);
   };
-  if (!q.defined() || !k.defined() || q.dim() != 4 || k.dim() != 4)
-    throw bad("need q (B, heads, Tq, D) and k (B, heads, Tk, D)");
-  const int64_t B = q.size(0);
-  if (q.size(1) != a.heads || q.size(2) != Tq || k.shape() != Shape{B, a.heads, Tk, q.size(3)} || rows < 1)
+  if (rows < 1) throw bad("rows per chunk must be at least 1, got " + std::to_string(rows));
+  if (!q.defined() || !k.defined() || q.dim() != 4 || q.size(1) != a.heads || q.size(2) != Tq ||
+      k.shape() != Shape{q.size(0), a.heads, Tk, q.size(3)})
     throw bad("need q (B, " + std::to_string(a.heads) + ", " + std::to_string(Tq) + ", D) and k (B, " +
-              std::to_string(a.heads) + ", " + std::to_string(Tk) + ", D); got " + q.str() + " and " + k.str());
+              std::to_string(a.heads) + ", " + std::to_string(Tk) + ", D); got " + (q.defined() ? q.str() : "none") +
+              " and " + (k.defined() ? k.str() : "none"));
+  for (int64_t h : heads_)
+    if (h < 0 || h >= a.heads) throw bad("head " + std::to_string(h) + " does not exist");
   NoGradGuard no_grad;
+  const int64_t B = q.size(0), H = int64_t(heads_.size());
   const DType dt = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  const Tensor kept = Tensor::from(heads_, {int64_t(heads_.size())}).to(q.device());
+  const Tensor kept = Tensor::from(heads_, {H}).to(q.device());
   const Tensor qh = index_select(q.detach().to(dt), 1, kept), kt = index_select(k.detach().to(dt), 1, kept).transpose(-1, -2);
-  const int64_t H = int64_t(heads_.size());
   for (int64_t r0 = cls; r0 < Tq; r0 += rows) {
     const int64_t r1 = std::min(Tq, r0 + rows), n = r1 - r0;
-    // d[i, k]: query r0 + i to key k, in input pixels; the cls key has no place and adds nothing.
-    std::vector<double> d(size_t(n * Tk), 0.0);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t qi = r0 + i - cls;
-      const double qy = a.query_origin + a.query_step * double(qi / a.query_cols),
-                   qx = a.query_origin + a.query_step * double(qi % a.query_cols);
-      for (int64_t key = cls; key < Tk; ++key) {
-        const int64_t ki = key - cls;
-        d[size_t(i * Tk + key)] = std::hypot(a.key_origin + a.key_step * double(ki / a.key_cols) - qy,
-                                             a.key_origin + a.key_step * double(ki % a.key_cols) - qx);
-      }
-    }
+    // z = s − max_k s, so that both terms of the entropy stay small whatever the scores' size (f32).
     const Tensor s = mul(matmul(qh.slice(2, r0, r1), kt), scale);  // (B, H, n, Tk)
-    const Tensor top = max(s, {-1}, true);
-    const Tensor lse = tessera::add(top, log(sum(exp(sub(s, top)), {-1}, true)));
-    const Tensor p = exp(sub(s, lse));
-    const Tensor entropy = sub(lse, sum(mul(p, s), {-1}, true));
-    const Tensor distance = mul(p, Tensor::from(d, {n, Tk}).to(dt).to(q.device()));
+    const Tensor z = sub(s, max(s, {-1}, true));
+    const Tensor lse = log(sum(exp(z), {-1}, true));               // of z
+    const Tensor p = exp(sub(z, lse));
+    const Tensor entropy = sub(lse, sum(mul(p, z), {-1}, true));    // −Σ p·ln p = lse − Σ p·z
+    const Tensor d = Tensor::from(query_key_distances(a, r0, r1), {n, Tk}).to(dt).to(q.device());
     auto per_head = [&](const Tensor& x) { return sum(x, {0, 2, 3}).to_vector<double>(); };
-    const std::vector<double> e = per_head(entropy), dist = per_head(distance);
+    const std::vector<double> e = per_head(entropy), dist = per_head(mul(p, d));
     const std::vector<double> share = cls ? per_head(p.slice(3, 0, 1)) : std::vector<double>(size_t(H), 0.0);
     for (int64_t j = 0; j < H; ++j) {
       sums_[size_t(j)].entropy += e[size_t(j)];
@@ -136,6 +138,19 @@ void AttentionStatistics::add_streamed(const Tensor& q, const Tensor& k, double 
   }
   images_ += B;
   queries_ += B * (Tq - cls);
+}
+
+void AttentionStatistics::merge(const AttentionStatistics& other) {
+  if (other.layout_.layer != layout_.layer || other.heads_ != heads_)
+    throw std::invalid_argument("layer " + std::to_string(layout_.layer) + ": merging the statistics of layer " +
+                                std::to_string(other.layout_.layer) + " or of other heads");
+  for (size_t j = 0; j < sums_.size(); ++j) {
+    sums_[j].entropy += other.sums_[j].entropy;
+    sums_[j].distance += other.sums_[j].distance;
+    sums_[j].cls_share += other.sums_[j].cls_share;
+  }
+  images_ += other.images_;
+  queries_ += other.queries_;
 }
 
 std::vector<AttentionStatistics::Head> AttentionStatistics::heads() const {

@@ -36,11 +36,14 @@ class AttentionStatistics {
   // The same sums from the layer's split heads q (B, heads, Tq, D) and k (B, heads, Tk, D), on whatever
   // device they are, without the probabilities (the fused attention never forms them): the patch queries a
   // chunk of `rows` at a time, s = scale·q·kᵀ (B, heads kept, rows, Tk), lse = ln Σ_k exp s (after its row
-  // maximum), p = exp(s − lse); entropy = lse − Σ_k p·s (= −Σ_k p·ln p), distance = Σ_k p·d(q, k) with d
+  // maximum), p = exp(s − lse); entropy = lse − Σ_k p·s (= −Σ_k p·ln p; computed from s minus its row
+  // maximum, so that neither term grows with the scores), distance = Σ_k p·d(q, k) with d
   // the chunk's query-to-key centre distances (0 for the cls key), cls share = p[·, cls]. At most rows·Tk
   // probabilities per image and head exist at once, however large Tq·Tk; the per-head sums come to the
   // host once per chunk. Arithmetic in f64 for f64 input, else f32.
   void add_streamed(const Tensor& q, const Tensor& k, double scale, int64_t rows = 256);
+  // Adds another's sums: the same layer and heads (a data set's classes into its total).
+  void merge(const AttentionStatistics& other);
 
   struct Head { double entropy = 0, entropy_normalised = 0, distance = 0, cls_share = 0; };
   std::vector<Head> heads() const;  // in the order given; NaN before any image

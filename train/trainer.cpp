@@ -94,15 +94,16 @@ std::function<void(Image&, int64_t)> pre_resize(const TrainOptions& o) {
   return [s](Image& im, int64_t) { im = resize(im, s, s, Filter::Bilinear); };
 }
 
-// Static augmentation: the samples twice; index i >= n is the i-n-th image's one augmented copy.
-void make_static(std::vector<Sample>& samples, LoaderConfig& cfg, const AugmentConfig& aug, const TrainOptions& o) {
+// Static augmentation: the samples twice; index i >= n is the i-n-th image's one augmented copy, made after
+// `prepare` (what comes before augmentation).
+void make_static(std::vector<Sample>& samples, LoaderConfig& cfg, const AugmentConfig& aug, const TrainOptions& o,
+                 const std::function<void(Image&, int64_t)>& prepare) {
   const std::vector<Sample> originals = samples;
   const int64_t n = int64_t(originals.size());
   samples.insert(samples.end(), originals.begin(), originals.end());
-  auto pre = pre_resize(o);
   const uint64_t seed = o.seed;
   cfg.prepare = [=](Image& im, int64_t i) {
-    if (pre) pre(im, i);
+    if (prepare) prepare(im, i);
     if (i >= n) im = augment(im, aug, seed, uint64_t(i - n));
   };
 }
@@ -393,23 +394,24 @@ std::unique_ptr<DataLoader> make_train_loader(const Run& r, std::ostream& log) {
   cfg.processor = r.eval_processor;
   // Without the pre-resize the crop already has the output size: the processor only normalises.
   if (!o.study_pipeline) cfg.processor.mode = ProcessorConfig::Resize::Squash;
-  std::vector<Sample> samples = r.data.train;
-  if (o.static_augment) {
-    study::make_static(samples, cfg, aug, o);
-  } else {
-    cfg.augment = aug;
-    cfg.prepare = study::pre_resize(o);
-  }
-  // The foreground crop and the equalisation come before augmentation (and are cached with the decoded
-  // image), as they come first in evaluation's processor; the processor after augmentation only normalises.
-  if (cfg.processor.crop_foreground || cfg.processor.equalize) {
-    cfg.prepare = [pre = cfg.prepare, crop = cfg.processor.crop_foreground,
-                   flatten = cfg.processor.equalize](Image& im, int64_t i) {
+  // What comes before augmentation, cached with the decoded image, in evaluation's order: the study's
+  // pre-resize, then the crop to the head and the equalisation (which evaluation's processor does first);
+  // the processor after augmentation only normalises.
+  std::function<void(Image&, int64_t)> prepare = study::pre_resize(o);
+  if (cfg.processor.crop_foreground || cfg.processor.equalize)
+    prepare = [pre = prepare, crop = cfg.processor.crop_foreground, flatten = cfg.processor.equalize](Image& im,
+                                                                                                      int64_t i) {
       if (pre) pre(im, i);
       if (crop) im = crop_to_foreground(im);
       if (flatten) im = equalize(im);
     };
-    cfg.processor.crop_foreground = cfg.processor.equalize = false;
+  cfg.processor.crop_foreground = cfg.processor.equalize = false;
+  std::vector<Sample> samples = r.data.train;
+  if (o.static_augment) {
+    study::make_static(samples, cfg, aug, o, prepare);
+  } else {
+    cfg.augment = aug;
+    cfg.prepare = prepare;
   }
   cfg.batch_size = o.batch_size;
   // A last batch of one image cannot train CvT's BatchNorm (no variance; torch refuses it too): drop it.
