@@ -68,10 +68,11 @@ bool convert_bf16_contiguous(const Tensor& src, Tensor& out) {
     });
     return true;
   };
+  // Lambdas, not the functions themselves: a function pointer may stay an indirect call per element.
   if (src.dtype() == DType::bf16 && out.dtype() == DType::f32)
-    return convert(src.data<bf16_t>(), out.data<float>(), bf16_to_float);
+    return convert(src.data<bf16_t>(), out.data<float>(), [](bf16_t v) { return bf16_to_float(v); });
   if (src.dtype() == DType::f32 && out.dtype() == DType::bf16)
-    return convert(src.data<float>(), out.data<bf16_t>(), float_to_bf16);
+    return convert(src.data<float>(), out.data<bf16_t>(), [](float v) { return float_to_bf16(v); });
   return false;
 }
 
