@@ -330,6 +330,16 @@ TEST_CASE("decode: missing, unreadable, empty, truncated and corrupt files give 
   msg = decode_error(tmp("zero.png"));
   CHECK(msg.find("zero.png: cannot decode image: ") != std::string::npos);
 
+  // A PNG chunk that declares more bytes than the file holds (1,711,276,092 in 216 bytes, found by
+  // fuzz_image: stb allocated 2 GiB for it) is refused before stb reads it, naming the chunk's offset.
+  const auto oom = read_bytes(fs::path(TESSERA_SOURCE_DIR) / "tests" / "fuzz" / "corpus" / "image" / "oom-png-idat-length");
+  write_bytes(tmp("huge-chunk.png"), oom);
+  msg = decode_error(tmp("huge-chunk.png"));
+  CHECK(msg.find("huge-chunk.png: cannot decode image: corrupt PNG: a chunk at byte 105 declares 1711276092 bytes, "
+                 "past the end of the file") != std::string::npos);
+  // The truncated PNG above fails the same way now: its IDAT runs past the cut.
+  CHECK(decode_error(tmp("truncated.png")).find("corrupt PNG: a chunk at byte") != std::string::npos);
+
   // A JPEG cut right after its headers: there is no scan data at all.
   const auto jpg = read_bytes(kFixtures / "rgb_96x64.jpg");
   write_bytes(tmp("truncated.jpg"), std::vector<uint8_t>(jpg.begin(), jpg.begin() + 200));
