@@ -1,7 +1,7 @@
 // CPU GEMM. fp32: the classic packed, cache-blocked design (Goto & van de Geijn, "Anatomy of
 // High-Performance Matrix Multiplication", 2008): B is packed into KC×NR panels that stay in L2/L3, A
-// into MR×KC micro-panels that stay in L1, and a 6×16 register-tile micro-kernel written with GCC vector
-// extensions (AVX2/FMA with -march=native, SSE otherwise) does the arithmetic. Tiles of C are spread over
+// into MR×KC micro-panels that stay in L1, and a register-tile micro-kernel written with GCC vector
+// extensions (8 × 32 with AVX-512, 6 × 16 with AVX2, under -march=native) does the arithmetic. Tiles of C are spread over
 // the thread pool; a deep product with few tiles splits its depth instead (gemm_f32_depth_split), and one
 // too small to repay the packing runs in place (gemm_direct). bf16: the same blocking around AVX512-BF16
 // dot products where the processor has them, else widened to fp32 (gemm_bf16, below). fp64 is a plain
@@ -18,15 +18,27 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "engine/core/parallel.h"
 
+
 namespace tessera {
 
 namespace {
 
-constexpr int64_t MR = 6, NR = 16;  // register tile: 6 rows × 16 columns = 12 vectors of 8 floats
-constexpr int64_t KC = 256;         // depth of a packed panel: an MR×KC A panel is 6 KiB (L1)
+// The register tile is MR rows × two vectors, 2·MR accumulators. With AVX-512 a vector is 16 floats and the
+// tile 8 × 32: Intel cores with two 512-bit FMA ports retire twice the multiply-adds of 256-bit code
+// (bench/RESULTS.md: 1.3-1.9× on bench_gemm's shapes, 8 rows ahead of 6 and 12 and well ahead of 4), and
+// AMD's, which split a 512-bit FMA into two halves, ran level with a 6 × 32 tile. Without AVX-512 a vector is 8 floats and the tile
+// 6 × 16, whose 12 accumulators leave AVX2's 16 registers room for the B row and the broadcast. The sums
+// run along k in the same order whatever the tile, so results do not depend on it.
+#if defined(__AVX512F__)
+constexpr int64_t kVecFloats = 16, MR = 8;
+#else
+constexpr int64_t kVecFloats = 8, MR = 6;
+#endif
+typedef float vec __attribute__((vector_size(kVecFloats * sizeof(float))));
+constexpr int64_t NR = 2 * kVecFloats;
+constexpr int64_t KC = 256;         // depth of a packed panel: an MR×KC A panel (6-8 KiB) stays in L1
 constexpr int64_t MC = 96;          // rows of A packed per task: 96×256×4 = 96 KiB (L2)
 constexpr int64_t NC_TASK = 256;    // columns of C per task
-typedef float v8 __attribute__((vector_size(32)));
 
 struct Operand {  // element (r, c) of op(X) for a contiguous row-major X
   const float* p;
@@ -83,11 +95,11 @@ inline void store_scaled(float& out, float v, float alpha, float beta) {
 // C[0:rows, 0:cols] = alpha·(Ap·Bp) + beta·C, for one MR×NR tile.
 void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int64_t rows,
                   int64_t cols, float alpha, float beta) {
-  v8 c[MR][2] = {};
+  vec c[MR][2] = {};
   for (int64_t k = 0; k < kc; ++k) {
-    v8 b0, b1;
-    std::memcpy(&b0, Bp + k * NR, sizeof(v8));
-    std::memcpy(&b1, Bp + k * NR + 8, sizeof(v8));
+    vec b0, b1;
+    std::memcpy(&b0, Bp + k * NR, sizeof(vec));
+    std::memcpy(&b1, Bp + k * NR + kVecFloats, sizeof(vec));
     for (int64_t i = 0; i < MR; ++i) {
       float a = Ap[k * MR + i];
       c[i][0] += a * b0;
@@ -95,17 +107,17 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
     }
   }
   if (rows == MR && cols == NR) {  // a whole tile: vector stores (with a shallow K they are most of the work)
-    const v8 va = v8{} + alpha, vb = v8{} + beta;
+    const vec va = vec{} + alpha, vb = vec{} + beta;
     for (int64_t i = 0; i < MR; ++i) {
       float* out = C + i * ldc;
       for (int64_t h = 0; h < 2; ++h) {
-        v8 r = va * c[i][h];
+        vec r = va * c[i][h];
         if (beta != 0.f) {  // beta 0: never read C
-          v8 old;
-          std::memcpy(&old, out + 8 * h, sizeof(v8));
+          vec old;
+          std::memcpy(&old, out + kVecFloats * h, sizeof(vec));
           r += vb * old;
         }
-        std::memcpy(out + 8 * h, &r, sizeof(v8));
+        std::memcpy(out + kVecFloats * h, &r, sizeof(vec));
       }
     }
     return;
