@@ -142,11 +142,11 @@ void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor&
         const T* xr = px + r * C;
         T* yr = py + r * C;
         // Two passes (mean, then squared deviations): no cancellation when |mean| >> std.
-        double mu = 0, var = 0;
-        for (int64_t c = 0; c < C; ++c) mu += to_double(xr[c]);
-        mu /= double(C);
-        for (int64_t c = 0; c < C; ++c) { double d = to_double(xr[c]) - mu; var += d * d; }
-        var /= double(C);  // biased, as torch.nn.LayerNorm
+        const double mu = cpu::lane_sum(C, [&](int64_t c) { return to_double(xr[c]); }) / double(C);
+        const double var = cpu::lane_sum(C, [&](int64_t c) {
+          const double d = to_double(xr[c]) - mu;
+          return d * d;
+        }) / double(C);  // biased, as torch.nn.LayerNorm
         const double rs = 1.0 / std::sqrt(var + eps);
         sm.set(r, mu);
         sr.set(r, rs);
@@ -177,18 +177,10 @@ void CpuBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Te
           const T *xr = px + r * C, *gr = pg + r * C;
           T* dr = pdx + r * C;
           const double mu = sm.get(r), rs = sr.get(r);
-          double sg = 0, sgx = 0;
-          for (int64_t c = 0; c < C; ++c) {
-            double g = to_double(gr[c]) * (pw ? to_double(pw[c]) : 1.0);
-            sg += g;
-            sgx += g * (to_double(xr[c]) - mu) * rs;
-          }
-          sg /= double(C);
-          sgx /= double(C);
-          for (int64_t c = 0; c < C; ++c) {
-            double g = to_double(gr[c]) * (pw ? to_double(pw[c]) : 1.0);
-            dr[c] = from_double<T>(rs * (g - sg - (to_double(xr[c]) - mu) * rs * sgx));
-          }
+          auto g_at = [&](int64_t c) { return to_double(gr[c]) * (pw ? to_double(pw[c]) : 1.0); };
+          const double sg = cpu::lane_sum(C, g_at) / double(C),
+                       sgx = cpu::lane_sum(C, [&](int64_t c) { return g_at(c) * (to_double(xr[c]) - mu) * rs; }) / double(C);
+          for (int64_t c = 0; c < C; ++c) dr[c] = from_double<T>(rs * (g_at(c) - sg - (to_double(xr[c]) - mu) * rs * sgx));
         }
       });
     }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_backend.h"
+#include "kernels/cpu/vector_math.h"
 #include "engine/core/parallel.h"
 #include "kernels/cuda/optim_math.h"
 
@@ -57,18 +58,10 @@ void CpuBackend::sum_of_squares(const std::vector<Tensor>& xs, Tensor& out) {
       const T* data = x.data<T>();
       parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
-          // kLanes running sums, added in lane order at the end: one sum would wait on the previous
-          // add (4 cycles) for every element; the lanes vectorise and overlap.
-          constexpr int64_t kLanes = 32;
-          double lane[kLanes] = {};
           const int64_t begin = c * kClipChunk, end = std::min(n, begin + kClipChunk);
-          int64_t i = begin;
-          for (; i + kLanes <= end; i += kLanes)
-            for (int64_t l = 0; l < kLanes; ++l) lane[l] += double(data[i + l]) * double(data[i + l]);
-          for (; i < end; ++i) lane[(i - begin) % kLanes] += double(data[i]) * double(data[i]);
-          double acc = 0;
-          for (double s : lane) acc += s;
-          partial[size_t(c)] = acc;
+          partial[size_t(c)] = cpu::lane_sum<32>(end - begin, [&](int64_t i) {
+            return double(data[begin + i]) * double(data[begin + i]);
+          });
         }
       });
     });
