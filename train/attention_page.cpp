@@ -46,20 +46,28 @@ std::vector<double> one_image(const Tensor& p, const models::AttentionLayout& a,
   return p.to(DType::f64).contiguous().to_vector<double>();
 }
 
-// d[i·Tk + k]: the distance in input pixels from patch query r0 + i (token r0 + i; r0 ≥ cls) to key k's
-// receptive-field centre, for the queries r0 .. r1 − 1; the cls key has no place on the image: 0.
-std::vector<double> query_key_distances(const models::AttentionLayout& a, int64_t r0, int64_t r1) {
-  const int64_t Tk = a.keys(), cls = a.cls;
-  std::vector<double> d(size_t((r1 - r0) * Tk), 0.0);
-  for (int64_t i = 0; i < r1 - r0; ++i) {
+// d[i, k]: the distance in input pixels from patch query r0 + i (token r0 + i; r0 ≥ cls) to key k's
+// receptive-field centre, for the queries r0 .. r1 − 1; the cls key has no place on the image: 0. A tensor
+// (r1 − r0, Tk) of `dt` on `device`, made there from the r1 − r0 query and Tk key centres: add_streamed
+// runs chunk after chunk on the model's device, where a host table would be rebuilt and copied across for
+// every chunk.
+Tensor query_key_distances(const models::AttentionLayout& a, int64_t r0, int64_t r1, DType dt, Device device) {
+  const int64_t Tk = a.keys(), cls = a.cls, n = r1 - r0;
+  std::vector<double> qy(static_cast<size_t>(n)), qx(static_cast<size_t>(n)), ky(static_cast<size_t>(Tk)),
+      kx(static_cast<size_t>(Tk)), patch(static_cast<size_t>(Tk));
+  for (int64_t i = 0; i < n; ++i) {
     const int64_t qi = r0 + i - cls;
-    const double qy = a.query_origin + a.query_step * double(qi / a.query_cols),
-                 qx = a.query_origin + a.query_step * double(qi % a.query_cols);
-    for (int64_t k = cls; k < Tk; ++k)
-      d[size_t(i * Tk + k)] = std::hypot(a.key_origin + a.key_step * double((k - cls) / a.key_cols) - qy,
-                                         a.key_origin + a.key_step * double((k - cls) % a.key_cols) - qx);
+    qy[size_t(i)] = a.query_origin + a.query_step * double(qi / a.query_cols);
+    qx[size_t(i)] = a.query_origin + a.query_step * double(qi % a.query_cols);
   }
-  return d;
+  for (int64_t k = cls; k < Tk; ++k) {
+    ky[size_t(k)] = a.key_origin + a.key_step * double((k - cls) / a.key_cols);
+    kx[size_t(k)] = a.key_origin + a.key_step * double((k - cls) % a.key_cols);
+    patch[size_t(k)] = 1.0;  // the cls key: 0
+  }
+  auto put = [&](const std::vector<double>& v, Shape shape) { return Tensor::from(v, shape).to(dt).to(device); };
+  const Tensor dy = sub(put(ky, {1, Tk}), put(qy, {n, 1})), dx = sub(put(kx, {1, Tk}), put(qx, {n, 1}));
+  return mul(sqrt(add(mul(dy, dy), mul(dx, dx))), put(patch, {1, Tk}));
 }
 
 HeatMap key_grid(const models::AttentionLayout& a) {
@@ -79,7 +87,7 @@ void AttentionStatistics::add(const Tensor& probs) {
   if (!probs.defined() || probs.dim() != 4)
     throw std::invalid_argument("layer " + std::to_string(a.layer) + ": attention statistics need (B, heads, Tq, Tk) probabilities");
   const int64_t Tq = a.queries(), Tk = a.keys(), cls = a.cls;
-  const std::vector<double> d = query_key_distances(a, cls, Tq);
+  const std::vector<double> d = query_key_distances(a, cls, Tq, DType::f64, Device::CPU).to_vector<double>();
   for (int64_t b = 0; b < probs.size(0); ++b) {
     const std::vector<double> p = one_image(probs.select(0, b), a, heads_);
     for (size_t j = 0; j < heads_.size(); ++j)
@@ -119,14 +127,14 @@ void AttentionStatistics::add_streamed(const Tensor& q, const Tensor& k, double 
   const Tensor kept = Tensor::from(heads_, {H}).to(q.device());
   const Tensor qh = index_select(q.detach().to(dt), 1, kept), kt = index_select(k.detach().to(dt), 1, kept).transpose(-1, -2);
   for (int64_t r0 = cls; r0 < Tq; r0 += rows) {
-    const int64_t r1 = std::min(Tq, r0 + rows), n = r1 - r0;
+    const int64_t r1 = std::min(Tq, r0 + rows);
     // z = s − max_k s, so that both terms of the entropy stay small whatever the scores' size (f32).
-    const Tensor s = mul(matmul(qh.slice(2, r0, r1), kt), scale);  // (B, H, n, Tk)
+    const Tensor s = mul(matmul(qh.slice(2, r0, r1), kt), scale);  // (B, H, r1 − r0, Tk)
     const Tensor z = sub(s, max(s, {-1}, true));
     const Tensor lse = log(sum(exp(z), {-1}, true));               // of z
     const Tensor p = exp(sub(z, lse));
     const Tensor entropy = sub(lse, sum(mul(p, z), {-1}, true));    // −Σ p·ln p = lse − Σ p·z
-    const Tensor d = Tensor::from(query_key_distances(a, r0, r1), {n, Tk}).to(dt).to(q.device());
+    const Tensor d = query_key_distances(a, r0, r1, dt, q.device());  // (r1 − r0, Tk)
     auto per_head = [&](const Tensor& x) { return sum(x, {0, 2, 3}).to_vector<double>(); };
     const std::vector<double> e = per_head(entropy), dist = per_head(mul(p, d));
     const std::vector<double> share = cls ? per_head(p.slice(3, 0, 1)) : std::vector<double>(size_t(H), 0.0);
