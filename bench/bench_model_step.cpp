@@ -71,30 +71,30 @@ void hooked_infer(benchmark::State& state, const std::string& preset, int64_t ba
   Setup s = make_setup(preset, batch, image_size);
   Generator gen(11);
   models::AttentionHooks hooks;
-  std::vector<std::pair<int64_t, Tensor>> captured;
+  models::AttentionCapture captured;
   if (hooks_kind == "unwatched") {
     hooks.layers = {-1};
     hooks.forward = [](int64_t, models::AttentionPart, const Tensor&) {};
   } else if (hooks_kind == "capture") {
-    hooks = models::capture_probabilities(captured);
+    hooks = models::capture_attention(captured, {}, std::nullopt);
   } else if (hooks_kind == "backward") {
     hooks.backward = [](int64_t, models::AttentionPart, const Tensor&) {};
   }
   if (hooks_kind == "gates") {  // one gate of 1 per head of every layer, the shapes the model has
-    std::vector<std::pair<int64_t, Tensor>> probe;
-    const models::AttentionHooks shapes = models::capture_probabilities(probe);
+    models::AttentionCapture probe;
+    const models::AttentionHooks shapes = models::capture_attention(probe, {}, std::nullopt);
     s.model->set_attention_hooks(&shapes);
     {
       NoGradGuard no_grad;
       s.model->forward(s.images.slice(0, 0, 1), false, gen);
     }
-    for (const auto& [l, p] : probe) hooks.gates[l] = Tensor::ones({p.size(1)});
+    for (const auto& [l, p] : probe.probs) hooks.gates[l] = Tensor::ones({p.size(1)});
   }
   s.model->set_attention_hooks(hooks_kind == "none" ? nullptr : &hooks);
   Tensor images = s.images;
   if (hooks_kind == "backward") images.set_requires_grad(true);
   for (auto _ : state) {
-    captured.clear();
+    captured.probs.clear();
     std::optional<NoGradGuard> no_grad;
     if (hooks_kind != "backward") no_grad.emplace();
     Tensor logits = s.model->forward(images, /*training=*/false, gen);

@@ -55,15 +55,6 @@ Tensor BatchNorm2d::operator()(const Tensor& x, bool training) const {
   return cast_to(y, x.dtype());
 }
 
-AttentionHooks capture_probabilities(std::vector<std::pair<int64_t, Tensor>>& out, std::vector<int64_t> layers) {
-  AttentionHooks hooks;
-  hooks.layers = std::move(layers);
-  hooks.forward = [&out](int64_t layer, AttentionPart part, const Tensor& x) {
-    if (part == AttentionPart::Probs) out.emplace_back(layer, x);
-  };
-  return hooks;
-}
-
 AttentionHooks capture_attention(AttentionCapture& out, std::vector<int64_t> query_key_layers,
                                  std::optional<std::vector<int64_t>> probability_layers) {
   AttentionHooks hooks;
@@ -75,7 +66,7 @@ AttentionHooks capture_attention(AttentionCapture& out, std::vector<int64_t> que
   }
   hooks.forward = [&out, qk = std::move(query_key_layers)](int64_t layer, AttentionPart part, const Tensor& x) {
     const bool split = std::find(qk.begin(), qk.end(), layer) != qk.end();
-    if (part == AttentionPart::Probs) out.probs[layer] = x.detach().to(DType::f32);
+    if (part == AttentionPart::Probs) out.probs[layer] = x.detach().to(x.dtype() == DType::f64 ? DType::f64 : DType::f32);
     else if (split && part == AttentionPart::Query) out.queries[layer] = x.detach();
     else if (split && part == AttentionPart::Key) out.keys[layer] = x.detach();
   };

@@ -104,12 +104,9 @@ struct AttentionHooks {
   }
 };
 
-// Hooks that append each chosen layer's probabilities (layer, (B, heads, Tq, Tk)) to `out` in forward.
-// `out` must outlive the hooks' use.
-AttentionHooks capture_probabilities(std::vector<std::pair<int64_t, Tensor>>& out, std::vector<int64_t> layers = {});
-
 // What capture_attention keeps from a forward pass, per layer, detached: the split heads q (B, heads, Tq, D)
-// and k (B, heads, Tk, D) of its query-key layers and the probabilities (f32) of its probability layers.
+// and k (B, heads, Tk, D) of its query-key layers and the probabilities (B, heads, Tq, Tk) of its
+// probability layers (f32; f64 for an f64 model).
 struct AttentionCapture {
   std::map<int64_t, Tensor> queries, keys, probs;
 };

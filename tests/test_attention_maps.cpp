@@ -122,8 +122,9 @@ TEST_CASE("attention probabilities equal transformers' (fixtures)") {
     INFO(name);
     AttnFixture fx(name);
     auto model = fx.model();
-    std::vector<std::pair<int64_t, Tensor>> captured;
-    const AttentionHooks capture = capture_probabilities(captured);
+    AttentionCapture kept;
+    const AttentionHooks capture = capture_attention(kept, {}, std::nullopt);
+    const std::map<int64_t, Tensor>& captured = kept.probs;
     Generator gen(0);
     {
       NoGradGuard ng;

@@ -701,8 +701,9 @@ TEST_CASE("attention capture: every layer's and head's probabilities, without ch
     Tensor x = random_images(3, 2, 32, 32);
     Generator g1(1), g2(1);
     const auto plain = model->forward(x, false, g1).to_vector<float>();
-    std::vector<std::pair<int64_t, Tensor>> all;
-    const AttentionHooks capture_all = capture_probabilities(all);
+    AttentionCapture kept_all;
+    const AttentionHooks capture_all = capture_attention(kept_all, {}, std::nullopt);
+    const std::map<int64_t, Tensor>& all = kept_all.probs;
     model->set_attention_hooks(&capture_all);
     CHECK(model->forward(x, false, g2).to_vector<float>() == plain);  // recording changes nothing
     model->set_attention_hooks(nullptr);
@@ -711,8 +712,8 @@ TEST_CASE("attention capture: every layer's and head's probabilities, without ch
     const size_t layers = vit ? 2 : 1 + 2 + 3;
     REQUIRE(all.size() == layers);
     for (size_t i = 0; i < layers; ++i) {
-      const auto& [layer, p] = all[i];
-      CHECK(layer == int64_t(i));
+      REQUIRE(all.count(int64_t(i)) == 1);
+      const Tensor& p = all.at(int64_t(i));
       REQUIRE(p.dim() == 4);
       CHECK(p.size(0) == 2);
       if (vit) {
@@ -728,14 +729,15 @@ TEST_CASE("attention capture: every layer's and head's probabilities, without ch
       for (double r : rows.to_vector<double>()) CHECK(r == doctest::Approx(1.0).epsilon(1e-6));
       CHECK(-max(neg(p)).item() >= 0);  // no negative probability
     }
-    std::vector<std::pair<int64_t, Tensor>> some;
-    const AttentionHooks capture_some = capture_probabilities(some, {1});
+    AttentionCapture kept_some;
+    const AttentionHooks capture_some = capture_attention(kept_some, {}, std::vector<int64_t>{1});
+    const std::map<int64_t, Tensor>& some = kept_some.probs;
     model->set_attention_hooks(&capture_some);
     model->forward(x, false, g2);
     model->set_attention_hooks(nullptr);
     REQUIRE(some.size() == 1);
-    CHECK(some[0].first == 1);
-    CHECK(some[0].second.to_vector<float>() == all[1].second.to_vector<float>());
+    REQUIRE(some.count(1) == 1);
+    CHECK(some.at(1).to_vector<float>() == all.at(1).to_vector<float>());
   }
 }
 

@@ -712,15 +712,15 @@ void run_attn(AttnOptions o) {
     logits = g.logits.to(Device::CPU).to(DType::f64);
     recorded = std::move(g.probs), recorded_grads = std::move(g.grads), explained = std::move(g.classes);
   } else {
-    std::vector<std::pair<int64_t, Tensor>> probs;
-    models::AttentionHooks capture = models::capture_probabilities(probs, watched);
+    models::AttentionCapture kept;
+    models::AttentionHooks capture = models::capture_attention(kept, {}, watched);
     capture.gates = gates;
     NoGradGuard no_grad;
     Generator unused(0);  // eval mode draws nothing
     model->set_attention_hooks(&capture);
     logits = model->forward(pixels.to(device), /*training=*/false, unused).to(Device::CPU).to(DType::f64);
     model->set_attention_hooks(nullptr);
-    for (auto& [l, p] : probs) recorded[l] = p;
+    recorded = std::move(kept.probs);
   }
   for (auto* m : {&recorded, &recorded_grads})  // the analysis below runs on the host
     for (auto& [l, t] : *m) t = t.to(Device::CPU);
