@@ -24,7 +24,7 @@ CpuPeak cpu_fma_peak(int threads, double seconds = 0.3);
 // the processor manuals document; the widened path keeps them.
 bool cpu_has_avx512_bf16();
 void set_cpu_bf16_dot_products(bool use);  // true is ignored where the processor lacks them
-bool cpu_bf16_dot_products();
+bool cpu_bf16_dot_products();              // the setting, or else the processor's default
 
 // How CUDA GEMMs on fp32 data may compute. bf16 tensors always use bf16 inputs with fp32 accumulation.
 enum class MatmulPrecision { Highest /* fp32 */, High /* tf32 */ };

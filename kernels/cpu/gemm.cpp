@@ -7,6 +7,7 @@
 // dot products where the processor has them, else widened to fp32 (gemm_bf16, below). fp64 is a plain
 // reference loop (used by the float64 gradient checks).
 #include <algorithm>
+#include <bit>
 #include <atomic>
 #include <cstring>
 #include <vector>
@@ -263,6 +264,11 @@ void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N
 //    pair, each broadcast to every lane. An odd depth pads its last pair with a zero.
 //  widened: the operands converted to fp32 for gemm_f32 (no AVX512-BF16, or a product too small to
 //    repay packing). Same products (exact in fp32), another summation order.
+// Which is faster depends on the core. AMD's Zen 4 issues VDPBF16PS as often as a 512-bit FMA: the dot
+// products ran 1.7-2.2× the fp32 kernel there. An Intel Xeon with two 512-bit FMA ports issues it at half
+// the FMA's rate: there the widened path won on large products (1024³: 216 against 142 GFLOP/s) and lost on
+// deep weight gradients (32/8192/32: 52 against 109), and the small CvT's bf16 steps were level either way
+// (bench/RESULTS.md). So the dot products stay the default wherever the processor has them.
 constexpr int64_t MR16 = 8, NR16 = 32;
 constexpr int64_t KC16 = 512;      // depth per packed panel: a 32-column B panel is 32 KiB, an A panel 8 KiB
 constexpr int64_t MC16 = 96;       // rows per task (12 micro-panels)
@@ -463,11 +469,15 @@ void gemm_bf16_native(const Operand16& A, const Operand16& B, bf16_t* C, float* 
 #endif
 }
 
-// op(X) widened to fp32, stored as X is (same ld, same transposition).
+// op(X) widened to fp32, stored as X is (same ld, same transposition); across the pool, in chunks whose
+// loop vectorises (a bf16 is the top half of its float).
 std::vector<float> widen(const Operand16& X) {
-  const int64_t stored_rows = X.trans ? X.cols : X.rows;
-  std::vector<float> wide(size_t(stored_rows * X.ld));
-  for (size_t i = 0; i < wide.size(); ++i) wide[i] = bf16_to_float(bf16_t{X.p[i]});
+  const int64_t stored_rows = X.trans ? X.cols : X.rows, n = stored_rows * X.ld;
+  std::vector<float> wide(static_cast<size_t>(n));
+  float* out = wide.data();
+  parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = std::bit_cast<float>(uint32_t(X.p[i]) << 16);
+  });
   return wide;
 }
 
