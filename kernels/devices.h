@@ -25,6 +25,17 @@ CpuPeak cpu_fma_peak(int threads, double seconds = 0.3);
 bool cpu_has_avx512_bf16();
 void set_cpu_bf16_dot_products(bool use);  // true is ignored where the processor lacks them
 bool cpu_bf16_dot_products();              // the setting, or else the processor's default
+// Restores, when it goes out of scope, the choice it found (code that sets it in between may throw).
+class CpuBf16DotProductsRestorer {
+ public:
+  CpuBf16DotProductsRestorer() : found_(cpu_bf16_dot_products()) {}
+  ~CpuBf16DotProductsRestorer() { set_cpu_bf16_dot_products(found_); }
+  CpuBf16DotProductsRestorer(const CpuBf16DotProductsRestorer&) = delete;
+  CpuBf16DotProductsRestorer& operator=(const CpuBf16DotProductsRestorer&) = delete;
+
+ private:
+  bool found_;
+};
 
 // How CUDA GEMMs on fp32 data may compute. bf16 tensors always use bf16 inputs with fp32 accumulation.
 enum class MatmulPrecision { Highest /* fp32 */, High /* tf32 */ };

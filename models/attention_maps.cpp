@@ -542,7 +542,7 @@ AttentionGradients attention_gradients(Model& model, const Tensor& pixels, const
                                            layers.empty() ? std::nullopt : std::optional(layers));  // empty: all
   hooks.gates = gates;
   hooks.backward = [&](int64_t layer, AttentionPart part, const Tensor& g) {
-    if (part == AttentionPart::Probs) out.grads[layer] = g.to(DType::f32);
+    if (part == AttentionPart::Probs) out.grads[layer] = g.to(g.dtype() == DType::f64 ? DType::f64 : DType::f32);
   };
   AnalysisPass pass(model, hooks);
   // The input is the graph's one leaf that requires grad: the backward reaches every attention layer.

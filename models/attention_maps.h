@@ -140,7 +140,7 @@ PixelMaps attention_map_to_pixels(const std::vector<Tensor>& probs, const std::v
 struct AttentionGradients {
   Tensor logits;                        // (B, classes) f32
   std::vector<int64_t> classes;         // the class explained, per image
-  std::map<int64_t, Tensor> probs, grads;  // layer -> (B, heads, Tq, Tk)
+  std::map<int64_t, Tensor> probs, grads;  // layer -> (B, heads, Tq, Tk), f32 (f64 for an f64 model)
   std::map<int64_t, Tensor> queries, keys;  // query_key_layers -> (B, heads, T, D)
 };
 AttentionGradients attention_gradients(Model& model, const Tensor& pixels, const std::vector<int64_t>& layers,

@@ -157,7 +157,8 @@ TEST_CASE("op registry, compare: the CPU in f32 against the CPU in f64") {
 // whose kernels multiply on the GEMM run again with it widened to fp32.
 TEST_CASE("op registry, compare: the CPU in bf16 against the CPU in f64") {
   int checked = 0;
-  const bool has_dot = cpu_has_avx512_bf16(), by_default = cpu_bf16_dot_products();
+  const bool has_dot = cpu_has_avx512_bf16();
+  const CpuBf16DotProductsRestorer restore;
   if (!has_dot) MESSAGE("bf16 dot products skipped: this processor lacks AVX512-BF16; the widened path runs");
   for (const bool dot : {true, false}) {
     if (dot && !has_dot) continue;
@@ -171,7 +172,6 @@ TEST_CASE("op registry, compare: the CPU in bf16 against the CPU in f64") {
         if (c.tags & kCpu) compare_case(e, c, DType::bf16, Device::CPU, 5000 + uint64_t(checked++));
     }
   }
-  set_cpu_bf16_dot_products(by_default);
   MESSAGE(checked << " cases compared");
 }
 

@@ -122,7 +122,7 @@ TEST_CASE("gemm in bf16 on the CPU: exact on integer data, alpha and beta, every
     for (double& x : v) x = std::floor(-3 + 7 * x);
     return Tensor::from(v, s, DType::f64);
   };
-  const bool by_default = cpu_bf16_dot_products();
+  const CpuBf16DotProductsRestorer restore;
   for (const bool dot : {true, false}) {
     set_cpu_bf16_dot_products(dot);
     for (const Case& c : cases) {
@@ -144,7 +144,6 @@ TEST_CASE("gemm in bf16 on the CPU: exact on integer data, alpha and beta, every
       CHECK(run(DType::bf16).to_vector<double>() == run(DType::f64).to(DType::bf16).to_vector<double>());
     }
   }
-  set_cpu_bf16_dot_products(by_default);
 }
 
 TEST_CASE("matmul: batches, broadcasting, vectors") {

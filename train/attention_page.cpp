@@ -46,29 +46,38 @@ std::vector<double> one_image(const Tensor& p, const models::AttentionLayout& a,
   return p.to(DType::f64).contiguous().to_vector<double>();
 }
 
-// d[i, k]: the distance in input pixels from patch query r0 + i (token r0 + i; r0 ≥ cls) to key k's
-// receptive-field centre, for the queries r0 .. r1 − 1; the cls key has no place on the image: 0. A tensor
-// (r1 − r0, Tk) of `dt` on `device`, made there from the r1 − r0 query and Tk key centres: add_streamed
-// runs chunk after chunk on the model's device, where a host table would be rebuilt and copied across for
-// every chunk.
-Tensor query_key_distances(const models::AttentionLayout& a, int64_t r0, int64_t r1, DType dt, Device device) {
-  const int64_t Tk = a.keys(), cls = a.cls, n = r1 - r0;
-  std::vector<double> qy(static_cast<size_t>(n)), qx(static_cast<size_t>(n)), ky(static_cast<size_t>(Tk)),
-      kx(static_cast<size_t>(Tk)), patch(static_cast<size_t>(Tk));
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t qi = r0 + i - cls;
-    qy[size_t(i)] = a.query_origin + a.query_step * double(qi / a.query_cols);
-    qx[size_t(i)] = a.query_origin + a.query_step * double(qi % a.query_cols);
+// The receptive-field centres, in input pixels, of a layout's patch queries ((Tq − cls, 1) tensors) and of
+// its keys ((1, Tk); the cls key has no place on the image and is masked out by `patch`), as tensors of `dt`
+// on `device`. add_streamed makes them once per call on the model's device and slices them per chunk, so
+// no Tq × Tk table is built on the host or copied across.
+struct Centres {
+  Tensor qy, qx, ky, kx, patch;
+  Centres(const models::AttentionLayout& a, DType dt, Device device) : cls_(a.cls) {
+    const int64_t Tq = a.queries(), Tk = a.keys(), n = Tq - cls_;
+    std::vector<double> y(static_cast<size_t>(n)), x(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      y[size_t(i)] = a.query_origin + a.query_step * double(i / a.query_cols);
+      x[size_t(i)] = a.query_origin + a.query_step * double(i % a.query_cols);
+    }
+    std::vector<double> key_y(static_cast<size_t>(Tk)), key_x(static_cast<size_t>(Tk)), mask(static_cast<size_t>(Tk));
+    for (int64_t k = cls_; k < Tk; ++k) {
+      key_y[size_t(k)] = a.key_origin + a.key_step * double((k - cls_) / a.key_cols);
+      key_x[size_t(k)] = a.key_origin + a.key_step * double((k - cls_) % a.key_cols);
+      mask[size_t(k)] = 1.0;
+    }
+    auto put = [&](const std::vector<double>& v, Shape shape) { return Tensor::from(v, shape).to(dt).to(device); };
+    qy = put(y, {n, 1}), qx = put(x, {n, 1}), ky = put(key_y, {1, Tk}), kx = put(key_x, {1, Tk}), patch = put(mask, {1, Tk});
   }
-  for (int64_t k = cls; k < Tk; ++k) {
-    ky[size_t(k)] = a.key_origin + a.key_step * double((k - cls) / a.key_cols);
-    kx[size_t(k)] = a.key_origin + a.key_step * double((k - cls) % a.key_cols);
-    patch[size_t(k)] = 1.0;  // the cls key: 0
+  // d[i, k]: the distance from patch query r0 + i (token r0 + i; r0 ≥ cls) to key k, for the queries
+  // r0 .. r1 − 1, (r1 − r0, Tk); 0 for the cls key.
+  Tensor distances(int64_t r0, int64_t r1) const {
+    const Tensor dy = sub(ky, qy.slice(0, r0 - cls_, r1 - cls_)), dx = sub(kx, qx.slice(0, r0 - cls_, r1 - cls_));
+    return mul(sqrt(add(mul(dy, dy), mul(dx, dx))), patch);
   }
-  auto put = [&](const std::vector<double>& v, Shape shape) { return Tensor::from(v, shape).to(dt).to(device); };
-  const Tensor dy = sub(put(ky, {1, Tk}), put(qy, {n, 1})), dx = sub(put(kx, {1, Tk}), put(qx, {n, 1}));
-  return mul(sqrt(add(mul(dy, dy), mul(dx, dx))), put(patch, {1, Tk}));
-}
+
+ private:
+  int64_t cls_;
+};
 
 HeatMap key_grid(const models::AttentionLayout& a) {
   HeatMap m;
@@ -87,7 +96,7 @@ void AttentionStatistics::add(const Tensor& probs) {
   if (!probs.defined() || probs.dim() != 4)
     throw std::invalid_argument("layer " + std::to_string(a.layer) + ": attention statistics need (B, heads, Tq, Tk) probabilities");
   const int64_t Tq = a.queries(), Tk = a.keys(), cls = a.cls;
-  const std::vector<double> d = query_key_distances(a, cls, Tq, DType::f64, Device::CPU).to_vector<double>();
+  const std::vector<double> d = Centres(a, DType::f64, Device::CPU).distances(cls, Tq).to_vector<double>();
   for (int64_t b = 0; b < probs.size(0); ++b) {
     const std::vector<double> p = one_image(probs.select(0, b), a, heads_);
     for (size_t j = 0; j < heads_.size(); ++j)
@@ -126,6 +135,7 @@ void AttentionStatistics::add_streamed(const Tensor& q, const Tensor& k, double 
   const DType dt = q.dtype() == DType::f64 ? DType::f64 : DType::f32;
   const Tensor kept = Tensor::from(heads_, {H}).to(q.device());
   const Tensor qh = index_select(q.detach().to(dt), 1, kept), kt = index_select(k.detach().to(dt), 1, kept).transpose(-1, -2);
+  const Centres centres(a, dt, q.device());
   for (int64_t r0 = cls; r0 < Tq; r0 += rows) {
     const int64_t r1 = std::min(Tq, r0 + rows);
     // z = s − max_k s, so that both terms of the entropy stay small whatever the scores' size (f32).
@@ -134,7 +144,7 @@ void AttentionStatistics::add_streamed(const Tensor& q, const Tensor& k, double 
     const Tensor lse = log(sum(exp(z), {-1}, true));               // of z
     const Tensor p = exp(sub(z, lse));
     const Tensor entropy = sub(lse, sum(mul(p, z), {-1}, true));    // −Σ p·ln p = lse − Σ p·z
-    const Tensor d = query_key_distances(a, r0, r1, dt, q.device());  // (r1 − r0, Tk)
+    const Tensor d = centres.distances(r0, r1);  // (r1 − r0, Tk)
     auto per_head = [&](const Tensor& x) { return sum(x, {0, 2, 3}).to_vector<double>(); };
     const std::vector<double> e = per_head(entropy), dist = per_head(mul(p, d));
     const std::vector<double> share = cls ? per_head(p.slice(3, 0, 1)) : std::vector<double>(size_t(H), 0.0);

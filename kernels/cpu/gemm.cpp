@@ -1,13 +1,12 @@
 // CPU GEMM. fp32: the classic packed, cache-blocked design (Goto & van de Geijn, "Anatomy of
 // High-Performance Matrix Multiplication", 2008): B is packed into KC×NR panels that stay in L2/L3, A
 // into MR×KC micro-panels that stay in L1, and a register-tile micro-kernel written with GCC vector
-// extensions (8 × 32 with AVX-512, 6 × 16 with AVX2, under -march=native) does the arithmetic. Tiles of C are spread over
-// the thread pool; a deep product with few tiles splits its depth instead (gemm_f32_depth_split), and one
-// too small to repay the packing runs in place (gemm_direct). bf16: the same blocking around AVX512-BF16
+// extensions (8 × 32 with AVX-512, 6 × 16 with AVX2, under -march=native) does the arithmetic. Tiles of C
+// are spread over the thread pool; a deep product with few tiles splits its depth instead
+// (gemm_f32_depth_split), and one too small to repay the packing runs in place (gemm_direct). bf16: the same blocking around AVX512-BF16
 // dot products where the processor has them, else widened to fp32 (gemm_bf16, below). fp64 is a plain
 // reference loop (used by the float64 gradient checks).
 #include <algorithm>
-#include <bit>
 #include <atomic>
 #include <cstring>
 #include <vector>
@@ -19,17 +18,17 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "engine/core/parallel.h"
 
-
 namespace tessera {
 
 namespace {
 
 // The register tile is MR rows × two vectors, 2·MR accumulators. With AVX-512 a vector is 16 floats and the
-// tile 8 × 32: Intel cores with two 512-bit FMA ports retire twice the multiply-adds of 256-bit code
-// (bench/RESULTS.md: 1.3-1.9× on bench_gemm's shapes, 8 rows ahead of 6 and 12 and well ahead of 4), and
-// AMD's, which split a 512-bit FMA into two halves, ran level with a 6 × 32 tile. Without AVX-512 a vector is 8 floats and the tile
-// 6 × 16, whose 12 accumulators leave AVX2's 16 registers room for the B row and the broadcast. The sums
-// run along k in the same order whatever the tile, so results do not depend on it.
+// tile 8 × 32: an Intel Xeon with two 512-bit FMA ports retires twice the multiply-adds of 256-bit code
+// (bench/RESULTS.md: 1.4-2.0× on bench_gemm's shapes; 8 rows level with 12, ahead of 6 and 4). On AMD's
+// Zen 4, which splits a 512-bit FMA into two halves, a 6 × 32 tile ran level with 6 × 16; 8 × 32 has not
+// been measured there. Otherwise (AVX2) a vector is 8 floats and the tile 6 × 16, whose 12 accumulators
+// leave AVX2's 16 registers room for the B row and the broadcast. Each element's sum runs along k in the
+// same order and ends in the same epilogue whatever the tile, so results do not depend on it.
 #if defined(__AVX512F__)
 constexpr int64_t kVecFloats = 16, MR = 8;
 #else
@@ -40,6 +39,7 @@ constexpr int64_t NR = 2 * kVecFloats;
 constexpr int64_t KC = 256;         // depth of a packed panel: an MR×KC A panel (6-8 KiB) stays in L1
 constexpr int64_t MC = 96;          // rows of A packed per task: 96×256×4 = 96 KiB (L2)
 constexpr int64_t NC_TASK = 256;    // columns of C per task
+static_assert(MC % MR == 0 && NC_TASK % NR == 0, "a task's rows and columns are whole micro-panels");
 
 struct Operand {  // element (r, c) of op(X) for a contiguous row-major X
   const float* p;
@@ -107,26 +107,33 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
       c[i][1] += a * b1;
     }
   }
-  if (rows == MR && cols == NR) {  // a whole tile: vector stores (with a shallow K they are most of the work)
-    const vec va = vec{} + alpha, vb = vec{} + beta;
-    for (int64_t i = 0; i < MR; ++i) {
-      float* out = C + i * ldc;
-      for (int64_t h = 0; h < 2; ++h) {
-        vec r = va * c[i][h];
-        if (beta != 0.f) {  // beta 0: never read C
-          vec old;
-          std::memcpy(&old, out + kVecFloats * h, sizeof(vec));
-          r += vb * old;
-        }
-        std::memcpy(out + kVecFloats * h, &r, sizeof(vec));
-      }
-    }
-    return;
+  // alpha·sum + beta·C by one vector formula for every element, in a whole tile or an edge one (through a
+  // zero-padded copy): which elements sit in an edge tile depends on MR and NR, and a second, scalar
+  // formula would round them differently, so results would depend on the tile. Vector stores also matter
+  // for speed: with a shallow K they are most of the work.
+  const bool whole = rows == MR && cols == NR;
+  alignas(64) float edge[MR][NR];
+  float* out = whole ? C : &edge[0][0];
+  const int64_t ld = whole ? ldc : NR;
+  if (!whole) {
+    std::memset(edge, 0, sizeof edge);
+    if (beta != 0.f)
+      for (int64_t i = 0; i < rows; ++i) std::memcpy(edge[i], C + i * ldc, size_t(cols) * sizeof(float));
   }
-  float tile[MR][NR];
-  std::memcpy(tile, c, sizeof(tile));
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) store_scaled(C[i * ldc + j], tile[i][j], alpha, beta);
+  const vec va = vec{} + alpha, vb = vec{} + beta;
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t h = 0; h < 2; ++h) {
+      float* o = out + i * ld + kVecFloats * h;
+      vec r = va * c[i][h];
+      if (beta != 0.f) {  // beta 0: never read C
+        vec old;
+        std::memcpy(&old, o, sizeof(vec));
+        r += vb * old;
+      }
+      std::memcpy(o, &r, sizeof(vec));
+    }
+  if (!whole)
+    for (int64_t i = 0; i < rows; ++i) std::memcpy(C + i * ldc, edge[i], size_t(cols) * sizeof(float));
 }
 
 // Depth slices for a deep product with few output tiles: 4 packed panels each.
@@ -267,8 +274,8 @@ void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N
 // Which is faster depends on the core. AMD's Zen 4 issues VDPBF16PS as often as a 512-bit FMA: the dot
 // products ran 1.7-2.2× the fp32 kernel there. An Intel Xeon with two 512-bit FMA ports issues it at half
 // the FMA's rate: there the widened path won on large products (1024³: 216 against 142 GFLOP/s) and lost on
-// deep weight gradients (32/8192/32: 52 against 109), and the small CvT's bf16 steps were level either way
-// (bench/RESULTS.md). So the dot products stay the default wherever the processor has them.
+// deep weight gradients (32/8192/32: 52 against 109), and the small CvT's bf16 steps gained nothing
+// (training level, inference 6 % slower; bench/RESULTS.md). So the dot products stay the default wherever the processor has them.
 constexpr int64_t MR16 = 8, NR16 = 32;
 constexpr int64_t KC16 = 512;      // depth per packed panel: a 32-column B panel is 32 KiB, an A panel 8 KiB
 constexpr int64_t MC16 = 96;       // rows per task (12 micro-panels)
@@ -470,13 +477,13 @@ void gemm_bf16_native(const Operand16& A, const Operand16& B, bf16_t* C, float* 
 }
 
 // op(X) widened to fp32, stored as X is (same ld, same transposition); across the pool, in chunks whose
-// loop vectorises (a bf16 is the top half of its float).
+// loop vectorises (bf16_to_float is a shift).
 std::vector<float> widen(const Operand16& X) {
   const int64_t stored_rows = X.trans ? X.cols : X.rows, n = stored_rows * X.ld;
   std::vector<float> wide(static_cast<size_t>(n));
   float* out = wide.data();
   parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) out[i] = std::bit_cast<float>(uint32_t(X.p[i]) << 16);
+    for (int64_t i = i0; i < i1; ++i) out[i] = bf16_to_float(bf16_t{X.p[i]});
   });
   return wide;
 }

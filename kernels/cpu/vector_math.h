@@ -1,6 +1,8 @@
-// Float math for the CPU's GELU and softmax loops in a form the compiler inlines and vectorises: libm's erff and expf
-// are opaque calls that keeps every loop around it scalar. Only the float paths use it; double keeps std::erf,
-// the exact reference the float64 gradient checks compare against.
+// Math for the CPU's loops in a form the compiler inlines and vectorises. erf and exp for the float GELU and
+// softmax loops: libm's erff and expf are opaque calls that keep every loop around them scalar (only the
+// float paths use these; double keeps std::erf, the exact reference the float64 gradient checks compare
+// against). lane_sum for the double row sums (layer norm, gradient clipping): one running sum would wait on
+// its previous add for every element.
 #pragma once
 #include <bit>
 #include <cstdint>
