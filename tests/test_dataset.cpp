@@ -310,7 +310,7 @@ TEST_CASE("dataset: stratified split - sizes, proportions, disjoint, covering, s
   CHECK_THROWS_AS(stratified_split(synthetic({1, 1}), 0.1, 1), DatasetError);  // empty validation
 }
 
-TEST_CASE("dataset: grouped split - whole groups, stratified, seeded; singletons are the stratified split") {
+TEST_CASE("dataset: grouped split - whole groups, stratified, seeded, and singletons are the stratified split") {
   const std::vector<int> counts{826, 822, 395, 827};
   DatasetSplit d = synthetic(counts);
   // Every sample its own group: draw for draw the stratified split.

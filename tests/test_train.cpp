@@ -223,7 +223,7 @@ TEST_CASE("the progress bar writes a line per quarter epoch when not on a termin
   CHECK(format_duration(65) == "1:05");
 }
 
-TEST_CASE("evaluation finds each class folder by name in the model's labels; a missing class is reported") {
+TEST_CASE("evaluation finds each class folder by name in the model's labels, and a missing class is reported") {
   testing::TempDir dir("byname");
   make_synthetic_dataset(dir.path.string(), 11);
   // The first class (checkerboard) has no Testing folder: scanned by position, disc would become label 0.
@@ -320,7 +320,7 @@ TEST_CASE("resume: a missing folder, a lost last link, and a run with no complet
   CHECK_THROWS_WITH(last_checkpoint(dir.path.string(), notes), doctest::Contains("stopped before its first epoch ended"));
 }
 
-TEST_CASE("a checkpoint write that fails leaves no temporary folder; a killed run's leftovers are removed") {
+TEST_CASE("a checkpoint write that fails leaves no temporary folder, and a killed run's leftovers are removed") {
   testing::TempDir dir("tmpckpt");
   CheckpointFixture f;
   // The injected failure: trainer_state.json, the last file written, cannot be serialised (invalid UTF-8),
