@@ -8,6 +8,7 @@
 
 #include "engine/ops.h"
 #include "engine/random.h"
+#include "engine/core/autograd.h"
 #include "engine/core/backend.h"
 #include "engine/core/parallel.h"
 #include "kernels/devices.h"
@@ -224,4 +225,34 @@ TEST_CASE("with_gradient_hook: the identity, whose hook sees the gradient flowin
   CHECK_FALSE(with_gradient_hook(c, [&](const Tensor&) { ++calls; }).requires_grad());
   CHECK(calls == 1);
   CHECK_THROWS_AS(with_gradient_hook(x, nullptr), TensorError);
+}
+
+// A bias's gradient (autograd's sum_to over leading dims) goes to the backend's column_sums: the CPU sums
+// down the columns in place, by fixed row blocks; the composite copies to [C, R] and reduces rows. Both
+// sum in f64, in different orders: |difference| ≤ 2·R·2^-53·Σ|x| before the one rounding into the dtype,
+// so after it they differ by at most that plus one unit in the last place of the result.
+TEST_CASE("column_sums: the CPU's in-place sums equal the composite, and sum_to uses them for leading dims") {
+  Generator gen(17);
+  const std::vector<std::array<int64_t, 2>> shapes = {{0, 3}, {1, 1}, {1, 5}, {7, 1}, {257, 33}, {1000, 64}, {600, 3}};
+  for (const DType dt : {DType::f32, DType::f64, DType::bf16})
+    for (const auto& [R, C] : shapes) {
+      INFO(dtype_name(dt) << " R " << R << " C " << C);
+      const Tensor x = gen.uniform({R, C}, -1, 1, DType::f64).to(dt);
+      Tensor got = Tensor::empty({C}, dt), want = Tensor::empty({C}, dt);
+      backend(Device::CPU).column_sums(x, got);
+      backend(Device::CPU).Backend::column_sums(x, want);  // the composite
+      const double ulp = dt == DType::bf16 ? 0x1p-8 : dt == DType::f32 ? 0x1p-24 : 0x1p-53;
+      const std::vector<double> g = got.to(DType::f64).to_vector<double>(), w = want.to(DType::f64).to_vector<double>();
+      const double mass = double(R);  // Σ|x| down a column: |x| ≤ 1
+      for (size_t c = 0; c < size_t(C); ++c) CHECK(std::abs(g[c] - w[c]) <= 2.0 * double(R) * 0x1p-53 * mass + 2 * ulp * std::abs(w[c]));
+      if (R == 0)
+        for (double v : g) CHECK(v == 0.0);
+    }
+  // sum_to over leading dims and over inner ones, against sum().
+  const Tensor g = gen.uniform({4, 5, 6}, -1, 1, DType::f64);
+  CHECK_CLOSE(sum_to(g, {6}), sum(g, {0, 1}), 1e-14, 0);
+  CHECK_CLOSE(sum_to(g, {1, 1, 6}), sum(g, {0, 1}, true), 1e-14, 0);
+  CHECK_CLOSE(sum_to(g, {5, 6}), sum(g, {0}), 1e-14, 0);
+  CHECK_CLOSE(sum_to(g, {4, 1, 6}), sum(g, {1}, true), 1e-14, 0);  // an inner dim: the row reduction
+  CHECK_CLOSE(sum_to(g.transpose(0, 1), {4, 6}), sum(g.transpose(0, 1), {0}), 1e-14, 0);  // not contiguous
 }

@@ -47,7 +47,9 @@ Tensor sum_to(const Tensor& grad, const Shape& shape) {
   if (grad.shape() == shape) return grad;
   int64_t lead = grad.dim() - int64_t(shape.size());
   TS_CHECK(lead >= 0, "sum_to: cannot reduce " + grad.str() + " to " + shape_str(shape));
-  // Kept dims first, summed dims last, as rows [outer, R] for the backend's row reduction.
+  // Summed dims that all lead (a bias's gradient) are the rows of a contiguous [R, outer]: the backend sums
+  // its columns in place. Otherwise kept dims first, summed dims last, as rows [outer, R] for the backend's
+  // row reduction.
   std::vector<int64_t> kept, summed;
   int64_t R = 1;
   for (int64_t i = 0; i < grad.dim(); ++i) {
@@ -60,10 +62,14 @@ Tensor sum_to(const Tensor& grad, const Shape& shape) {
   }
   if (summed.empty()) return grad.reshape(shape);
   int64_t outer = R ? grad.numel() / R : shape_numel(shape);
+  Tensor out = Tensor::empty({outer}, grad.dtype(), grad.device());
+  if (!kept.empty() && summed.back() < kept.front() && grad.is_contiguous()) {  // leading dims (a bias)
+    if (outer) backend(grad.device()).column_sums(grad.detach().reshape({R, outer}), out);
+    return out.reshape(shape);
+  }
   std::vector<int64_t> perm = kept;
   perm.insert(perm.end(), summed.begin(), summed.end());
   Tensor rows = grad.detach().permute(perm).contiguous().reshape({outer, R});
-  Tensor out = Tensor::empty({outer}, grad.dtype(), grad.device());
   if (outer) backend(grad.device()).reduce(ReduceOp::Sum, rows, out, nullptr);
   return out.reshape(shape);
 }

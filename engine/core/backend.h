@@ -187,11 +187,16 @@ struct Conv2dArgs {
 // tensors untouched (x·1 = x). Composite: a few primitives per tensor; CUDA: multi-tensor kernels.
 #define TS_PARAMS_sum_of_squares (const std::vector<Tensor>& xs, Tensor& out)
 #define TS_PARAMS_scale (const std::vector<Tensor>& xs, const Tensor& factor)
+// Column sums: out [C] = Σ_r x[r, c] over a contiguous x [R, C] (R may be 0), summed in f64 and rounded once
+// into out's dtype, in an order fixed by the shape (the same result on every run). The bias gradient of a
+// broadcast add: autograd's sum_to over leading dims. Composite: a transposing copy to [C, R] and the row
+// reduction; a fused kernel reads x once in place.
+#define TS_PARAMS_column_sums (const Tensor& x, Tensor& out)
 
 #define TESSERA_FUSED_OPS(X)                                                                           \
   X(bias_gelu) X(bias_gelu_backward) X(drop_path) X(conv_embedding) X(conv_embedding_backward) \
   X(depthwise_conv2d_nhwc) X(depthwise_conv2d_nhwc_backward) X(batch_norm_nhwc) X(batch_norm_nhwc_backward) \
-  X(sum_of_squares) X(scale)
+  X(sum_of_squares) X(scale) X(column_sums)
 
 #define TS_PURE(op) virtual void op TS_PARAMS_##op = 0;
 #define TS_COMPOSITE(op) virtual void op TS_PARAMS_##op;

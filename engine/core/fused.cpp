@@ -128,6 +128,13 @@ void Backend::sum_of_squares(const std::vector<Tensor>& xs, Tensor& out) {
   }
 }
 
+void Backend::column_sums(const Tensor& x, Tensor& out) {
+  if (x.size(0) == 0) return fill(out, 0.0);  // no rows: every sum is empty
+  Tensor by_column = Tensor::empty({x.size(1), x.size(0)}, x.dtype(), device());
+  copy(x.transpose(0, 1), by_column);
+  reduce(ReduceOp::Sum, by_column, out, nullptr);
+}
+
 void Backend::scale(const std::vector<Tensor>& xs, const Tensor& factor) {
   for (const Tensor& x : xs) {
     Tensor f = Tensor::empty({}, x.dtype(), device());

@@ -237,6 +237,7 @@ class TimingBackend final : public Backend {
   }
   void sum_of_squares TS_PARAMS_sum_of_squares override { TS_TIMED(sum_of_squares, 0); inner_.sum_of_squares(xs, out); }
   void scale TS_PARAMS_scale override { TS_TIMED(scale, 0); inner_.scale(xs, factor); }
+  void column_sums TS_PARAMS_column_sums override { TS_TIMED(column_sums, 0); inner_.column_sums(x, out); }
 #undef TS_TIMED
 
  private:

@@ -79,6 +79,7 @@ bool convert_bf16_contiguous(const Tensor& src, Tensor& out) {
 }  // namespace
 
 void CpuBackend::copy(const Tensor& src, Tensor& out) {
+  if (out.numel() == 0) return;  // nothing to copy; the tiled transpose would divide by an empty dim
   if (convert_bf16_contiguous(src, out)) return;
   const Walk<2> w = coalesce<2>(out.shape(), {&src.strides(), &out.strides()});
   if (src.dtype() == out.dtype()) {

@@ -130,6 +130,7 @@ class CpuBf16 final : public Backend {
                                            w.out(dweight), w.out(dbias)))
   }
   void sum_of_squares TS_PARAMS_sum_of_squares override { k_.sum_of_squares(Widened(k_).in(xs), out); }
+  void column_sums TS_PARAMS_column_sums override { TS_WIDENED(k_.column_sums(w.in(x), w.out(out))) }
   void scale TS_PARAMS_scale override {  // in place: each bf16 tensor widened with its values, rounded back
     std::vector<Tensor> handles(xs.begin(), xs.end()), wide;  // lvalues for out(), sharing xs' storage
     Widened w(k_);

@@ -26,6 +26,7 @@ class CpuBackend final : public Backend {
   TS_OVERRIDE(batch_norm_nhwc)
   TS_OVERRIDE(batch_norm_nhwc_backward)
   TS_OVERRIDE(sum_of_squares)  // one parallel pass per tensor, no f64 copies
+  TS_OVERRIDE(column_sums)     // in place, by fixed row blocks: no transposing copy
   TS_OVERRIDE(scale)
 };
 

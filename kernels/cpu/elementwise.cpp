@@ -140,7 +140,7 @@ void CpuBackend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Ten
               widen(narrow<T>(widen(px[r * C + c]) + widen(pb[c]))), widen(pdy[r * C + c])));
     });
     if (!dbias.defined()) return;
-    const std::vector<double> sums = column_sums(pg, rows, C);
+    const std::vector<double> sums = tessera::column_sums(pg, rows, C);
     for (int64_t c = 0; c < C; ++c) dbias.data<T>()[c] = from_double<T>(sums[size_t(c)]);
   });
 }

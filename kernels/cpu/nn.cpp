@@ -783,7 +783,7 @@ void CpuBackend::conv_embedding_backward(const Tensor& dtokens, const Tensor& x,
     if (!conv_grads) return;
     const T* pg = dpre.data<T>();
     if (dbias.defined()) {
-      const std::vector<double> sums = column_sums(pg, pixels, C);
+      const std::vector<double> sums = tessera::column_sums(pg, pixels, C);
       for (int64_t c = 0; c < C; ++c) dbias.data<T>()[c] = T(sums[size_t(c)]);
     }
     if (!dx.defined() && !dweight.defined()) return;

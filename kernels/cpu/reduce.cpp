@@ -2,6 +2,7 @@
 // the GPU's reduction trees are measured against.
 #include "kernels/cpu/cpu_backend.h"
 #include "engine/core/parallel.h"
+#include "kernels/cpu/strided.h"
 
 namespace tessera {
 
@@ -32,6 +33,17 @@ void CpuBackend::reduce(ReduceOp op, const Tensor& x, Tensor& out, Tensor* indic
         }
       }
     });
+  });
+}
+
+void CpuBackend::column_sums(const Tensor& x, Tensor& out) {
+  TS_CHECK(x.dim() == 2 && x.is_contiguous() && out.is_contiguous() && out.numel() == x.size(1),
+           "column_sums: expects a contiguous [R, C] input and C outputs, got " + x.str() + " and " + out.str());
+  visit_float(x.dtype(), "column_sums", [&](auto tag) {
+    using T = decltype(tag);
+    const std::vector<double> sums = tessera::column_sums(x.data<T>(), x.size(0), x.size(1));
+    T* po = out.data<T>();
+    for (size_t c = 0; c < sums.size(); ++c) po[c] = T(sums[c]);
   });
 }
 
