@@ -3,9 +3,9 @@
 // into MR×KC micro-panels that stay in L1, and a register-tile micro-kernel written with GCC vector
 // extensions (8 × 32 with AVX-512, 6 × 16 with AVX2, under -march=native) does the arithmetic. Tiles of C
 // are spread over the thread pool; a deep product with few tiles splits its depth instead
-// (gemm_f32_depth_split), and one too small to repay the packing runs in place (gemm_direct). bf16: the same blocking around AVX512-BF16
-// dot products where the processor has them, else widened to fp32 (gemm_bf16, below). fp64 is a plain
-// reference loop (used by the float64 gradient checks).
+// (gemm_f32_depth_split), and one too small to repay the packing runs in place (gemm_direct). bf16: the
+// same blocking around AVX512-BF16 dot products where the processor has them, else widened to fp32
+// (gemm_bf16, below). fp64 is a plain reference loop (used by the float64 gradient checks).
 #include <algorithm>
 #include <atomic>
 #include <cstring>
@@ -275,7 +275,8 @@ void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N
 // products ran 1.7-2.2× the fp32 kernel there. An Intel Xeon with two 512-bit FMA ports issues it at half
 // the FMA's rate: there the widened path won on large products (1024³: 216 against 142 GFLOP/s) and lost on
 // deep weight gradients (32/8192/32: 52 against 109), and the small CvT's bf16 steps gained nothing
-// (training level, inference 6 % slower; bench/RESULTS.md). So the dot products stay the default wherever the processor has them.
+// (training level, inference 6 % slower; bench/RESULTS.md). So the dot products stay the default wherever
+// the processor has them.
 constexpr int64_t MR16 = 8, NR16 = 32;
 constexpr int64_t KC16 = 512;      // depth per packed panel: a 32-column B panel is 32 KiB, an A panel 8 KiB
 constexpr int64_t MC16 = 96;       // rows per task (12 micro-panels)

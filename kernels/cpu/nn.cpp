@@ -179,8 +179,10 @@ void CpuBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Te
           const double mu = sm.get(r), rs = sr.get(r);
           auto g_at = [&](int64_t c) { return to_double(gr[c]) * (pw ? to_double(pw[c]) : 1.0); };
           const double sg = cpu::lane_sum(C, g_at) / double(C),
-                       sgx = cpu::lane_sum(C, [&](int64_t c) { return g_at(c) * (to_double(xr[c]) - mu) * rs; }) / double(C);
-          for (int64_t c = 0; c < C; ++c) dr[c] = from_double<T>(rs * (g_at(c) - sg - (to_double(xr[c]) - mu) * rs * sgx));
+                       sgx = cpu::lane_sum(C, [&](int64_t c) { return g_at(c) * (to_double(xr[c]) - mu) * rs; }) /
+                             double(C);
+          for (int64_t c = 0; c < C; ++c)
+            dr[c] = from_double<T>(rs * (g_at(c) - sg - (to_double(xr[c]) - mu) * rs * sgx));
         }
       });
     }
