@@ -48,6 +48,65 @@ struct Operand {  // element (r, c) of op(X) for a contiguous row-major X
   float at(int64_t r, int64_t c) const { return trans ? p[c * ld + r] : p[r * ld + c]; }
 };
 
+#if defined(__AVX512F__)
+// dst[c·ldd + r] = src[r·lds + c] for a 16 × 16 block, in registers: pairs of rows interleaved by 32 then
+// 64 bits (each 128-bit lane then holds 4 rows of one column), and the 128-bit lanes transposed as a 4 × 4
+// block. 64 shuffles per 256 floats, against a scalar loop's 256 strided stores.
+inline void transpose16x16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 16; i += 2) {  // lane L: (r_i[4L], r_i+1[4L], r_i[4L+1], r_i+1[4L+1]), then 4L+2, 4L+3
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  const auto pd = [](__m512 x) { return _mm512_castps_pd(x); };
+  for (int g = 0; g < 16; g += 4) {  // r[g + c]'s lane L: rows g..g+3 of column 4L + c
+    r[g] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[g]), pd(t[g + 2])));
+    r[g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[g]), pd(t[g + 2])));
+    r[g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(t[g + 1]), pd(t[g + 3])));
+    r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[g + 1]), pd(t[g + 3])));
+  }
+  for (int c = 0; c < 4; ++c) {  // column 4L + c gathers lane L of r[c], r[4 + c], r[8 + c], r[12 + c]
+    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44), v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
+    const __m512 v2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44), v3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
+    _mm512_storeu_ps(dst + (c + 0) * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
+    _mm512_storeu_ps(dst + (c + 4) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+    _mm512_storeu_ps(dst + (c + 8) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
+    _mm512_storeu_ps(dst + (c + 12) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+  }
+}
+
+// The 8 × 16 block src[r·lds + c] (r < 8, c < 16) stored column by column: dst[c·8 + r], an A micro-panel's
+// layout for 16 depths. The first two steps as above leave, per 128-bit lane L, rows 0-3 (u) and 4-7 (w)
+// of column 4L + c; each 64-byte store then takes two columns' halves from them.
+inline void transpose8x16(const float* src, int64_t lds, float* dst) {
+  __m512 r[8], t[8], u[4], w[4];
+  for (int i = 0; i < 8; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  const auto pd = [](__m512 x) { return _mm512_castps_pd(x); };
+  const auto ps = [](__m512d x) { return _mm512_castpd_ps(x); };
+  for (int h = 0; h < 2; ++h) {
+    __m512* out = h == 0 ? u : w;
+    const __m512* in = t + 4 * h;
+    out[0] = ps(_mm512_unpacklo_pd(pd(in[0]), pd(in[2])));
+    out[1] = ps(_mm512_unpackhi_pd(pd(in[0]), pd(in[2])));
+    out[2] = ps(_mm512_unpacklo_pd(pd(in[1]), pd(in[3])));
+    out[3] = ps(_mm512_unpackhi_pd(pd(in[1]), pd(in[3])));
+  }
+  for (int c = 0; c < 4; c += 2) {  // columns 4L + c and 4L + c + 1 share the store 2L + c/2
+    const __m512 x0 = _mm512_shuffle_f32x4(u[c], w[c], 0x44), y0 = _mm512_shuffle_f32x4(u[c], w[c], 0xEE);
+    const __m512 x1 = _mm512_shuffle_f32x4(u[c + 1], w[c + 1], 0x44), y1 = _mm512_shuffle_f32x4(u[c + 1], w[c + 1], 0xEE);
+    _mm512_storeu_ps(dst + (0 + c / 2) * 16, _mm512_shuffle_f32x4(x0, x1, 0x88));
+    _mm512_storeu_ps(dst + (2 + c / 2) * 16, _mm512_shuffle_f32x4(x0, x1, 0xDD));
+    _mm512_storeu_ps(dst + (4 + c / 2) * 16, _mm512_shuffle_f32x4(y0, y1, 0x88));
+    _mm512_storeu_ps(dst + (6 + c / 2) * 16, _mm512_shuffle_f32x4(y0, y1, 0xDD));
+  }
+}
+#endif
+
 // Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row micro-panels, k-major inside each: dst[(i/MR)*kc*MR + k*MR + i%MR].
 // Whole panels get loops without per-element branches: for a transposed A each k is MR consecutive floats,
 // otherwise MR rows are read side by side.
@@ -59,7 +118,12 @@ void pack_a(const Operand& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, fl
       for (int64_t k = 0; k < kc; ++k) std::memcpy(panel + k * MR, A.p + (k0 + k) * A.ld + i0 + ir, MR * sizeof(float));
     } else if (rows == MR) {
       const float* r = A.p + (i0 + ir) * A.ld + k0;
-      for (int64_t k = 0; k < kc; ++k)
+      int64_t k = 0;
+#if defined(__AVX512F__)
+      static_assert(MR == 8, "transpose8x16 packs 8 rows");
+      for (; k + 16 <= kc; k += 16) transpose8x16(r + k, A.ld, panel + k * MR);
+#endif
+      for (; k < kc; ++k)
         for (int64_t i = 0; i < MR; ++i) panel[k * MR + i] = r[i * A.ld + k];
     } else {
       for (int64_t k = 0; k < kc; ++k)
@@ -77,9 +141,15 @@ void pack_b(const Operand& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, fl
     if (cols == NR && !B.trans) {
       for (int64_t k = 0; k < kc; ++k) std::memcpy(panel + k * NR, B.p + (k0 + k) * B.ld + j0 + jr, NR * sizeof(float));
     } else if (cols == NR) {
+      int64_t k = 0;
+#if defined(__AVX512F__)
+      for (; k + 16 <= kc; k += 16)
+        for (int64_t h = 0; h < NR; h += 16)
+          transpose16x16(B.p + (j0 + jr + h) * B.ld + k0 + k, B.ld, panel + k * NR + h, NR);
+#endif
       for (int64_t j = 0; j < NR; ++j) {
         const float* r = B.p + (j0 + jr + j) * B.ld + k0;
-        for (int64_t k = 0; k < kc; ++k) panel[k * NR + j] = r[k];
+        for (int64_t kk = k; kk < kc; ++kk) panel[kk * NR + j] = r[kk];
       }
     } else {
       for (int64_t k = 0; k < kc; ++k)
@@ -96,6 +166,12 @@ inline void store_scaled(float& out, float v, float alpha, float beta) {
 // C[0:rows, 0:cols] = alpha·(Ap·Bp) + beta·C, for one MR×NR tile.
 void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int64_t rows,
                   int64_t cols, float alpha, float beta) {
+  // The tile of C is read (beta ≠ 0) and written only after the depth loop; asking for its lines now hides
+  // their trip from L2/L3 behind the loop.
+  for (int64_t i = 0; i < rows; ++i) {
+    __builtin_prefetch(C + i * ldc, 1);
+    __builtin_prefetch(C + i * ldc + NR - 1, 1);
+  }
   vec c[MR][2] = {};
   for (int64_t k = 0; k < kc; ++k) {
     vec b0, b1;
@@ -121,7 +197,11 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
       for (int64_t i = 0; i < rows; ++i) std::memcpy(edge[i], C + i * ldc, size_t(cols) * sizeof(float));
   }
   const vec va = vec{} + alpha, vb = vec{} + beta;
+  // Unrolled whole, the accumulators are stored straight from their registers (a loop kept the tile in a
+  // zeroed stack array that every call cleared, spilled to and reloaded).
+#pragma GCC unroll 8
   for (int64_t i = 0; i < MR; ++i)
+#pragma GCC unroll 2
     for (int64_t h = 0; h < 2; ++h) {
       float* o = out + i * ld + kVecFloats * h;
       vec r = va * c[i][h];
