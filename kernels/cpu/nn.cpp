@@ -1017,11 +1017,11 @@ template <typename T> double softmax_row(T* row, int64_t n) {
     int64_t k = 0;
     for (; k + kLanes <= n; k += kLanes)
       for (int64_t l = 0; l < kLanes; ++l) {
-        row[k + l] = cpu::exp_to_float(double(row[k + l]) - double(m));
+        row[k + l] = cpu::exp_float(row[k + l] - m);
         lane[l] += double(row[k + l]);
       }
     for (int64_t l = 0; k + l < n; ++l) {
-      row[k + l] = cpu::exp_to_float(double(row[k + l]) - double(m));
+      row[k + l] = cpu::exp_float(row[k + l] - m);
       lane[l] += double(row[k + l]);
     }
     double s = 0;
@@ -1040,9 +1040,10 @@ template <typename T> double softmax_row(T* row, int64_t n) {
   }
 }
 
-// exp(x − l) rounded to T, x and l in double: the backward's recomputed probabilities.
+// exp(x − l) in T, x and l in double: the backward's recomputed probabilities. For float, x − l is rounded
+// to float first, as the forward's s − max is: the float exp (16 lanes) is what makes these loops cheap.
 template <typename T> T exp_shifted(double x, double l) {
-  if constexpr (std::is_same_v<T, float>) return cpu::exp_to_float(x - l);
+  if constexpr (std::is_same_v<T, float>) return cpu::exp_float(float(x - l));
   else return T(std::exp(x - l));
 }
 

@@ -1,7 +1,7 @@
 // Math for the CPU's loops in a form the compiler inlines and vectorises. erf and exp for the float GELU and
 // softmax loops: libm's erff and expf are opaque calls that keep every loop around them scalar (only the
-// float paths use these; double keeps std::erf, the exact reference the float64 gradient checks compare
-// against). lane_sum for the double row sums (layer norm, gradient clipping): one running sum would wait on
+// float paths use these; double keeps std::erf and std::exp, the exact references the float64 gradient
+// checks compare against). lane_sum for the double row sums (layer norm, gradient clipping): one running sum would wait on
 // its previous add for every element.
 #pragma once
 #include <bit>
@@ -56,14 +56,31 @@ inline float erf_float(float a) {
   return float(p * std::bit_cast<double>(uint64_t(k + 1023) << 52));
 }
 
-// exp(t) rounded to float for any double t (the softmax's exp(s − max)): |t| is clamped to 700 on the bits
-// (exp(∓700) is beyond float's range either way; integer selects keep the loops vectorised); NaN passes.
-[[gnu::always_inline]] inline float exp_to_float(double t) {
-  const uint64_t bits = std::bit_cast<uint64_t>(t), mag = bits & 0x7fffffffffffffffu;
-  const uint64_t cap = 0x4085e00000000000u, inf = 0x7ff0000000000000u;  // 700.0, +inf
-  const uint64_t clamped = mag > inf ? mag : (mag < cap ? mag : cap);
-  const double tc = std::bit_cast<double>(clamped | (bits & 0x8000000000000000u));
-  return exp_in_range_to_float(tc);
+// exp(x) for float x, in float: 16 lanes a vector where the double forms above have 8 (the softmax's rows,
+// ViT-B/16's 45 million scores a step). x = k·ln 2 + r with k = round(x / ln 2) and ln 2 in two parts
+// (Cody & Waite: k·0.693359375 is exact for |k| < 2^12, so r carries only the low part's rounding);
+// exp(r) = 1 + r + r²·P(r), P the degree-5 minimax fit of Cephes' expf on |r| ≤ ln(2)/2; 2^k applied in
+// two exact halves, so results in the subnormal range (k down to −150) round once, at the last product.
+// x is clamped to [−104, 89] on its bits first (exp is 0 and inf in float beyond; NaN passes). Error ≤ 2
+// ulp where the result is normal (test_kernel_math).
+[[gnu::always_inline]] inline float exp_float(float x) {
+  const uint32_t bits = std::bit_cast<uint32_t>(x), mag = bits & 0x7fffffffu, sign = bits & 0x80000000u;
+  const uint32_t cap = sign ? 0x42d00000u : 0x42b20000u;  // 104.0f below zero, 89.0f above
+  const uint32_t clamped = mag > 0x7f800000u ? mag : (mag < cap ? mag : cap);
+  const float xc = std::bit_cast<float>(clamped | sign);
+  const float shifter = 0x1.8p23f, kf_shifted = xc * 1.44269504088896341f + shifter;
+  const int32_t k = std::bit_cast<int32_t>(kf_shifted) - std::bit_cast<int32_t>(shifter);
+  const float kf = kf_shifted - shifter;
+  const float r = (xc - kf * 0.693359375f) - kf * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const int32_t k1 = k >> 1, k2 = k - k1;  // each in [−75, 65]: 2^k1, 2^k2 are normal floats
+  return y * std::bit_cast<float>(uint32_t(k1 + 127) << 23) * std::bit_cast<float>(uint32_t(k2 + 127) << 23);
 }
 
 // exp(−x²/2) for float x (GELU's gradient): t = −x²/2 is exact in double. |x| is clamped to 37 first (on
