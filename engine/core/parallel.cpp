@@ -119,11 +119,15 @@ Pool& pool() {
 
 int num_threads() { return pool().size(); }
 
-void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn,
+                  int chunks_per_thread) {
   if (n <= 0) return;
   grain = std::max<int64_t>(grain, 1);
-  // Four chunks per thread balance uneven work; inside a parallel region everything runs serially.
-  int64_t chunks = Pool::inside_ ? 1 : std::min<int64_t>(num_threads() * 4, (n + grain - 1) / grain);
+  // A few chunks per thread balance uneven work, each costing a hand-off; inside a parallel region
+  // everything runs serially.
+  int64_t chunks = Pool::inside_ ? 1
+                                 : std::min<int64_t>(int64_t(num_threads()) * std::max(chunks_per_thread, 1),
+                                                     (n + grain - 1) / grain);
   if (chunks <= 1) { fn(0, n); return; }
   int64_t per = (n + chunks - 1) / chunks;
   chunks = (n + per - 1) / per;
