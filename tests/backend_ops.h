@@ -812,6 +812,8 @@ inline Entry attention_entry() {
   for (int64_t D : {32, 64, 128})
     for (int64_t tq : {1, 7, 63, 65, 129})
       for (int64_t tk : {1, 7, 63, 65, 129}) as.push_back({{1, 2, tq, tk, D}, (tq + tk) % 3 == 0 ? kOdd : kCuda});
+  for (int64_t D : {24, 100})  // the CPU's row-by-row heads: two score vectors, their 32-key limit, one past it
+    for (int64_t tk : {17, 32, 33}) as.push_back({{2, 2, 65, tk, D}, kOdd});
   for (int64_t D : {16, 24, 48, 100})  // head dims between the kernel sizes: zero-padded
     for (int64_t tq : {1, 65, 129})
       for (int64_t tk : {1, 65, 129}) as.push_back({{2, 2, tq, tk, D}, kCuda});

@@ -67,8 +67,10 @@ inline void transpose16x16(const float* src, int64_t lds, float* dst, int64_t ld
     r[g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(t[g + 1]), pd(t[g + 3])));
   }
   for (int c = 0; c < 4; ++c) {  // column 4L + c gathers lane L of r[c], r[4 + c], r[8 + c], r[12 + c]
-    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44), v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
-    const __m512 v2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44), v3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
+    const __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44);
+    const __m512 v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
+    const __m512 v2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
+    const __m512 v3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
     _mm512_storeu_ps(dst + (c + 0) * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
     _mm512_storeu_ps(dst + (c + 4) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xDD));
     _mm512_storeu_ps(dst + (c + 8) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
@@ -98,7 +100,8 @@ inline void transpose8x16(const float* src, int64_t lds, float* dst) {
   }
   for (int c = 0; c < 4; c += 2) {  // columns 4L + c and 4L + c + 1 share the store 2L + c/2
     const __m512 x0 = _mm512_shuffle_f32x4(u[c], w[c], 0x44), y0 = _mm512_shuffle_f32x4(u[c], w[c], 0xEE);
-    const __m512 x1 = _mm512_shuffle_f32x4(u[c + 1], w[c + 1], 0x44), y1 = _mm512_shuffle_f32x4(u[c + 1], w[c + 1], 0xEE);
+    const __m512 x1 = _mm512_shuffle_f32x4(u[c + 1], w[c + 1], 0x44);
+    const __m512 y1 = _mm512_shuffle_f32x4(u[c + 1], w[c + 1], 0xEE);
     _mm512_storeu_ps(dst + (0 + c / 2) * 16, _mm512_shuffle_f32x4(x0, x1, 0x88));
     _mm512_storeu_ps(dst + (2 + c / 2) * 16, _mm512_shuffle_f32x4(x0, x1, 0xDD));
     _mm512_storeu_ps(dst + (4 + c / 2) * 16, _mm512_shuffle_f32x4(y0, y1, 0x88));
@@ -169,8 +172,8 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
   // The tile of C is read (beta ≠ 0) and written only after the depth loop; asking for its lines now hides
   // their trip from L2/L3 behind the loop.
   for (int64_t i = 0; i < rows; ++i) {
-    __builtin_prefetch(C + i * ldc, 1);
-    __builtin_prefetch(C + i * ldc + NR - 1, 1);
+    for (int64_t j = 0; j < cols; j += 16) __builtin_prefetch(C + i * ldc + j, 1);  // every 64-byte line
+    __builtin_prefetch(C + i * ldc + cols - 1, 1);  // the last, when the row does not start a line
   }
   vec c[MR][2] = {};
   for (int64_t k = 0; k < kc; ++k) {
@@ -228,11 +231,12 @@ void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N
               float beta, bool parallel);
 
 // One depth panel's two phases: pack every B panel, then run the tiles, across the pool or (a batch of
-// matrices already spread over the threads) here. Tiles go out in chunks of about a million multiply-adds
-// (`task_macs` each task), up to 16 a thread rather than parallel_for's usual 4: tasks are equal but few (a
-// ViT-B/16 projection at batch 8 has 51), and with 4 chunks a thread one thread was often left finishing a
-// chunk alone, while shallow products' small tasks would spend the finer hand-offs' gain on the hand-offs.
-// bench_gemm on 2 cores: 197/768/768 175 → 211, 512³ 230 → 266-272, 1024³ 260 → 287-289 GFLOP/s.
+// matrices already spread over the threads) here. Tiles go out in chunks of at least about a million
+// multiply-adds (`task_macs` each task), up to 16 a thread rather than parallel_for's usual 4: tasks are
+// equal but few (a ViT-B/16 projection at batch 8 has 51), and with 4 chunks a thread one thread was often
+// left finishing a chunk alone, while shallow products' small tasks would spend the finer hand-offs' gain on
+// the hand-offs (a product of a few such tasks stays on one thread). bench_gemm on 2 cores: 197/768/768
+// 175 → 206-208, 512³ 230 → 274-277, 1024³ 260 → 287-293 GFLOP/s.
 template <typename Pack, typename Tiles>
 void pack_then_tiles(bool parallel, int64_t panels, const Pack& pack, int64_t tasks, int64_t task_macs,
                      const Tiles& tiles) {

@@ -1042,11 +1042,12 @@ template <typename T> T exp_shifted(double x, double l) {
 // 64 px, batch 32, its second stage's heads (16 keys) took 0.87 ms forward and 1.84 ms backward a call
 // through the GEMMs and take 0.56-0.60 and 0.97-1.29 ms here; its third stage's (5 keys) are level; its
 // first stage's (64 keys) are faster through the GEMMs (0.98 against 1.15 ms forward, 2.0 against 3.8
-// backward, where dK and dV accumulate row by row in memory), hence at most 32 keys. Per head K and V are copied once into zero-padded panels
-// (Kᵀ [D, 16·⌈Tk/16⌉], V [Tk, 16·⌈D/16⌉]); a row's scores are then D multiply-adds into ⌈Tk/16⌉ vectors
-// and its output Tk multiply-adds into ⌈D/16⌉ vectors, all held in registers (accumulating in memory
-// made every step wait on the previous one's store). Each sum runs in index order and scale multiplies a
-// finished sum, as the GEMM's alpha does; the softmax and the backward's formulas are the GEMM route's.
+// backward, where dK and dV accumulate row by row in memory), hence at most 32 keys. Per head K and V are
+// copied once into zero-padded panels (Kᵀ [D, 16·⌈Tk/16⌉], V [Tk, 16·⌈D/16⌉]); a row's scores are then D
+// multiply-adds into ⌈Tk/16⌉ vectors and its output Tk multiply-adds into ⌈D/16⌉ vectors, all held in
+// registers (accumulating in memory made every step wait on the previous one's store). Each sum runs in
+// index order and scale multiplies a finished sum, as the GEMM's alpha does; the softmax and the
+// backward's formulas are the GEMM route's.
 constexpr int64_t kRowHeadsMaxKeys = 32, kRowHeadsMaxDim = 128, kLane = 16;
 typedef float lanes __attribute__((vector_size(kLane * sizeof(float))));
 int64_t pad16(int64_t n) { return (n + kLane - 1) / kLane * kLane; }
@@ -1086,11 +1087,12 @@ void weighted_rows(const float* w, const float* x, int64_t R, int64_t ld, int64_
     case 5: return weighted_rows<5>(w, x, R, ld, out);
     case 6: return weighted_rows<6>(w, x, R, ld, out);
     case 7: return weighted_rows<7>(w, x, R, ld, out);
-    default: return weighted_rows<8>(w, x, R, ld, out);
+    case 8: return weighted_rows<8>(w, x, R, ld, out);
+    default: fail("attention: a row-by-row head of " + std::to_string(vectors) + " vectors");  // never dispatched
   }
 }
 
-// s[0 : tk_pad] = scale · a·Kᵀ (the padding's scores are 0·scale, never read)
+// s[0 : tk_pad] = scale · a·Kᵀ for the Tk keys (the padding's entries are a·0, unscaled and never read)
 void row_scores(const float* a, const HeadPanels& hp, const float* kt, float scale, float* s) {
   weighted_rows(a, kt, hp.D, hp.tk_pad, hp.tk_pad / kLane, s);
   for (int64_t j = 0; j < hp.Tk; ++j) s[j] *= scale;
@@ -1177,7 +1179,7 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, do
     const int64_t BH = q.size(0) * q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
     Stat sl(lse, "attention");
     if constexpr (std::is_same_v<decltype(tag), float>)
-      if (Tk <= kRowHeadsMaxKeys && D <= kRowHeadsMaxDim)
+      if (Tk >= 1 && Tk <= kRowHeadsMaxKeys && D >= 1 && D <= kRowHeadsMaxDim)
         return row_heads_forward(q.data<float>(), k.data<float>(), v.data<float>(), float(scale), BH, Tq, Tk, D,
                                  out.data<float>(), sl);
     for_heads(BH, Tq, Tk, dtype_of<C>::value, 1, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
@@ -1206,7 +1208,7 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
     const int64_t BH = q.size(0) * q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
     Stat sl(lse, "attention_backward");
     if constexpr (std::is_same_v<T, float>)
-      if (Tk <= kRowHeadsMaxKeys && D <= kRowHeadsMaxDim)
+      if (Tk >= 1 && Tk <= kRowHeadsMaxKeys && D >= 1 && D <= kRowHeadsMaxDim)
         return row_heads_backward(dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(),
                                   out.data<float>(), sl, float(scale), BH, Tq, Tk, D, mut_or_null<float>(dq),
                                   mut_or_null<float>(dk), mut_or_null<float>(dv));
