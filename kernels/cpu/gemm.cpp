@@ -171,9 +171,9 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
                   int64_t cols, float alpha, float beta) {
   // The tile of C is read (beta ≠ 0) and written only after the depth loop; asking for its lines now hides
   // their trip from L2/L3 behind the loop.
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; j += 16) __builtin_prefetch(C + i * ldc + j, 1);  // every 64-byte line
-    __builtin_prefetch(C + i * ldc + cols - 1, 1);  // the last, when the row does not start a line
+  for (int64_t i = 0; i < rows; ++i) {  // a row's first and last floats: both of its lines when C is aligned
+    __builtin_prefetch(C + i * ldc, 1);
+    __builtin_prefetch(C + i * ldc + cols - 1, 1);
   }
   vec c[MR][2] = {};
   for (int64_t k = 0; k < kc; ++k) {
