@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -40,6 +41,11 @@ constexpr int64_t KC = 256;         // depth of a packed panel: an MR×KC A pane
 constexpr int64_t MC = 96;          // rows of A packed per task: 96×256×4 = 96 KiB (L2)
 constexpr int64_t NC_TASK = 256;    // columns of C per task
 static_assert(MC % MR == 0 && NC_TASK % NR == 0, "a task's rows and columns are whole micro-panels");
+
+// Scratch that is written in full before it is read (packed panels, depth slices' partial sums): a
+// std::vector would zero it first, which for small products (a 96 KiB A panel around a 32 × 32 tile) cost
+// more than their arithmetic.
+template <typename T> std::unique_ptr<T[]> scratch(int64_t n) { return std::unique_ptr<T[]>(new T[size_t(n)]); }
 
 struct Operand {  // element (r, c) of op(X) for a contiguous row-major X
   const float* p;
@@ -256,11 +262,11 @@ void pack_then_tiles(bool parallel, int64_t panels, const Pack& pack, int64_t ta
 void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K,
                           float alpha, float beta) {
   const int64_t slices = (K + KSLICE - 1) / KSLICE;
-  std::vector<float> partial(size_t(slices * M * N));
+  const auto partial = scratch<float>(slices * M * N);
   parallel_for(slices, 1, [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
       const int64_t k0 = s * KSLICE;
-      gemm_f32(depth_window(A, k0, false), depth_window(B, k0, true), partial.data() + s * M * N, M, N,
+      gemm_f32(depth_window(A, k0, false), depth_window(B, k0, true), partial.get() + s * M * N, M, N,
                std::min(KSLICE, K - k0), 1.f, 0.f, false);
     }
   });
@@ -268,7 +274,7 @@ void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t 
     for (int64_t i = i0; i < i1; ++i)
       for (int64_t j = 0; j < N; ++j) {
         float sum = 0.f;
-        for (int64_t s = 0; s < slices; ++s) sum += partial[size_t((s * M + i) * N + j)];
+        for (int64_t s = 0; s < slices; ++s) sum += partial[(s * M + i) * N + j];
         store_scaled(C[i * N + j], sum, alpha, beta);
       }
   });
@@ -320,26 +326,26 @@ void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N
   if (parallel && K >= 2 * KSLICE && ((M + MC - 1) / MC) * ((N + NC_TASK - 1) / NC_TASK) < 4)
     return gemm_f32_depth_split(A, B, C, M, N, K, alpha, beta);
   int64_t n_panels = (N + NR - 1) / NR;
-  std::vector<float, std::allocator<float>> Bp(size_t(n_panels * NR * std::min(K, KC)));
+  const auto Bp = scratch<float>(n_panels * NR * std::min(K, KC));
   int64_t m_tasks = (M + MC - 1) / MC, n_tasks = (N + NC_TASK - 1) / NC_TASK;
   for (int64_t k0 = 0; k0 < K; k0 += KC) {
     int64_t kc = std::min(KC, K - k0);
     float beta_k = k0 == 0 ? beta : 1.f;  // later depth panels accumulate onto the first
     auto pack_panels = [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p)
-        pack_b(B, k0, kc, p * NR, std::min(NR, N - p * NR), Bp.data() + p * kc * NR);
+        pack_b(B, k0, kc, p * NR, std::min(NR, N - p * NR), Bp.get() + p * kc * NR);
     };
     auto tiles = [&](int64_t t0, int64_t t1) {
-      std::vector<float> Ap(size_t(MC * kc));
+      const auto Ap = scratch<float>(MC * kc);
       int64_t packed_i0 = -1;  // consecutive tasks share a row block: pack its A panel once for all of them
       for (int64_t t = t0; t < t1; ++t) {
         int64_t i0 = (t / n_tasks) * MC, j0 = (t % n_tasks) * NC_TASK;
         int64_t mc = std::min(MC, M - i0), nc = std::min(NC_TASK, N - j0);
-        if (i0 != packed_i0) pack_a(A, i0, mc, k0, kc, Ap.data());
+        if (i0 != packed_i0) pack_a(A, i0, mc, k0, kc, Ap.get());
         packed_i0 = i0;
         for (int64_t jr = 0; jr < nc; jr += NR)
           for (int64_t ir = 0; ir < mc; ir += MR)
-            micro_kernel(kc, Ap.data() + (ir / MR) * kc * MR, Bp.data() + ((j0 + jr) / NR) * kc * NR,
+            micro_kernel(kc, Ap.get() + (ir / MR) * kc * MR, Bp.get() + ((j0 + jr) / NR) * kc * NR,
                          C + (i0 + ir) * N + j0 + jr, N, std::min(MR, mc - ir), std::min(NR, nc - jr),
                          alpha, beta_k);
       }
@@ -533,28 +539,28 @@ void gemm_bf16_native(const Operand16& A, const Operand16& B, bf16_t* C, float* 
 #if defined(__x86_64__)
   const int64_t n_panels = (N + NR16 - 1) / NR16, m_tasks = (M + MC16 - 1) / MC16,
                 n_tasks = (N + NC16_TASK - 1) / NC16_TASK;
-  std::vector<uint32_t> Bp(size_t(n_panels * NR16 * ((std::min(K, KC16) + 1) / 2)));
+  const auto Bp = scratch<uint32_t>(n_panels * NR16 * ((std::min(K, KC16) + 1) / 2));
   std::vector<float> own(!sums && K > KC16 ? size_t(M * N) : 0);  // earlier panels' sums, stored before read
   float* P = sums ? sums : own.empty() ? nullptr : own.data();
   for (int64_t k0 = 0; k0 < K; k0 += KC16) {
     const int64_t kc = std::min(KC16, K - k0), pairs = (kc + 1) / 2;
     auto pack_panels = [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) pack_b16(B, k0, kc, p * NR16, Bp.data() + p * pairs * NR16);
+      for (int64_t p = p0; p < p1; ++p) pack_b16(B, k0, kc, p * NR16, Bp.get() + p * pairs * NR16);
     };
     auto tiles = [&](int64_t t0, int64_t t1) {
-      std::vector<uint32_t> Ap(size_t(MC16 * pairs));
+      const auto Ap = scratch<uint32_t>(MC16 * pairs);
       int64_t packed_i0 = -1;
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t i0 = (t / n_tasks) * MC16, j0 = (t % n_tasks) * NC16_TASK;
         const int64_t mc = std::min(MC16, M - i0), nc = std::min(NC16_TASK, N - j0);
-        if (i0 != packed_i0) pack_a16(A, i0, mc, k0, kc, Ap.data());
+        if (i0 != packed_i0) pack_a16(A, i0, mc, k0, kc, Ap.get());
         packed_i0 = i0;
         for (int64_t jr = 0; jr < nc; jr += NR16)
           for (int64_t ir = 0; ir < mc; ir += MR16) {
             const int64_t i = i0 + ir, j = j0 + jr;
             const TileOut out{P ? P + i * N + j : nullptr, N, k0 == 0, !sums && k0 + kc == K,
                               C ? C + i * N + j : nullptr, N, alpha, beta};
-            micro_kernel_bf16(pairs, Ap.data() + (ir / MR16) * pairs * MR16, Bp.data() + (j / NR16) * pairs * NR16,
+            micro_kernel_bf16(pairs, Ap.get() + (ir / MR16) * pairs * MR16, Bp.get() + (j / NR16) * pairs * NR16,
                               std::min(MR16, mc - ir), std::min(NR16, nc - jr), out);
           }
       }
@@ -606,20 +612,20 @@ void gemm_bf16(const Operand16& A, const Operand16& B, bf16_t* C, float* C32, in
     gemm_f32({a.data(), A.ld, A.trans}, {b.data(), B.ld, B.trans}, P, M, N, K, 1.f, 0.f, parallel);
   } else if (split) {  // weight gradients: depth slices in parallel, as gemm_f32 does, added in slice order
     const int64_t slices = (K + KSLICE - 1) / KSLICE;
-    std::vector<float> partial(size_t(slices * M * N));
+    const auto partial = scratch<float>(slices * M * N);
     parallel_for(slices, 1, [&](int64_t s0, int64_t s1) {
       for (int64_t s = s0; s < s1; ++s) {
         const int64_t k0 = s * KSLICE, kc = std::min(KSLICE, K - k0);
         Operand16 a = A, b = B;  // the slice's window: depth k0..k0+kc
         a.p += A.trans ? k0 * A.ld : k0, a.cols = kc;
         b.p += B.trans ? k0 : k0 * B.ld, b.rows = kc;
-        gemm_bf16_native(a, b, nullptr, partial.data() + s * M * N, M, N, kc, 1.f, 0.f, false);
+        gemm_bf16_native(a, b, nullptr, partial.get() + s * M * N, M, N, kc, 1.f, 0.f, false);
       }
     });
     std::fill(P, P + M * N, 0.f);
     parallel_for(M * N, 4096, [&](int64_t i0, int64_t i1) {  // each element summed in slice order
       for (int64_t s = 0; s < slices; ++s)
-        for (int64_t i = i0; i < i1; ++i) P[i] += partial[size_t(s * M * N + i)];
+        for (int64_t i = i0; i < i1; ++i) P[i] += partial[s * M * N + i];
     });
   } else {
     gemm_bf16_native(A, B, nullptr, P, M, N, K, 1.f, 0.f, parallel);
