@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/core/fileio.h"
+
 namespace tessera {
 
 ProcessorConfig ProcessorConfig::vit(int size) {
@@ -54,17 +56,24 @@ nlohmann::json processor_to_json(const ProcessorConfig& c) {
 
 ProcessorConfig processor_from_json(const nlohmann::json& j, const std::string& source) {
   auto bad = [&](const std::string& what) -> std::runtime_error { return std::runtime_error(source + ": " + what); };
+  auto integer = [&](const nlohmann::json& v, const std::string& what, int64_t lo, int64_t hi) {
+    try {
+      return json_integer(v, what, lo, hi);
+    } catch (const std::runtime_error& e) {
+      throw bad(e.what());
+    }
+  };
   if (!j.is_object()) throw bad("not a JSON object");
   const std::string type = j.value("image_processor_type", "");
   ProcessorConfig c;
   int size = 224;
   try {
     const nlohmann::json& sz = j.contains("size") ? j.at("size") : nlohmann::json(224);
-    if (sz.is_number_integer()) size = sz.get<int>();
-    else if (sz.contains("shortest_edge")) size = sz.at("shortest_edge").get<int>();
+    if (sz.is_number()) size = int(integer(sz, "size", 1, 4096));
+    else if (sz.contains("shortest_edge")) size = int(integer(sz.at("shortest_edge"), "size.shortest_edge", 1, 4096));
     else if (sz.contains("height")) {
-      size = sz.at("height").get<int>();
-      if (sz.at("width").get<int>() != size) throw bad("only square sizes are supported");
+      size = int(integer(sz.at("height"), "size.height", 1, 4096));
+      if (integer(sz.at("width"), "size.width", 1, 4096) != size) throw bad("only square sizes are supported");
     } else throw bad("size: expected a number, {shortest_edge} or {height, width}");
   } catch (const nlohmann::json::exception& e) {
     throw bad(std::string("size: ") + e.what());
@@ -79,7 +88,7 @@ ProcessorConfig processor_from_json(const nlohmann::json& j, const std::string& 
     if (j.contains("image_mean")) c.mean = j.at("image_mean").get<std::array<double, 3>>();
     if (j.contains("image_std")) c.std = j.at("image_std").get<std::array<double, 3>>();
     if (j.contains("resample")) {
-      int r = j.at("resample").get<int>();
+      const int64_t r = integer(j.at("resample"), "resample", INT64_MIN, INT64_MAX);
       if (r != 2 && r != 3) throw bad("resample " + std::to_string(r) + ": only 2 (bilinear) and 3 (bicubic)");
       c.filter = r == 3 ? Filter::Bicubic : Filter::Bilinear;
     }

@@ -67,6 +67,18 @@ TEST_CASE("trainer state round-trips and a damaged one is refused with the file 
   nlohmann::json old = state_to_json(s);
   old["version"] = 1;  // before data fingerprints
   CHECK_THROWS_WITH(state_from_json(old, "ck/trainer_state.json"), doctest::Contains("version 1, not 2"));
+  // Numbers that are not integers of the field's range: refused by name, never converted (the fuzzer's
+  // seed of 4.07e21 was a float cast past uint64's range, undefined behaviour).
+  nlohmann::json huge = state_to_json(s);
+  huge["rng"]["seed"] = 4.07704e+21;
+  CHECK_THROWS_WITH(state_from_json(huge, "ck/trainer_state.json"),
+                    doctest::Contains("rng.seed: expected an unsigned integer, got 4.07704e+21"));
+  nlohmann::json fraction = state_to_json(s);
+  fraction["epoch"] = 2.5;
+  CHECK_THROWS_WITH(state_from_json(fraction, "ck/trainer_state.json"), doctest::Contains("epoch: expected an integer"));
+  nlohmann::json negative_seed = state_to_json(s);
+  negative_seed["rng"]["offset"] = -1;
+  CHECK_THROWS_WITH(state_from_json(negative_seed, "ck/trainer_state.json"), doctest::Contains("rng.offset"));
 }
 
 TEST_CASE("preprocessor_config.json round-trips both processors and rejects what it cannot run") {
@@ -86,6 +98,11 @@ TEST_CASE("preprocessor_config.json round-trips both processors and rejects what
   j = processor_to_json(ProcessorConfig::vit(32));
   j["size"] = {{"height", 32}, {"width", 48}};
   CHECK_THROWS_WITH(processor_from_json(j, "pp.json"), doctest::Contains("square"));
+  j["size"] = {{"shortest_edge", 1e30}};  // a float past int's range: named, never converted
+  CHECK_THROWS_WITH(processor_from_json(j, "pp.json"), doctest::Contains("pp.json: size.shortest_edge: expected an integer in [1, 4096], got 1e+30"));
+  j["size"] = 64;
+  j["resample"] = 2.5;
+  CHECK_THROWS_WITH(processor_from_json(j, "pp.json"), doctest::Contains("pp.json: resample: expected an integer"));
 }
 
 namespace {

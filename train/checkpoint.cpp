@@ -31,12 +31,12 @@ TrainerState state_from_json(const nlohmann::json& j, const std::string& source)
     if (j.at("version") != 2)
       throw std::runtime_error("version " + j.at("version").dump() + ", not 2 (written by another tessera version)");
     TrainerState s;
-    s.epoch = j.at("epoch").get<int64_t>();
-    s.global_step = j.at("global_step").get<int64_t>();
-    s.rng_seed = j.at("rng").at("seed").get<uint64_t>();
-    s.rng_offset = j.at("rng").at("offset").get<uint64_t>();
-    s.metrics_bytes = j.at("metrics_bytes").get<int64_t>();
-    s.best_epoch = j.at("best_epoch").get<int64_t>();
+    s.epoch = json_integer(j.at("epoch"), "epoch");
+    s.global_step = json_integer(j.at("global_step"), "global_step");
+    s.rng_seed = json_unsigned(j.at("rng").at("seed"), "rng.seed");
+    s.rng_offset = json_unsigned(j.at("rng").at("offset"), "rng.offset");
+    s.metrics_bytes = json_integer(j.at("metrics_bytes"), "metrics_bytes");
+    s.best_epoch = json_integer(j.at("best_epoch"), "best_epoch");
     s.best_val_accuracy = j.at("best_val_accuracy").get<double>();
     s.epoch_metrics = j.at("epoch_metrics");
     s.data_fingerprints = j.at("data_fingerprints").get<std::map<std::string, std::string>>();

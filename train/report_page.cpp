@@ -326,7 +326,7 @@ std::string report_page(const json& run, const Metrics& m, const std::optional<E
   for (const char* split : {"train", "validation", "Testing"})
     if (field(counts, split).is_array()) {
       std::vector<int64_t> v;
-      for (const json& x : counts[split]) v.push_back(x.is_number() ? x.get<int64_t>() : 0);
+      for (const json& x : counts[split]) v.push_back(x.is_number_integer() ? x.get<int64_t>() : 0);
       bars += bar_chart(split, classes, v);
     }
   h += bars.empty() ? "<p class='note'>run.json has no class counts.</p>" : "<div class='bars-row'>" + bars + "</div>";

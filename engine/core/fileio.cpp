@@ -135,6 +135,29 @@ std::string json_error_text(const std::exception& e) {
   return s.rfind("[json.exception.", 0) == 0 && p != std::string::npos ? s.substr(p + 2) : s;
 }
 
+int64_t json_integer(const nlohmann::json& v, const std::string& what, int64_t lo, int64_t hi) {
+  bool ok = false;
+  int64_t out = 0;
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    ok = hi >= 0 && u <= uint64_t(hi);
+    out = ok ? int64_t(u) : 0;
+  } else if (v.is_number_integer()) {
+    out = v.get<int64_t>();
+    ok = true;
+  }
+  if (!ok || out < lo || out > hi)
+    throw std::runtime_error(what + ": expected an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                             "], got " + v.dump());
+  return out;
+}
+
+uint64_t json_unsigned(const nlohmann::json& v, const std::string& what) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>();
+  if (v.is_number_integer() && v.get<int64_t>() >= 0) return uint64_t(v.get<int64_t>());
+  throw std::runtime_error(what + ": expected an unsigned integer, got " + v.dump());
+}
+
 nlohmann::json read_json(const std::string& path) {
   const std::string text = read_file(path);
   try {

@@ -5,6 +5,7 @@
 #include <string_view>
 #include <vector>
 
+#include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 
 namespace tessera {
@@ -38,5 +39,12 @@ std::string dump_json(const nlohmann::json& j, int indent = -1);
 
 // A JSON library error without its "[json.exception.parse_error.101] " prefix: the part a reader needs.
 std::string json_error_text(const std::exception& e);
+
+// An integer read from untrusted JSON, within [lo, hi]; anything else (a fraction, 1e30, a string, a value
+// out of range) throws std::runtime_error "<what>: expected an integer in [lo, hi], got <value>". The JSON
+// library's get<int64_t>() converts a float unchecked, which past the integer's range is undefined.
+int64_t json_integer(const nlohmann::json& v, const std::string& what, int64_t lo = INT64_MIN, int64_t hi = INT64_MAX);
+// The same for the full unsigned 64-bit range (seeds, counters).
+uint64_t json_unsigned(const nlohmann::json& v, const std::string& what);
 
 }  // namespace tessera
