@@ -78,7 +78,6 @@ ProcessorConfig processor_from_json(const nlohmann::json& j, const std::string& 
   } catch (const nlohmann::json::exception& e) {
     throw bad(std::string("size: ") + e.what());
   }
-  if (size < 1 || size > 4096) throw bad("size " + std::to_string(size) + " is out of range");
   if (type == "ConvNextImageProcessor") c = ProcessorConfig::cvt(size);
   else if (type == "ViTImageProcessor") c = ProcessorConfig::vit(size);
   else throw bad("image_processor_type '" + type + "' is not supported (ViTImageProcessor, ConvNextImageProcessor)");
