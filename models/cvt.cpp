@@ -133,6 +133,9 @@ Tensor Cvt::forward(const Tensor& pixel_values, bool training, Generator& gen) {
       cls_out = t.slice(1, 0, 1);                          // (B, 1, C)
       t = t.slice(1, 1, t.size(1));                        // (B, H·W, C)
     }
+    // MixStyle after the first two stages (the paper's place: after the early blocks, whose statistics
+    // carry style; the last stage's carry the class).
+    if (training && style_mix() && s < 2) t = mix_style(t, *style_mix());
     x = tokens_to_nchw(t, H, W);                           // (B, C, H, W)
   }
   profile::LayerScope head_scope("head");  // the final layernorm and the classifier

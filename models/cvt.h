@@ -13,6 +13,7 @@ class Cvt : public Model {
   Tensor forward(const Tensor& pixel_values, bool training, Generator& gen) override;
   const ModelConfig& config() const override { return config_; }
   const char* arch_name() const override { return "CvT"; }
+  bool supports_style_mix() const override { return true; }
 
   // The drop path rate every layer of stage s uses: linspace(0, drop_path_rate[s], depth[s])[s] in float32,
   // as transformers' CvtStage picks it (indexed by the stage, not the layer).

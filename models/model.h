@@ -29,6 +29,10 @@ class Model : public Module {
   // Hooks on the attention of the following forward and backward passes (module.h AttentionHooks);
   // nullptr removes them. The hooks must outlive their use.
   void set_attention_hooks(const AttentionHooks* hooks) { hooks_ = hooks; }
+  // MixStyle (module.h mix_style) in the following training forward passes, where the architecture has
+  // places for it (supports_style_mix); nullptr turns it off. `mix` must outlive the forward pass.
+  void set_style_mix(const StyleMix* mix) { style_mix_ = mix; }
+  virtual bool supports_style_mix() const { return false; }
   int64_t num_labels() const { return models::num_labels(config()); }
   // Name prefix of the classification head ("classifier.").
   static constexpr const char* kHeadPrefix = "classifier.";
@@ -41,9 +45,11 @@ class Model : public Module {
   Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale, int64_t layer) const {
     return multi_head_attention(q, k, v, heads, scale, hooks_, layer);
   }
+  const StyleMix* style_mix() const { return style_mix_; }
 
  private:
   const AttentionHooks* hooks_ = nullptr;
+  const StyleMix* style_mix_ = nullptr;
 };
 
 // A model of `config` with its tensors allocated but NOT initialised (call init_weights or load); cheap

@@ -127,6 +127,40 @@ Tensor tokens_to_nchw(const Tensor& x, int64_t H, int64_t W) {  // (B, H·W, C) 
   return x.transpose(1, 2).reshape({x.size(0), x.size(2), H, W});
 }
 
+Tensor mix_style(const Tensor& x, const StyleMix& mix) {  // x (B, T, C)
+  TS_CHECK(x.defined() && x.dim() == 3, "mix_style: x must be (B, T, C), got " +
+                                            (x.defined() ? x.str() : std::string("undefined")));
+  const int64_t B = x.size(0), T = x.size(1);
+  TS_CHECK(int64_t(mix.partner.size()) == B && int64_t(mix.lambda.size()) == B,
+           "mix_style: the draw has " + std::to_string(mix.partner.size()) + " partners and " +
+               std::to_string(mix.lambda.size()) + " weights for a batch of " + std::to_string(B));
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t p = mix.partner[size_t(b)];
+    const double l = mix.lambda[size_t(b)];
+    TS_CHECK(p >= 0 && p < B, "mix_style: partner[" + std::to_string(b) + "] = " + std::to_string(p) + " is outside the batch");
+    TS_CHECK(l >= 0 && l <= 1, "mix_style: lambda[" + std::to_string(b) + "] = " + std::to_string(l) + " is outside [0, 1]");
+  }
+  if (T < 2) return x;
+  // The statistics in f32 at least (a bf16 variance would lose the digits σ is made of), off the tape.
+  const DType stat_dtype = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Tensor scale, shift;  // (B, 1, C): y = x·scale + shift
+  {
+    NoGradGuard no_grad;
+    const Tensor xs = x.detach().to(stat_dtype);
+    const Tensor mu = mean(xs, {1}, true);
+    const Tensor sigma = sqrt(sum(pow(xs - mu, 2.0), {1}, true) * (1.0 / double(T - 1)) + StyleMix::kEps);
+    const Tensor partner = Tensor::from(mix.partner, {B}, DType::i64).to(x.device());
+    const Tensor lambda = Tensor::from(mix.lambda, {B, 1, 1}, stat_dtype).to(x.device());
+    const Tensor keep = affine(lambda, -1.0, 1.0);  // 1 − λ, the partner's share
+    const Tensor mu_mix = lambda * mu + keep * index_select(mu, 0, partner);
+    const Tensor sigma_mix = lambda * sigma + keep * index_select(sigma, 0, partner);
+    scale = sigma_mix / sigma;
+    shift = mu_mix - mu * scale;
+    scale = scale.to(x.dtype()), shift = shift.to(x.dtype());
+  }
+  return x * scale + shift;
+}
+
 // ---------------------------------------------------------------- registry
 Tensor Module::add_param(const std::string& name, const Shape& shape, Init init, bool in_layer_norm) {
   if (index_.count(name)) throw std::logic_error("Module: tensor registered twice: " + name);

@@ -121,6 +121,22 @@ AttentionHooks capture_attention(AttentionCapture& out, std::vector<int64_t> que
 Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale,
                             const AttentionHooks* hooks = nullptr, int64_t layer = 0);
 
+// MixStyle (Zhou et al. 2021, "Domain generalization with MixStyle"): each sample's feature statistics
+// replaced by a mix of its own and a partner's, so that what a feature map's per-channel mean and spread
+// say (a scanner's contrast, texture, noise: its "style") stops being class evidence. For tokens x (B, T, C)
+// and per sample b, channel c, with the statistics over the T tokens:
+//   μ_bc = mean_t x_btc,   σ_bc = √(var_t x_btc + ε)   (var with the T − 1 divisor, as torch.var)
+//   y_btc = (x_btc − μ_bc) / σ_bc · (λ_b σ_bc + (1 − λ_b) σ_pc) + λ_b μ_bc + (1 − λ_b) μ_pc,   p = partner[b]
+// μ and σ are constants to the gradient (the paper's detach): dy/dx = (λ_b σ_bc + (1 − λ_b) σ_pc) / σ_bc.
+// partner and lambda have one entry per sample (any p in [0, B), λ in [0, 1]); T < 2 has no spread and
+// returns x unchanged.
+struct StyleMix {
+  std::vector<int64_t> partner;
+  std::vector<double> lambda;
+  static constexpr double kEps = 1e-6;  // the paper's
+};
+Tensor mix_style(const Tensor& x, const StyleMix& mix);
+
 // (B, C, H, W) -> (B, H·W, C), token t = h·W + w; and back.
 Tensor nchw_to_tokens(const Tensor& x);
 Tensor tokens_to_nchw(const Tensor& x, int64_t H, int64_t W);

@@ -2,6 +2,7 @@
 // box and its λ, the mixed loss against a float64 computation by hand and its gradient, and validation.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -14,6 +15,7 @@
 #include "tests/errors.h"
 #include "tests/cuda_test_util.h"
 #include "tests/gradcheck.h"
+#include "models/model.h"
 #include "train/mixing.h"
 
 using namespace tessera;
@@ -302,4 +304,181 @@ TEST_CASE("mixed_cross_entropy on CUDA matches the CPU, loss and gradient") {
   // off by at most ~n·C·u ≈ 48·6e-8 ≈ 3e-6 relative; 1e-5 is a safe margin.
   CHECK(std::fabs(l_cpu.item() - l_gpu.item()) <= 1e-5 * std::max(1.0, std::fabs(l_cpu.item())));
   CHECK_CLOSE(x_gpu.grad().to(Device::CPU), x_cpu.grad(), 1e-6, 1e-5);
+}
+
+// ---------------------------------------------------------------- MixStyle
+
+namespace {
+
+// mix_style by hand in double: per sample b and channel c, μ and σ = √(var + ε) over the T tokens (var with
+// the T − 1 divisor), then y = (x − μ)/σ·(λσ + (1 − λ)σ_p) + λμ + (1 − λ)μ_p. Also returns dy/dx per
+// element (μ and σ held constant): the ratio of the mixed σ to the own σ.
+struct MixStyleByHand {
+  std::vector<double> y, dydx;
+};
+MixStyleByHand mix_style_by_hand(const std::vector<double>& x, int64_t B, int64_t T, int64_t C,
+                                 const models::StyleMix& m) {
+  std::vector<double> mu(size_t(B * C)), sigma(size_t(B * C));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0, ss = 0;
+      for (int64_t t = 0; t < T; ++t) s += x[size_t((b * T + t) * C + c)];
+      const double mean = s / double(T);
+      for (int64_t t = 0; t < T; ++t) ss += std::pow(x[size_t((b * T + t) * C + c)] - mean, 2);
+      mu[size_t(b * C + c)] = mean;
+      sigma[size_t(b * C + c)] = std::sqrt(ss / double(T - 1) + models::StyleMix::kEps);
+    }
+  MixStyleByHand r{std::vector<double>(x.size()), std::vector<double>(x.size())};
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      const size_t own = size_t(b * C + c), other = size_t(m.partner[size_t(b)] * C + c);
+      const double l = m.lambda[size_t(b)];
+      const double mu_mix = l * mu[own] + (1 - l) * mu[other], sigma_mix = l * sigma[own] + (1 - l) * sigma[other];
+      for (int64_t t = 0; t < T; ++t) {
+        const size_t i = size_t((b * T + t) * C + c);
+        r.y[i] = (x[i] - mu[own]) / sigma[own] * sigma_mix + mu_mix;
+        r.dydx[i] = sigma_mix / sigma[own];
+      }
+    }
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("mix_style matches a float64 computation by hand, values and gradient") {
+  // B = 5 (odd: the partner permutation has a fixed point or a 3-cycle), T = 7 tokens, C = 3 channels, each
+  // sample's channels at its own scale and offset so that the mixed statistics really move. float64
+  // throughout: the op and the hand computation differ only in summation order, ~T·u relative ≈ 1e-15;
+  // 1e-12 is a wide margin that a formula slip (the divisor T for T − 1, λ and 1 − λ swapped) far exceeds.
+  const int64_t B = 5, T = 7, C = 3;
+  Tensor x = Generator(11).uniform({B, T, C}, -1, 1, DType::f64);
+  std::vector<double> xv = x.to_vector<double>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t c = 0; c < C; ++c) xv[size_t((b * T + t) * C + c)] = xv[size_t((b * T + t) * C + c)] * double(1 + b + c) + double(b - c);
+  x = Tensor::from(xv, {B, T, C}, DType::f64).set_requires_grad(true);
+  const models::StyleMix m{{3, 0, 4, 1, 2}, {0.9, 0.1, 0.5, 0.0, 1.0}};
+  const Tensor w = Generator(12).uniform({B, T, C}, -1, 1, DType::f64);
+  Tensor y = models::mix_style(x, m);
+  sum(y * w).backward();
+  const MixStyleByHand want = mix_style_by_hand(xv, B, T, C, m);
+  const std::vector<double> got = y.to_vector<double>(), grad = x.grad().to_vector<double>(), wv = w.to_vector<double>();
+  for (size_t i = 0; i < got.size(); ++i) {
+    CHECK(got[i] == doctest::Approx(want.y[i]).epsilon(1e-12));
+    CHECK(grad[i] == doctest::Approx(wv[i] * want.dydx[i]).epsilon(1e-12));
+  }
+  // λ = 1 everywhere is the identity (up to the rounding of (x − μ)/σ·σ + μ).
+  const models::StyleMix self{{1, 0, 3, 2, 4}, {1, 1, 1, 1, 1}};
+  CHECK_CLOSE(models::mix_style(x.detach(), self), x.detach(), 1e-13, 1e-13);
+  // One token has no spread: x comes back as it is.
+  const Tensor one = Generator(13).uniform({B, 1, C}, -1, 1, DType::f64);
+  CHECK(models::mix_style(one, m).to_vector<double>() == one.to_vector<double>());
+}
+
+TEST_CASE("mix_style in f32 and bf16 against float64") {
+  // f32: the statistics in f32 over T = 50 tokens, ~T·u ≈ 3e-6 relative at worst; the output is x·scale +
+  // shift of size ~3: 1e-4 absolute is a safe bound. bf16: y = x·scale + shift with x, scale, the product,
+  // shift and the sum each rounded to bf16 (2^-9 relative); with |x·scale|, |shift| and |y| at most ~5 here
+  // that is ≤ 5·5·2^-9 ≈ 0.049 (measured: 0.028).
+  const int64_t B = 4, T = 50, C = 8;
+  const Tensor x = Generator(21).uniform({B, T, C}, -3, 3, DType::f64);
+  const models::StyleMix m{{2, 3, 0, 1}, {0.3, 0.7, 0.0, 0.95}};
+  const Tensor want = models::mix_style(x, m);
+  CHECK_CLOSE(models::mix_style(x.to(DType::f32), m).to(DType::f64), want, 1e-4, 0);
+  CHECK_CLOSE(models::mix_style(x.to(DType::bf16), m).to(DType::f64), want, 0.05, 0);
+}
+
+TEST_CASE("mix_style refuses a draw that does not fit the batch") {
+  const Tensor x = Tensor::zeros({3, 4, 2}, DType::f32);
+  CHECK(contains(error_of([&] { models::mix_style(x, models::StyleMix{{0, 1}, {1, 1}}); }), "batch of 3"));
+  CHECK(contains(error_of([&] { models::mix_style(x, models::StyleMix{{0, 1, 3}, {1, 1, 1}}); }), "partner[2] = 3"));
+  CHECK(contains(error_of([&] { models::mix_style(x, models::StyleMix{{0, 1, 2}, {1, 1.5, 1}}); }), "lambda[1]"));
+  CHECK(contains(error_of([&] { models::mix_style(Tensor::zeros({3, 4}), models::StyleMix{}); }), "(B, T, C)"));
+}
+
+TEST_CASE("draw_style_mix: a permutation and Beta weights, from (seed, step) alone, at its rate") {
+  // Determinism and dependence on (seed, step).
+  const auto a = draw_style_mix(1.0, 0.1, 16, 5, 123), b = draw_style_mix(1.0, 0.1, 16, 5, 123);
+  REQUIRE(a);
+  REQUIRE(b);
+  CHECK(a->partner == b->partner);
+  CHECK(a->lambda == b->lambda);
+  CHECK(draw_style_mix(1.0, 0.1, 16, 5, 124)->partner != a->partner);
+  CHECK(draw_style_mix(1.0, 0.1, 16, 6, 123)->lambda != a->lambda);
+  // prob 0 never mixes; prob 0.5 mixes about half the steps: 4,000 steps, standard error √(0.25/4000) ≈
+  // 0.0079, so ±0.04 is 5 standard errors.
+  int mixed = 0;
+  for (uint64_t step = 0; step < 4000; ++step) {
+    CHECK_FALSE(draw_style_mix(0.0, 0.1, 4, 9, step));
+    mixed += bool(draw_style_mix(0.5, 0.1, 4, 9, step));
+  }
+  CHECK(std::fabs(mixed / 4000.0 - 0.5) < 0.04);
+  // Every draw's partners are a permutation; position 0's partner is uniform over the batch (8 values, 5,000
+  // draws: each count 625 ± √(5000·(1/8)·(7/8)) ≈ ±23.4, a 5-SE band of ±117); the 40,000 weights have
+  // Beta(α, α)'s mean 1/2 and variance 1/(4(2α + 1)) = 1/4.8 at α = 0.1 (SE of the mean √(0.2083/40000) ≈
+  // 0.0023, of the variance 0.2083·√((2 − 6/3.2)/40000) ≈ 0.0004; 5-SE bands ±0.012 and ±0.002).
+  std::vector<int> first(8, 0);
+  double s = 0, ss = 0;
+  int64_t count = 0;
+  for (uint64_t step = 0; step < 5000; ++step) {
+    const auto d = draw_style_mix(1.0, 0.1, 8, 3, step);
+    REQUIRE(d);
+    std::vector<int64_t> sorted = d->partner;
+    std::sort(sorted.begin(), sorted.end());
+    CHECK(sorted == std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7});
+    ++first[size_t(d->partner[0])];
+    for (double l : d->lambda) {
+      CHECK((l >= 0 && l <= 1));
+      s += l, ss += l * l, ++count;
+    }
+  }
+  for (int c : first) CHECK(std::abs(c - 625) < 117);
+  REQUIRE(count == 40000);
+  const double mean = s / double(count), var = ss / double(count) - mean * mean;
+  CHECK(std::fabs(mean - 0.5) < 0.012);
+  CHECK(std::fabs(var - 1.0 / 4.8) < 0.002);
+  // Refusals name the field.
+  CHECK(contains(error_of([] { draw_style_mix(1.5, 0.1, 4, 1, 0); }), "prob"));
+  CHECK(contains(error_of([] { draw_style_mix(0.5, 0.0, 4, 1, 0); }), "alpha"));
+  CHECK(contains(error_of([] { draw_style_mix(0.5, 0.1, 0, 1, 0); }), "batch size"));
+  CHECK(contains(error_of([] { draw_style_mix(0.5, 0.1, 4, 1, uint64_t(1) << 32); }), "step"));
+}
+
+TEST_CASE("a CvT in training mixes its statistics only when given a mix, and λ = 1 changes nothing") {
+  // cvt-tiny at 32 px, batch 4. Without a mix, with λ = 1 (the identity up to rounding) and with a real mix,
+  // from one weight set and one dropout/drop-path stream each. Evaluation ignores the mix.
+  auto model = models::make_model(models::preset_config("cvt-tiny"), 3);
+  REQUIRE(model->supports_style_mix());
+  const Tensor images = Generator(4).uniform({4, 3, 32, 32}, -1, 1, DType::f32);
+  auto logits = [&](const models::StyleMix* mix, bool training) {
+    Generator gen(5);
+    model->set_style_mix(mix);
+    Tensor out = model->forward(images, training, gen);
+    model->set_style_mix(nullptr);
+    return out;
+  };
+  const Tensor plain = logits(nullptr, true);
+  const models::StyleMix identity{{1, 0, 3, 2}, {1, 1, 1, 1}}, mixed{{1, 0, 3, 2}, {0.2, 0.6, 0.0, 0.9}};
+  CHECK_CLOSE(logits(&identity, true), plain, 1e-4, 1e-4);
+  CHECK(max(abs(logits(&mixed, true) - plain)).item() > 1e-3);
+  CHECK(logits(&mixed, false).to_vector<float>() == logits(nullptr, false).to_vector<float>());
+  // ViT has no stages for it.
+  CHECK_FALSE(models::make_model(models::preset_config("vit-ti16"))->supports_style_mix());
+}
+
+TEST_CASE("mix_style on CUDA matches the CPU, values and gradient") {
+  SKIP_WITHOUT_GPU();
+  // The op composes existing ops (mean, sum, sqrt, index_select, elementwise); f32 on both sides with
+  // statistics over T = 50 tokens in different summation orders: ~T·u ≈ 3e-6 relative, output size ~3.
+  const int64_t B = 4, T = 50, C = 8;
+  const Tensor base = Generator(31).uniform({B, T, C}, -3, 3, DType::f32);
+  const models::StyleMix m{{2, 3, 0, 1}, {0.3, 0.7, 0.0, 0.95}};
+  Tensor x_cpu = base.clone().detach().set_requires_grad(true);
+  Tensor x_gpu = base.to(Device::CUDA).detach().set_requires_grad(true);
+  const Tensor w = Generator(32).uniform({B, T, C}, -1, 1, DType::f32);
+  Tensor y_cpu = models::mix_style(x_cpu, m), y_gpu = models::mix_style(x_gpu, m);
+  sum(y_cpu * w).backward();
+  sum(y_gpu * w.to(Device::CUDA)).backward();
+  CHECK_CLOSE(y_gpu.to(Device::CPU), y_cpu, 1e-4, 1e-5);
+  CHECK_CLOSE(x_gpu.grad().to(Device::CPU), x_cpu.grad(), 1e-5, 1e-5);
 }

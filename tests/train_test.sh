@@ -13,11 +13,11 @@ pass() { echo "ok:   $*"; }
 
 # 64 training images, 16 per step: 4 steps per epoch, 3 epochs. Drop path on, so the random stream's
 # checkpointed offset matters too; every training feature on (grouped split, one input plane, per-image
-# standardisation, the intensity augmentations, random erasing, mixup/CutMix, the weights' moving average,
+# standardisation, the intensity augmentations, random erasing, mixup/CutMix, MixStyle, the weights' moving average,
 # class-balanced loss, mirrored evaluation), so each of them resumes bit-identically too.
 TINY=(--recipe cpu --synthetic --image-size 32 --epochs 3 --max-train-samples 64 --batch-size 16
       --drop-path 0.1 --log-every 1 --no-progress --split grouped --channels 1 --per-image-norm
-      --gamma 0.3 --blur 0.3 --noise 0.03 --erase 0.3 --mixup 0.2 --cutmix 1.0 --ema 0.9 --balanced-loss --tta)
+      --gamma 0.3 --blur 0.3 --noise 0.03 --erase 0.3 --mixup 0.2 --cutmix 1.0 --mixstyle 0.5 --ema 0.9 --balanced-loss --tta)
 
 "$BIN" train "${TINY[@]}" --out "$DIR/whole" >"$DIR/whole.log" 2>&1 || { fail "uninterrupted run failed"; cat "$DIR/whole.log"; }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <numeric>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -14,6 +15,12 @@
 namespace tessera {
 
 namespace {
+
+// MixStyle's key, another stream again.
+uint64_t style_mix_key(uint64_t seed) {
+  philox::U4 r = philox::philox4x32_10(seed, 0x4D49585354594Cull /* "MIXSTYL" */);
+  return (uint64_t(r.x) << 32) | r.y;
+}
 
 // The mixing stream's Philox key: derived from the seed so that it is not the augmentation's stream (the
 // seed itself) nor the shuffle's.
@@ -165,6 +172,25 @@ void apply_mix(Tensor& images, const MixDraw& d) {
         }
     }
   });
+}
+
+std::optional<models::StyleMix> draw_style_mix(double prob, double alpha, int64_t n, uint64_t seed, uint64_t step) {
+  if (!(prob >= 0 && prob <= 1)) bad("draw_style_mix: prob " + std::to_string(prob) + " must be in [0, 1]");
+  if (!(std::isfinite(alpha) && alpha > 0)) bad("draw_style_mix: alpha " + std::to_string(alpha) + " must be finite and > 0");
+  if (n < 1) bad("draw_style_mix: batch size n " + std::to_string(n) + " must be >= 1");
+  if (step >= kStepLimit) bad("draw_style_mix: step " + std::to_string(step) + " must be < 2^32");
+  StepStream s{style_mix_key(seed), step * kStepLimit, uint64_t(n)};
+  if (!(s.at(0) < prob)) return std::nullopt;
+  models::StyleMix m;
+  m.partner.resize(size_t(n));
+  std::iota(m.partner.begin(), m.partner.end(), int64_t(0));
+  for (int64_t i = n - 1; i > 0; --i) {  // Fisher–Yates: slot i picks j in [0, i]
+    const int64_t j = std::min(int64_t(s.at(uint64_t(i)) * double(i + 1)), i);
+    std::swap(m.partner[size_t(i)], m.partner[size_t(j)]);
+  }
+  m.lambda.resize(size_t(n));
+  for (double& l : m.lambda) l = beta_symmetric(alpha, s);
+  return m;
 }
 
 Tensor mixed_cross_entropy(const Tensor& logits, const Tensor& labels, const MixDraw& draw,

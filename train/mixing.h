@@ -24,10 +24,12 @@
 // in logs: log Gamma(a + 1) + log(U)/a.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "engine/core/tensor.h"
 #include "engine/ops.h"
+#include "models/module.h"
 
 namespace tessera {
 
@@ -68,5 +70,13 @@ void apply_mix(Tensor& images, const MixDraw& draw);
 // normaliser and the sum is the loss against the mixed target.)
 Tensor mixed_cross_entropy(const Tensor& logits, const Tensor& labels, const MixDraw& draw,
                            const CrossEntropyOptions& opt = {});
+
+// MixStyle's draw for one batch of n (models/module.h mix_style): with probability `prob` the batch is
+// mixed, each sample with a partner from a random permutation (Fisher–Yates) and λ_b ~ Beta(α, α) of its
+// own; otherwise nothing (nullopt). Philox under a key of its own derived from `seed`, counter
+// step·2³² + slot: slot 0 decides, slots 1 … n − 1 draw the permutation, the Beta draws use n onwards —
+// so a draw depends only on (seed, step), like draw_mix's. prob in [0, 1], α > 0 and finite, n >= 1,
+// step < 2³² (std::invalid_argument naming them otherwise).
+std::optional<models::StyleMix> draw_style_mix(double prob, double alpha, int64_t n, uint64_t seed, uint64_t step);
 
 }  // namespace tessera

@@ -104,6 +104,7 @@ struct TrainOptions {
   double rotation = 15, crop_scale_min = 0.8, brightness = 0.2, contrast = 0.2, p_vflip = 0.5;
   double gamma = 0, blur = 0, noise = 0, erase = 0;  // scanner-like intensity changes and random erasing
   double mixup = 0, cutmix = 0;  // Beta(α, α) of mixup / CutMix; 0: off
+  double mixstyle = 0, mixstyle_alpha = 0.1;  // MixStyle: share of batches mixed (0: off), its Beta(α, α)
   bool study_pipeline = false;   // resize to image_size² before augmenting and the processor on top (study)
   int64_t max_train_samples = 0; // > 0: a stratified subset of the training split (quick runs)
   int workers = 0;               // loader threads; 0: all cores
@@ -262,6 +263,11 @@ void for_each_option(F&& f) {
   f(Option<double>{"mixup", "--mixup", "Mixup's Beta(a, a) parameter (0: off)", &O::mixup, finite_non_negative});
   f(Option<double>{"cutmix", "--cutmix", "CutMix's Beta(a, a) parameter (0: off; with --mixup: either, half the batches)",
                    &O::cutmix, finite_non_negative});
+  f(Option<double>{"mixstyle", "--mixstyle",
+                   "CvT: share of batches whose feature statistics after stages 1 and 2 are mixed between "
+                   "samples (MixStyle; 0: off)", &O::mixstyle, in_0_1});
+  f(Option<double>{"mixstyle_alpha", "--mixstyle-alpha", "MixStyle's Beta(a, a) parameter for each sample's weight",
+                   &O::mixstyle_alpha, finite_positive});
   f(Option<bool>{.name = "study_pipeline", .member = &O::study_pipeline});  // set by the study recipe only
   f(Option<int64_t>{"max_train_samples", "--max-train-samples", "Train on a stratified subset",
                     &O::max_train_samples, non_negative<int64_t>});

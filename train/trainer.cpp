@@ -521,6 +521,9 @@ void setup(Run& r, const TrainOptions& given, std::ostream& log, const std::stri
   r.model->to(r.device);  // before the optimizer: its moments live where the parameters do
   r.model->set_compute_dtype(r.compute);
   r.has_batch_norm = std::holds_alternative<models::CvtConfig>(r.model->config());
+  if (o.mixstyle > 0 && !r.model->supports_style_mix())
+    throw std::invalid_argument("--mixstyle: " + std::string(r.model->arch_name()) +
+                                " has no stages to mix the statistics of (CvT models only)");
   r.eval_processor = eval_processor(r.model->config(), o);
   r.eval_prepare = study::pre_resize(o);
   r.loader = make_train_loader(r, log);
@@ -668,7 +671,13 @@ EpochTotals train_epoch(Run& r, int64_t epoch, std::ostream& log) {
     }
     auto [images, labels] = upload(*batch, device);
     if (device == Device::CUDA) uploaded.record();  // the batch's host buffers are free once the stream gets here
+    // MixStyle, drawn from (seed, step) alone like the mixing above.
+    const std::optional<models::StyleMix> style =
+        o.mixstyle > 0 ? draw_style_mix(o.mixstyle, o.mixstyle_alpha, n, o.seed, uint64_t(r.state.global_step))
+                       : std::nullopt;
+    r.model->set_style_mix(style ? &*style : nullptr);
     Tensor logits = r.model->forward(images, /*training=*/true, r.gen);
+    r.model->set_style_mix(nullptr);
     Tensor loss = mix.applied ? mixed_cross_entropy(logits, labels, mix, ce) : cross_entropy(logits, labels, ce);
     loss.backward();
     last_norm = clip_grad_norm_on_device(params, max_norm);
