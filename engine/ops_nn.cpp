@@ -258,28 +258,38 @@ Tensor conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias,
   check_vec(op, "ln_weight", ln_weight, C, "one per output channel");
   check_vec(op, "ln_bias", ln_bias, C, "one per output channel");
   TS_CHECK(eps >= 0, "conv_embedding: eps must be >= 0, got " + std::to_string(eps));
-  Tensor xc = plain(x), wc = plain(weight), bc = plain(bias), lwc = plain(ln_weight), lbc = plain(ln_bias);
+  // A channels-last x (the previous stage's tokens seen as an image) is embedded as it lies
+  // (Backend::conv_embedding_nhwc), and its gradient comes back in that layout.
+  const bool nhwc = channels_last(x);
+  Tensor xc = nhwc ? plain_nhwc(x) : plain(x), wc = plain(weight), bc = plain(bias), lwc = plain(ln_weight),
+         lbc = plain(ln_bias);
   Tensor tokens = Tensor::empty({N, P, C}, x.dtype(), x.device());
   Tensor pre = Tensor::empty({N, P, C}, x.dtype(), x.device());
   const DType sdt = stat_dtype(x.dtype());
   Tensor mean = Tensor::empty({N * P}, sdt, x.device()), rstd = Tensor::empty({N * P}, sdt, x.device());
-  if (tokens.numel() > 0) backend(x.device()).conv_embedding(xc, wc, bc, a, lwc, lbc, eps, tokens, pre, mean, rstd);
+  if (tokens.numel() > 0) {
+    Backend& be = backend(x.device());
+    if (nhwc) be.conv_embedding_nhwc(xc, wc, bc, a, lwc, lbc, eps, tokens, pre, mean, rstd);
+    else be.conv_embedding(xc, wc, bc, a, lwc, lbc, eps, tokens, pre, mean, rstd);
+  }
   const bool gx = wants_grad(x), gw = wants_grad(weight), gb = wants_grad(bias);
   const bool glw = wants_grad(ln_weight), glb = wants_grad(ln_bias);
   return record(op, {x, weight, bias, ln_weight, ln_bias}, tokens,
-                [xc, wc, lwc, pre, mean, rstd, a, gx, gw, gb, glw, glb, C](const Tensor& g) {
+                [xc, wc, lwc, pre, mean, rstd, a, gx, gw, gb, glw, glb, C, nhwc](const Tensor& g) {
     Tensor dy = plain(g), dx, dw, db, dlw, dlb;
     auto make = [&](bool want, const Shape& shape) {
       return want ? Tensor::empty(shape, xc.dtype(), xc.device()) : Tensor();
     };
     dx = make(gx, xc.shape()), dw = make(gw, wc.shape()), db = make(gb, {C}), dlw = make(glw, {C}), dlb = make(glb, {C});
     if (dy.numel() > 0) {
-      backend(xc.device()).conv_embedding_backward(dy, xc, wc, a, pre, lwc, mean, rstd, dx, dw, db, dlw, dlb);
+      Backend& be = backend(xc.device());
+      if (nhwc) be.conv_embedding_nhwc_backward(dy, xc, wc, a, pre, lwc, mean, rstd, dx, dw, db, dlw, dlb);
+      else be.conv_embedding_backward(dy, xc, wc, a, pre, lwc, mean, rstd, dx, dw, db, dlw, dlb);
     } else {
       for (Tensor* t : {&dx, &dw, &db, &dlw, &dlb})
         if (t->defined()) t->fill_(0);
     }
-    return std::vector<Tensor>{dx, dw, db, dlw, dlb};
+    return std::vector<Tensor>{nhwc ? as_nchw(dx) : dx, dw, db, dlw, dlb};
   });
 }
 

@@ -726,10 +726,14 @@ inline Entry conv_embedding_entry() {
   e.tol = [](const TolCtx& c) {
     return Tol{(4 * (c.L + 8) * c.uc() + 8 * c.uo()) * std::max(c.max_ref, 1.0) * (c.which == 0 ? 1 : 2), 2 * c.uo(), 0};
   };
-  struct Em { int64_t N, Cin, H, W, C, k, stride, pad; bool bias, affine; unsigned tags; };
+  // nhwc: x made as [N, H, W, Cin] and passed as its [N, Cin, H, W] view, as CvT's later stages pass their
+  // tokens (Backend::conv_embedding_nhwc; the gradient comes back in that layout).
+  struct Em { int64_t N, Cin, H, W, C, k, stride, pad; bool bias, affine; unsigned tags; bool nhwc = false; };
   std::vector<Em> es = {
       {2, 3, 17, 13, 5, 7, 4, 2, true, true, kSmall},  // CvT's first embedding in miniature
       {1, 4, 9, 9, 6, 3, 2, 1, true, true, kSmall},
+      {2, 4, 9, 7, 6, 3, 2, 1, true, true, kSmall, true},  // a later stage's, from its tokens
+      {2, 64, 56, 56, 192, 3, 2, 1, true, true, kOdd, true},
       {2, 3, 8, 12, 7, 4, 4, 0, true, true, kSmall},   // a patchify (k = stride)
       {2, 3, 224, 224, 64, 7, 4, 2, true, true, kCuda | kModel},
       {2, 64, 56, 56, 192, 3, 2, 1, true, true, kCuda | kModel},
@@ -747,24 +751,28 @@ inline Entry conv_embedding_entry() {
             ++seed;  // bias and affine alternate independently
             // Every edge of the tiling (CUDA) and of the im2row gather (CPU): kernels wider than the padded
             // row's remainder, strides past the kernel, no padding.
-            es.push_back({2, cin, H, W, C, kk, s, p, (seed & 1) != 0, (seed & 2) != 0, kOdd});
+            // every other one from a channels-last x where it has channels to lay last
+            es.push_back({2, cin, H, W, C, kk, s, p, (seed & 1) != 0, (seed & 2) != 0, kOdd, (seed & 4) != 0 && cin > 1});
           }
         }
   for (const Em& m : es) {
     Case k;
     k.name = "x [" + std::to_string(m.N) + "," + std::to_string(m.Cin) + "," + std::to_string(m.H) + "," +
              std::to_string(m.W) + "] C " + std::to_string(m.C) + " k " + std::to_string(m.k) + " stride " +
-             std::to_string(m.stride) + " pad " + std::to_string(m.pad) + (m.bias ? " bias" : "") + (m.affine ? " affine" : "");
+             std::to_string(m.stride) + " pad " + std::to_string(m.pad) + (m.bias ? " bias" : "") + (m.affine ? " affine" : "") +
+             (m.nhwc ? " (NCHW view of NHWC)" : "");
     k.tags = m.tags;
     k.make = [m](Generator& g) {
-      Inputs in{{uni(g, {m.N, m.Cin, m.H, m.W}, -1, 1)}, {uni(g, {m.C, m.Cin, m.k, m.k}, -0.5, 0.5)}};
+      Inputs in{{m.nhwc ? uni(g, {m.N, m.H, m.W, m.Cin}, -1, 1) : uni(g, {m.N, m.Cin, m.H, m.W}, -1, 1)},
+                {uni(g, {m.C, m.Cin, m.k, m.k}, -0.5, 0.5)}};
       in.push_back({m.bias ? uni(g, {m.C}, -0.5, 0.5) : Tensor()});
       in.push_back({m.affine ? uni(g, {m.C}, 0.5, 1.5) : Tensor()});
       in.push_back({m.affine ? uni(g, {m.C}, -0.5, 0.5) : Tensor()});
       return in;
     };
     k.call = [m](const std::vector<Tensor>& in) {
-      return conv_embedding(in[0], in[1], in[2], m.stride, m.pad, in[3], in[4], 1e-5);
+      return conv_embedding(m.nhwc ? in[0].permute({0, 3, 1, 2}) : in[0], in[1], in[2], m.stride, m.pad, in[3], in[4],
+                            1e-5);
     };
     const int64_t Ho = (m.H + 2 * m.pad - m.k) / m.stride + 1, Wo = (m.W + 2 * m.pad - m.k) / m.stride + 1;
     const double K = double(m.Cin * m.k * m.k), T = double(m.N * Ho * Wo), C = double(m.C);

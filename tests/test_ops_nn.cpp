@@ -219,11 +219,16 @@ TEST_CASE("bias_gelu equals gelu(x + bias), values, any leading dims") {
 // ================================================================ conv token embedding
 TEST_CASE("conv_embedding equals conv2d, the token layout and layer_norm composed, values") {
   Generator gen(12);
-  // CvT's first embedding in miniature (7×7 stride 4 pad 2), a 3×3/2 one, and a patchify (k = stride).
-  struct Case { int64_t N, Cin, H, W, C, k, stride, pad; };
-  for (const Case& c : {Case{2, 3, 17, 13, 5, 7, 4, 2}, Case{1, 4, 9, 9, 6, 3, 2, 1}, Case{2, 3, 8, 12, 7, 4, 4, 0}}) {
-    INFO("k " << c.k << " stride " << c.stride << " pad " << c.pad);
-    Tensor x = leaf(gen, {c.N, c.Cin, c.H, c.W}), w = leaf(gen, {c.C, c.Cin, c.k, c.k}), b = leaf(gen, {c.C});
+  // CvT's first embedding in miniature (7×7 stride 4 pad 2), a 3×3/2 one, and a patchify (k = stride); the
+  // last three from a channels-last x (a later stage's tokens: Backend::conv_embedding_nhwc), which the
+  // composed side convolves as an NCHW copy.
+  struct Case { int64_t N, Cin, H, W, C, k, stride, pad; bool nhwc; };
+  for (const Case& c : {Case{2, 3, 17, 13, 5, 7, 4, 2, false}, Case{1, 4, 9, 9, 6, 3, 2, 1, false},
+                        Case{2, 3, 8, 12, 7, 4, 4, 0, false}, Case{2, 5, 9, 7, 6, 3, 2, 1, true},
+                        Case{3, 4, 11, 11, 9, 3, 2, 0, true}, Case{1, 3, 6, 10, 4, 7, 4, 2, true}}) {
+    INFO("k " << c.k << " stride " << c.stride << " pad " << c.pad << (c.nhwc ? " channels-last" : ""));
+    Tensor x = c.nhwc ? leaf(gen, {c.N, c.H, c.W, c.Cin}).permute({0, 3, 1, 2}) : leaf(gen, {c.N, c.Cin, c.H, c.W});
+    Tensor w = leaf(gen, {c.C, c.Cin, c.k, c.k}), b = leaf(gen, {c.C});
     Tensor lw = leaf(gen, {c.C}, 0.5, 1.5), lb = leaf(gen, {c.C});
     auto composed = [&](const std::vector<Tensor>& in) {
       Tensor image = conv2d(in[0], in[1], in[2], c.stride, c.pad);
@@ -339,6 +344,74 @@ TEST_CASE("channels-last depthwise conv2d and batch norm equal the NCHW composit
   Tensor n = batch_norm2d(y, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), true);
   CHECK(n.flatten(2).transpose(1, 2).is_contiguous());
   close(n, batch_norm2d(y.contiguous(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), true), 4 * 2 * (24 + 2) * u * 24);  // 2·4·3 rows
+}
+
+// Backend::conv_embedding_nhwc: the CPU's channels-last gather against the composite every other device falls
+// back to (a copy to NCHW, conv_embedding, dx copied back), forward and backward, both in f64. The two sum
+// each K-term convolution and each pixel-sum of dweight/dbias in other orders; with inputs in [-1, 1],
+// weights in [-0.5, 0.5] and the norm's rstd ≤ ~10 at these spreads, every summed term stays O(1), so
+// 4·2·(L + 2)·2^-53·L bounds each difference (L the longest sum: K, C or the N·P pixels).
+TEST_CASE("channels-last conv_embedding equals the NCHW composite, forward and backward") {
+  Generator gen(23);
+  Backend& be = cpu_backend();
+  const double u = std::ldexp(1.0, -53);
+  struct Case { int64_t N, Cin, H, W, C, k, stride, pad; };
+  for (const Case& c : {Case{2, 5, 9, 7, 6, 3, 2, 1}, Case{3, 4, 11, 11, 9, 3, 2, 0}, Case{1, 3, 6, 10, 4, 7, 4, 2},
+                        Case{2, 6, 5, 5, 3, 1, 1, 0}, Case{2, 2, 4, 9, 5, 3, 3, 2}}) {
+    INFO("x [" << c.N << "," << c.H << "," << c.W << "," << c.Cin << "] k " << c.k << " stride " << c.stride << " pad " << c.pad);
+    Conv2dArgs a;
+    a.stride_h = a.stride_w = c.stride;
+    a.pad_h = a.pad_w = c.pad;
+    const int64_t Ho = (c.H + 2 * c.pad - c.k) / c.stride + 1, Wo = (c.W + 2 * c.pad - c.k) / c.stride + 1, P = Ho * Wo;
+    const Tensor x = gen.uniform({c.N, c.H, c.W, c.Cin}, -1, 1, DType::f64);
+    const Tensor w = gen.uniform({c.C, c.Cin, c.k, c.k}, -0.5, 0.5, DType::f64), b = gen.uniform({c.C}, -0.5, 0.5, DType::f64);
+    const Tensor lw = gen.uniform({c.C}, 0.5, 1.5, DType::f64), lb = gen.uniform({c.C}, -0.5, 0.5, DType::f64);
+    const Tensor dtok = gen.uniform({c.N, P, c.C}, -1, 1, DType::f64);
+    const double L = double(std::max({c.Cin * c.k * c.k, c.C, c.N * P})), tol = 4 * 2 * (L + 2) * u * L;
+    auto close = [&](const Tensor& got, const Tensor& ref) {
+      const std::vector<double> g = got.to_vector<double>(), r = ref.to_vector<double>();
+      REQUIRE(g.size() == r.size());
+      double worst = 0;
+      for (size_t i = 0; i < g.size(); ++i) worst = std::max(worst, std::abs(g[i] - r[i]));
+      INFO("max |difference| " << worst << " tolerance " << tol);
+      CHECK(worst <= tol);
+    };
+    auto outputs = [&] {
+      return std::array<Tensor, 4>{Tensor::empty({c.N, P, c.C}, DType::f64), Tensor::empty({c.N, P, c.C}, DType::f64),
+                                   Tensor::empty({c.N * P}, DType::f64), Tensor::empty({c.N * P}, DType::f64)};
+    };
+    std::array<Tensor, 4> got = outputs(), ref = outputs();  // tokens, pre_norm, mean, rstd
+    be.conv_embedding_nhwc(x, w, b, a, lw, lb, 1e-5, got[0], got[1], got[2], got[3]);
+    be.Backend::conv_embedding_nhwc(x, w, b, a, lw, lb, 1e-5, ref[0], ref[1], ref[2], ref[3]);
+    for (size_t i = 0; i < 4; ++i) close(got[i], ref[i]);
+    auto grads = [&] {
+      return std::array<Tensor, 5>{Tensor::empty(x.shape(), DType::f64), Tensor::empty(w.shape(), DType::f64),
+                                   Tensor::empty({c.C}, DType::f64), Tensor::empty({c.C}, DType::f64),
+                                   Tensor::empty({c.C}, DType::f64)};
+    };
+    std::array<Tensor, 5> dg = grads(), dr = grads();  // dx (channels-last), dweight, dbias, dln_weight, dln_bias
+    be.conv_embedding_nhwc_backward(dtok, x, w, a, ref[1], lw, ref[2], ref[3], dg[0], dg[1], dg[2], dg[3], dg[4]);
+    be.Backend::conv_embedding_nhwc_backward(dtok, x, w, a, ref[1], lw, ref[2], ref[3], dr[0], dr[1], dr[2], dr[3], dr[4]);
+    for (size_t i = 0; i < 5; ++i) close(dg[i], dr[i]);
+    // Only dweight wanted: the others stay undefined and dweight is the same.
+    Tensor none, dw_only = Tensor::empty(w.shape(), DType::f64);
+    be.conv_embedding_nhwc_backward(dtok, x, w, a, ref[1], lw, ref[2], ref[3], none, dw_only, none, none, none);
+    close(dw_only, dg[1]);
+  }
+  // The op layer: tokens seen as a channels-last image take the channels-last route and get the same gradient
+  // as through an NCHW copy of that image (the composite's route).
+  const Tensor values = gen.uniform({2, 7 * 6, 5}, -1, 1, DType::f64);  // [N, H·W, C]
+  const Tensor w = gen.uniform({4, 5, 3, 3}, -0.5, 0.5, DType::f64), r = gen.uniform({2, 4 * 3, 4}, -1, 1, DType::f64);
+  auto token_grad = [&](bool copy_to_nchw) {
+    Tensor tokens = values.clone().set_requires_grad(true);
+    Tensor grid = tokens.transpose(1, 2).reshape({2, 5, 7, 6});  // [N, C, H, W], a channels-last view
+    if (copy_to_nchw) grid = grid.contiguous();
+    sum(conv_embedding(grid, w, Tensor(), 2, 1, Tensor(), Tensor(), 1e-5) * r).backward();
+    return tokens.grad();
+  };
+  const std::vector<double> g = token_grad(false).to_vector<double>(), ref = token_grad(true).to_vector<double>();
+  const double L = 2 * 4 * 3, tol = 4 * 2 * (L + 2) * u * L;  // the longest sum: the 24 pixels of dweight's
+  for (size_t i = 0; i < g.size(); ++i) CHECK(std::abs(g[i] - ref[i]) <= tol);
 }
 
 // ================================================================ batch norm

@@ -169,6 +169,11 @@ struct Conv2dArgs {
   (const Tensor& dtokens, const Tensor& x, const Tensor& weight, const Conv2dArgs& a, const Tensor& pre_norm, \
    const Tensor& ln_weight, const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,            \
    Tensor& dbias, Tensor& dln_weight, Tensor& dln_bias)
+// The same embedding of a channels-last x: contiguous [N, H, W, Cin] (the previous stage's tokens, which is
+// how CvT's later embeddings see their input), dx likewise; weight, outputs and the rest as conv_embedding.
+// Composite: a copy to [N, Cin, H, W], conv_embedding(_backward), dx copied back.
+#define TS_PARAMS_conv_embedding_nhwc TS_PARAMS_conv_embedding
+#define TS_PARAMS_conv_embedding_nhwc_backward TS_PARAMS_conv_embedding_backward
 // Depthwise convolution (groups = Cin = Cout) and batch norm on channels-last memory: x, y, dy, dx
 // contiguous [N, H, W, C]; weight [C, 1, kh, kw]; everything else as conv2d and batch_norm. CvT's q/k/v
 // projections run on the token grid between layers that want tokens [N, H·W, C], which is this layout:
@@ -195,7 +200,7 @@ struct Conv2dArgs {
 
 #define TESSERA_FUSED_OPS(X)                                                                           \
   X(bias_gelu) X(bias_gelu_backward) X(drop_path) X(conv_embedding) X(conv_embedding_backward) \
-  X(depthwise_conv2d_nhwc) X(depthwise_conv2d_nhwc_backward) X(batch_norm_nhwc) X(batch_norm_nhwc_backward) \
+  X(conv_embedding_nhwc) X(conv_embedding_nhwc_backward) X(depthwise_conv2d_nhwc) X(depthwise_conv2d_nhwc_backward) X(batch_norm_nhwc) X(batch_norm_nhwc_backward) \
   X(sum_of_squares) X(scale) X(column_sums)
 
 #define TS_PURE(op) virtual void op TS_PARAMS_##op = 0;

@@ -86,6 +86,22 @@ void from_nchw(Backend& be, const Tensor& nchw, Tensor& nhwc) {
 }
 }  // namespace
 
+void Backend::conv_embedding_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
+                                  const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens,
+                                  Tensor& pre_norm, Tensor& mean, Tensor& rstd) {
+  conv_embedding(to_nchw(*this, x), weight, bias, a, ln_weight, ln_bias, eps, tokens, pre_norm, mean, rstd);
+}
+
+void Backend::conv_embedding_nhwc_backward(const Tensor& dtokens, const Tensor& x, const Tensor& weight,
+                                           const Conv2dArgs& a, const Tensor& pre_norm, const Tensor& ln_weight,
+                                           const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
+                                           Tensor& dbias, Tensor& dln_weight, Tensor& dln_bias) {
+  Tensor dx_nchw = empty_nchw(dx);
+  conv_embedding_backward(dtokens, to_nchw(*this, x), weight, a, pre_norm, ln_weight, mean, rstd, dx_nchw, dweight,
+                          dbias, dln_weight, dln_bias);
+  if (dx.defined()) from_nchw(*this, dx_nchw, dx);
+}
+
 void Backend::depthwise_conv2d_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
                                     Tensor& y) {
   Tensor y_nchw = empty_nchw(y);

@@ -219,6 +219,16 @@ class TimingBackend final : public Backend {
     inner_.conv_embedding_backward(dtokens, x, weight, a, pre_norm, ln_weight, mean, rstd, dx, dweight, dbias,
                                    dln_weight, dln_bias);
   }
+  void conv_embedding_nhwc TS_PARAMS_conv_embedding_nhwc override {
+    TS_TIMED(conv_embedding_nhwc, conv_pass_flops(weight, {tokens.size(0), weight.size(0), tokens.size(1), 1}));
+    inner_.conv_embedding_nhwc(x, weight, bias, a, ln_weight, ln_bias, eps, tokens, pre_norm, mean, rstd);
+  }
+  void conv_embedding_nhwc_backward TS_PARAMS_conv_embedding_nhwc_backward override {
+    const double pass = conv_pass_flops(weight, {pre_norm.size(0), weight.size(0), pre_norm.size(1), 1});
+    TS_TIMED(conv_embedding_nhwc_backward, double(int(dx.defined()) + int(dweight.defined())) * pass);
+    inner_.conv_embedding_nhwc_backward(dtokens, x, weight, a, pre_norm, ln_weight, mean, rstd, dx, dweight, dbias,
+                                        dln_weight, dln_bias);
+  }
   void depthwise_conv2d_nhwc TS_PARAMS_depthwise_conv2d_nhwc override {
     TS_TIMED(depthwise_conv2d_nhwc, conv_pass_flops(weight, y.shape()));  // the count is layout-free
     inner_.depthwise_conv2d_nhwc(x, weight, bias, a, y);

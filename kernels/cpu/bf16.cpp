@@ -75,6 +75,9 @@ class CpuBf16 final : public Backend {
   void conv_embedding TS_PARAMS_conv_embedding override {
     k_.conv_embedding(x, weight, bias, a, ln_weight, ln_bias, eps, tokens, pre_norm, mean, rstd);
   }
+  void conv_embedding_nhwc TS_PARAMS_conv_embedding_nhwc override {
+    k_.conv_embedding_nhwc(x, weight, bias, a, ln_weight, ln_bias, eps, tokens, pre_norm, mean, rstd);
+  }
   void depthwise_conv2d_nhwc TS_PARAMS_depthwise_conv2d_nhwc override { k_.depthwise_conv2d_nhwc(x, weight, bias, a, y); }
   void depthwise_conv2d_nhwc_backward TS_PARAMS_depthwise_conv2d_nhwc_backward override {
     k_.depthwise_conv2d_nhwc_backward(dy, x, weight, a, dx, dweight, dbias);
@@ -121,6 +124,11 @@ class CpuBf16 final : public Backend {
     TS_WIDENED(k_.conv_embedding_backward(w.in(dtokens), w.in(x), w.in(weight), a, w.in(pre_norm), w.in(ln_weight),
                                           mean, rstd, w.out(dx), w.out(dweight), w.out(dbias), w.out(dln_weight),
                                           w.out(dln_bias)))
+  }
+  void conv_embedding_nhwc_backward TS_PARAMS_conv_embedding_nhwc_backward override {
+    TS_WIDENED(k_.conv_embedding_nhwc_backward(w.in(dtokens), w.in(x), w.in(weight), a, w.in(pre_norm),
+                                               w.in(ln_weight), mean, rstd, w.out(dx), w.out(dweight), w.out(dbias),
+                                               w.out(dln_weight), w.out(dln_bias)))
   }
   void batch_norm_nhwc TS_PARAMS_batch_norm_nhwc override {
     TS_WIDENED(k_.batch_norm_nhwc(w.in(x), w.in(weight), w.in(bias), mean, invstd, eps, training, w.out(y)))

@@ -21,6 +21,8 @@ class CpuBackend final : public Backend {
   TS_OVERRIDE(bias_gelu_backward)
   TS_OVERRIDE(conv_embedding)  // the convolution as one GEMM straight into the token layout
   TS_OVERRIDE(conv_embedding_backward)
+  TS_OVERRIDE(conv_embedding_nhwc)  // the same GEMMs, each receptive-field row gathered as kw·Cin-long runs
+  TS_OVERRIDE(conv_embedding_nhwc_backward)
   TS_OVERRIDE(depthwise_conv2d_nhwc)  // loops along the contiguous channels
   TS_OVERRIDE(depthwise_conv2d_nhwc_backward)
   TS_OVERRIDE(batch_norm_nhwc)

@@ -681,9 +681,14 @@ void CpuBackend::conv2d_backward(const Tensor& dy, const Tensor& x, const Tensor
 // The composite (engine/core/fused.cpp) convolves sample by sample into an image [N, C, Ho, Wo] (GEMMs of
 // only C rows, one sample at a time) and then transposes it into tokens. Here the convolution goes straight
 // to the token layout as one GEMM per chunk of samples: im2row gathers each output pixel's receptive field
-// into a row of K = Cin·kh·kw (columns in the weight's own (c, i, j) order) and pre_norm [pixels, C] =
-// bias + rows · weightᵀ, a GEMM with thousands of rows. Backward keeps the layout: dbias = Σ_pixels dpre,
-// dweight = dpreᵀ · rows (summed over the chunks) and drows = dpre · weight, scattered back (row2im).
+// into a row of K = Cin·kh·kw and pre_norm [pixels, C] = bias + rows · weightᵀ, a GEMM with thousands of
+// rows. Backward keeps the layout: dbias = Σ_pixels dpre, dweight = dpreᵀ · rows (summed over the chunks)
+// and drows = dpre · weight, scattered back (row2im).
+//
+// Two input layouts. NCHW (the image): a row's columns in the weight's own (c, i, j) order, gathered as
+// Cin·kh runs of kw values. Channels-last [N, H, W, Cin] (the previous stage's tokens): columns in (i, j, c)
+// order, gathered as kh runs of kw·Cin values — one copy per kernel row instead of Cin of them, and no
+// transposing copy of the input or of dx — with the weight (and dweight) permuted to [C, kh, kw, Cin].
 namespace {
 
 // Samples per chunk, so that a chunk's rows [samples·P, K] stay near 16 MiB of f32 however large the batch.
@@ -691,98 +696,144 @@ int64_t embedding_chunk(const ConvGeom& g) {
   return std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(g.P() * g.K(), 1), 1, std::max<int64_t>(g.N, 1));
 }
 
-// rows [(n − n0)·P + oh·Wo + ow, (c·kh + i)·kw + j] = x[n, c, oh·sh − ph + i, ow·sw − pw + j] (0 outside).
-template <typename T> void im2row(const ConvGeom& g, const T* x, int64_t n0, int64_t n1, T* rows) {
+// Output column ow reads input columns iw0 + j for taps j in [j0, j1), iw0 = ow·sw − pw; the rest is padding.
+struct TapSpan { int64_t iw0, j0, j1; };
+inline TapSpan tap_span(const ConvGeom& g, int64_t ow) {
+  const int64_t iw0 = ow * g.sw - g.pw;
+  return {iw0, std::max<int64_t>(0, -iw0), std::min(g.kw, g.W - iw0)};
+}
+
+// NCHW: rows [(n − n0)·P + oh·Wo + ow, (c·kh + i)·kw + j] = x[n, c, oh·sh − ph + i, ow·sw − pw + j].
+// Channels-last: rows [.., (i·kw + j)·Cin + c] = x[n, oh·sh − ph + i, ow·sw − pw + j, c]. 0 outside.
+template <typename T> void im2row(const ConvGeom& g, bool nhwc, const T* x, int64_t n0, int64_t n1, T* rows) {
   const int64_t P = g.P(), K = g.K();
   parallel_for((n1 - n0) * P, std::max<int64_t>(1, 4096 / std::max<int64_t>(K, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = n0 + r / P, oh = r % P / g.Wo, ow = r % P % g.Wo;
-      const int64_t iw0 = ow * g.sw - g.pw, j0 = std::max<int64_t>(0, -iw0), j1 = std::min(g.kw, g.W - iw0);
+      const int64_t n = n0 + r / P, oh = r % P / g.Wo;
+      const TapSpan t = tap_span(g, r % P % g.Wo);
       T* row = rows + r * K;
-      for (int64_t c = 0; c < g.Cin; ++c)
-        for (int64_t i = 0; i < g.kh; ++i) {
-          T* out = row + (c * g.kh + i) * g.kw;
-          const int64_t ih = oh * g.sh - g.ph + i;
-          if (ih < 0 || ih >= g.H || j0 >= j1) { std::fill(out, out + g.kw, T{}); continue; }
-          const T* in = x + ((n * g.Cin + c) * g.H + ih) * g.W;  // the input row; tap j reads column iw0 + j
-          std::fill(out, out + j0, T{});
-          std::copy(in + iw0 + j0, in + iw0 + j1, out + j0);
-          std::fill(out + j1, out + g.kw, T{});
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t ih = oh * g.sh - g.ph + i;
+        const bool inside = ih >= 0 && ih < g.H && t.j0 < t.j1;
+        if (nhwc) {  // one run of kw·Cin: taps j0..j1 are adjacent pixels of input row ih
+          T* out = row + i * g.kw * g.Cin;
+          if (!inside) { std::fill(out, out + g.kw * g.Cin, T{}); continue; }
+          const T* in = x + ((n * g.H + ih) * g.W + t.iw0 + t.j0) * g.Cin;
+          std::fill(out, out + t.j0 * g.Cin, T{});
+          std::copy(in, in + (t.j1 - t.j0) * g.Cin, out + t.j0 * g.Cin);
+          std::fill(out + t.j1 * g.Cin, out + g.kw * g.Cin, T{});
+          continue;
         }
+        for (int64_t c = 0; c < g.Cin; ++c) {
+          T* out = row + (c * g.kh + i) * g.kw;
+          if (!inside) { std::fill(out, out + g.kw, T{}); continue; }
+          const T* in = x + ((n * g.Cin + c) * g.H + ih) * g.W + t.iw0 + t.j0;
+          std::fill(out, out + t.j0, T{});
+          std::copy(in, in + (t.j1 - t.j0), out + t.j0);
+          std::fill(out + t.j1, out + g.kw, T{});
+        }
+      }
     }
   });
 }
 
 // The adjoint of im2row into dx (zeroed here): samples own disjoint parts of dx, so they run in parallel,
 // each adding its rows in order.
-template <typename T> void row2im(const ConvGeom& g, const T* rows, int64_t n0, int64_t n1, T* dx) {
+template <typename T> void row2im(const ConvGeom& g, bool nhwc, const T* rows, int64_t n0, int64_t n1, T* dx) {
   const int64_t P = g.P(), K = g.K(), image = g.Cin * g.H * g.W;
   parallel_for(n1 - n0, 1, [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
       T* dxn = dx + (n0 + s) * image;
       std::fill(dxn, dxn + image, T(0));
       for (int64_t p = 0; p < P; ++p) {
-        const int64_t oh = p / g.Wo, ow = p % g.Wo;
-        const int64_t iw0 = ow * g.sw - g.pw, j0 = std::max<int64_t>(0, -iw0), j1 = std::min(g.kw, g.W - iw0);
+        const int64_t oh = p / g.Wo;
+        const TapSpan t = tap_span(g, p % g.Wo);
         const T* row = rows + (s * P + p) * K;
-        for (int64_t c = 0; c < g.Cin; ++c)
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t ih = oh * g.sh - g.ph + i;
-            if (ih < 0 || ih >= g.H) continue;
-            const T* in = row + (c * g.kh + i) * g.kw;
-            T* out = dxn + (c * g.H + ih) * g.W;
-            for (int64_t j = j0; j < j1; ++j) out[iw0 + j] += in[j];
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t ih = oh * g.sh - g.ph + i;
+          if (ih < 0 || ih >= g.H || t.j0 >= t.j1) continue;
+          if (nhwc) {
+            const T* in = row + (i * g.kw + t.j0) * g.Cin;
+            T* out = dxn + (ih * g.W + t.iw0 + t.j0) * g.Cin;
+            for (int64_t q = 0; q < (t.j1 - t.j0) * g.Cin; ++q) out[q] += in[q];
+            continue;
           }
+          for (int64_t c = 0; c < g.Cin; ++c) {
+            const T* in = row + (c * g.kh + i) * g.kw + t.j0;
+            T* out = dxn + (c * g.H + ih) * g.W + t.iw0 + t.j0;
+            for (int64_t j = 0; j < t.j1 - t.j0; ++j) out[j] += in[j];
+          }
+        }
       }
     }
   });
 }
 
-ConvGeom embedding_geom(const Tensor& x, const Tensor& weight, const Conv2dArgs& a) {
-  TS_CHECK(a.groups == 1, "conv_embedding: groups must be 1, got " + std::to_string(a.groups));
-  return conv_geom(x, weight, Tensor(), a);
+// [C, Cin, kh, kw] <-> [C, kh, kw, Cin] (the channels-last rows' column order), either way by `to_taps`.
+template <typename T> void permute_weight(const ConvGeom& g, const T* from, T* to, bool to_taps) {
+  for (int64_t co = 0; co < g.Cout; ++co)
+    for (int64_t c = 0; c < g.Cin; ++c)
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t chw = ((co * g.Cin + c) * g.kh + i) * g.kw + j, hwc = ((co * g.kh + i) * g.kw + j) * g.Cin + c;
+          if (to_taps) to[hwc] = from[chw];
+          else to[chw] = from[hwc];
+        }
 }
 
-}  // namespace
+// The geometry of x [N, Cin, H, W], or of x [N, H, W, Cin] when nhwc.
+ConvGeom embedding_geom(const Tensor& x, bool nhwc, const Tensor& weight, const Conv2dArgs& a) {
+  TS_CHECK(a.groups == 1, "conv_embedding: groups must be 1, got " + std::to_string(a.groups));
+  return conv_geom(nhwc ? x.permute({0, 3, 1, 2}) : x, weight, Tensor(), a);
+}
+
+// The weight in the rows' column order: itself for NCHW, permuted for channels-last.
+template <typename T> Tensor weight_in_row_order(const ConvGeom& g, bool nhwc, const Tensor& weight) {
+  if (!nhwc) return weight;
+  Tensor taps = Tensor::empty(weight.shape(), weight.dtype());
+  permute_weight(g, weight.data<T>(), taps.data<T>(), true);
+  return taps;
+}
 
 // bf16: the GEMM rounds each convolution output (bias included) once into pre_norm, and the norm reads
 // exactly those stored values, as the contract asks.
-void CpuBackend::conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
-                                const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens,
-                                Tensor& pre_norm, Tensor& mean, Tensor& rstd) {
+void embed(CpuBackend& be, bool nhwc, const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
+           const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens, Tensor& pre_norm, Tensor& mean,
+           Tensor& rstd) {
   visit_float_or_bf16(x.dtype(), "conv_embedding", [&](auto tag) {
     using T = decltype(tag);
-    const ConvGeom g = embedding_geom(x, weight, a);
+    const ConvGeom g = embedding_geom(x, nhwc, weight, a);
     const int64_t P = g.P(), K = g.K(), C = g.Cout, chunk = embedding_chunk(g);
     const T* pb = data_or_null<T>(bias);
     T* pre = pre_norm.data<T>();
+    const Tensor w = weight_in_row_order<T>(g, nhwc, weight);
     Tensor rows = Tensor::empty({chunk * P, K}, x.dtype());
     for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
       const int64_t n1 = std::min(g.N, n0 + chunk), M = (n1 - n0) * P;
-      im2row(g, x.data<T>(), n0, n1, rows.data<T>());
+      im2row(g, nhwc, x.data<T>(), n0, n1, rows.data<T>());
       if (pb)  // the GEMM adds onto the bias (beta = 1)
         parallel_for(M, row_grain(C), [&](int64_t r0, int64_t r1) {
           for (int64_t r = r0; r < r1; ++r) std::copy(pb, pb + C, pre + (n0 * P + r) * C);
         });
-      run_gemm(false, true, 1, M, C, K, 1.0, pb ? 1.0 : 0.0, rows, 0, weight, 0, window(pre_norm, n0 * P * C, {M * C}), 0);
+      run_gemm(false, true, 1, M, C, K, 1.0, pb ? 1.0 : 0.0, rows, 0, w, 0, window(pre_norm, n0 * P * C, {M * C}), 0);
     }
     Tensor pre_rows = pre_norm.reshape({g.N * P, C}), token_rows = tokens.reshape({g.N * P, C});
-    layer_norm(pre_rows, ln_weight, ln_bias, eps, token_rows, mean, rstd);
+    be.layer_norm(pre_rows, ln_weight, ln_bias, eps, token_rows, mean, rstd);
   });
 }
 
-void CpuBackend::conv_embedding_backward(const Tensor& dtokens, const Tensor& x, const Tensor& weight,
-                                         const Conv2dArgs& a, const Tensor& pre_norm, const Tensor& ln_weight,
-                                         const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
-                                         Tensor& dbias, Tensor& dln_weight, Tensor& dln_bias) {
+void embed_backward(CpuBackend& be, bool nhwc, const Tensor& dtokens, const Tensor& x, const Tensor& weight,
+                    const Conv2dArgs& a, const Tensor& pre_norm, const Tensor& ln_weight, const Tensor& mean,
+                    const Tensor& rstd, Tensor& dx, Tensor& dweight, Tensor& dbias, Tensor& dln_weight,
+                    Tensor& dln_bias) {
   visit_float(x.dtype(), "conv_embedding_backward", [&](auto tag) {
     using T = decltype(tag);
-    const ConvGeom g = embedding_geom(x, weight, a);
+    const ConvGeom g = embedding_geom(x, nhwc, weight, a);
     const int64_t P = g.P(), K = g.K(), C = g.Cout, chunk = embedding_chunk(g), pixels = g.N * P;
     const bool conv_grads = dx.defined() || dweight.defined() || dbias.defined();
     Tensor dpre = conv_grads ? Tensor::empty({pixels, C}, x.dtype()) : Tensor();
-    layer_norm_backward(dtokens.reshape({pixels, C}), pre_norm.reshape({pixels, C}), ln_weight, mean, rstd, dpre,
-                        dln_weight, dln_bias);
+    be.layer_norm_backward(dtokens.reshape({pixels, C}), pre_norm.reshape({pixels, C}), ln_weight, mean, rstd, dpre,
+                           dln_weight, dln_bias);
     if (!conv_grads) return;
     const T* pg = dpre.data<T>();
     if (dbias.defined()) {
@@ -790,20 +841,54 @@ void CpuBackend::conv_embedding_backward(const Tensor& dtokens, const Tensor& x,
       for (int64_t c = 0; c < C; ++c) dbias.data<T>()[c] = T(sums[size_t(c)]);
     }
     if (!dx.defined() && !dweight.defined()) return;
+    const Tensor w = dx.defined() ? weight_in_row_order<T>(g, nhwc, weight) : Tensor();
+    // dweight in the rows' column order: dweight itself for NCHW, permuted back at the end for channels-last.
+    Tensor dw = dweight.defined() && nhwc ? Tensor::empty(dweight.shape(), dweight.dtype()) : dweight;
     Tensor rows = Tensor::empty({chunk * P, K}, x.dtype());
     for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
       const int64_t n1 = std::min(g.N, n0 + chunk), M = (n1 - n0) * P;
       const Tensor dpre_chunk = window(dpre, n0 * P * C, {M * C});
-      if (dweight.defined()) {  // dweight [C, K] (+)= dpreᵀ [C, M] · rows [M, K]
-        im2row(g, x.data<T>(), n0, n1, rows.data<T>());
-        run_gemm(true, false, 1, C, K, M, 1.0, n0 == 0 ? 0.0 : 1.0, dpre_chunk, 0, rows, 0, dweight, 0);
+      if (dw.defined()) {  // dw [C, K] (+)= dpreᵀ [C, M] · rows [M, K]
+        im2row(g, nhwc, x.data<T>(), n0, n1, rows.data<T>());
+        run_gemm(true, false, 1, C, K, M, 1.0, n0 == 0 ? 0.0 : 1.0, dpre_chunk, 0, rows, 0, dw, 0);
       }
-      if (dx.defined()) {  // drows [M, K] = dpre [M, C] · weight [C, K]; rows is free again
-        run_gemm(false, false, 1, M, K, C, 1.0, 0.0, dpre_chunk, 0, weight, 0, rows, 0);
-        row2im(g, rows.data<T>(), n0, n1, dx.data<T>());
+      if (dx.defined()) {  // drows [M, K] = dpre [M, C] · w [C, K]; rows is free again
+        run_gemm(false, false, 1, M, K, C, 1.0, 0.0, dpre_chunk, 0, w, 0, rows, 0);
+        row2im(g, nhwc, rows.data<T>(), n0, n1, dx.data<T>());
       }
     }
+    if (dw.defined() && nhwc) permute_weight(g, dw.data<T>(), dweight.data<T>(), false);
   });
+}
+
+}  // namespace
+
+void CpuBackend::conv_embedding(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
+                                const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens,
+                                Tensor& pre_norm, Tensor& mean, Tensor& rstd) {
+  embed(*this, false, x, weight, bias, a, ln_weight, ln_bias, eps, tokens, pre_norm, mean, rstd);
+}
+
+void CpuBackend::conv_embedding_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, const Conv2dArgs& a,
+                                     const Tensor& ln_weight, const Tensor& ln_bias, double eps, Tensor& tokens,
+                                     Tensor& pre_norm, Tensor& mean, Tensor& rstd) {
+  embed(*this, true, x, weight, bias, a, ln_weight, ln_bias, eps, tokens, pre_norm, mean, rstd);
+}
+
+void CpuBackend::conv_embedding_backward(const Tensor& dtokens, const Tensor& x, const Tensor& weight,
+                                         const Conv2dArgs& a, const Tensor& pre_norm, const Tensor& ln_weight,
+                                         const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
+                                         Tensor& dbias, Tensor& dln_weight, Tensor& dln_bias) {
+  embed_backward(*this, false, dtokens, x, weight, a, pre_norm, ln_weight, mean, rstd, dx, dweight, dbias,
+                 dln_weight, dln_bias);
+}
+
+void CpuBackend::conv_embedding_nhwc_backward(const Tensor& dtokens, const Tensor& x, const Tensor& weight,
+                                              const Conv2dArgs& a, const Tensor& pre_norm, const Tensor& ln_weight,
+                                              const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
+                                              Tensor& dbias, Tensor& dln_weight, Tensor& dln_bias) {
+  embed_backward(*this, true, dtokens, x, weight, a, pre_norm, ln_weight, mean, rstd, dx, dweight, dbias,
+                 dln_weight, dln_bias);
 }
 
 // ================================================================ batch norm
