@@ -221,6 +221,33 @@ TEST_CASE("autograd: accumulation, no-grad, detach, freed graph") {
   CHECK_THROWS_AS(Tensor::zeros({2}, DType::i64).set_requires_grad(), TensorError);
 }
 
+TEST_CASE("autograd: a leaf adopts a gradient nothing else holds, and copies one that is shared") {
+  // mul(x, 3) hands back a fresh tensor: adopted, no copy. add(a, b) hands both leaves the same incoming
+  // gradient: each must get its own memory, or scaling one (clipping) would scale the other.
+  Tensor x = Tensor::from(std::vector<double>{1, 2, 3}, {3}).set_requires_grad();
+  sum(mul(x, 3.0)).backward();
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{3, 3, 3});
+  CHECK(x.grad().storage() != x.storage());
+  Tensor a = Tensor::from(std::vector<double>{1, 2}, {2}).set_requires_grad();
+  Tensor b = Tensor::from(std::vector<double>{3, 4}, {2}).set_requires_grad();
+  Tensor g = Tensor::from(std::vector<double>{5, 6}, {2});
+  add(a, b).backward(g);
+  CHECK(a.grad().storage() != b.grad().storage());
+  CHECK(a.grad().storage() != g.storage());
+  Tensor a_grad = a.grad();
+  a_grad.fill_(0);
+  CHECK(b.grad().to_vector<double>() == std::vector<double>{5, 6});
+  CHECK(g.to_vector<double>() == std::vector<double>{5, 6});
+  // A view's gradient (reshape hands back a view of the incoming one) is copied too, and accumulation after
+  // an adopted gradient adds in place.
+  Tensor v = Tensor::from(std::vector<double>{1, 2, 3, 4}, {2, 2}).set_requires_grad();
+  Tensor seed = Tensor::from(std::vector<double>{1, 2, 3, 4}, {4});
+  v.reshape({4}).backward(seed);
+  CHECK(v.grad().storage() != seed.storage());
+  sum(mul(v, 2.0)).backward();
+  CHECK(v.grad().to_vector<double>() == std::vector<double>{3, 4, 5, 6});
+}
+
 TEST_CASE("gradients flow through every view") {
   using namespace tessera::testing;
   Generator gen(3);

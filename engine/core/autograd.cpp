@@ -97,6 +97,13 @@ void Tensor::backward(const Tensor& grad) const {
 
   auto accumulate_leaf = [](const Tensor& leaf, const Tensor& g) {
     TS_CHECK(g.shape() == leaf.shape(), "backward: gradient " + g.str() + " for leaf " + leaf.str());
+    // A fresh gradient that nothing else holds (most parameters' own: a GEMM's or a reduction's output)
+    // becomes the leaf's as it is; the copy below costs a call per parameter per step.
+    if (!leaf.grad().defined() && g.dtype() == leaf.dtype() && g.is_contiguous() && g.offset() == 0 &&
+        g.sole_owner()) {
+      const_cast<Tensor&>(leaf).set_grad(g);
+      return;
+    }
     Tensor gg = g.dtype() == leaf.dtype() ? g : g.to(leaf.dtype());
     if (!leaf.grad().defined()) {
       // Own the memory: the gradient may alias a view of something the graph still uses.

@@ -451,6 +451,7 @@ void Tensor::set_grad(const Tensor& g) {
   impl_->grad = g;
 }
 void Tensor::zero_grad() { impl_->grad = Tensor(); }
+bool Tensor::sole_owner() const { return impl_ && impl_.use_count() == 1 && impl_->storage.use_count() == 1; }
 const std::shared_ptr<Node>& Tensor::grad_fn() const { return impl_->grad_fn; }
 Tensor Tensor::detach() const {
   return make(impl_->storage, impl_->shape, impl_->strides, impl_->offset, impl_->dtype);

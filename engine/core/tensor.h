@@ -69,6 +69,9 @@ class Tensor {
   const std::shared_ptr<Storage>& storage() const;
   std::string str() const;  // "f32[2, 3] cpu"
   TensorImpl* impl() const { return impl_.get(); }
+  // Whether this handle is the only one to its tensor and that tensor the only view of its storage: nothing
+  // else can read or write the memory, so it may be adopted instead of copied.
+  bool sole_owner() const;
 
   // Pointer to the first element (storage + offset). T must match dtype().
   template <typename T> T* data() const;
