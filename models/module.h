@@ -129,7 +129,8 @@ Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, i
 //   y_btc = (x_btc − μ_bc) / σ_bc · (λ_b σ_bc + (1 − λ_b) σ_pc) + λ_b μ_bc + (1 − λ_b) μ_pc,   p = partner[b]
 // μ and σ are constants to the gradient (the paper's detach): dy/dx = (λ_b σ_bc + (1 − λ_b) σ_pc) / σ_bc.
 // partner and lambda have one entry per sample (any p in [0, B), λ in [0, 1]); T < 2 has no spread and
-// returns x unchanged.
+// returns x unchanged. On a GPU each call uploads the two vectors from pageable host memory, which waits for
+// the stream: MixStyle is in no recipe, and that cost has not been measured on a GPU.
 struct StyleMix {
   std::vector<int64_t> partner;
   std::vector<double> lambda;

@@ -751,7 +751,7 @@ inline Entry conv_embedding_entry() {
             ++seed;  // bias and affine alternate independently
             // Every edge of the tiling (CUDA) and of the im2row gather (CPU): kernels wider than the padded
             // row's remainder, strides past the kernel, no padding.
-            // every other one from a channels-last x where it has channels to lay last
+            // half of them (seed & 4: runs of four) from a channels-last x where it has channels to lay last
             es.push_back({2, cin, H, W, C, kk, s, p, (seed & 1) != 0, (seed & 2) != 0, kOdd, (seed & 4) != 0 && cin > 1});
           }
         }

@@ -346,57 +346,68 @@ TEST_CASE("channels-last depthwise conv2d and batch norm equal the NCHW composit
   close(n, batch_norm2d(y.contiguous(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), true), 4 * 2 * (24 + 2) * u * 24);  // 2·4·3 rows
 }
 
-// Backend::conv_embedding_nhwc: the CPU's channels-last gather against the composite every other device falls
-// back to (a copy to NCHW, conv_embedding, dx copied back), forward and backward, both in f64. The two sum
-// each K-term convolution and each pixel-sum of dweight/dbias in other orders; with inputs in [-1, 1],
-// weights in [-0.5, 0.5] and the norm's rstd ≤ ~10 at these spreads, every summed term stays O(1), so
-// 4·2·(L + 2)·2^-53·L bounds each difference (L the longest sum: K, C or the N·P pixels).
-TEST_CASE("channels-last conv_embedding equals the NCHW composite, forward and backward") {
+// Backend::conv_embedding_nhwc and conv_embedding on the CPU (one GEMM per chunk of samples, rows gathered in
+// either layout) against the base class's composite (a convolution per sample, a transposing copy, the
+// layer norm; its NCHW input made from the channels-last one), forward and backward, all in f64. The last
+// case's rows exceed one chunk (P·K = 4096·576 > 2^21: a sample a chunk), so row2im at n0 > 0, dweight's
+// accumulation over chunks and its permutation back are checked too. The sides sum each K-term
+// convolution and each pixel-sum of dweight/dbias in other orders: with inputs in [-1, 1] and weights in
+// [-0.5, 0.5] every summed term is O(1) before the norm, so 2·(L + 2)·2^-53·L bounds each pre-norm
+// difference (L the longest sum: K, C or the N·P pixels), and the norm and its backward scale that by at
+// most rstd (≤ 1/√eps); factor 4 for the chained formulas.
+TEST_CASE("conv_embedding in both layouts equals the per-sample composite, forward and backward") {
   Generator gen(23);
   Backend& be = cpu_backend();
   const double u = std::ldexp(1.0, -53);
   struct Case { int64_t N, Cin, H, W, C, k, stride, pad; };
   for (const Case& c : {Case{2, 5, 9, 7, 6, 3, 2, 1}, Case{3, 4, 11, 11, 9, 3, 2, 0}, Case{1, 3, 6, 10, 4, 7, 4, 2},
-                        Case{2, 6, 5, 5, 3, 1, 1, 0}, Case{2, 2, 4, 9, 5, 3, 3, 2}}) {
+                        Case{2, 6, 5, 5, 3, 1, 1, 0}, Case{2, 2, 4, 9, 5, 3, 3, 2}, Case{3, 64, 64, 64, 4, 3, 1, 1}}) {
     INFO("x [" << c.N << "," << c.H << "," << c.W << "," << c.Cin << "] k " << c.k << " stride " << c.stride << " pad " << c.pad);
     Conv2dArgs a;
     a.stride_h = a.stride_w = c.stride;
     a.pad_h = a.pad_w = c.pad;
     const int64_t Ho = (c.H + 2 * c.pad - c.k) / c.stride + 1, Wo = (c.W + 2 * c.pad - c.k) / c.stride + 1, P = Ho * Wo;
-    const Tensor x = gen.uniform({c.N, c.H, c.W, c.Cin}, -1, 1, DType::f64);
+    const Tensor x = gen.uniform({c.N, c.H, c.W, c.Cin}, -1, 1, DType::f64), x_nchw = x.permute({0, 3, 1, 2}).contiguous();
     const Tensor w = gen.uniform({c.C, c.Cin, c.k, c.k}, -0.5, 0.5, DType::f64), b = gen.uniform({c.C}, -0.5, 0.5, DType::f64);
     const Tensor lw = gen.uniform({c.C}, 0.5, 1.5, DType::f64), lb = gen.uniform({c.C}, -0.5, 0.5, DType::f64);
     const Tensor dtok = gen.uniform({c.N, P, c.C}, -1, 1, DType::f64);
-    const double L = double(std::max({c.Cin * c.k * c.k, c.C, c.N * P})), tol = 4 * 2 * (L + 2) * u * L;
-    auto close = [&](const Tensor& got, const Tensor& ref) {
-      const std::vector<double> g = got.to_vector<double>(), r = ref.to_vector<double>();
+    auto outputs = [&] {
+      return std::array<Tensor, 4>{Tensor::empty({c.N, P, c.C}, DType::f64), Tensor::empty({c.N, P, c.C}, DType::f64),
+                                   Tensor::empty({c.N * P}, DType::f64), Tensor::empty({c.N * P}, DType::f64)};
+    };
+    std::array<Tensor, 4> ref = outputs(), nhwc = outputs(), nchw = outputs();  // tokens, pre_norm, mean, rstd
+    be.Backend::conv_embedding(x_nchw, w, b, a, lw, lb, 1e-5, ref[0], ref[1], ref[2], ref[3]);
+    be.conv_embedding_nhwc(x, w, b, a, lw, lb, 1e-5, nhwc[0], nhwc[1], nhwc[2], nhwc[3]);
+    be.conv_embedding(x_nchw, w, b, a, lw, lb, 1e-5, nchw[0], nchw[1], nchw[2], nchw[3]);
+    const std::vector<double> rstd = ref[3].to_vector<double>();
+    const double L = double(std::max({c.Cin * c.k * c.k, c.C, c.N * P}));
+    const double tol = 4 * 2 * (L + 2) * u * L * std::max(1.0, *std::max_element(rstd.begin(), rstd.end()));
+    auto close = [&](const Tensor& got, const Tensor& want) {
+      const std::vector<double> g = got.to_vector<double>(), r = want.to_vector<double>();
       REQUIRE(g.size() == r.size());
       double worst = 0;
       for (size_t i = 0; i < g.size(); ++i) worst = std::max(worst, std::abs(g[i] - r[i]));
       INFO("max |difference| " << worst << " tolerance " << tol);
       CHECK(worst <= tol);
     };
-    auto outputs = [&] {
-      return std::array<Tensor, 4>{Tensor::empty({c.N, P, c.C}, DType::f64), Tensor::empty({c.N, P, c.C}, DType::f64),
-                                   Tensor::empty({c.N * P}, DType::f64), Tensor::empty({c.N * P}, DType::f64)};
-    };
-    std::array<Tensor, 4> got = outputs(), ref = outputs();  // tokens, pre_norm, mean, rstd
-    be.conv_embedding_nhwc(x, w, b, a, lw, lb, 1e-5, got[0], got[1], got[2], got[3]);
-    be.Backend::conv_embedding_nhwc(x, w, b, a, lw, lb, 1e-5, ref[0], ref[1], ref[2], ref[3]);
-    for (size_t i = 0; i < 4; ++i) close(got[i], ref[i]);
-    auto grads = [&] {
-      return std::array<Tensor, 5>{Tensor::empty(x.shape(), DType::f64), Tensor::empty(w.shape(), DType::f64),
+    for (size_t i = 0; i < 4; ++i) close(nhwc[i], ref[i]), close(nchw[i], ref[i]);
+    auto grads = [&](const Shape& x_shape) {
+      return std::array<Tensor, 5>{Tensor::empty(x_shape, DType::f64), Tensor::empty(w.shape(), DType::f64),
                                    Tensor::empty({c.C}, DType::f64), Tensor::empty({c.C}, DType::f64),
                                    Tensor::empty({c.C}, DType::f64)};
     };
-    std::array<Tensor, 5> dg = grads(), dr = grads();  // dx (channels-last), dweight, dbias, dln_weight, dln_bias
+    // dx, dweight, dbias, dln_weight, dln_bias; the reference's dx in NCHW, the channels-last one's in NHWC.
+    std::array<Tensor, 5> dr = grads(x_nchw.shape()), dg = grads(x.shape()), dn = grads(x_nchw.shape());
+    be.Backend::conv_embedding_backward(dtok, x_nchw, w, a, ref[1], lw, ref[2], ref[3], dr[0], dr[1], dr[2], dr[3], dr[4]);
     be.conv_embedding_nhwc_backward(dtok, x, w, a, ref[1], lw, ref[2], ref[3], dg[0], dg[1], dg[2], dg[3], dg[4]);
-    be.Backend::conv_embedding_nhwc_backward(dtok, x, w, a, ref[1], lw, ref[2], ref[3], dr[0], dr[1], dr[2], dr[3], dr[4]);
-    for (size_t i = 0; i < 5; ++i) close(dg[i], dr[i]);
+    be.conv_embedding_backward(dtok, x_nchw, w, a, ref[1], lw, ref[2], ref[3], dn[0], dn[1], dn[2], dn[3], dn[4]);
+    close(dg[0].permute({0, 3, 1, 2}), dr[0]);
+    close(dn[0], dr[0]);
+    for (size_t i = 1; i < 5; ++i) close(dg[i], dr[i]), close(dn[i], dr[i]);
     // Only dweight wanted: the others stay undefined and dweight is the same.
     Tensor none, dw_only = Tensor::empty(w.shape(), DType::f64);
     be.conv_embedding_nhwc_backward(dtok, x, w, a, ref[1], lw, ref[2], ref[3], none, dw_only, none, none, none);
-    close(dw_only, dg[1]);
+    close(dw_only, dr[1]);
   }
   // The op layer: tokens seen as a channels-last image take the channels-last route and get the same gradient
   // as through an NCHW copy of that image (the composite's route).
@@ -410,7 +421,9 @@ TEST_CASE("channels-last conv_embedding equals the NCHW composite, forward and b
     return tokens.grad();
   };
   const std::vector<double> g = token_grad(false).to_vector<double>(), ref = token_grad(true).to_vector<double>();
-  const double L = 2 * 4 * 3, tol = 4 * 2 * (L + 2) * u * L;  // the longest sum: the 24 pixels of dweight's
+  // Only dx is computed (w needs no gradient): sums of C = 4 products into each row, then at most 4 taps
+  // overlapping in the scatter; L = 24 (the pixels) bounds both generously.
+  const double L = 2 * 4 * 3, tol = 4 * 2 * (L + 2) * u * L;
   for (size_t i = 0; i < g.size(); ++i) CHECK(std::abs(g[i] - ref[i]) <= tol);
 }
 

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "engine/core/autograd.h"
+#include "engine/core/profile.h"
 #include "engine/ops.h"
 #include "engine/core/philox.h"
 #include "engine/random.h"
@@ -224,10 +225,26 @@ TEST_CASE("autograd: accumulation, no-grad, detach, freed graph") {
 TEST_CASE("autograd: a leaf adopts a gradient nothing else holds, and copies one that is shared") {
   // mul(x, 3) hands back a fresh tensor: adopted, no copy. add(a, b) hands both leaves the same incoming
   // gradient: each must get its own memory, or scaling one (clipping) would scale the other.
+  // The profiler counts the backend's copies: none for the adopted gradient, one per leaf where it is shared.
+  auto copies_in_backward = [](const Tensor& loss) {
+    profile::Profiler counter;
+    loss.backward();
+    int64_t n = 0;
+    for (const auto& [key, total] : counter.totals())
+      if (key.op == "copy" && key.phase == profile::Phase::Backward) n += total.calls;
+    return n;
+  };
   Tensor x = Tensor::from(std::vector<double>{1, 2, 3}, {3}).set_requires_grad();
-  sum(mul(x, 3.0)).backward();
+  CHECK(copies_in_backward(sum(mul(x, 3.0))) == 0);
   CHECK(x.grad().to_vector<double>() == std::vector<double>{3, 3, 3});
   CHECK(x.grad().storage() != x.storage());
+  const void* adopted = x.grad().raw_data();  // a second backward adds into it in place
+  sum(mul(x, 2.0)).backward();
+  CHECK(x.grad().raw_data() == adopted);
+  CHECK(x.grad().to_vector<double>() == std::vector<double>{5, 5, 5});
+  Tensor p = Tensor::from(std::vector<double>{1, 2}, {2}).set_requires_grad();
+  Tensor q = Tensor::from(std::vector<double>{3, 4}, {2}).set_requires_grad();
+  CHECK(copies_in_backward(sum(add(p, q))) == 2);
   Tensor a = Tensor::from(std::vector<double>{1, 2}, {2}).set_requires_grad();
   Tensor b = Tensor::from(std::vector<double>{3, 4}, {2}).set_requires_grad();
   Tensor g = Tensor::from(std::vector<double>{5, 6}, {2});

@@ -675,9 +675,16 @@ EpochTotals train_epoch(Run& r, int64_t epoch, std::ostream& log) {
     const std::optional<models::StyleMix> style =
         o.mixstyle > 0 ? draw_style_mix(o.mixstyle, o.mixstyle_alpha, n, o.seed, uint64_t(r.state.global_step))
                        : std::nullopt;
-    r.model->set_style_mix(style ? &*style : nullptr);
-    Tensor logits = r.model->forward(images, /*training=*/true, r.gen);
-    r.model->set_style_mix(nullptr);
+    struct StyleMixSet {  // the model never keeps a pointer to this step's draw past the forward pass
+      models::Model& model;
+      StyleMixSet(models::Model& m, const models::StyleMix* mix) : model(m) { model.set_style_mix(mix); }
+      ~StyleMixSet() { model.set_style_mix(nullptr); }
+    };
+    Tensor logits;
+    {
+      const StyleMixSet set(*r.model, style ? &*style : nullptr);
+      logits = r.model->forward(images, /*training=*/true, r.gen);
+    }
     Tensor loss = mix.applied ? mixed_cross_entropy(logits, labels, mix, ce) : cross_entropy(logits, labels, ce);
     loss.backward();
     last_norm = clip_grad_norm_on_device(params, max_norm);

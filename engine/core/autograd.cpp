@@ -99,8 +99,9 @@ void Tensor::backward(const Tensor& grad) const {
     TS_CHECK(g.shape() == leaf.shape(), "backward: gradient " + g.str() + " for leaf " + leaf.str());
     // A fresh gradient that nothing else holds (most parameters' own: a GEMM's or a reduction's output)
     // becomes the leaf's as it is; the copy below costs a call per parameter per step.
-    if (!leaf.grad().defined() && g.dtype() == leaf.dtype() && g.is_contiguous() && g.offset() == 0 &&
-        g.sole_owner()) {
+    // (The whole storage, so that a small gradient never keeps a larger dead buffer alive.)
+    if (!leaf.grad().defined() && g.dtype() == leaf.dtype() && g.device() == leaf.device() && g.is_contiguous() &&
+        g.offset() == 0 && g.storage()->nbytes == g.nbytes() && g.sole_owner()) {
       const_cast<Tensor&>(leaf).set_grad(g);
       return;
     }
