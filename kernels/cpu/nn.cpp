@@ -162,6 +162,23 @@ void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor&
   });
 }
 
+namespace {
+// One row of layer norm's dx: with g = dy⊙w and x̂ = (x−μ)·rstd, dx = rstd·(g − mean(g) − x̂·mean(g⊙x̂)), in
+// the compute type F (fp32 for f32 and bf16 data, whose statistics are f32 already; f64 stays f64, the
+// reference): the two row sums in 16 running sums, γ_C in F, as the contract's tolerance allows. Without
+// contracting a product into the next add (here only): g − mean(g) must cancel exactly where it should —
+// a one-channel row's dx is exactly 0, and its rstd (up to 1/√eps) would magnify an FMA's unrounded g.
+template <typename T, typename F = Compute<T>>
+__attribute__((optimize("fp-contract=off"))) void layer_norm_dx_row(const T* xr, const T* gr, const T* pw, T* dr,
+                                                                     int64_t C, F mu, F rs) {
+  auto g_at = [&](int64_t c) { return widen(gr[c]) * (pw ? widen(pw[c]) : F(1)); };
+  auto xhat_at = [&](int64_t c) { return (widen(xr[c]) - mu) * rs; };
+  const F sg = cpu::lane_sum_in<F>(C, g_at) / F(C),
+          sgx = cpu::lane_sum_in<F>(C, [&](int64_t c) { return g_at(c) * xhat_at(c); }) / F(C);
+  for (int64_t c = 0; c < C; ++c) dr[c] = narrow<T>(rs * (g_at(c) - sg - xhat_at(c) * sgx));
+}
+}  // namespace
+
 void CpuBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                                      const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dweight,
                                      Tensor& dbias) {
@@ -172,19 +189,9 @@ void CpuBackend::layer_norm_backward(const Tensor& dy, const Tensor& x, const Te
     Stat sm(mean, "layer_norm_backward"), sr(rstd, "layer_norm_backward");
     if (dx.defined()) {
       T* pdx = dx.data<T>();
-      // With g = dy⊙w and x̂ = (x−μ)·rstd: dx = rstd·(g − mean(g) − x̂·mean(g⊙x̂)).
       parallel_for(rows, row_grain(C), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const T *xr = px + r * C, *gr = pg + r * C;
-          T* dr = pdx + r * C;
-          const double mu = sm.get(r), rs = sr.get(r);
-          auto g_at = [&](int64_t c) { return to_double(gr[c]) * (pw ? to_double(pw[c]) : 1.0); };
-          const double sg = cpu::lane_sum(C, g_at) / double(C),
-                       sgx = cpu::lane_sum(C, [&](int64_t c) { return g_at(c) * (to_double(xr[c]) - mu) * rs; }) /
-                             double(C);
-          for (int64_t c = 0; c < C; ++c)
-            dr[c] = from_double<T>(rs * (g_at(c) - sg - (to_double(xr[c]) - mu) * rs * sgx));
-        }
+        for (int64_t r = r0; r < r1; ++r)
+          layer_norm_dx_row(px + r * C, pg + r * C, pw, pdx + r * C, C, Compute<T>(sm.get(r)), Compute<T>(sr.get(r)));
       });
     }
     if (dweight.defined() || dbias.defined()) {

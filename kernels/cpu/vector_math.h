@@ -93,19 +93,23 @@ inline float exp_neg_half_square(float a) {
   return exp_in_range_to_float(t);
 }
 
-// Σ_{i<n} term(i) in double as `Lanes` running sums, added in lane order at the end. One running sum waits
+// Σ_{i<n} term(i) as `Lanes` running sums of type Acc, added in lane order at the end. One running sum waits
 // on the previous add (4 cycles) for every term, which made the CPU's row reductions (layer norm, clipping)
 // latency-bound; independent lanes vectorise and overlap. The order depends on n alone: the same result on
-// every run and thread count.
-template <int64_t Lanes = 16, typename Term> [[gnu::always_inline]] inline double lane_sum(int64_t n, const Term& term) {
-  double lane[Lanes] = {};
+// every run and thread count. lane_sum is the double form; float sums fill one AVX-512 register with 16.
+template <typename Acc, int64_t Lanes = 16, typename Term>
+[[gnu::always_inline]] inline Acc lane_sum_in(int64_t n, const Term& term) {
+  Acc lane[Lanes] = {};
   int64_t i = 0;
   for (; i + Lanes <= n; i += Lanes)
     for (int64_t l = 0; l < Lanes; ++l) lane[l] += term(i + l);
   for (int64_t l = 0; i + l < n; ++l) lane[l] += term(i + l);
-  double sum = 0;
-  for (double v : lane) sum += v;
+  Acc sum = 0;
+  for (Acc v : lane) sum += v;
   return sum;
+}
+template <int64_t Lanes = 16, typename Term> [[gnu::always_inline]] inline double lane_sum(int64_t n, const Term& term) {
+  return lane_sum_in<double, Lanes>(n, term);
 }
 
 }  // namespace tessera::cpu
