@@ -142,20 +142,24 @@ void CpuBackend::layer_norm(const Tensor& x, const Tensor& weight, const Tensor&
       for (int64_t r = r0; r < r1; ++r) {
         const T* xr = px + r * C;
         T* yr = py + r * C;
-        // Two passes (mean, then squared deviations): no cancellation when |mean| >> std.
-        const double mu = cpu::lane_sum(C, [&](int64_t c) { return to_double(xr[c]); }) / double(C);
-        const double var = cpu::lane_sum(C, [&](int64_t c) {
-          const double d = to_double(xr[c]) - mu;
+        // Two passes (mean, then squared deviations): no cancellation when |mean| >> std. The mean's sum in
+        // double (a large |mean| would cost a float sum its digits); the deviations, their sum and the
+        // result in the compute type F (fp32 for f32 and bf16 data, with the mean rounded to it as the saved
+        // statistic is; f64 stays the reference), 16 lanes a vector.
+        using F = Compute<T>;
+        const F mu = F(cpu::lane_sum(C, [&](int64_t c) { return to_double(xr[c]); }) / double(C));
+        const F var = cpu::lane_sum_in<F>(C, [&](int64_t c) {
+          const F d = widen(xr[c]) - mu;
           return d * d;
-        }) / double(C);  // biased, as torch.nn.LayerNorm
-        const double rs = 1.0 / std::sqrt(var + eps);
-        sm.set(r, mu);
-        sr.set(r, rs);
+        }) / F(C);  // biased, as torch.nn.LayerNorm
+        const F rs = F(1.0 / std::sqrt(double(var) + eps));
+        sm.set(r, double(mu));
+        sr.set(r, double(rs));
         for (int64_t c = 0; c < C; ++c) {
-          double v = (to_double(xr[c]) - mu) * rs;
-          if (pw) v *= to_double(pw[c]);
-          if (pb) v += to_double(pb[c]);
-          yr[c] = from_double<T>(v);
+          F v = (widen(xr[c]) - mu) * rs;
+          if (pw) v *= widen(pw[c]);
+          if (pb) v += widen(pb[c]);
+          yr[c] = narrow<T>(v);
         }
       }
     });
