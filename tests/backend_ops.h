@@ -684,7 +684,8 @@ inline Entry softmax_entry(bool log) {
 
 // GELU(x + b): the sum, erf and exp each a few uc relative to |x| + |b| (GELU' ≤ 1.13, GELU'' ≤ 0.8), one
 // store: 16·uc·(1 + |x| + |b|) + uo·|y|, with |x| ≤ 4 and |b| ≤ 1 → normwise 16·uc·6. dbias sums a column
-// of `rows` rounded dx values: (rows·uc + u)·Σ|dx|, bounded by rows·max|dx|.
+// of `rows` rounded dx values: (rows·uc + u)·Σ|dx|, bounded by rows·max|dx|. The [300, 2] case's gradient
+// check spans two of the CPU's row blocks (an f64 reference shares the blocks' code, the check does not).
 inline Entry bias_gelu_entry() {
   Entry e{"bias_gelu", kAllFloat, true, false, nullptr, {}};
   e.tol = [](const TolCtx& c) {
@@ -692,7 +693,7 @@ inline Entry bias_gelu_entry() {
     return Tol{2 * (c.L * c.uc() + c.u()) * c.L * std::max(c.max_ref / std::max(c.L, 1.0), 1.13), 2 * c.u(), 0};
   };
   for (auto [rows, C, tags] : std::vector<std::array<int64_t, 3>>{
-           {1, 1, kSmall}, {6, 5, kSmall}, {3, 7, kSmall}, {257, 33, kOdd}, {64, 1025, kOdd}, {2 * 197, 3072, kCuda | kModel}}) {
+           {1, 1, kSmall}, {6, 5, kSmall}, {3, 7, kSmall}, {300, 2, kSmall}, {257, 33, kOdd}, {64, 1025, kOdd}, {2 * 197, 3072, kCuda | kModel}}) {
     Case k;
     k.name = "[" + std::to_string(rows) + "," + std::to_string(C) + "]";
     k.tags = unsigned(tags);

@@ -119,8 +119,9 @@ void CpuBackend::bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) {
   });
 }
 
-// dx = dy·GELU'(x + bias), row-parallel like the forward (the inner loop vectorises), then dbias = Σ_rows dx
-// over the rounded dx values in double, as the composite's reduce.
+// dx = dy·GELU'(x + bias) and dbias = Σ_rows dx in one pass over fixed blocks of rows (sum_over_rows: the
+// same sums on any number of threads), each column summed in double over the rounded dx values, as the
+// composite's reduce does; without dbias, row-parallel like the forward. The inner loops vectorise.
 void CpuBackend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Tensor& bias, Tensor& dx,
                                     Tensor& dbias) {
   TS_CHECK(dy.is_contiguous() && x.is_contiguous() && bias.is_contiguous() && (!dx.defined() || dx.is_contiguous()),
@@ -133,14 +134,24 @@ void CpuBackend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Ten
     const Tensor g = dx.defined() ? dx : Tensor::empty(x.shape(), x.dtype());
     const T *pdy = dy.data<T>(), *px = x.data<T>(), *pb = bias.data<T>();
     T* pg = g.data<T>();
-    parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t c = 0; c < C; ++c)
-          pg[r * C + c] = narrow<T>(binary_op<F, BinaryOp::GeluBackward>(
-              widen(narrow<T>(widen(px[r * C + c]) + widen(pb[c]))), widen(pdy[r * C + c])));
+    auto gradient = [&](int64_t r, int64_t c) {
+      return narrow<T>(binary_op<F, BinaryOp::GeluBackward>(widen(narrow<T>(widen(px[r * C + c]) + widen(pb[c]))),
+                                                             widen(pdy[r * C + c])));
+    };
+    if (!dbias.defined()) {
+      parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t c = 0; c < C; ++c) pg[r * C + c] = gradient(r, c);
+      });
+      return;
+    }
+    const std::vector<double> sums = sum_over_rows(rows, C, [&](int64_t r, double* __restrict acc) {
+      for (int64_t c = 0; c < C; ++c) {
+        const T v = gradient(r, c);
+        pg[r * C + c] = v;
+        acc[c] += to_double(v);
+      }
     });
-    if (!dbias.defined()) return;
-    const std::vector<double> sums = tessera::column_sums(pg, rows, C);
     for (int64_t c = 0; c < C; ++c) dbias.data<T>()[c] = from_double<T>(sums[size_t(c)]);
   });
 }

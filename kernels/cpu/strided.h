@@ -73,10 +73,12 @@ void for_each_row(const Shape& full_shape, const std::array<const Shape*, K>& fu
 }
 
 // Sums over the rows of a [rows, width] computation, in double: add_row(r, acc) adds row r into acc[0, width).
-// Fixed blocks of rows run in parallel and are added in block order, so the result is the same on any
-// number of threads (and the reduction never leaves a thread idle when the width is small).
+// Fixed blocks of rows run in parallel and their partial rows are added in block order (each column apart,
+// columns in parallel), so the result is the same on any number of threads. A block is about 16K elements
+// (32 to 256 rows): a short, wide matrix (a small CvT's last stage: 544 rows of 768) still splits into many
+// blocks, where 256-row blocks had left one thread with two of its three.
 template <typename RowFn> std::vector<double> sum_over_rows(int64_t rows, int64_t width, const RowFn& add_row) {
-  constexpr int64_t kRows = 256;
+  const int64_t kRows = std::clamp<int64_t>(16384 / std::max<int64_t>(width, 1), 32, 256);
   const int64_t blocks = (rows + kRows - 1) / kRows;
   std::vector<double> part(size_t(blocks * width), 0.0);
   parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
@@ -84,8 +86,10 @@ template <typename RowFn> std::vector<double> sum_over_rows(int64_t rows, int64_
       for (int64_t r = b * kRows; r < std::min(rows, (b + 1) * kRows); ++r) add_row(r, part.data() + b * width);
   });
   std::vector<double> total(size_t(width), 0.0);
-  for (int64_t b = 0; b < blocks; ++b)
-    for (int64_t k = 0; k < width; ++k) total[size_t(k)] += part[size_t(b * width + k)];
+  parallel_for(width, std::max<int64_t>(16, 16384 / std::max<int64_t>(blocks, 1)), [&](int64_t k0, int64_t k1) {
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int64_t k = k0; k < k1; ++k) total[size_t(k)] += part[size_t(b * width + k)];
+  });
   return total;
 }
 

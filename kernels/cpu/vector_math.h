@@ -11,49 +11,31 @@ namespace tessera::cpu {
 
 // erf for float: the rational fit erf(x) ≈ x·P(x²)/Q(x²) on [−4, 4] (P of degree 6 and Q of degree 4 in x²),
 // the minimax form vector math libraries use for float erf. Its own error is ≤ 6.5e-8 relative over the
-// range; evaluated in float its Horner steps and the division would add ~4 ulp, so it is evaluated in double
-// (still branch-free and vectorised) and the float result carries the fit's error plus one rounding.
+// range; evaluated in float (16 lanes a vector, the division included) its Horner steps and the division
+// bring the worst case to ~6·2^-24 relative, near ±4 where |erf| → 1, i.e. ≤ 4e-7 absolute. Evaluated in
+// double instead (8 lanes, and a double division that stalls the pipe) the result carried one rounding
+// more than the fit, but GELU's backward took 1.75× as long; the GELU tolerances (derived in the op
+// registry, a few uc relative to |x|) hold either way.
 // Beyond ±4, erf rounds to ±1 in float; clamping the argument to ±4 gives that (and NaN passes through).
 inline float erf_float(float a) {
   // The clamp works on the bits (|a| as an integer orders like the float): a floating compare ahead of the
   // division would be lowered to a branch that, with trapping math, keeps the loop from vectorising.
   const uint32_t bits = std::bit_cast<uint32_t>(a), mag = bits & 0x7fffffffu, four = 0x40800000u;  // 4.0f
   const uint32_t clamped = mag > 0x7f800000u ? mag : (mag < four ? mag : four);                    // NaN stays
-  const double x = double(std::bit_cast<float>(clamped | (bits & 0x80000000u))), x2 = x * x;
-  double p = -2.72614225801306e-10;
-  p = p * x2 + 2.77068142495902e-08;
-  p = p * x2 - 2.10102402082508e-06;
-  p = p * x2 - 5.69250639462346e-05;
-  p = p * x2 - 7.34990630326855e-04;
-  p = p * x2 - 2.95459980854025e-03;
-  p = p * x2 - 1.60960333262415e-02;
-  double q = -1.45660718464996e-05;
-  q = q * x2 - 2.13374055278905e-04;
-  q = q * x2 - 1.68282697438203e-03;
-  q = q * x2 - 7.37332916720468e-03;
-  q = q * x2 - 1.42647390514189e-02;
-  return float(x * p / q);
-}
-
-// exp(t) rounded to float for t in double within [−700, 700]: exp(t) = 2^k·exp(r) with k = round(t / ln 2)
-// and |r| ≤ ln(2)/2, exp(r) by its Taylor series to r⁸ (truncation ≤ 0.35⁹/9! = 2e-10 relative), 2^k
-// assembled in the exponent bits, all in double; the float result carries that plus one rounding. Within
-// the range 2^k is a normal double, and the float result of the ends is 0 or inf, as it should be.
-[[gnu::always_inline]] inline float exp_in_range_to_float(double t) {
-  // Adding 1.5·2^52 rounds t/ln 2 to an integer held in the low bits of the sum (round to nearest).
-  const double shifter = 0x1.8p52, kd = t * 1.4426950408889634 + shifter;
-  const int64_t k = std::bit_cast<int64_t>(kd) - std::bit_cast<int64_t>(shifter);
-  const double r = t - (kd - shifter) * 0.6931471805599453;
-  double p = 1.0 / 40320;
-  p = p * r + 1.0 / 5040;
-  p = p * r + 1.0 / 720;
-  p = p * r + 1.0 / 120;
-  p = p * r + 1.0 / 24;
-  p = p * r + 1.0 / 6;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  return float(p * std::bit_cast<double>(uint64_t(k + 1023) << 52));
+  const float x = std::bit_cast<float>(clamped | (bits & 0x80000000u)), x2 = x * x;
+  float p = -2.72614225801306e-10f;
+  p = p * x2 + 2.77068142495902e-08f;
+  p = p * x2 - 2.10102402082508e-06f;
+  p = p * x2 - 5.69250639462346e-05f;
+  p = p * x2 - 7.34990630326855e-04f;
+  p = p * x2 - 2.95459980854025e-03f;
+  p = p * x2 - 1.60960333262415e-02f;
+  float q = -1.45660718464996e-05f;
+  q = q * x2 - 2.13374055278905e-04f;
+  q = q * x2 - 1.68282697438203e-03f;
+  q = q * x2 - 7.37332916720468e-03f;
+  q = q * x2 - 1.42647390514189e-02f;
+  return x * p / q;
 }
 
 // exp(x) for float x, in float: 16 lanes a vector where the double forms above have 8 (the softmax's rows,
@@ -83,14 +65,17 @@ inline float erf_float(float a) {
   return y * std::bit_cast<float>(uint32_t(k1 + 127) << 23) * std::bit_cast<float>(uint32_t(k2 + 127) << 23);
 }
 
-// exp(−x²/2) for float x (GELU's gradient): t = −x²/2 is exact in double. |x| is clamped to 37 first (on
-// the float's bits, as in erf_float: a 32-bit select keeps the GELU loops vectorised), where exp(−x²/2) ≈
-// 1e-298 is already far below the smallest float; NaN passes through.
+// exp(−x²/2) for float x (GELU's gradient), in float: x² = h + l exactly (l by a fused multiply-add), so
+// exp(−x²/2) = exp(−h/2)·exp(−l/2) with −h/2 exact, exp(−h/2) from exp_float (≤ 2·2^-24) and exp(−l/2) =
+// 1 − l/2 to within (l/2)²/2 ≤ 2^-70 relative for |x| ≤ 15. The worst case comes to ~3·2^-24 relative where the
+// result is normal. |x| is clamped to 15 first (on the float's bits, as in erf_float: a 32-bit select keeps
+// the GELU loops vectorised): exp(−112.5) is below the smallest float, so the result is 0 from there on, as
+// for an infinite x (whose l would be NaN); NaN passes through.
 inline float exp_neg_half_square(float a) {
-  const uint32_t mag = std::bit_cast<uint32_t>(a) & 0x7fffffffu, cap = 0x42140000u;  // 37.0f
-  const uint32_t clamped = mag > 0x7f800000u ? mag : (mag < cap ? mag : cap);
-  const double x = double(std::bit_cast<float>(clamped)), t = -0.5 * x * x;  // in [−684.5, 0]
-  return exp_in_range_to_float(t);
+  const uint32_t mag = std::bit_cast<uint32_t>(a) & 0x7fffffffu, cap = 0x41700000u;  // 15.0f
+  const float x = std::bit_cast<float>(mag > 0x7f800000u ? mag : (mag < cap ? mag : cap));
+  const float h = x * x, l = __builtin_fmaf(x, x, -h);
+  return exp_float(-0.5f * h) * (1.0f - 0.5f * l);
 }
 
 // Σ_{i<n} term(i) as `Lanes` running sums of type Acc, added in lane order at the end. One running sum waits
