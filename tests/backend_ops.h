@@ -463,6 +463,9 @@ inline Entry conv2d_entry() {
       {{1, 4, 6, 5, 4, 3, 3, 1, 1, 1, 1, 2}, kSmall},  // grouped, "same" padding
       {{1, 2, 4, 2, 2, 3, 3, 1, 3, 2, 2, 1}, kSmall},  // padding 2 > the 2-wide image: taps see only padding
       {{1, 2, 4, 2, 2, 3, 3, 1, 3, 2, 2, 2}, kSmall},
+      // Depthwise, wide enough for the CPU's float register blocks (64, 32 and 16 channels) and a tail
+      {{2, 83, 9, 7, 83, 3, 3, 1, 1, 1, 1, 83}, kOdd},
+      {{2, 35, 6, 5, 35, 3, 3, 2, 2, 1, 1, 35}, kOdd},
       // CvT-13 and ViT-B/16
       {{2, 3, 224, 224, 64, 7, 7, 4, 4, 2, 2, 1}, kCuda | kModel},       // stage-1 embedding
       {{2, 64, 56, 56, 192, 3, 3, 2, 2, 1, 1, 1}, kCuda | kModel},       // stage-2 embedding

@@ -448,8 +448,8 @@ void depthwise_backward(const ConvGeom& g, const T* dy, const T* x, const T* w, 
 
 // Channels-last depthwise (Backend::depthwise_conv2d_nhwc): every inner loop runs along the channels, which
 // are contiguous, so it vectorises for any image size and stride, and no phase planes are needed. The weight
-// is transposed to [taps, C] first. An output pixel starts from the bias and adds its taps in (i, j) order.
-// bf16 data accumulates each pixel in an fp32 row and rounds it once.
+// is transposed to [taps, C] first. An output pixel starts from the bias and adds its taps in (i, j) order,
+// in the compute type (fp32 for bf16 data), and is rounded once.
 template <typename T> std::vector<Compute<T>> taps_by_channel(const ConvGeom& g, const T* w) {
   const int64_t taps = g.kh * g.kw;
   std::vector<Compute<T>> wt(size_t(taps * g.Cin));
@@ -457,21 +457,6 @@ template <typename T> std::vector<Compute<T>> taps_by_channel(const ConvGeom& g,
     for (int64_t t = 0; t < taps; ++t) wt[size_t(t * g.Cin + c)] = widen(w[c * taps + t]);
   return wt;
 }
-
-// The row a pixel accumulates in: the output itself, or (bf16) an fp32 row rounded into it by `done`.
-template <typename T> struct PixelRow {
-  using F = Compute<T>;
-  std::vector<F> wide;
-  explicit PixelRow(int64_t C) : wide(std::is_same_v<T, F> ? 0 : size_t(C)) {}
-  F* at(T* out) {
-    if constexpr (std::is_same_v<T, F>) return out;
-    else return wide.data();
-  }
-  void done(T* out, int64_t C) {
-    if constexpr (!std::is_same_v<T, F>)
-      for (int64_t c = 0; c < C; ++c) out[c] = narrow<T>(wide[size_t(c)]);
-  }
-};
 
 // fn(i, j, ih, iw) for each tap of output pixel (oh, ow) that reads inside the image, in (i, j) order.
 template <typename F> void for_each_tap(const ConvGeom& g, int64_t oh, int64_t ow, const F& fn) {
@@ -485,34 +470,101 @@ template <typename F> void for_each_tap(const ConvGeom& g, int64_t oh, int64_t o
   }
 }
 
+// out[0, C) = init[c] + Σ_{t < n} w[t][c]·v[t][c] in the compute type (init: the bias, or none), t in order,
+// rounded once. The depthwise conv's forward (v: the input pixels its taps read) and its dx (v: the dy
+// pixels that read an input pixel). Float data sums blocks of up to 64 channels in registers (a pixel row
+// in memory made every tap wait on the previous tap's store); f64 and bf16 data in a row of the compute type.
+template <int V>
+[[gnu::always_inline]] inline void gather_taps_f32(const float* init, const float* const* v, const float* const* w,
+                                                   int64_t n, int64_t c0, float* out) {
+  cpu::f32x16 a[V];
+  for (int k = 0; k < V; ++k) a[k] = init ? cpu::load16(init + c0 + k * cpu::kF32Lanes) : cpu::f32x16{};
+  for (int64_t t = 0; t < n; ++t)
+    for (int k = 0; k < V; ++k)
+      a[k] += cpu::load16(w[t] + c0 + k * cpu::kF32Lanes) * cpu::load16(v[t] + c0 + k * cpu::kF32Lanes);
+  for (int k = 0; k < V; ++k) cpu::store16(out + c0 + k * cpu::kF32Lanes, a[k]);
+}
+template <typename T>
+void gather_taps(const T* init, const T* const* v, const Compute<T>* const* w, int64_t n, int64_t C, T* out,
+                 std::vector<Compute<T>>& row) {
+  int64_t c = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    for (; c + 64 <= C; c += 64) gather_taps_f32<4>(init, v, w, n, c, out);
+    for (; c + 16 <= C; c += 16) gather_taps_f32<1>(init, v, w, n, c, out);
+  }
+  if (c == C) return;
+  row.resize(size_t(C));
+  Compute<T>* __restrict acc = row.data();
+  for (int64_t k = c; k < C; ++k) acc[k] = init ? widen(init[k]) : Compute<T>(0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t k = c; k < C; ++k) acc[k] += w[t][k] * widen(v[t][k]);
+  for (int64_t k = c; k < C; ++k) out[k] = narrow<T>(acc[k]);
+}
+
 template <typename T>
 void depthwise_nhwc_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
   using F = Compute<T>;
-  const int64_t C = g.Cin;
+  const int64_t C = g.Cin, taps = g.kh * g.kw;
   const std::vector<F> wt = taps_by_channel(g, w);
-  parallel_for(g.N * g.Ho, std::max<int64_t>(1, 8192 / std::max<int64_t>(g.Wo * C * g.kh * g.kw, 1)),
+  parallel_for(g.N * g.Ho, std::max<int64_t>(1, 8192 / std::max<int64_t>(g.Wo * C * taps, 1)),
                [&](int64_t r0, int64_t r1) {
-    PixelRow<T> row(C);
+    std::vector<const T*> in(static_cast<size_t>(taps));  // the input pixels this output's taps read, in (i, j) order
+    std::vector<const F*> wr(static_cast<size_t>(taps));  // and their taps' weights
+    std::vector<F> row;
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.Ho, oh = r % g.Ho;
       for (int64_t ow = 0; ow < g.Wo; ++ow) {
-        T* y_pixel = y + (r * g.Wo + ow) * C;
-        F* __restrict out = row.at(y_pixel);
-        for (int64_t c = 0; c < C; ++c) out[c] = b ? widen(b[c]) : F(0);
+        int64_t reads = 0;
         for_each_tap(g, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
-          const T* __restrict in = x + ((n * g.H + ih) * g.W + iw) * C;
-          const F* __restrict wr = wt.data() + (i * g.kw + j) * C;
-          for (int64_t c = 0; c < C; ++c) out[c] += wr[c] * widen(in[c]);
+          in[size_t(reads)] = x + ((n * g.H + ih) * g.W + iw) * C;
+          wr[size_t(reads++)] = wt.data() + (i * g.kw + j) * C;
         });
-        row.done(y_pixel, C);
+        gather_taps(b, in.data(), wr.data(), reads, C, y + (r * g.Wo + ow) * C, row);
       }
     }
   });
 }
 
+// [first, last) of the outputs o in [0, O) whose tap reads inside [0, size): o·stride − shift in [0, size).
+inline std::pair<int64_t, int64_t> valid_outputs(int64_t shift, int64_t stride, int64_t size, int64_t O) {
+  auto ceil_div = [](int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); };
+  return {std::clamp<int64_t>(ceil_div(shift, stride), 0, O), std::clamp<int64_t>(ceil_div(size + shift, stride), 0, O)};
+}
+
+// acc[0, C) += Σ_{k < n} dy[k·C + c]·x[k·x_step + c], in the compute type. Float data: blocks of up to 32
+// channels in registers, two running sums each (even and odd k) so that consecutive multiply-adds overlap;
+// f64 and bf16 data: one running sum per channel in acc.
+template <int V>
+[[gnu::always_inline]] inline void dot_pixels_f32(const float* dy, const float* x, int64_t n, int64_t x_step,
+                                                  int64_t C, float* acc) {
+  cpu::f32x16 a0[V] = {}, a1[V] = {};
+  int64_t k = 0;
+  for (; k + 2 <= n; k += 2)
+    for (int l = 0; l < V; ++l) {
+      a0[l] += cpu::load16(dy + k * C + l * cpu::kF32Lanes) * cpu::load16(x + k * x_step + l * cpu::kF32Lanes);
+      a1[l] += cpu::load16(dy + (k + 1) * C + l * cpu::kF32Lanes) *
+               cpu::load16(x + (k + 1) * x_step + l * cpu::kF32Lanes);
+    }
+  if (k < n)
+    for (int l = 0; l < V; ++l)
+      a0[l] += cpu::load16(dy + k * C + l * cpu::kF32Lanes) * cpu::load16(x + k * x_step + l * cpu::kF32Lanes);
+  for (int l = 0; l < V; ++l)
+    cpu::store16(acc + l * cpu::kF32Lanes, cpu::load16(acc + l * cpu::kF32Lanes) + (a0[l] + a1[l]));
+}
+template <typename T>
+void dot_pixels(const T* dy, const T* x, int64_t n, int64_t x_step, int64_t C, Compute<T>* __restrict acc) {
+  int64_t c = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    for (; c + 32 <= C; c += 32) dot_pixels_f32<2>(dy + c, x + c, n, x_step, C, acc + c);
+    for (; c + 16 <= C; c += 16) dot_pixels_f32<1>(dy + c, x + c, n, x_step, C, acc + c);
+  }
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t l = c; l < C; ++l) acc[l] += widen(dy[k * C + l]) * widen(x[k * x_step + l]);
+}
+
 // dx by gathering (input pixel (ih, iw) collects the taps that read it, in (i, j) order), parallel over
-// image rows; dweight and dbias as per-sample sums in double, added over the samples in order, so the result
-// does not depend on the thread count.
+// image rows; dweight and dbias as per-sample sums, added over the samples in order, so the result does not
+// depend on the thread count.
 template <typename T>
 void depthwise_nhwc_backward(const ConvGeom& g, const T* dy, const T* x, const T* w, T* dx, T* dw, T* db) {
   using F = Compute<T>;
@@ -521,56 +573,67 @@ void depthwise_nhwc_backward(const ConvGeom& g, const T* dy, const T* x, const T
     const std::vector<F> wt = taps_by_channel(g, w);
     parallel_for(g.N * g.H, std::max<int64_t>(1, 8192 / std::max<int64_t>(g.W * C * taps, 1)),
                  [&](int64_t r0, int64_t r1) {
-      PixelRow<T> row(C);
+      std::vector<const T*> gin(static_cast<size_t>(taps));  // the dy pixels that read this input pixel, in (i, j) order
+      std::vector<const F*> wr(static_cast<size_t>(taps));  // and their taps' weights
+      std::vector<F> row;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / g.H, ih = r % g.H;
         for (int64_t iw = 0; iw < g.W; ++iw) {
-          T* dx_pixel = dx + (r * g.W + iw) * C;
-          F* __restrict out = row.at(dx_pixel);
-          std::fill(out, out + C, F(0));
+          int64_t readers = 0;
           for (int64_t i = 0; i < g.kh; ++i) {
             const int64_t hs = ih + g.ph - i;  // = oh·sh for the output row that reads this pixel with tap row i
             if (hs < 0 || hs % g.sh != 0 || hs / g.sh >= g.Ho) continue;
             for (int64_t j = 0; j < g.kw; ++j) {
               const int64_t ws = iw + g.pw - j;
               if (ws < 0 || ws % g.sw != 0 || ws / g.sw >= g.Wo) continue;
-              const T* __restrict gin = dy + ((n * g.Ho + hs / g.sh) * g.Wo + ws / g.sw) * C;
-              const F* __restrict wr = wt.data() + (i * g.kw + j) * C;
-              for (int64_t c = 0; c < C; ++c) out[c] += wr[c] * widen(gin[c]);
+              gin[size_t(readers)] = dy + ((n * g.Ho + hs / g.sh) * g.Wo + ws / g.sw) * C;
+              wr[size_t(readers++)] = wt.data() + (i * g.kw + j) * C;
             }
           }
-          row.done(dx_pixel, C);
+          gather_taps<T>(nullptr, gin.data(), wr.data(), readers, C, dx + (r * g.W + iw) * C, row);
         }
       }
     });
   }
   if (!dw && !db) return;
-  const int64_t width = (taps + 1) * C;  // per sample: Σ dy·x for each tap, then Σ dy
-  std::vector<double> part(size_t(g.N * width), 0.0);
+  // Per sample, in the compute type: Σ dy·x for each tap and Σ dy ([taps + 1, C]); the samples' partials
+  // are then added in order, in double. A sample's sums have at most Ho·Wo terms each, within the
+  // registry's γ bound in the compute type (which the old double sums spent half the vector width and a
+  // conversion per term on: 15 GFLOP/s at cvt-tiny's shapes).
+  const int64_t width = (taps + 1) * C;
+  std::vector<F> part(size_t(g.N * width), F(0));
   parallel_for(g.N, 1, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
-      double* __restrict acc = part.data() + n * width;
-      for (int64_t oh = 0; oh < g.Ho; ++oh)
-        for (int64_t ow = 0; ow < g.Wo; ++ow) {
-          const T* __restrict gout = dy + ((n * g.Ho + oh) * g.Wo + ow) * C;
-          double* __restrict bsum = acc + taps * C;
-          for (int64_t c = 0; c < C; ++c) bsum[c] += to_double(gout[c]);
-          if (!dw) continue;
-          for_each_tap(g, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
-            const T* __restrict in = x + ((n * g.H + ih) * g.W + iw) * C;
-            double* __restrict a = acc + (i * g.kw + j) * C;
-            for (int64_t c = 0; c < C; ++c) a[c] += to_double(gout[c]) * to_double(in[c]);
-          });
+      F* __restrict acc = part.data() + n * width;
+      const T* dy_n = dy + n * g.Ho * g.Wo * C;
+      F* __restrict bsum = acc + taps * C;
+      for (int64_t p = 0; p < g.Ho * g.Wo; ++p)
+        for (int64_t c = 0; c < C; ++c) bsum[c] += widen(dy_n[p * C + c]);
+      if (!dw) continue;
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) {
+          // The output pixels whose tap (i, j) reads inside the image: ih = oh·sh − ph + i in [0, H), and
+          // iw = ow·sw − pw + j in [0, W).
+          const auto [oh0, oh1] = valid_outputs(g.ph - i, g.sh, g.H, g.Ho);
+          const auto [ow0, ow1] = valid_outputs(g.pw - j, g.sw, g.W, g.Wo);
+          if (oh0 >= oh1 || ow0 >= ow1) continue;
+          for (int64_t oh = oh0; oh < oh1; ++oh) {
+            const int64_t ih = oh * g.sh - g.ph + i, iw0 = ow0 * g.sw - g.pw + j;
+            dot_pixels(dy_n + (oh * g.Wo + ow0) * C, x + ((n * g.H + ih) * g.W + iw0) * C, ow1 - ow0, g.sw * C,
+                       C, acc + (i * g.kw + j) * C);
+          }
         }
     }
   });
-  for (int64_t k = 0; k < width; ++k) {
-    double sum = 0;
-    for (int64_t n = 0; n < g.N; ++n) sum += part[size_t(n * width + k)];
-    const int64_t t = k / C, c = k % C;
-    if (t < taps && dw) dw[c * taps + t] = from_double<T>(sum);
-    if (t == taps && db) db[c] = from_double<T>(sum);
-  }
+  parallel_for(width, 64, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      double sum = 0;
+      for (int64_t n = 0; n < g.N; ++n) sum += double(part[size_t(n * width + k)]);
+      const int64_t t = k / C, c = k % C;
+      if (t < taps && dw) dw[c * taps + t] = from_double<T>(sum);
+      if (t == taps && db) db[c] = from_double<T>(sum);
+    }
+  });
 }
 
 // The geometry of a channels-last depthwise conv: x [N, H, W, C], y or dy [N, Ho, Wo, C].
@@ -1144,8 +1207,8 @@ template <typename T> T exp_shifted(double x, double l) {
 // registers (accumulating in memory made every step wait on the previous one's store). Each sum runs in
 // index order and scale multiplies a finished sum, as the GEMM's alpha does; the softmax and the
 // backward's formulas are the GEMM route's.
-constexpr int64_t kRowHeadsMaxKeys = 32, kRowHeadsMaxDim = 128, kLane = 16;
-typedef float lanes __attribute__((vector_size(kLane * sizeof(float))));
+constexpr int64_t kRowHeadsMaxKeys = 32, kRowHeadsMaxDim = 128, kLane = cpu::kF32Lanes;
+using lanes = cpu::f32x16;
 int64_t pad16(int64_t n) { return (n + kLane - 1) / kLane * kLane; }
 
 struct HeadPanels {  // one head's K and V in the padded layouts above

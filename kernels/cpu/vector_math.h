@@ -6,6 +6,7 @@
 #pragma once
 #include <bit>
 #include <cstdint>
+#include <cstring>
 
 namespace tessera::cpu {
 
@@ -77,6 +78,18 @@ inline float exp_neg_half_square(float a) {
   const float h = x * x, l = __builtin_fmaf(x, x, -h);
   return exp_float(-0.5f * h) * (1.0f - 0.5f * l);
 }
+
+// 16 floats, one AVX-512 register (two AVX2 ones elsewhere), as a GCC/Clang vector: for loops whose running
+// sums must stay in registers, which the auto-vectoriser does not promise (it may swap a sum's loops, or
+// keep the sums in memory, where each multiply-add waits on the previous one's store).
+constexpr int64_t kF32Lanes = 16;
+typedef float f32x16 __attribute__((vector_size(kF32Lanes * sizeof(float))));
+[[gnu::always_inline]] inline f32x16 load16(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof v);  // unaligned
+  return v;
+}
+[[gnu::always_inline]] inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
 
 // Σ_{i<n} term(i) as `Lanes` running sums of type Acc, added in lane order at the end. One running sum waits
 // on the previous add (4 cycles) for every term, which made the CPU's row reductions (layer norm, clipping)
