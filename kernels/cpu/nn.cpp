@@ -1224,18 +1224,26 @@ struct HeadPanels {  // one head's K and V in the padded layouts above
   }
 };
 
-// out[0 : 16·C] = Σ_{r < R} w[r]·x[r·ld : r·ld + 16·C], C vectors in registers.
+// out[0 : 16·C] = Σ_{r < R} w[r]·x[r·ld : r·ld + 16·C], C vectors in registers. With fewer than 4 vectors
+// the rows are dealt round-robin to S = 4/C running sums per vector, added in order at the end: one sum per
+// vector would make each multiply-add wait on the one before (a 17 × 5 head's scores over 64 dims were a
+// chain of 64, ~10 GFLOP/s).
 template <int C> void weighted_rows(const float* w, const float* x, int64_t R, int64_t ld, float* out) {
-  lanes acc[C] = {};
-  for (int64_t r = 0; r < R; ++r) {
-    const lanes wr = lanes{} + w[r];
-    for (int c = 0; c < C; ++c) {
-      lanes xr;
-      std::memcpy(&xr, x + r * ld + c * kLane, sizeof xr);
-      acc[c] += wr * xr;
+  constexpr int S = C >= 4 ? 1 : 4 / C;
+  lanes acc[S][C] = {};
+  int64_t r = 0;
+  for (; r + S <= R; r += S)
+    for (int s = 0; s < S; ++s) {
+      const lanes wr = lanes{} + w[r + s];
+      for (int c = 0; c < C; ++c) acc[s][c] += wr * cpu::load16(x + (r + s) * ld + c * kLane);
     }
+  for (; r < R; ++r) {
+    const lanes wr = lanes{} + w[r];
+    for (int c = 0; c < C; ++c) acc[0][c] += wr * cpu::load16(x + r * ld + c * kLane);
   }
-  std::memcpy(out, acc, sizeof acc);
+  for (int s = 1; s < S; ++s)
+    for (int c = 0; c < C; ++c) acc[0][c] += acc[s][c];
+  std::memcpy(out, acc[0], sizeof acc[0]);
 }
 void weighted_rows(const float* w, const float* x, int64_t R, int64_t ld, int64_t vectors, float* out) {
   switch (vectors) {
@@ -1308,8 +1316,8 @@ void row_heads_backward(const float* dout, const float* q, const float* k, const
         const double l = sl.get(r);
         row_scores(qi, hp, hp.kt.data(), scale, p.data());  // P = exp(scale · q·kᵀ − lse)
         for (int64_t j = 0; j < Tk; ++j) p[size_t(j)] = cpu::exp_float(float(double(p[size_t(j)]) - l));
-        double di = 0;  // rowsum(dO ⊙ O) = Σ_j P_ij dP_ij
-        for (int64_t d = 0; d < D; ++d) di += double(gi[d]) * double(oi[d]);
+        // rowsum(dO ⊙ O) = Σ_j P_ij dP_ij, in 16 double lanes (one running sum was a chain of D adds)
+        const double di = cpu::lane_sum(D, [&](int64_t d) { return double(gi[d]) * double(oi[d]); });
         row_scores(gi, hp, swapped.kt.data(), 1.f, ds.data());  // dP = dO·Vᵀ
         for (int64_t j = 0; j < Tk; ++j) ds[size_t(j)] = float(double(p[size_t(j)]) * (double(ds[size_t(j)]) - di));
         if (dq) row_combine(ds.data(), hp, swapped.vp.data(), scale, tmp.data(), dq + r * D);  // dQ = scale · dS K
