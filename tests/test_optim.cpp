@@ -141,11 +141,13 @@ TEST_CASE("AdamW f32 matches the double-precision textbook algorithm to f32 roun
   Tensor p = param(kTheta0, DType::f32);  // the initial values are exact in f32
   AdamW opt({NamedParameter{"w", p}}, reference_options());
   TextbookAdamW ref(kTheta0);
-  // Error bound, f32: each step stores θ, m, v rounded to f32. θ's rounding is ≤ 2⁻²⁴·|θ| ≤ 1.2e-7 (|θ| ≤ 2);
-  // m's and v's relative roundings (2⁻²⁴ each, damped by β < 1 in later steps) change the update
-  // lr·m̂/√v̂ (≤ 0.1·3) relatively by ≤ 3 steps·1.5·2⁻²⁴ → ≤ 8e-8. Total over 3 steps ≤ 3·1.2e-7 + 8e-8
-  // ≈ 4.4e-7, so 1e-6. Bugs move θ by ≥ 1e-3 (see the f64 case).
-  const double tol = 1e-6;
+  // Error bound, f32: the kernel computes each step in f32 (as torch does for fp32 parameters). θ·decay and
+  // the subtraction round twice, ≤ 2·2⁻²⁴·|θ| ≤ 2.4e-7 (|θ| ≤ 2); the update lr·m̂/(√v̂ + ε) (≤ 0.1·3) is a
+  // ratio whose parts carry ~11 roundings of 2⁻²⁴ relative (the moments' products and sums with their
+  // rounded constants, the root, the two divisions, the step size) → ≤ 11·6e-8·0.3 ≈ 2e-7. Per step ≤ 4.4e-7,
+  // over 3 steps ≤ 1.3e-6 (the moments' own errors are damped by β < 1), so 2e-6. Bugs move θ by ≥ 1e-3
+  // (see the f64 case); steps computed with 1 − float(β) instead of float(1 − β) erred by 1.4e-6 here.
+  const double tol = 2e-6;
   for (const auto& g : kGrads) {
     set_grad(p, g);
     opt.step();
@@ -155,6 +157,24 @@ TEST_CASE("AdamW f32 matches the double-precision textbook algorithm to f32 roun
   }
   CHECK(p.dtype() == DType::f32);
   CHECK(opt.states()[0].exp_avg.dtype() == DType::f32);
+}
+
+TEST_CASE("AdamW f32's first moments are (1 - beta)·g to a few roundings, as torch's") {
+  // From zero moments one step gives m = (1 − β₁)·g and v = (1 − β₂)·g², each in f32 with ≤ 3 roundings of
+  // 2⁻²⁴ (the factor rounded to f32, the products). A kernel that formed 1 − float(β₂) in f32 would be off
+  // by 1.3e-5 relative (float(0.999) is 1e-8 away from 0.999), which the update tests above cannot see.
+  const std::vector<double> g = {0.1, -0.2, 1.5, -3.0, 7.0};
+  Tensor p = param({1.0, 1.0, 1.0, 1.0, 1.0}, DType::f32);
+  AdamW opt({NamedParameter{"w", p}}, reference_options());
+  set_grad(p, g);
+  opt.step();
+  const std::vector<double> m = opt.states()[0].exp_avg.to_vector<double>(),
+                            v = opt.states()[0].exp_avg_sq.to_vector<double>();
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double gi = double(float(g[i])), want_m = (1 - kB1) * gi, want_v = (1 - kB2) * gi * gi;
+    CHECK(std::fabs(m[i] - want_m) <= 3 * 0x1p-24 * std::fabs(want_m));
+    CHECK(std::fabs(v[i] - want_v) <= 3 * 0x1p-24 * want_v);
+  }
 }
 
 TEST_CASE("CPU adamw kernel: bf16 gradients and clear errors") {

@@ -1,7 +1,6 @@
-// CPU AdamW: the reference for the CUDA kernel. Each element is updated independently in double whatever
-// the storage dtype (kernels/cuda/optim_math.h, the same function the GPU runs), then rounded once into
-// param/m/v; so for f32 parameters it is at least as accurate as torch's fp32 arithmetic, and for f64 it is
-// torch's update to a few ulps.
+// CPU AdamW: the reference for the CUDA kernel. Each element is updated independently by the function the GPU
+// runs (kernels/cuda/optim_math.h), in the parameter's type: fp32 for f32 parameters, as torch computes them,
+// f64 for f64.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -24,10 +23,10 @@ void adamw_tensor(const Backend::AdamWParam& e, const cuda::adamw::Scalars& s) {
   // ~15 flops per element: chunks of 16k elements keep thread hand-off cheap relative to the work.
   parallel_for(e.param.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const auto u = cuda::adamw::update(double(p[i]), to_double(g[i]), double(m[i]), double(v[i]), s);
-      p[i] = P(u.param);
-      m[i] = P(u.exp_avg);
-      v[i] = P(u.exp_avg_sq);
+      const auto u = cuda::adamw::update<P>(p[i], P(to_double(g[i])), m[i], v[i], s);
+      p[i] = u.param;
+      m[i] = u.exp_avg;
+      v[i] = u.exp_avg_sq;
     }
   });
 }

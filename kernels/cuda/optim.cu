@@ -2,14 +2,13 @@
 // launches (CvT-13: ~300 tensors, 20 M elements → ~10 launches instead of one per tensor), and gradient
 // clipping's sum of squares and scaling likewise (instead of ~5 launches per tensor).
 //
-// The update is Backend::adamw's (torch.optim.AdamW's), element by element the function CPU reference runs
-// (optim_math.h adamw::update: double arithmetic, one rounding per stored value), so the two agree to about
-// one rounding of the stored type per step (they can differ only where a compiler contracts a·b + c into an
-// FMA). Packing (multi_tensor.h plan_launches): each launch carries up to 36 tensors' pointers and a table
+// The update is Backend::adamw's (torch.optim.AdamW's), element by element the function the CPU reference
+// runs (optim_math.h adamw::update: arithmetic in the parameter's type), so the two agree to about a
+// rounding per operation (they can differ only where a compiler contracts a·b + c into an FMA). Packing (multi_tensor.h plan_launches): each launch carries up to 36 tensors' pointers and a table
 // mapping each of its ≤ 320 blocks to one 64 Ki-element chunk of one tensor, all as kernel arguments: no
 // host-to-device copy, nothing to synchronise, and the launches can be captured in a CUDA graph as they are.
-// The update moves 28 bytes per fp32 element (bf16 grads: 26) for ~15 flops, so it is memory-bound even in
-// double (H100: ~34 fp64 TFLOP/s against 3.35 TB/s); not yet measured.
+// The update moves 28 bytes per fp32 element (bf16 grads: 26) for ~15 flops, so it is memory-bound; not yet
+// measured.
 #include <map>
 #include <utility>
 
@@ -56,10 +55,10 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(TensorList<P, G> list, 
   P* __restrict__ v = list.exp_avg_sq[slot];
   // Consecutive threads touch consecutive elements: every access is coalesced.
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    const adamw::Updated u = adamw::update(double(p[i]), double(load(g[i])), double(m[i]), double(v[i]), sc);
-    p[i] = P(u.param);
-    m[i] = P(u.exp_avg);
-    v[i] = P(u.exp_avg_sq);
+    const adamw::Updated<P> u = adamw::update<P>(p[i], P(load(g[i])), m[i], v[i], sc);
+    p[i] = u.param;
+    m[i] = u.exp_avg;
+    v[i] = u.exp_avg_sq;
   }
 }
 
