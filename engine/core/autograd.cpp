@@ -148,6 +148,7 @@ void Tensor::backward(const Tensor& grad) const {
       Tensor g = std::move(found->second);
       grads.erase(found);
       std::vector<Tensor> in_grads = node->backward(g);
+      g = Tensor();  // a view's gradient (a transpose's) may share g's storage: let a leaf see it as sole owner
       TS_CHECK(in_grads.size() == node->inputs.size(),
                std::string("backward rule of '") + node->name + "' returned the wrong number of gradients");
       for (size_t i = 0; i < in_grads.size(); ++i) {
