@@ -373,12 +373,25 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
            "linear: input " + x.str() + " does not end in in_features " + std::to_string(weight.size(1)));
   Shape out_shape = x.shape();
   out_shape.back() = weight.size(0);
-  Tensor y = matmul(x.reshape({-1, weight.size(1)}), weight.transpose(0, 1));
-  if (bias.defined()) {
-    TS_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear: bias " + bias.str() + " for " + weight.str());
-    y = add(y, bias);
-  }
-  return y.reshape(out_shape);
+  const Tensor x2 = x.reshape({-1, weight.size(1)});  // (M, in)
+  if (!bias.defined() || x2.numel() == 0 || weight.numel() == 0)
+    return (bias.defined() ? add(matmul(x2, weight.transpose(0, 1)), bias) : matmul(x2, weight.transpose(0, 1)))
+        .reshape(out_shape);
+  TS_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear: bias " + bias.str() + " for " + weight.str());
+  check_same(x2, weight, "linear");
+  check_same(x2, bias, "linear");
+  // One backend call with the bias in it (Backend::linear); the backward as matmul's and the add's: dx = g·W,
+  // dW = gᵀ·x (in W's own layout, so W adopts it), dbias = Σ_rows g.
+  const Tensor xc = x2.detach().contiguous(), wc = weight.detach().contiguous();
+  Tensor y = Tensor::empty({x2.size(0), weight.size(0)}, x.dtype(), x.device());
+  backend(x.device()).linear(xc, wc, bias.detach().contiguous(), y);
+  auto wants = [](const Tensor& t) { return t.requires_grad() && grad_enabled(); };
+  const bool gx = wants(x2), gw = wants(weight), gb = wants(bias);
+  return record("linear", {x2, weight, bias}, y, [xc, wc, gx, gw, gb](const Tensor& g) {
+           return Grads{gx ? matmul_raw(g, wc) : Tensor(), gw ? matmul_raw(g.transpose(0, 1), xc) : Tensor(),
+                        gb ? sum_to(g, {wc.size(0)}) : Tensor()};
+         })
+      .reshape(out_shape);
 }
 
 // ---------------------------------------------------------------- joining and indexing

@@ -402,13 +402,17 @@ inline Entry matmul_tf32_entry() {
 
 inline Entry linear_entry() {
   Entry e{"linear", kAllFloat, true, true, nullptr, {}};
-  // x·Wᵀ + b: γ_{in+1}; the bias add happens after a 16-bit GEMM output was stored (uo more).
+  // x·Wᵀ + b: γ_{in+1}, and uo more where a device adds the bias after storing a 16-bit GEMM output.
   e.tol = [](const TolCtx& c) { return Tol{0, c.uo(), 2 * c.gamma() + 2 * c.uo()}; };
   struct Lc { Shape x, w; bool bias; View vx; std::string name; unsigned tags; };
   const std::vector<Lc> ls = {
       {{2, 3, 5}, {7, 5}, true, same, "[2,3,5] · [7,5]ᵀ + b", kSmall},
       {{5, 3}, {2, 5}, false, [](const Tensor& t) { return t.transpose(0, 1); }, "[5,3]ᵀ · [2,5]ᵀ", kSmall},
       {{33, 65}, {17, 65}, true, same, "[33,65] · [17,65]ᵀ + b", kOdd},
+      // The CPU's bias in the GEMM: over several depth panels (added in the first only), and a deep product of
+      // one tile (depth slices, added when they are summed); the cases above: the direct loops, edge tiles.
+      {{40, 300}, {70, 300}, true, same, "[40,300] · [70,300]ᵀ + b (depth over a panel)", kOdd},
+      {{9, 2100}, {17, 2100}, true, same, "[9,2100] · [17,2100]ᵀ + b (deep, one tile: depth slices)", kOdd},
       {{2 * 197, 768}, {3072, 768}, true, same, "ViT-B/16 MLP [394,768] · [3072,768]ᵀ", kCuda | kModel},
       {{3136, 64}, {256, 64}, true, same, "CvT-13 stage-1 MLP [3136,64] · [256,64]ᵀ", kCuda | kModel},
   };

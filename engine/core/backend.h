@@ -150,6 +150,11 @@ struct Conv2dArgs {
 #define TS_PARAMS_bias_gelu (const Tensor& x, const Tensor& bias, Tensor& y)
 #define TS_PARAMS_bias_gelu_backward \
   (const Tensor& dy, const Tensor& x, const Tensor& bias, Tensor& dx, Tensor& dbias)
+// A linear layer with its bias: y = x·Wᵀ + bias, x contiguous [M, K] (K ≥ 1), weight contiguous [N, K], bias
+// [N], y contiguous [M, N]; 16-bit data as gemm's (fp32 sums), the bias added before the one rounding. The
+// backward is the op layer's (two GEMMs and column_sums). Composite: gemm, then binary's bias add, a second
+// pass over y; a fused kernel adds the bias in the GEMM.
+#define TS_PARAMS_linear (const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y)
 // Drop path with its residual add, forward and (residual undefined) backward: out[b, i] = x[b, i]·s_b
 // (+ residual[b, i]), s_b = scale where keep_mask[b] ≠ 0, else 0. x, residual, out: contiguous [B, ...] of
 // one dtype; keep_mask [B] in x's dtype. 16-bit data computes in fp32 with scale rounded to fp32 (not to
@@ -199,7 +204,7 @@ struct Conv2dArgs {
 #define TS_PARAMS_column_sums (const Tensor& x, Tensor& out)
 
 #define TESSERA_FUSED_OPS(X)                                                                           \
-  X(bias_gelu) X(bias_gelu_backward) X(drop_path) X(conv_embedding) X(conv_embedding_backward) \
+  X(linear) X(bias_gelu) X(bias_gelu_backward) X(drop_path) X(conv_embedding) X(conv_embedding_backward) \
   X(conv_embedding_nhwc) X(conv_embedding_nhwc_backward) X(depthwise_conv2d_nhwc) X(depthwise_conv2d_nhwc_backward) X(batch_norm_nhwc) X(batch_norm_nhwc_backward) \
   X(sum_of_squares) X(scale) X(column_sums)
 

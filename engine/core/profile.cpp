@@ -199,6 +199,10 @@ class TimingBackend final : public Backend {
   void index_add TS_PARAMS_index_add override { TS_TIMED(index_add, 0); inner_.index_add(src, index, out); }
   void adamw TS_PARAMS_adamw override { TS_TIMED(adamw, 0); inner_.adamw(params, s); }
 
+  void linear TS_PARAMS_linear override {
+    TS_TIMED(linear, 2.0 * double(x.size(0)) * double(weight.size(0)) * double(x.size(1)));
+    inner_.linear(x, weight, bias, y);
+  }
   void bias_gelu TS_PARAMS_bias_gelu override { TS_TIMED(bias_gelu, 0); inner_.bias_gelu(x, bias, y); }
   void bias_gelu_backward TS_PARAMS_bias_gelu_backward override {
     TS_TIMED(bias_gelu_backward, 0);

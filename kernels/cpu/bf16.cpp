@@ -65,6 +65,7 @@ class CpuBf16 final : public Backend {
   void adamw TS_PARAMS_adamw override { k_.adamw(params, s); }  // fp32 masters, bf16 gradients read directly
   void unary TS_PARAMS_unary override { k_.unary(op, x, out, alpha, beta); }
   void binary TS_PARAMS_binary override { k_.binary(op, a, b, out); }
+  void linear TS_PARAMS_linear override { k_.linear(x, weight, bias, y); }
   void bias_gelu TS_PARAMS_bias_gelu override { k_.bias_gelu(x, bias, y); }
   void bias_gelu_backward TS_PARAMS_bias_gelu_backward override { k_.bias_gelu_backward(dy, x, bias, dx, dbias); }
   void attention TS_PARAMS_attention override { k_.attention(q, k, v, scale, out, lse); }

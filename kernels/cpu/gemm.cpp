@@ -167,14 +167,15 @@ void pack_b(const Operand& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, fl
   }
 }
 
-// out = alpha·v + beta·out, where beta 0 never reads out (C may be uninitialised).
-inline void store_scaled(float& out, float v, float alpha, float beta) {
-  out = beta == 0.f ? alpha * v : alpha * v + beta * out;
+// out = alpha·v (+ bias) + beta·out, where beta 0 never reads out (C may be uninitialised).
+inline void store_scaled(float& out, float v, float alpha, float beta, const float* bias = nullptr) {
+  const float r = bias ? alpha * v + *bias : alpha * v;
+  out = beta == 0.f ? r : r + beta * out;
 }
 
-// C[0:rows, 0:cols] = alpha·(Ap·Bp) + beta·C, for one MR×NR tile.
+// C[0:rows, 0:cols] = alpha·(Ap·Bp) (+ bias[0:cols] on every row) + beta·C, for one MR×NR tile.
 void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int64_t rows,
-                  int64_t cols, float alpha, float beta) {
+                  int64_t cols, float alpha, float beta, const float* bias) {
   // The tile of C is read (beta ≠ 0) and written only after the depth loop; asking for its lines now hides
   // their trip from L2/L3 behind the loop.
   for (int64_t i = 0; i < rows; ++i) {  // a row's first and last floats: both of its lines when C is aligned
@@ -206,6 +207,10 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
       for (int64_t i = 0; i < rows; ++i) std::memcpy(edge[i], C + i * ldc, size_t(cols) * sizeof(float));
   }
   const vec va = vec{} + alpha, vb = vec{} + beta;
+  alignas(64) float bias_row[NR] = {};  // the tile's columns of the bias, zero past cols
+  if (bias) std::memcpy(bias_row, bias, size_t(cols) * sizeof(float));
+  vec vbias[2];
+  std::memcpy(vbias, bias_row, sizeof vbias);
   // Unrolled whole, the accumulators are stored straight from their registers (a loop kept the tile in a
   // zeroed stack array that every call cleared, spilled to and reloaded).
 #pragma GCC unroll 8
@@ -214,6 +219,7 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
     for (int64_t h = 0; h < 2; ++h) {
       float* o = out + i * ld + kVecFloats * h;
       vec r = va * c[i][h];
+      if (bias) r += vbias[h];
       if (beta != 0.f) {  // beta 0: never read C
         vec old;
         std::memcpy(&old, o, sizeof(vec));
@@ -234,7 +240,7 @@ Operand depth_window(const Operand& X, int64_t k0, bool depth_is_row) {  // op(X
 }
 
 void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
-              float beta, bool parallel);
+              float beta, bool parallel, const float* bias = nullptr);
 
 // One depth panel's two phases: pack every B panel, then run the tiles, across the pool or (a batch of
 // matrices already spread over the threads) here. Tiles go out in chunks of at least about a million
@@ -260,7 +266,7 @@ void pack_then_tiles(bool parallel, int64_t panels, const Pack& pack, int64_t ta
 // the thousands) into a few tiles, which the tile loop would leave to one thread. The split depends on the
 // shape alone, never on the thread count, so every machine computes the same sums.
 void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K,
-                          float alpha, float beta) {
+                          float alpha, float beta, const float* bias) {
   const int64_t slices = (K + KSLICE - 1) / KSLICE;
   const auto partial = scratch<float>(slices * M * N);
   parallel_for(slices, 1, [&](int64_t s0, int64_t s1) {
@@ -275,7 +281,7 @@ void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t 
       for (int64_t j = 0; j < N; ++j) {
         float sum = 0.f;
         for (int64_t s = 0; s < slices; ++s) sum += partial[(s * M + i) * N + j];
-        store_scaled(C[i * N + j], sum, alpha, beta);
+        store_scaled(C[i * N + j], sum, alpha, beta, bias ? bias + j : nullptr);
       }
   });
 }
@@ -286,7 +292,7 @@ void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t 
 // kLanes independent partial sums (the loop vectorises without reassociating), added in a fixed order.
 constexpr int64_t kDirectMax = 32768;  // M·N·K
 void gemm_direct(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
-                 float beta) {
+                 float beta, const float* bias) {
   if (!B.trans) {
     std::vector<float> row(static_cast<size_t>(N));
     for (int64_t i = 0; i < M; ++i) {
@@ -295,7 +301,7 @@ void gemm_direct(const Operand& A, const Operand& B, float* C, int64_t M, int64_
         const float a = A.at(i, k), *b = B.p + k * B.ld;
         for (int64_t j = 0; j < N; ++j) row[size_t(j)] += a * b[j];
       }
-      for (int64_t j = 0; j < N; ++j) store_scaled(C[i * N + j], row[size_t(j)], alpha, beta);
+      for (int64_t j = 0; j < N; ++j) store_scaled(C[i * N + j], row[size_t(j)], alpha, beta, bias ? bias + j : nullptr);
     }
     return;
   }
@@ -312,19 +318,20 @@ void gemm_direct(const Operand& A, const Operand& B, float* C, int64_t M, int64_
       for (; k < K; ++k) lane[k % kLanes] += A.at(i, k) * B.at(k, j);
       float sum = 0.f;
       for (int64_t l = 0; l < kLanes; ++l) sum += lane[l];
-      store_scaled(C[i * N + j], sum, alpha, beta);
+      store_scaled(C[i * N + j], sum, alpha, beta, bias ? bias + j : nullptr);
     }
 }
 
+// bias (optional): N floats added to every row of alpha·A·B before beta·C, in the first depth panel's epilogue.
 void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
-              float beta, bool parallel) {
+              float beta, bool parallel, const float* bias) {
   if (K == 0) {
-    for (int64_t i = 0; i < M * N; ++i) C[i] = beta == 0.f ? 0.f : beta * C[i];
+    for (int64_t i = 0; i < M * N; ++i) C[i] = (bias ? bias[i % N] : 0.f) + (beta == 0.f ? 0.f : beta * C[i]);
     return;
   }
-  if (M * N * K <= kDirectMax) return gemm_direct(A, B, C, M, N, K, alpha, beta);
+  if (M * N * K <= kDirectMax) return gemm_direct(A, B, C, M, N, K, alpha, beta, bias);
   if (parallel && K >= 2 * KSLICE && ((M + MC - 1) / MC) * ((N + NC_TASK - 1) / NC_TASK) < 4)
-    return gemm_f32_depth_split(A, B, C, M, N, K, alpha, beta);
+    return gemm_f32_depth_split(A, B, C, M, N, K, alpha, beta, bias);
   int64_t n_panels = (N + NR - 1) / NR;
   const auto Bp = scratch<float>(n_panels * NR * std::min(K, KC));
   const int64_t n_tasks = (N + NC_TASK - 1) / NC_TASK;
@@ -341,6 +348,7 @@ void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N
   for (int64_t k0 = 0; k0 < K; k0 += KC) {
     int64_t kc = std::min(KC, K - k0);
     float beta_k = k0 == 0 ? beta : 1.f;  // later depth panels accumulate onto the first
+    const float* bias_k = k0 == 0 ? bias : nullptr;
     auto pack_panels = [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p)
         pack_b(B, k0, kc, p * NR, std::min(NR, N - p * NR), Bp.get() + p * kc * NR);
@@ -357,7 +365,7 @@ void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N
           for (int64_t ir = 0; ir < mc; ir += MR)
             micro_kernel(kc, Ap.get() + (ir / MR) * kc * MR, Bp.get() + ((j0 + jr) / NR) * kc * NR,
                          C + (i0 + ir) * N + j0 + jr, N, std::min(MR, mc - ir), std::min(NR, nc - jr),
-                         alpha, beta_k);
+                         alpha, beta_k, bias_k ? bias_k + j0 + jr : nullptr);
       }
     };
     pack_then_tiles(parallel, n_panels, pack_panels, m_tasks * n_tasks, std::min(mc_rows, M) * std::min(NC_TASK, N) * kc,
@@ -698,6 +706,26 @@ void CpuBackend::gemm(const GemmArgs& g) {
     Operand B{g.B.data<float>() + b * g.stride_b, g.trans_b ? g.K : g.N, g.trans_b};
     gemm_f32(A, B, g.C.data<float>() + b * g.stride_c, g.M, g.N, g.K, float(g.alpha), float(g.beta), parallel);
   });
+}
+
+// y = x·Wᵀ + bias with the bias added to each fp32 sum before its one rounding, no second pass over y: fp32
+// in the micro kernel's epilogue; bf16 and f64 as the GEMM's beta = 1 onto rows that hold the bias.
+void CpuBackend::linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y) {
+  const int64_t M = x.size(0), N = weight.size(0), bytes = N * int64_t(dtype_size(y.dtype()));
+  if (y.dtype() == DType::f32)
+    return gemm_f32({x.data<float>(), x.size(1), false}, {weight.data<float>(), x.size(1), true}, y.data<float>(), M,
+                    N, x.size(1), 1.f, 0.f, true, bias.data<float>());
+  const char* b = static_cast<const char*>(bias.raw_data());
+  char* out = static_cast<char*>(y.raw_data());
+  parallel_for(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(bytes, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) std::memcpy(out + r * bytes, b, size_t(bytes));
+  });
+  GemmArgs g;
+  g.trans_b = true;
+  g.M = M, g.N = N, g.K = x.size(1);
+  g.beta = 1.0;
+  g.A = x, g.B = weight, g.C = y;
+  gemm(g);
 }
 
 void gemm_bf16_into_f32(const GemmArgs& g) {
