@@ -878,18 +878,14 @@ void embed(CpuBackend& be, bool nhwc, const Tensor& x, const Tensor& weight, con
     using T = decltype(tag);
     const ConvGeom g = embedding_geom(x, nhwc, weight, a);
     const int64_t P = g.P(), K = g.K(), C = g.Cout, chunk = embedding_chunk(g);
-    const T* pb = data_or_null<T>(bias);
-    T* pre = pre_norm.data<T>();
-    const Tensor w = weight_in_row_order<T>(g, nhwc, weight);
+    const Tensor w = weight_in_row_order<T>(g, nhwc, weight).reshape({C, K});
     Tensor rows = Tensor::empty({chunk * P, K}, x.dtype());
     for (int64_t n0 = 0; n0 < g.N; n0 += chunk) {
       const int64_t n1 = std::min(g.N, n0 + chunk), M = (n1 - n0) * P;
       im2row(g, nhwc, x.data<T>(), n0, n1, rows.data<T>());
-      if (pb)  // the GEMM adds onto the bias (beta = 1)
-        parallel_for(M, row_grain(C), [&](int64_t r0, int64_t r1) {
-          for (int64_t r = r0; r < r1; ++r) std::copy(pb, pb + C, pre + (n0 * P + r) * C);
-        });
-      run_gemm(false, true, 1, M, C, K, 1.0, pb ? 1.0 : 0.0, rows, 0, w, 0, window(pre_norm, n0 * P * C, {M * C}), 0);
+      Tensor pre = window(pre_norm, n0 * P * C, {M, C});
+      if (bias.defined()) be.linear(window(rows, 0, {M, K}), w, bias, pre);  // the bias added in the GEMM
+      else run_gemm(false, true, 1, M, C, K, 1.0, 0.0, rows, 0, w, 0, pre, 0);
     }
     Tensor pre_rows = pre_norm.reshape({g.N * P, C}), token_rows = tokens.reshape({g.N * P, C});
     be.layer_norm(pre_rows, ln_weight, ln_bias, eps, token_rows, mean, rstd);
