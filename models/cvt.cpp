@@ -80,7 +80,7 @@ Tensor Cvt::layer_forward(const Layer& L, size_t s, int64_t index, const Tensor&
   Tensor cls_h, spatial = h;
   if (cls) {
     cls_h = h.slice(1, 0, 1);                    // (B, 1, C): skips the conv projections
-    spatial = h.slice(1, 1, T);                  // (B, H·W, C)
+    spatial = h.slice(1, 1, T).contiguous();     // (B, H·W, C): copied once here, not by each projection
   }
   // (B, C, H, W) as a view of the tokens (channels-last memory): the depthwise convs and batch norms below
   // keep that layout (engine/ops_nn.cpp), so their outputs are tokens again without a transpose.
