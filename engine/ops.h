@@ -84,6 +84,11 @@ Tensor softmax(const Tensor& x, int64_t dim = -1);
 Tensor log_softmax(const Tensor& x, int64_t dim = -1);
 // softmax(q·kᵀ·scale)·v; q (..., Tq, D), k and v (..., Tk, D).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale);
+// Multi-head attention on tokens: q (B, Tq, C), k and v (B, Tk, C), C = heads·D, head h on channels
+// [h·D, (h + 1)·D); returns (B, Tq, C), each head's softmax(q·kᵀ·scale)·v in its channels. Equal to splitting
+// the heads, scaled_dot_product_attention and merging them, without the copies where a backend reads the
+// heads in place (Backend::attention_tokens).
+Tensor attention_tokens(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale);
 // softmax(q·kᵀ·scale) (..., Tq, Tk): the attention probabilities, for analysis. A separate computation
 // (not recorded by autograd, f32 or f64), so the fused attention never materialises them.
 Tensor attention_probabilities(const Tensor& q, const Tensor& k, double scale);

@@ -405,6 +405,41 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                 });
 }
 
+Tensor attention_tokens(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale) {
+  const char* op = "attention_tokens";
+  TS_CHECK(q.defined() && k.defined() && v.defined(), std::string(op) + ": q, k and v must be defined");
+  const std::string shapes = " (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ")";
+  check_float(op, "q", q);
+  check_like(op, "k", k, "q", q);
+  check_like(op, "v", v, "q", q);
+  TS_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, std::string(op) + ": q, k, v must be (B, T, C)" + shapes);
+  const int64_t B = q.size(0), Tq = q.size(1), C = q.size(2), Tk = k.size(1);
+  TS_CHECK(k.size(0) == B && v.size(0) == B && k.size(2) == C && v.size(2) == C && v.size(1) == Tk,
+           std::string(op) + ": q, k, v must share B and C, k and v their T" + shapes);
+  TS_CHECK(heads >= 1 && C % heads == 0,
+           std::string(op) + ": " + std::to_string(C) + " channels do not split into " + std::to_string(heads) + " heads");
+  TS_CHECK(Tk >= 1, std::string(op) + ": no keys to attend to" + shapes);
+  const Tensor qc = plain(q), kc = plain(k), vc = plain(v);
+  Tensor out = Tensor::empty({B, Tq, C}, q.dtype(), q.device());
+  Tensor lse = Tensor::empty({B, heads, Tq}, stat_dtype(q.dtype()), q.device());
+  if (out.numel() > 0) backend(q.device()).attention_tokens(qc, kc, vc, heads, scale, out, lse);
+  else if (lse.numel() > 0) lse.fill_(0);
+  const Tensor saved_out = out.detach();
+  const bool gq = wants_grad(q), gk = wants_grad(k), gv = wants_grad(v);
+  return record(op, {q, k, v}, out, [qc, kc, vc, saved_out, lse, heads, scale, gq, gk, gv](const Tensor& g) {
+    Tensor dq = gq ? Tensor::empty(qc.shape(), qc.dtype(), qc.device()) : Tensor();
+    Tensor dk = gk ? Tensor::empty(kc.shape(), kc.dtype(), kc.device()) : Tensor();
+    Tensor dv = gv ? Tensor::empty(vc.shape(), vc.dtype(), vc.device()) : Tensor();
+    if (qc.numel() > 0)
+      backend(qc.device()).attention_tokens_backward(plain(g), qc, kc, vc, saved_out, lse, heads, scale, dq, dk, dv);
+    else {  // no queries: nothing reaches k or v
+      if (dk.defined()) dk.fill_(0);
+      if (dv.defined()) dv.fill_(0);
+    }
+    return std::vector<Tensor>{dq, dk, dv};
+  });
+}
+
 // ================================================================ dropout, drop path
 namespace {
 

@@ -86,6 +86,9 @@ Tensor multi_head_attention(const Tensor& q, const Tensor& k, const Tensor& v, i
   const Tensor* gate = nullptr;
   if (hooks)
     if (auto it = hooks->gates.find(layer); it != hooks->gates.end()) gate = &it->second;
+  // Unwatched and ungated: the heads stay in their channels (no split and merge copies where the backend
+  // reads them in place). Hooks and gates need the split heads below.
+  if (!watched && !gate) return attention_tokens(q, k, v, heads, scale);
   // Shows a part to the forward hook and, through a gradient hook, its gradient to the backward one.
   auto show = [&](AttentionPart part, Tensor x) {
     if (!watched) return x;

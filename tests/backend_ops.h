@@ -872,6 +872,44 @@ inline Entry attention_entry() {
   return e;
 }
 
+// attention_tokens: the same computation on tokens (B, T, heads·D), held to attention's rule. The cases: one
+// head (no split at all), heads the CPU reads in place (at most 32 keys, f32), heads past that (the
+// composite's copies around the GEMM route), a tail of a vector in D, and k, v given as views (made plain).
+inline Entry attention_tokens_entry() {
+  Entry e = attention_entry();
+  e.name = "attention_tokens";
+  e.cases.clear();
+  struct At { int64_t B, heads, Tq, Tk, D; unsigned tags; };
+  for (const At& a : std::vector<At>{{2, 2, 5, 3, 3, kSmall}, {1, 1, 4, 6, 2, kSmall}, {2, 3, 17, 5, 64, kOdd},
+                                     {2, 3, 64, 16, 32, kOdd}, {2, 1, 65, 33, 24, kOdd}, {2, 2, 9, 40, 20, kOdd},
+                                     {3, 3, 7, 32, 17, kOdd}}) {
+    Case k;
+    k.name = "B" + std::to_string(a.B) + " heads " + std::to_string(a.heads) + " " + std::to_string(a.Tq) + "x" +
+             std::to_string(a.Tk) + " D" + std::to_string(a.D);
+    k.tags = a.tags;
+    k.make = [a](Generator& g) {
+      const int64_t C = a.heads * a.D;
+      return Inputs{{uni(g, {a.B, a.Tq, C}, -1, 1)}, {uni(g, {a.B, a.Tk, C}, -1, 1)}, {uni(g, {a.B, a.Tk, C}, -1, 1)}};
+    };
+    k.call = [a](const std::vector<Tensor>& in) {
+      return attention_tokens(in[0], in[1], in[2], a.heads, 1.0 / std::sqrt(double(a.D)));
+    };
+    k.len = {double(a.D)};
+    e.cases.push_back(k);
+  }
+  Case v;  // k and v as transposed views of (B, C, Tk) leaves; only k and v require grad
+  v.name = "k, v as views of (B, C, T) leaves, only they require grad";
+  v.make = [](Generator& g) {
+    return Inputs{{uni(g, {2, 4, 6}, -1, 1), false}, {uni(g, {2, 6, 3}, -1, 1)}, {uni(g, {2, 6, 3}, -1, 1)}};
+  };
+  v.call = [](const std::vector<Tensor>& in) {
+    return attention_tokens(in[0], in[1].transpose(1, 2), in[2].transpose(1, 2), 2, 0.6);
+  };
+  v.len = {3};
+  e.cases.push_back(v);
+  return e;
+}
+
 // attention_probabilities: softmax of the f64/f32 scores (not differentiable; f32 for 16-bit inputs). Each
 // p carries the scores' error (|Δs| relative) and the row sum's γ_Tk, relative.
 inline Entry attention_probs_entry() {
@@ -1174,6 +1212,7 @@ inline const std::vector<Entry>& registry() {
     r.push_back(softmax_entry(true));
     r.push_back(bias_gelu_entry());
     r.push_back(attention_entry());
+    r.push_back(attention_tokens_entry());
     r.push_back(attention_probs_entry());
     r.push_back(cross_entropy_entry());
     r.push_back(dropout_entry(false));

@@ -155,6 +155,16 @@ struct Conv2dArgs {
 // backward is the op layer's (two GEMMs and column_sums). Composite: gemm, then binary's bias add, a second
 // pass over y; a fused kernel adds the bias in the GEMM.
 #define TS_PARAMS_linear (const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y)
+// Multi-head attention on token-major tensors: q [B, Tq, C], k and v [B, Tk, C], out and dout [B, Tq, C], all
+// contiguous, C = heads·D with head h on channels [h·D, (h + 1)·D); lse [B, heads, Tq] and everything else
+// as attention(_backward). A kernel reads and writes the heads in place, where attention needs them split
+// into [B, heads, T, D] and merged back (a copy each way of q, k, v, out and of their gradients).
+// Composite: those copies around attention(_backward).
+#define TS_PARAMS_attention_tokens \
+  (const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale, Tensor& out, Tensor& lse)
+#define TS_PARAMS_attention_tokens_backward                                                               \
+  (const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, \
+   int64_t heads, double scale, Tensor& dq, Tensor& dk, Tensor& dv)
 // Drop path with its residual add, forward and (residual undefined) backward: out[b, i] = x[b, i]·s_b
 // (+ residual[b, i]), s_b = scale where keep_mask[b] ≠ 0, else 0. x, residual, out: contiguous [B, ...] of
 // one dtype; keep_mask [B] in x's dtype. 16-bit data computes in fp32 with scale rounded to fp32 (not to
@@ -204,7 +214,7 @@ struct Conv2dArgs {
 #define TS_PARAMS_column_sums (const Tensor& x, Tensor& out)
 
 #define TESSERA_FUSED_OPS(X)                                                                           \
-  X(linear) X(bias_gelu) X(bias_gelu_backward) X(drop_path) X(conv_embedding) X(conv_embedding_backward) \
+  X(linear) X(attention_tokens) X(attention_tokens_backward) X(bias_gelu) X(bias_gelu_backward) X(drop_path) X(conv_embedding) X(conv_embedding_backward) \
   X(conv_embedding_nhwc) X(conv_embedding_nhwc_backward) X(depthwise_conv2d_nhwc) X(depthwise_conv2d_nhwc_backward) X(batch_norm_nhwc) X(batch_norm_nhwc_backward) \
   X(sum_of_squares) X(scale) X(column_sums)
 

@@ -23,6 +23,54 @@ void Backend::linear(const Tensor& x, const Tensor& weight, const Tensor& bias, 
   binary(BinaryOp::Add, g.C, bias.reshape({1, g.N}).expand({g.M, g.N}), y);
 }
 
+namespace {
+// [B, T, heads·D] seen as [B, heads, T, D] (a view of the same memory).
+Tensor heads_view(const Tensor& x, int64_t heads) {
+  const int64_t B = x.size(0), T = x.size(1), D = x.size(2) / heads;
+  return x.reshape({B, T, heads, D}).permute({0, 2, 1, 3});
+}
+// Tokens [B, T, heads·D] as [B, heads, T, D] for attention: a copy, or with one head the same memory.
+// Undefined stays undefined.
+Tensor split_heads(Backend& be, const Tensor& x, int64_t heads) {
+  if (!x.defined()) return x;
+  const Tensor view = heads_view(x, heads);
+  if (heads == 1) return view;  // [B, 1, T, D] with the tokens' strides: contiguous
+  Tensor out = Tensor::empty(view.shape(), x.dtype(), x.device());
+  be.copy(view, out);
+  return out;
+}
+// Where attention writes a head-major result for tokens `out`: out itself with one head, else new memory.
+Tensor head_major_for(const Tensor& out, int64_t heads) {
+  if (!out.defined() || heads == 1) return out.defined() ? heads_view(out, heads) : out;
+  const Tensor view = heads_view(out, heads);
+  return Tensor::empty(view.shape(), out.dtype(), out.device());
+}
+// The head-major result back into the tokens (nothing to do where it was written there).
+void merge_heads(Backend& be, const Tensor& x, Tensor& out, int64_t heads) {
+  if (!out.defined() || heads == 1) return;
+  Tensor dst = heads_view(out, heads);
+  be.copy(x, dst);
+}
+}  // namespace
+
+void Backend::attention_tokens(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale,
+                               Tensor& out, Tensor& lse) {
+  Tensor oh = head_major_for(out, heads);
+  attention(split_heads(*this, q, heads), split_heads(*this, k, heads), split_heads(*this, v, heads), scale, oh, lse);
+  merge_heads(*this, oh, out, heads);
+}
+
+void Backend::attention_tokens_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                        const Tensor& out, const Tensor& lse, int64_t heads, double scale,
+                                        Tensor& dq, Tensor& dk, Tensor& dv) {
+  Tensor dqh = head_major_for(dq, heads), dkh = head_major_for(dk, heads), dvh = head_major_for(dv, heads);
+  attention_backward(split_heads(*this, dout, heads), split_heads(*this, q, heads), split_heads(*this, k, heads),
+                     split_heads(*this, v, heads), split_heads(*this, out, heads), lse, scale, dqh, dkh, dvh);
+  merge_heads(*this, dqh, dq, heads);
+  merge_heads(*this, dkh, dk, heads);
+  merge_heads(*this, dvh, dv, heads);
+}
+
 void Backend::bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) {
   unary(UnaryOp::Gelu, add_bias(*this, x, bias), y);
 }

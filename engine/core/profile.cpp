@@ -179,6 +179,14 @@ class TimingBackend final : public Backend {
     TS_TIMED(batch_norm_backward, 0);
     inner_.batch_norm_backward(dy, x, weight, mean, invstd, training, dx, dweight, dbias);
   }
+  void attention_tokens TS_PARAMS_attention_tokens override {
+    TS_TIMED(attention_tokens, 4.0 * double(q.numel()) * double(k.size(1)));  // 4·B·Tq·Tk·C
+    inner_.attention_tokens(q, k, v, heads, scale, out, lse);
+  }
+  void attention_tokens_backward TS_PARAMS_attention_tokens_backward override {
+    TS_TIMED(attention_tokens_backward, 10.0 * double(q.numel()) * double(k.size(1)));
+    inner_.attention_tokens_backward(dout, q, k, v, out, lse, heads, scale, dq, dk, dv);
+  }
   void attention TS_PARAMS_attention override {
     TS_TIMED(attention, attention_flops(q, k));
     inner_.attention(q, k, v, scale, out, lse);

@@ -66,6 +66,10 @@ class CpuBf16 final : public Backend {
   void unary TS_PARAMS_unary override { k_.unary(op, x, out, alpha, beta); }
   void binary TS_PARAMS_binary override { k_.binary(op, a, b, out); }
   void linear TS_PARAMS_linear override { k_.linear(x, weight, bias, y); }
+  void attention_tokens TS_PARAMS_attention_tokens override { k_.attention_tokens(q, k, v, heads, scale, out, lse); }
+  void attention_tokens_backward TS_PARAMS_attention_tokens_backward override {
+    k_.attention_tokens_backward(dout, q, k, v, out, lse, heads, scale, dq, dk, dv);
+  }
   void bias_gelu TS_PARAMS_bias_gelu override { k_.bias_gelu(x, bias, y); }
   void bias_gelu_backward TS_PARAMS_bias_gelu_backward override { k_.bias_gelu_backward(dy, x, bias, dx, dbias); }
   void attention TS_PARAMS_attention override { k_.attention(q, k, v, scale, out, lse); }

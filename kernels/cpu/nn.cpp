@@ -1207,16 +1207,27 @@ constexpr int64_t kRowHeadsMaxKeys = 32, kRowHeadsMaxDim = 128, kLane = cpu::kF3
 using lanes = cpu::f32x16;
 int64_t pad16(int64_t n) { return (n + kLane - 1) / kLane * kLane; }
 
+// Where row t of head bh (bh = b·H + h) starts: head-major [B, H, T, D] memory (attention's), or tokens
+// [B, T, H·D] (attention_tokens': the heads read and written in place).
+struct HeadRows {
+  int64_t H, T, D;
+  bool tokens;
+  int64_t base(int64_t bh) const { return tokens ? (bh / H) * T * H * D + (bh % H) * D : bh * T * D; }
+  int64_t stride() const { return tokens ? H * D : D; }  // from one row of a head to the next
+  int64_t at(int64_t bh, int64_t t) const { return base(bh) + t * stride(); }
+};
+
 struct HeadPanels {  // one head's K and V in the padded layouts above
   int64_t Tk, D, tk_pad, d_pad;
   std::vector<float> kt, vp;
   HeadPanels(int64_t tk, int64_t d)
       : Tk(tk), D(d), tk_pad(pad16(tk)), d_pad(pad16(d)), kt(static_cast<size_t>(d * pad16(tk)), 0.f),
         vp(static_cast<size_t>(tk * pad16(d)), 0.f) {}
-  void load(const float* k, const float* v) {
+  void load(const float* k, const float* v, const HeadRows& rows, int64_t bh) {
+    const int64_t b = rows.base(bh), st = rows.stride();
     for (int64_t t = 0; t < Tk; ++t)
-      for (int64_t d = 0; d < D; ++d) kt[size_t(d * tk_pad + t)] = k[t * D + d];
-    for (int64_t t = 0; t < Tk; ++t) std::copy(v + t * D, v + (t + 1) * D, vp.data() + t * d_pad);
+      for (int64_t d = 0; d < D; ++d) kt[size_t(d * tk_pad + t)] = k[b + t * st + d];
+    for (int64_t t = 0; t < Tk; ++t) std::copy(v + b + t * st, v + b + t * st + D, vp.data() + t * d_pad);
   }
 };
 
@@ -1268,7 +1279,8 @@ void row_combine(const float* w, const HeadPanels& hp, const float* x, float alp
 }
 
 void row_heads_forward(const float* q, const float* k, const float* v, float scale, int64_t BH, int64_t Tq,
-                       int64_t Tk, int64_t D, float* out, const Stat& sl) {
+                       int64_t Tk, int64_t D, float* out, const Stat& sl, const HeadRows& qrows,
+                       const HeadRows& krows) {
   constexpr int64_t kRows = 32;  // rows per task, so one head with many queries still uses every thread
   const int64_t blocks = (Tq + kRows - 1) / kRows;
   parallel_for(BH * blocks, 1, [&](int64_t t0, int64_t t1) {
@@ -1277,13 +1289,14 @@ void row_heads_forward(const float* q, const float* k, const float* v, float sca
     int64_t loaded = -1;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = t / blocks, i0 = (t % blocks) * kRows, i1 = std::min(Tq, i0 + kRows);
-      if (h != loaded) hp.load(k + h * Tk * D, v + h * Tk * D);
+      if (h != loaded) hp.load(k, v, krows, h);
       loaded = h;
+      const int64_t qbase = qrows.base(h), qstride = qrows.stride();
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t r = h * Tq + i;
-        row_scores(q + r * D, hp, hp.kt.data(), scale, s.data());
+        const int64_t r = h * Tq + i, at = qbase + i * qstride;
+        row_scores(q + at, hp, hp.kt.data(), scale, s.data());
         sl.set(r, softmax_row(s.data(), Tk));
-        row_combine(s.data(), hp, hp.vp.data(), 1.f, tmp.data(), out + r * D);
+        row_combine(s.data(), hp, hp.vp.data(), 1.f, tmp.data(), out + at);
       }
     }
   });
@@ -1292,7 +1305,7 @@ void row_heads_forward(const float* q, const float* k, const float* v, float sca
 // dK and dV sum over every query of a head, so a head is one task; their sums run over the queries in order.
 void row_heads_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                         const Stat& sl, float scale, int64_t BH, int64_t Tq, int64_t Tk, int64_t D, float* dq,
-                        float* dk, float* dv) {
+                        float* dk, float* dv, const HeadRows& qrows, const HeadRows& krows) {
   parallel_for(BH, 1, [&](int64_t h0, int64_t h1) {
     HeadPanels hp(Tk, D);
     // Vᵀ in K's padded layout (for dP = dO·Vᵀ) and K in V's (for dQ = dS·K)
@@ -1300,15 +1313,16 @@ void row_heads_backward(const float* dout, const float* q, const float* k, const
     std::vector<float> p(static_cast<size_t>(hp.tk_pad)), ds(static_cast<size_t>(hp.tk_pad)),
         tmp(static_cast<size_t>(hp.d_pad));
     for (int64_t h = h0; h < h1; ++h) {
-      const float *kh = k + h * Tk * D, *vh = v + h * Tk * D;
-      float *dkh = dk ? dk + h * Tk * D : nullptr, *dvh = dv ? dv + h * Tk * D : nullptr;
-      hp.load(kh, vh);
-      swapped.load(vh, kh);
-      if (dkh) std::fill(dkh, dkh + Tk * D, 0.f);
-      if (dvh) std::fill(dvh, dvh + Tk * D, 0.f);
+      hp.load(k, v, krows, h);
+      swapped.load(v, k, krows, h);
+      const int64_t kbase = krows.base(h), ks = krows.stride(), qbase = qrows.base(h), qs = qrows.stride();
+      for (int64_t j = 0; j < Tk; ++j) {
+        if (dk) std::fill(dk + kbase + j * ks, dk + kbase + j * ks + D, 0.f);
+        if (dv) std::fill(dv + kbase + j * ks, dv + kbase + j * ks + D, 0.f);
+      }
       for (int64_t i = 0; i < Tq; ++i) {
-        const int64_t r = h * Tq + i;
-        const float *qi = q + r * D, *gi = dout + r * D, *oi = out + r * D;
+        const int64_t r = h * Tq + i, at = qbase + i * qs;
+        const float *qi = q + at, *gi = dout + at, *oi = out + at;
         const double l = sl.get(r);
         row_scores(qi, hp, hp.kt.data(), scale, p.data());  // P = exp(scale · q·kᵀ − lse)
         for (int64_t j = 0; j < Tk; ++j) p[size_t(j)] = cpu::exp_float(float(double(p[size_t(j)]) - l));
@@ -1316,17 +1330,19 @@ void row_heads_backward(const float* dout, const float* q, const float* k, const
         const double di = cpu::lane_sum(D, [&](int64_t d) { return double(gi[d]) * double(oi[d]); });
         row_scores(gi, hp, swapped.kt.data(), 1.f, ds.data());  // dP = dO·Vᵀ
         for (int64_t j = 0; j < Tk; ++j) ds[size_t(j)] = float(double(p[size_t(j)]) * (double(ds[size_t(j)]) - di));
-        if (dq) row_combine(ds.data(), hp, swapped.vp.data(), scale, tmp.data(), dq + r * D);  // dQ = scale · dS K
+        if (dq) row_combine(ds.data(), hp, swapped.vp.data(), scale, tmp.data(), dq + at);  // dQ = scale · dS K
         for (int64_t j = 0; j < Tk; ++j) {  // dV += Pᵀ dO, dK += dSᵀ Q (scaled at the end)
           const float pj = p[size_t(j)], dsj = ds[size_t(j)];
-          if (dvh)
-            for (int64_t d = 0; d < D; ++d) dvh[j * D + d] += pj * gi[d];
-          if (dkh)
-            for (int64_t d = 0; d < D; ++d) dkh[j * D + d] += dsj * qi[d];
+          float *dvj = dv ? dv + kbase + j * ks : nullptr, *dkj = dk ? dk + kbase + j * ks : nullptr;
+          if (dvj)
+            for (int64_t d = 0; d < D; ++d) dvj[d] += pj * gi[d];
+          if (dkj)
+            for (int64_t d = 0; d < D; ++d) dkj[d] += dsj * qi[d];
         }
       }
-      if (dkh)
-        for (int64_t e = 0; e < Tk * D; ++e) dkh[e] *= scale;
+      if (dk)
+        for (int64_t j = 0; j < Tk; ++j)
+          for (int64_t d = 0; d < D; ++d) dk[kbase + j * ks + d] *= scale;
     }
   });
 }
@@ -1344,7 +1360,7 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, do
     if constexpr (std::is_same_v<decltype(tag), float>)
       if (Tk >= 1 && Tk <= kRowHeadsMaxKeys && D >= 1 && D <= kRowHeadsMaxDim)
         return row_heads_forward(q.data<float>(), k.data<float>(), v.data<float>(), float(scale), BH, Tq, Tk, D,
-                                 out.data<float>(), sl);
+                                 out.data<float>(), sl, HeadRows{1, Tq, D, false}, HeadRows{1, Tk, D, false});
     for_heads(BH, Tq, Tk, dtype_of<C>::value, 1, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
       Tensor& S = buf[0];
       // S = scale · Q Kᵀ
@@ -1374,7 +1390,8 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
       if (Tk >= 1 && Tk <= kRowHeadsMaxKeys && D >= 1 && D <= kRowHeadsMaxDim)
         return row_heads_backward(dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(),
                                   out.data<float>(), sl, float(scale), BH, Tq, Tk, D, mut_or_null<float>(dq),
-                                  mut_or_null<float>(dk), mut_or_null<float>(dv));
+                                  mut_or_null<float>(dk), mut_or_null<float>(dv), HeadRows{1, Tq, D, false},
+                                  HeadRows{1, Tk, D, false});
     for_heads(BH, Tq, Tk, dtype_of<C>::value, 2, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
       Tensor &P = buf[0], &dS = buf[1];
       auto qw = [&](const Tensor& t) { return window(t, h0 * Tq * D, {nb * Tq * D}); };
@@ -1406,6 +1423,36 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
         run_gemm(true, false, nb, Tk, D, Tq, scale, 0.0, dSs, Tq * Tk, qw(q), Tq * D, kw(dk), Tk * D);
     });
   });
+}
+
+// Token-major heads in place for the row-by-row path (float, at most 32 keys: a small CvT's later stages),
+// which reads rows through HeadRows; otherwise the composite's copies around attention(_backward).
+namespace {
+bool row_heads_in_place(const Tensor& q, const Tensor& k, int64_t heads) {
+  const int64_t D = q.size(2) / heads, Tk = k.size(1);
+  return q.dtype() == DType::f32 && Tk >= 1 && Tk <= kRowHeadsMaxKeys && D >= 1 && D <= kRowHeadsMaxDim;
+}
+}  // namespace
+
+void CpuBackend::attention_tokens(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale,
+                                  Tensor& out, Tensor& lse) {
+  if (!row_heads_in_place(q, k, heads)) return Backend::attention_tokens(q, k, v, heads, scale, out, lse);
+  const int64_t B = q.size(0), Tq = q.size(1), Tk = k.size(1), D = q.size(2) / heads;
+  Stat sl(lse, "attention_tokens");
+  row_heads_forward(q.data<float>(), k.data<float>(), v.data<float>(), float(scale), B * heads, Tq, Tk, D,
+                    out.data<float>(), sl, HeadRows{heads, Tq, D, true}, HeadRows{heads, Tk, D, true});
+}
+
+void CpuBackend::attention_tokens_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                           const Tensor& out, const Tensor& lse, int64_t heads, double scale,
+                                           Tensor& dq, Tensor& dk, Tensor& dv) {
+  if (!row_heads_in_place(q, k, heads))
+    return Backend::attention_tokens_backward(dout, q, k, v, out, lse, heads, scale, dq, dk, dv);
+  const int64_t B = q.size(0), Tq = q.size(1), Tk = k.size(1), D = q.size(2) / heads;
+  Stat sl(lse, "attention_tokens_backward");
+  row_heads_backward(dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(), out.data<float>(), sl,
+                     float(scale), B * heads, Tq, Tk, D, mut_or_null<float>(dq), mut_or_null<float>(dk),
+                     mut_or_null<float>(dv), HeadRows{heads, Tq, D, true}, HeadRows{heads, Tk, D, true});
 }
 
 // ================================================================ cross-entropy
