@@ -357,13 +357,20 @@ Tensor softmax(const Tensor& x, int64_t dim) { return softmax_impl(x, dim, false
 Tensor log_softmax(const Tensor& x, int64_t dim) { return softmax_impl(x, dim, true); }
 
 // ================================================================ attention
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
-  const char* op = "scaled_dot_product_attention";
+namespace {
+// q, k and v defined, floating, of one dtype and device; returns their shapes for error messages.
+std::string checked_attention_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v) {
   TS_CHECK(q.defined() && k.defined() && v.defined(), std::string(op) + ": q, k and v must be defined");
-  const std::string shapes = " (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ")";
   check_float(op, "q", q);
   check_like(op, "k", k, "q", q);
   check_like(op, "v", v, "q", q);
+  return " (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ")";
+}
+}  // namespace
+
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale) {
+  const char* op = "scaled_dot_product_attention";
+  const std::string shapes = checked_attention_inputs(op, q, k, v);
   TS_CHECK(q.dim() >= 2 && k.dim() == q.dim() && v.dim() == q.dim(),
            std::string(op) + ": q, k, v must be (..., T, D) of one rank >= 2" + shapes);
   const int64_t r = q.dim(), Tq = q.size(-2), Tk = k.size(-2), D = q.size(-1);
@@ -407,11 +414,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 
 Tensor attention_tokens(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale) {
   const char* op = "attention_tokens";
-  TS_CHECK(q.defined() && k.defined() && v.defined(), std::string(op) + ": q, k and v must be defined");
-  const std::string shapes = " (q " + q.str() + ", k " + k.str() + ", v " + v.str() + ")";
-  check_float(op, "q", q);
-  check_like(op, "k", k, "q", q);
-  check_like(op, "v", v, "q", q);
+  const std::string shapes = checked_attention_inputs(op, q, k, v);
   TS_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, std::string(op) + ": q, k, v must be (B, T, C)" + shapes);
   const int64_t B = q.size(0), Tq = q.size(1), C = q.size(2), Tk = k.size(1);
   TS_CHECK(k.size(0) == B && v.size(0) == B && k.size(2) == C && v.size(2) == C && v.size(1) == Tk,
