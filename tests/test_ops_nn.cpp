@@ -741,3 +741,52 @@ TEST_CASE("drop_path with a residual: residual + drop_path(x), the same mask as 
   CHECK_THROWS_WITH_AS(drop_path(x, 0.3, true, gen, r.to(DType::f32)), doctest::Contains("dtype and device"),
                        TensorError);
 }
+
+// Backend::linear and Backend::attention_tokens: the CPU's own kernels against the composites every other
+// device falls back to (engine/core/fused.cpp), which the CPU itself never runs otherwise.
+// linear, f64 and f32: the composite rounds x·Wᵀ before adding the bias, the CPU adds it to the sum first;
+// each side errs by at most (K + 2)·u of Σ|terms| ≤ K + 1 (inputs in [-1, 1]), so 2·(K + 2)·u·(K + 1).
+// attention_tokens, f32: with at most 32 keys both sides run the same row-by-row arithmetic on the same
+// values (the composite on split copies, the CPU's kernel in place), so they must agree exactly; past 32
+// keys the CPU takes the composite itself.
+TEST_CASE("linear and attention_tokens: the CPU's fused kernels equal the composites of other devices") {
+  Generator gen(31);
+  Backend& be = cpu_backend();
+  for (DType dt : {DType::f64, DType::f32}) {
+    for (auto [M, N, K] : {std::array<int64_t, 3>{1, 1, 1}, {37, 45, 70}, {9, 17, 2100}, {200, 40, 300}}) {
+      CAPTURE(M);
+      CAPTURE(K);
+      const Tensor x = gen.uniform({M, K}, -1, 1, dt), w = gen.uniform({N, K}, -1, 1, dt), b = gen.uniform({N}, -1, 1, dt);
+      Tensor fused = Tensor::empty({M, N}, dt), composite = Tensor::empty({M, N}, dt);
+      be.linear(x, w, b, fused);
+      be.Backend::linear(x, w, b, composite);
+      const std::vector<double> f = fused.to_vector<double>(), c = composite.to_vector<double>();
+      const double tol = 2 * double(K + 2) * std::ldexp(1.0, dt == DType::f64 ? -53 : -24) * double(K + 1);
+      double worst = 0;
+      for (size_t i = 0; i < f.size(); ++i) worst = std::max(worst, std::abs(f[i] - c[i]));
+      CHECK(worst <= tol);
+    }
+  }
+  for (auto [B, heads, Tq, Tk, D] : {std::array<int64_t, 5>{2, 3, 17, 5, 64}, {1, 1, 9, 32, 20}, {2, 4, 7, 16, 8}}) {
+    CAPTURE(heads);
+    CAPTURE(Tk);
+    const int64_t C = heads * D;
+    const Tensor q = gen.uniform({B, Tq, C}, -1, 1), k = gen.uniform({B, Tk, C}, -1, 1), v = gen.uniform({B, Tk, C}, -1, 1);
+    const Tensor dout = gen.uniform({B, Tq, C}, -1, 1);
+    auto run = [&](bool composite) {
+      Tensor out = Tensor::empty({B, Tq, C}, DType::f32), lse = Tensor::empty({B, heads, Tq}, DType::f32);
+      std::array<Tensor, 3> d{Tensor::empty(q.shape(), DType::f32), Tensor::empty(k.shape(), DType::f32),
+                              Tensor::empty(v.shape(), DType::f32)};
+      if (composite) {
+        be.Backend::attention_tokens(q, k, v, heads, 0.3, out, lse);
+        be.Backend::attention_tokens_backward(dout, q, k, v, out, lse, heads, 0.3, d[0], d[1], d[2]);
+      } else {
+        be.attention_tokens(q, k, v, heads, 0.3, out, lse);
+        be.attention_tokens_backward(dout, q, k, v, out, lse, heads, 0.3, d[0], d[1], d[2]);
+      }
+      return std::vector<Tensor>{out, lse, d[0], d[1], d[2]};
+    };
+    const std::vector<Tensor> fused = run(false), composite = run(true);
+    for (size_t i = 0; i < fused.size(); ++i) CHECK(fused[i].to_vector<float>() == composite[i].to_vector<float>());
+  }
+}
