@@ -359,8 +359,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     // layout, (gᵀ·a)ᵀ: the transpose's backward then hands W a contiguous gradient, which autograd adopts,
     // where aᵀ·g would have been copied across (a [192, 192] transpose a layer, 7 % of a small CvT's step at
     // batch 8). Same products and sums.
-    const bool b_transposed = bd.dim() == 2 && bd.size(0) > 1 && bd.size(1) > 1 && bd.strides()[0] == 1 &&
-                              bd.strides()[1] == bd.size(0);
+    const bool b_transposed = ad.dim() == 2 && bd.dim() == 2 && bd.size(0) > 1 && bd.size(1) > 1 &&
+                              bd.strides()[0] == 1 && bd.strides()[1] == bd.size(0);
     Tensor db = b_transposed ? matmul_raw(g.transpose(-1, -2), ad).transpose(-1, -2)
                              : matmul_raw(ad.transpose(-1, -2), g);
     return Grads{sum_to(matmul_raw(g, bd.transpose(-1, -2)), ad.shape()), sum_to(db, bd.shape())};
@@ -374,10 +374,11 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Shape out_shape = x.shape();
   out_shape.back() = weight.size(0);
   const Tensor x2 = x.reshape({-1, weight.size(1)});  // (M, in)
+  TS_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
+           "linear: bias " + (bias.defined() ? bias.str() : std::string()) + " for " + weight.str());
   if (!bias.defined() || x2.numel() == 0 || weight.numel() == 0)
     return (bias.defined() ? add(matmul(x2, weight.transpose(0, 1)), bias) : matmul(x2, weight.transpose(0, 1)))
         .reshape(out_shape);
-  TS_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear: bias " + bias.str() + " for " + weight.str());
   check_same(x2, weight, "linear");
   check_same(x2, bias, "linear");
   // One backend call with the bias in it (Backend::linear); the backward as matmul's and the add's: dx = g·W,

@@ -301,7 +301,7 @@ TEST_CASE("cross entropy loss from its device sums matches the reference formula
 }
 
 // ================================================================ CPU row-block sums
-TEST_CASE("cpu sum_over_rows: every row added once, any block split, the same sums on any thread count") {
+TEST_CASE("cpu sum_over_rows: every row added once, across block splits and the column-parallel final sum") {
   // Integer-valued terms: every double sum is exact, so the result must equal the naive sum exactly. The
   // shapes cross the block sizes (32 to 256 rows, by width) and the final sum's column split.
   for (auto [rows, width] : std::vector<std::pair<int64_t, int64_t>>{

@@ -168,9 +168,13 @@ TEST_CASE("matmul: batches, broadcasting, vectors") {
   CHECK_CLOSE(matmul(q, k).to(DType::f64), matmul(q.to(DType::f64), k.to(DType::f64)), 1e-5, 0);
 }
 
-TEST_CASE("linear: a weight of the wrong width is reported") {
+TEST_CASE("linear: a weight of the wrong width or a bias of the wrong shape is reported") {
   CHECK_THROWS_WITH_AS(linear(Tensor::zeros({2, 3}), Tensor::zeros({4, 5})), doctest::Contains("in_features"),
                        TensorError);
+  // Also with no rows, which skips the fused kernel: a [1] bias must not broadcast its way through.
+  for (int64_t rows : {2, 0})
+    CHECK_THROWS_WITH_AS(linear(Tensor::zeros({rows, 3}), Tensor::zeros({4, 3}), Tensor::zeros({1})),
+                         doctest::Contains("linear: bias"), TensorError);
 }
 
 TEST_CASE("concat, split, slice, index_select") {

@@ -255,22 +255,27 @@ TEST_CASE("autograd: a leaf adopts a gradient nothing else holds, and copies one
   a_grad.fill_(0);
   CHECK(b.grad().to_vector<double>() == std::vector<double>{5, 6});
   CHECK(g.to_vector<double>() == std::vector<double>{5, 6});
-  // A linear layer's weight: matmul computes Wᵀ's gradient in W's layout, (gᵀ·x)ᵀ, and the transpose hands
-  // W a contiguous view of it that nothing else holds: adopted, as the bias's column sums are (the weight's
-  // had been computed in Wᵀ's layout and copied across). dW[o, i] = Σ_rows x[r, i], db[o] = rows.
-  Tensor W = Tensor::from(std::vector<double>{1, 2, 3, 4, 5, 6}, {2, 3}).set_requires_grad();
-  Tensor bias = Tensor::from(std::vector<double>{1, -1}, {2}).set_requires_grad();
+  // A linear layer's weight without a bias (matmul of x and the view Wᵀ): matmul computes Wᵀ's gradient in
+  // W's layout, (gᵀ·x)ᵀ, and the transpose hands W a contiguous view of it that nothing else holds: adopted
+  // (it had been computed in Wᵀ's layout and copied across). With a bias, the fused linear's own backward
+  // computes gᵀ·x directly: adopted too, as the bias's column sums are. dW[o, i] = Σ_rows x[r, i], db[o] = 4.
   Tensor xin = Tensor::from(std::vector<double>{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}, {4, 3});
-  {
+  auto backward_copies = [&](const Tensor& y) {
     profile::Profiler counter;
-    linear(xin, W, bias).backward(Tensor::ones({4, 2}, DType::f64));
+    y.backward(Tensor::ones({4, 2}, DType::f64));
     int64_t copies = 0;
     for (const auto& [key, total] : counter.totals()) copies += key.op == "copy" ? total.calls : 0;
-    CHECK(copies == 0);
+    return copies;
+  };
+  for (bool with_bias : {false, true}) {
+    CAPTURE(with_bias);
+    Tensor W = Tensor::from(std::vector<double>{1, 2, 3, 4, 5, 6}, {2, 3}).set_requires_grad();
+    Tensor bias = Tensor::from(std::vector<double>{1, -1}, {2}).set_requires_grad();
+    CHECK(backward_copies(linear(xin, W, with_bias ? bias : Tensor())) == 0);
+    CHECK(W.grad().is_contiguous());
+    CHECK(W.grad().to_vector<double>() == std::vector<double>{22, 26, 30, 22, 26, 30});
+    if (with_bias) CHECK(bias.grad().to_vector<double>() == std::vector<double>{4, 4});
   }
-  CHECK(W.grad().is_contiguous());
-  CHECK(W.grad().to_vector<double>() == std::vector<double>{22, 26, 30, 22, 26, 30});
-  CHECK(bias.grad().to_vector<double>() == std::vector<double>{4, 4});
   // A view's gradient (reshape hands back a view of the incoming one) is copied too, and accumulation after
   // an adopted gradient adds in place.
   Tensor v = Tensor::from(std::vector<double>{1, 2, 3, 4}, {2, 2}).set_requires_grad();

@@ -1201,7 +1201,8 @@ template <typename T> T exp_shifted(double x, double l) {
 // copied once into zero-padded panels (Kᵀ [D, 16·⌈Tk/16⌉], V [Tk, 16·⌈D/16⌉]); a row's scores are then D
 // multiply-adds into ⌈Tk/16⌉ vectors and its output Tk multiply-adds into ⌈D/16⌉ vectors, all held in
 // registers (accumulating in memory made every step wait on the previous one's store). Each sum runs in
-// index order and scale multiplies a finished sum, as the GEMM's alpha does; the softmax and the
+// a fixed order (index order, or with fewer than 4 vectors round-robin over 4/C running sums added in
+// order: weighted_rows) and scale multiplies a finished sum, as the GEMM's alpha does; the softmax and the
 // backward's formulas are the GEMM route's.
 constexpr int64_t kRowHeadsMaxKeys = 32, kRowHeadsMaxDim = 128, kLane = cpu::kF32Lanes;
 using lanes = cpu::f32x16;

@@ -1,6 +1,6 @@
 // CPU AdamW: the reference for the CUDA kernel. Each element is updated independently by the function the GPU
-// runs (kernels/cuda/optim_math.h), in the parameter's type: fp32 for f32 parameters, as torch computes them,
-// f64 for f64.
+// runs (kernels/cuda/optim_math.h), in the parameter's type: fp32 for f32 parameters, as torch's fp32
+// arithmetic (which forms the first moment by lerp, a rounding apart), f64 for f64.
 #include <algorithm>
 #include <cmath>
 #include <vector>

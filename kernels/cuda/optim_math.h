@@ -26,7 +26,7 @@ template <typename F> struct Updated {
   F param, exp_avg, exp_avg_sq;
 };
 
-// torch.optim.AdamW for one element, in F: the parameter's type (float for f32 parameters, as torch computes
+// torch.optim.AdamW for one element, in F: the parameter's type (float for f32 parameters, as torch's fp32
 // an fp32 parameter's update; double for f64), whatever the gradient's (a bf16 gradient is widened first).
 // Decoupled weight decay first, then the moments, then the bias-corrected step; the step's scalars are
 // rounded to F once. Every result is stored as computed. Double arithmetic for f32 parameters had cost the
