@@ -105,9 +105,8 @@ double conv_pass_flops(const Tensor& weight, const Shape& y) {
   return 2.0 * double(y[0]) * double(y[1]) * double(y[2]) * double(y[3]) * double(weight.size(1)) *
          double(weight.size(2)) * double(weight.size(3));
 }
-double attention_flops(const Tensor& q, const Tensor& k) {  // q [B,H,Tq,D], k [B,H,Tk,D]
-  return 4.0 * double(q.size(0)) * double(q.size(1)) * double(q.size(2)) * double(k.size(2)) * double(q.size(3));
-}
+// 4·B·H·Tq·Tk·D: q [B, H, Tq, D] and k [B, H, Tk, D], or tokens q [B, Tq, H·D] and k [B, Tk, H·D].
+double attention_flops(const Tensor& q, const Tensor& k) { return 4.0 * double(q.numel()) * double(k.size(-2)); }
 // The convolution output shape of an input and args (for backward calls, which are given dy).
 double conv_backward_flops(const Tensor& dy, const Tensor& weight, const Tensor& dx, const Tensor& dweight) {
   return double(int(dx.defined()) + int(dweight.defined())) * conv_pass_flops(weight, dy.shape());
@@ -180,11 +179,11 @@ class TimingBackend final : public Backend {
     inner_.batch_norm_backward(dy, x, weight, mean, invstd, training, dx, dweight, dbias);
   }
   void attention_tokens TS_PARAMS_attention_tokens override {
-    TS_TIMED(attention_tokens, 4.0 * double(q.numel()) * double(k.size(1)));  // 4·B·Tq·Tk·C
+    TS_TIMED(attention_tokens, attention_flops(q, k));
     inner_.attention_tokens(q, k, v, heads, scale, out, lse);
   }
   void attention_tokens_backward TS_PARAMS_attention_tokens_backward override {
-    TS_TIMED(attention_tokens_backward, 10.0 * double(q.numel()) * double(k.size(1)));
+    TS_TIMED(attention_tokens_backward, 2.5 * attention_flops(q, k));
     inner_.attention_tokens_backward(dout, q, k, v, out, lse, heads, scale, dq, dk, dv);
   }
   void attention TS_PARAMS_attention override {

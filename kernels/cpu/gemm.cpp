@@ -207,10 +207,8 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
       for (int64_t i = 0; i < rows; ++i) std::memcpy(edge[i], C + i * ldc, size_t(cols) * sizeof(float));
   }
   const vec va = vec{} + alpha, vb = vec{} + beta;
-  alignas(64) float bias_row[NR] = {};  // the tile's columns of the bias, zero past cols
-  if (bias) std::memcpy(bias_row, bias, size_t(cols) * sizeof(float));
-  vec vbias[2];
-  std::memcpy(vbias, bias_row, sizeof vbias);
+  vec vbias[2] = {};  // the tile's columns of the bias, zero past cols
+  if (bias) std::memcpy(vbias, bias, size_t(cols) * sizeof(float));
   // Unrolled whole, the accumulators are stored straight from their registers (a loop kept the tile in a
   // zeroed stack array that every call cleared, spilled to and reloaded).
 #pragma GCC unroll 8
@@ -711,10 +709,11 @@ void CpuBackend::gemm(const GemmArgs& g) {
 // y = x·Wᵀ + bias with the bias added to each fp32 sum before its one rounding, no second pass over y: fp32
 // in the micro kernel's epilogue; bf16 and f64 as the GEMM's beta = 1 onto rows that hold the bias.
 void CpuBackend::linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y) {
-  const int64_t M = x.size(0), N = weight.size(0), bytes = N * int64_t(dtype_size(y.dtype()));
+  const int64_t M = x.size(0), N = weight.size(0);
   if (y.dtype() == DType::f32)
     return gemm_f32({x.data<float>(), x.size(1), false}, {weight.data<float>(), x.size(1), true}, y.data<float>(), M,
                     N, x.size(1), 1.f, 0.f, true, bias.data<float>());
+  const int64_t bytes = N * int64_t(dtype_size(y.dtype()));
   const char* b = static_cast<const char*>(bias.raw_data());
   char* out = static_cast<char*>(y.raw_data());
   parallel_for(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(bytes, 1)), [&](int64_t r0, int64_t r1) {

@@ -1215,7 +1215,6 @@ struct HeadRows {
   bool tokens;
   int64_t base(int64_t bh) const { return tokens ? (bh / H) * T * H * D + (bh % H) * D : bh * T * D; }
   int64_t stride() const { return tokens ? H * D : D; }  // from one row of a head to the next
-  int64_t at(int64_t bh, int64_t t) const { return base(bh) + t * stride(); }
 };
 
 struct HeadPanels {  // one head's K and V in the padded layouts above

@@ -40,8 +40,8 @@ inline float erf_float(float a) {
 }
 
 // exp(x) for float x, in float: 16 lanes a vector, where a double form would have 8 (the softmax's rows,
-// ViT-B/16's 45 million scores a step; GELU's gradient). x = k·ln 2 + r with k = round(x / ln 2) and ln 2 in two parts
-// (Cody & Waite: k·0.693359375 is exact for |k| < 2^12, so r carries only the low part's rounding);
+// ViT-B/16's 45 million scores a step; GELU's gradient). x = k·ln 2 + r with k = round(x / ln 2) and ln 2
+// in two parts (Cody & Waite: k·0.693359375 is exact for |k| < 2^12, so r carries only the low part's rounding);
 // exp(r) = 1 + r + r²·P(r), P the degree-5 minimax fit of Cephes' expf on |r| ≤ ln(2)/2; 2^k applied in
 // two exact halves, so results in the subnormal range (k down to −150) round once, at the last product.
 // x is clamped to [−104, 89] on its bits first (exp is 0 and inf in float beyond; NaN passes). Error ≤
@@ -68,8 +68,8 @@ inline float erf_float(float a) {
 
 // exp(−x²/2) for float x (GELU's gradient), in float: x² = h + l exactly (l by a fused multiply-add), so
 // exp(−x²/2) = exp(−h/2)·exp(−l/2) with −h/2 exact, exp(−h/2) from exp_float (≤ 2·2^-24) and exp(−l/2) =
-// 1 − l/2 to within (l/2)²/2 ≤ 2^-37 relative for |x| ≤ 15 (|l| ≤ ulp(225)/2 = 2^-17). The worst case comes to ~3·2^-24 relative where the
-// result is normal. |x| is clamped to 15 first (on the float's bits, as in erf_float: a 32-bit select keeps
+// 1 − l/2 to within (l/2)²/2 ≤ 2^-37 relative for |x| ≤ 15 (|l| ≤ ulp(225)/2 = 2^-17). The worst case
+// comes to ~3·2^-24 relative where the result is normal. |x| is clamped to 15 first (on the float's bits, as in erf_float: a 32-bit select keeps
 // the GELU loops vectorised): exp(−112.5) is below the smallest float, so the result is 0 from there on, as
 // for an infinite x (whose l would be NaN); NaN passes through.
 inline float exp_neg_half_square(float a) {

@@ -4,7 +4,8 @@
 //
 // The update is Backend::adamw's (torch.optim.AdamW's), element by element the function the CPU reference
 // runs (optim_math.h adamw::update: arithmetic in the parameter's type), so the two agree to about a
-// rounding per operation (they can differ only where a compiler contracts a·b + c into an FMA). Packing (multi_tensor.h plan_launches): each launch carries up to 36 tensors' pointers and a table
+// rounding per operation (they can differ only where a compiler contracts a·b + c into an FMA).
+// Packing (multi_tensor.h plan_launches): each launch carries up to 36 tensors' pointers and a table
 // mapping each of its ≤ 320 blocks to one 64 Ki-element chunk of one tensor, all as kernel arguments: no
 // host-to-device copy, nothing to synchronise, and the launches can be captured in a CUDA graph as they are.
 // The update moves 28 bytes per fp32 element (bf16 grads: 26) for ~15 flops, so it is memory-bound; not yet
