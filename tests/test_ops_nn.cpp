@@ -569,6 +569,33 @@ TEST_CASE("attention kernel: lse is the log-sum-exp of the scaled scores") {
   CHECK_CLOSE(lse, f64(ref, {B, H, Tq}), 1e-14, 1e-14);
 }
 
+// Past 2048 keys the CPU's GEMM route takes 16 query rows at a time (its blocks hold 2^16 scores), and dK, dV
+// sum over the blocks: 50 queries are blocks of 16, 16, 16 and 2. One head (every GEMM on every thread) and
+// six (a head per thread task) against the composite's matmuls and softmax, forward and backward, in f64:
+// every result is a sum of at most max(Tq, Tk) + D = 2103 terms of size <= 1 (|q|, |k|, |v|, |w| <= 1), so
+// each side errs by at most about 2103·2^-53 ≈ 2.3e-13 absolute: 1e-12 bounds the two together.
+TEST_CASE("scaled_dot_product_attention: query rows in blocks equal the composite, forward and backward") {
+  Generator gen(12);
+  for (auto [B, H] : {std::array<int64_t, 2>{1, 1}, {3, 2}}) {
+    CAPTURE(B * H);
+    const int64_t Tq = 50, Tk = 2100, D = 3;
+    const Tensor q0 = gen.uniform({B, H, Tq, D}, -1, 1, DType::f64), k0 = gen.uniform({B, H, Tk, D}, -1, 1, DType::f64),
+                 v0 = gen.uniform({B, H, Tk, D}, -1, 1, DType::f64), w = gen.uniform({B, H, Tq, D}, -1, 1, DType::f64);
+    auto run = [&](bool composite) {
+      Tensor q = q0.clone().set_requires_grad(true), k = k0.clone().set_requires_grad(true),
+             v = v0.clone().set_requires_grad(true);
+      Tensor y = composite ? ref_attention(q, k, v, 0.45) : scaled_dot_product_attention(q, k, v, 0.45);
+      sum(y * w).backward();
+      return std::vector<Tensor>{y, q.grad(), k.grad(), v.grad()};
+    };
+    const std::vector<Tensor> blocked = run(false), composite = run(true);
+    for (size_t i = 0; i < blocked.size(); ++i) {
+      CAPTURE(i);
+      CHECK_CLOSE(blocked[i], composite[i], 1e-12, 0);
+    }
+  }
+}
+
 TEST_CASE("scaled_dot_product_attention: bad shapes are reported") {
   Tensor q = Tensor::zeros({2, 3, 5, 4}), k = Tensor::zeros({2, 3, 7, 4});
   CHECK_THROWS_WITH_AS(scaled_dot_product_attention(q, Tensor::zeros({2, 3, 7, 5}), k, 1.0),
