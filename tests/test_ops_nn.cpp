@@ -776,7 +776,8 @@ TEST_CASE("drop_path with a residual: residual + drop_path(x), the same mask as 
 // attention_tokens, f32: with at most 32 keys both sides run the same row-by-row arithmetic on the same
 // values (the composite on split copies, the CPU's kernel in place), so they must agree exactly; past 32
 // keys the CPU takes the composite itself.
-TEST_CASE("linear and attention_tokens: the CPU's fused kernels equal the composites of other devices") {
+// drop_path, f64 and f32: both round the product x·s and then the sum with the residual, so exactly equal.
+TEST_CASE("linear, attention_tokens, drop_path: the CPU's fused kernels equal the composites of other devices") {
   Generator gen(31);
   Backend& be = cpu_backend();
   for (DType dt : {DType::f64, DType::f32}) {
@@ -816,4 +817,18 @@ TEST_CASE("linear and attention_tokens: the CPU's fused kernels equal the compos
     const std::vector<Tensor> fused = run(false), composite = run(true);
     for (size_t i = 0; i < fused.size(); ++i) CHECK(fused[i].to_vector<float>() == composite[i].to_vector<float>());
   }
+  for (DType dt : {DType::f64, DType::f32})
+    for (const Shape& shape : {Shape{7, 3, 5}, Shape{3, 40000}, Shape{1, 1}}) {  // 40000: past one 16384 task
+      CAPTURE(shape_str(shape));
+      const Tensor x = gen.uniform(shape, -4, 4, dt), r = gen.uniform(shape, -2, 2, dt);
+      std::vector<double> keep(static_cast<size_t>(shape[0]));
+      for (size_t b = 0; b < keep.size(); ++b) keep[b] = b % 3 == 1 ? 0.0 : 1.0;
+      const Tensor mask = Tensor::from(keep, {shape[0]}, dt);
+      for (const Tensor& residual : {r, Tensor()}) {
+        Tensor fused = Tensor::empty(shape, dt), composite = Tensor::empty(shape, dt);
+        be.drop_path(x, mask, 1 / 0.7, residual, fused);
+        be.Backend::drop_path(x, mask, 1 / 0.7, residual, composite);
+        CHECK(fused.to_vector<double>() == composite.to_vector<double>());
+      }
+    }
 }

@@ -20,6 +20,7 @@ class CpuBackend final : public Backend {
   TS_OVERRIDE(linear)     // the bias added in the GEMM's epilogue, not in a second pass
   TS_OVERRIDE(attention_tokens)  // heads read and written in place (row-by-row heads), no split or merge
   TS_OVERRIDE(attention_tokens_backward)
+  TS_OVERRIDE(drop_path)  // one pass: the composite multiplies through a broadcast and adds in a second
   TS_OVERRIDE(bias_gelu)  // one pass instead of the composite's bias add, GELU and column reduction
   TS_OVERRIDE(bias_gelu_backward)
   TS_OVERRIDE(conv_embedding)  // the convolution as one GEMM straight into the token layout

@@ -101,6 +101,36 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, Tensor& o
   });
 }
 
+// Drop path with its residual add in one pass: out = x·s_b (+ residual), where the composite makes the
+// per-sample factors, multiplies through a broadcast view and adds in a second pass over a temporary (a
+// CvT-13 block's [1576, 384] took 0.46 ms that way). f32 and f64 only: bf16 arrives widened (bf16.cpp).
+// The product is rounded before the sum, as in the composite (one expression would let the compiler fuse
+// them into one rounding), so the two agree exactly.
+void CpuBackend::drop_path(const Tensor& x, const Tensor& keep_mask, double scale, const Tensor& residual,
+                           Tensor& out) {
+  TS_CHECK(x.is_contiguous() && keep_mask.is_contiguous() && out.is_contiguous() &&
+               (!residual.defined() || residual.is_contiguous()),
+           "drop_path: x, keep_mask, residual and out must be contiguous");
+  visit_float(x.dtype(), "drop_path", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t B = x.size(0), per = B ? x.numel() / B : 0;
+    const T *px = x.data<T>(), *pm = keep_mask.data<T>(), *pr = residual.defined() ? residual.data<T>() : nullptr;
+    T* po = out.data<T>();
+    parallel_for(B * per, 16384, [&](int64_t i0, int64_t i1) {
+      for (int64_t b = i0 / per; b * per < i1; ++b) {
+        const T s = pm[b] != T(0) ? T(scale) : T(0);
+        const int64_t j0 = std::max(i0, b * per), j1 = std::min(i1, (b + 1) * per);
+        for (int64_t c0 = j0; c0 < j1; c0 += 1024) {  // the sum a second loop over L1-resident products
+          const int64_t c1 = std::min(j1, c0 + 1024);
+          for (int64_t j = c0; j < c1; ++j) po[j] = px[j] * s;
+          if (pr)
+            for (int64_t j = c0; j < c1; ++j) po[j] += pr[j];
+        }
+      }
+    });
+  });
+}
+
 // GELU(x + bias) in one pass: the composite first materialises x + bias. The sum is rounded to T before
 // the GELU, as there (so the bf16 results equal the composite's).
 void CpuBackend::bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) {
