@@ -154,4 +154,12 @@ TEST_CASE("a model's training step: every layer has forward and backward time, t
   CHECK(e["ph"] == "X");
   CHECK(e["dur"].get<double>() >= 0);
   CHECK(e["args"]["phase"] == "forward");
+  // Counted work per call: the GEMMs' 2·M·N·K summed over the trace equals the totals' count.
+  double traced = 0, counted = 0;
+  for (const nlohmann::json& ev : trace["traceEvents"])
+    if (ev["name"] == "gemm") traced += ev["args"]["gflop"].get<double>() * 1e9;
+  for (const auto& [key, t] : p.totals())
+    if (key.op == "gemm") counted += t.flops;
+  CHECK(counted > 0);
+  CHECK(std::abs(traced - counted) <= 1e-9 * counted);
 }

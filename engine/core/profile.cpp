@@ -53,7 +53,7 @@ void Profiler::add(const char* op, double start_us, double seconds, double flops
   t.seconds += seconds;
   t.flops += flops;
   t.calls += 1;
-  if (keep_events_) events_.push_back(Event{op, current_layer(), phase_, start_us, seconds * 1e6});
+  if (keep_events_) events_.push_back(Event{op, current_layer(), phase_, start_us, seconds * 1e6, flops});
 }
 
 Total Profiler::overall() const {
@@ -71,6 +71,10 @@ void Profiler::write_trace(const std::string& path) const {
   for (const Event& e : events_) {
     nlohmann::json args = {{"phase", phase_name(e.phase)}};
     if (e.layer >= 0) args["layer"] = layers_[size_t(e.layer)];
+    if (e.flops > 0) {
+      args["gflop"] = e.flops * 1e-9;
+      if (e.duration_us > 0) args["gflop_per_s"] = e.flops * 1e-3 / e.duration_us;
+    }
     events.push_back({{"name", e.op}, {"cat", phase_name(e.phase)}, {"ph", "X"}, {"ts", e.start_us},
                       {"dur", e.duration_us}, {"pid", 1}, {"tid", 1}, {"args", args}});
   }

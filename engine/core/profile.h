@@ -45,6 +45,7 @@ struct Event {
   int32_t layer;  // index into Profiler::layers(), or -1 for none
   Phase phase;
   double start_us, duration_us;
+  double flops;  // the call's counted work (0: none counted), so the trace tells a slow product from a big one
 };
 
 // Totals of one (op, layer, phase).
