@@ -1128,22 +1128,21 @@ void CpuBackend::batch_norm_nhwc_backward(const Tensor& dy, const Tensor& x, con
 // ================================================================ attention
 namespace {
 
-// Heads are processed in chunks whose score blocks [chunk, rows, Tk] stay within ~4M elements; each chunk
+// Heads are processed in chunks whose score matrices [chunk, Tq, Tk] stay within ~4M elements; each chunk
 // is one batched GEMM per product, so many small heads and few large ones both keep the GEMM busy.
-int64_t attention_chunk(int64_t BH, int64_t rows, int64_t Tk) {
-  return std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(rows * Tk, 1), 1, std::max<int64_t>(BH, 1));
+int64_t attention_chunk(int64_t BH, int64_t Tq, int64_t Tk) {
+  return std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(Tq * Tk, 1), 1, std::max<int64_t>(BH, 1));
 }
 
-// Runs `heads(h0, nb, buffers)` over all BH heads, each buffer [nb, rows, Tk] (a block of query rows'
-// scores, query_block). With at least two heads per thread, each thread takes whole heads one at a time,
-// with its own buffers: the scores are made, used and dropped while they sit in the core's cache, and the
-// GEMMs inside (nested, so serial) need no hand-offs. Fewer heads than that (one image, one head): chunks
-// of heads in turn, each GEMM using every thread.
+// Runs `heads(h0, nb, buffers)` over all BH heads. With at least two heads per thread, each thread takes
+// whole heads one at a time, with its own score buffers: a head's [Tq, Tk] scores are made, used and
+// dropped while they sit in the core's cache, and the GEMMs inside (nested, so serial) need no hand-offs.
+// Fewer heads than that (one image, one head): chunks of heads in turn, each GEMM using every thread.
 template <typename Heads>
-void for_heads(int64_t BH, int64_t rows, int64_t Tk, DType dt, int n_buffers, const Heads& heads) {
+void for_heads(int64_t BH, int64_t Tq, int64_t Tk, DType dt, int n_buffers, const Heads& heads) {
   auto buffers = [&](int64_t nb) {
     std::vector<Tensor> b;
-    for (int i = 0; i < n_buffers; ++i) b.push_back(Tensor::empty({nb, rows, Tk}, dt));
+    for (int i = 0; i < n_buffers; ++i) b.push_back(Tensor::empty({nb, Tq, Tk}, dt));
     return b;
   };
   if (BH >= 2 * int64_t(num_threads())) {
@@ -1153,28 +1152,9 @@ void for_heads(int64_t BH, int64_t rows, int64_t Tk, DType dt, int n_buffers, co
     });
     return;
   }
-  const int64_t chunk = attention_chunk(BH, rows, Tk);
+  const int64_t chunk = attention_chunk(BH, Tq, Tk);
   std::vector<Tensor> b = buffers(chunk);
   for (int64_t h0 = 0; h0 < BH; h0 += chunk) heads(h0, std::min(chunk, BH - h0), b);
-}
-
-// Query rows per block on the GEMM route. A head's scores are made, used and dropped a block of rows at a
-// time, each block's buffers (~256 KiB of scores apiece) held in the core's L2 between the GEMMs and the
-// row passes, instead of streaming a whole [Tq, Tk] head through memory: CvT-13's first stage has
-// 3136 × 784 scores a head, 9.8 MB. The backward's dK and dV sum over the blocks through the GEMM's
-// beta = 1 in the data's type, so bf16 (`blocked` false) keeps one block: its sums would round to bf16
-// once a block. Rows come in multiples of the GEMM's 16-row panels; heads under one block are unchanged.
-int64_t query_block(int64_t Tq, int64_t Tk, bool blocked) {
-  constexpr int64_t kScoresPerBlock = int64_t(1) << 16, kPanel = 16;
-  if (!blocked) return std::max<int64_t>(Tq, 1);
-  const int64_t rows = kScoresPerBlock / std::max<int64_t>(Tk, 1) / kPanel * kPanel;
-  return std::max<int64_t>(1, std::min(Tq, std::max(rows, kPanel)));
-}
-
-// Rows [i0, i0 + rows) of heads h0 .. h0 + nb − 1 of a [BH, Tq, D] tensor, for a batched GEMM whose
-// matrices start Tq·D apart.
-Tensor block_rows(const Tensor& t, int64_t h0, int64_t nb, int64_t Tq, int64_t i0, int64_t rows, int64_t D) {
-  return window(t, (h0 * Tq + i0) * D, {((nb - 1) * Tq + rows) * D});
 }
 
 // One row of scores in place: p = exp(s − max) / Σ; returns lse = max + log Σ. Float rows take the
@@ -1374,33 +1354,26 @@ void row_heads_backward(const float* dout, const float* q, const float* k, const
 void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale, Tensor& out,
                            Tensor& lse) {
   visit_float_or_bf16(q.dtype(), "attention", [&](auto tag) {
-    using T = decltype(tag);
-    using C = Compute<T>;
+    using C = Compute<decltype(tag)>;
     const int64_t BH = q.size(0) * q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
     Stat sl(lse, "attention");
     if constexpr (std::is_same_v<decltype(tag), float>)
       if (Tk >= 1 && Tk <= kRowHeadsMaxKeys && D >= 1 && D <= kRowHeadsMaxDim)
         return row_heads_forward(q.data<float>(), k.data<float>(), v.data<float>(), float(scale), BH, Tq, Tk, D,
                                  out.data<float>(), sl, HeadRows{1, Tq, D, false}, HeadRows{1, Tk, D, false});
-    const int64_t R = query_block(Tq, Tk, std::is_same_v<C, T>);
-    for_heads(BH, R, Tk, dtype_of<C>::value, 1, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
-      for (int64_t i0 = 0; i0 < Tq; i0 += R) {
-        const int64_t rows = std::min(R, Tq - i0);
-        const Tensor& S = buf[0];  // [nb, rows, Tk] of its [nb, R, Tk]
-        auto qw = [&](const Tensor& t) { return block_rows(t, h0, nb, Tq, i0, rows, D); };
-        // S = scale · Q Kᵀ
-        run_gemm(false, true, nb, rows, Tk, D, scale, 0.0, qw(q), Tq * D, window(k, h0 * Tk * D, {nb * Tk * D}),
-                 Tk * D, S, rows * Tk);
-        // P = exp(S − lse) row by row, lse = max + log Σ exp(S − max)
-        C* ps = S.data<C>();
-        parallel_for(nb * rows, row_grain(Tk), [&](int64_t r0, int64_t r1) {
-          for (int64_t r = r0; r < r1; ++r)
-            sl.set((h0 + r / rows) * Tq + i0 + r % rows, softmax_row(ps + r * Tk, Tk));
-        });
-        // out = P V
-        run_gemm(false, false, nb, rows, D, Tk, 1.0, 0.0, stored_as(S, q.dtype()), rows * Tk,
-                 window(v, h0 * Tk * D, {nb * Tk * D}), Tk * D, qw(out), Tq * D);
-      }
+    for_heads(BH, Tq, Tk, dtype_of<C>::value, 1, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
+      Tensor& S = buf[0];
+      // S = scale · Q Kᵀ
+      run_gemm(false, true, nb, Tq, Tk, D, scale, 0.0, window(q, h0 * Tq * D, {nb * Tq * D}), Tq * D,
+               window(k, h0 * Tk * D, {nb * Tk * D}), Tk * D, S, Tq * Tk);
+      // P = exp(S − lse) row by row, lse = max + log Σ exp(S − max)
+      C* ps = S.data<C>();
+      parallel_for(nb * Tq, row_grain(Tk), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) sl.set(h0 * Tq + r, softmax_row(ps + r * Tk, Tk));
+      });
+      // out = P V
+      run_gemm(false, false, nb, Tq, D, Tk, 1.0, 0.0, stored_as(S, q.dtype()), Tq * Tk,
+               window(v, h0 * Tk * D, {nb * Tk * D}), Tk * D, window(out, h0 * Tq * D, {nb * Tq * D}), Tq * D);
     });
   });
 }
@@ -1419,44 +1392,37 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
                                   out.data<float>(), sl, float(scale), BH, Tq, Tk, D, mut_or_null<float>(dq),
                                   mut_or_null<float>(dk), mut_or_null<float>(dv), HeadRows{1, Tq, D, false},
                                   HeadRows{1, Tk, D, false});
-    const int64_t R = query_block(Tq, Tk, std::is_same_v<C, T>);
-    for_heads(BH, R, Tk, dtype_of<C>::value, 2, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
+    for_heads(BH, Tq, Tk, dtype_of<C>::value, 2, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
+      Tensor &P = buf[0], &dS = buf[1];
+      auto qw = [&](const Tensor& t) { return window(t, h0 * Tq * D, {nb * Tq * D}); };
       auto kw = [&](const Tensor& t) { return window(t, h0 * Tk * D, {nb * Tk * D}); };
-      for (int64_t i0 = 0; i0 < Tq; i0 += R) {
-        const int64_t rows = std::min(R, Tq - i0);
-        const double beta = i0 == 0 ? 0.0 : 1.0;  // dK and dV: the first block writes, the later ones add
-        const Tensor &P = buf[0], &dS = buf[1];     // [nb, rows, Tk] of their [nb, R, Tk]
-        auto qw = [&](const Tensor& t) { return block_rows(t, h0, nb, Tq, i0, rows, D); };
-        // Recompute P = exp(scale · Q Kᵀ − lse) instead of having saved it (Tq·Tk per head).
-        run_gemm(false, true, nb, rows, Tk, D, scale, 0.0, qw(q), Tq * D, kw(k), Tk * D, P, rows * Tk);
-        // dP = dO Vᵀ
-        run_gemm(false, true, nb, rows, Tk, D, 1.0, 0.0, qw(dout), Tq * D, kw(v), Tk * D, dS, rows * Tk);
-        const T *pdo = dout.data<T>(), *po = out.data<T>();
-        C *pp = P.data<C>(), *pds = dS.data<C>();
-        parallel_for(nb * rows, row_grain(Tk + D), [&](int64_t r0, int64_t r1) {
-          for (int64_t r = r0; r < r1; ++r) {
-            const int64_t row = (h0 + r / rows) * Tq + i0 + r % rows;  // of all BH·Tq
-            const double l = sl.get(row);
-            double di = 0;  // rowsum(dO ⊙ O) = Σ_j P_ij dP_ij
-            if constexpr (std::is_same_v<T, float>) di = cpu::dot_in_double(pdo + row * D, po + row * D, D);
-            else
-              for (int64_t d = 0; d < D; ++d) di += to_double(pdo[row * D + d]) * to_double(po[row * D + d]);
-            C *prow = pp + r * Tk, *drow = pds + r * Tk;
-            for (int64_t j = 0; j < Tk; ++j) {
-              prow[j] = exp_shifted<C>(double(prow[j]), l);
-              drow[j] = C(double(prow[j]) * (double(drow[j]) - di));  // dS = P ⊙ (dP − D_i)
-            }
+      // Recompute P = exp(scale · Q Kᵀ − lse) instead of having saved it (Tq·Tk per head).
+      run_gemm(false, true, nb, Tq, Tk, D, scale, 0.0, qw(q), Tq * D, kw(k), Tk * D, P, Tq * Tk);
+      // dP = dO Vᵀ
+      run_gemm(false, true, nb, Tq, Tk, D, 1.0, 0.0, qw(dout), Tq * D, kw(v), Tk * D, dS, Tq * Tk);
+      const T *pdo = dout.data<T>() + h0 * Tq * D, *po = out.data<T>() + h0 * Tq * D;
+      C *pp = P.data<C>(), *pds = dS.data<C>();
+      parallel_for(nb * Tq, row_grain(Tk + D), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const double l = sl.get(h0 * Tq + r);
+          double di = 0;  // rowsum(dO ⊙ O) = Σ_j P_ij dP_ij
+          if constexpr (std::is_same_v<T, float>) di = cpu::dot_in_double(pdo + r * D, po + r * D, D);
+          else
+            for (int64_t d = 0; d < D; ++d) di += to_double(pdo[r * D + d]) * to_double(po[r * D + d]);
+          C *prow = pp + r * Tk, *drow = pds + r * Tk;
+          for (int64_t j = 0; j < Tk; ++j) {
+            prow[j] = exp_shifted<C>(double(prow[j]), l);
+            drow[j] = C(double(prow[j]) * (double(drow[j]) - di));  // dS = P ⊙ (dP − D_i)
           }
-        });
-        if (dv.defined())  // dV = Pᵀ dO
-          run_gemm(true, false, nb, Tk, D, rows, 1.0, beta, stored_as(P, q.dtype()), rows * Tk, qw(dout), Tq * D,
-                   kw(dv), Tk * D);
-        const Tensor dSs = dq.defined() || dk.defined() ? stored_as(dS, q.dtype()) : dS;
-        if (dq.defined())  // dQ = scale · dS K
-          run_gemm(false, false, nb, rows, D, Tk, scale, 0.0, dSs, rows * Tk, kw(k), Tk * D, qw(dq), Tq * D);
-        if (dk.defined())  // dK = scale · dSᵀ Q
-          run_gemm(true, false, nb, Tk, D, rows, scale, beta, dSs, rows * Tk, qw(q), Tq * D, kw(dk), Tk * D);
-      }
+        }
+      });
+      if (dv.defined())  // dV = Pᵀ dO
+        run_gemm(true, false, nb, Tk, D, Tq, 1.0, 0.0, stored_as(P, q.dtype()), Tq * Tk, qw(dout), Tq * D, kw(dv), Tk * D);
+      const Tensor dSs = dq.defined() || dk.defined() ? stored_as(dS, q.dtype()) : dS;
+      if (dq.defined())  // dQ = scale · dS K
+        run_gemm(false, false, nb, Tq, D, Tk, scale, 0.0, dSs, Tq * Tk, kw(k), Tk * D, qw(dq), Tq * D);
+      if (dk.defined())  // dK = scale · dSᵀ Q
+        run_gemm(true, false, nb, Tk, D, Tq, scale, 0.0, dSs, Tq * Tk, qw(q), Tq * D, kw(dk), Tk * D);
     });
   });
 }
