@@ -1157,20 +1157,46 @@ void for_heads(int64_t BH, int64_t Tq, int64_t Tk, DType dt, int n_buffers, cons
   for (int64_t h0 = 0; h0 < BH; h0 += chunk) heads(h0, std::min(chunk, BH - h0), b);
 }
 
-// One row of scores in place: p = exp(s − max) / Σ; returns lse = max + log Σ. Float rows take the
-// vectorised exp and sum in double lanes (cpu::lane_sum, a fixed order); double rows use std::exp.
+// One row of scores in place: p = exp(s − max) / Σ; returns lse = max + log Σ. Float rows: the maximum
+// over 16-lane vectors, then exp (16 float lanes) and the denominator in one pass, the sum in two 8-lane
+// double vectors; the lanes are combined as trees (depth 4) and the tail added after them, an order fixed by
+// n. Rows of 16-64 scores (a small model's heads) had spent most of their time in the serial parts: a
+// 16-lane sum added up one lane at a time and a separate pass to sum. Double rows use std::exp.
 template <typename T> double softmax_row(T* row, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
-    float lane_max[16];
-    std::fill(lane_max, lane_max + 16, -std::numeric_limits<float>::infinity());
+    using cpu::f32x16;
+    typedef double f64x8 __attribute__((vector_size(8 * sizeof(double))));
+    typedef float f32x8 __attribute__((vector_size(8 * sizeof(float))));
+    constexpr int64_t L = cpu::kF32Lanes;
+    const float lowest = -std::numeric_limits<float>::infinity();
     int64_t j = 0;
-    for (; j + 16 <= n; j += 16)
-      for (int l = 0; l < 16; ++l) lane_max[l] = row[j + l] > lane_max[l] ? row[j + l] : lane_max[l];
-    float m = -std::numeric_limits<float>::infinity();
-    for (float v : lane_max) m = std::max(m, v);
+    f32x16 vmax = f32x16{} + lowest;
+    for (; j + L <= n; j += L) {
+      const f32x16 x = cpu::load16(row + j);
+      vmax = x > vmax ? x : vmax;  // a NaN score is passed over, as std::max(m, NaN) does below
+    }
+    float t[L];
+    std::memcpy(t, &vmax, sizeof t);
+    for (int64_t w = L / 2; w >= 1; w /= 2)
+      for (int64_t i = 0; i < w; ++i) t[i] = t[i + w] > t[i] ? t[i + w] : t[i];
+    float m = t[0];
     for (; j < n; ++j) m = std::max(m, row[j]);
-    for (int64_t i = 0; i < n; ++i) row[i] = cpu::exp_float(row[i] - m);  // apart from the double sum: 16 lanes
-    const double s = cpu::lane_sum(n, [&](int64_t i) { return double(row[i]); });
+    f64x8 lo = {}, hi = {};
+    for (j = 0; j + L <= n; j += L) {
+      float e[L];
+      for (int64_t l = 0; l < L; ++l) e[l] = cpu::exp_float(row[j + l] - m);
+      std::memcpy(row + j, e, sizeof e);
+      f32x8 e0, e1;
+      std::memcpy(&e0, e, sizeof e0), std::memcpy(&e1, e + 8, sizeof e1);
+      lo += __builtin_convertvector(e0, f64x8), hi += __builtin_convertvector(e1, f64x8);
+    }
+    double d[8];
+    lo += hi;
+    std::memcpy(d, &lo, sizeof d);
+    for (int64_t w = 4; w >= 1; w /= 2)
+      for (int64_t i = 0; i < w; ++i) d[i] += d[i + w];
+    double s = d[0];
+    for (; j < n; ++j) s += double(row[j] = cpu::exp_float(row[j] - m));
     const float inv = float(1.0 / s);
     for (int64_t i = 0; i < n; ++i) row[i] *= inv;
     return double(m) + std::log(s);
