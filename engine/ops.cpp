@@ -395,6 +395,37 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       .reshape(out_shape);
 }
 
+Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  TS_CHECK(weight.dim() == 2, "linear_gelu: weight must be [out, in], got " + weight.str());
+  TS_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1),
+           "linear_gelu: input " + x.str() + " does not end in in_features " + std::to_string(weight.size(1)));
+  TS_CHECK(bias.defined() && bias.dim() == 1 && bias.size(0) == weight.size(0),
+           "linear_gelu: bias " + (bias.defined() ? bias.str() : std::string("undefined")) + " for " + weight.str());
+  Shape out_shape = x.shape();
+  out_shape.back() = weight.size(0);
+  const Tensor x2 = x.reshape({-1, weight.size(1)});  // (M, in)
+  if (x2.numel() == 0 || weight.numel() == 0) return bias_gelu(linear(x, weight), bias);
+  check_same(x2, weight, "linear_gelu");
+  check_same(x2, bias, "linear_gelu");
+  // One backend call (Backend::linear_gelu); the product h = x·Wᵀ kept only for a backward, which is
+  // bias_gelu's on h and then the linear layer's: dx = dh·W, dW = dhᵀ·x (in W's layout), dbias from the first.
+  const Tensor xc = x2.detach().contiguous(), wc = weight.detach().contiguous(), bc = bias.detach().contiguous();
+  auto wants = [](const Tensor& t) { return t.requires_grad() && grad_enabled(); };
+  const bool gx = wants(x2), gw = wants(weight), gb = wants(bias);
+  const int64_t M = x2.size(0), N = weight.size(0);
+  Tensor h = gx || gw || gb ? Tensor::empty({M, N}, x.dtype(), x.device()) : Tensor();
+  Tensor y = Tensor::empty({M, N}, x.dtype(), x.device());
+  backend(x.device()).linear_gelu(xc, wc, bc, h, y);
+  return record("linear_gelu", {x2, weight, bias}, y, [xc, wc, bc, h, gx, gw, gb](const Tensor& g) {
+           const Tensor dy = g.detach().contiguous();
+           Tensor dh = Tensor::empty(dy.shape(), dy.dtype(), dy.device()), db;
+           if (gb) db = Tensor::empty({wc.size(0)}, dy.dtype(), dy.device());
+           backend(dy.device()).bias_gelu_backward(dy, h, bc, dh, db);
+           return Grads{gx ? matmul_raw(dh, wc) : Tensor(), gw ? matmul_raw(dh.transpose(0, 1), xc) : Tensor(), db};
+         })
+      .reshape(out_shape);
+}
+
 // ---------------------------------------------------------------- joining and indexing
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
   TS_CHECK(!xs.empty(), "concat: no tensors");

@@ -63,6 +63,8 @@ Tensor argmax(const Tensor& x);                                     // over the 
 Tensor matmul(const Tensor& a, const Tensor& b);
 // x (..., in) · weightᵀ (out, in) + bias (out)
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+// GELU(linear(x, weight, bias)) in one backend call (Backend::linear_gelu): the MLP's first layer. bias required.
+Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias);
 
 // ---- neural-network ops ----
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(), int64_t stride = 1,

@@ -36,7 +36,7 @@ Tensor Linear::operator()(const Tensor& x) const {
 
 Tensor Linear::gelu(const Tensor& x) const {
   if (!bias.defined()) return tessera::gelu((*this)(x));
-  return tessera::bias_gelu(tessera::linear(x, cast_to(weight, x.dtype())), cast_to(bias, x.dtype()));
+  return tessera::linear_gelu(x, cast_to(weight, x.dtype()), cast_to(bias, x.dtype()));
 }
 
 Tensor LayerNorm::operator()(const Tensor& x) const {

@@ -725,6 +725,52 @@ inline Entry bias_gelu_entry() {
   return e;
 }
 
+// GELU(x·Wᵀ + b), the product rounded, then the sum with b, then GELU (|x|, |w|, |b| ≤ 1). The product's
+// error, γ_K over Σ|terms| ≤ K, and the sum's rounding make t err by e_t = (K + 2)(K + 1)·uc (+ uo·(K + 1)
+// twice for 16-bit storage); case.condition hands K + 1 to the rule as c.cond. Forward: GELU' ≤ 1.13 carries
+// e_t, and bias_gelu's own 16·uc·(1 + |t|) and one store. Gradients: dh = dy·GELU'(t) errs by GELU'' ≤ 0.8
+// times e_t, a function's error and a store; dx, dW, db each sum L of those (|w|, |x| ≤ 1) plus γ_L.
+inline Entry linear_gelu_entry() {
+  Entry e{"linear_gelu", kAllFloat, true, false, nullptr, {}};
+  e.tol = [](const TolCtx& c) {
+    const double K1 = c.cond, et = (K1 + 1) * K1 * c.uc() + 2 * c.uo() * K1;
+    if (c.which == 0) return Tol{2 * (1.13 * et + 16 * c.uc() * (K1 + 1)), c.uo() + 2 * c.fn(), 0};
+    const double L = std::max(c.L, 1.0);
+    return Tol{2 * L * (0.8 * et + c.fn() + c.uo() + c.gamma()) * std::max(1.13, c.max_ref / L), 2 * c.u(), 0};
+  };
+  struct Lg { Shape x, w; std::string name; unsigned tags; };
+  for (const Lg& l : std::vector<Lg>{
+           {{2, 3, 5}, {7, 5}, "[2,3,5] · [7,5]ᵀ", kSmall},
+           {{33, 65}, {17, 65}, "[33,65] · [17,65]ᵀ (edge tiles)", kOdd},
+           // The CPU's fused epilogue: after the last of several depth panels, over many blocks of rows and
+           // columns; and a deep product of one tile (depth slices).
+           {{200, 300}, {300, 300}, "[200,300] · [300,300]ᵀ (blocks, depth over a panel)", kOdd},
+           {{9, 2100}, {17, 2100}, "[9,2100] · [17,2100]ᵀ (deep, one tile: depth slices)", kOdd},
+           {{2 * 197, 768}, {3072, 768}, "ViT-B/16 MLP [394,768] · [3072,768]ᵀ", kCuda | kModel}}) {
+    Case k;
+    k.name = l.name;
+    k.tags = l.tags;
+    k.make = [l](Generator& g) {
+      return Inputs{{uni(g, l.x, -1, 1)}, {uni(g, l.w, -1, 1)}, {uni(g, {l.w[0]}, -1, 1)}};
+    };
+    k.call = [](const std::vector<Tensor>& in) { return linear_gelu(in[0], in[1], in[2]); };
+    const double K = double(l.w[1]), rows = numel_of(l.x) / K;
+    k.condition = [K](const std::vector<Tensor>&) { return K + 1; };
+    k.len = {K, double(l.w[0]), rows, rows};
+    e.cases.push_back(k);
+  }
+  Case f;  // a frozen layer: only x requires grad (the backward's dW and db not wanted), x a transposed view
+  f.name = "[4,3]ᵀ · [6,4]ᵀ, only x requires grad";
+  f.make = [](Generator& g) {
+    return Inputs{{uni(g, {4, 3}, -1, 1)}, {uni(g, {6, 4}, -1, 1), false}, {uni(g, {6}, -1, 1), false}};
+  };
+  f.call = [](const std::vector<Tensor>& in) { return linear_gelu(in[0].transpose(0, 1), in[1], in[2]); };
+  f.condition = [](const std::vector<Tensor>&) { return 5.0; };
+  f.len = {4, 6};
+  e.cases.push_back(f);
+  return e;
+}
+
 // ---------------------------------------------------------------- conv token embedding
 // conv2d (γ_{K+1} relative to |conv|) then the layer norm over C on the stored pre-norm values: with E the
 // largest pre-norm error, |Δx̂| ≤ 2·E·rstd·(1 + |x̂|) and the norm's own sums (C + 8)·uc. Normwise in the
@@ -1211,6 +1257,7 @@ inline const std::vector<Entry>& registry() {
     r.push_back(softmax_entry(false));
     r.push_back(softmax_entry(true));
     r.push_back(bias_gelu_entry());
+    r.push_back(linear_gelu_entry());
     r.push_back(attention_entry());
     r.push_back(attention_tokens_entry());
     r.push_back(attention_probs_entry());

@@ -130,7 +130,7 @@ if [ "$rc" -eq 0 ]; then
   [ "$(wc -l <"$OUT")" -eq 1 ] || fail "bench --json prints more than one line"
 else fail "bench train --json: exit code $rc"; fi
 run bench infer --model cvt-tiny --batch 2 --image-size 32 --steps 1 --warmup 0 --profile
-if [ "$rc" -eq 0 ]; then expect_out "bench --profile tables" '^op family' '^cvt\.encoder\.stages\.0\.layers\.0 ' '^gemm '
+if [ "$rc" -eq 0 ]; then expect_out "bench --profile tables" '^op family' '^cvt\.encoder\.stages\.0\.layers\.0 ' '^linear '
 else fail "bench --profile: exit code $rc"; fi
 run bench fly --model cvt-tiny; expect_error "bench bad mode" "fly"
 run bench train --model cvt-tiny --batch 0; expect_error "bench bad batch" "--batch"

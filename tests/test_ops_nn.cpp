@@ -782,7 +782,10 @@ TEST_CASE("drop_path with a residual: residual + drop_path(x), the same mask as 
 // values (the composite on split copies, the CPU's kernel in place), so they must agree exactly; past 32
 // keys the CPU takes the composite itself.
 // drop_path, f64 and f32: both round the product x·s and then the sum with the residual, so exactly equal.
-TEST_CASE("linear, attention_tokens, drop_path: the CPU's fused kernels equal the composites of other devices") {
+// linear_gelu, f32: the same GEMM sums, then the same roundings and GELU (in the epilogue or in bias_gelu's
+// pass), so y and h are exactly equal, with h kept or not; shapes of one block, many blocks over several
+// depth panels, and a deep product of depth slices.
+TEST_CASE("linear, linear_gelu, attention_tokens, drop_path: the CPU's fused kernels equal the composites") {
   Generator gen(31);
   Backend& be = cpu_backend();
   for (DType dt : {DType::f64, DType::f32}) {
@@ -836,4 +839,17 @@ TEST_CASE("linear, attention_tokens, drop_path: the CPU's fused kernels equal th
         CHECK(fused.to_vector<double>() == composite.to_vector<double>());
       }
     }
+  for (auto [M, N, K] : {std::array<int64_t, 3>{3, 5, 4}, {200, 300, 300}, {9, 17, 2100}}) {
+    CAPTURE(M);
+    CAPTURE(K);
+    const Tensor x = gen.uniform({M, K}, -1, 1), w = gen.uniform({N, K}, -1, 1), b = gen.uniform({N}, -1, 1);
+    for (bool keep_h : {true, false}) {
+      Tensor h1 = keep_h ? Tensor::empty({M, N}) : Tensor(), h2 = keep_h ? Tensor::empty({M, N}) : Tensor();
+      Tensor fused = Tensor::empty({M, N}), composite = Tensor::empty({M, N});
+      be.linear_gelu(x, w, b, h1, fused);
+      be.Backend::linear_gelu(x, w, b, h2, composite);
+      CHECK(fused.to_vector<float>() == composite.to_vector<float>());
+      if (keep_h) CHECK(h1.to_vector<float>() == h2.to_vector<float>());
+    }
+  }
 }

@@ -155,6 +155,13 @@ struct Conv2dArgs {
 // backward is the op layer's (two GEMMs and column_sums). Composite: gemm, then binary's bias add, a second
 // pass over y; a fused kernel adds the bias in the GEMM.
 #define TS_PARAMS_linear (const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y)
+// A linear layer feeding GELU (the MLP's first layer): h = x·Wᵀ without the bias, rounded once to the data's
+// type, and y = GELU(h + bias), the sum rounded first: gemm's and bias_gelu's arithmetic. h may be undefined
+// (inference keeps nothing for a backward). x contiguous [M, K] (K ≥ 1), weight [N, K], bias [N], h and y
+// contiguous [M, N]. The backward is the op layer's (bias_gelu_backward on h, then two GEMMs). Composite:
+// gemm into h (or a temporary), then bias_gelu, a second pass over the product; a fused kernel applies the
+// bias and GELU to each block of the product while the block is in cache.
+#define TS_PARAMS_linear_gelu (const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& h, Tensor& y)
 // Multi-head attention on token-major tensors: q [B, Tq, C], k and v [B, Tk, C], out and dout [B, Tq, C], all
 // contiguous, C = heads·D with head h on channels [h·D, (h + 1)·D); lse [B, heads, Tq] and everything else
 // as attention(_backward). A kernel reads and writes the heads in place, where attention needs them split
@@ -214,7 +221,7 @@ struct Conv2dArgs {
 #define TS_PARAMS_column_sums (const Tensor& x, Tensor& out)
 
 #define TESSERA_FUSED_OPS(X)                                                                           \
-  X(linear) X(attention_tokens) X(attention_tokens_backward) X(bias_gelu) X(bias_gelu_backward) X(drop_path) X(conv_embedding) X(conv_embedding_backward) \
+  X(linear) X(linear_gelu) X(attention_tokens) X(attention_tokens_backward) X(bias_gelu) X(bias_gelu_backward) X(drop_path) X(conv_embedding) X(conv_embedding_backward) \
   X(conv_embedding_nhwc) X(conv_embedding_nhwc_backward) X(depthwise_conv2d_nhwc) X(depthwise_conv2d_nhwc_backward) X(batch_norm_nhwc) X(batch_norm_nhwc_backward) \
   X(sum_of_squares) X(scale) X(column_sums)
 

@@ -23,6 +23,15 @@ void Backend::linear(const Tensor& x, const Tensor& weight, const Tensor& bias, 
   binary(BinaryOp::Add, g.C, bias.reshape({1, g.N}).expand({g.M, g.N}), y);
 }
 
+void Backend::linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& h, Tensor& y) {
+  GemmArgs g;
+  g.trans_b = true;
+  g.M = x.size(0), g.N = weight.size(0), g.K = x.size(1);
+  g.A = x, g.B = weight, g.C = h.defined() ? h : Tensor::empty(y.shape(), y.dtype(), y.device());
+  gemm(g);
+  bias_gelu(g.C, bias, y);
+}
+
 namespace {
 // [B, T, heads·D] seen as [B, heads, T, D] (a view of the same memory).
 Tensor heads_view(const Tensor& x, int64_t heads) {

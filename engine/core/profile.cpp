@@ -214,6 +214,10 @@ class TimingBackend final : public Backend {
     TS_TIMED(linear, 2.0 * double(x.size(0)) * double(weight.size(0)) * double(x.size(1)));
     inner_.linear(x, weight, bias, y);
   }
+  void linear_gelu TS_PARAMS_linear_gelu override {
+    TS_TIMED(linear_gelu, 2.0 * double(x.size(0)) * double(weight.size(0)) * double(x.size(1)));
+    inner_.linear_gelu(x, weight, bias, h, y);
+  }
   void bias_gelu TS_PARAMS_bias_gelu override { TS_TIMED(bias_gelu, 0); inner_.bias_gelu(x, bias, y); }
   void bias_gelu_backward TS_PARAMS_bias_gelu_backward override {
     TS_TIMED(bias_gelu_backward, 0);

@@ -5,6 +5,7 @@
 // channels (engine/core/parallel.h).
 // Method bodies live with their op family: elementwise.cpp, reduce.cpp, gemm.cpp, nn.cpp, index.cpp, ...
 #pragma once
+#include <functional>
 #include <type_traits>
 #include <utility>
 
@@ -18,6 +19,7 @@ class CpuBackend final : public Backend {
   Device device() const override { return Device::CPU; }
   TESSERA_PRIMITIVES(TS_OVERRIDE)
   TS_OVERRIDE(linear)     // the bias added in the GEMM's epilogue, not in a second pass
+  TS_OVERRIDE(linear_gelu)  // fp32: bias and GELU on each block of the product while it is in cache
   TS_OVERRIDE(attention_tokens)  // heads read and written in place (row-by-row heads), no split or merge
   TS_OVERRIDE(attention_tokens_backward)
   TS_OVERRIDE(drop_path)  // one pass: the composite multiplies through a broadcast and adds in a second
@@ -35,6 +37,12 @@ class CpuBackend final : public Backend {
   TS_OVERRIDE(column_sums)     // in place, by fixed row blocks: no transposing copy
   TS_OVERRIDE(scale)
 };
+
+// y [M, N] = x [M, K] · weight [N, K]ᵀ in fp32 (every thread), then after(i0, rows, j0, cols) on each finished
+// block of y, by the thread that finished it while the block is in its cache: a fused op's epilogue.
+using BlockEpilogue = std::function<void(int64_t i0, int64_t rows, int64_t j0, int64_t cols)>;
+void gemm_f32_then(const float* x, const float* weight, float* y, int64_t M, int64_t N, int64_t K,
+                   const BlockEpilogue& after);
 
 // gemm with bf16 A and B and an fp32 C (beta 0): attention's scores, which its softmax reads in fp32. The
 // contract's gemm keeps one dtype; this is for the CPU's own kernels.

@@ -149,6 +149,25 @@ void CpuBackend::bias_gelu(const Tensor& x, const Tensor& bias, Tensor& y) {
   });
 }
 
+// fp32: the product's blocks get the bias and GELU as the GEMM finishes them (gemm_f32_then), so y is not
+// read back from memory in a second pass; without h the product is written into y and transformed in place.
+// The arithmetic is the composite's (h rounded, h + bias rounded, the same GELU), so the two agree exactly.
+// Other types: the composite.
+void CpuBackend::linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& h, Tensor& y) {
+  if (y.dtype() != DType::f32) return Backend::linear_gelu(x, weight, bias, h, y);
+  const int64_t M = x.size(0), N = weight.size(0);
+  const float* pb = bias.data<float>();
+  float *ph = h.defined() ? h.data<float>() : y.data<float>(), *py = y.data<float>();
+  gemm_f32_then(x.data<float>(), weight.data<float>(), ph, M, N, x.size(1),
+                [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
+                  for (int64_t i = i0; i < i0 + rows; ++i) {
+                    const float *hr = ph + i * N + j0, *br = pb + j0;
+                    float* yr = py + i * N + j0;
+                    for (int64_t j = 0; j < cols; ++j) yr[j] = unary_op<float, UnaryOp::Gelu>(hr[j] + br[j], 0, 0);
+                  }
+                });
+}
+
 // dx = dy·GELU'(x + bias) and dbias = Σ_rows dx in one pass over fixed blocks of rows (sum_over_rows: the
 // same sums on any number of threads), each column summed in double over the rounded dx values, as the
 // composite's reduce does; without dbias, row-parallel like the forward. The inner loops vectorise.

@@ -238,7 +238,7 @@ Operand depth_window(const Operand& X, int64_t k0, bool depth_is_row) {  // op(X
 }
 
 void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
-              float beta, bool parallel, const float* bias = nullptr);
+              float beta, bool parallel, const float* bias = nullptr, const BlockEpilogue* after = nullptr);
 
 // One depth panel's two phases: pack every B panel, then run the tiles, across the pool or (a batch of
 // matrices already spread over the threads) here. Tiles go out in chunks of at least about a million
@@ -264,7 +264,7 @@ void pack_then_tiles(bool parallel, int64_t panels, const Pack& pack, int64_t ta
 // the thousands) into a few tiles, which the tile loop would leave to one thread. The split depends on the
 // shape alone, never on the thread count, so every machine computes the same sums.
 void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K,
-                          float alpha, float beta, const float* bias) {
+                          float alpha, float beta, const float* bias, const BlockEpilogue* after) {
   const int64_t slices = (K + KSLICE - 1) / KSLICE;
   const auto partial = scratch<float>(slices * M * N);
   parallel_for(slices, 1, [&](int64_t s0, int64_t s1) {
@@ -281,6 +281,7 @@ void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t 
         for (int64_t s = 0; s < slices; ++s) sum += partial[(s * M + i) * N + j];
         store_scaled(C[i * N + j], sum, alpha, beta, bias ? bias + j : nullptr);
       }
+    if (after) (*after)(i0, i1 - i0, 0, N);
   });
 }
 
@@ -321,15 +322,20 @@ void gemm_direct(const Operand& A, const Operand& B, float* C, int64_t M, int64_
 }
 
 // bias (optional): N floats added to every row of alpha·A·B before beta·C, in the first depth panel's epilogue.
+// after (optional): called on each finished block of C, by the thread that finished it (the last depth
+// panel's tasks), while the block is still in that core's cache.
 void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
-              float beta, bool parallel, const float* bias) {
-  if (K == 0) {
-    for (int64_t i = 0; i < M * N; ++i) C[i] = (bias ? bias[i % N] : 0.f) + (beta == 0.f ? 0.f : beta * C[i]);
+              float beta, bool parallel, const float* bias, const BlockEpilogue* after) {
+  if (K == 0 || M * N * K <= kDirectMax) {
+    if (K == 0)
+      for (int64_t i = 0; i < M * N; ++i) C[i] = (bias ? bias[i % N] : 0.f) + (beta == 0.f ? 0.f : beta * C[i]);
+    else
+      gemm_direct(A, B, C, M, N, K, alpha, beta, bias);
+    if (after) (*after)(0, M, 0, N);
     return;
   }
-  if (M * N * K <= kDirectMax) return gemm_direct(A, B, C, M, N, K, alpha, beta, bias);
   if (parallel && K >= 2 * KSLICE && ((M + MC - 1) / MC) * ((N + NC_TASK - 1) / NC_TASK) < 4)
-    return gemm_f32_depth_split(A, B, C, M, N, K, alpha, beta, bias);
+    return gemm_f32_depth_split(A, B, C, M, N, K, alpha, beta, bias, after);
   int64_t n_panels = (N + NR - 1) / NR;
   const auto Bp = scratch<float>(n_panels * NR * std::min(K, KC));
   const int64_t n_tasks = (N + NC_TASK - 1) / NC_TASK;
@@ -347,6 +353,7 @@ void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N
     int64_t kc = std::min(KC, K - k0);
     float beta_k = k0 == 0 ? beta : 1.f;  // later depth panels accumulate onto the first
     const float* bias_k = k0 == 0 ? bias : nullptr;
+    const BlockEpilogue* after_k = k0 + kc == K ? after : nullptr;
     auto pack_panels = [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p)
         pack_b(B, k0, kc, p * NR, std::min(NR, N - p * NR), Bp.get() + p * kc * NR);
@@ -364,6 +371,7 @@ void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N
             micro_kernel(kc, Ap.get() + (ir / MR) * kc * MR, Bp.get() + ((j0 + jr) / NR) * kc * NR,
                          C + (i0 + ir) * N + j0 + jr, N, std::min(MR, mc - ir), std::min(NR, nc - jr),
                          alpha, beta_k, bias_k ? bias_k + j0 + jr : nullptr);
+        if (after_k) (*after_k)(i0, mc, j0, nc);
       }
     };
     pack_then_tiles(parallel, n_panels, pack_panels, m_tasks * n_tasks, std::min(mc_rows, M) * std::min(NC_TASK, N) * kc,
@@ -725,6 +733,11 @@ void CpuBackend::linear(const Tensor& x, const Tensor& weight, const Tensor& bia
   g.beta = 1.0;
   g.A = x, g.B = weight, g.C = y;
   gemm(g);
+}
+
+void gemm_f32_then(const float* x, const float* weight, float* y, int64_t M, int64_t N, int64_t K,
+                   const BlockEpilogue& after) {
+  gemm_f32({x, K, false}, {weight, K, true}, y, M, N, K, 1.f, 0.f, true, nullptr, &after);
 }
 
 void gemm_bf16_into_f32(const GemmArgs& g) {
