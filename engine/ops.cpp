@@ -367,7 +367,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   });
 }
 
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual) {
   TS_CHECK(weight.dim() == 2, "linear: weight must be [out, in], got " + weight.str());
   TS_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1),
            "linear: input " + x.str() + " does not end in in_features " + std::to_string(weight.size(1)));
@@ -376,21 +376,28 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const Tensor x2 = x.reshape({-1, weight.size(1)});  // (M, in)
   TS_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
            "linear: bias " + (bias.defined() ? bias.str() : std::string()) + " for " + weight.str());
-  if (!bias.defined() || x2.numel() == 0 || weight.numel() == 0)
-    return (bias.defined() ? add(matmul(x2, weight.transpose(0, 1)), bias) : matmul(x2, weight.transpose(0, 1)))
-        .reshape(out_shape);
+  TS_CHECK(!residual.defined() || residual.shape() == out_shape,
+           "linear: residual " + (residual.defined() ? residual.str() : std::string()) + " for an output of " +
+               shape_str(out_shape));
+  if (!bias.defined() || x2.numel() == 0 || weight.numel() == 0) {
+    Tensor y = matmul(x2, weight.transpose(0, 1)).reshape(out_shape);
+    if (bias.defined()) y = add(y, bias);
+    return residual.defined() ? add(y, residual) : y;
+  }
   check_same(x2, weight, "linear");
   check_same(x2, bias, "linear");
-  // One backend call with the bias in it (Backend::linear); the backward as matmul's and the add's: dx = g·W,
-  // dW = gᵀ·x (in W's own layout, so W adopts it), dbias = Σ_rows g.
+  if (residual.defined()) check_same(x2, residual, "linear");
+  // One backend call with the bias and the residual in it (Backend::linear); the backward as matmul's and
+  // the adds': dx = g·W, dW = gᵀ·x (in W's own layout, so W adopts it), dbias = Σ_rows g, dresidual = g.
   const Tensor xc = x2.detach().contiguous(), wc = weight.detach().contiguous();
+  const Tensor r2 = residual.defined() ? residual.reshape({x2.size(0), weight.size(0)}) : residual;
   Tensor y = Tensor::empty({x2.size(0), weight.size(0)}, x.dtype(), x.device());
-  backend(x.device()).linear(xc, wc, bias.detach().contiguous(), y);
-  auto wants = [](const Tensor& t) { return t.requires_grad() && grad_enabled(); };
-  const bool gx = wants(x2), gw = wants(weight), gb = wants(bias);
-  return record("linear", {x2, weight, bias}, y, [xc, wc, gx, gw, gb](const Tensor& g) {
+  backend(x.device()).linear(xc, wc, bias.detach().contiguous(), r2.defined() ? r2.detach().contiguous() : r2, y);
+  auto wants = [](const Tensor& t) { return t.defined() && t.requires_grad() && grad_enabled(); };
+  const bool gx = wants(x2), gw = wants(weight), gb = wants(bias), gr = wants(r2);
+  return record("linear", {x2, weight, bias, r2}, y, [xc, wc, gx, gw, gb, gr](const Tensor& g) {
            return Grads{gx ? matmul_raw(g, wc) : Tensor(), gw ? matmul_raw(g.transpose(0, 1), xc) : Tensor(),
-                        gb ? sum_to(g, {wc.size(0)}) : Tensor()};
+                        gb ? sum_to(g, {wc.size(0)}) : Tensor(), gr ? g : Tensor()};
          })
       .reshape(out_shape);
 }

@@ -61,8 +61,8 @@ Tensor argmax(const Tensor& x);                                     // over the 
 // ---- linear algebra ----
 // (..., M, K) @ (..., K, N) with broadcast batch dims; 1-D operands as in torch.matmul.
 Tensor matmul(const Tensor& a, const Tensor& b);
-// x (..., in) · weightᵀ (out, in) + bias (out)
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+// x (..., in) · weightᵀ (out, in) + bias (out) [+ residual (..., out): a residual stream's add, fused]
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(), const Tensor& residual = Tensor());
 // GELU(linear(x, weight, bias)) in one backend call (Backend::linear_gelu): the MLP's first layer. bias required.
 Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias);
 

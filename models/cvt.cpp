@@ -95,11 +95,14 @@ Tensor Cvt::layer_forward(const Layer& L, size_t s, int64_t index, const Tensor&
   // The scale uses the FULL embed dim, not the head dim (CvtSelfAttention.scale = embed_dim ** -0.5).
   const double scale = std::pow(double(c_.embed_dim[s]), -0.5);
   Tensor ctx = attention(q, k, v, c_.num_heads[s], scale, index);  // (B, Tq, C)
-  Tensor attn = dropout(L.attention_output(ctx), c_.drop_rate[s], training, gen);
   const double dp = stages_[s].drop_path;
-  Tensor x1 = drop_path(attn, dp, training, gen, x);  // (B, T, C): x + drop_path(attn), one pass
-  Tensor y = L.output(L.intermediate.gelu(L.layernorm_after(x1)));  // (B, T, C)
-  y = dropout(y, c_.drop_rate[s], training, gen) + x1;
+  // Without dropout or drop path the residual adds are fused into the output layers (the same sums).
+  const bool drops = training && c_.drop_rate[s] > 0, drops_paths = training && dp > 0;
+  Tensor x1 = drops || drops_paths  // (B, T, C): x + drop_path(attn), one pass
+                  ? drop_path(dropout(L.attention_output(ctx), c_.drop_rate[s], training, gen), dp, training, gen, x)
+                  : L.attention_output(ctx, x);
+  Tensor hidden = L.intermediate.gelu(L.layernorm_after(x1));  // (B, T, 4C)
+  Tensor y = drops ? dropout(L.output(hidden), c_.drop_rate[s], training, gen) + x1 : L.output(hidden, x1);
   // transformers' CvT applies drop path to the whole sum, residual included: a dropped sample loses its
   // residual stream too.
   return drop_path(y, dp, training, gen);

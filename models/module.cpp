@@ -30,8 +30,8 @@ Tensor cast_to(const Tensor& p, DType dt) {
   return p.to(dt);  // differentiable: the gradient reaches the master tensor in its own dtype
 }
 
-Tensor Linear::operator()(const Tensor& x) const {
-  return tessera::linear(x, cast_to(weight, x.dtype()), cast_to(bias, x.dtype()));
+Tensor Linear::operator()(const Tensor& x, const Tensor& residual) const {
+  return tessera::linear(x, cast_to(weight, x.dtype()), cast_to(bias, x.dtype()), residual);
 }
 
 Tensor Linear::gelu(const Tensor& x) const {

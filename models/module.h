@@ -44,7 +44,8 @@ Tensor cast_to(const Tensor& p, DType dt);  // p itself when undefined or alread
 
 struct Linear {
   Tensor weight, bias;  // (out, in), (out) or undefined
-  Tensor operator()(const Tensor& x) const;  // (..., in) -> (..., out)
+  // (..., in) -> (..., out), plus residual (..., out) when given: the add fused into the layer
+  Tensor operator()(const Tensor& x, const Tensor& residual = Tensor()) const;
   Tensor gelu(const Tensor& x) const;        // GELU(x·Wᵀ + b): the bias add fused into the activation
 };
 struct LayerNorm {

@@ -104,9 +104,12 @@ Tensor Vit::forward(const Tensor& pixel_values, bool training, Generator& gen) {
     profile::LayerScope scope(L.name);
     Tensor h = L.layernorm_before(x);                                     // (B, T, C)
     Tensor ctx = attention(L.query(h), L.key(h), L.value(h), c_.num_attention_heads, scale, int64_t(i));
-    x = dropout(L.attention_output(ctx), c_.hidden_dropout_prob, training, gen) + x;
-    Tensor y = L.output(L.intermediate.gelu(L.layernorm_after(x)));      // (B, T, C)
-    x = dropout(y, c_.hidden_dropout_prob, training, gen) + x;
+    // Without dropout the residual adds are fused into the output layers (the same sums, one pass fewer).
+    const bool drops = training && c_.hidden_dropout_prob > 0;
+    x = drops ? dropout(L.attention_output(ctx), c_.hidden_dropout_prob, training, gen) + x
+              : L.attention_output(ctx, x);
+    Tensor hidden = L.intermediate.gelu(L.layernorm_after(x));              // (B, T, 4C)
+    x = drops ? dropout(L.output(hidden), c_.hidden_dropout_prob, training, gen) + x : L.output(hidden, x);
   }
   profile::LayerScope head_scope("head");  // the final layernorm and the classifier
   Tensor cls = layernorm_(x).select(1, 0);                                // (B, C)

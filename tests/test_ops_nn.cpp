@@ -601,6 +601,39 @@ TEST_CASE("scaled_dot_product_attention: the GEMM route equals the composite, fo
     }
 }
 
+// linear with a residual: the CPU adds it to each finished block of the product (f32) or after the GEMM
+// (f64, bf16), rounding once more, so it must equal the same linear without one plus an add, exactly: the
+// direct loops (small), blocks over several depth panels, and depth slices. The op layer's gradients equal
+// the composite's (the residual's is the output's), and a wrong residual shape is named.
+TEST_CASE("linear with a residual equals linear then the add, values and gradients") {
+  Generator gen(32);
+  Backend& be = cpu_backend();
+  for (DType dt : {DType::f32, DType::f64, DType::bf16})
+    for (auto [M, N, K] : {std::array<int64_t, 3>{3, 5, 4}, {200, 300, 300}, {9, 17, 2100}}) {
+      CAPTURE(dtype_name(dt));
+      CAPTURE(K);
+      const Tensor x = gen.uniform({M, K}, -1, 1).to(dt), w = gen.uniform({N, K}, -1, 1).to(dt),
+                   b = gen.uniform({N}, -1, 1).to(dt), r = gen.uniform({M, N}, -4, 4).to(dt);
+      Tensor fused = Tensor::empty({M, N}, dt), plain_y = Tensor::empty({M, N}, dt), expected = Tensor::empty({M, N}, dt);
+      backend(Device::CPU).linear(x, w, b, r, fused);  // bf16 through the CPU's registered backend
+      backend(Device::CPU).linear(x, w, b, Tensor(), plain_y);
+      be.binary(BinaryOp::Add, plain_y, r, expected);
+      CHECK(fused.to_vector<double>() == expected.to_vector<double>());
+    }
+  const Tensor x0 = gen.uniform({2, 3, 5}, -1, 1, DType::f64), w = gen.uniform({4, 5}, -1, 1, DType::f64),
+               b = gen.uniform({4}, -1, 1, DType::f64), r0 = gen.uniform({2, 3, 4}, -1, 1, DType::f64),
+               up = gen.uniform({2, 3, 4}, -1, 1, DType::f64);
+  auto grads = [&](bool fused) {
+    Tensor x = x0.clone().set_requires_grad(true), r = r0.clone().set_requires_grad(true);
+    Tensor y = fused ? linear(x, w, b, r) : add(linear(x, w, b), r);
+    sum(y * up).backward();
+    return std::vector<std::vector<double>>{vals(y), vals(x.grad()), vals(r.grad())};
+  };
+  CHECK(grads(true) == grads(false));
+  CHECK_THROWS_WITH_AS(linear(x0, w, b, gen.uniform({2, 4, 3}, -1, 1, DType::f64)),
+                       doctest::Contains("linear: residual"), TensorError);
+}
+
 TEST_CASE("scaled_dot_product_attention: bad shapes are reported") {
   Tensor q = Tensor::zeros({2, 3, 5, 4}), k = Tensor::zeros({2, 3, 7, 4});
   CHECK_THROWS_WITH_AS(scaled_dot_product_attention(q, Tensor::zeros({2, 3, 7, 5}), k, 1.0),
@@ -794,8 +827,8 @@ TEST_CASE("linear, linear_gelu, attention_tokens, drop_path: the CPU's fused ker
       CAPTURE(K);
       const Tensor x = gen.uniform({M, K}, -1, 1, dt), w = gen.uniform({N, K}, -1, 1, dt), b = gen.uniform({N}, -1, 1, dt);
       Tensor fused = Tensor::empty({M, N}, dt), composite = Tensor::empty({M, N}, dt);
-      be.linear(x, w, b, fused);
-      be.Backend::linear(x, w, b, composite);
+      be.linear(x, w, b, Tensor(), fused);
+      be.Backend::linear(x, w, b, Tensor(), composite);
       const std::vector<double> f = fused.to_vector<double>(), c = composite.to_vector<double>();
       const double tol = 2 * double(K + 2) * std::ldexp(1.0, dt == DType::f64 ? -53 : -24) * double(K + 1);
       double worst = 0;

@@ -151,10 +151,13 @@ struct Conv2dArgs {
 #define TS_PARAMS_bias_gelu_backward \
   (const Tensor& dy, const Tensor& x, const Tensor& bias, Tensor& dx, Tensor& dbias)
 // A linear layer with its bias: y = x·Wᵀ + bias, x contiguous [M, K] (K ≥ 1), weight contiguous [N, K], bias
-// [N], y contiguous [M, N]; 16-bit data as gemm's (fp32 sums), the bias added before the one rounding. The
-// backward is the op layer's (two GEMMs and column_sums). Composite: gemm, then binary's bias add, a second
-// pass over y; a fused kernel adds the bias in the GEMM.
-#define TS_PARAMS_linear (const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y)
+// [N], y contiguous [M, N]; 16-bit data as gemm's (fp32 sums), the bias added before the one rounding. With a
+// residual (contiguous [M, N]; undefined: none) y = that result + residual, rounded again: the residual
+// stream's add after an attention output or an MLP. The backward is the op layer's (two GEMMs and
+// column_sums; the residual's gradient is y's). Composite: gemm, then binary's bias add and residual add,
+// more passes over y; a fused kernel adds the bias in the GEMM and the residual to each block as it finishes.
+#define TS_PARAMS_linear \
+  (const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual, Tensor& y)
 // A linear layer feeding GELU (the MLP's first layer): h = x·Wᵀ without the bias, rounded once to the data's
 // type, and y = GELU(h + bias), the sum rounded first: gemm's and bias_gelu's arithmetic. h may be undefined
 // (inference keeps nothing for a backward). x contiguous [M, K] (K ≥ 1), weight [N, K], bias [N], h and y

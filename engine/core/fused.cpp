@@ -14,13 +14,15 @@ Tensor add_bias(Backend& be, const Tensor& x, const Tensor& bias) {
 }
 }  // namespace
 
-void Backend::linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y) {
+void Backend::linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual, Tensor& y) {
   GemmArgs g;
   g.trans_b = true;
   g.M = x.size(0), g.N = weight.size(0), g.K = x.size(1);
   g.A = x, g.B = weight, g.C = Tensor::empty(y.shape(), y.dtype(), y.device());
   gemm(g);
-  binary(BinaryOp::Add, g.C, bias.reshape({1, g.N}).expand({g.M, g.N}), y);
+  Tensor biased = residual.defined() ? Tensor::empty(y.shape(), y.dtype(), y.device()) : y;
+  binary(BinaryOp::Add, g.C, bias.reshape({1, g.N}).expand({g.M, g.N}), biased);
+  if (residual.defined()) binary(BinaryOp::Add, biased, residual, y);
 }
 
 void Backend::linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& h, Tensor& y) {

@@ -212,7 +212,7 @@ class TimingBackend final : public Backend {
 
   void linear TS_PARAMS_linear override {
     TS_TIMED(linear, 2.0 * double(x.size(0)) * double(weight.size(0)) * double(x.size(1)));
-    inner_.linear(x, weight, bias, y);
+    inner_.linear(x, weight, bias, residual, y);
   }
   void linear_gelu TS_PARAMS_linear_gelu override {
     TS_TIMED(linear_gelu, 2.0 * double(x.size(0)) * double(weight.size(0)) * double(x.size(1)));

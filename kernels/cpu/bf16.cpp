@@ -65,7 +65,7 @@ class CpuBf16 final : public Backend {
   void adamw TS_PARAMS_adamw override { k_.adamw(params, s); }  // fp32 masters, bf16 gradients read directly
   void unary TS_PARAMS_unary override { k_.unary(op, x, out, alpha, beta); }
   void binary TS_PARAMS_binary override { k_.binary(op, a, b, out); }
-  void linear TS_PARAMS_linear override { k_.linear(x, weight, bias, y); }
+  void linear TS_PARAMS_linear override { k_.linear(x, weight, bias, residual, y); }
   void linear_gelu TS_PARAMS_linear_gelu override { k_.linear_gelu(x, weight, bias, h, y); }
   void attention_tokens TS_PARAMS_attention_tokens override { k_.attention_tokens(q, k, v, heads, scale, out, lse); }
   void attention_tokens_backward TS_PARAMS_attention_tokens_backward override {

@@ -715,12 +715,21 @@ void CpuBackend::gemm(const GemmArgs& g) {
 }
 
 // y = x·Wᵀ + bias with the bias added to each fp32 sum before its one rounding, no second pass over y: fp32
-// in the micro kernel's epilogue; bf16 and f64 as the GEMM's beta = 1 onto rows that hold the bias.
-void CpuBackend::linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y) {
+// in the micro kernel's epilogue, and a residual added to each block of y as the last depth panel finishes
+// it (in cache); bf16 and f64 as the GEMM's beta = 1 onto rows that hold the bias, then the residual's add.
+void CpuBackend::linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual,
+                        Tensor& y) {
   const int64_t M = x.size(0), N = weight.size(0);
-  if (y.dtype() == DType::f32)
-    return gemm_f32({x.data<float>(), x.size(1), false}, {weight.data<float>(), x.size(1), true}, y.data<float>(), M,
-                    N, x.size(1), 1.f, 0.f, true, bias.data<float>());
+  if (y.dtype() == DType::f32) {
+    const float* pr = residual.defined() ? residual.data<float>() : nullptr;
+    float* py = y.data<float>();
+    const BlockEpilogue add_residual = [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
+      for (int64_t i = i0; i < i0 + rows; ++i)
+        for (int64_t j = j0; j < j0 + cols; ++j) py[i * N + j] += pr[i * N + j];
+    };
+    return gemm_f32({x.data<float>(), x.size(1), false}, {weight.data<float>(), x.size(1), true}, py, M, N,
+                    x.size(1), 1.f, 0.f, true, bias.data<float>(), pr ? &add_residual : nullptr);
+  }
   const int64_t bytes = N * int64_t(dtype_size(y.dtype()));
   const char* b = static_cast<const char*>(bias.raw_data());
   char* out = static_cast<char*>(y.raw_data());
@@ -733,6 +742,7 @@ void CpuBackend::linear(const Tensor& x, const Tensor& weight, const Tensor& bia
   g.beta = 1.0;
   g.A = x, g.B = weight, g.C = y;
   gemm(g);
+  if (residual.defined()) binary(BinaryOp::Add, y, residual, y);  // elementwise: out may be an operand
 }
 
 void gemm_f32_then(const float* x, const float* weight, float* y, int64_t M, int64_t N, int64_t K,

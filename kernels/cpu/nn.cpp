@@ -884,7 +884,7 @@ void embed(CpuBackend& be, bool nhwc, const Tensor& x, const Tensor& weight, con
       const int64_t n1 = std::min(g.N, n0 + chunk), M = (n1 - n0) * P;
       im2row(g, nhwc, x.data<T>(), n0, n1, rows.data<T>());
       Tensor pre = window(pre_norm, n0 * P * C, {M, C});
-      if (bias.defined()) be.linear(window(rows, 0, {M, K}), w, bias, pre);  // the bias added in the GEMM
+      if (bias.defined()) be.linear(window(rows, 0, {M, K}), w, bias, Tensor(), pre);  // the bias added in the GEMM
       else run_gemm(false, true, 1, M, C, K, 1.0, 0.0, rows, 0, w, 0, pre, 0);
     }
     Tensor pre_rows = pre_norm.reshape({g.N * P, C}), token_rows = tokens.reshape({g.N * P, C});
