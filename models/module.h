@@ -46,7 +46,7 @@ struct Linear {
   Tensor weight, bias;  // (out, in), (out) or undefined
   // (..., in) -> (..., out), plus residual (..., out) when given: the add fused into the layer
   Tensor operator()(const Tensor& x, const Tensor& residual = Tensor()) const;
-  Tensor gelu(const Tensor& x) const;        // GELU(x·Wᵀ + b): the bias add fused into the activation
+  Tensor gelu(const Tensor& x) const;        // GELU(x·Wᵀ + b) in one call (linear_gelu: the GEMM applies both)
 };
 struct LayerNorm {
   Tensor weight, bias;  // (C), (C)
