@@ -77,10 +77,12 @@ void BM_naive_gemm(benchmark::State& state) {
 // {M, K, N}: one ViT-B/16 image's qkv-sized projection (197 tokens, 768→768), its MLP (768→3072),
 // CvT-13 stage 1 over one image (3136 tokens, 64→256), cvt-tiny's first stage at 64 px, batch 32 (8192
 // tokens: a 32→32 projection and the MLP's 32→128 and 128→32, shallow products), and the squares 512³ and
-// 1024³ (the ceiling `tessera bench` reports).
+// 1024³ (the ceiling `tessera bench` reports); a batch of 8 through ViT-B/16's MLP (1,576 tokens, 768→3072
+// and 3072→768) and through CvT-13's last stage's (384→1536).
 void shapes(benchmark::internal::Benchmark* b) {
   b->Args({197, 768, 768})->Args({197, 768, 3072})->Args({3136, 64, 256})->Args({8192, 32, 32});
   b->Args({8192, 32, 128})->Args({8192, 128, 32})->Args({512, 512, 512})->Args({1024, 1024, 1024});
+  b->Args({1576, 768, 3072})->Args({1576, 3072, 768})->Args({1576, 384, 1536});
   b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 

@@ -17,9 +17,11 @@ struct CpuPeak {
 };
 CpuPeak cpu_fma_peak(int threads, double seconds = 0.3);
 
-// bf16 GEMMs on the CPU multiply with the processor's AVX512-BF16 dot products where it has them (asked at
-// run time); otherwise, or switched off (tests and benchmarks cover and time both ways), the operands are
-// widened to fp32 for the fp32 kernel. Either way: exact products, fp32 sums, one rounding per result —
+// bf16 GEMMs on the CPU multiply either with the processor's AVX512-BF16 dot products or on the fp32 kernel,
+// the operands widened as they are packed. The default (asked at run time) is the dot products where the
+// processor has them and issues them at its FMA's rate (AMD's cores), else widened (Intel's issue them at
+// half that rate); tests and benchmarks cover and time both ways. Either way: exact products, fp32 sums,
+// one rounding per result —
 // except that the dot-product instruction treats subnormal inputs and products (|x| < 2^-126) as zero, as
 // the processor manuals document; the widened path keeps them.
 bool cpu_has_avx512_bf16();

@@ -3,11 +3,11 @@
 // to fp32 on the way in (exact: every bf16 value is an fp32 value), the fp32 kernel runs, and each bf16
 // output is rounded once on the way out. A fused op is widened whole, so its intermediates stay in fp32 as
 // in a fused kernel. Ops that handle bf16 themselves go straight through: the GEMM (bf16 products with fp32
-// sums, AVX512-BF16 where the processor has it, gemm.cpp), attention (its products on that GEMM, scores in
-// fp32, nn.cpp), the conv embedding's forward (one bf16 GEMM into the stored pre_norm), layer norm (fp64
-// statistics of bf16 loads), the channels-last depthwise convolution (fp32 rows), the elementwise ops and
-// bias + GELU (fp32 arithmetic on bf16 loads, elementwise.cpp), copy, fill, index_select and AdamW's bf16
-// gradients. Widening costs a conversion pass per operand; where that shows in a profile, an op earns a
+// sums: AVX512-BF16 dot products, or the fp32 kernel widening the operands as it packs them, by processor;
+// gemm.cpp), attention (its products on that GEMM, scores in fp32, nn.cpp), the conv embedding's forward
+// (one bf16 GEMM into the stored pre_norm), layer norm (fp64 statistics of bf16 loads), the channels-last
+// depthwise convolution (fp32 rows), the elementwise ops and bias + GELU (fp32 arithmetic on bf16 loads,
+// elementwise.cpp), copy, fill, index_select and AdamW's bf16 gradients. Widening costs a conversion pass per operand; where that shows in a profile, an op earns a
 // native bf16 kernel and its line here becomes a plain forward.
 #include <deque>
 

@@ -4,16 +4,25 @@
 // extensions (8 × 32 with AVX-512, 6 × 16 with AVX2, under -march=native) does the arithmetic. Tiles of C
 // are spread over the thread pool; a deep product with few tiles splits its depth instead
 // (gemm_f32_depth_split), and one too small to repay the packing runs in place (gemm_direct). bf16: the
-// same blocking around AVX512-BF16 dot products where the processor has them, else widened to fp32
-// (gemm_bf16, below). fp64 is a plain reference loop (used by the float64 gradient checks).
+// same blocking around AVX512-BF16 dot products (AMD's default), or the fp32 kernel itself, widening the
+// operands as it packs them (Intel's; gemm_bf16, below). fp64 is a plain reference loop (used by the float64
+// gradient checks).
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstring>
 #include <memory>
 #include <vector>
 
 #if defined(__x86_64__)
+// GCC 12 reports the AVX-512 header's own placeholders (`__m512 __Y = __Y;` in _mm512_undefined_*) as used
+// uninitialised wherever it inlines them (GCC bug 105593, mended in GCC 13); every intrinsic overwrites them.
+// The warnings are placed at the header's lines, so silencing them around its inclusion is enough.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 #endif
 
 #include "kernels/cpu/cpu_backend.h"
@@ -47,12 +56,25 @@ static_assert(MC % MR == 0 && NC_TASK % NR == 0, "a task's rows and columns are 
 // more than their arithmetic.
 template <typename T> std::unique_ptr<T[]> scratch(int64_t n) { return std::unique_ptr<T[]>(new T[size_t(n)]); }
 
-struct Operand {  // element (r, c) of op(X) for a contiguous row-major X
-  const float* p;
+// An operand's element as the fp32 kernel computes with it: fp32 itself, or bf16 (its 16 bits) widened on
+// the way into the packed panels, exactly (every bf16 value is an fp32 value). The bf16 operands then need
+// no widened copy: the packing, which copies them anyway, converts them.
+[[gnu::always_inline]] inline float widen_element(float v) { return v; }
+[[gnu::always_inline]] inline float widen_element(uint16_t bits) { return std::bit_cast<float>(uint32_t(bits) << 16); }
+
+template <typename E> struct Operand {  // element (r, c) of op(X) for a contiguous row-major X of E
+  const E* p;
   int64_t ld;
   bool trans;
-  float at(int64_t r, int64_t c) const { return trans ? p[c * ld + r] : p[r * ld + c]; }
+  float at(int64_t r, int64_t c) const { return widen_element(trans ? p[c * ld + r] : p[r * ld + c]); }
 };
+
+// n elements from src as fp32 into dst: a copy, or bf16 widened (the loop vectorises: a shift per lane).
+template <typename E> [[gnu::always_inline]] inline void widen_into(const E* src, int64_t n, float* dst) {
+  if constexpr (std::is_same_v<E, float>) std::memcpy(dst, src, size_t(n) * sizeof(float));
+  else
+    for (int64_t i = 0; i < n; ++i) dst[i] = widen_element(src[i]);
+}
 
 #if defined(__AVX512F__)
 // dst[c·ldd + r] = src[r·lds + c] for a 16 × 16 block, in registers: pairs of rows interleaved by 32 then
@@ -119,21 +141,31 @@ inline void transpose8x16(const float* src, int64_t lds, float* dst) {
 // Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row micro-panels, k-major inside each: dst[(i/MR)*kc*MR + k*MR + i%MR].
 // Whole panels get loops without per-element branches: for a transposed A each k is MR consecutive floats,
 // otherwise MR rows are read side by side.
-void pack_a(const Operand& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst) {
+// bf16 blocks are widened into a small fp32 block first and transposed from there.
+template <typename E>
+void pack_a(const Operand<E>& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float* dst) {
   for (int64_t ir = 0; ir < mc; ir += MR) {
     float* panel = dst + (ir / MR) * kc * MR;
     const int64_t rows = std::min(MR, mc - ir);
     if (rows == MR && A.trans) {
-      for (int64_t k = 0; k < kc; ++k) std::memcpy(panel + k * MR, A.p + (k0 + k) * A.ld + i0 + ir, MR * sizeof(float));
+      for (int64_t k = 0; k < kc; ++k) widen_into(A.p + (k0 + k) * A.ld + i0 + ir, MR, panel + k * MR);
     } else if (rows == MR) {
-      const float* r = A.p + (i0 + ir) * A.ld + k0;
+      const E* r = A.p + (i0 + ir) * A.ld + k0;
       int64_t k = 0;
 #if defined(__AVX512F__)
       static_assert(MR == 8, "transpose8x16 packs 8 rows");
-      for (; k + 16 <= kc; k += 16) transpose8x16(r + k, A.ld, panel + k * MR);
+      for (; k + 16 <= kc; k += 16) {
+        if constexpr (std::is_same_v<E, float>) {
+          transpose8x16(r + k, A.ld, panel + k * MR);
+        } else {
+          alignas(64) float block[MR][16];
+          for (int64_t i = 0; i < MR; ++i) widen_into(r + i * A.ld + k, 16, block[i]);
+          transpose8x16(&block[0][0], 16, panel + k * MR);
+        }
+      }
 #endif
       for (; k < kc; ++k)
-        for (int64_t i = 0; i < MR; ++i) panel[k * MR + i] = r[i * A.ld + k];
+        for (int64_t i = 0; i < MR; ++i) panel[k * MR + i] = widen_element(r[i * A.ld + k]);
     } else {
       for (int64_t k = 0; k < kc; ++k)
         for (int64_t i = 0; i < MR; ++i) panel[k * MR + i] = i < rows ? A.at(i0 + ir + i, k0 + k) : 0.f;
@@ -143,22 +175,31 @@ void pack_a(const Operand& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, fl
 
 // Packs op(B)[k0:k0+kc, j0:j0+nc] into NR-column panels: dst[(j/NR)*kc*NR + k*NR + j%NR]. Whole panels: a
 // row of B is NR consecutive floats; a transposed B (a linear layer's weight) is read along its rows.
-void pack_b(const Operand& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst) {
+template <typename E>
+void pack_b(const Operand<E>& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float* dst) {
   for (int64_t jr = 0; jr < nc; jr += NR) {
     float* panel = dst + (jr / NR) * kc * NR;
     const int64_t cols = std::min(NR, nc - jr);
     if (cols == NR && !B.trans) {
-      for (int64_t k = 0; k < kc; ++k) std::memcpy(panel + k * NR, B.p + (k0 + k) * B.ld + j0 + jr, NR * sizeof(float));
+      for (int64_t k = 0; k < kc; ++k) widen_into(B.p + (k0 + k) * B.ld + j0 + jr, NR, panel + k * NR);
     } else if (cols == NR) {
       int64_t k = 0;
 #if defined(__AVX512F__)
       for (; k + 16 <= kc; k += 16)
-        for (int64_t h = 0; h < NR; h += 16)
-          transpose16x16(B.p + (j0 + jr + h) * B.ld + k0 + k, B.ld, panel + k * NR + h, NR);
+        for (int64_t h = 0; h < NR; h += 16) {
+          const E* block = B.p + (j0 + jr + h) * B.ld + k0 + k;
+          if constexpr (std::is_same_v<E, float>) {
+            transpose16x16(block, B.ld, panel + k * NR + h, NR);
+          } else {
+            alignas(64) float wide[16][16];
+            for (int64_t j = 0; j < 16; ++j) widen_into(block + j * B.ld, 16, wide[j]);
+            transpose16x16(&wide[0][0], 16, panel + k * NR + h, NR);
+          }
+        }
 #endif
       for (int64_t j = 0; j < NR; ++j) {
-        const float* r = B.p + (j0 + jr + j) * B.ld + k0;
-        for (int64_t kk = k; kk < kc; ++kk) panel[kk * NR + j] = r[kk];
+        const E* r = B.p + (j0 + jr + j) * B.ld + k0;
+        for (int64_t kk = k; kk < kc; ++kk) panel[kk * NR + j] = widen_element(r[kk]);
       }
     } else {
       for (int64_t k = 0; k < kc; ++k)
@@ -232,12 +273,13 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
 // Depth slices for a deep product with few output tiles: 4 packed panels each.
 constexpr int64_t KSLICE = 4 * KC;
 
-Operand depth_window(const Operand& X, int64_t k0, bool depth_is_row) {  // op(X) from depth k0 on
+template <typename E> Operand<E> depth_window(const Operand<E>& X, int64_t k0, bool depth_is_row) {  // op(X) from depth k0 on
   const bool rows = depth_is_row != X.trans;  // is the depth index a row of the stored matrix?
   return {X.p + (rows ? k0 * X.ld : k0), X.ld, X.trans};
 }
 
-void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
+template <typename E>
+void gemm_f32(const Operand<E>& A, const Operand<E>& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
               float beta, bool parallel, const float* bias = nullptr, const BlockEpilogue* after = nullptr);
 
 // One depth panel's two phases: pack every B panel, then run the tiles, across the pool or (a batch of
@@ -263,7 +305,8 @@ void pack_then_tiles(bool parallel, int64_t panels, const Pack& pack, int64_t ta
 // slice order. Weight gradients need it: dW [out, in] = dYᵀ·X sums over every token of the batch (depth in
 // the thousands) into a few tiles, which the tile loop would leave to one thread. The split depends on the
 // shape alone, never on the thread count, so every machine computes the same sums.
-void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K,
+template <typename E>
+void gemm_f32_depth_split(const Operand<E>& A, const Operand<E>& B, float* C, int64_t M, int64_t N, int64_t K,
                           float alpha, float beta, const float* bias, const BlockEpilogue* after) {
   const int64_t slices = (K + KSLICE - 1) / KSLICE;
   const auto partial = scratch<float>(slices * M * N);
@@ -290,15 +333,17 @@ void gemm_f32_depth_split(const Operand& A, const Operand& B, float* C, int64_t 
 // A(i, k)·B[k, :] along the row; with both operands contiguous along k, each element is a dot product in
 // kLanes independent partial sums (the loop vectorises without reassociating), added in a fixed order.
 constexpr int64_t kDirectMax = 32768;  // M·N·K
-void gemm_direct(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
+template <typename E>
+void gemm_direct(const Operand<E>& A, const Operand<E>& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
                  float beta, const float* bias) {
   if (!B.trans) {
     std::vector<float> row(static_cast<size_t>(N));
     for (int64_t i = 0; i < M; ++i) {
       std::fill(row.begin(), row.end(), 0.f);
       for (int64_t k = 0; k < K; ++k) {
-        const float a = A.at(i, k), *b = B.p + k * B.ld;
-        for (int64_t j = 0; j < N; ++j) row[size_t(j)] += a * b[j];
+        const float a = A.at(i, k);
+        const E* b = B.p + k * B.ld;
+        for (int64_t j = 0; j < N; ++j) row[size_t(j)] += a * widen_element(b[j]);
       }
       for (int64_t j = 0; j < N; ++j) store_scaled(C[i * N + j], row[size_t(j)], alpha, beta, bias ? bias + j : nullptr);
     }
@@ -310,9 +355,9 @@ void gemm_direct(const Operand& A, const Operand& B, float* C, int64_t M, int64_
       float lane[kLanes] = {};
       int64_t k = 0;
       if (!A.trans) {
-        const float *a = A.p + i * A.ld, *b = B.p + j * B.ld;
+        const E *a = A.p + i * A.ld, *b = B.p + j * B.ld;
         for (; k + kLanes <= K; k += kLanes)
-          for (int64_t l = 0; l < kLanes; ++l) lane[l] += a[k + l] * b[k + l];
+          for (int64_t l = 0; l < kLanes; ++l) lane[l] += widen_element(a[k + l]) * widen_element(b[k + l]);
       }
       for (; k < K; ++k) lane[k % kLanes] += A.at(i, k) * B.at(k, j);
       float sum = 0.f;
@@ -321,10 +366,12 @@ void gemm_direct(const Operand& A, const Operand& B, float* C, int64_t M, int64_
     }
 }
 
+// E: the operands' elements, float, or bf16's bits (uint16_t) widened as they are packed.
 // bias (optional): N floats added to every row of alpha·A·B before beta·C, in the first depth panel's epilogue.
 // after (optional): called on each finished block of C, by the thread that finished it (the last depth
 // panel's tasks), while the block is still in that core's cache.
-void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
+template <typename E>
+void gemm_f32(const Operand<E>& A, const Operand<E>& B, float* C, int64_t M, int64_t N, int64_t K, float alpha,
               float beta, bool parallel, const float* bias, const BlockEpilogue* after) {
   if (K == 0 || M * N * K <= kDirectMax) {
     if (K == 0)
@@ -389,14 +436,14 @@ void gemm_f32(const Operand& A, const Operand& B, float* C, int64_t M, int64_t N
 //    therefore hold depth pairs: B as 32-bit words (B[2q, j], B[2q+1, j]) for depth pair q and column j,
 //    NR16 = 32 columns (two 512-bit vectors) per pair; A as words (A[i, 2q], A[i, 2q+1]), MR16 = 8 rows per
 //    pair, each broadcast to every lane. An odd depth pads its last pair with a zero.
-//  widened: the operands converted to fp32 for gemm_f32 (no AVX512-BF16, or a product too small to
-//    repay packing). Same products (exact in fp32), another summation order.
-// Which is faster depends on the core. AMD's Zen 4 issues VDPBF16PS as often as a 512-bit FMA: the dot
-// products ran 1.7-2.2× the fp32 kernel there. An Intel Xeon with two 512-bit FMA ports issues it at half
-// the FMA's rate: there the widened path won on large products (1024³: 216 against 142 GFLOP/s) and lost on
-// deep weight gradients (32/8192/32: 52 against 109), and the small CvT's bf16 steps gained nothing
-// (training level, inference 6 % slower; bench/RESULTS.md). So the dot products stay the default wherever
-// the processor has them.
+//  widened: gemm_f32 itself, its packing widening the bf16 operands into the fp32 panels (Operand<uint16_t>),
+//    each block of C rounded as the kernel finishes it. Same products (exact in fp32), another summation
+//    order.
+// Which is faster depends on the core, so the default does. AMD's Zen 4 issues VDPBF16PS as often as a
+// 512-bit FMA: the dot products ran 1.7-2.2× the fp32 kernel there, and stay its default. An Intel Xeon with
+// two 512-bit FMA ports issues it at half the FMA's rate, so it cannot beat the fp32 kernel: there the
+// widened path runs 1.1-1.8× the dot products on every bench_gemm shape (1024³: 258 against 155 GFLOP/s;
+// the weight gradient 32/8192/32: 155 against 130; bench/RESULTS.md) and is Intel's default.
 constexpr int64_t MR16 = 8, NR16 = 32;
 constexpr int64_t KC16 = 512;      // depth per packed panel: a 32-column B panel is 32 KiB, an A panel 8 KiB
 constexpr int64_t MC16 = 96;       // rows per task (12 micro-panels)
@@ -598,18 +645,6 @@ void gemm_bf16_native(const Operand16& A, const Operand16& B, bf16_t* C, float* 
 #endif
 }
 
-// op(X) widened to fp32, stored as X is (same ld, same transposition); across the pool, in chunks whose
-// loop vectorises (bf16_to_float is a shift).
-std::vector<float> widen(const Operand16& X) {
-  const int64_t stored_rows = X.trans ? X.cols : X.rows, n = stored_rows * X.ld;
-  std::vector<float> wide(static_cast<size_t>(n));
-  float* out = wide.data();
-  parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) out[i] = bf16_to_float(bf16_t{X.p[i]});
-  });
-  return wide;
-}
-
 // C = bf16(alpha·P + beta·C) over M×N, P the fp32 sums.
 void round_into(const float* P, bf16_t* C, int64_t M, int64_t N, float alpha, float beta) {
   parallel_for(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)), [&](int64_t i0, int64_t i1) {
@@ -627,13 +662,21 @@ void gemm_bf16(const Operand16& A, const Operand16& B, bf16_t* C, float* C32, in
   const bool native = K > 0 && cpu_bf16_dot_products() && M * N * K > kDirectMax;
   const bool split = parallel && K >= 2 * KSLICE && few_tiles;
   if (native && !split && C) return gemm_bf16_native(A, B, C, nullptr, M, N, K, alpha, beta, parallel);
-  std::vector<float> own(C32 ? 0 : size_t(M * N), 0.f);
-  float* P = C32 ? C32 : own.data();  // the fp32 sums
+  const auto own = scratch<float>(C32 ? 0 : M * N);
+  float* P = C32 ? C32 : own.get();  // the fp32 sums
   if (K == 0) {
     std::fill(P, P + M * N, 0.f);
-  } else if (!native) {  // widened
-    const std::vector<float> a = widen(A), b = widen(B);
-    gemm_f32({a.data(), A.ld, A.trans}, {b.data(), B.ld, B.trans}, P, M, N, K, 1.f, 0.f, parallel);
+  } else if (!native) {  // widened: the fp32 kernel, packing the bf16 operands; C rounded block by block
+    const BlockEpilogue round_block = [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
+      for (int64_t i = i0; i < i0 + rows; ++i)
+        for (int64_t j = j0; j < j0 + cols; ++j) {
+          const float old = beta == 0.f ? 0.f : beta * bf16_to_float(C[i * N + j]);  // beta 0: never read C
+          C[i * N + j] = float_to_bf16(alpha * P[i * N + j] + old);
+        }
+    };
+    gemm_f32<uint16_t>({A.p, A.ld, A.trans}, {B.p, B.ld, B.trans}, P, M, N, K, 1.f, 0.f, parallel, nullptr,
+                       C ? &round_block : nullptr);
+    if (C) return;
   } else if (split) {  // weight gradients: depth slices in parallel, as gemm_f32 does, added in slice order
     const int64_t slices = (K + KSLICE - 1) / KSLICE;
     const auto partial = scratch<float>(slices * M * N);
@@ -708,8 +751,8 @@ void CpuBackend::gemm(const GemmArgs& g) {
       return gemm_bf16(A, B, g.C.data<bf16_t>() + b * g.stride_c, nullptr, g.M, g.N, g.K, float(g.alpha),
                        float(g.beta), parallel);
     }
-    Operand A{g.A.data<float>() + b * g.stride_a, g.trans_a ? g.M : g.K, g.trans_a};
-    Operand B{g.B.data<float>() + b * g.stride_b, g.trans_b ? g.K : g.N, g.trans_b};
+    const Operand<float> A{g.A.data<float>() + b * g.stride_a, g.trans_a ? g.M : g.K, g.trans_a};
+    const Operand<float> B{g.B.data<float>() + b * g.stride_b, g.trans_b ? g.K : g.N, g.trans_b};
     gemm_f32(A, B, g.C.data<float>() + b * g.stride_c, g.M, g.N, g.K, float(g.alpha), float(g.beta), parallel);
   });
 }
@@ -727,7 +770,7 @@ void CpuBackend::linear(const Tensor& x, const Tensor& weight, const Tensor& bia
       for (int64_t i = i0; i < i0 + rows; ++i)
         for (int64_t j = j0; j < j0 + cols; ++j) py[i * N + j] += pr[i * N + j];
     };
-    return gemm_f32({x.data<float>(), x.size(1), false}, {weight.data<float>(), x.size(1), true}, py, M, N,
+    return gemm_f32<float>({x.data<float>(), x.size(1), false}, {weight.data<float>(), x.size(1), true}, py, M, N,
                     x.size(1), 1.f, 0.f, true, bias.data<float>(), pr ? &add_residual : nullptr);
   }
   const int64_t bytes = N * int64_t(dtype_size(y.dtype()));
@@ -747,7 +790,7 @@ void CpuBackend::linear(const Tensor& x, const Tensor& weight, const Tensor& bia
 
 void gemm_f32_then(const float* x, const float* weight, float* y, int64_t M, int64_t N, int64_t K,
                    const BlockEpilogue& after) {
-  gemm_f32({x, K, false}, {weight, K, true}, y, M, N, K, 1.f, 0.f, true, nullptr, &after);
+  gemm_f32<float>({x, K, false}, {weight, K, true}, y, M, N, K, 1.f, 0.f, true, nullptr, &after);
 }
 
 void gemm_bf16_into_f32(const GemmArgs& g) {
@@ -763,7 +806,10 @@ void gemm_bf16_into_f32(const GemmArgs& g) {
 bool cpu_has_avx512_bf16() { return processor_has_avx512_bf16(); }
 void set_cpu_bf16_dot_products(bool use) { g_bf16_dot_products = use && processor_has_avx512_bf16() ? 1 : 0; }
 bool cpu_bf16_dot_products() {
-  if (g_bf16_dot_products < 0) g_bf16_dot_products = processor_has_avx512_bf16() ? 1 : 0;
+  if (g_bf16_dot_products < 0) {  // the processor's default (the bf16 notes above): AMD's cores, not Intel's
+    __builtin_cpu_init();
+    g_bf16_dot_products = processor_has_avx512_bf16() && !__builtin_cpu_is("intel") ? 1 : 0;
+  }
   return g_bf16_dot_products == 1;
 }
 
