@@ -1,16 +1,19 @@
 // CPU tests of the CUDA kernels' __host__ __device__ tiling and index arithmetic: attention tiles
 // (kernels/cuda/attention_tiling.h), conv im2col/gather math (conv_math.h), the conv embedding's paths and
 // fragments (conv_embedding_tiling.h), the layer norm's launch shapes and the cross-entropy formula
-// (layer_norm_math.h); and the CPU's vectorisable float erf and exp (kernels/cpu/vector_math.h) against libm.
+// (layer_norm_math.h); and the CPU's vectorisable float erf and exp (kernels/cpu/vector_math.h) against libm,
+// its bf16 rounding against float_to_bf16.
 // No device code runs: every machine, GPU or not.
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cfloat>
 #include <cmath>
 #include <set>
 #include <vector>
 
+#include "engine/core/dtype.h"
 #include "kernels/cpu/strided.h"
 #include "kernels/cpu/vector_math.h"
 #include "kernels/cuda/attention_tiling.h"
@@ -405,4 +408,21 @@ TEST_CASE("cpu::exp_float stays within 2·2^-24 relative of exp(x), over and und
   CHECK(tessera::cpu::exp_float(-104.f) == 0.f);
   CHECK(std::isinf(tessera::cpu::exp_float(INFINITY)));
   CHECK(std::isnan(tessera::cpu::exp_float(NAN)));
+}
+
+TEST_CASE("cpu::round_to_bf16 gives the bits of float_to_bf16 widened back, NaN, infinities and ties included") {
+  // Every 256th bit pattern (all exponents, both signs, the low half's tie 0x8000 and its neighbours 0x7f00
+  // and 0x8100 among them), then the edges: float_to_bf16 is the rule; a wrong tie, carry or NaN case
+  // differs somewhere.
+  int64_t differ = 0;
+  auto same = [&](uint32_t u) {
+    const float v = std::bit_cast<float>(u);
+    const uint32_t want = uint32_t(tessera::float_to_bf16(v).bits) << 16;
+    differ += std::bit_cast<uint32_t>(tessera::cpu::round_to_bf16(v)) != want;
+  };
+  for (uint64_t u = 0; u <= 0xffffffffull; u += 256) same(uint32_t(u));
+  for (uint32_t u : {0x3f808000u, 0x3f818000u, 0x3f807fffu, 0x3f808001u, 0x7f7fffffu, 0x7f800000u, 0xff800000u,
+                     0x7fc00000u, 0x7f800001u, 0xffffffffu, 0x00008000u, 0x80018000u})
+    same(u);
+  CHECK(differ == 0);
 }

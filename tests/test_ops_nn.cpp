@@ -216,6 +216,36 @@ TEST_CASE("bias_gelu equals gelu(x + bias), values, any leading dims") {
   CHECK_THROWS_WITH_AS(bias_gelu(x, Tensor::zeros({4}, DType::f64)), doctest::Contains("bias_gelu: bias"), TensorError);
 }
 
+// The CPU's bf16 backward runs each row in pieces of 256 columns through an fp32 buffer; it must round as
+// the per-element rule does: h = bf16(x + bias), dx = bf16(GELU'(h)·dy), dbias = bf16(Σ_rows dx) in double.
+// 300 columns make a whole piece and a part one; 37 rows are one block of the column sums, so they run in
+// row order, as here. Leaving out either rounding, or the part piece, fails it.
+TEST_CASE("bias_gelu_backward in bf16 rounds as the per-element rule, in whole and part pieces of a row") {
+  Generator gen(29);
+  const int64_t rows = 37, C = 300;
+  const Tensor x = gen.uniform({rows, C}, -3, 3).to(DType::bf16), dy = gen.uniform({rows, C}, -2, 2).to(DType::bf16);
+  const Tensor bias = gen.uniform({C}, -1, 1).to(DType::bf16);
+  Tensor dx = Tensor::empty({rows, C}, DType::bf16), dbias = Tensor::empty({C}, DType::bf16);
+  backend(Device::CPU).bias_gelu_backward(dy, x, bias, dx, dbias);
+  const std::vector<double> xs = vals(x), bs = vals(bias), got = vals(dx), got_bias = vals(dbias);
+  auto bf16 = [](double v) { return double(bf16_to_float(float_to_bf16(float(v)))); };
+  // GELU'(h)·dy in fp32 by the CPU's fp32 kernel (the formula the bf16 loop computes in), h rounded here
+  std::vector<double> h(size_t(rows * C));
+  for (size_t i = 0; i < h.size(); ++i) h[i] = bf16(xs[i] + bs[i % size_t(C)]);
+  Tensor g32 = Tensor::empty({rows, C}, DType::f32);
+  backend(Device::CPU).binary(BinaryOp::GeluBackward, Tensor::from(h, {rows, C}, DType::f32), dy.to(DType::f32), g32);
+  const std::vector<double> g = vals(g32);
+  int64_t wrong = 0, wrong_bias = 0;
+  std::vector<double> sums(size_t(C), 0.0);
+  for (size_t i = 0; i < g.size(); ++i) {
+    wrong += got[i] != bf16(g[i]);
+    sums[i % size_t(C)] += bf16(g[i]);
+  }
+  for (int64_t c = 0; c < C; ++c) wrong_bias += got_bias[size_t(c)] != bf16(sums[size_t(c)]);
+  CHECK(wrong == 0);
+  CHECK(wrong_bias == 0);
+}
+
 // ================================================================ conv token embedding
 TEST_CASE("conv_embedding equals conv2d, the token layout and layer_norm composed, values") {
   Generator gen(12);

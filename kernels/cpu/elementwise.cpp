@@ -187,20 +187,39 @@ void CpuBackend::bias_gelu_backward(const Tensor& dy, const Tensor& x, const Ten
       return narrow<T>(binary_op<F, BinaryOp::GeluBackward>(widen(narrow<T>(widen(px[r * C + c]) + widen(pb[c]))),
                                                              widen(pdy[r * C + c])));
     };
+    // A row's gradients, stored, and added to acc (when given). bf16 goes in pieces through an fp32 buffer
+    // with the same roundings (cpu::round_to_bf16): composed per element, the conversions kept the loop scalar,
+    // 9× the fp32 loop's time.
+    auto row = [&](int64_t r, double* __restrict acc) {
+      if constexpr (std::is_same_v<T, bf16_t>) {
+        constexpr int64_t kPiece = 256;
+        for (int64_t c0 = 0; c0 < C; c0 += kPiece) {
+          const int64_t n = std::min(kPiece, C - c0);
+          const bf16_t *xr = px + r * C + c0, *dyr = pdy + r * C + c0, *br = pb + c0;
+          float g[kPiece];
+          for (int64_t c = 0; c < n; ++c) {
+            const float h = cpu::round_to_bf16(bf16_to_float(xr[c]) + bf16_to_float(br[c]));
+            g[c] = cpu::round_to_bf16(binary_op<float, BinaryOp::GeluBackward>(h, bf16_to_float(dyr[c])));
+          }
+          for (int64_t c = 0; c < n; ++c) pg[r * C + c0 + c] = bf16_t{uint16_t(std::bit_cast<uint32_t>(g[c]) >> 16)};
+          if (acc)
+            for (int64_t c = 0; c < n; ++c) acc[c0 + c] += double(g[c]);
+        }
+      } else {
+        for (int64_t c = 0; c < C; ++c) {
+          const T v = gradient(r, c);
+          pg[r * C + c] = v;
+          if (acc) acc[c] += to_double(v);
+        }
+      }
+    };
     if (!dbias.defined()) {
       parallel_for(rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t c = 0; c < C; ++c) pg[r * C + c] = gradient(r, c);
+        for (int64_t r = r0; r < r1; ++r) row(r, nullptr);
       });
       return;
     }
-    const std::vector<double> sums = sum_over_rows(rows, C, [&](int64_t r, double* __restrict acc) {
-      for (int64_t c = 0; c < C; ++c) {
-        const T v = gradient(r, c);
-        pg[r * C + c] = v;
-        acc[c] += to_double(v);
-      }
-    });
+    const std::vector<double> sums = sum_over_rows(rows, C, row);
     for (int64_t c = 0; c < C; ++c) dbias.data<T>()[c] = from_double<T>(sums[size_t(c)]);
   });
 }

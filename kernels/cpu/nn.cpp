@@ -1164,9 +1164,7 @@ void for_heads(int64_t BH, int64_t Tq, int64_t Tk, DType dt, int n_buffers, cons
 // 16-lane sum added up one lane at a time and a separate pass to sum. Double rows use std::exp.
 template <typename T> double softmax_row(T* row, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
-    using cpu::f32x16;
-    typedef double f64x8 __attribute__((vector_size(8 * sizeof(double))));
-    typedef float f32x8 __attribute__((vector_size(8 * sizeof(float))));
+    using cpu::f32x16, cpu::f32x8, cpu::f64x8;
     constexpr int64_t L = cpu::kF32Lanes;
     const float lowest = -std::numeric_limits<float>::infinity();
     int64_t j = 0;

@@ -2,7 +2,8 @@
 // softmax loops: libm's erff and expf are opaque calls that keep every loop around them scalar (only the
 // float paths use these; double keeps std::erf and std::exp, the exact references the float64 gradient
 // checks compare against). lane_sum for the double row sums (layer norm, gradient clipping, the softmax's
-// denominator): one running sum would wait on its previous add for every element.
+// denominator): one running sum would wait on its previous add for every element. round_to_bf16 for the
+// bf16 rows' roundings.
 #pragma once
 #include <bit>
 #include <cstdint>
@@ -79,11 +80,22 @@ inline float exp_neg_half_square(float a) {
   return exp_float(-0.5f * h) * (1.0f - 0.5f * l);
 }
 
+// v rounded to bf16 (to nearest, ties to even) and widened back: the bits of bf16_to_float(float_to_bf16(v)),
+// NaN kept quiet, in a form loops vectorise (float_to_bf16 returns early for NaN; here a select).
+[[gnu::always_inline]] inline float round_to_bf16(float v) {
+  const uint32_t u = std::bit_cast<uint32_t>(v);
+  const uint32_t r = (u & 0x7fffffffu) > 0x7f800000u ? (u | 0x400000u) : u + 0x7fffu + ((u >> 16) & 1u);
+  return std::bit_cast<float>(r & 0xffff0000u);
+}
+
 // 16 floats, one AVX-512 register (two AVX2 ones elsewhere), as a GCC/Clang vector: for loops whose running
 // sums must stay in registers, which the auto-vectoriser does not promise (it may swap a sum's loops, or
 // keep the sums in memory, where each multiply-add waits on the previous one's store).
 constexpr int64_t kF32Lanes = 16;
 typedef float f32x16 __attribute__((vector_size(kF32Lanes * sizeof(float))));
+// Half of one, and the 8 doubles the same 8 floats widen to (sums in double of float terms).
+typedef float f32x8 __attribute__((vector_size(8 * sizeof(float))));
+typedef double f64x8 __attribute__((vector_size(8 * sizeof(double))));
 [[gnu::always_inline]] inline f32x16 load16(const float* p) {
   f32x16 v;
   std::memcpy(&v, p, sizeof v);  // unaligned
@@ -115,8 +127,6 @@ template <int64_t Lanes = 16, typename Term> [[gnu::always_inline]] inline doubl
 // dependent adds: the attention backward's rowsum(dO ⊙ O) over a head dim of 64 spent 62 % of its row pass
 // waiting on it. The order depends on n alone.
 inline double dot_in_double(const float* a, const float* b, int64_t n) {
-  typedef double f64x8 __attribute__((vector_size(8 * sizeof(double))));
-  typedef float f32x8 __attribute__((vector_size(8 * sizeof(float))));
   f64x8 lo = {}, hi = {};
   int64_t i = 0;
   for (; i + kF32Lanes <= n; i += kF32Lanes) {
