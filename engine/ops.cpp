@@ -367,15 +367,25 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   });
 }
 
-Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual) {
-  TS_CHECK(weight.dim() == 2, "linear: weight must be [out, in], got " + weight.str());
+namespace {
+// A linear layer's operands checked, the messages naming `op`: weight [out, in], x ending in in_features, a
+// bias [out] (or none, where allowed). Returns x's rows (M, in) and the output's shape (x's with out last).
+std::pair<Tensor, Shape> linear_rows(const char* op, const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                     bool bias_required) {
+  const std::string name(op);
+  TS_CHECK(weight.dim() == 2, name + ": weight must be [out, in], got " + weight.str());
   TS_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1),
-           "linear: input " + x.str() + " does not end in in_features " + std::to_string(weight.size(1)));
+           name + ": input " + x.str() + " does not end in in_features " + std::to_string(weight.size(1)));
+  TS_CHECK(bias.defined() ? bias.dim() == 1 && bias.size(0) == weight.size(0) : !bias_required,
+           name + ": bias " + (bias.defined() ? bias.str() : std::string("undefined")) + " for " + weight.str());
   Shape out_shape = x.shape();
   out_shape.back() = weight.size(0);
-  const Tensor x2 = x.reshape({-1, weight.size(1)});  // (M, in)
-  TS_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == weight.size(0)),
-           "linear: bias " + (bias.defined() ? bias.str() : std::string()) + " for " + weight.str());
+  return {x.reshape({-1, weight.size(1)}), out_shape};
+}
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& residual) {
+  const auto [x2, out_shape] = linear_rows("linear", x, weight, bias, false);  // x2: (M, in)
   TS_CHECK(!residual.defined() || residual.shape() == out_shape,
            "linear: residual " + (residual.defined() ? residual.str() : std::string()) + " for an output of " +
                shape_str(out_shape));
@@ -403,14 +413,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, const T
 }
 
 Tensor linear_gelu(const Tensor& x, const Tensor& weight, const Tensor& bias) {
-  TS_CHECK(weight.dim() == 2, "linear_gelu: weight must be [out, in], got " + weight.str());
-  TS_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1),
-           "linear_gelu: input " + x.str() + " does not end in in_features " + std::to_string(weight.size(1)));
-  TS_CHECK(bias.defined() && bias.dim() == 1 && bias.size(0) == weight.size(0),
-           "linear_gelu: bias " + (bias.defined() ? bias.str() : std::string("undefined")) + " for " + weight.str());
-  Shape out_shape = x.shape();
-  out_shape.back() = weight.size(0);
-  const Tensor x2 = x.reshape({-1, weight.size(1)});  // (M, in)
+  const auto [x2, out_shape] = linear_rows("linear_gelu", x, weight, bias, true);  // x2: (M, in)
   if (x2.numel() == 0 || weight.numel() == 0) return bias_gelu(linear(x, weight), bias);
   check_same(x2, weight, "linear_gelu");
   check_same(x2, bias, "linear_gelu");
