@@ -5,6 +5,7 @@
 // channels (engine/core/parallel.h).
 // Method bodies live with their op family: elementwise.cpp, reduce.cpp, gemm.cpp, nn.cpp, index.cpp, ...
 #pragma once
+#include <vector>
 #include <functional>
 #include <type_traits>
 #include <utility>
@@ -43,6 +44,18 @@ class CpuBackend final : public Backend {
 using BlockEpilogue = std::function<void(int64_t i0, int64_t rows, int64_t j0, int64_t cols)>;
 void gemm_f32_then(const float* x, const float* weight, float* y, int64_t M, int64_t N, int64_t K,
                    const BlockEpilogue& after);
+
+// The fp32 GEMM's B operand packed once for many products (attention's K and V, per head): pack() takes
+// B [K, N], or its transpose stored [N, K] (trans), each row ld apart; a PackedB packed again reuses its
+// memory.
+struct PackedB {
+  void pack(const float* B, int64_t ld, bool trans, int64_t K, int64_t N);
+  int64_t K = 0, N = 0;
+  std::vector<float> panels;
+};
+// C [M, N] (row stride ldc) = alpha·A·B for a row-major A [M, K] (row stride lda), on the calling thread:
+// the sums gemm_f32 forms for every element, in the same order, so the results equal the GEMM's.
+void gemm_f32_packed(const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc, int64_t M, float alpha);
 
 // gemm with bf16 A and B and an fp32 C (beta 0): attention's scores, which its softmax reads in fp32. The
 // contract's gemm keeps one dtype; this is for the CPU's own kernels.

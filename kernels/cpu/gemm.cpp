@@ -793,6 +793,34 @@ void gemm_f32_then(const float* x, const float* weight, float* y, int64_t M, int
   gemm_f32<float>({x, K, false}, {weight, K, true}, y, M, N, K, 1.f, 0.f, true, nullptr, &after);
 }
 
+void PackedB::pack(const float* B, int64_t ld, bool trans, int64_t K_, int64_t N_) {
+  K = K_, N = N_;
+  const int64_t n_panels = (N + NR - 1) / NR;
+  panels.resize(size_t(n_panels * NR * K));  // written in full below
+  const Operand<float> op{B, ld, trans};
+  for (int64_t k0 = 0; k0 < K; k0 += KC)  // depth panel k0 of every column panel, as gemm_f32 packs it
+    pack_b(op, k0, std::min(KC, K - k0), 0, N, panels.data() + n_panels * NR * k0);
+}
+
+void gemm_f32_packed(const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc, int64_t M, float alpha) {
+  const int64_t n_panels = (B.N + NR - 1) / NR;
+  thread_local std::vector<float> Ap;
+  Ap.resize(size_t(MC * std::min(B.K, KC)));
+  for (int64_t k0 = 0; k0 < B.K; k0 += KC) {
+    const int64_t kc = std::min(KC, B.K - k0);
+    const float beta_k = k0 == 0 ? 0.f : 1.f;  // later depth panels accumulate onto the first
+    const float* bk = B.panels.data() + n_panels * NR * k0;
+    for (int64_t i0 = 0; i0 < M; i0 += MC) {
+      const int64_t mc = std::min(MC, M - i0);
+      pack_a(Operand<float>{A, lda, false}, i0, mc, k0, kc, Ap.data());
+      for (int64_t p = 0; p < n_panels; ++p)
+        for (int64_t ir = 0; ir < mc; ir += MR)
+          micro_kernel(kc, Ap.data() + (ir / MR) * kc * MR, bk + p * kc * NR, C + (i0 + ir) * ldc + p * NR, ldc,
+                       std::min(MR, mc - ir), std::min(NR, B.N - p * NR), alpha, beta_k, nullptr);
+    }
+  }
+}
+
 void gemm_bf16_into_f32(const GemmArgs& g) {
   TS_CHECK(g.A.dtype() == DType::bf16 && g.B.dtype() == DType::bf16 && g.C.dtype() == DType::f32 && g.beta == 0,
            "gemm_bf16_into_f32: A and B bf16, C f32, beta 0");

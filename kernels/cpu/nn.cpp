@@ -1371,6 +1371,39 @@ void row_heads_backward(const float* dout, const float* q, const float* k, const
   });
 }
 
+// Float heads past 32 keys, a block of query rows at a time: S = scale·Q·Kᵀ for kRows queries into a buffer
+// that stays in the core's cache, their softmax, then out = P·V, with K and V packed once per head for all
+// of its blocks (PackedB), the queries and the probabilities read in place. gemm_f32_packed forms the GEMM's
+// sums in the GEMM's order, so the results are those of the head-at-a-time GEMM route this replaced (which
+// packed both operands of every product and sent each head's scores out to memory and back: CvT-13's first
+// stage has 3136 × 784 of them, 9.8 MB a head).
+void blocked_heads_forward(const float* q, const float* k, const float* v, float scale, int64_t BH, int64_t Tq,
+                           int64_t Tk, int64_t D, float* out, const Stat& sl, const HeadRows& qrows,
+                           const HeadRows& krows) {
+  // A block's scores: up to 2^16 floats (256 KiB), whole micro-panels of 8 rows, at least 64 rows. Fewer
+  // rows than fit would reload the packed K's panels into L1 for fewer rows each (ViT-B/16's 197 × 197
+  // heads ran 3 % slower in blocks of 64 than whole).
+  const int64_t kRows = std::min(Tq, std::max<int64_t>(64, (int64_t(1) << 16) / Tk / 8 * 8));
+  const int64_t blocks = (Tq + kRows - 1) / kRows;
+  parallel_for(BH * blocks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> s(static_cast<size_t>(std::min(kRows, Tq) * Tk));
+    PackedB kt, vp;
+    int64_t loaded = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t h = t / blocks, i0 = (t % blocks) * kRows, rows = std::min(kRows, Tq - i0);
+      if (h != loaded) {
+        kt.pack(k + krows.base(h), krows.stride(), true, D, Tk);  // Kᵀ [D, Tk]
+        vp.pack(v + krows.base(h), krows.stride(), false, Tk, D);
+        loaded = h;
+      }
+      const int64_t at = qrows.base(h) + i0 * qrows.stride();
+      gemm_f32_packed(q + at, qrows.stride(), kt, s.data(), Tk, rows, scale);
+      for (int64_t r = 0; r < rows; ++r) sl.set(h * Tq + i0 + r, softmax_row(s.data() + r * Tk, Tk));
+      gemm_f32_packed(s.data(), Tk, vp, out + at, qrows.stride(), rows, 1.f);
+    }
+  });
+}
+
 }  // namespace
 
 // bf16 heads: scores, probabilities and their gradients in fp32 (Compute<T>), products of bf16 operands
@@ -1381,10 +1414,14 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, do
     using C = Compute<decltype(tag)>;
     const int64_t BH = q.size(0) * q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
     Stat sl(lse, "attention");
-    if constexpr (std::is_same_v<decltype(tag), float>)
+    if constexpr (std::is_same_v<decltype(tag), float>) {
       if (Tk >= 1 && Tk <= kRowHeadsMaxKeys && D >= 1 && D <= kRowHeadsMaxDim)
         return row_heads_forward(q.data<float>(), k.data<float>(), v.data<float>(), float(scale), BH, Tq, Tk, D,
                                  out.data<float>(), sl, HeadRows{1, Tq, D, false}, HeadRows{1, Tk, D, false});
+      if (Tk >= 1 && D >= 1)
+        return blocked_heads_forward(q.data<float>(), k.data<float>(), v.data<float>(), float(scale), BH, Tq, Tk,
+                                     D, out.data<float>(), sl, HeadRows{1, Tq, D, false}, HeadRows{1, Tk, D, false});
+    }
     for_heads(BH, Tq, Tk, dtype_of<C>::value, 1, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
       Tensor& S = buf[0];
       // S = scale · Q Kᵀ
@@ -1451,8 +1488,9 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
   });
 }
 
-// Token-major heads in place for the row-by-row path (float, at most 32 keys: a small CvT's later stages),
-// which reads rows through HeadRows; otherwise the composite's copies around attention(_backward).
+// Token-major heads in place where the float kernels read rows through HeadRows: the forward always, the
+// backward on the row-by-row path (at most 32 keys: a small CvT's later stages); otherwise the composite's
+// copies around attention(_backward).
 namespace {
 bool row_heads_in_place(const Tensor& q, const Tensor& k, int64_t heads) {
   const int64_t D = q.size(2) / heads, Tk = k.size(1);
@@ -1462,11 +1500,15 @@ bool row_heads_in_place(const Tensor& q, const Tensor& k, int64_t heads) {
 
 void CpuBackend::attention_tokens(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale,
                                   Tensor& out, Tensor& lse) {
-  if (!row_heads_in_place(q, k, heads)) return Backend::attention_tokens(q, k, v, heads, scale, out, lse);
   const int64_t B = q.size(0), Tq = q.size(1), Tk = k.size(1), D = q.size(2) / heads;
+  if (q.dtype() != DType::f32 || Tk < 1 || D < 1) return Backend::attention_tokens(q, k, v, heads, scale, out, lse);
   Stat sl(lse, "attention_tokens");
-  row_heads_forward(q.data<float>(), k.data<float>(), v.data<float>(), float(scale), B * heads, Tq, Tk, D,
-                    out.data<float>(), sl, HeadRows{heads, Tq, D, true}, HeadRows{heads, Tk, D, true});
+  const HeadRows qrows{heads, Tq, D, true}, krows{heads, Tk, D, true};
+  if (row_heads_in_place(q, k, heads))
+    return row_heads_forward(q.data<float>(), k.data<float>(), v.data<float>(), float(scale), B * heads, Tq, Tk,
+                             D, out.data<float>(), sl, qrows, krows);
+  blocked_heads_forward(q.data<float>(), k.data<float>(), v.data<float>(), float(scale), B * heads, Tq, Tk, D,
+                        out.data<float>(), sl, qrows, krows);
 }
 
 void CpuBackend::attention_tokens_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
