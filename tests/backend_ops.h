@@ -919,8 +919,9 @@ inline Entry attention_entry() {
 }
 
 // attention_tokens: the same computation on tokens (B, T, heads·D), held to attention's rule. The cases: one
-// head (no split at all), heads the CPU reads in place (at most 32 keys, f32), heads past that (the
-// composite's copies around the GEMM route), a tail of a vector in D, and k, v given as views (made plain).
+// head (no split at all), heads the CPU reads in place (f32: row by row up to 32 keys, in blocks of query
+// rows past that, whose backward is the composite's copies around the GEMM route), a tail of a vector in D,
+// and k, v given as views (made plain).
 inline Entry attention_tokens_entry() {
   Entry e = attention_entry();
   e.name = "attention_tokens";
