@@ -599,17 +599,18 @@ TEST_CASE("attention kernel: lse is the log-sum-exp of the scaled scores") {
   CHECK_CLOSE(lse, f64(ref, {B, H, Tq}), 1e-14, 1e-14);
 }
 
-// The CPU's route past 32 keys (forward: blocks of query rows on K and V packed once a head; backward: the
-// GEMM route) against the composite's matmuls and softmax, forward and backward, one head (every GEMM on
-// every thread) and six (a head per thread task); D = 37 puts the backward's rowsum(dO ⊙ O) through two
-// 16-float steps and a tail; 50 queries are one block, 500 are blocks of 216 and a part block. Every result is a sum of at most n = Tk + D = 337
+// The CPU's route past 32 keys (blocks of query rows on K and V packed once a head; the backward with fewer
+// than two heads a thread on the GEMM route) against the composite's matmuls and softmax, forward and
+// backward, one and two heads (the GEMM route's backward) and six (a head per thread task); D = 37 puts the
+// backward's rowsum(dO ⊙ O) through two 16-float steps and a tail; 50 queries are one block, 500 are
+// blocks of 216 (forward) or 256 (backward) and a part block. Every result is a sum of at most n = Tk + D = 337
 // terms (|q|, |k|, |v|, |w| <= 1) whose sizes add up to at most 1 + 2·D·scale < 35 (the probabilities sum
 // to 1; |dP − rowsum| <= 2D). Each side errs by at most about n·u·35: f64 ~1.3e-12, bound 1e-11; f32
 // (2^-24) ~7e-4, bound 1e-3 — a dropped step of the row sum moves dQ by ~0.1.
 TEST_CASE("scaled_dot_product_attention: the CPU's route past 32 keys equals the composite, forward and backward") {
   Generator gen(12);
   for (DType dt : {DType::f64, DType::f32})
-    for (auto [B, H, Tq] : {std::array<int64_t, 3>{1, 1, 50}, {3, 2, 50}, {1, 2, 500}}) {
+    for (auto [B, H, Tq] : {std::array<int64_t, 3>{1, 1, 50}, {3, 2, 50}, {1, 2, 500}, {3, 2, 500}}) {
       CAPTURE(dtype_name(dt));
       CAPTURE(B * H);
       CAPTURE(Tq);
@@ -846,8 +847,9 @@ TEST_CASE("drop_path with a residual: residual + drop_path(x), the same mask as 
 // attention_tokens, f32: with at most 32 keys both sides run the same row-by-row arithmetic on the same
 // values (the composite on split copies, the CPU's kernel in place), so they must agree exactly; past 32
 // keys the forward reads the heads in place in blocks of query rows and the composite runs the same blocks
-// on its copies (exact again; 1000 queries over 300 keys are blocks of 216 and a part block), and the
-// backward is the composite's on both sides.
+// on its copies (exact again; 1000 queries over 300 keys are blocks of 216 and a part block); so does the
+// backward with two heads a thread or more (600 queries: blocks of 256 and a part block), and with fewer it
+// is the composite's on both sides.
 // drop_path, f64 and f32: both round the product x·s and then the sum with the residual, so exactly equal.
 // linear_gelu, f32: the same GEMM sums, then the same roundings and GELU (in the epilogue or in bias_gelu's
 // pass), so y and h are exactly equal, with h kept or not; shapes of one block, many blocks over several
@@ -871,7 +873,7 @@ TEST_CASE("linear, linear_gelu, attention_tokens, drop_path: the CPU's fused ker
     }
   }
   for (auto [B, heads, Tq, Tk, D] : {std::array<int64_t, 5>{2, 3, 17, 5, 64}, {1, 1, 9, 32, 20}, {2, 4, 7, 16, 8},
-                                      {2, 3, 40, 70, 24}, {1, 2, 1000, 300, 8}}) {
+                                      {2, 3, 40, 70, 24}, {1, 2, 1000, 300, 8}, {2, 2, 600, 300, 8}}) {
     CAPTURE(heads);
     CAPTURE(Tk);
     const int64_t C = heads * D;

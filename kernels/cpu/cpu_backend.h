@@ -53,9 +53,11 @@ struct PackedB {
   int64_t K = 0, N = 0;
   std::vector<float> panels;
 };
-// C [M, N] (row stride ldc) = alpha·A·B for a row-major A [M, K] (row stride lda), on the calling thread:
-// the sums gemm_f32 forms for every element, in the same order, so the results equal the GEMM's.
-void gemm_f32_packed(const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc, int64_t M, float alpha);
+// C [M, N] (row stride ldc) = alpha·op(A)·B + beta·C, op(A) [M, K] stored row-major with row stride lda
+// (transposed: A stored [K, M]), on the calling thread: the sums gemm_f32 forms for every element, in the
+// same order, so the results equal the GEMM's.
+void gemm_f32_packed(const float* A, int64_t lda, bool trans_a, const PackedB& B, float* C, int64_t ldc, int64_t M,
+                     float alpha, float beta);
 
 // gemm with bf16 A and B and an fp32 C (beta 0): attention's scores, which its softmax reads in fp32. The
 // contract's gemm keeps one dtype; this is for the CPU's own kernels.

@@ -258,6 +258,12 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
     for (int64_t h = 0; h < 2; ++h) {
       float* o = out + i * ld + kVecFloats * h;
       vec r = va * c[i][h];
+#if defined(__x86_64__)
+      // alpha·sum rounded before beta·C or the bias is added, in every copy of this function the compiler
+      // makes: left to itself it fused the multiply into the add in one clone and not in another, so a
+      // product's last bits depended on the caller (alpha ≠ 1 with beta ≠ 0: attention's dK and dQ).
+      asm("" : "+v"(r));
+#endif
       if (bias) r += vbias[h];
       if (beta != 0.f) {  // beta 0: never read C
         vec old;
@@ -802,17 +808,18 @@ void PackedB::pack(const float* B, int64_t ld, bool trans, int64_t K_, int64_t N
     pack_b(op, k0, std::min(KC, K - k0), 0, N, panels.data() + n_panels * NR * k0);
 }
 
-void gemm_f32_packed(const float* A, int64_t lda, const PackedB& B, float* C, int64_t ldc, int64_t M, float alpha) {
+void gemm_f32_packed(const float* A, int64_t lda, bool trans_a, const PackedB& B, float* C, int64_t ldc, int64_t M,
+                     float alpha, float beta) {
   const int64_t n_panels = (B.N + NR - 1) / NR;
   thread_local std::vector<float> Ap;
   Ap.resize(size_t(MC * std::min(B.K, KC)));
   for (int64_t k0 = 0; k0 < B.K; k0 += KC) {
     const int64_t kc = std::min(KC, B.K - k0);
-    const float beta_k = k0 == 0 ? 0.f : 1.f;  // later depth panels accumulate onto the first
+    const float beta_k = k0 == 0 ? beta : 1.f;  // later depth panels accumulate onto the first
     const float* bk = B.panels.data() + n_panels * NR * k0;
     for (int64_t i0 = 0; i0 < M; i0 += MC) {
       const int64_t mc = std::min(MC, M - i0);
-      pack_a(Operand<float>{A, lda, false}, i0, mc, k0, kc, Ap.data());
+      pack_a(Operand<float>{A, lda, trans_a}, i0, mc, k0, kc, Ap.data());
       for (int64_t p = 0; p < n_panels; ++p)
         for (int64_t ir = 0; ir < mc; ir += MR)
           micro_kernel(kc, Ap.data() + (ir / MR) * kc * MR, bk + p * kc * NR, C + (i0 + ir) * ldc + p * NR, ldc,

@@ -1211,7 +1211,7 @@ template <typename T> double softmax_row(T* row, int64_t n) {
 
 // exp(x − l) in T, x and l in double: the backward's recomputed probabilities. For float, x − l is rounded
 // to float first, as the forward's s − max is: the float exp (16 lanes) is what makes these loops cheap.
-template <typename T> T exp_shifted(double x, double l) {
+template <typename T> [[gnu::always_inline]] inline T exp_shifted(double x, double l) {
   if constexpr (std::is_same_v<T, float>) return cpu::exp_float(float(x - l));
   else return T(std::exp(x - l));
 }
@@ -1397,9 +1397,59 @@ void blocked_heads_forward(const float* q, const float* k, const float* v, float
         loaded = h;
       }
       const int64_t at = qrows.base(h) + i0 * qrows.stride();
-      gemm_f32_packed(q + at, qrows.stride(), kt, s.data(), Tk, rows, scale);
+      gemm_f32_packed(q + at, qrows.stride(), false, kt, s.data(), Tk, rows, scale, 0.f);
       for (int64_t r = 0; r < rows; ++r) sl.set(h * Tq + i0 + r, softmax_row(s.data() + r * Tk, Tk));
-      gemm_f32_packed(s.data(), Tk, vp, out + at, qrows.stride(), rows, 1.f);
+      gemm_f32_packed(s.data(), Tk, false, vp, out + at, qrows.stride(), rows, 1.f, 0.f);
+    }
+  });
+}
+
+// The backward of those heads, a head per task (dK and dV sum over all of its queries), in blocks of 256
+// query rows: one depth panel each of the GEMM route's dV = Pᵀ·dO and dK = scale·dSᵀ·Q, so that every sum
+// keeps that route's terms and order, and the results its bits (as in the forward); K, Kᵀ and Vᵀ packed once
+// per head, a block's P and dS kept in cache between their products:
+//   P = exp(scale·Q_b·Kᵀ − lse), dP = dO_b·Vᵀ, dS = P ⊙ (dP − rowsum(dO ⊙ O)),
+//   dQ_b = scale·dS·K, dV += P_bᵀ·dO_b, dK += scale·dS_bᵀ·Q_b.
+// With fewer than two heads a thread, the GEMM route instead (its products spread over the threads).
+constexpr int64_t kBlockedBackwardRows = 256;  // the GEMM's depth panel, KC
+bool blocked_backward_pays(int64_t BH) { return BH >= 2 * int64_t(num_threads()); }
+
+void blocked_heads_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
+                            const Stat& sl, float scale, int64_t BH, int64_t Tq, int64_t Tk, int64_t D, float* dq,
+                            float* dk, float* dv, const HeadRows& qrows, const HeadRows& krows) {
+  constexpr int64_t kRows = kBlockedBackwardRows;
+  parallel_for(BH, 1, [&](int64_t h0, int64_t h1) {
+    std::vector<float> p(static_cast<size_t>(std::min(kRows, Tq) * Tk)), ds(p.size());
+    PackedB kt, vt, kp, block;
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t kbase = krows.base(h), ks = krows.stride(), qs = qrows.stride();
+      kt.pack(k + kbase, ks, true, D, Tk);             // Kᵀ [D, Tk], for the scores
+      vt.pack(v + kbase, ks, true, D, Tk);             // Vᵀ, for dP
+      if (dq) kp.pack(k + kbase, ks, false, Tk, D);    // K [Tk, D], for dQ
+      for (int64_t i0 = 0; i0 < Tq; i0 += kRows) {
+        const int64_t rows = std::min(kRows, Tq - i0), at = qrows.base(h) + i0 * qs;
+        const float beta = i0 == 0 ? 0.f : 1.f;  // dK and dV: the first block stores, the others add
+        gemm_f32_packed(q + at, qs, false, kt, p.data(), Tk, rows, scale, 0.f);
+        gemm_f32_packed(dout + at, qs, false, vt, ds.data(), Tk, rows, 1.f, 0.f);
+        for (int64_t r = 0; r < rows; ++r) {
+          const double l = sl.get(h * Tq + i0 + r);
+          const double di = cpu::dot_in_double(dout + at + r * qs, out + at + r * qs, D);  // rowsum(dO ⊙ O)
+          float *prow = p.data() + r * Tk, *drow = ds.data() + r * Tk;
+          for (int64_t j = 0; j < Tk; ++j) {
+            prow[j] = exp_shifted<float>(double(prow[j]), l);
+            drow[j] = float(double(prow[j]) * (double(drow[j]) - di));
+          }
+        }
+        if (dq) gemm_f32_packed(ds.data(), Tk, false, kp, dq + at, qs, rows, scale, 0.f);
+        if (dv) {
+          block.pack(dout + at, qs, false, rows, D);
+          gemm_f32_packed(p.data(), Tk, true, block, dv + kbase, ks, Tk, 1.f, beta);
+        }
+        if (dk) {
+          block.pack(q + at, qs, false, rows, D);
+          gemm_f32_packed(ds.data(), Tk, true, block, dk + kbase, ks, Tk, scale, beta);
+        }
+      }
     }
   });
 }
@@ -1447,12 +1497,17 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
     using C = Compute<T>;
     const int64_t BH = q.size(0) * q.size(1), Tq = q.size(2), Tk = k.size(2), D = q.size(3);
     Stat sl(lse, "attention_backward");
-    if constexpr (std::is_same_v<T, float>)
+    if constexpr (std::is_same_v<T, float>) {
+      const HeadRows qrows{1, Tq, D, false}, krows{1, Tk, D, false};
       if (Tk >= 1 && Tk <= kRowHeadsMaxKeys && D >= 1 && D <= kRowHeadsMaxDim)
         return row_heads_backward(dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(),
                                   out.data<float>(), sl, float(scale), BH, Tq, Tk, D, mut_or_null<float>(dq),
-                                  mut_or_null<float>(dk), mut_or_null<float>(dv), HeadRows{1, Tq, D, false},
-                                  HeadRows{1, Tk, D, false});
+                                  mut_or_null<float>(dk), mut_or_null<float>(dv), qrows, krows);
+      if (Tk >= 1 && D >= 1 && blocked_backward_pays(BH))
+        return blocked_heads_backward(dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(),
+                                      out.data<float>(), sl, float(scale), BH, Tq, Tk, D, mut_or_null<float>(dq),
+                                      mut_or_null<float>(dk), mut_or_null<float>(dv), qrows, krows);
+    }
     for_heads(BH, Tq, Tk, dtype_of<C>::value, 2, [&](int64_t h0, int64_t nb, std::vector<Tensor>& buf) {
       Tensor &P = buf[0], &dS = buf[1];
       auto qw = [&](const Tensor& t) { return window(t, h0 * Tq * D, {nb * Tq * D}); };
@@ -1489,8 +1544,8 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
 }
 
 // Token-major heads in place where the float kernels read rows through HeadRows: the forward always, the
-// backward on the row-by-row path (at most 32 keys: a small CvT's later stages); otherwise the composite's
-// copies around attention(_backward).
+// backward row by row (at most 32 keys: a small CvT's later stages) or in blocks (two heads a thread or
+// more); otherwise the composite's copies around attention(_backward).
 namespace {
 bool row_heads_in_place(const Tensor& q, const Tensor& k, int64_t heads) {
   const int64_t D = q.size(2) / heads, Tk = k.size(1);
@@ -1514,13 +1569,15 @@ void CpuBackend::attention_tokens(const Tensor& q, const Tensor& k, const Tensor
 void CpuBackend::attention_tokens_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                                            const Tensor& out, const Tensor& lse, int64_t heads, double scale,
                                            Tensor& dq, Tensor& dk, Tensor& dv) {
-  if (!row_heads_in_place(q, k, heads))
-    return Backend::attention_tokens_backward(dout, q, k, v, out, lse, heads, scale, dq, dk, dv);
   const int64_t B = q.size(0), Tq = q.size(1), Tk = k.size(1), D = q.size(2) / heads;
+  const bool rows = row_heads_in_place(q, k, heads);
+  if (!rows && !(q.dtype() == DType::f32 && Tk >= 1 && D >= 1 && blocked_backward_pays(B * heads)))
+    return Backend::attention_tokens_backward(dout, q, k, v, out, lse, heads, scale, dq, dk, dv);
   Stat sl(lse, "attention_tokens_backward");
-  row_heads_backward(dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(), out.data<float>(), sl,
-                     float(scale), B * heads, Tq, Tk, D, mut_or_null<float>(dq), mut_or_null<float>(dk),
-                     mut_or_null<float>(dv), HeadRows{heads, Tq, D, true}, HeadRows{heads, Tk, D, true});
+  const auto run = rows ? row_heads_backward : blocked_heads_backward;
+  run(dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(), out.data<float>(), sl, float(scale),
+      B * heads, Tq, Tk, D, mut_or_null<float>(dq), mut_or_null<float>(dk), mut_or_null<float>(dv),
+      HeadRows{heads, Tq, D, true}, HeadRows{heads, Tk, D, true});
 }
 
 // ================================================================ cross-entropy
