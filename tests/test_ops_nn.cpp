@@ -854,6 +854,32 @@ TEST_CASE("drop_path with a residual: residual + drop_path(x), the same mask as 
 // linear_gelu, f32: the same GEMM sums, then the same roundings and GELU (in the epilogue or in bias_gelu's
 // pass), so y and h are exactly equal, with h kept or not; shapes of one block, many blocks over several
 // depth panels, and a deep product of depth slices.
+// No queries: nothing attends, so the keys' and values' gradients are zero. The backend writes them over
+// whatever the output tensors held (7 here): the blocked backward, past 32 keys with six heads, has no block
+// of queries that would; the op layer's result is checked too.
+TEST_CASE("attention with no queries: empty output, zero gradients for k and v") {
+  Generator gen(14);
+  for (int64_t Tk : {20, 300}) {
+    CAPTURE(Tk);
+    const Tensor q = gen.uniform({3, 2, 0, 37}, -1, 1), k = gen.uniform({3, 2, Tk, 37}, -1, 1),
+                 v = gen.uniform({3, 2, Tk, 37}, -1, 1), none = Tensor::empty({3, 2, 0, 37});
+    Tensor dq = Tensor::empty(q.shape()), dk = Tensor::full(k.shape(), 7.0), dv = Tensor::full(v.shape(), 7.0);
+    cpu_backend().attention_backward(none, q, k, v, none, Tensor::empty({3, 2, 0}), 0.3, dq, dk, dv);
+    for (const Tensor& g : {dk, dv}) {
+      const std::vector<double> d = g.to_vector<double>();
+      CHECK(std::count(d.begin(), d.end(), 0.0) == int64_t(d.size()));
+    }
+    Tensor kl = k.clone().set_requires_grad(true), vl = v.clone().set_requires_grad(true);
+    Tensor y = scaled_dot_product_attention(q, kl, vl, 0.3);
+    CHECK(y.numel() == 0);
+    sum(y).backward();
+    for (const Tensor& g : {kl.grad(), vl.grad()}) {
+      const std::vector<double> d = g.to_vector<double>();
+      CHECK(std::count(d.begin(), d.end(), 0.0) == int64_t(d.size()));
+    }
+  }
+}
+
 TEST_CASE("linear, linear_gelu, attention_tokens, drop_path: the CPU's fused kernels equal the composites") {
   Generator gen(31);
   Backend& be = cpu_backend();

@@ -1468,7 +1468,7 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, do
       if (Tk >= 1 && Tk <= kRowHeadsMaxKeys && D >= 1 && D <= kRowHeadsMaxDim)
         return row_heads_forward(q.data<float>(), k.data<float>(), v.data<float>(), float(scale), BH, Tq, Tk, D,
                                  out.data<float>(), sl, HeadRows{1, Tq, D, false}, HeadRows{1, Tk, D, false});
-      if (Tk >= 1 && D >= 1)
+      if (Tq >= 1 && Tk >= 1 && D >= 1)
         return blocked_heads_forward(q.data<float>(), k.data<float>(), v.data<float>(), float(scale), BH, Tq, Tk,
                                      D, out.data<float>(), sl, HeadRows{1, Tq, D, false}, HeadRows{1, Tk, D, false});
     }
@@ -1503,7 +1503,7 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
         return row_heads_backward(dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(),
                                   out.data<float>(), sl, float(scale), BH, Tq, Tk, D, mut_or_null<float>(dq),
                                   mut_or_null<float>(dk), mut_or_null<float>(dv), qrows, krows);
-      if (Tk >= 1 && D >= 1 && blocked_backward_pays(BH))
+      if (Tq >= 1 && Tk >= 1 && D >= 1 && blocked_backward_pays(BH))  // no queries: the route's zero dK, dV
         return blocked_heads_backward(dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(),
                                       out.data<float>(), sl, float(scale), BH, Tq, Tk, D, mut_or_null<float>(dq),
                                       mut_or_null<float>(dk), mut_or_null<float>(dv), qrows, krows);
@@ -1556,7 +1556,8 @@ bool row_heads_in_place(const Tensor& q, const Tensor& k, int64_t heads) {
 void CpuBackend::attention_tokens(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, double scale,
                                   Tensor& out, Tensor& lse) {
   const int64_t B = q.size(0), Tq = q.size(1), Tk = k.size(1), D = q.size(2) / heads;
-  if (q.dtype() != DType::f32 || Tk < 1 || D < 1) return Backend::attention_tokens(q, k, v, heads, scale, out, lse);
+  if (q.dtype() != DType::f32 || Tq < 1 || Tk < 1 || D < 1)
+    return Backend::attention_tokens(q, k, v, heads, scale, out, lse);
   Stat sl(lse, "attention_tokens");
   const HeadRows qrows{heads, Tq, D, true}, krows{heads, Tk, D, true};
   if (row_heads_in_place(q, k, heads))
@@ -1571,7 +1572,7 @@ void CpuBackend::attention_tokens_backward(const Tensor& dout, const Tensor& q, 
                                            Tensor& dq, Tensor& dk, Tensor& dv) {
   const int64_t B = q.size(0), Tq = q.size(1), Tk = k.size(1), D = q.size(2) / heads;
   const bool rows = row_heads_in_place(q, k, heads);
-  if (!rows && !(q.dtype() == DType::f32 && Tk >= 1 && D >= 1 && blocked_backward_pays(B * heads)))
+  if (!rows && !(q.dtype() == DType::f32 && Tq >= 1 && Tk >= 1 && D >= 1 && blocked_backward_pays(B * heads)))
     return Backend::attention_tokens_backward(dout, q, k, v, out, lse, heads, scale, dq, dk, dv);
   Stat sl(lse, "attention_tokens_backward");
   const auto run = rows ? row_heads_backward : blocked_heads_backward;
