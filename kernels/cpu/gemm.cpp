@@ -258,11 +258,15 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
     for (int64_t h = 0; h < 2; ++h) {
       float* o = out + i * ld + kVecFloats * h;
       vec r = va * c[i][h];
-#if defined(__x86_64__)
       // alpha·sum rounded before beta·C or the bias is added, in every copy of this function the compiler
       // makes: left to itself it fused the multiply into the add in one clone and not in another, so a
-      // product's last bits depended on the caller (alpha ≠ 1 with beta ≠ 0: attention's dK and dQ).
+      // product's last bits depended on the caller (alpha ≠ 1 with beta ≠ 0: attention's dK and dQ). The
+      // empty asm hides r's origin from the optimiser; a build without AVX (no FMA either, and a vector
+      // wider than a register) takes it through memory.
+#if defined(__x86_64__) && (defined(__AVX512F__) || defined(__AVX__))
       asm("" : "+v"(r));
+#else
+      asm("" : "+m"(r));
 #endif
       if (bias) r += vbias[h];
       if (beta != 0.f) {  // beta 0: never read C
