@@ -5,10 +5,10 @@
 // channels (engine/core/parallel.h).
 // Method bodies live with their op family: elementwise.cpp, reduce.cpp, gemm.cpp, nn.cpp, index.cpp, ...
 #pragma once
-#include <vector>
 #include <functional>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "engine/core/backend.h"
 #include "kernels/devices.h"

@@ -18,11 +18,15 @@
 // GCC 12 reports the AVX-512 header's own placeholders (`__m512 __Y = __Y;` in _mm512_undefined_*) as used
 // uninitialised wherever it inlines them (GCC bug 105593, mended in GCC 13); every intrinsic overwrites them.
 // The warnings are placed at the header's lines, so silencing them around its inclusion is enough.
+#if defined(__GNUC__) && !defined(__clang__)  // clang has no -Wmaybe-uninitialized group and warns on it
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
+#else
+#include <immintrin.h>
+#endif
 #endif
 
 #include "kernels/cpu/cpu_backend.h"
@@ -655,13 +659,16 @@ void gemm_bf16_native(const Operand16& A, const Operand16& B, bf16_t* C, float* 
 #endif
 }
 
+// One element of C = bf16(alpha·p + beta·C), p its fp32 sum; with beta 0 C is never read (it may be garbage).
+inline void round_element(float p, bf16_t& c, float alpha, float beta) {
+  const float old = beta == 0.f ? 0.f : beta * bf16_to_float(c);
+  c = float_to_bf16(alpha * p + old);
+}
+
 // C = bf16(alpha·P + beta·C) over M×N, P the fp32 sums.
 void round_into(const float* P, bf16_t* C, int64_t M, int64_t N, float alpha, float beta) {
   parallel_for(M, std::max<int64_t>(1, 16384 / std::max<int64_t>(N, 1)), [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0 * N; i < i1 * N; ++i) {
-      const float old = beta == 0.f ? 0.f : beta * bf16_to_float(C[i]);  // beta 0: never read C
-      C[i] = float_to_bf16(alpha * P[i] + old);
-    }
+    for (int64_t i = i0 * N; i < i1 * N; ++i) round_element(P[i], C[i], alpha, beta);
   });
 }
 
@@ -679,10 +686,7 @@ void gemm_bf16(const Operand16& A, const Operand16& B, bf16_t* C, float* C32, in
   } else if (!native) {  // widened: the fp32 kernel, packing the bf16 operands; C rounded block by block
     const BlockEpilogue round_block = [&](int64_t i0, int64_t rows, int64_t j0, int64_t cols) {
       for (int64_t i = i0; i < i0 + rows; ++i)
-        for (int64_t j = j0; j < j0 + cols; ++j) {
-          const float old = beta == 0.f ? 0.f : beta * bf16_to_float(C[i * N + j]);  // beta 0: never read C
-          C[i * N + j] = float_to_bf16(alpha * P[i * N + j] + old);
-        }
+        for (int64_t j = j0; j < j0 + cols; ++j) round_element(P[i * N + j], C[i * N + j], alpha, beta);
     };
     gemm_f32<uint16_t>({A.p, A.ld, A.trans}, {B.p, B.ld, B.trans}, P, M, N, K, 1.f, 0.f, parallel, nullptr,
                        C ? &round_block : nullptr);

@@ -1386,7 +1386,7 @@ void blocked_heads_forward(const float* q, const float* k, const float* v, float
   const int64_t kRows = std::min(Tq, std::max<int64_t>(64, (int64_t(1) << 16) / Tk / 8 * 8));
   const int64_t blocks = (Tq + kRows - 1) / kRows;
   parallel_for(BH * blocks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> s(static_cast<size_t>(std::min(kRows, Tq) * Tk));
+    std::vector<float> s(static_cast<size_t>(kRows * Tk));  // kRows <= Tq
     PackedB kt, vp;
     int64_t loaded = -1;
     for (int64_t t = t0; t < t1; ++t) {
