@@ -84,12 +84,14 @@ static std::vector<double> naive_matmul(const std::vector<double>& a, const std:
 
 TEST_CASE("matmul f32 matches a naive loop at edge and blocked sizes, any transposition") {
   Generator gen(9);
-  // Sizes straddle the kernel's register tile (8×32 with AVX-512, 6×16 without), its depth block (256) and
-  // its task tiles (96×256); products of up to 32768 multiply-adds run in place instead (gemm_direct), so
-  // whole and edge tiles are also sized past that.
-  for (auto [M, K, N] : std::vector<std::array<int64_t, 3>>{{1, 1, 1}, {1, 7, 1}, {5, 3, 17}, {6, 16, 16},
-                                                            {7, 257, 33}, {97, 300, 257}, {200, 64, 3}, {3, 513, 2},
-                                                            {16, 200, 64}, {12, 300, 48}, {9, 130, 95}}) {
+  // Sizes straddle the kernel's register tile (12×32 with AVX-512, 6×16 without), its depth block (384),
+  // the packing's 16-depth transposes, and its task tiles (96×256); products of up to 32768 multiply-adds run
+  // in place instead (gemm_direct), so whole and edge tiles are also sized past that.
+  for (auto [M, K, N] : std::vector<std::array<int64_t, 3>>{{1, 1, 1},      {1, 7, 1},      {5, 3, 17},
+                                                            {6, 16, 16},    {7, 257, 33},   {97, 300, 257},
+                                                            {200, 64, 3},   {3, 513, 2},    {16, 200, 64},
+                                                            {12, 300, 48},  {9, 130, 95},   {13, 385, 33},
+                                                            {25, 769, 70},  {193, 400, 300}, {24, 47, 64}}) {
     Tensor a = gen.uniform({M, K}, -1, 1, DType::f32), b = gen.uniform({K, N}, -1, 1, DType::f32);
     auto ref = naive_matmul(a.to_vector<double>(), b.to_vector<double>(), M, K, N);
     Tensor expect = Tensor::from(ref, {M, N}, DType::f64);

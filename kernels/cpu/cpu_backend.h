@@ -39,6 +39,17 @@ class CpuBackend final : public Backend {
   TS_OVERRIDE(scale)
 };
 
+// The fp32 GEMM's blocking, for kernels that call it in pieces (attention in blocks of query rows, nn.cpp):
+// each element's sum is formed a depth panel of kGemmDepthPanel terms at a time, each panel's sum added to C,
+// so a caller that splits the depth at the same points reproduces the GEMM's sums bit for bit; the register
+// tile has kGemmTileRows rows, so blocks of whole tiles compute no padded rows.
+constexpr int64_t kGemmDepthPanel = 384;
+#if defined(__AVX512F__)
+constexpr int64_t kGemmTileRows = 12;
+#else
+constexpr int64_t kGemmTileRows = 6;
+#endif
+
 // y [M, N] = x [M, K] · weight [N, K]ᵀ in fp32 (every thread), then after(i0, rows, j0, cols) on each finished
 // block of y, by the thread that finished it while the block is in its cache: a fused op's epilogue.
 using BlockEpilogue = std::function<void(int64_t i0, int64_t rows, int64_t j0, int64_t cols)>;

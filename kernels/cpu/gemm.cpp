@@ -1,7 +1,7 @@
 // CPU GEMM. fp32: the classic packed, cache-blocked design (Goto & van de Geijn, "Anatomy of
-// High-Performance Matrix Multiplication", 2008): B is packed into KC×NR panels that stay in L2/L3, A
+// High-Performance Matrix Multiplication", 2008): B is packed into KC×NR panels that stay in L2, A
 // into MR×KC micro-panels that stay in L1, and a register-tile micro-kernel written with GCC vector
-// extensions (8 × 32 with AVX-512, 6 × 16 with AVX2, under -march=native) does the arithmetic. Tiles of C
+// extensions (12 × 32 with AVX-512, 6 × 16 with AVX2, under -march=native) does the arithmetic. Tiles of C
 // are spread over the thread pool; a deep product with few tiles splits its depth instead
 // (gemm_f32_depth_split), and one too small to repay the packing runs in place (gemm_direct). bf16: the
 // same blocking around AVX512-BF16 dot products (AMD's default), or the fp32 kernel itself, widening the
@@ -37,22 +37,33 @@ namespace tessera {
 namespace {
 
 // The register tile is MR rows × two vectors, 2·MR accumulators. With AVX-512 a vector is 16 floats and the
-// tile 8 × 32: an Intel Xeon with two 512-bit FMA ports retires twice the multiply-adds of 256-bit code
-// (bench/RESULTS.md: 1.4-2.0× on bench_gemm's shapes; 8 rows level with 12, ahead of 6 and 4). On AMD's
-// Zen 4, which splits a 512-bit FMA into two halves, a 6 × 32 tile ran level with 6 × 16; 8 × 32 has not
-// been measured there. Otherwise (AVX2) a vector is 8 floats and the tile 6 × 16, whose 12 accumulators
-// leave AVX2's 16 registers room for the B row and the broadcast. Each element's sum runs along k in the
-// same order and ends in the same epilogue whatever the tile, so results do not depend on it.
+// tile 12 × 32: an Intel Xeon with two 512-bit FMA ports retires twice the multiply-adds of 256-bit code
+// (bench/RESULTS.md: 1.4-2.0× on bench_gemm's shapes), and 24 accumulators (27 of the 32 registers with the
+// two B vectors and the broadcast) give 12 cycles of FMAs for every two vector loads of B, which streams
+// from L2. On AMD's Zen 4, which splits a 512-bit FMA into two halves, a 6 × 32 tile ran level with 6 × 16;
+// 12 × 32 has not been measured there. Otherwise (AVX2) a vector is 8 floats and the tile 6 × 16, whose 12
+// accumulators leave AVX2's 16 registers room for the B row and the broadcast. Each element's sum runs
+// along k in the same order and ends in the same epilogue whatever the tile, so results do not depend on it.
+//
+// The loops around the kernel (gemm_f32): for a task of MC rows × NC_TASK columns, each A micro-panel
+// (MR × KC: 18 KiB with AVX-512) stays in L1 while the kernel runs it against every B micro-panel of the
+// task (KC × NR, 48 KiB each, 384 KiB a task, from L2, fetched ahead in the kernel); the task's A block
+// (MC × KC, 144 KiB) stays in L2 across the tasks that share it. A deeper KC means fewer passes over C
+// (two for K = 768 instead of three). This replaced an 8 × 32 tile whose B micro-panel was to stay in L1
+// (KC 256): it filled 32 of L1's 48 KiB, A's stream and C's lines evicted it, and the kernel, 98 % of the
+// FMA peak on its own, ran at ~82 % inside the GEMM (bench/RESULTS.md, session 18).
 #if defined(__AVX512F__)
-constexpr int64_t kVecFloats = 16, MR = 8;
+constexpr int64_t kVecFloats = 16;
 #else
-constexpr int64_t kVecFloats = 8, MR = 6;
+constexpr int64_t kVecFloats = 8;
 #endif
+constexpr int64_t MR = kGemmTileRows;  // 12 with AVX-512, else 6 (cpu_backend.h)
 typedef float vec __attribute__((vector_size(kVecFloats * sizeof(float))));
 constexpr int64_t NR = 2 * kVecFloats;
-constexpr int64_t KC = 256;         // depth of a packed panel: an MR×KC A panel (6-8 KiB) stays in L1
-constexpr int64_t MC = 96;          // rows of A packed per task: 96×256×4 = 96 KiB (L2)
-constexpr int64_t NC_TASK = 256;    // columns of C per task
+constexpr int64_t KC = kGemmDepthPanel;  // depth of a packed panel (384)
+constexpr int64_t MC = 96;               // rows of A packed per task: 96×384×4 = 144 KiB (L2)
+constexpr int64_t NC_TASK = 256;         // columns of C per task
+constexpr int64_t kBPrefetchDepths = 8;  // the kernel asks for B's row k + 8 (1 KiB ahead) at row k
 static_assert(MC % MR == 0 && NC_TASK % NR == 0, "a task's rows and columns are whole micro-panels");
 
 // Scratch that is written in full before it is read (packed panels, depth slices' partial sums): a
@@ -81,12 +92,12 @@ template <typename E> [[gnu::always_inline]] inline void widen_into(const E* src
 }
 
 #if defined(__AVX512F__)
-// dst[c·ldd + r] = src[r·lds + c] for a 16 × 16 block, in registers: pairs of rows interleaved by 32 then
-// 64 bits (each 128-bit lane then holds 4 rows of one column), and the 128-bit lanes transposed as a 4 × 4
-// block. 64 shuffles per 256 floats, against a scalar loop's 256 strided stores.
-inline void transpose16x16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+// col[c][r] = src[r·lds + c] for r < rows (zero past them) and c < 16, in registers: pairs of rows
+// interleaved by 32 then 64 bits (each 128-bit lane then holds 4 rows of one column), and the 128-bit lanes
+// transposed as a 4 × 4 block. 64 shuffles per 256 floats, against a scalar loop's 256 strided stores.
+[[gnu::always_inline]] inline void transpose16(const float* src, int64_t lds, int rows, __m512 (&col)[16]) {
   __m512 r[16], t[16];
-  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
+  for (int i = 0; i < 16; ++i) r[i] = i < rows ? _mm512_loadu_ps(src + i * lds) : _mm512_setzero_ps();
   for (int i = 0; i < 16; i += 2) {  // lane L: (r_i[4L], r_i+1[4L], r_i[4L+1], r_i+1[4L+1]), then 4L+2, 4L+3
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
@@ -103,41 +114,36 @@ inline void transpose16x16(const float* src, int64_t lds, float* dst, int64_t ld
     const __m512 v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
     const __m512 v2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
     const __m512 v3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
-    _mm512_storeu_ps(dst + (c + 0) * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
-    _mm512_storeu_ps(dst + (c + 4) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xDD));
-    _mm512_storeu_ps(dst + (c + 8) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
-    _mm512_storeu_ps(dst + (c + 12) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+    col[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    col[c + 4] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+    col[c + 8] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    col[c + 12] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
   }
 }
 
-// The 8 × 16 block src[r·lds + c] (r < 8, c < 16) stored column by column: dst[c·8 + r], an A micro-panel's
-// layout for 16 depths. The first two steps as above leave, per 128-bit lane L, rows 0-3 (u) and 4-7 (w)
-// of column 4L + c; each 64-byte store then takes two columns' halves from them.
-inline void transpose8x16(const float* src, int64_t lds, float* dst) {
-  __m512 r[8], t[8], u[4], w[4];
-  for (int i = 0; i < 8; ++i) r[i] = _mm512_loadu_ps(src + i * lds);
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  const auto pd = [](__m512 x) { return _mm512_castps_pd(x); };
-  const auto ps = [](__m512d x) { return _mm512_castpd_ps(x); };
-  for (int h = 0; h < 2; ++h) {
-    __m512* out = h == 0 ? u : w;
-    const __m512* in = t + 4 * h;
-    out[0] = ps(_mm512_unpacklo_pd(pd(in[0]), pd(in[2])));
-    out[1] = ps(_mm512_unpackhi_pd(pd(in[0]), pd(in[2])));
-    out[2] = ps(_mm512_unpacklo_pd(pd(in[1]), pd(in[3])));
-    out[3] = ps(_mm512_unpackhi_pd(pd(in[1]), pd(in[3])));
-  }
-  for (int c = 0; c < 4; c += 2) {  // columns 4L + c and 4L + c + 1 share the store 2L + c/2
-    const __m512 x0 = _mm512_shuffle_f32x4(u[c], w[c], 0x44), y0 = _mm512_shuffle_f32x4(u[c], w[c], 0xEE);
-    const __m512 x1 = _mm512_shuffle_f32x4(u[c + 1], w[c + 1], 0x44);
-    const __m512 y1 = _mm512_shuffle_f32x4(u[c + 1], w[c + 1], 0xEE);
-    _mm512_storeu_ps(dst + (0 + c / 2) * 16, _mm512_shuffle_f32x4(x0, x1, 0x88));
-    _mm512_storeu_ps(dst + (2 + c / 2) * 16, _mm512_shuffle_f32x4(x0, x1, 0xDD));
-    _mm512_storeu_ps(dst + (4 + c / 2) * 16, _mm512_shuffle_f32x4(y0, y1, 0x88));
-    _mm512_storeu_ps(dst + (6 + c / 2) * 16, _mm512_shuffle_f32x4(y0, y1, 0xDD));
+// B's micro-panel rows: dst[c·ldd + j] = src[j·lds + c], 16 columns j of 16 depths c.
+inline void pack_16x16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m512 col[16];
+  transpose16(src, lds, 16, col);
+  for (int c = 0; c < 16; ++c) _mm512_storeu_ps(dst + c * ldd, col[c]);
+}
+
+// A's micro-panel for 16 depths: dst[c·12 + i] = src[i·lds + c] for 12 rows i, 192 contiguous floats. Every
+// 4 depths fill 3 vectors, each made of two columns by one two-source permute, so the stores are whole
+// vectors (masked stores of 12 floats 48 bytes apart, most across two cache lines, had made the packing
+// several times slower).
+static_assert(MR == 12, "pack_12x16 packs the AVX-512 tile's 12 rows");
+inline void pack_12x16(const float* src, int64_t lds, float* dst) {
+  __m512 col[16];
+  transpose16(src, lds, 12, col);
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19);  // c 0-11, c+1 0-3
+  const __m512i middle = _mm512_setr_epi32(4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23);  // 4-11, 0-7
+  const __m512i last = _mm512_setr_epi32(8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27);  // 8-11, 0-11
+  for (int g = 0; g < 4; ++g) {
+    float* out = dst + 48 * g;
+    _mm512_storeu_ps(out, _mm512_permutex2var_ps(col[4 * g], first, col[4 * g + 1]));
+    _mm512_storeu_ps(out + 16, _mm512_permutex2var_ps(col[4 * g + 1], middle, col[4 * g + 2]));
+    _mm512_storeu_ps(out + 32, _mm512_permutex2var_ps(col[4 * g + 2], last, col[4 * g + 3]));
   }
 }
 #endif
@@ -157,14 +163,13 @@ void pack_a(const Operand<E>& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
       const E* r = A.p + (i0 + ir) * A.ld + k0;
       int64_t k = 0;
 #if defined(__AVX512F__)
-      static_assert(MR == 8, "transpose8x16 packs 8 rows");
       for (; k + 16 <= kc; k += 16) {
         if constexpr (std::is_same_v<E, float>) {
-          transpose8x16(r + k, A.ld, panel + k * MR);
+          pack_12x16(r + k, A.ld, panel + k * MR);
         } else {
           alignas(64) float block[MR][16];
           for (int64_t i = 0; i < MR; ++i) widen_into(r + i * A.ld + k, 16, block[i]);
-          transpose8x16(&block[0][0], 16, panel + k * MR);
+          pack_12x16(&block[0][0], 16, panel + k * MR);
         }
       }
 #endif
@@ -193,11 +198,11 @@ void pack_b(const Operand<E>& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
         for (int64_t h = 0; h < NR; h += 16) {
           const E* block = B.p + (j0 + jr + h) * B.ld + k0 + k;
           if constexpr (std::is_same_v<E, float>) {
-            transpose16x16(block, B.ld, panel + k * NR + h, NR);
+            pack_16x16(block, B.ld, panel + k * NR + h, NR);
           } else {
             alignas(64) float wide[16][16];
             for (int64_t j = 0; j < 16; ++j) widen_into(block + j * B.ld, 16, wide[j]);
-            transpose16x16(&wide[0][0], 16, panel + k * NR + h, NR);
+            pack_16x16(&wide[0][0], 16, panel + k * NR + h, NR);
           }
         }
 #endif
@@ -232,6 +237,10 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
     vec b0, b1;
     std::memcpy(&b0, Bp + k * NR, sizeof(vec));
     std::memcpy(&b1, Bp + k * NR + kVecFloats, sizeof(vec));
+    // B's micro-panel streams from L2: ask for its row k + 8 now (past the panel's end: the next panel's
+    // start, which the next call reads; a prefetch never faults).
+    __builtin_prefetch(Bp + (k + kBPrefetchDepths) * NR);
+    __builtin_prefetch(Bp + (k + kBPrefetchDepths) * NR + kVecFloats);
     for (int64_t i = 0; i < MR; ++i) {
       float a = Ap[k * MR + i];
       c[i][0] += a * b0;
@@ -256,7 +265,7 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
   if (bias) std::memcpy(vbias, bias, size_t(cols) * sizeof(float));
   // Unrolled whole, the accumulators are stored straight from their registers (a loop kept the tile in a
   // zeroed stack array that every call cleared, spilled to and reloaded).
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int64_t i = 0; i < MR; ++i)
 #pragma GCC unroll 2
     for (int64_t h = 0; h < 2; ++h) {
@@ -284,8 +293,9 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
     for (int64_t i = 0; i < rows; ++i) std::memcpy(C + i * ldc, edge[i], size_t(cols) * sizeof(float));
 }
 
-// Depth slices for a deep product with few output tiles: 4 packed panels each.
-constexpr int64_t KSLICE = 4 * KC;
+// Depth slices for a deep product with few output tiles, 1024 deep (at 4·KC = 1536, cvt-tiny's weight
+// gradients, 32 or 128 × 8192 × 32, had fewer slices to spread and ran 10 % slower on 2 threads).
+constexpr int64_t KSLICE = 1024;
 
 template <typename E> Operand<E> depth_window(const Operand<E>& X, int64_t k0, bool depth_is_row) {  // op(X) from depth k0 on
   const bool rows = depth_is_row != X.trans;  // is the depth index a row of the stored matrix?
@@ -427,8 +437,8 @@ void gemm_f32(const Operand<E>& A, const Operand<E>& B, float* C, int64_t M, int
         int64_t mc = std::min(mc_rows, M - i0), nc = std::min(NC_TASK, N - j0);
         if (i0 != packed_i0) pack_a(A, i0, mc, k0, kc, Ap.get());
         packed_i0 = i0;
-        for (int64_t jr = 0; jr < nc; jr += NR)
-          for (int64_t ir = 0; ir < mc; ir += MR)
+        for (int64_t ir = 0; ir < mc; ir += MR)  // A's micro-panel in L1, B's panels streamed from L2
+          for (int64_t jr = 0; jr < nc; jr += NR)
             micro_kernel(kc, Ap.get() + (ir / MR) * kc * MR, Bp.get() + ((j0 + jr) / NR) * kc * NR,
                          C + (i0 + ir) * N + j0 + jr, N, std::min(MR, mc - ir), std::min(NR, nc - jr),
                          alpha, beta_k, bias_k ? bias_k + j0 + jr : nullptr);
@@ -828,8 +838,8 @@ void gemm_f32_packed(const float* A, int64_t lda, bool trans_a, const PackedB& B
     for (int64_t i0 = 0; i0 < M; i0 += MC) {
       const int64_t mc = std::min(MC, M - i0);
       pack_a(Operand<float>{A, lda, trans_a}, i0, mc, k0, kc, Ap.data());
-      for (int64_t p = 0; p < n_panels; ++p)
-        for (int64_t ir = 0; ir < mc; ir += MR)
+      for (int64_t ir = 0; ir < mc; ir += MR)
+        for (int64_t p = 0; p < n_panels; ++p)
           micro_kernel(kc, Ap.data() + (ir / MR) * kc * MR, bk + p * kc * NR, C + (i0 + ir) * ldc + p * NR, ldc,
                        std::min(MR, mc - ir), std::min(NR, B.N - p * NR), alpha, beta_k, nullptr);
     }

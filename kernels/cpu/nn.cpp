@@ -1380,10 +1380,11 @@ void row_heads_backward(const float* dout, const float* q, const float* k, const
 void blocked_heads_forward(const float* q, const float* k, const float* v, float scale, int64_t BH, int64_t Tq,
                            int64_t Tk, int64_t D, float* out, const Stat& sl, const HeadRows& qrows,
                            const HeadRows& krows) {
-  // A block's scores: up to 2^16 floats (256 KiB), whole micro-panels of 8 rows, at least 64 rows. Fewer
-  // rows than fit would reload the packed K's panels into L1 for fewer rows each (ViT-B/16's 197 × 197
+  // A block's scores: up to 2^16 floats (256 KiB), whole register tiles of the GEMM's rows, at least 64
+  // rows. Fewer rows than fit would stream the packed K's panels for fewer rows each (ViT-B/16's 197 × 197
   // heads ran 3 % slower in blocks of 64 than whole).
-  const int64_t kRows = std::min(Tq, std::max<int64_t>(64, (int64_t(1) << 16) / Tk / 8 * 8));
+  const int64_t kRows =
+      std::min(Tq, std::max<int64_t>(64, (int64_t(1) << 16) / Tk / kGemmTileRows * kGemmTileRows));
   const int64_t blocks = (Tq + kRows - 1) / kRows;
   parallel_for(BH * blocks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> s(static_cast<size_t>(kRows * Tk));  // kRows <= Tq
@@ -1404,14 +1405,14 @@ void blocked_heads_forward(const float* q, const float* k, const float* v, float
   });
 }
 
-// The backward of those heads, a head per task (dK and dV sum over all of its queries), in blocks of 256
-// query rows: one depth panel each of the GEMM route's dV = Pᵀ·dO and dK = scale·dSᵀ·Q, so that every sum
+// The backward of those heads, a head per task (dK and dV sum over all of its queries), in blocks of
+// kGemmDepthPanel (384) query rows: one depth panel each of the GEMM route's dV = Pᵀ·dO and dK = scale·dSᵀ·Q, so that every sum
 // keeps that route's terms and order, and the results its bits (as in the forward); K, Kᵀ and Vᵀ packed once
 // per head, a block's P and dS kept in cache between their products:
 //   P = exp(scale·Q_b·Kᵀ − lse), dP = dO_b·Vᵀ, dS = P ⊙ (dP − rowsum(dO ⊙ O)),
 //   dQ_b = scale·dS·K, dV += P_bᵀ·dO_b, dK += scale·dS_bᵀ·Q_b.
 // With fewer than two heads a thread, the GEMM route instead (its products spread over the threads).
-constexpr int64_t kBlockedBackwardRows = 256;  // the GEMM's depth panel, KC
+constexpr int64_t kBlockedBackwardRows = kGemmDepthPanel;
 bool blocked_backward_pays(int64_t BH) { return BH >= 2 * int64_t(num_threads()); }
 
 void blocked_heads_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
