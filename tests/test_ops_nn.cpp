@@ -848,8 +848,8 @@ TEST_CASE("drop_path with a residual: residual + drop_path(x), the same mask as 
 // values (the composite on split copies, the CPU's kernel in place), so they must agree exactly; past 32
 // keys the forward reads the heads in place in blocks of query rows and the composite runs the same blocks
 // on its copies (exact again; 1000 queries over 300 keys are blocks of 216 and a part block); so does the
-// backward with two heads a thread or more (600 queries: blocks of 256 and a part block), and with fewer it
-// is the composite's on both sides.
+// backward with two heads a thread or more (600 queries: a block of kGemmDepthPanel = 384 and a part
+// block), and with fewer it is the composite's on both sides.
 // drop_path, f64 and f32: both round the product x·s and then the sum with the residual, so exactly equal.
 // linear_gelu, f32: the same GEMM sums, then the same roundings and GELU (in the epilogue or in bias_gelu's
 // pass), so y and h are exactly equal, with h kept or not; shapes of one block, many blocks over several

@@ -132,20 +132,32 @@ inline void pack_16x16(const float* src, int64_t lds, float* dst, int64_t ldd) {
 // 4 depths fill 3 vectors, each made of two columns by one two-source permute, so the stores are whole
 // vectors (masked stores of 12 floats 48 bytes apart, most across two cache lines, had made the packing
 // several times slower).
-static_assert(MR == 12, "pack_12x16 packs the AVX-512 tile's 12 rows");
-inline void pack_12x16(const float* src, int64_t lds, float* dst) {
-  __m512 col[16];
-  transpose16(src, lds, 12, col);
+static_assert(MR == 12, "the AVX-512 packing writes 12-row panels");
+// Lanes 0-11 of four vectors (four depths of a panel) as 48 contiguous floats: three whole-vector stores.
+[[gnu::always_inline]] inline void store_4x12(const __m512 (&c)[4], float* dst) {
   const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19);  // c 0-11, c+1 0-3
   const __m512i middle = _mm512_setr_epi32(4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23);  // 4-11, 0-7
   const __m512i last = _mm512_setr_epi32(8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27);  // 8-11, 0-11
-  for (int g = 0; g < 4; ++g) {
-    float* out = dst + 48 * g;
-    _mm512_storeu_ps(out, _mm512_permutex2var_ps(col[4 * g], first, col[4 * g + 1]));
-    _mm512_storeu_ps(out + 16, _mm512_permutex2var_ps(col[4 * g + 1], middle, col[4 * g + 2]));
-    _mm512_storeu_ps(out + 32, _mm512_permutex2var_ps(col[4 * g + 2], last, col[4 * g + 3]));
-  }
+  _mm512_storeu_ps(dst, _mm512_permutex2var_ps(c[0], first, c[1]));
+  _mm512_storeu_ps(dst + 16, _mm512_permutex2var_ps(c[1], middle, c[2]));
+  _mm512_storeu_ps(dst + 32, _mm512_permutex2var_ps(c[2], last, c[3]));
 }
+inline void pack_12x16(const float* src, int64_t lds, float* dst) {
+  __m512 col[16];
+  transpose16(src, lds, 12, col);
+  for (int g = 0; g < 4; ++g) store_4x12({col[4 * g], col[4 * g + 1], col[4 * g + 2], col[4 * g + 3]}, dst + 48 * g);
+}
+// 12 consecutive elements as fp32 in lanes 0-11 (the rest zero), read under a mask: a transposed A's depth.
+[[gnu::always_inline]] inline __m512 load12(const float* p) { return _mm512_maskz_loadu_ps(0x0FFF, p); }
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+constexpr bool kLoad12Bf16 = true;
+[[gnu::always_inline]] inline __m512 load12(const uint16_t* p) {  // bf16's bits, widened: bits << 16
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(0x0FFF, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+#else
+constexpr bool kLoad12Bf16 = false;
+#endif
 #endif
 
 // Packs op(A)[i0:i0+mc, k0:k0+kc] into MR-row micro-panels, k-major inside each: dst[(i/MR)*kc*MR + k*MR + i%MR].
@@ -158,7 +170,17 @@ void pack_a(const Operand<E>& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
     float* panel = dst + (ir / MR) * kc * MR;
     const int64_t rows = std::min(MR, mc - ir);
     if (rows == MR && A.trans) {
-      for (int64_t k = 0; k < kc; ++k) widen_into(A.p + (k0 + k) * A.ld + i0 + ir, MR, panel + k * MR);
+      int64_t k = 0;
+#if defined(__AVX512F__)
+      // Four depths at a time, whole-vector stores (12-element copies, bf16 ones above all, had been most of
+      // a weight gradient's time: with N = 32 the packing is as much work as the products).
+      if constexpr (std::is_same_v<E, float> || kLoad12Bf16)
+        for (; k + 4 <= kc; k += 4) {
+          const E* at = A.p + (k0 + k) * A.ld + i0 + ir;
+          store_4x12({load12(at), load12(at + A.ld), load12(at + 2 * A.ld), load12(at + 3 * A.ld)}, panel + k * MR);
+        }
+#endif
+      for (; k < kc; ++k) widen_into(A.p + (k0 + k) * A.ld + i0 + ir, MR, panel + k * MR);
     } else if (rows == MR) {
       const E* r = A.p + (i0 + ir) * A.ld + k0;
       int64_t k = 0;
@@ -175,9 +197,16 @@ void pack_a(const Operand<E>& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
 #endif
       for (; k < kc; ++k)
         for (int64_t i = 0; i < MR; ++i) panel[k * MR + i] = widen_element(r[i * A.ld + k]);
-    } else {
-      for (int64_t k = 0; k < kc; ++k)
-        for (int64_t i = 0; i < MR; ++i) panel[k * MR + i] = i < rows ? A.at(i0 + ir + i, k0 + k) : 0.f;
+    } else {  // an edge panel, zero past its rows: with 12-row tiles most small products have one (32 = 12 + 12 + 8)
+      std::fill(panel, panel + kc * MR, 0.f);
+      if (A.trans) {
+        for (int64_t k = 0; k < kc; ++k) widen_into(A.p + (k0 + k) * A.ld + i0 + ir, rows, panel + k * MR);
+      } else {
+        for (int64_t i = 0; i < rows; ++i) {
+          const E* r = A.p + (i0 + ir + i) * A.ld + k0;
+          for (int64_t k = 0; k < kc; ++k) panel[k * MR + i] = widen_element(r[k]);
+        }
+      }
     }
   }
 }
