@@ -262,20 +262,27 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
     __builtin_prefetch(C + i * ldc + cols - 1, 1);
   }
   vec c[MR][2] = {};
-  for (int64_t k = 0; k < kc; ++k) {
-    vec b0, b1;
-    std::memcpy(&b0, Bp + k * NR, sizeof(vec));
-    std::memcpy(&b1, Bp + k * NR + kVecFloats, sizeof(vec));
-    // B's micro-panel streams from L2: ask for its row k + 8 now (past the panel's end: the next panel's
-    // start, which the next call reads; a prefetch never faults).
-    __builtin_prefetch(Bp + (k + kBPrefetchDepths) * NR);
-    __builtin_prefetch(Bp + (k + kBPrefetchDepths) * NR + kVecFloats);
-    for (int64_t i = 0; i < MR; ++i) {
-      float a = Ap[k * MR + i];
-      c[i][0] += a * b0;
-      c[i][1] += a * b1;
+  const auto depth_loop = [&](auto prefetch_b) {
+    for (int64_t k = 0; k < kc; ++k) {
+      vec b0, b1;
+      std::memcpy(&b0, Bp + k * NR, sizeof(vec));
+      std::memcpy(&b1, Bp + k * NR + kVecFloats, sizeof(vec));
+      if constexpr (prefetch_b) {  // B's row k + 8 (past the panel's end: the next panel's start, which the
+        __builtin_prefetch(Bp + (k + kBPrefetchDepths) * NR);  // next call reads; a prefetch never faults)
+        __builtin_prefetch(Bp + (k + kBPrefetchDepths) * NR + kVecFloats);
+      }
+      for (int64_t i = 0; i < MR; ++i) {
+        float a = Ap[k * MR + i];
+        c[i][0] += a * b0;
+        c[i][1] += a * b1;
+      }
     }
-  }
+  };
+  // A deep B micro-panel (32 KiB and more) streams from L2 and is fetched ahead (+3 % on 1576 × 768 × 3072);
+  // a shallow one stays in cache, where the prefetches only cost issue slots (-5 % on cvt-tiny's 32-deep
+  // 8192 × 32 × 128).
+  if (kc >= 256) depth_loop(std::true_type{});
+  else depth_loop(std::false_type{});
   // alpha·sum + beta·C by one vector formula for every element, in a whole tile or an edge one (through a
   // zero-padded copy): which elements sit in an edge tile depends on MR and NR, and a second, scalar
   // formula would round them differently, so results would depend on the tile. Vector stores also matter
