@@ -197,7 +197,7 @@ void pack_a(const Operand<E>& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc,
 #endif
       for (; k < kc; ++k)
         for (int64_t i = 0; i < MR; ++i) panel[k * MR + i] = widen_element(r[i * A.ld + k]);
-    } else {  // an edge panel, zero past its rows: with 12-row tiles most small products have one (32 = 12 + 12 + 8)
+    } else {  // an edge panel, zero past its rows (with 12-row tiles most small products have one: 32 = 12 + 12 + 8)
       std::fill(panel, panel + kc * MR, 0.f);
       if (A.trans) {
         for (int64_t k = 0; k < kc; ++k) widen_into(A.p + (k0 + k) * A.ld + i0 + ir, rows, panel + k * MR);

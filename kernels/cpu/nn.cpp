@@ -1406,9 +1406,9 @@ void blocked_heads_forward(const float* q, const float* k, const float* v, float
 }
 
 // The backward of those heads, a head per task (dK and dV sum over all of its queries), in blocks of
-// kGemmDepthPanel (384) query rows: one depth panel each of the GEMM route's dV = Pᵀ·dO and dK = scale·dSᵀ·Q, so that every sum
-// keeps that route's terms and order, and the results its bits (as in the forward); K, Kᵀ and Vᵀ packed once
-// per head, a block's P and dS kept in cache between their products:
+// kGemmDepthPanel (384) query rows: one depth panel each of the GEMM route's dV = Pᵀ·dO and
+// dK = scale·dSᵀ·Q, so that every sum keeps that route's terms and order, and the results its bits (as in
+// the forward); K, Kᵀ and Vᵀ packed once per head, a block's P and dS kept in cache between their products:
 //   P = exp(scale·Q_b·Kᵀ − lse), dP = dO_b·Vᵀ, dS = P ⊙ (dP − rowsum(dO ⊙ O)),
 //   dQ_b = scale·dS·K, dV += P_bᵀ·dO_b, dK += scale·dS_bᵀ·Q_b.
 // With fewer than two heads a thread, the GEMM route instead (its products spread over the threads).
