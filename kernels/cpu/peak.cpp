@@ -5,14 +5,13 @@
 // (2) needs at least 8 chains in flight; 12 leave slack. Nothing is loaded or stored inside the loop.
 // Clocks under all-core vector load are what GEMMs see too, which is why the ceiling is measured rather
 // than taken from a datasheet.
-#include <immintrin.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <thread>
 #include <vector>
 
+#include "kernels/cpu/intrinsics.h"
 #include "kernels/devices.h"
 
 namespace tessera {
