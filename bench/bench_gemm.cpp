@@ -34,14 +34,17 @@ bool use(benchmark::State& state, Kind kind) {
   return true;
 }
 
-template <Kind kind> void BM_tessera_gemm(benchmark::State& state) {
+// A linear layer's products: the forward y [M, N] = x [M, K]·Wᵀ, the weight stored [N, K] = [out, in] and used
+// transposed (no copy); with `data_grad`, a backward's dX [M, N] = dY [M, K]·W for a weight stored [K, N] =
+// [out, in], read as stored (B's rows contiguous: another packing path).
+template <Kind kind, bool data_grad = false> void BM_tessera_gemm(benchmark::State& state) {
   if (!use(state, kind)) return;
   int64_t M = state.range(0), K = state.range(1), N = state.range(2);
   const DType dt = kind == Kind::fp32 ? DType::f32 : DType::bf16;
   Generator gen(1);
-  Tensor a = gen.uniform({M, K}).to(dt), b = gen.uniform({N, K}).to(dt);
-  Tensor bt = b.transpose(0, 1);  // linear's layout: weight [out, in] used transposed, no copy
-  for (auto _ : state) benchmark::DoNotOptimize(matmul(a, bt).raw_data());
+  Tensor a = gen.uniform({M, K}).to(dt);
+  Tensor b = data_grad ? gen.uniform({K, N}).to(dt) : gen.uniform({N, K}).to(dt).transpose(0, 1);
+  for (auto _ : state) benchmark::DoNotOptimize(matmul(a, b).raw_data());
   set_flops(state, M, N, K);
 }
 
@@ -87,9 +90,10 @@ void shapes(benchmark::internal::Benchmark* b) {
 }
 
 // {out, tokens, in}: cvt-tiny's first stage at 64 px, batch 32 (8192 tokens of 32 channels, its MLP's 32→128),
-// and CvT-13's last stage over a batch of 8 (1,576 tokens, 384→384).
+// and CvT-13's last stage over a batch of 8 (1,576 tokens: 384→384, and its MLP's 384→1536 and 1536→384).
 void weight_grad_shapes(benchmark::internal::Benchmark* b) {
-  b->Args({32, 8192, 32})->Args({128, 8192, 32})->Args({384, 1576, 384});
+  b->Args({32, 8192, 32})->Args({128, 8192, 32})->Args({384, 1576, 384})->Args({1536, 1576, 384});
+  b->Args({384, 1576, 1536});
   b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
@@ -101,5 +105,6 @@ BENCHMARK(BM_tessera_gemm<Kind::bf16_widened>)->Apply(shapes);
 BENCHMARK(BM_tessera_gemm_weight_grad<Kind::fp32>)->Apply(weight_grad_shapes);
 BENCHMARK(BM_tessera_gemm_weight_grad<Kind::bf16_dot>)->Apply(weight_grad_shapes);
 BENCHMARK(BM_tessera_gemm_weight_grad<Kind::bf16_widened>)->Apply(weight_grad_shapes);
+BENCHMARK(BM_tessera_gemm<Kind::fp32, true>)->Apply(shapes);
 BENCHMARK(BM_naive_gemm)->Apply(shapes);
 BENCHMARK_MAIN();

@@ -1164,7 +1164,7 @@ void for_heads(int64_t BH, int64_t Tq, int64_t Tk, DType dt, int n_buffers, cons
 // 16-lane sum added up one lane at a time and a separate pass to sum. Double rows use std::exp.
 template <typename T> double softmax_row(T* row, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
-    using cpu::f32x16, cpu::f32x8, cpu::f64x8;
+    using cpu::f32x16, cpu::f64x8;
     constexpr int64_t L = cpu::kF32Lanes;
     const float lowest = -std::numeric_limits<float>::infinity();
     int64_t j = 0;
@@ -1181,12 +1181,11 @@ template <typename T> double softmax_row(T* row, int64_t n) {
     for (; j < n; ++j) m = std::max(m, row[j]);
     f64x8 lo = {}, hi = {};
     for (j = 0; j + L <= n; j += L) {
-      float e[L];
-      for (int64_t l = 0; l < L; ++l) e[l] = cpu::exp_float(row[j + l] - m);
-      std::memcpy(row + j, e, sizeof e);
-      f32x8 e0, e1;
-      std::memcpy(&e0, e, sizeof e0), std::memcpy(&e1, e + 8, sizeof e1);
-      lo += __builtin_convertvector(e0, f64x8), hi += __builtin_convertvector(e1, f64x8);
+      const f32x16 x = cpu::load16(row + j) - m;
+      f32x16 e;
+      for (int64_t l = 0; l < L; ++l) e[l] = cpu::exp_float(x[l]);
+      cpu::store16(row + j, e);
+      lo += cpu::widen_low8(e), hi += cpu::widen_high8(e);
     }
     double d[8];
     lo += hi;
