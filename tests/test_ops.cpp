@@ -108,6 +108,38 @@ TEST_CASE("matmul f32 matches a naive loop at edge and blocked sizes, any transp
   }
 }
 
+// A product's bits must not depend on the thread count: a batch of at least one small matrix a thread runs each
+// matrix on one thread, while a matrix alone is spread over the threads, a deep one with few output tiles by
+// depth slices (1024 deep) summed in order. Whether the depth is split must follow from the shape alone, or
+// the same weight gradient would differ between machines (it did: split on two threads, not on one). Shapes
+// deep enough to split (K ≥ 2048) and small enough to run batched (M·N·K < 2^21), A as stored and transposed
+// (a weight gradient's dYᵀ), fp32 and bf16 (both kernels). On a single thread both sides run serially.
+TEST_CASE("matmul: a matrix alone and in a batch of one a thread give the same bits") {
+  Generator gen(19);
+  const CpuBf16DotProductsRestorer restore;
+  for (const bool dot : {true, false}) {
+    set_cpu_bf16_dot_products(dot);
+    for (DType dt : {DType::f32, DType::bf16})
+      for (auto [M, K, N] : {std::array<int64_t, 3>{5, 2100, 7}, {24, 4100, 16}, {1, 2500, 40}}) {
+        if (dt == DType::f32 && !dot) continue;  // the switch only concerns bf16
+        const std::string kernel = std::string(dtype_name(dt)) + (dot ? "" : " widened");
+        INFO(kernel << " M=" << M << " K=" << K << " N=" << N);
+        const Tensor a = gen.uniform({M, K}, -1, 1).to(dt), at = gen.uniform({K, M}, -1, 1).to(dt),
+                     b = gen.uniform({K, N}, -1, 1).to(dt);
+        const int64_t batch = std::max(2, num_threads());
+        auto batched = [&](const Tensor& x) { return concat(std::vector<Tensor>(size_t(batch), x.unsqueeze(0)), 0); };
+        for (const bool transposed : {false, true}) {
+          const Tensor lhs = transposed ? at.transpose(0, 1) : a;
+          const Tensor lhs3 = transposed ? batched(at).transpose(1, 2) : batched(a);
+          const Tensor alone = matmul(lhs, b), in_batch = matmul(lhs3, batched(b));
+          INFO("transposed A: " << transposed);
+          for (int64_t i : {int64_t(0), batch - 1})
+            CHECK(in_batch.select(0, i).to_vector<double>() == alone.to_vector<double>());
+        }
+      }
+  }
+}
+
 // The CPU's bf16 GEMM through the backend, where the op layer never goes (alpha, beta ≠ 0, a broadcast
 // matrix): integers in [-3, 3] make every product and sum exact in fp32 and alpha 0.5, beta −1.5 keep the
 // epilogue exact, so the result must equal the exact one rounded once to bf16. Layouts cover both

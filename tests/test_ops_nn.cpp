@@ -14,6 +14,7 @@
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "engine/core/backend.h"
+#include "engine/core/parallel.h"
 #include "tests/gradcheck.h"
 
 using namespace tessera;
@@ -632,6 +633,35 @@ TEST_CASE("scaled_dot_product_attention: the CPU's route past 32 keys equals the
         CHECK_CLOSE(route[i], composite[i], dt == DType::f64 ? 1e-11 : 1e-3, 0);
       }
     }
+}
+
+// Which route a head's backward takes depends on the thread count (blocks of query rows with two heads a
+// thread or more, the GEMM route's batched products with fewer), so the two must give the same bits, or a
+// training run's gradients would differ between machines: one head alone against the same head in a batch of
+// two a thread. 600 queries over 300 keys take each route; 2100 queries over 40 keys of 8 channels are a
+// product the GEMM splits by depth (gemm_splits_depth), which the blocks do not mirror, so such heads take the
+// GEMM route in both (the blocks had taken them and differed). On one thread the batch is 2 heads.
+TEST_CASE("scaled_dot_product_attention backward: a head alone and in a batch of heads give the same bits") {
+  Generator gen(15);
+  for (auto [Tq, Tk, D] : {std::array<int64_t, 3>{600, 300, 8}, {2100, 40, 8}, {50, 300, 37}}) {
+    CAPTURE(Tq);
+    CAPTURE(Tk);
+    const Tensor q0 = gen.uniform({1, 1, Tq, D}, -1, 1), k0 = gen.uniform({1, 1, Tk, D}, -1, 1),
+                 v0 = gen.uniform({1, 1, Tk, D}, -1, 1), w0 = gen.uniform({1, 1, Tq, D}, -1, 1);
+    auto grads = [&](int64_t heads) {
+      auto copies = [&](const Tensor& x) { return concat(std::vector<Tensor>(size_t(heads), x), 0); };
+      Tensor q = copies(q0).set_requires_grad(true), k = copies(k0).set_requires_grad(true),
+             v = copies(v0).set_requires_grad(true);
+      sum(scaled_dot_product_attention(q, k, v, 0.35) * copies(w0)).backward();
+      return std::vector<Tensor>{q.grad(), k.grad(), v.grad()};
+    };
+    const std::vector<Tensor> alone = grads(1), batched = grads(2 * num_threads());
+    for (size_t i = 0; i < alone.size(); ++i) {
+      CAPTURE(i);
+      CHECK(batched[i].select(0, 0).to_vector<float>() == alone[i].select(0, 0).to_vector<float>());
+      CHECK(batched[i].select(0, batched[i].size(0) - 1).to_vector<float>() == alone[i].select(0, 0).to_vector<float>());
+    }
+  }
 }
 
 // linear with a residual: the CPU adds it to each finished block of the product (f32) or after the GEMM

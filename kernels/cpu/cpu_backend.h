@@ -50,6 +50,12 @@ constexpr int64_t kGemmTileRows = 12;
 constexpr int64_t kGemmTileRows = 6;
 #endif
 
+// Whether the GEMM sums an M × N product's depth in slices (1024 deep, added in order), which changes the
+// sums' order: deep products with few output blocks, whose tiles alone would keep one or two threads busy
+// (weight gradients: dW = dYᵀ·X over every token). A function of the shape alone, never of the thread count
+// or of whether the product runs inside a parallel region, so a product's bits are the same on every machine.
+bool gemm_splits_depth(int64_t M, int64_t N, int64_t K);
+
 // y [M, N] = x [M, K] · weight [N, K]ᵀ in fp32 (every thread), then after(i0, rows, j0, cols) on each finished
 // block of y, by the thread that finished it while the block is in its cache: a fused op's epilogue.
 using BlockEpilogue = std::function<void(int64_t i0, int64_t rows, int64_t j0, int64_t cols)>;

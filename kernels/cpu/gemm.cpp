@@ -319,6 +319,15 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
 // gradients, 32 or 128 × 8192 × 32, had fewer slices to spread and ran 10 % slower on 2 threads).
 constexpr int64_t KSLICE = 1024;
 
+}  // namespace
+
+// Two slices deep or more, and fewer than 4 blocks of MC × NC_TASK (a task each) to spread.
+bool gemm_splits_depth(int64_t M, int64_t N, int64_t K) {
+  return K >= 2 * KSLICE && ((M + MC - 1) / MC) * ((N + NC_TASK - 1) / NC_TASK) < 4;
+}
+
+namespace {
+
 template <typename E> Operand<E> depth_window(const Operand<E>& X, int64_t k0, bool depth_is_row) {  // op(X) from depth k0 on
   const bool rows = depth_is_row != X.trans;  // is the depth index a row of the stored matrix?
   return {X.p + (rows ? k0 * X.ld : k0), X.ld, X.trans};
@@ -350,7 +359,7 @@ void pack_then_tiles(bool parallel, int64_t panels, const Pack& pack, int64_t ta
 // C = alpha·Σ_s (A·B over depth slice s) + beta·C, the slices in parallel into private buffers and added in
 // slice order. Weight gradients need it: dW [out, in] = dYᵀ·X sums over every token of the batch (depth in
 // the thousands) into a few tiles, which the tile loop would leave to one thread. The split depends on the
-// shape alone, never on the thread count, so every machine computes the same sums.
+// shape alone (gemm_splits_depth), never on the thread count, so every machine computes the same sums.
 template <typename E>
 void gemm_f32_depth_split(const Operand<E>& A, const Operand<E>& B, float* C, int64_t M, int64_t N, int64_t K,
                           float alpha, float beta, const float* bias, const BlockEpilogue* after) {
@@ -427,7 +436,7 @@ void gemm_f32(const Operand<E>& A, const Operand<E>& B, float* C, int64_t M, int
     if (after) (*after)(0, M, 0, N);
     return;
   }
-  if (parallel && K >= 2 * KSLICE && ((M + MC - 1) / MC) * ((N + NC_TASK - 1) / NC_TASK) < 4)
+  if (gemm_splits_depth(M, N, K))  // also on one thread (serially): the split decides the sums
     return gemm_f32_depth_split(A, B, C, M, N, K, alpha, beta, bias, after);
   int64_t n_panels = (N + NR - 1) / NR;
   const auto Bp = scratch<float>(n_panels * NR * std::min(K, KC));
@@ -707,9 +716,8 @@ void round_into(const float* P, bf16_t* C, int64_t M, int64_t N, float alpha, fl
 // C = bf16(alpha·op(A)·op(B) + beta·C); or, C32 given instead of C, C32 = alpha·op(A)·op(B) in fp32 (beta 0).
 void gemm_bf16(const Operand16& A, const Operand16& B, bf16_t* C, float* C32, int64_t M, int64_t N, int64_t K,
                float alpha, float beta, bool parallel) {
-  const bool few_tiles = ((M + MC16 - 1) / MC16) * ((N + NC16_TASK - 1) / NC16_TASK) < 4;
   const bool native = K > 0 && cpu_bf16_dot_products() && M * N * K > kDirectMax;
-  const bool split = parallel && K >= 2 * KSLICE && few_tiles;
+  const bool split = gemm_splits_depth(M, N, K);
   if (native && !split && C) return gemm_bf16_native(A, B, C, nullptr, M, N, K, alpha, beta, parallel);
   const auto own = scratch<float>(C32 ? 0 : M * N);
   float* P = C32 ? C32 : own.get();  // the fp32 sums

@@ -1412,7 +1412,12 @@ void blocked_heads_forward(const float* q, const float* k, const float* v, float
 //   dQ_b = scale·dS·K, dV += P_bᵀ·dO_b, dK += scale·dS_bᵀ·Q_b.
 // With fewer than two heads a thread, the GEMM route instead (its products spread over the threads).
 constexpr int64_t kBlockedBackwardRows = kGemmDepthPanel;
-bool blocked_backward_pays(int64_t BH) { return BH >= 2 * int64_t(num_threads()); }
+// The blocks mirror the GEMM route's depth panels, not its depth slices: heads whose dK and dV products
+// (Tk × D over Tq queries) the GEMM splits (gemm_splits_depth: thousands of queries over a few keys) take the
+// GEMM route on every thread count, so that which route runs never changes the bits.
+bool blocked_backward_pays(int64_t BH, int64_t Tq, int64_t Tk, int64_t D) {
+  return BH >= 2 * int64_t(num_threads()) && !gemm_splits_depth(Tk, D, Tq);
+}
 
 void blocked_heads_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                             const Stat& sl, float scale, int64_t BH, int64_t Tq, int64_t Tk, int64_t D, float* dq,
@@ -1503,7 +1508,7 @@ void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const T
         return row_heads_backward(dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(),
                                   out.data<float>(), sl, float(scale), BH, Tq, Tk, D, mut_or_null<float>(dq),
                                   mut_or_null<float>(dk), mut_or_null<float>(dv), qrows, krows);
-      if (Tq >= 1 && Tk >= 1 && D >= 1 && blocked_backward_pays(BH))  // no queries: the route's zero dK, dV
+      if (Tq >= 1 && Tk >= 1 && D >= 1 && blocked_backward_pays(BH, Tq, Tk, D))  // no queries: the route's zero dK, dV
         return blocked_heads_backward(dout.data<float>(), q.data<float>(), k.data<float>(), v.data<float>(),
                                       out.data<float>(), sl, float(scale), BH, Tq, Tk, D, mut_or_null<float>(dq),
                                       mut_or_null<float>(dk), mut_or_null<float>(dv), qrows, krows);
@@ -1572,7 +1577,8 @@ void CpuBackend::attention_tokens_backward(const Tensor& dout, const Tensor& q, 
                                            Tensor& dq, Tensor& dk, Tensor& dv) {
   const int64_t B = q.size(0), Tq = q.size(1), Tk = k.size(1), D = q.size(2) / heads;
   const bool rows = row_heads_in_place(q, k, heads);
-  if (!rows && !(q.dtype() == DType::f32 && Tq >= 1 && Tk >= 1 && D >= 1 && blocked_backward_pays(B * heads)))
+  const bool blocked = q.dtype() == DType::f32 && Tq >= 1 && Tk >= 1 && D >= 1 && blocked_backward_pays(B * heads, Tq, Tk, D);
+  if (!rows && !blocked)
     return Backend::attention_tokens_backward(dout, q, k, v, out, lse, heads, scale, dq, dk, dv);
   Stat sl(lse, "attention_tokens_backward");
   const auto run = rows ? row_heads_backward : blocked_heads_backward;
