@@ -238,16 +238,19 @@ inline void store_scaled(float& out, float v, float alpha, float beta, const flo
   out = beta == 0.f ? r : r + beta * out;
 }
 
-// C[0:rows, 0:cols] = alpha·(Ap·Bp) (+ bias[0:cols] on every row) + beta·C, for one MR×NR tile.
-void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int64_t rows,
-                  int64_t cols, float alpha, float beta, const float* bias) {
+// C[0:rows, 0:cols] = alpha·(Ap·Bp) (+ bias[0:cols] on every row) + beta·C, for one tile of R ≤ MR rows
+// (rows ≤ R) and NR columns; Ap is an MR-row micro-panel (row i of depth k at Ap[k·MR + i]), of which the
+// kernel reads the first R rows.
+template <int64_t R>
+void micro_kernel_rows(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int64_t rows,
+                       int64_t cols, float alpha, float beta, const float* bias) {
   // The tile of C is read (beta ≠ 0) and written only after the depth loop; asking for its lines now hides
   // their trip from L2/L3 behind the loop.
   for (int64_t i = 0; i < rows; ++i) {  // a row's first and last floats: both of its lines when C is aligned
     __builtin_prefetch(C + i * ldc, 1);
     __builtin_prefetch(C + i * ldc + cols - 1, 1);
   }
-  vec c[MR][2] = {};
+  vec c[R][2] = {};
   const auto depth_loop = [&](auto prefetch_b) {
     for (int64_t k = 0; k < kc; ++k) {
       vec b0, b1;
@@ -257,7 +260,7 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
         __builtin_prefetch(Bp + (k + kBPrefetchDepths) * NR);  // next call reads; a prefetch never faults)
         __builtin_prefetch(Bp + (k + kBPrefetchDepths) * NR + kVecFloats);
       }
-      for (int64_t i = 0; i < MR; ++i) {
+      for (int64_t i = 0; i < R; ++i) {
         float a = Ap[k * MR + i];
         c[i][0] += a * b0;
         c[i][1] += a * b1;
@@ -273,8 +276,8 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
   // zero-padded copy): which elements sit in an edge tile depends on MR and NR, and a second, scalar
   // formula would round them differently, so results would depend on the tile. Vector stores also matter
   // for speed: with a shallow K they are most of the work.
-  const bool whole = rows == MR && cols == NR;
-  alignas(64) float edge[MR][NR];
+  const bool whole = rows == R && cols == NR;
+  alignas(64) float edge[R][NR];
   float* out = whole ? C : &edge[0][0];
   const int64_t ld = whole ? ldc : NR;
   if (!whole) {
@@ -288,7 +291,7 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
   // Unrolled whole, the accumulators are stored straight from their registers (a loop kept the tile in a
   // zeroed stack array that every call cleared, spilled to and reloaded).
 #pragma GCC unroll 16
-  for (int64_t i = 0; i < MR; ++i)
+  for (int64_t i = 0; i < R; ++i)
 #pragma GCC unroll 2
     for (int64_t h = 0; h < 2; ++h) {
       float* o = out + i * ld + kVecFloats * h;
@@ -313,6 +316,18 @@ void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_
     }
   if (!whole)
     for (int64_t i = 0; i < rows; ++i) std::memcpy(C + i * ldc, edge[i], size_t(cols) * sizeof(float));
+}
+
+// One tile through the kernel with the fewest rows that covers it: an edge panel's rows past `rows` are zeros,
+// and with 12-row tiles most small products end in one (a weight gradient's 32 output rows are 12 + 12 + 8, 64
+// are 5·12 + 4), whose padding the full kernel would multiply out (36 rows of work for 32). Each element's sum
+// is the same chain of multiply-adds in every instance, so the results do not depend on which one runs.
+constexpr int64_t kTwoThirdsRows = MR * 2 / 3, kThirdRows = MR / 3;  // 8 and 4 with AVX-512, 4 and 2 without
+void micro_kernel(int64_t kc, const float* Ap, const float* Bp, float* C, int64_t ldc, int64_t rows,
+                  int64_t cols, float alpha, float beta, const float* bias) {
+  if (rows > kTwoThirdsRows) return micro_kernel_rows<MR>(kc, Ap, Bp, C, ldc, rows, cols, alpha, beta, bias);
+  if (rows > kThirdRows) return micro_kernel_rows<kTwoThirdsRows>(kc, Ap, Bp, C, ldc, rows, cols, alpha, beta, bias);
+  micro_kernel_rows<kThirdRows>(kc, Ap, Bp, C, ldc, rows, cols, alpha, beta, bias);
 }
 
 // Depth slices for a deep product with few output tiles, 1024 deep (at 4·KC = 1536, cvt-tiny's weight
