@@ -75,12 +75,21 @@ Tensor sum_to(const Tensor& grad, const Shape& shape) {
 }
 
 namespace {
-Tensor add_gradients(const Tensor& a, const Tensor& b) {
-  TS_CHECK(a.device() == b.device() && a.dtype() == b.dtype(),
-           "backward: gradients " + a.str() + " and " + b.str() + " cannot be summed");
-  Tensor out = Tensor::empty(a.shape(), a.dtype(), a.device());
-  if (out.numel()) backend(a.device()).binary(BinaryOp::Add, a, b, out);
-  return out;
+// sum = sum + g, the gradients of one tensor from two of its uses. Into sum's own memory when nothing else
+// can see it (a gradient this backward made and holds alone, the usual case), otherwise into new memory:
+// an add into fresh memory first reads that memory in (write-allocate), four streams where one in place
+// moves three (CvT-13's first stage, [25088, 256]: 3.5 → 2.2 ms on two threads). Either way the same sums.
+void accumulate_gradient(Tensor& sum, const Tensor& g) {
+  TS_CHECK(sum.device() == g.device() && sum.dtype() == g.dtype(),
+           "backward: gradients " + sum.str() + " and " + g.str() + " cannot be summed");
+  Backend& be = backend(sum.device());
+  if (sum.sole_owner() && sum.is_contiguous()) {
+    if (sum.numel()) be.binary(BinaryOp::Add, sum, g, sum);
+    return;
+  }
+  Tensor out = Tensor::empty(sum.shape(), sum.dtype(), sum.device());
+  if (out.numel()) be.binary(BinaryOp::Add, sum, g, out);
+  sum = out;
 }
 }  // namespace
 
@@ -112,8 +121,9 @@ void Tensor::backward(const Tensor& grad) const {
       owned.copy_(gg);
       const_cast<Tensor&>(leaf).set_grad(owned);
     } else {
-      Tensor acc = leaf.grad();
-      acc.copy_(add_gradients(acc, gg));
+      Tensor acc = leaf.grad(), sum = acc;  // the leaf's own gradient, which others may hold: summed apart
+      accumulate_gradient(sum, gg);
+      acc.copy_(sum);
     }
   };
   if (is_leaf()) { accumulate_leaf(*this, seed); return; }
@@ -161,7 +171,8 @@ void Tensor::backward(const Tensor& grad) const {
           accumulate_leaf(in, gi);
         } else {
           Tensor& slot = grads[in.grad_fn().get()];
-          slot = slot.defined() ? add_gradients(slot, gi) : gi;
+          if (slot.defined()) accumulate_gradient(slot, gi);
+          else slot = gi;
         }
       }
     }
