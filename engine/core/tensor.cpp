@@ -285,9 +285,17 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end, int64_t step) const 
   Shape in_shape = shape();
   DType dt = dtype();
   Device dev = device();
+  // The gradient: g in the slice, zeros around it, each element written once (zeros everywhere first and g
+  // over them wrote the slice twice: CvT's cls-token split passes most of a stage's tokens through here).
   return view_of(*this, s, st, offset() + start * strides()[size_t(d)], "slice",
                  [=](const Tensor& g) {
-                   Tensor full = Tensor::zeros(in_shape, dt, dev);
+                   Tensor full = Tensor::empty(in_shape, dt, dev);
+                   if (step == 1) {
+                     if (start > 0) full.slice(d, 0, start).fill_(0);
+                     if (end < in_shape[size_t(d)]) full.slice(d, end, in_shape[size_t(d)]).fill_(0);
+                   } else {
+                     full.fill_(0);
+                   }
                    full.slice(d, start, end, step).copy_(g);
                    return std::vector<Tensor>{full};
                  });
