@@ -11,13 +11,6 @@
 
 #include "kernels/cpu/intrinsics.h"
 
-// The 16-float vectors below are passed and returned by value between inline functions. In a file built
-// without AVX-512 (the tests', the build without -march=native) GCC and clang note that such a return "changes
-// the ABI" (-Wpsabi): it would matter for a call between files built with different flags, which inline
-// functions never make.
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wpsabi"
-
 namespace tessera::cpu {
 
 // erf for float: the rational fit erf(x) ≈ x·P(x²)/Q(x²) on [−4, 4] (P of degree 6 and Q of degree 4 in x²),
@@ -170,4 +163,3 @@ inline double dot_in_double(const float* a, const float* b, int64_t n) {
 
 }  // namespace tessera::cpu
 
-#pragma GCC diagnostic pop
