@@ -238,6 +238,29 @@ inline void store_scaled(float& out, float v, float alpha, float beta, const flo
   out = beta == 0.f ? r : r + beta * out;
 }
 
+// c[i][·] += Σ_k Ap[k·MR + i] · Bp[k·NR : k·NR + NR] for the tile's R rows: the depth loop. A function of its
+// own rather than a lambda over the accumulators: a capture takes their address, and in the sanitized build
+// (-O1) every multiply-add then went through memory that AddressSanitizer checks, most of the tests' time.
+// Inlined and unrolled whole, the accumulators stay in registers in every build.
+template <int64_t R, bool kPrefetchB>
+[[gnu::always_inline]] inline void accumulate_tile(int64_t kc, const float* Ap, const float* Bp, vec (&c)[R][2]) {
+  for (int64_t k = 0; k < kc; ++k) {
+    vec b0, b1;
+    std::memcpy(&b0, Bp + k * NR, sizeof(vec));
+    std::memcpy(&b1, Bp + k * NR + kVecFloats, sizeof(vec));
+    if constexpr (kPrefetchB) {  // B's row k + 8 (past the panel's end: the next panel's start, which the
+      __builtin_prefetch(Bp + (k + kBPrefetchDepths) * NR);  // next call reads; a prefetch never faults)
+      __builtin_prefetch(Bp + (k + kBPrefetchDepths) * NR + kVecFloats);
+    }
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < R; ++i) {
+      float a = Ap[k * MR + i];
+      c[i][0] += a * b0;
+      c[i][1] += a * b1;
+    }
+  }
+}
+
 // C[0:rows, 0:cols] = alpha·(Ap·Bp) (+ bias[0:cols] on every row) + beta·C, for one tile of R ≤ MR rows
 // (rows ≤ R) and NR columns; Ap is an MR-row micro-panel (row i of depth k at Ap[k·MR + i]), of which the
 // kernel reads the first R rows.
@@ -251,27 +274,11 @@ void micro_kernel_rows(int64_t kc, const float* Ap, const float* Bp, float* C, i
     __builtin_prefetch(C + i * ldc + cols - 1, 1);
   }
   vec c[R][2] = {};
-  const auto depth_loop = [&](auto prefetch_b) {
-    for (int64_t k = 0; k < kc; ++k) {
-      vec b0, b1;
-      std::memcpy(&b0, Bp + k * NR, sizeof(vec));
-      std::memcpy(&b1, Bp + k * NR + kVecFloats, sizeof(vec));
-      if constexpr (prefetch_b) {  // B's row k + 8 (past the panel's end: the next panel's start, which the
-        __builtin_prefetch(Bp + (k + kBPrefetchDepths) * NR);  // next call reads; a prefetch never faults)
-        __builtin_prefetch(Bp + (k + kBPrefetchDepths) * NR + kVecFloats);
-      }
-      for (int64_t i = 0; i < R; ++i) {
-        float a = Ap[k * MR + i];
-        c[i][0] += a * b0;
-        c[i][1] += a * b1;
-      }
-    }
-  };
   // A deep B micro-panel (32 KiB and more) streams from L2 and is fetched ahead (+3 % on 1576 × 768 × 3072);
   // a shallow one stays in cache, where the prefetches only cost issue slots (-5 % on cvt-tiny's 32-deep
   // 8192 × 32 × 128).
-  if (kc >= 256) depth_loop(std::true_type{});
-  else depth_loop(std::false_type{});
+  if (kc >= 256) accumulate_tile<R, true>(kc, Ap, Bp, c);
+  else accumulate_tile<R, false>(kc, Ap, Bp, c);
   // alpha·sum + beta·C by one vector formula for every element, in a whole tile or an edge one (through a
   // zero-padded copy): which elements sit in an edge tile depends on MR and NR, and a second, scalar
   // formula would round them differently, so results would depend on the tile. Vector stores also matter
