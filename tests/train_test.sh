@@ -75,7 +75,7 @@ done
 # A second signal ends the run at once, without waiting for the step in progress. Both land inside one
 # step, so the first one's orderly stop never gets to say where it stopped: metrics.jsonl shows a step's line
 # just before that step checks for a signal, so the first is sent 0.3 s after the line (inside the next
-# step) and the second 0.2 s later. That needs steps of a second and more: 64 px images in batches of 32 where
+# step) and the second 0.2 s later. That needs steps of 1.5 s and more: 64 px images in batches of 32 where
 # the build is slow (under the sanitizers, about 3 s a step), else 192 px (about 1.8 s in a Release build; 1.25 s
 # at 160 px was too close on an idle machine). The run at 64 px tells which: too quick a step, and it is
 # replaced by one at 192 px.
