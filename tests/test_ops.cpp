@@ -85,8 +85,9 @@ static std::vector<double> naive_matmul(const std::vector<double>& a, const std:
 TEST_CASE("matmul f32 matches a naive loop at edge and blocked sizes, any transposition") {
   Generator gen(9);
   // Sizes straddle the kernel's register tile (12×32 with AVX-512, 6×16 without), its depth block (384),
-  // the packing's 16-depth transposes, and its task tiles (96×256); products of up to 32768 multiply-adds run
-  // in place instead (gemm_direct), so whole and edge tiles are also sized past that.
+  // the packing's transposes (16 depths at a time with AVX-512, 8 with AVX2), and its task tiles (96×256);
+  // products of up to 32768 multiply-adds run in place instead (gemm_direct), so whole and edge tiles are
+  // also sized past that.
   for (auto [M, K, N] : std::vector<std::array<int64_t, 3>>{{1, 1, 1},      {1, 7, 1},      {5, 3, 17},
                                                             {6, 16, 16},    {7, 257, 33},   {97, 300, 257},
                                                             {200, 64, 3},   {3, 513, 2},    {16, 200, 64},
