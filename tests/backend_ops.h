@@ -467,9 +467,12 @@ inline Entry conv2d_entry() {
       {{1, 4, 6, 5, 4, 3, 3, 1, 1, 1, 1, 2}, kSmall},  // grouped, "same" padding
       {{1, 2, 4, 2, 2, 3, 3, 1, 3, 2, 2, 1}, kSmall},  // padding 2 > the 2-wide image: taps see only padding
       {{1, 2, 4, 2, 2, 3, 3, 1, 3, 2, 2, 2}, kSmall},
-      // Depthwise, wide enough for the CPU's float register blocks (64, 32 and 16 channels) and a tail
+      // Depthwise, wide enough for the CPU's float register blocks (64, 32 and 16 channels) and a tail; then
+      // channels in 16s, whose rows' interiors the CPU runs along the row (taps_along_row)
       {{2, 83, 9, 7, 83, 3, 3, 1, 1, 1, 1, 83}, kOdd},
       {{2, 35, 6, 5, 35, 3, 3, 2, 2, 1, 1, 35}, kOdd},
+      {{2, 48, 9, 7, 48, 3, 3, 1, 1, 1, 1, 48}, kOdd},
+      {{2, 32, 6, 5, 32, 3, 3, 2, 2, 1, 1, 32}, kOdd},
       // CvT-13 and ViT-B/16
       {{2, 3, 224, 224, 64, 7, 7, 4, 4, 2, 2, 1}, kCuda | kModel},       // stage-1 embedding
       {{2, 64, 56, 56, 192, 3, 3, 2, 2, 1, 1, 1}, kCuda | kModel},       // stage-2 embedding

@@ -377,6 +377,50 @@ TEST_CASE("channels-last depthwise conv2d and batch norm equal the NCHW composit
   close(n, batch_norm2d(y.contiguous(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), true), 4 * 2 * (24 + 2) * u * 24);  // 2·4·3 rows
 }
 
+// The CPU's float depthwise conv runs each row's interior (outputs, or for dx input pixels, whose taps all fall
+// inside) along the row with its taps' weights in registers, when the channels come in 16s; other pixels, and
+// channel counts that are not, take the per-pixel path. Both must give the same bits: 32 channels (row runs)
+// against the same data with a 33rd channel (per pixel), compared on the first 32, over strides, paddings, a
+// 2 × 3 kernel and images too small to have an interior.
+TEST_CASE("channels-last depthwise conv in float: the row runs give the per-pixel path's bits") {
+  Generator gen(23);
+  Backend& be = cpu_backend();
+  struct Geometry { int64_t H, W, kh, kw, sh, sw, ph, pw; };
+  for (const Geometry& c : {Geometry{9, 8, 3, 3, 1, 1, 1, 1}, {9, 8, 3, 3, 2, 2, 1, 1}, {7, 10, 3, 3, 2, 2, 0, 0},
+                            {11, 9, 3, 3, 3, 3, 2, 2}, {8, 7, 2, 3, 1, 2, 0, 1}, {2, 3, 3, 3, 1, 1, 1, 1}}) {
+    INFO("H " << c.H << " W " << c.W << " kernel " << c.kh << "x" << c.kw << " stride " << c.sh << "," << c.sw
+              << " pad " << c.ph << "," << c.pw);
+    Conv2dArgs a;
+    a.stride_h = c.sh, a.stride_w = c.sw, a.pad_h = c.ph, a.pad_w = c.pw;
+    const int64_t Ho = (c.H + 2 * c.ph - c.kh) / c.sh + 1, Wo = (c.W + 2 * c.pw - c.kw) / c.sw + 1;
+    const Tensor x = gen.uniform({2, c.H, c.W, 33}, -1, 1, DType::f32), dy = gen.uniform({2, Ho, Wo, 33}, -1, 1, DType::f32);
+    const Tensor w = gen.uniform({33, 1, c.kh, c.kw}, -0.5, 0.5, DType::f32), b = gen.uniform({33}, -0.5, 0.5, DType::f32);
+    auto first32 = [](const Tensor& t, int64_t dim) { return t.slice(dim, 0, 32).contiguous(); };
+    std::array<std::vector<double>, 5> runs;  // y with and without the bias, dx, dweight, dbias of 32 channels
+    for (int64_t C : {32, 33}) {
+      a.groups = C;
+      const Tensor xc = C == 32 ? first32(x, 3) : x, dyc = C == 32 ? first32(dy, 3) : dy;
+      const Tensor wc = C == 32 ? first32(w, 0) : w, bc = C == 32 ? first32(b, 0) : b;
+      Tensor y = Tensor::empty({2, Ho, Wo, C}, DType::f32), y0 = Tensor::empty({2, Ho, Wo, C}, DType::f32);
+      Tensor dx = Tensor::empty(xc.shape(), DType::f32), dw = Tensor::empty(wc.shape(), DType::f32);
+      Tensor db = Tensor::empty({C}, DType::f32);
+      be.depthwise_conv2d_nhwc(xc, wc, bc, a, y);
+      be.depthwise_conv2d_nhwc(xc, wc, Tensor(), a, y0);
+      be.depthwise_conv2d_nhwc_backward(dyc, xc, wc, a, dx, dw, db);
+      // Every float is exact as a double: equal vectors are equal bits.
+      const std::array<std::vector<double>, 5> got{first32(y, 3).to_vector<double>(), first32(y0, 3).to_vector<double>(),
+                                                   first32(dx, 3).to_vector<double>(), first32(dw, 0).to_vector<double>(),
+                                                   first32(db, 0).to_vector<double>()};
+      if (C == 32) runs = got;
+      else
+        for (size_t i = 0; i < got.size(); ++i) {
+          INFO("output " << i << " (y, y without the bias, dx, dweight, dbias)");
+          CHECK(got[i] == runs[i]);
+        }
+    }
+  }
+}
+
 // Backend::conv_embedding_nhwc and conv_embedding on the CPU (one GEMM per chunk of samples, rows gathered in
 // either layout) against the base class's composite (a convolution per sample, a transposing copy, the
 // layer norm; its NCHW input made from the channels-last one), forward and backward, all in f64. The last

@@ -472,17 +472,19 @@ template <typename F> void for_each_tap(const ConvGeom& g, int64_t oh, int64_t o
 
 // out[0, C) = init[c] + Σ_{t < n} w[t][c]·v[t][c] in the compute type (init: the bias, or none), t in order,
 // rounded once. The depthwise conv's forward (v: the input pixels its taps read) and its dx (v: the dy
-// pixels that read an input pixel). Float data sums blocks of up to 64 channels in registers (a pixel row
-// in memory made every tap wait on the previous tap's store); f64 and bf16 data in a row of the compute type.
-template <int V>
+// pixels that read an input pixel). Float data sums blocks of 16 or 64 channels in registers of the machine's
+// width (a pixel row in memory made every tap wait on the previous tap's store; 16-float vectors, two AVX2
+// registers each, were kept on the stack); f64 and bf16 data in a row of the compute type.
+template <int Blocks16>
 [[gnu::always_inline]] inline void gather_taps_f32(const float* init, const float* const* v, const float* const* w,
                                                    int64_t n, int64_t c0, float* out) {
-  cpu::f32x16 a[V];
-  for (int k = 0; k < V; ++k) a[k] = init ? cpu::load16(init + c0 + k * cpu::kF32Lanes) : cpu::f32x16{};
+  constexpr int64_t R = cpu::kRegisterF32Lanes;
+  constexpr int V = int(Blocks16 * cpu::kF32Lanes / R);
+  cpu::f32xR a[V];
+  for (int k = 0; k < V; ++k) a[k] = init ? cpu::loadR(init + c0 + k * R) : cpu::f32xR{};
   for (int64_t t = 0; t < n; ++t)
-    for (int k = 0; k < V; ++k)
-      a[k] += cpu::load16(w[t] + c0 + k * cpu::kF32Lanes) * cpu::load16(v[t] + c0 + k * cpu::kF32Lanes);
-  for (int k = 0; k < V; ++k) cpu::store16(out + c0 + k * cpu::kF32Lanes, a[k]);
+    for (int k = 0; k < V; ++k) a[k] += cpu::loadR(w[t] + c0 + k * R) * cpu::loadR(v[t] + c0 + k * R);
+  for (int k = 0; k < V; ++k) cpu::storeR(out + c0 + k * R, a[k]);
 }
 template <typename T>
 void gather_taps(const T* init, const T* const* v, const Compute<T>* const* w, int64_t n, int64_t C, T* out,
@@ -501,26 +503,89 @@ void gather_taps(const T* init, const T* const* v, const Compute<T>* const* w, i
   for (int64_t k = c; k < C; ++k) out[k] = narrow<T>(acc[k]);
 }
 
+// out[o·out_step + c] for o in [0, n) and c in [0, C) = init[c] (or 0) + Σ_t w[t][c]·src[t][o·step + c], the
+// taps t in order, one multiply-add each: gather_taps' sums for a run of outputs that all read the same taps
+// (a row's interior), without per-output pointer lists or bounds checks, so both paths give the same bits. A
+// block of one register of channels keeps its taps' weights in registers (a 3 × 3 conv's 9 of AVX2's 16)
+// while it runs along 8 outputs. The per-output path had run at ~7 GFLOP/s in CvT-13 on two Zen 3 cores: its
+// 16-float sums were two AVX2 registers each, and the compiler kept them on the stack.
+template <int Taps>
+void taps_along_row(const float* const* src, const float* const* w, const float* init, int64_t step, int64_t n,
+                    int64_t C, float* out, int64_t out_step) {
+  constexpr int64_t L = cpu::kRegisterF32Lanes, kChunk = 8;
+  for (int64_t o0 = 0; o0 < n; o0 += kChunk) {
+    const int64_t o1 = std::min(o0 + kChunk, n);
+    for (int64_t c = 0; c < C; c += L) {
+      cpu::f32xR wr[Taps];
+      for (int t = 0; t < Taps; ++t) wr[t] = cpu::loadR(w[t] + c);
+      const cpu::f32xR start = init ? cpu::loadR(init + c) : cpu::f32xR{};
+      for (int64_t o = o0; o < o1; ++o) {
+        cpu::f32xR a = start;
+#pragma GCC unroll 9
+        for (int t = 0; t < Taps; ++t) a += wr[t] * cpu::loadR(src[t] + o * step + c);
+        cpu::storeR(out + o * out_step + c, a);
+      }
+    }
+  }
+}
+constexpr int kMaxRowTaps = 9;  // 3 × 3 kernels
+// taps_along_row for a run-time tap count up to kMaxRowTaps; C a multiple of 16.
+void taps_along_row(int taps, const float* const* src, const float* const* w, const float* init, int64_t step,
+                    int64_t n, int64_t C, float* out, int64_t out_step) {
+  switch (taps) {
+    case 1: return taps_along_row<1>(src, w, init, step, n, C, out, out_step);
+    case 2: return taps_along_row<2>(src, w, init, step, n, C, out, out_step);
+    case 3: return taps_along_row<3>(src, w, init, step, n, C, out, out_step);
+    case 4: return taps_along_row<4>(src, w, init, step, n, C, out, out_step);
+    case 6: return taps_along_row<6>(src, w, init, step, n, C, out, out_step);
+    case 9: return taps_along_row<9>(src, w, init, step, n, C, out, out_step);
+    default: TS_CHECK(false, "taps_along_row: " + std::to_string(taps) + " taps");  // 3 × 3: |I|·|J| of 1-3 each
+  }
+}
+// Whether a depthwise conv's rows go through taps_along_row: float data, at most a 3 × 3 kernel, channels in
+// 16s (whole registers on every machine, so the same outputs take this path everywhere).
+template <typename T> bool runs_along_rows(const ConvGeom& g) {
+  return std::is_same_v<T, float> && g.kh <= 3 && g.kw <= 3 && g.Cin % cpu::kF32Lanes == 0;
+}
+
 template <typename T>
 void depthwise_nhwc_forward(const ConvGeom& g, const T* x, const T* w, const T* b, T* y) {
   using F = Compute<T>;
   const int64_t C = g.Cin, taps = g.kh * g.kw;
   const std::vector<F> wt = taps_by_channel(g, w);
+  // A row's interior: the outputs whose every tap reads inside the row, ow·sw − pw ≥ 0 and ow·sw − pw + kw ≤ W.
+  const bool along_rows = runs_along_rows<T>(g);
+  const int64_t ow_lo = std::min(g.Wo, (g.pw + g.sw - 1) / g.sw);
+  const int64_t ow_hi = g.W + g.pw >= g.kw ? std::clamp<int64_t>((g.W + g.pw - g.kw) / g.sw + 1, ow_lo, g.Wo) : ow_lo;
   parallel_for(g.N * g.Ho, std::max<int64_t>(1, 8192 / std::max<int64_t>(g.Wo * C * taps, 1)),
                [&](int64_t r0, int64_t r1) {
     std::vector<const T*> in(static_cast<size_t>(taps));  // the input pixels this output's taps read, in (i, j) order
     std::vector<const F*> wr(static_cast<size_t>(taps));  // and their taps' weights
     std::vector<F> row;
+    auto pixel = [&](int64_t r, int64_t n, int64_t oh, int64_t ow) {
+      int64_t reads = 0;
+      for_each_tap(g, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
+        in[size_t(reads)] = x + ((n * g.H + ih) * g.W + iw) * C;
+        wr[size_t(reads++)] = wt.data() + (i * g.kw + j) * C;
+      });
+      gather_taps(b, in.data(), wr.data(), reads, C, y + (r * g.Wo + ow) * C, row);
+    };
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / g.Ho, oh = r % g.Ho;
-      for (int64_t ow = 0; ow < g.Wo; ++ow) {
-        int64_t reads = 0;
-        for_each_tap(g, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
-          in[size_t(reads)] = x + ((n * g.H + ih) * g.W + iw) * C;
-          wr[size_t(reads++)] = wt.data() + (i * g.kw + j) * C;
-        });
-        gather_taps(b, in.data(), wr.data(), reads, C, y + (r * g.Wo + ow) * C, row);
-      }
+      const int64_t n = r / g.Ho, oh = r % g.Ho, ih0 = oh * g.sh - g.ph;
+      const bool inside = along_rows && ih0 >= 0 && ih0 + g.kh <= g.H && ow_lo < ow_hi;
+      const int64_t lo = inside ? ow_lo : g.Wo, hi = inside ? ow_hi : g.Wo;  // [lo, hi): the interior
+      for (int64_t ow = 0; ow < lo; ++ow) pixel(r, n, oh, ow);
+      if constexpr (std::is_same_v<T, float>)
+        if (inside) {
+          const float* src[kMaxRowTaps];  // tap (i, j)'s input pixel for output lo
+          for (int64_t i = 0; i < g.kh; ++i)
+            for (int64_t j = 0; j < g.kw; ++j) {
+              src[i * g.kw + j] = x + ((n * g.H + ih0 + i) * g.W + lo * g.sw - g.pw + j) * C;
+              wr[size_t(i * g.kw + j)] = wt.data() + (i * g.kw + j) * C;
+            }
+          taps_along_row(int(taps), src, wr.data(), b, g.sw * C, hi - lo, C, y + (r * g.Wo + lo) * C, C);
+        }
+      for (int64_t ow = hi; ow < g.Wo; ++ow) pixel(r, n, oh, ow);
     }
   });
 }
@@ -531,25 +596,26 @@ inline std::pair<int64_t, int64_t> valid_outputs(int64_t shift, int64_t stride, 
   return {std::clamp<int64_t>(ceil_div(shift, stride), 0, O), std::clamp<int64_t>(ceil_div(size + shift, stride), 0, O)};
 }
 
-// acc[0, C) += Σ_{k < n} dy[k·C + c]·x[k·x_step + c], in the compute type. Float data: blocks of up to 32
-// channels in registers, two running sums each (even and odd k) so that consecutive multiply-adds overlap;
-// f64 and bf16 data: one running sum per channel in acc.
-template <int V>
+// acc[0, C) += Σ_{k < n} dy[k·C + c]·x[k·x_step + c], in the compute type. Float data: blocks of 16 or 32
+// channels, two running sums each (even and odd k) so that consecutive multiply-adds overlap, held as
+// registers of the machine's width (16-float vectors, two AVX2 registers each, had been kept on the stack);
+// the blocks are sized in 16 channels whatever the width, so which channels take the scalar tail's single
+// sum, and so the result, does not depend on the machine. f64 and bf16 data: one running sum per channel in acc.
+template <int Blocks16>
 [[gnu::always_inline]] inline void dot_pixels_f32(const float* dy, const float* x, int64_t n, int64_t x_step,
                                                   int64_t C, float* acc) {
-  cpu::f32x16 a0[V] = {}, a1[V] = {};
+  constexpr int64_t R = cpu::kRegisterF32Lanes;
+  constexpr int V = int(Blocks16 * cpu::kF32Lanes / R);
+  cpu::f32xR a0[V] = {}, a1[V] = {};
   int64_t k = 0;
   for (; k + 2 <= n; k += 2)
     for (int l = 0; l < V; ++l) {
-      a0[l] += cpu::load16(dy + k * C + l * cpu::kF32Lanes) * cpu::load16(x + k * x_step + l * cpu::kF32Lanes);
-      a1[l] += cpu::load16(dy + (k + 1) * C + l * cpu::kF32Lanes) *
-               cpu::load16(x + (k + 1) * x_step + l * cpu::kF32Lanes);
+      a0[l] += cpu::loadR(dy + k * C + l * R) * cpu::loadR(x + k * x_step + l * R);
+      a1[l] += cpu::loadR(dy + (k + 1) * C + l * R) * cpu::loadR(x + (k + 1) * x_step + l * R);
     }
   if (k < n)
-    for (int l = 0; l < V; ++l)
-      a0[l] += cpu::load16(dy + k * C + l * cpu::kF32Lanes) * cpu::load16(x + k * x_step + l * cpu::kF32Lanes);
-  for (int l = 0; l < V; ++l)
-    cpu::store16(acc + l * cpu::kF32Lanes, cpu::load16(acc + l * cpu::kF32Lanes) + (a0[l] + a1[l]));
+    for (int l = 0; l < V; ++l) a0[l] += cpu::loadR(dy + k * C + l * R) * cpu::loadR(x + k * x_step + l * R);
+  for (int l = 0; l < V; ++l) cpu::storeR(acc + l * R, cpu::loadR(acc + l * R) + (a0[l] + a1[l]));
 }
 template <typename T>
 void dot_pixels(const T* dy, const T* x, int64_t n, int64_t x_step, int64_t C, Compute<T>* __restrict acc) {
@@ -571,6 +637,23 @@ void depthwise_nhwc_backward(const ConvGeom& g, const T* dy, const T* x, const T
   const int64_t C = g.Cin, taps = g.kh * g.kw;
   if (dx) {
     const std::vector<F> wt = taps_by_channel(g, w);
+    const bool along_rows = runs_along_rows<T>(g);
+    // Input columns iw ≡ q (mod sw) are read by the same tap columns J_q = {j : sw divides iw + pw − j}; a
+    // column's interior is where all of them fall inside the output, 0 ≤ (iw + pw − j)/sw < Wo:
+    // iw ∈ [max J_q − pw, (Wo − 1)·sw + min J_q − pw]. first[q], end[q]: the interior's first column of class q
+    // and one past its last (end ≤ first: none).
+    std::vector<int64_t> first(size_t(g.sw)), end(size_t(g.sw));
+    std::vector<std::vector<int64_t>> cols(size_t(g.sw));  // J_q in order
+    for (int64_t q = 0; q < g.sw; ++q) {
+      for (int64_t j = 0; j < g.kw; ++j)
+        if (((q + g.pw - j) % g.sw + g.sw) % g.sw == 0) cols[size_t(q)].push_back(j);
+      const auto& J = cols[size_t(q)];
+      int64_t lo = J.empty() ? g.W : std::max<int64_t>(0, J.back() - g.pw);
+      lo += ((q - lo) % g.sw + g.sw) % g.sw;  // the first column of class q from there
+      first[size_t(q)] = lo;
+      end[size_t(q)] = J.empty() ? lo : std::min(g.W, (g.Wo - 1) * g.sw + J.front() - g.pw + 1);
+    }
+    auto in_interior = [&](int64_t iw) { return iw >= first[size_t(iw % g.sw)] && iw < end[size_t(iw % g.sw)]; };
     parallel_for(g.N * g.H, std::max<int64_t>(1, 8192 / std::max<int64_t>(g.W * C * taps, 1)),
                  [&](int64_t r0, int64_t r1) {
       std::vector<const T*> gin(static_cast<size_t>(taps));  // the dy pixels that read this input pixel, in (i, j) order
@@ -578,7 +661,15 @@ void depthwise_nhwc_backward(const ConvGeom& g, const T* dy, const T* x, const T
       std::vector<F> row;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / g.H, ih = r % g.H;
+        int64_t tap_rows[3], out_rows[3], n_rows = 0;  // the tap rows i that read input row ih, and their output rows
+        if (along_rows)
+          for (int64_t i = 0; i < g.kh; ++i) {
+            const int64_t hs = ih + g.ph - i;
+            if (hs >= 0 && hs % g.sh == 0 && hs / g.sh < g.Ho) tap_rows[n_rows] = i, out_rows[n_rows++] = hs / g.sh;
+          }
+        const bool runs = n_rows > 0;  // else no tap row reads row ih (zeros) or no runs: every pixel goes alone
         for (int64_t iw = 0; iw < g.W; ++iw) {
+          if (runs && in_interior(iw)) continue;
           int64_t readers = 0;
           for (int64_t i = 0; i < g.kh; ++i) {
             const int64_t hs = ih + g.ph - i;  // = oh·sh for the output row that reads this pixel with tap row i
@@ -592,6 +683,19 @@ void depthwise_nhwc_backward(const ConvGeom& g, const T* dy, const T* x, const T
           }
           gather_taps<T>(nullptr, gin.data(), wr.data(), readers, C, dx + (r * g.W + iw) * C, row);
         }
+        if constexpr (std::is_same_v<T, float>)
+          for (int64_t q = 0; runs && q < g.sw; ++q) {
+            const int64_t a = first[size_t(q)], count = (end[size_t(q)] - a + g.sw - 1) / g.sw;
+            if (count <= 0) continue;
+            const float* src[kMaxRowTaps];  // tap (i, j)'s dy pixel for input column a
+            int t = 0;
+            for (int64_t k = 0; k < n_rows; ++k)
+              for (const int64_t j : cols[size_t(q)]) {
+                src[t] = dy + ((n * g.Ho + out_rows[k]) * g.Wo + (a + g.pw - j) / g.sw) * C;
+                wr[size_t(t++)] = wt.data() + (tap_rows[k] * g.kw + j) * C;
+              }
+            taps_along_row(t, src, wr.data(), nullptr, C, count, C, dx + (r * g.W + a) * C, g.sw * C);
+          }
       }
     });
   }

@@ -109,6 +109,22 @@ typedef double f64x8 __attribute__((vector_size(8 * sizeof(double))));
 }
 [[gnu::always_inline]] inline void store16(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
 
+// One register of floats on the machine the build targets: 16 with AVX-512, else 8 (two SSE registers where
+// there is no AVX). For loops that hold many vectors at once (a depthwise conv's 9 tap weights), where a
+// 16-float vector on AVX2 would be two registers each and spill.
+#if defined(__AVX512F__)
+constexpr int64_t kRegisterF32Lanes = 16;
+#else
+constexpr int64_t kRegisterF32Lanes = 8;
+#endif
+typedef float f32xR __attribute__((vector_size(kRegisterF32Lanes * sizeof(float))));
+[[gnu::always_inline]] inline f32xR loadR(const float* p) {
+  f32xR v;
+  std::memcpy(&v, p, sizeof v);  // unaligned
+  return v;
+}
+[[gnu::always_inline]] inline void storeR(float* p, f32xR v) { std::memcpy(p, &v, sizeof v); }
+
 // 8 floats widened to 8 doubles, and a 16-float vector's halves so widened: one vcvtps2pd each with AVX-512.
 // GCC 12 lowers __builtin_convertvector between these widths to two 128-bit conversions, an extract and an
 // insert; in the softmax's exp loop that sequence and a trip of the exps through the stack took 18 % of
